@@ -1,0 +1,30 @@
+"""iwae: Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, ICLR 2016), and what came after.
+
+>>> import iwae
+>>> m = iwae.IWAE.paper(layers=1)
+>>> log_w = m.log_weights(x, k=50)            # (k, batch) log importance weights (Eq. 4)
+>>> iwae.bounds.iwae(log_w)                   # L_k per example (Eq. 8)
+>>> loss = iwae.objective(m, x, k=50, kind="iwae")   # gradient = Eq. 14
+>>> iwae.log_likelihood(m, x, k=5000)         # the paper's test metric, per example
+"""
+
+from iwae import bounds
+from iwae.estimators import ESTIMATORS, KINDS, make_optimizer, make_train_step, objective
+from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
+from iwae.model import IWAE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IWAE",
+    "bounds",
+    "objective",
+    "make_train_step",
+    "make_optimizer",
+    "KINDS",
+    "ESTIMATORS",
+    "log_likelihood",
+    "active_units",
+    "count_active",
+    "prune_inactive",
+]

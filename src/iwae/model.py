@@ -1,0 +1,347 @@
+"""The generative and recognition networks of the IWAE (Burda et al. 2016, Sections 2-3, Appendix C).
+
+Generative model  p(x, h) = p(h^L) p(h^(L-1) | h^L) ... p(x | h^1),   p(h^L) = N(0, I).
+Recognition model q(h | x) = q(h^1 | x) q(h^2 | h^1) ... q(h^L | h^(L-1)).
+
+Every Gaussian conditional is a tanh MLP trunk followed by two linear heads, the mean and the log standard
+deviation (standard deviation = exp(linear), diagonal covariance). The visible layer is Bernoulli (logits) for
+binary data or Gaussian for real-valued data.
+
+The model's one job for inference is :meth:`IWAE.log_weights`: the log importance weights
+``log w_i = log p(x, h_i) - log q(h_i | x)`` (Eq. 4 and Eq. 8) of ``k`` reparameterised samples, shape ``(k, batch)``.
+Bounds (``iwae.bounds``) and gradient estimators (``iwae.estimators``) are functions of those.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["GaussianLayer", "BernoulliLayer", "IWAE", "LogWeights"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """tanh MLP: Linear-tanh for each consecutive pair of ``sizes`` (an empty trunk when len(sizes) == 1)."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+class GaussianLayer(nn.Module):
+    """A diagonal Gaussian conditional: tanh trunk, then mean and log-std linear heads."""
+
+    def __init__(self, n_in: int, hidden: Sequence[int], n_out: int) -> None:
+        super().__init__()
+        self.trunk = _mlp([n_in, *hidden])
+        width = hidden[-1] if hidden else n_in
+        self.mean = nn.Linear(width, n_out)
+        self.log_std = nn.Linear(width, n_out)
+
+    def forward(self, inp: Tensor) -> tuple[Tensor, Tensor]:
+        t = self.trunk(inp)
+        return self.mean(t), self.log_std(t)
+
+
+class BernoulliLayer(nn.Module):
+    """A factorised Bernoulli conditional: tanh trunk, then a logits head."""
+
+    def __init__(self, n_in: int, hidden: Sequence[int], n_out: int) -> None:
+        super().__init__()
+        self.trunk = _mlp([n_in, *hidden])
+        self.logits = nn.Linear(hidden[-1] if hidden else n_in, n_out)
+
+    def forward(self, inp: Tensor) -> Tensor:
+        return self.logits(self.trunk(inp))
+
+
+class LogWeights(NamedTuple):
+    """Output of :meth:`IWAE.forward_samples`.
+
+    ``log_w``: (k, batch) log importance weights; ``samples``: the latent samples [h^1, ..., h^L], each
+    (k, batch, d_l); ``noise``: the standard-normal draws that made them, same shapes.
+    """
+
+    log_w: Tensor
+    samples: list[Tensor]
+    noise: list[Tensor]
+
+
+class IWAE(nn.Module):
+    """Importance weighted autoencoder with L >= 1 stochastic layers (Burda et al. 2016).
+
+    :param x_dim: dimension of the visible layer (784 for 28x28 images).
+    :param latent_dims: sizes of h^1 ... h^L, bottom-up.
+    :param q_hidden: hidden sizes of each recognition conditional, bottom-up: ``q_hidden[l]`` is the trunk of
+        q(h^(l+1) | h^l) (with h^0 = x).
+    :param p_hidden: hidden sizes of each generative conditional, top-down (h^L side first):
+        ``p_hidden[0]`` is the trunk of p(h^(L-1) | h^L) (or p(x | h^1) when L = 1), ``p_hidden[-1]`` that of
+        p(x | h^1).
+    :param likelihood: ``"bernoulli"`` (binary data) or ``"gaussian"`` (real-valued data).
+    :param output_bias: per-pixel mean of the training set; if given, the visible bias starts at
+        logit(clip(mean, 0.001, 0.999)) (Bernoulli) or at the mean (Gaussian).
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        latent_dims: Sequence[int],
+        q_hidden: Sequence[Sequence[int]],
+        p_hidden: Sequence[Sequence[int]],
+        likelihood: str = "bernoulli",
+        output_bias: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        latent_dims = [int(d) for d in latent_dims]
+        n_layers = len(latent_dims)
+        if n_layers < 1 or min(latent_dims) < 1 or x_dim < 1:
+            raise ValueError(f"need x_dim >= 1 and at least one latent layer of size >= 1, got {latent_dims}")
+        if len(q_hidden) != n_layers or len(p_hidden) != n_layers:
+            raise ValueError(
+                f"q_hidden and p_hidden need one list of hidden sizes per stochastic layer ({n_layers}), "
+                f"got {len(q_hidden)} and {len(p_hidden)}"
+            )
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+        self.x_dim = int(x_dim)
+        self.latent_dims = latent_dims
+        self.likelihood = likelihood
+        self.config = {
+            "x_dim": self.x_dim,
+            "latent_dims": latent_dims,
+            "q_hidden": [list(map(int, h)) for h in q_hidden],
+            "p_hidden": [list(map(int, h)) for h in p_hidden],
+            "likelihood": likelihood,
+        }
+        below = [self.x_dim, *latent_dims[:-1]]
+        # encoder[l] is q(h^(l+1) | h^l), bottom-up.
+        self.encoder = nn.ModuleList(
+            GaussianLayer(below[l], q_hidden[l], latent_dims[l]) for l in range(n_layers)
+        )
+        # decoder[j] is p(h^(L-1-j) | h^(L-j)), top-down; the last entry is p(x | h^1).
+        top_down = list(reversed(range(n_layers)))  # layer index l of the conditioning variable h^(l+1)
+        self.decoder = nn.ModuleList()
+        for j, l in enumerate(top_down):
+            if l == 0:
+                visible = BernoulliLayer if likelihood == "bernoulli" else GaussianLayer
+                self.decoder.append(visible(latent_dims[0], p_hidden[j], self.x_dim))
+            else:
+                self.decoder.append(GaussianLayer(latent_dims[l], p_hidden[j], latent_dims[l - 1]))
+        # Pruning state (Section 5.2): units outside the mask are held at a fixed value and left out of
+        # log p and log q. All units are active until :meth:`pruned` says otherwise.
+        for l, d in enumerate(latent_dims):
+            self.register_buffer(f"unit_mask_{l}", torch.ones(d, dtype=torch.bool))
+            self.register_buffer(f"unit_fill_{l}", torch.zeros(d))
+        self.reset_parameters(output_bias)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def paper(cls, layers: int = 1, x_dim: int = 784, output_bias: Tensor | None = None) -> IWAE:
+        """The paper's architectures (Section 5.1, Appendix C).
+
+        ``layers=1``: x -> 200 -> 200 -> h1(50), and back. ``layers=2``: x -> 200 -> 200 -> h1(100) -> 100 -> 100
+        -> h2(50), and back.
+        """
+        if layers == 1:
+            return cls(x_dim, [50], [[200, 200]], [[200, 200]], "bernoulli", output_bias)
+        if layers == 2:
+            return cls(x_dim, [100, 50], [[200, 200], [100, 100]], [[100, 100], [200, 200]], "bernoulli", output_bias)
+        raise ValueError(f"the paper has architectures with 1 or 2 stochastic layers, got layers={layers}")
+
+    @classmethod
+    def from_config(cls, config: dict) -> IWAE:
+        """Rebuild a model from :attr:`config` (as saved in a run folder)."""
+        return cls(**config)
+
+    def reset_parameters(self, output_bias: Tensor | None = None) -> None:
+        """Glorot & Bengio (2010) uniform weights, zero biases; visible bias from the data mean if given."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        if output_bias is not None:
+            mean = torch.as_tensor(output_bias, dtype=torch.float32).reshape(-1)
+            if mean.numel() != self.x_dim or not torch.isfinite(mean).all():
+                raise ValueError(f"output_bias must be {self.x_dim} finite values (a training-set mean)")
+            head = self.decoder[-1]
+            with torch.no_grad():
+                if self.likelihood == "bernoulli":
+                    head.logits.bias.copy_(torch.logit(mean.clamp(0.001, 0.999)))
+                else:
+                    head.mean.bias.copy_(mean)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.latent_dims)
+
+    def _masks(self) -> list[tuple[Tensor, Tensor]] | None:
+        masks = [(getattr(self, f"unit_mask_{l}"), getattr(self, f"unit_fill_{l}")) for l in range(self.n_layers)]
+        return None if all(bool(m.all()) for m, _ in masks) else masks
+
+    # ------------------------------------------------------------------ log-weights (Eq. 4, Eq. 8)
+    def log_weights(self, x: Tensor, k: int) -> Tensor:
+        """Log importance weights of ``k`` samples h_i ~ q(h | x) drawn by reparameterisation.
+
+        .. math:: \\log w_i = \\log p(x, h_i) - \\log q(h_i \\mid x), \\quad h_i = h(x, \\epsilon_i, \\theta)
+
+        :param x: (batch, x_dim) data.
+        :param k: number of samples per example.
+        :returns: (k, batch) tensor; differentiable with respect to all parameters.
+        """
+        return self.forward_samples(x, k).log_w
+
+    def forward(self, x: Tensor, k: int, **kwargs) -> LogWeights:
+        """Same as :meth:`forward_samples` (so that ``torch.func.functional_call`` can run the model)."""
+        return self.forward_samples(x, k, **kwargs)
+
+    def forward_samples(
+        self,
+        x: Tensor,
+        k: int,
+        *,
+        noise: Sequence[Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        stop_q_grad: bool = False,
+        sample_hook: Callable[[Tensor], Tensor] | None = None,
+    ) -> LogWeights:
+        """Log-weights with the samples and noise that made them (the general form of :meth:`log_weights`).
+
+        :param noise: optional standard-normal draws [eps^1, ..., eps^L], each (k, batch, d_l); drawn from
+            ``generator`` when omitted.
+        :param stop_q_grad: evaluate log q with q's distribution parameters detached, so log q passes gradient
+            only through the samples (the "path" derivative of Roeder et al. 2017, used by STL and DReG).
+        :param sample_hook: applied to each sample h^l where log p, log q(h^l | .) and the generative network
+            read it; the next recognition layer reads the raw sample. DReG uses it to reweight the gradient
+            that flows into the recognition network through each sample.
+        """
+        if x.dim() != 2 or x.shape[1] != self.x_dim:
+            raise ValueError(f"x must have shape (batch, {self.x_dim}), got {tuple(x.shape)}")
+        if k < 1:
+            raise ValueError(f"k must be a positive number of samples, got {k}")
+        masks = self._masks()
+        log_q = x.new_zeros(())
+        samples: list[Tensor] = []
+        drawn: list[Tensor] = []
+        inp = x  # q(h^1 | x): the deterministic trunk runs once per example, (batch, x_dim) -> (batch, d_1)
+        for l, layer in enumerate(self.encoder):
+            mean, log_std = layer(inp)
+            if noise is None:
+                eps = torch.randn(
+                    (k, *mean.shape[-2:]), generator=generator, device=mean.device, dtype=mean.dtype
+                )
+            else:
+                eps = noise[l]
+            h = mean + torch.exp(log_std) * eps  # (k, batch, d_l) by broadcasting over samples
+            if masks is not None:
+                keep, fill = masks[l]
+                h = torch.where(keep, h, fill)
+            inp = h  # the next recognition layer reads the raw sample
+            if sample_hook is not None:
+                h = sample_hook(h)
+            if stop_q_grad:
+                # For l >= 2 the detached-parameter density still depends on h^(l-1) through its input.
+                if l == 0:
+                    m_d, s_d = mean.detach(), log_std.detach()
+                else:
+                    m_d, s_d = torch.func.functional_call(
+                        layer, {n: p.detach() for n, p in layer.named_parameters()}, (samples[-1],)
+                    )
+                terms = _gaussian_terms(h, m_d, s_d)
+            else:
+                # log N(h; mean, std) with h = mean + std * eps is -eps^2/2 - log std - log(2 pi)/2
+                terms = -(0.5 * eps.square() + log_std + _HALF_LOG_2PI)
+            log_q = log_q + _masked_sum(terms, masks, l)
+            samples.append(h)
+            drawn.append(eps)
+        log_p = _masked_sum(-(0.5 * samples[-1].square() + _HALF_LOG_2PI), masks, self.n_layers - 1)
+        for j, layer in enumerate(self.decoder):
+            l = self.n_layers - 1 - j  # this conditional reads h^(l+1) = samples[l]
+            if l > 0:
+                mean, log_std = layer(samples[l])
+                log_p = log_p + _masked_sum(_gaussian_terms(samples[l - 1], mean, log_std), masks, l - 1)
+            else:
+                log_p = log_p + self._log_px(layer, samples[0], x)
+        return LogWeights(log_p - log_q, samples, drawn)
+
+    def _log_px(self, layer: nn.Module, h1: Tensor, x: Tensor) -> Tensor:
+        """log p(x | h^1), (k, batch)."""
+        if self.likelihood == "bernoulli":
+            logits = layer(h1)
+            # log Bernoulli(x; sigmoid(l)) = x l - softplus(l), stable for any logit
+            return (x * logits).sum(-1) - nn.functional.softplus(logits).sum(-1)
+        mean, log_std = layer(h1)
+        return _gaussian_terms(x, mean, log_std).sum(-1)
+
+    # ------------------------------------------------------------------ recognition means, sampling
+    def posterior_means(self, x: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+        """E_q[h^l] for each layer: the mean of q(h^1 | x), then of q(h^l | h^(l-1)) given one sample h^(l-1).
+
+        This is the quantity whose variance over x is the activity statistic A_u (Section 5.2).
+        """
+        means = []
+        inp = x
+        for layer in self.encoder:
+            mean, log_std = layer(inp)
+            means.append(mean)
+            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            inp = mean + torch.exp(log_std) * eps
+        return means
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw h^L ~ N(0, I), then each layer down; return the visible layer's means, shape (n, x_dim).
+
+        For the Bernoulli visible layer these are the pixel probabilities sigmoid(logits) (Appendix E).
+        """
+        p = next(self.parameters())
+        h = torch.randn((n, self.latent_dims[-1]), generator=generator, device=p.device, dtype=p.dtype)
+        for layer in self.decoder[:-1]:
+            mean, log_std = layer(h)
+            h = mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, device=p.device,
+                                                        dtype=p.dtype)
+        out = self.decoder[-1](h)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out[0]
+
+    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Visible means of p(x | h^1) for one h ~ q(h | x) per example, shape (batch, x_dim)."""
+        h1 = self.forward_samples(x, 1, generator=generator).samples[0][0]
+        out = self.decoder[-1](h1)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out[0]
+
+    # ------------------------------------------------------------------ pruning (Section 5.2)
+    def pruned(self, keep: Sequence[Tensor], fill: Sequence[Tensor] | None = None) -> IWAE:
+        """A copy of the model with the units outside ``keep`` removed.
+
+        A removed unit is held at ``fill`` (default 0; pass the data mean of E_q[u] for inactive units) and its
+        log p and log q terms are left out of the log-weight, so the model has fewer latent dimensions.
+        :param keep: one boolean tensor per layer, True for the units to keep.
+        """
+        if len(keep) != self.n_layers:
+            raise ValueError(f"keep needs one mask per stochastic layer ({self.n_layers}), got {len(keep)}")
+        model = copy.deepcopy(self)
+        for l, mask in enumerate(keep):
+            buf = getattr(model, f"unit_mask_{l}")
+            buf.copy_(torch.as_tensor(mask, dtype=torch.bool, device=buf.device) & buf)
+            if fill is not None:
+                getattr(model, f"unit_fill_{l}").copy_(torch.as_tensor(fill[l]))
+        return model
+
+
+def _gaussian_terms(h: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """Per-unit log N(h; mean, exp(log_std)^2), not summed."""
+    z = (h - mean) * torch.exp(-log_std)
+    return -(0.5 * z.square() + log_std + _HALF_LOG_2PI)
+
+
+def _masked_sum(terms: Tensor, masks: list[tuple[Tensor, Tensor]] | None, layer: int) -> Tensor:
+    """Sum per-unit log-density terms over the units of ``layer`` that the pruning mask keeps."""
+    if masks is None:
+        return terms.sum(-1)
+    return (terms * masks[layer][0]).sum(-1)

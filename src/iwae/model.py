@@ -122,9 +122,7 @@ class IWAE(nn.Module):
         }
         below = [self.x_dim, *latent_dims[:-1]]
         # encoder[l] is q(h^(l+1) | h^l), bottom-up.
-        self.encoder = nn.ModuleList(
-            GaussianLayer(below[l], q_hidden[l], latent_dims[l]) for l in range(n_layers)
-        )
+        self.encoder = nn.ModuleList(GaussianLayer(below[l], q_hidden[l], latent_dims[l]) for l in range(n_layers))
         # decoder[j] is p(h^(L-1-j) | h^(L-j)), top-down; the last entry is p(x | h^1).
         top_down = list(reversed(range(n_layers)))  # layer index l of the conditioning variable h^(l+1)
         self.decoder = nn.ModuleList()
@@ -233,9 +231,7 @@ class IWAE(nn.Module):
         for l, layer in enumerate(self.encoder):
             mean, log_std = layer(inp)
             if noise is None:
-                eps = torch.randn(
-                    (k, *mean.shape[-2:]), generator=generator, device=mean.device, dtype=mean.dtype
-                )
+                eps = torch.randn((k, *mean.shape[-2:]), generator=generator, device=mean.device, dtype=mean.dtype)
             else:
                 eps = noise[l]
             h = mean + torch.exp(log_std) * eps  # (k, batch, d_l) by broadcasting over samples
@@ -304,8 +300,7 @@ class IWAE(nn.Module):
         h = torch.randn((n, self.latent_dims[-1]), generator=generator, device=p.device, dtype=p.dtype)
         for layer in self.decoder[:-1]:
             mean, log_std = layer(h)
-            h = mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, device=p.device,
-                                                        dtype=p.dtype)
+            h = mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, device=p.device, dtype=p.dtype)
         out = self.decoder[-1](h)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out[0]
 

@@ -1,0 +1,105 @@
+"""log_likelihood (chunked L_k, the log-weights protocol, standard error) and the activity statistic A_u."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+
+import iwae
+from iwae import bounds
+
+
+class BankModel:
+    """A log-weights-protocol model that hands out a fixed bank of log-weights in order (the same draws)."""
+
+    def __init__(self, bank: torch.Tensor) -> None:
+        self.bank, self.cursor = bank, 0
+
+    def log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        out = self.bank[self.cursor : self.cursor + k]
+        self.cursor += k
+        return out
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
+def test_chunked_log_likelihood_equals_unchunked_on_the_same_draws(chunk):
+    bank = torch.randn(5000, 3, dtype=torch.float64) * 20 - 90
+    x = torch.zeros(3, 2)
+    ll = iwae.log_likelihood(BankModel(bank), x, k=5000, chunk_size=max(chunk, 3))
+    torch.testing.assert_close(ll, bounds.iwae(bank).float())
+
+
+def test_log_likelihood_splits_large_batches_and_bounds_rows():
+    """Rows per call never exceed chunk_size, whatever k and batch are."""
+    model = tiny_model(x_dim=3, latent_dims=(2,))
+    calls = []
+    original = model.log_weights
+
+    def spy(x, k):
+        calls.append(x.shape[0] * k)
+        return original(x, k)
+
+    model.log_weights = spy
+    x = torch.bernoulli(torch.full((50, 3), 0.5, dtype=torch.float64))
+    ll = iwae.log_likelihood(model, x, k=300, chunk_size=64)
+    assert ll.shape == (50,) and max(calls) <= 64 and sum(calls) == 50 * 300
+
+
+def test_standard_error_matches_spread_of_repeated_estimates():
+    model = tiny_model(x_dim=3, latent_dims=(1,), seed=1, scale=1.5)
+    x = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    runs = [iwae.log_likelihood(model, x, k=2000, generator=gen, return_stderr=True) for _ in range(200)]
+    spread = torch.stack([r.ll for r in runs]).std(0)
+    reported = torch.stack([r.stderr for r in runs]).mean(0)
+    assert torch.allclose(reported, spread, rtol=0.3)
+
+
+def test_log_likelihood_refuses_bad_models_and_arguments():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"must return shape \(1, 2\), got \(1, 3\)"):
+        iwae.log_likelihood(BankModel(torch.zeros(8, 3)), torch.zeros(3, 3), k=4, chunk_size=2)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        iwae.log_likelihood(BankModel(torch.full((4, 2), float("nan"))), x, k=4)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        iwae.log_likelihood(BankModel(torch.zeros(4, 2)), x, k=0)
+
+
+def _model_with_known_active_set() -> iwae.IWAE:
+    """q(h1|x) reads only x_0..x_2 into units 0..2 (unit 3, 4 constant); q(h2|h1) reads only h1_0 into unit 0."""
+    torch.manual_seed(0)
+    model = iwae.IWAE(6, [5, 3], [[], []], [[4], [4]])
+    with torch.no_grad():
+        for layer in model.encoder:
+            layer.mean.weight.zero_()
+            layer.mean.bias.fill_(0.3)
+        model.encoder[0].mean.weight[0, 0] = 1.0
+        model.encoder[0].mean.weight[1, 1] = 2.0
+        model.encoder[0].mean.weight[2, 2] = 0.5
+        model.encoder[0].mean.weight[3, 3] = 0.05  # Var = 0.05^2 * 0.25 < 0.01: inactive
+        model.encoder[0].log_std.bias.fill_(-3.0)
+        model.encoder[1].mean.weight[0, 0] = 1.0
+    return model
+
+
+def test_active_units_on_a_model_with_known_active_set():
+    model = _model_with_known_active_set()
+    x = torch.bernoulli(torch.full((4000, 6), 0.5), generator=torch.Generator().manual_seed(1))
+    A = iwae.active_units(model, x)
+    # Layer 1: A_u = w^2 Var(x_u) = w^2 / 4 for the units that read a pixel, 0 for the others.
+    torch.testing.assert_close(A[0], torch.tensor([0.25, 1.0, 0.0625, 0.000625, 0.0]), atol=0.01, rtol=0.05)
+    assert iwae.count_active(A) == [3, 1]
+    assert iwae.count_active(A, threshold=0.1) == [2, 1]
+    # Layer 2 sees a sample of h1: Var(h1_0) = Var(x_0) + Var(noise) ~= 0.25
+    assert A[1][0].item() == pytest.approx(0.25, rel=0.1)
+    assert (A[1][1:] == 0).all()
+
+
+def test_prune_inactive_keeps_active_units_and_changes_little():
+    model = _model_with_known_active_set()
+    x = torch.bernoulli(torch.full((500, 6), 0.5), generator=torch.Generator().manual_seed(2))
+    pruned = iwae.prune_inactive(model, x)
+    assert [int(m.sum()) for m in (pruned.unit_mask_0, pruned.unit_mask_1)] == [3, 1]
+    assert pruned.unit_fill_0[4].item() == pytest.approx(0.3)
+    assert model.unit_mask_0.all()  # the original is untouched

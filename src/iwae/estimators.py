@@ -36,13 +36,14 @@ from torch import Tensor, nn
 from iwae import bounds
 from iwae.model import IWAE
 
-__all__ = ["KINDS", "ESTIMATORS", "objective", "make_train_step"]
+__all__ = ["KINDS", "ESTIMATORS", "check_args", "objective", "make_train_step", "make_optimizer"]
 
 KINDS = ("vae", "iwae", "miwae", "ciwae", "piwae")
 ESTIMATORS = ("reparam", "sample-one", "stl", "dreg")
 
 
-def _check_args(k: int, kind: str, estimator: str, m: int, beta: float) -> None:
+def check_args(k: int, kind: str, estimator: str, m: int, beta: float) -> None:
+    """Raise ValueError naming the problem for an invalid combination of objective arguments."""
     if kind not in KINDS:
         raise ValueError(f"unknown objective kind {kind!r}; choose one of {', '.join(KINDS)}")
     if estimator not in ESTIMATORS:
@@ -95,7 +96,7 @@ def objective(
     :param beta: ELBO weight for ``ciwae``.
     :param generator: source of the reparameterisation noise.
     """
-    _check_args(k, kind, estimator, m, beta)
+    check_args(k, kind, estimator, m, beta)
     n = m * k if kind in ("miwae", "piwae") else k
 
     if estimator == "sample-one":
@@ -182,7 +183,7 @@ def make_train_step(
     Returns the detached loss (minus the batch-mean bound) as a tensor on the model's device, so the caller
     decides when to synchronise with the host.
     """
-    _check_args(k, kind, estimator, m, beta)
+    check_args(k, kind, estimator, m, beta)
 
     def step(x: Tensor) -> Tensor:
         optimizer.zero_grad(set_to_none=True)

@@ -87,6 +87,7 @@ class IWAE(nn.Module):
     :param likelihood: ``"bernoulli"`` (binary data) or ``"gaussian"`` (real-valued data).
     :param output_bias: per-pixel mean of the training set; if given, the visible bias starts at
         logit(clip(mean, 0.001, 0.999)) (Bernoulli) or at the mean (Gaussian).
+    :param generator: source of the initial weights (default: the global generator).
     """
 
     def __init__(
@@ -97,6 +98,8 @@ class IWAE(nn.Module):
         p_hidden: Sequence[Sequence[int]],
         likelihood: str = "bernoulli",
         output_bias: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         latent_dims = [int(d) for d in latent_dims]
@@ -137,20 +140,30 @@ class IWAE(nn.Module):
         for l, d in enumerate(latent_dims):
             self.register_buffer(f"unit_mask_{l}", torch.ones(d, dtype=torch.bool))
             self.register_buffer(f"unit_fill_{l}", torch.zeros(d))
-        self.reset_parameters(output_bias)
+        self.reset_parameters(output_bias, generator=generator)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def paper(cls, layers: int = 1, x_dim: int = 784, output_bias: Tensor | None = None) -> IWAE:
+    def paper(
+        cls,
+        layers: int = 1,
+        x_dim: int = 784,
+        output_bias: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> IWAE:
         """The paper's architectures (Section 5.1, Appendix C).
 
         ``layers=1``: x -> 200 -> 200 -> h1(50), and back. ``layers=2``: x -> 200 -> 200 -> h1(100) -> 100 -> 100
         -> h2(50), and back.
         """
         if layers == 1:
-            return cls(x_dim, [50], [[200, 200]], [[200, 200]], "bernoulli", output_bias)
+            return cls(x_dim, [50], [[200, 200]], [[200, 200]], "bernoulli", output_bias, generator=generator)
         if layers == 2:
-            return cls(x_dim, [100, 50], [[200, 200], [100, 100]], [[100, 100], [200, 200]], "bernoulli", output_bias)
+            return cls(
+                x_dim, [100, 50], [[200, 200], [100, 100]], [[100, 100], [200, 200]], "bernoulli", output_bias,
+                generator=generator,
+            )  # fmt: skip
         raise ValueError(f"the paper has architectures with 1 or 2 stochastic layers, got layers={layers}")
 
     @classmethod
@@ -158,11 +171,11 @@ class IWAE(nn.Module):
         """Rebuild a model from :attr:`config` (as saved in a run folder)."""
         return cls(**config)
 
-    def reset_parameters(self, output_bias: Tensor | None = None) -> None:
+    def reset_parameters(self, output_bias: Tensor | None = None, generator: torch.Generator | None = None) -> None:
         """Glorot & Bengio (2010) uniform weights, zero biases; visible bias from the data mean if given."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
+                nn.init.xavier_uniform_(m.weight, generator=generator)
                 nn.init.zeros_(m.bias)
         if output_bias is not None:
             mean = torch.as_tensor(output_bias, dtype=torch.float32).reshape(-1)

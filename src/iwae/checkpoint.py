@@ -1,0 +1,101 @@
+"""Checkpoints: model, optimizer, schedule position and RNG states in one safetensors file, written atomically.
+
+safetensors holds only tensors and a string-to-string header, so loading a checkpoint can never execute code.
+The file is written to a temporary name in the same folder, flushed to disk, then renamed over the old one:
+a run killed at any moment leaves either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+_FORMAT = "iwae-checkpoint-1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, of another format, or holds non-finite parameters."""
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+) -> None:
+    """Write model and optimizer state, extra ``tensors`` (RNG states, permutation) and a JSON ``state``."""
+    path = Path(path)
+    out: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        out[f"model.{name}"] = value
+    opt = optimizer.state_dict()
+    for index, per_param in opt["state"].items():
+        for key, value in per_param.items():
+            out[f"optim.{index}.{key}"] = torch.as_tensor(value)
+    for name, value in tensors.items():
+        out[f"extra.{name}"] = value
+    out = {k: v.detach().contiguous().cpu() for k, v in out.items()}
+    header = {
+        "format": _FORMAT,
+        "state": json.dumps(state),
+        "param_groups": json.dumps(opt["param_groups"]),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(out, tmp, metadata=header)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Load into ``model`` (and ``optimizer``); return the JSON state and the extra tensors.
+
+    :raises CheckpointError: naming the file and the problem, for anything but a complete, finite checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint here (is this a run folder made by `iwae train`?)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({err}); delete it to start over") from err
+    if header.get("format") != _FORMAT:
+        raise CheckpointError(f"{path}: not an iwae checkpoint (format {header.get('format')!r})")
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    bad = [k for k, v in model_state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite values in {bad[:3]}; this checkpoint is unusable")
+    device = next(model.parameters()).device
+    try:
+        model.load_state_dict({k: v.to(device) for k, v in model_state.items()})
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: does not fit this model ({err})") from err
+    if optimizer is not None:
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                per_param.setdefault(int(index), {})[name] = value.to(device) if name != "step" else value
+        optimizer.load_state_dict({"state": per_param, "param_groups": json.loads(header["param_groups"])})
+    extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return json.loads(header["state"]), extra

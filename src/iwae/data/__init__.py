@@ -1,0 +1,46 @@
+"""Data sets of Burda et al. (2016): dynamically binarized MNIST and Omniglot, and fixed-binarization MNIST.
+
+Usage::
+
+    x = iwae.data.load("mnist", "train")         # float32 (59600, 784), intensities in [0, 1]
+    xb = iwae.data.binarize(x, generator=g)      # fresh 0/1 draw, each time an image is used
+
+Data directory (:func:`resolve_data_dir`): the ``data_dir`` argument, else ``$IWAE_DATA_DIR``, else the
+per-user cache directory ``pooch.os_cache("iwae")``. Its layout:
+
+* ``mnist``: ``mnist/train-images-idx3-ubyte.gz``, ``mnist/t10k-images-idx3-ubyte.gz`` (or uncompressed);
+* ``omniglot``: ``omniglot/chardata.mat`` (the paper's 28x28 file), else ``omniglot/images_background.zip``
+  and ``omniglot/images_evaluation.zip`` (the original archives of 105x105 PNGs);
+* ``binarized-mnist``: ``binarized_mnist/binarized_mnist_{train,valid,test}.amat`` (or ``.amat.gz``).
+
+Missing files are fetched by ``iwae download NAME``, :func:`download` or ``load(..., download=True)``
+(:mod:`iwae.data.fetching`); otherwise :class:`DataNotFoundError` says which files and how to get them.
+Splits, binarization and verification: :mod:`iwae.data.datasets`. Omniglot without ``chardata.mat`` is a
+rebuild that differs from the paper's data (downsampling, drawing choice, 8,115 test images instead of
+8,070): see :mod:`iwae.data.omniglot`.
+"""
+
+from iwae.data.datasets import SPLITS, binarize, is_binary, load
+from iwae.data.fetching import download
+from iwae.data.resources import (
+    DATASETS,
+    ChecksumError,
+    DataFormatError,
+    DataNotFoundError,
+    DownloadError,
+    resolve_data_dir,
+)
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "ChecksumError",
+    "DataFormatError",
+    "DataNotFoundError",
+    "DownloadError",
+    "binarize",
+    "download",
+    "is_binary",
+    "load",
+    "resolve_data_dir",
+]

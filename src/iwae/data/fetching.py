@@ -1,0 +1,155 @@
+"""Fetch missing data files from their public homes.
+
+A download is idempotent: a file already in the data directory (under its published name or an alias) is
+kept as it is. Otherwise each mirror is tried in turn with :func:`pooch.retrieve` (progress bar on stderr)
+into a fresh hidden folder beside the destination (``.iwae-download-*``); pooch checks the published hash
+(md5 for MNIST and the Omniglot archives, sha256 for the binarized-MNIST text); then we check the size and
+git blob id where known (``chardata.mat`` has no published checksum, only its blob id), and only then is
+the file renamed into place. A failed try removes its folder, so a corrupt or truncated download leaves
+nothing behind; when every mirror fails, :class:`DownloadError` lists each URL and why.
+
+Content of files that were already present is checked when they are loaded (see :mod:`iwae.data.datasets`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import pooch
+
+from iwae.data.resources import (
+    DATASETS,
+    RESOURCES,
+    SOURCES,
+    DownloadError,
+    check_choice,
+    find_local,
+    is_writable,
+    locate,
+    missing_error,
+    resolve_data_dir,
+)
+
+__all__ = ["download", "ensure", "fetch", "file_hash", "git_blob_id"]
+
+_CHUNK = 1 << 20  # hash and download in 1 MiB pieces
+
+
+def file_hash(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of the bytes of ``path`` (``algorithm`` is any :func:`hashlib.new` name)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_blob_id(path: Path) -> str:
+    """Git's object id of the file: sha1 of ``b"blob <size>\\0"`` followed by the bytes."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_published(key: str, path: Path) -> None:
+    """Checks beyond pooch's hash: size and git blob id of the published file. Raises ValueError."""
+    res = RESOURCES[key]
+    size = path.stat().st_size
+    if res.size is not None and size != res.size:
+        raise ValueError(f"size {size:,} bytes, expected {res.size:,}")
+    if res.git_blob is not None and (got := git_blob_id(path)) != res.git_blob:
+        raise ValueError(f"git blob id {got}, expected {res.git_blob}")
+
+
+def _downloader(url: str) -> pooch.HTTPDownloader | None:
+    # pooch's default reads 1 KiB at a time; larger pieces are faster for the 78 MB amat.
+    if url.startswith(("http://", "https://")):
+        return pooch.HTTPDownloader(progressbar=True, chunk_size=_CHUNK)
+    return None  # let pooch choose (e.g. ftp)
+
+
+def fetch(key: str, data_dir: Path) -> Path:
+    """Return the local copy of resource ``key`` under ``data_dir``, downloading it if missing.
+
+    :raises DownloadError: every mirror failed; nothing was written.
+    """
+    res = RESOURCES[key]
+    if (local := find_local(key, data_dir)) is not None:
+        return local
+    dest = data_dir / res.path
+    if not is_writable(dest.parent):
+        raise DownloadError(
+            f"cannot download `{res.path}`: {data_dir} is read-only; choose another data directory "
+            "with --data-dir or IWAE_DATA_DIR"
+        )
+    made = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for url in res.urls:
+        try:
+            with tempfile.TemporaryDirectory(prefix=".iwae-download-", dir=dest.parent) as tmp:
+                got = Path(
+                    pooch.retrieve(
+                        url,
+                        known_hash=res.known_hash,
+                        fname=dest.name,
+                        path=tmp,
+                        downloader=_downloader(url),
+                        progressbar=True,
+                    )
+                )
+                _check_published(key, got)
+                os.replace(got, dest)  # same file system: atomic
+            return dest
+        # requests' errors are OSErrors; pooch's hash mismatch and ours are ValueErrors.
+        except (OSError, ValueError) as err:
+            failures.append(f"  {url}: {type(err).__name__}: {err}")
+    for d in made:  # leave no empty folders behind either (innermost first)
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    raise DownloadError(
+        f"could not download `{res.path}` into {data_dir} (no partial file was kept). Tried:\n" + "\n".join(failures)
+    )
+
+
+def ensure(name: str, data_dir: Path, download: bool = False) -> dict[str, Path]:
+    """Local files of data set ``name`` keyed by resource, downloading them first if ``download``.
+
+    Groups of :data:`~iwae.data.resources.SOURCES` are tried in order: for Omniglot, ``chardata.mat`` is
+    preferred and the original archives are the fallback (with a warning, as they differ from the paper's).
+
+    :raises DataNotFoundError: the files are missing and ``download`` is False.
+    :raises DownloadError: the files are missing and could not be downloaded.
+    """
+    check_choice(name, DATASETS, "data set")
+    if (found := locate(name, data_dir)) is not None:
+        return found
+    if not download:
+        raise missing_error(name, data_dir)
+    failures = []
+    groups = SOURCES[name]
+    for i, group in enumerate(groups):
+        try:
+            return {key: fetch(key, data_dir) for key in group}
+        except DownloadError as err:
+            failures.append(str(err))
+            if i + 1 < len(groups):
+                warnings.warn(f"{err}\nFalling back to {' and '.join(groups[i + 1])} for {name!r}.", stacklevel=3)
+    raise missing_error(name, data_dir, "\n".join(failures), cls=DownloadError)
+
+
+def download(name: str, data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Download data set ``name`` into ``data_dir`` (see :func:`~iwae.data.resolve_data_dir`) unless present.
+
+    :param name: one of :data:`~iwae.data.DATASETS`.
+    :returns: the local paths of its files.
+    :raises DownloadError: a file could not be downloaded (no network, or every mirror's copy failed its
+        checksum); a partial or corrupt download is never left in the data directory.
+    """
+    return list(ensure(name, resolve_data_dir(data_dir), download=True).values())

@@ -1,0 +1,172 @@
+"""Training runs end to end: a tiny run, resume after an interruption (identical numbers), divergence, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import iwae.train
+from iwae.checkpoint import CheckpointError, load_checkpoint
+from iwae.config import TrainConfig, schedule
+from iwae.evaluate_run import evaluate_run, finish_run
+
+DATA = os.environ.get("IWAE_DATA_DIR")
+needs_data = pytest.mark.skipif(not DATA, reason="set IWAE_DATA_DIR to a data directory holding mnist/ to run")
+
+TINY = dict(dataset="mnist", layers=1, k=3, stages=2, pass_scale=0.02, eval_k=20, eval_n=50, checkpoint_minutes=0.0)
+
+
+def _log(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_checkpoints(a, b):
+    ta, tb = load_file(str(a / "checkpoint.safetensors")), load_file(str(b / "checkpoint.safetensors"))
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+
+
+def test_paper_schedule():
+    stages = schedule(TrainConfig())
+    assert [s.passes for s in stages] == [1, 3, 9, 27, 81, 243, 729, 2187] and sum(s.passes for s in stages) == 3280
+    assert stages[0].lr == pytest.approx(1e-3) and stages[7].lr == pytest.approx(1e-4)
+    assert stages[3].lr == pytest.approx(1e-3 * 10 ** (-3 / 7))
+    ref = schedule(TrainConfig(lr_variant="reference"))
+    assert [round(s.lr, 6) for s in ref] == [1e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1e-4]
+    assert TrainConfig(lr_variant="reference").adam_betas == (0.99, 0.999)
+    assert [s.passes for s in schedule(TrainConfig(stages=3, pass_scale=0.5))] == [0.5, 1.5, 4.5]
+
+
+def test_config_refuses_bad_values_and_unknown_keys():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        TrainConfig(dataset="cifar")
+    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
+        TrainConfig(k=0)
+    with pytest.raises(ValueError, match=r"unknown config keys \['learning_rate'\]"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+@needs_data
+def test_tiny_run_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    iwae.train.train(TrainConfig(data_dir=DATA, **TINY), run, progress=False)
+    metrics = finish_run(run, progress=False)
+    for key in ("test_nll", "train_nll", "eval_k", "active_units", "test_nll_pruned", "train_seconds"):
+        assert key in metrics
+    assert 60 < metrics["test_nll"] < 300 and len(metrics["active_units"]) == 1
+    for name in ("samples.png", "active_units.png", "training.png", "config.json", "metrics.json"):
+        assert (run / name).is_file()
+    log = _log(run)
+    assert [r["stage"] for r in log] == [0, 1]
+    assert log[-1]["pass"] == pytest.approx(0.08, abs=1e-3)  # 0.02 + 0.06 passes
+    # evaluate is deterministic and writes its own file
+    a = evaluate_run(run, k=10, n=30, progress=False)
+    b = evaluate_run(run, k=10, n=30, progress=False)
+    assert a == b and (run / "eval-test-k10.json").is_file()
+    with pytest.raises(iwae.train.RunError, match="already holds a run"):
+        iwae.train.train(TrainConfig(data_dir=DATA, **TINY), run, progress=False)
+
+
+@needs_data
+def test_resume_after_interruption_gives_identical_numbers(tmp_path, monkeypatch):
+    config = TrainConfig(data_dir=DATA, **TINY)
+    iwae.train.train(config, tmp_path / "straight", progress=False)
+
+    real = iwae.train.make_train_step
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def wrapped(x):
+            calls["n"] += 1
+            if calls["n"] == 130:  # mid-pass in stage 2; the last checkpoint was at step 100
+                raise KeyboardInterrupt
+            return step(x)
+
+        return wrapped
+
+    monkeypatch.setattr(iwae.train, "make_train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        iwae.train.train(config, tmp_path / "broken", progress=False)
+    state, _ = load_checkpoint(tmp_path / "broken" / "checkpoint.safetensors", iwae.train.build_model(config))
+    assert (state["stage"], state["step"]) == (1, 50)
+    monkeypatch.setattr(iwae.train, "make_train_step", real)
+    iwae.train.resume(tmp_path / "broken", progress=False)
+    _same_checkpoints(tmp_path / "straight", tmp_path / "broken")
+    strip = [
+        {k: v for k, v in r.items() if k not in ("seconds", "examples_per_s")} for r in _log(tmp_path / "straight")
+    ]
+    assert strip == [
+        {k: v for k, v in r.items() if k not in ("seconds", "examples_per_s")} for r in _log(tmp_path / "broken")
+    ]
+
+
+@needs_data
+def test_resume_after_kill_9_gives_identical_numbers(tmp_path):
+    """A real process killed with SIGKILL mid-run resumes to the uninterrupted result."""
+    cfg = {**TINY, "stages": 3, "data_dir": DATA}
+    iwae.train.train(TrainConfig(**cfg), tmp_path / "straight", progress=False)
+    code = (
+        "import sys, iwae.train as t; from iwae.config import TrainConfig; "
+        f"t.train(TrainConfig(**{cfg!r}), sys.argv[1], progress=False)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "killed")])
+    ckpt = tmp_path / "killed" / "checkpoint.safetensors"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    iwae.train.resume(tmp_path / "killed", progress=False)
+    _same_checkpoints(tmp_path / "straight", tmp_path / "killed")
+
+
+@needs_data
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real = iwae.train.make_train_step
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def wrapped(x):
+            calls["n"] += 1
+            loss = step(x)
+            return loss * float("nan") if calls["n"] >= 75 else loss
+
+        return wrapped
+
+    monkeypatch.setattr(iwae.train, "make_train_step", poisoned)
+    config = TrainConfig(data_dir=DATA, **TINY)
+    with pytest.raises(iwae.train.TrainingDiverged, match="non-finite in stage 2, step 50"):
+        iwae.train.train(config, tmp_path / "run", progress=False)
+    state, _ = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors", iwae.train.build_model(config))
+    assert (state["stage"], state["step"]) == (1, 0)  # the end of stage 1: the last finite state
+
+
+def test_truncated_or_foreign_checkpoint_is_refused(tmp_path):
+    model = iwae.train.build_model(TrainConfig())
+    opt = iwae.make_optimizer(model)
+    path = tmp_path / "checkpoint.safetensors"
+    iwae.checkpoint.save_checkpoint(path, model, opt, {"stage": 0}, {})
+    load_checkpoint(path, model, opt)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="unreadable or truncated checkpoint"):
+        load_checkpoint(path, model)
+    with torch.no_grad():
+        model.encoder[0].mean.bias[0] = float("nan")
+    iwae.checkpoint.save_checkpoint(path, model, opt, {"stage": 0}, {})
+    with pytest.raises(CheckpointError, match="non-finite values"):
+        load_checkpoint(path, model)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.safetensors"]  # no temporary files left

@@ -156,10 +156,11 @@ def _resume(args: argparse.Namespace) -> None:
 
 
 def _report(metrics: dict, run_dir: Path) -> None:
+    active = "+".join(map(str, metrics["active_units"]))
     print(
         f"{run_dir}: test NLL {metrics['test_nll']:.2f} nats (mean -L_{metrics['eval_k']} over {metrics['eval_n']} "
-        f"test images), train NLL {metrics['train_nll']:.2f}, active units {'+'.join(map(str, metrics['active_units']))}"
-        f", NLL with inactive units removed {metrics['test_nll_pruned']:.2f}, trained {metrics['train_seconds']:.0f} s"
+        f"test images), train NLL {metrics['train_nll']:.2f}, active units {active}, "
+        f"NLL with inactive units removed {metrics['test_nll_pruned']:.2f}, trained {metrics['train_seconds']:.0f} s"
     )
 
 

@@ -125,9 +125,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
     s.add_argument("--seed", type=int, default=0, help="seed (default 0)")
 
+    from iwae.experiments.cli import add_reproduce_command
+
+    add_reproduce_command(sub, add_schedule_options)
+
     d = sub.add_parser("download", help="fetch and verify a data set")
     d.add_argument("dataset", choices=DATASET_NAMES, help="data set to fetch")
     d.add_argument("--data-dir", help="data directory (default: $IWAE_DATA_DIR, else the per-user cache)")
+
+    n = sub.add_parser(
+        "snr",
+        help="gradient signal-to-noise ratio against k, per estimator",
+        description="SNR = |mean|/std of each gradient coordinate over many draws on one minibatch (Rainforth et al. "
+        "2018), averaged over the encoder's and the decoder's parameters, for each k and estimator of the IWAE "
+        "bound. Writes OUT/snr.png, OUT/snr.md and OUT/snr.json. Without RUN_DIR, first trains the paper's 1-layer "
+        "MNIST model on IWAE k=5 for --train-passes passes (3,000 steps each) into OUT/model, or reuses it.",
+    )
+    n.add_argument("run_dir", nargs="?", help="run folder made by `iwae train` (default: train a small model)")
+    n.add_argument("--k", type=_int_list, default=[1, 5, 50, 500], help="numbers of samples (default 1,5,50,500)")
+    n.add_argument("--estimators", default="reparam,stl,dreg", help="comma-separated (default reparam,stl,dreg)")
+    n.add_argument("--draws", type=_positive_int, default=100, help="gradient draws per k and estimator (100)")
+    n.add_argument("--batch", type=_positive_int, default=20, help="images in the fixed minibatch (default 20)")
+    n.add_argument("--out", required=True, help="folder for snr.png, snr.md, snr.json (and model/)")
+    n.add_argument("--train-passes", type=_positive_float, default=1.0, help="passes for the small model (1)")
+    n.add_argument("--data-dir", help="data directory (default: the run's, else $IWAE_DATA_DIR)")
+    n.add_argument("--seed", type=int, default=0, help="seed of the minibatch, the noise and the small model (0)")
+    n.add_argument("--device", help="cpu, cuda or cuda:N (default: the run's device)")
+    n.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -191,7 +215,34 @@ def _download(args: argparse.Namespace) -> None:
         print(path)
 
 
-COMMANDS = {"train": _train, "resume": _resume, "evaluate": _evaluate, "sample": _sample, "download": _download}
+def _reproduce(args: argparse.Namespace) -> None:
+    from iwae.experiments.cli import reproduce
+
+    if reproduce(args):
+        raise RunError("some runs failed (listed above); fix the cause and run the same command again to continue")
+
+
+def _snr(args: argparse.Namespace) -> None:
+    from iwae.snr import snr_command
+
+    result = snr_command(
+        args.out, args.run_dir, args.k, args.estimators.split(","), args.draws, args.batch, seed=args.seed,
+        data_dir=args.data_dir, device=args.device, train_passes=args.train_passes, progress=not args.quiet,
+    )  # fmt: skip
+    model = ("trained " if result["model"]["trained_here"] else "") + f"model {result['model']['run_dir']}"
+    print(f"{args.out}: snr.png, snr.md, snr.json ({model}, {result['seconds']:.0f} s)")
+    print((Path(args.out) / "snr.md").read_text().split("\n\n")[-1].rstrip())
+
+
+COMMANDS = {
+    "train": _train,
+    "resume": _resume,
+    "evaluate": _evaluate,
+    "sample": _sample,
+    "download": _download,
+    "reproduce": _reproduce,
+    "snr": _snr,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

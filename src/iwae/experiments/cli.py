@@ -1,0 +1,77 @@
+"""`iwae reproduce`: the paper's tables and figures as ordinary run folders, a report beside the paper's numbers."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from iwae.config import DATASET_NAMES
+from iwae.experiments.plan import EXPERIMENTS, Schedule, plan
+from iwae.experiments.posteriors import plot_posteriors
+from iwae.experiments.report import write_report
+from iwae.experiments.runner import estimate_seconds, execute, status
+
+__all__ = ["add_reproduce_command", "reproduce"]
+
+
+def add_reproduce_command(sub: argparse._SubParsersAction, add_schedule_options) -> None:
+    r = sub.add_parser(
+        "reproduce",
+        help="reproduce the paper's tables and figures",
+        description="Train every model a table or figure needs (finished runs are skipped, unfinished ones resumed), "
+        "then write DIR/report.md with the paper's numbers beside ours, and DIR/results.json.",
+    )
+    r.add_argument("experiment", choices=(*EXPERIMENTS, "all"), help="what to reproduce")
+    r.add_argument("--out", required=True, help="output folder: DIR/runs/<run>/, DIR/report.md, DIR/results.json")
+    r.add_argument("--jobs", type=int, default=1, help="runs in parallel, each on its share of CPU threads or a GPU")
+    r.add_argument("--datasets", default=None, help="Table 1 only: comma-separated subset of mnist,omniglot")
+    r.add_argument("--estimate-only", action="store_true", help="print the plan and the time estimate, then stop")
+    add_schedule_options(r)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    datasets = tuple(args.datasets.split(",")) if args.datasets else ("mnist", "omniglot")
+    for d in datasets:
+        if d not in DATASET_NAMES or d == "binarized-mnist":
+            raise ValueError(f"--datasets takes mnist and/or omniglot, got {d!r}")
+    schedule = Schedule(args.stages, args.pass_scale, args.eval_k, args.eval_n, args.seed, args.device, args.data_dir)
+    out = Path(args.out)
+    root = out / "runs"
+    specs = plan(args.experiment, schedule, str(root), datasets)
+    experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    print(f"{args.experiment}: {len(specs)} runs; {schedule.describe()}")
+    todo = [s for s in specs if status(root / s.name) != "done"]
+    if todo:
+        print("measuring a short warm-up of each kind of run to estimate the time ...")
+        est = estimate_seconds(todo, args.jobs)
+        for s in todo:
+            print(f"  {s.name:32s} {status(root / s.name):8s} ~{_duration(est[s.name])}")
+        # A lower bound on the wall time: the work spread evenly over the jobs, or the longest run.
+        wall = max(sum(est.values()) / args.jobs, max(est.values()))
+        print(f"estimated time: about {_duration(wall)} with {args.jobs} job(s)")
+    if args.estimate_only:
+        return 0
+    result = execute(specs, root, args.jobs)
+    if "posteriors" in experiments:
+        dirs = {label: root / f"mnist-2d-{name}" for label, name in
+                (("VAE", "vae"), ("IWAE k=5", "iwae-k5"), ("IWAE k=50", "iwae-k50"))}  # fmt: skip
+        if all(status(d) == "done" for d in dirs.values()):
+            plot_posteriors(dirs, out, seed=args.seed)
+    command = "iwae " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("iwae") else ""
+    report = write_report(out, experiments, schedule, command or f"iwae reproduce {args.experiment} --out {out}",
+                          datasets)  # fmt: skip
+    failed = {n: r for n, r in result.items() if r != "done"}
+    for name, reason in failed.items():
+        print(f"  {name}: {reason}")
+    print(f"wrote {report}")
+    return 1 if failed else 0

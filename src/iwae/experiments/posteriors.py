@@ -1,0 +1,77 @@
+"""Appendix C: true posteriors p(h | x) of 2-D latent models, beside samples of q(h | x), and reconstructions.
+
+The true posterior is computed on a grid over the 2-D latent space by normalising p(x, h) = p(x | h) p(h); it is
+shown as a heat map with samples of q(h | x) as dots. Below each model's heat maps: the example and the Bernoulli
+means of p(x | h) for samples h ~ q(h | x).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from iwae import data  # noqa: E402
+from iwae.model import IWAE  # noqa: E402
+from iwae.train import load_run  # noqa: E402
+
+__all__ = ["true_posterior_grid", "plot_posteriors"]
+
+
+@torch.no_grad()
+def true_posterior_grid(model: IWAE, x: torch.Tensor, lim: float = 4.0, n: int = 121) -> tuple[np.ndarray, np.ndarray]:
+    """p(h | x) on an n x n grid over [-lim, lim]^2 for each row of x: (batch, n, n) densities and the axis values.
+
+    Normalised so the grid cells sum to one for each example (the posterior mass outside the grid is ignored).
+    """
+    if model.latent_dims != [2]:
+        raise ValueError(f"the posterior grid needs a model with one 2-D latent layer, got {model.latent_dims}")
+    axis = torch.linspace(-lim, lim, n, device=x.device)
+    hy, hx = torch.meshgrid(axis, axis, indexing="ij")
+    h = torch.stack([hx.reshape(-1), hy.reshape(-1)], -1)  # (n*n, 2), rows vary in h_2
+    logits = model.decoder[-1](h)  # (n*n, 784)
+    log_px_h = x @ logits.T - torch.nn.functional.softplus(logits).sum(-1)  # (batch, n*n)
+    log_joint = log_px_h - 0.5 * h.square().sum(-1)
+    post = torch.softmax(log_joint, -1).reshape(-1, n, n)
+    return post.cpu().numpy(), axis.cpu().numpy()
+
+
+def plot_posteriors(run_dirs: dict[str, Path], out: Path, n_examples: int = 6, seed: int = 0) -> Path:
+    """One block per model: heat maps of p(h | x) with q samples for ``n_examples`` training examples, then the
+    examples and their reconstructions. ``run_dirs`` maps a label (e.g. "VAE") to a run folder."""
+    models = {label: load_run(d) for label, d in run_dirs.items()}
+    config = next(iter(models.values()))[0]
+    gen = torch.Generator().manual_seed(seed)
+    x_all = data.load(config.dataset, "train", config.data_dir)
+    idx = torch.randperm(x_all.shape[0], generator=gen)[:n_examples]
+    x = data.binarize(x_all[idx], generator=gen)
+    fig, axes = plt.subplots(2 * len(models), n_examples, figsize=(2.1 * n_examples, 4.4 * len(models)))
+    for row, (label, (_, model, _)) in enumerate(models.items()):
+        model = model.cpu().eval()
+        post, axis = true_posterior_grid(model, x)
+        with torch.no_grad():
+            out_q = model.forward_samples(x, 100, generator=gen)
+            h = out_q.samples[0]  # (100, n_examples, 2)
+            recon = torch.sigmoid(model.decoder[-1](h[:4]))  # (4, n_examples, 784)
+        for j in range(n_examples):
+            ax = axes[2 * row, j]
+            ax.imshow(post[j], origin="lower", extent=(axis[0], axis[-1], axis[0], axis[-1]), cmap="viridis")
+            ax.scatter(h[:, j, 0], h[:, j, 1], s=2, c="white", alpha=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label)
+            strip = torch.cat([x[j].reshape(28, 28)] + [r.reshape(28, 28) for r in recon[:, j]], 1)
+            axes[2 * row + 1, j].imshow(strip.numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[2 * row + 1, j].axis("off")
+    fig.suptitle("true posterior p(h|x) (heat map), samples of q(h|x) (dots); example and 4 reconstructions below")
+    fig.tight_layout()
+    path = out / "posteriors.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,178 @@
+"""Carrying out a plan: finished runs are skipped, unfinished ones resumed, new ones trained, in parallel.
+
+Each run is an ordinary run folder made by `iwae train` in a child process. ``jobs`` children run at once, each
+pinned to its share of the CPU threads (OMP_NUM_THREADS) or, when GPUs are present, to its own GPU
+(CUDA_VISIBLE_DEVICES). A run starts once the runs it depends on have finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+import torch
+
+from iwae.config import TrainConfig, schedule
+from iwae.experiments.plan import RunSpec
+
+__all__ = ["status", "estimate_seconds", "execute"]
+
+
+def status(run_dir: Path) -> str:
+    """ "done" (metrics.json written), "partial" (a run folder without results) or "new"."""
+    if (run_dir / "metrics.json").is_file():
+        return "done"
+    return "partial" if (run_dir / "config.json").is_file() else "new"
+
+
+def check_compatible(spec: RunSpec, run_dir: Path) -> None:
+    """A partial run folder must hold the very run the plan asks for; anything else is refused, not resumed."""
+    if status(run_dir) == "partial" and TrainConfig.load(run_dir / "config.json") != spec.config:
+        raise ValueError(
+            f"{run_dir} holds a run with another config than this reproduction asks for; "
+            "move it away or reproduce into another --out"
+        )
+
+
+def child_main(run_dir: str) -> int:
+    """Entry point of a child process: resume the run in run_dir, or start it from requested-config.json."""
+    from iwae.cli import main
+    from iwae.evaluate_run import finish_run
+    from iwae.train import train
+
+    path = Path(run_dir)
+    if status(path) == "partial":
+        return main(["resume", run_dir, "--quiet"])
+    config = TrainConfig.load(path / "requested-config.json")
+    train(config, path, progress=False)
+    finish_run(path, progress=False)
+    return 0
+
+
+def _steps_per_second(config: TrainConfig, threads: int, seconds: float = 1.0) -> float:
+    """Measured training steps per second for this config's model, objective and k (random binary data)."""
+    from iwae.estimators import make_optimizer, make_train_step
+    from iwae.train import build_model
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = build_model(config)
+        step = make_train_step(model, make_optimizer(model), config.k, config.objective, config.estimator)
+        x = torch.bernoulli(torch.full((config.batch_size, 784), 0.13))
+        for _ in range(3):
+            step(x)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            step(x)
+            n += 1
+        return n / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _eval_seconds_per_image(config: TrainConfig, threads: int) -> float:
+    from iwae.evaluate import log_likelihood
+    from iwae.train import build_model
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = build_model(config)
+        x = torch.bernoulli(torch.full((2, 784), 0.13))
+        k = min(config.eval_k, 1000)
+        start = time.perf_counter()
+        log_likelihood(model, x, k)
+        return (time.perf_counter() - start) / 2 * config.eval_k / k
+    finally:
+        torch.set_num_threads(old)
+
+
+TRAIN_SIZES = {"mnist": 59_600, "omniglot": 23_000, "binarized-mnist": 50_000}
+TEST_SIZES = {"mnist": 10_000, "omniglot": 8_115, "binarized-mnist": 10_000}
+
+
+def estimate_seconds(specs: list[RunSpec], jobs: int) -> dict[str, float]:
+    """Seconds each run needs (training + the three evaluations), from a short measured warm-up per kind of run."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cache: dict[tuple, tuple[float, float]] = {}
+    out = {}
+    for spec in specs:
+        c = spec.config
+        key = (c.layers, tuple(c.latent_dims or ()), c.objective, c.k, c.m, c.estimator, c.eval_k)
+        if key not in cache:
+            cache[key] = (_steps_per_second(c, threads), _eval_seconds_per_image(c, threads))
+        rate, per_image = cache[key]
+        steps = sum(max(1, round(s.passes * TRAIN_SIZES[c.dataset] / c.batch_size)) for s in schedule(c))
+        n_test = min(c.eval_n or TEST_SIZES[c.dataset], TEST_SIZES[c.dataset])
+        n_train = min(c.eval_n or TRAIN_SIZES[c.dataset], TRAIN_SIZES[c.dataset])
+        out[spec.name] = steps / rate + per_image * (2 * n_test + n_train)
+    return out
+
+
+def execute(specs: list[RunSpec], root: Path, jobs: int = 1, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Bring every run to "done"; returns name -> "done" | "failed: ...". Children write RUN/log.txt."""
+    root.mkdir(parents=True, exist_ok=True)
+    gpus = torch.cuda.device_count()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    result: dict[str, str] = {s.name: "done" for s in specs if status(root / s.name) == "done"}
+    for name in result:
+        log(f"  {name}: already done, skipped")
+    pending = [s for s in specs if s.name not in result]
+    for spec in pending:
+        check_compatible(spec, root / spec.name)
+    slots = list(range(jobs))
+    lock = threading.Lock()
+
+    def run(spec: RunSpec, slot: int) -> str:
+        run_dir = root / spec.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "requested-config.json").write_text(spec.config.to_json())
+        cmd = [sys.executable, "-m", "iwae.experiments.runner", str(run_dir)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+        start = time.monotonic()
+        with open(run_dir / "log.txt", "a") as out:
+            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        with lock:
+            log(f"  {spec.name}: {'done' if code == 0 else 'FAILED'} in {time.monotonic() - start:.0f} s")
+        return "done" if code == 0 else f"failed (exit {code}; see {run_dir / 'log.txt'})"
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict[Future, tuple[RunSpec, int]] = {}
+        while pending or running:
+            ready = [s for s in pending if all(result.get(d) == "done" for d in s.after)]
+            blocked = [s for s in pending if any(d in result and result[d] != "done" for d in s.after)]
+            for s in blocked:
+                result[s.name] = f"skipped: needs {', '.join(s.after)}"
+                pending.remove(s)
+            while ready and slots:
+                spec, slot = ready.pop(0), slots.pop(0)
+                pending.remove(spec)
+                log(f"  {spec.name}: started")
+                running[pool.submit(run, spec, slot)] = (spec, slot)
+            if not running:
+                break
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                spec, slot = running.pop(fut)
+                slots.append(slot)
+                result[spec.name] = fut.result()
+    return result
+
+
+def read_metrics(run_dir: Path) -> dict | None:
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1]))

@@ -31,7 +31,7 @@ def true_posterior_grid(model: IWAE, x: torch.Tensor, lim: float = 4.0, n: int =
     """
     if model.latent_dims != [2]:
         raise ValueError(f"the posterior grid needs a model with one 2-D latent layer, got {model.latent_dims}")
-    axis = torch.linspace(-lim, lim, n, device=x.device)
+    axis = torch.linspace(-lim, lim, n, device=x.device, dtype=x.dtype)
     hy, hx = torch.meshgrid(axis, axis, indexing="ij")
     h = torch.stack([hx.reshape(-1), hy.reshape(-1)], -1)  # (n*n, 2), rows vary in h_2
     logits = model.decoder[-1](h)  # (n*n, 784)
@@ -50,7 +50,10 @@ def plot_posteriors(run_dirs: dict[str, Path], out: Path, n_examples: int = 6, s
     x_all = data.load(config.dataset, "train", config.data_dir)
     idx = torch.randperm(x_all.shape[0], generator=gen)[:n_examples]
     x = data.binarize(x_all[idx], generator=gen)
-    fig, axes = plt.subplots(2 * len(models), n_examples, figsize=(2.1 * n_examples, 4.4 * len(models)))
+    ratios = [1.0, 0.3] * len(models)  # a row of heat maps, then a strip of reconstructions, per model
+    fig, axes = plt.subplots(
+        2 * len(models), n_examples, figsize=(2.1 * n_examples, 2.9 * len(models)), height_ratios=ratios
+    )
     for row, (label, (_, model, _)) in enumerate(models.items()):
         model = model.cpu().eval()
         post, axis = true_posterior_grid(model, x)
@@ -62,6 +65,8 @@ def plot_posteriors(run_dirs: dict[str, Path], out: Path, n_examples: int = 6, s
             ax = axes[2 * row, j]
             ax.imshow(post[j], origin="lower", extent=(axis[0], axis[-1], axis[0], axis[-1]), cmap="viridis")
             ax.scatter(h[:, j, 0], h[:, j, 1], s=2, c="white", alpha=0.6)
+            ax.set_xlim(axis[0], axis[-1])
+            ax.set_ylim(axis[0], axis[-1])
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:

@@ -23,7 +23,7 @@ def add_reproduce_command(sub: argparse._SubParsersAction, add_schedule_options)
         description="Train every model a table or figure needs (finished runs are skipped, unfinished ones resumed), "
         "then write DIR/report.md with the paper's numbers beside ours, and DIR/results.json.",
     )
-    r.add_argument("experiment", choices=(*EXPERIMENTS, "all"), help="what to reproduce")
+    r.add_argument("experiment", nargs="+", choices=(*EXPERIMENTS, "all"), help="what to reproduce (one or more)")
     r.add_argument("--out", required=True, help="output folder: DIR/runs/<run>/, DIR/report.md, DIR/results.json")
     r.add_argument("--jobs", type=int, default=1, help="runs in parallel, each on its share of CPU threads or a GPU")
     r.add_argument("--datasets", default=None, help="Table 1 only: comma-separated subset of mnist,omniglot")
@@ -47,10 +47,11 @@ def reproduce(args: argparse.Namespace) -> int:
     schedule = Schedule(args.stages, args.pass_scale, args.eval_k, args.eval_n, args.seed, args.device, args.data_dir)
     out = Path(args.out)
     root = out / "runs"
-    specs = plan(args.experiment, schedule, str(root), datasets)
-    experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
-    print(f"{args.experiment}: {len(specs)} runs; {schedule.describe()}")
+    experiments = list(EXPERIMENTS) if "all" in args.experiment else list(dict.fromkeys(args.experiment))
+    specs = list({s.name: s for e in experiments for s in plan(e, schedule, str(root), datasets)}.values())
+    print(f"{' '.join(experiments)}: {len(specs)} runs; {schedule.describe()}")
     todo = [s for s in specs if status(root / s.name) != "done"]
+    est: dict[str, float] = {}
     if todo:
         print("measuring a short warm-up of each kind of run to estimate the time ...")
         est = estimate_seconds(todo, args.jobs)
@@ -61,14 +62,14 @@ def reproduce(args: argparse.Namespace) -> int:
         print(f"estimated time: about {_duration(wall)} with {args.jobs} job(s)")
     if args.estimate_only:
         return 0
-    result = execute(specs, root, args.jobs)
+    result = execute(specs, root, args.jobs, durations=est)
     if "posteriors" in experiments:
         dirs = {label: root / f"mnist-2d-{name}" for label, name in
                 (("VAE", "vae"), ("IWAE k=5", "iwae-k5"), ("IWAE k=50", "iwae-k50"))}  # fmt: skip
         if all(status(d) == "done" for d in dirs.values()):
             plot_posteriors(dirs, out, seed=args.seed)
     command = "iwae " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("iwae") else ""
-    report = write_report(out, experiments, schedule, command or f"iwae reproduce {args.experiment} --out {out}",
+    report = write_report(out, experiments, schedule, command or f"iwae reproduce {' '.join(experiments)} --out {out}",
                           datasets)  # fmt: skip
     failed = {n: r for n, r in result.items() if r != "done"}
     for name, reason in failed.items():

@@ -117,8 +117,17 @@ def estimate_seconds(specs: list[RunSpec], jobs: int) -> dict[str, float]:
     return out
 
 
-def execute(specs: list[RunSpec], root: Path, jobs: int = 1, log: Callable[[str], None] = print) -> dict[str, str]:
-    """Bring every run to "done"; returns name -> "done" | "failed: ...". Children write RUN/log.txt."""
+def execute(
+    specs: list[RunSpec],
+    root: Path,
+    jobs: int = 1,
+    log: Callable[[str], None] = print,
+    durations: dict[str, float] | None = None,
+) -> dict[str, str]:
+    """Bring every run to "done"; returns name -> "done" | "failed: ...". Children write RUN/log.txt.
+
+    With ``durations`` (estimated seconds per run), the longest ready run starts first.
+    """
     root.mkdir(parents=True, exist_ok=True)
     gpus = torch.cuda.device_count()
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -150,6 +159,8 @@ def execute(specs: list[RunSpec], root: Path, jobs: int = 1, log: Callable[[str]
         running: dict[Future, tuple[RunSpec, int]] = {}
         while pending or running:
             ready = [s for s in pending if all(result.get(d) == "done" for d in s.after)]
+            if durations:
+                ready.sort(key=lambda s: -durations.get(s.name, 0.0))
             blocked = [s for s in pending if any(d in result and result[d] != "done" for d in s.after)]
             for s in blocked:
                 result[s.name] = f"skipped: needs {', '.join(s.after)}"

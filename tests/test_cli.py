@@ -38,6 +38,16 @@ def test_train_evaluate_sample_resume(tmp_path, capsys):
     assert json.loads((run / "metrics.json").read_text())["test_nll"] == metrics["test_nll"]
 
 
+@needs_data
+def test_train_with_dreg_estimator_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--estimator", "dreg", "--out", str(run), "--data-dir", DATA, *TINY]) == 0
+    assert "test NLL" in capsys.readouterr().out
+    config, metrics = (json.loads((run / name).read_text()) for name in ("config.json", "metrics.json"))
+    assert config["estimator"] == metrics["estimator"] == "dreg" and config["objective"] == "iwae"
+    assert 60 < metrics["test_nll"] < 300
+
+
 def test_missing_data_is_one_clear_line(tmp_path, capsys):
     code = main(["train", "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "empty"), *TINY])
     assert code == 1

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SNR = |mean|/std of each gradient coordinate over many draws on one minibatch (Rainforth et al. "
         "2018), averaged over the encoder's and the decoder's parameters, for each k and estimator of the IWAE "
         "bound. Writes OUT/snr.png, OUT/snr.md and OUT/snr.json. Without RUN_DIR, first trains the paper's 1-layer "
-        "MNIST model on IWAE k=5 for --train-passes passes (3,000 steps each) into OUT/model, or reuses it.",
+        "MNIST model on IWAE k=5 for --train-passes passes (2,980 steps each) into OUT/model, or reuses it.",
     )
     n.add_argument("run_dir", nargs="?", help="run folder made by `iwae train` (default: train a small model)")
     n.add_argument("--k", type=_int_list, default=[1, 5, 50, 500], help="numbers of samples (default 1,5,50,500)")

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-__all__ = ["image_grid", "save_image_grid", "plot_active_units", "plot_training"]
+__all__ = ["image_grid", "save_image_grid", "plot_active_units", "plot_training", "plot_snr"]
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, side: int = 28, pad: int = 2) -> np.ndarray:
@@ -68,6 +68,32 @@ def plot_training(passes: Sequence[float], bound: Sequence[float], path: str | P
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_snr(result: dict, path: str | Path) -> None:
+    """Mean gradient SNR against k on log-log axes, encoder and decoder panels, one line per estimator."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    # Distinct dashes and shrinking markers, so that lines that coincide (the decoder's) stay visible.
+    styles = [("-", "o", 7), ("--", "s", 5), (":", "^", 4), ("-.", "D", 3)]
+    for ax, net in zip(axes, ("encoder", "decoder")):
+        for i, est in enumerate(result["estimators"]):
+            pts = [(k, v) for k, v in zip(result["ks"], result["snr"][est][net]) if v > 0]
+            dash, marker, size = styles[i % len(styles)]
+            ax.plot(*zip(*pts), linestyle=dash, marker=marker, markersize=size, label=est)
+        ax.axhline(result["floor"], color="grey", linestyle="--", linewidth=1, label="floor (true SNR 0)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(result["ks"], [str(k) for k in result["ks"]])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("k (importance samples)")
+        ax.set_ylabel("mean SNR over coordinates")
+        ax.set_title(f"{net} ({'recognition q' if net == 'encoder' else 'generative p'})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"gradient SNR of the IWAE bound, {result['n_draws']} draws on {result['batch']} images")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

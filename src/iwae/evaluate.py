@@ -24,7 +24,15 @@ from iwae.model import IWAE
 
 __all__ = ["LogWeightModel", "LikelihoodEstimate", "log_likelihood", "active_units", "count_active", "prune_inactive"]
 
-DEFAULT_CHUNK = 16384  # rows (samples x examples) per log_weights call; bounds the decoder's output memory
+# Rows (samples x examples) per log_weights call. It bounds the memory (the decoder's logits are 784 floats a row)
+# and sets the cache footprint. Measured on a 2-core CPU: 2048 rows ran 1.5x faster than 4096 or 16384, whose
+# 12+ MiB buffers come fresh from the kernel on every call (a page fault per 4 KiB).
+DEFAULT_CHUNK = 2048
+# The recognition trunk of q(h^1 | x) runs once per call for each example in it, so each call draws at least this
+# many samples per example (when k and chunk_size allow) rather than spreading a chunk over more examples.
+_MIN_SAMPLES_PER_CALL = 64
+# ... but never fewer examples per call than this, so a small chunk_size keeps whole small batches together.
+_MIN_ROWS = 32
 
 
 class LogWeightModel(Protocol):
@@ -73,8 +81,12 @@ def log_likelihood(
     training = getattr(model, "training", None)
     if training:
         model.eval()
-    lls, ses = [], []
-    rows = min(x.shape[0], chunk_size)  # examples per sub-batch
+    # Results go straight into preallocated tensors: small tensors kept alive across sub-batches (a list of
+    # per-sub-batch results) pin heap memory between the large per-call buffers, and glibc's heap then grows by
+    # megabytes per sub-batch instead of reusing them.
+    ll_out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    se_out = torch.empty_like(ll_out)
+    rows = min(x.shape[0], chunk_size, max(_MIN_ROWS, chunk_size // min(k, _MIN_SAMPLES_PER_CALL)))  # examples
     per_call = max(1, chunk_size // rows)  # samples per log_weights call
     bar = tqdm(total=x.shape[0] * k, desc=f"L_{k}", unit="sample", disable=not progress, leave=False)
     try:
@@ -98,15 +110,15 @@ def log_likelihood(
             ll = lse1 - math.log(k)
             # Var(w)/mean(w)^2 = mean(w^2)/mean(w)^2 - 1, computed in log space.
             rel_var = torch.expm1((lse2 - math.log(k)) - 2 * ll).clamp_min(0)
-            lls.append(ll)
-            ses.append(torch.sqrt(rel_var / k))
+            ll_out[start : start + rows] = ll
+            se_out[start : start + rows] = torch.sqrt(rel_var / k)
     finally:
         bar.close()
         if training:
             model.train()
-    ll = torch.cat(lls).to(x.dtype if x.dtype.is_floating_point else torch.float32)
+    ll = ll_out.to(x.dtype if x.dtype.is_floating_point else torch.float32)
     if return_stderr:
-        return LikelihoodEstimate(ll, torch.cat(ses).to(ll.dtype))
+        return LikelihoodEstimate(ll, se_out.to(ll.dtype))
     return ll
 
 

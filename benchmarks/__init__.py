@@ -1,0 +1,1 @@
+"""Benchmarks for iwae: ``python -m benchmarks.bench`` (see benchmarks/bench.py)."""

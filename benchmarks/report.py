@@ -1,0 +1,180 @@
+"""The benchmark's report: machine description, the issue's targets, markdown tables, JSON and markdown files."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import numpy
+import torch
+
+# (name, what is compared, threshold, "<=" or ">="): the targets of the speed issue, on a 2-core CPU.
+TARGETS = (
+    ("k=50 1L IWAE step vs baseline", "project / baseline step time", 0.45, "<="),
+    ("k=50 1L IWAE step vs Pyro", "project / pyro step time", 0.60, "<="),
+    ("k=50 1L IWAE fraction of matmul ceiling", "project GFLOP/s / ceiling", 0.65, ">="),
+    ("k=1 step vs baseline (worst row)", "project / baseline step time", 0.40, "<="),
+    ("L_5000 fraction of matmul ceiling (1L)", "GFLOP/s / ceiling", 0.60, ">="),
+    ("L_5000 peak memory added (MiB)", "largest over the memory runs", 1024, "<="),
+    ("sample-one speed-up over IWAE at k=50 (1L)", "reparam / sample-one step time", 2.0, ">="),
+)
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict:
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "load_before": load_average(),
+    }
+
+
+def pyro_version() -> str:
+    import pyro
+
+    return pyro.__version__
+
+
+def _row(result: dict, layers: int, k: int, kind: str, impl: str) -> dict | None:
+    for r in result["train"]:
+        if (r["device"], r["layers"], r["k"], r["kind"], r["impl"]) == ("cpu", layers, k, kind, impl):
+            return r
+    return None
+
+
+def targets(result: dict) -> list[dict]:
+    """Each target's measured value (None where this run did not measure it) and whether it is met."""
+    ceiling = result["ceiling"]["gflops"]
+    proj, base, pyro, one = (
+        _row(result, 1, 50, "iwae", i) for i in ("project", "baseline", "pyro", "project sample-one")
+    )
+    k1 = [(r, _row(result, r["layers"], 1, r["kind"], "baseline")) for r in result["train"]]
+    k1 = [r["ms_per_step"] / b["ms_per_step"] for r, b in k1 if r["k"] == 1 and r["impl"] == "project" and b]
+    ll = [x for x in result["log_likelihood"] if x["layers"] == 1]
+    values = [
+        proj["ms_per_step"] / base["ms_per_step"] if proj and base else None,
+        proj["ms_per_step"] / pyro["ms_per_step"] if proj and pyro else None,
+        proj["gflops"] / ceiling if proj else None,
+        max(k1) if k1 else None,
+        ll[0]["gflops"] / ceiling if ll else None,
+        max(m["added_peak_mib"] for m in result["memory"]) if result["memory"] else None,
+        proj["ms_per_step"] / one["ms_per_step"] if proj and one else None,
+    ]
+    out = []
+    for (name, what, threshold, op), value in zip(TARGETS, values):
+        met = None if value is None else (value <= threshold if op == "<=" else value >= threshold)
+        out.append({"target": name, "measure": what, "value": value, "threshold": f"{op} {threshold}", "met": met})
+    return out
+
+
+def _fmt(v, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def train_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| device | layers | k | bound | implementation | ms/step | examples/s | GFLOP/s | x project |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['device']} | {r['layers']} | {r['k']} | {r['kind']} | {r['impl']} | {_fmt(r['ms_per_step'])} | "
+            f"{_fmt(r['examples_per_s'], 0)} | {_fmt(r.get('gflops'), 0)} | {_fmt(r.get('vs_project'))} |"
+        )
+    return lines
+
+
+def markdown(result: dict) -> str:
+    meta = result["meta"]
+    lines = [
+        "# iwae benchmark",
+        "",
+        f"- command: `{meta.get('command', 'python -m benchmarks.bench')}`",
+        f"- date: {meta['date']}",
+        f"- machine: {meta['cpu']}, {meta['cores']} cores, torch threads {meta['torch_threads']}, "
+        f"ATen CPU capability {meta['cpu_capability']}" + (f", GPU {meta['gpu']}" if meta["gpu"] else ", no GPU"),
+        f"- versions: torch {meta['torch']}, numpy {meta['numpy']}, Python {meta['python']}, "
+        f"pyro-ppl {meta.get('pyro') or 'not installed'}",
+        f"- load average (1, 5, 15 min) before: {meta['load_before']}, after: {meta.get('load_after')}",
+        *([f"- note: {meta['note']}"] if meta.get("note") else []),
+        f"- float32 matmul ceiling: {result['ceiling']['gflops']:.0f} GFLOP/s (best of "
+        + ", ".join(f"{s}: {g:.0f}" for s, g in result["ceiling"]["per_shape_gflops"].items())
+        + ")",
+        "",
+        "## Training step, batch 20",
+        "",
+        "Median over interleaved repeats. GFLOP/s counts the minimum matmul FLOPs of a step: q(h1|x) once per "
+        "example, every other conditional once per sample, backward twice forward. `x project` is the row's step "
+        "time over the project's (reparam) step time.",
+        "",
+        *train_table(result["train"]),
+        "",
+        "## Log-likelihood L_k (iwae.log_likelihood)",
+        "",
+        "| layers | k | images timed | images/s | samples/s | GFLOP/s | 10,000 test images (s, extrapolated) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["log_likelihood"]:
+        lines.append(
+            f"| {r['layers']} | {r['k']} | {r['images_timed']} | {r['images_per_s']:.1f} | {r['samples_per_s']:.0f} | "
+            f"{r['gflops']:.0f} | {r['extrapolated_seconds']:.0f} |"
+        )
+    if result["memory"]:
+        lines += ["", "Peak memory: " + result["memory"][0]["method"] + ".", ""]
+        lines += ["| layers | k | images | added peak (MiB) | process peak (MiB) |", "|---|---|---|---|---|"]
+        for m in result["memory"]:
+            added, total = m["added_peak_mib"], m["process_peak_mib"]
+            lines.append(f"| {m['layers']} | {m['k']} | {m['images']} | {added:.0f} | {total:.0f} |")
+    lines += ["", "## Targets", "", "| target | measure | value | threshold | met |", "|---|---|---|---|---|"]
+    for t in result["targets"]:
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['target']} | {t['measure']} | {_fmt(t['value'])} | {t['threshold']} | {met} |")
+    cuda = result.get("cuda")
+    if cuda:
+        epoch = cuda["epoch"]
+        lines += ["", "## CUDA", "", *train_table(cuda["train"]), ""]
+        lines.append(
+            f"MNIST pass (60,000 images, batch 20), {epoch['layers']} layers, IWAE k={epoch['k']}: "
+            f"{epoch['seconds_per_pass']:.2f} s (CUDA graph: {epoch['cuda_graph']}, {epoch['device']})."
+        )
+    else:
+        lines += ["", "## CUDA", "", "No GPU in this run: the CUDA section (benchmarks/gpu.py) did not run."]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict, text: str, out: Path) -> None:
+    """Write the JSON to ``out`` and the markdown beside it (same name, .md)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(text)

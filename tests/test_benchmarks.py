@@ -1,0 +1,82 @@
+"""The benchmark suite runs end to end on a tiny configuration and writes well-formed results (no timing checks)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import iwae
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, where benchmarks/ lives
+
+from benchmarks import bench, measure, peers, report  # noqa: E402
+
+TINY = {
+    "layers": (1,),
+    "ks": (2,),
+    "kinds": ("iwae",),
+    "steps": {2: 1},
+    "repeats": 1,
+    "ll_layers": (1,),
+    "ll_k": 8,
+    "ll_images": 2,
+    "memory": ((1, 8, 4),),
+}
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
+    result = bench.run(TINY, torch.device("cpu"), with_pyro=False, log=lambda _: None)
+    result["cuda"] = None
+    out = tmp_path / "cpu.json"
+    report.write(result, report.markdown(result), out)
+    loaded = json.loads(out.read_text())
+    assert set(loaded) >= {"meta", "ceiling", "train", "log_likelihood", "memory", "targets", "cuda"}
+    assert loaded["meta"]["torch"] == torch.__version__ and loaded["meta"]["cores"] >= 1
+    assert loaded["ceiling"]["gflops"] > 0
+    impls = {r["impl"] for r in loaded["train"]}
+    assert impls == {"project", "project sample-one", "baseline"}
+    for row in loaded["train"]:
+        assert row["ms_per_step"] > 0 and row["examples_per_s"] > 0 and row["k"] == 2
+    assert loaded["log_likelihood"][0]["samples_per_s"] > 0
+    assert loaded["memory"][0]["process_peak_mib"] > 0
+    assert [t["target"] for t in loaded["targets"]] == [t[0] for t in report.TARGETS]
+    text = out.with_suffix(".md").read_text()
+    assert "## Training step, batch 20" in text and "| target |" in text
+
+
+def test_baseline_bound_matches_the_project_on_shared_weights():
+    """The baseline computes the same L_k as the project given the same networks and noise source."""
+    torch.manual_seed(0)
+    base = peers.Baseline(1).double()
+    model = iwae.IWAE.paper(1).double()
+    with torch.no_grad():
+        for src, dst in zip(base.q[0].parameters(), model.encoder[0].parameters()):
+            dst.copy_(src)
+        for src, dst in zip(base.px.parameters(), model.decoder[0].parameters()):
+            dst.copy_(src)
+    x = measure.synthetic_binary(3).double()
+    torch.manual_seed(1)
+    lw_base = base.log_weights(x, 4)
+    torch.manual_seed(1)
+    lw_model = model.log_weights(x.repeat(4, 1), 1).view(4, 3)  # the baseline draws noise for k*batch rows
+    torch.testing.assert_close(lw_base, lw_model)
+
+
+def test_step_flops_counts_encoder_once_per_example():
+    model = iwae.IWAE.paper(1)
+    enc = 784 * 200 + 200 * 200 + 2 * 200 * 50
+    dec = 50 * 200 + 200 * 200 + 200 * 784
+    assert measure.step_flops(model, 50, 20) == 3 * 2 * 20 * (enc + 50 * dec)
+    assert measure.log_likelihood_flops(model, 5000, 10) == 2 * 10 * (enc + 5000 * dec)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the RSS peak")
+def test_log_likelihood_memory_does_not_grow_with_the_number_of_images():
+    """6,000 images in ~190 sub-batches: results kept per sub-batch once pinned heap and grew RSS by ~3 MiB each."""
+    mem = measure.log_likelihood_memory(layers=1, k=50, n_images=6000, threads=1)
+    assert mem["added_peak_mib"] < 100, mem

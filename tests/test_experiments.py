@@ -87,9 +87,9 @@ def test_true_posterior_grid_matches_the_model_log_weights_and_importance_sampli
     torch.manual_seed(0)
     model = iwae.IWAE(12, [2], [[20]], [[20]]).double()  # few pixels: a broad posterior that q covers
     x = torch.bernoulli(torch.full((3, 12), 0.3, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
-    post, axis = true_posterior_grid(model, x, lim=6.0, n=121)
-    post, axis = torch.tensor(post), torch.tensor(axis)
-    hy, hx = torch.meshgrid(axis, axis, indexing="ij")
+    post, ax1, ax2 = true_posterior_grid(model, x, lim=6.0, n=121, center=(0.3, -0.2))
+    post = torch.tensor(post)
+    hy, hx = torch.meshgrid(torch.tensor(ax2), torch.tensor(ax1), indexing="ij")
     h = torch.stack([hx.reshape(-1), hy.reshape(-1)], -1)  # grid points, row-major as in the heat map
     with torch.no_grad():
         mean, log_std = model.encoder[0](x)

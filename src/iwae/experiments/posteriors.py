@@ -24,21 +24,25 @@ __all__ = ["true_posterior_grid", "plot_posteriors"]
 
 
 @torch.no_grad()
-def true_posterior_grid(model: IWAE, x: torch.Tensor, lim: float = 4.0, n: int = 121) -> tuple[np.ndarray, np.ndarray]:
-    """p(h | x) on an n x n grid over [-lim, lim]^2 for each row of x: (batch, n, n) densities and the axis values.
+def true_posterior_grid(
+    model: IWAE, x: torch.Tensor, lim: float = 4.0, n: int = 121, center: tuple[float, float] = (0.0, 0.0)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """p(h | x) on an n x n grid over center + [-lim, lim]^2 for each row of x.
 
-    Normalised so the grid cells sum to one for each example (the posterior mass outside the grid is ignored).
+    Returns (batch, n, n) densities (rows: h_2, columns: h_1), normalised so the grid cells sum to one for each
+    example (the posterior mass outside the grid is ignored), and the h_1 and h_2 axis values.
     """
     if model.latent_dims != [2]:
         raise ValueError(f"the posterior grid needs a model with one 2-D latent layer, got {model.latent_dims}")
-    axis = torch.linspace(-lim, lim, n, device=x.device, dtype=x.dtype)
-    hy, hx = torch.meshgrid(axis, axis, indexing="ij")
+    base = torch.linspace(-lim, lim, n, device=x.device, dtype=x.dtype)
+    ax1, ax2 = base + center[0], base + center[1]
+    hy, hx = torch.meshgrid(ax2, ax1, indexing="ij")
     h = torch.stack([hx.reshape(-1), hy.reshape(-1)], -1)  # (n*n, 2), rows vary in h_2
     logits = model.decoder[-1](h)  # (n*n, 784)
     log_px_h = x @ logits.T - torch.nn.functional.softplus(logits).sum(-1)  # (batch, n*n)
     log_joint = log_px_h - 0.5 * h.square().sum(-1)
     post = torch.softmax(log_joint, -1).reshape(-1, n, n)
-    return post.cpu().numpy(), axis.cpu().numpy()
+    return post.cpu().numpy(), ax1.cpu().numpy(), ax2.cpu().numpy()
 
 
 def plot_posteriors(run_dirs: dict[str, Path], out: Path, n_examples: int = 6, seed: int = 0) -> Path:
@@ -56,17 +60,21 @@ def plot_posteriors(run_dirs: dict[str, Path], out: Path, n_examples: int = 6, s
     )
     for row, (label, (_, model, _)) in enumerate(models.items()):
         model = model.cpu().eval()
-        post, axis = true_posterior_grid(model, x)
         with torch.no_grad():
             out_q = model.forward_samples(x, 100, generator=gen)
             h = out_q.samples[0]  # (100, n_examples, 2)
             recon = torch.sigmoid(model.decoder[-1](h[:4]))  # (4, n_examples, 784)
         for j in range(n_examples):
+            # Zoom on the example: a window around q's samples, wide enough for both q and the posterior.
+            center = tuple(h[:, j].median(0).values.tolist())
+            lim = max(0.25, 4 * h[:, j].std(0).max().item())
+            post, ax1, ax2 = true_posterior_grid(model, x[j : j + 1], lim=lim, center=center)
             ax = axes[2 * row, j]
-            ax.imshow(post[j], origin="lower", extent=(axis[0], axis[-1], axis[0], axis[-1]), cmap="viridis")
+            extent = (ax1[0], ax1[-1], ax2[0], ax2[-1])
+            ax.imshow(post[0], origin="lower", extent=extent, cmap="viridis", aspect="auto")
             ax.scatter(h[:, j, 0], h[:, j, 1], s=2, c="white", alpha=0.6)
-            ax.set_xlim(axis[0], axis[-1])
-            ax.set_ylim(axis[0], axis[-1])
+            ax.set_xlim(ax1[0], ax1[-1])
+            ax.set_ylim(ax2[0], ax2[-1])
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
@@ -74,7 +82,10 @@ def plot_posteriors(run_dirs: dict[str, Path], out: Path, n_examples: int = 6, s
             strip = torch.cat([x[j].reshape(28, 28)] + [r.reshape(28, 28) for r in recon[:, j]], 1)
             axes[2 * row + 1, j].imshow(strip.numpy(), cmap="gray", vmin=0, vmax=1)
             axes[2 * row + 1, j].axis("off")
-    fig.suptitle("true posterior p(h|x) (heat map), samples of q(h|x) (dots); example and 4 reconstructions below")
+    fig.suptitle(
+        "true posterior p(h|x) (heat map) and 100 samples of q(h|x) (dots), each panel zoomed on its example; "
+        "below: the example and 4 reconstructions"
+    )
     fig.tight_layout()
     path = out / "posteriors.png"
     fig.savefig(path, dpi=100)

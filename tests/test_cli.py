@@ -96,3 +96,16 @@ def test_help_documents_every_option():
     for option in ("--dataset", "--layers", "--objective", "--k", "--out", "--data-dir", "--stages", "--pass-scale",
                    "--eval-k", "--seed", "--device", "--estimator"):  # fmt: skip
         assert option in out
+
+
+def test_threads_option_sets_torch_threads(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["evaluate", str(tmp_path), "--threads", "1"]) == 1  # not a run folder: fails after parsing
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        main(["train", "--out", "x", "--threads", "0"])

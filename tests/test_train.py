@@ -35,6 +35,23 @@ def _same_checkpoints(a, b):
         assert torch.equal(ta[key], tb[key]), key
 
 
+def _wrap_steps(monkeypatch, wrap):
+    """Make the trainer's step call ``wrap(n, step, x)``, n counting steps from 1 across the whole run."""
+    real = iwae.train.make_train_step
+    calls = {"n": 0}
+
+    def make(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def wrapped(x):
+            calls["n"] += 1
+            return wrap(calls["n"], step, x)
+
+        return wrapped
+
+    monkeypatch.setattr(iwae.train, "make_train_step", make)
+
+
 def test_paper_schedule():
     stages = schedule(TrainConfig())
     assert [s.passes for s in stages] == [1, 3, 9, 27, 81, 243, 729, 2187] and sum(s.passes for s in stages) == 3280
@@ -82,20 +99,13 @@ def test_resume_after_interruption_gives_identical_numbers(tmp_path, monkeypatch
     iwae.train.train(config, tmp_path / "straight", progress=False)
 
     real = iwae.train.make_train_step
-    calls = {"n": 0}
 
-    def interrupted(*args, **kwargs):
-        step = real(*args, **kwargs)
+    def interrupt(n, step, x):
+        if n == 130:  # mid-pass in stage 2; the last checkpoint was at step 100
+            raise KeyboardInterrupt
+        return step(x)
 
-        def wrapped(x):
-            calls["n"] += 1
-            if calls["n"] == 130:  # mid-pass in stage 2; the last checkpoint was at step 100
-                raise KeyboardInterrupt
-            return step(x)
-
-        return wrapped
-
-    monkeypatch.setattr(iwae.train, "make_train_step", interrupted)
+    _wrap_steps(monkeypatch, interrupt)
     with pytest.raises(KeyboardInterrupt):
         iwae.train.train(config, tmp_path / "broken", progress=False)
     state, _ = load_checkpoint(tmp_path / "broken" / "checkpoint.safetensors", iwae.train.build_model(config))
@@ -134,20 +144,11 @@ def test_resume_after_kill_9_gives_identical_numbers(tmp_path):
 
 @needs_data
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real = iwae.train.make_train_step
-    calls = {"n": 0}
+    def poison(n, step, x):
+        loss = step(x)
+        return loss * float("nan") if n >= 75 else loss
 
-    def poisoned(*args, **kwargs):
-        step = real(*args, **kwargs)
-
-        def wrapped(x):
-            calls["n"] += 1
-            loss = step(x)
-            return loss * float("nan") if calls["n"] >= 75 else loss
-
-        return wrapped
-
-    monkeypatch.setattr(iwae.train, "make_train_step", poisoned)
+    _wrap_steps(monkeypatch, poison)
     config = TrainConfig(data_dir=DATA, **TINY)
     with pytest.raises(iwae.train.TrainingDiverged, match="non-finite in stage 2, step 50"):
         iwae.train.train(config, tmp_path / "run", progress=False)

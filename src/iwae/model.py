@@ -212,11 +212,6 @@ class IWAE(nn.Module):
             )  # fmt: skip
         raise ValueError(f"the paper has architectures with 1 or 2 stochastic layers, got layers={layers}")
 
-    @classmethod
-    def from_config(cls, config: dict) -> IWAE:
-        """Rebuild a model from :attr:`config` (as saved in a run folder)."""
-        return cls(**config)
-
     def reset_parameters(self, output_bias: Tensor | None = None, generator: torch.Generator | None = None) -> None:
         """Glorot & Bengio (2010) uniform weights, zero biases; visible bias from the data mean if given."""
         for m in self.modules():
@@ -381,12 +376,10 @@ class IWAE(nn.Module):
         for layer in self.decoder[:-1]:
             mean, log_std = layer(h)
             h = mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, device=p.device, dtype=p.dtype)
-        out = self.decoder[-1](h)
-        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out[0]
+        return self.visible_means(h)
 
-    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Visible means of p(x | h^1) for one h ~ q(h | x) per example, shape (batch, x_dim)."""
-        h1 = self.forward_samples(x, 1, generator=generator).samples[0][0]
+    def visible_means(self, h1: Tensor) -> Tensor:
+        """Means of p(x | h^1) for samples h^1 (..., d_1): Bernoulli probabilities or Gaussian means."""
         out = self.decoder[-1](h1)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out[0]
 

@@ -63,7 +63,7 @@ def plot_posteriors(run_dirs: dict[str, Path], out: Path, n_examples: int = 6, s
         with torch.no_grad():
             out_q = model.forward_samples(x, 100, generator=gen)
             h = out_q.samples[0]  # (100, n_examples, 2)
-            recon = torch.sigmoid(model.decoder[-1](h[:4]))  # (4, n_examples, 784)
+            recon = model.visible_means(h[:4])  # (4, n_examples, 784)
         for j in range(n_examples):
             # Zoom on the example: a window around q's samples, wide enough for both q and the posterior.
             center = tuple(h[:, j].median(0).values.tolist())

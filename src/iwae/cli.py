@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-minutes", type=_positive_float, default=5.0, help="checkpoint interval (default 5)")
     t.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard (needs tensorboard)")
     t.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training step (reparam/stl estimators; CUDA graphs on a GPU; compiles for a minute)",
+    )
     _add_threads(t)
     add_schedule_options(t)
 
@@ -176,6 +181,7 @@ def _train(args: argparse.Namespace) -> None:
         batch_size=args.batch_size, stages=args.stages, pass_scale=args.pass_scale, lr_variant=args.lr_variant,
         custom_schedule=args.schedule, init_from=args.init_from, eval_k=args.eval_k, eval_n=args.eval_n,
         seed=args.seed, device=args.device, checkpoint_minutes=args.checkpoint_minutes, tensorboard=args.tensorboard,
+        compile=args.compile,
     )  # fmt: skip
     run_dir = train(config, args.out, progress=not args.quiet)
     if not args.no_eval:

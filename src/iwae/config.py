@@ -48,6 +48,7 @@ class TrainConfig:
     # system
     seed: int = 0
     device: str = "auto"  # "auto": cuda if available
+    compile: bool = False  # torch.compile the training step (reparam/stl only; see iwae.make_train_step)
     checkpoint_minutes: float = 5.0  # also checkpoint at the end of every stage
     tensorboard: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into config.json
@@ -80,7 +81,7 @@ class TrainConfig:
             errors.append("custom_schedule must be a list of [passes, lr] pairs of positive numbers")
         if errors:
             raise ValueError("; ".join(errors))
-        check_args(self.k, self.objective, self.estimator, self.m, self.beta)
+        check_args(self.k, self.objective, self.estimator, self.m, self.beta, self.compile)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -58,7 +58,10 @@ def _tanh(x: Tensor) -> Tensor:
     the identity tanh(x) = 2 sigmoid(2x) - 1 (within a few float32 ulps of torch.tanh); without autograd, in place.
 
     Without a graph to record (``x`` needs no gradient) it writes into ``x``: callers pass a fresh activation.
+    Under ``torch.compile`` it is the same identity in plain operations, which the compiler fuses.
     """
+    if torch.compiler.is_compiling():
+        return 2 * torch.sigmoid(2 * x) - 1
     if x.requires_grad:
         return _SigmoidTanh.apply(x) if x.numel() >= _FUSE_MIN and x.device.type == "cpu" else torch.tanh(x)
     if x.numel() >= _INPLACE_MIN and x.device.type == "cpu":
@@ -241,6 +244,10 @@ class IWAE(nn.Module):
         step, which also lets a CUDA graph capture the step.
         """
         masks = [(getattr(self, f"unit_mask_{l}"), getattr(self, f"unit_fill_{l}")) for l in range(self.n_layers)]
+        if torch.compiler.is_compiling() and "_masks_all_active" in self.__dict__:
+            # The eager caller refreshed the flag (iwae.make_train_step does before each compiled call); the
+            # compiler guards on its value and recompiles if pruning changes it.
+            return None if self._masks_all_active else masks
         key = tuple((id(m), m._version) for m, _ in masks)
         if self.__dict__.get("_masks_key") != key:
             self.__dict__["_masks_all_active"] = all(bool(m.all()) for m, _ in masks)
@@ -258,6 +265,13 @@ class IWAE(nn.Module):
         :returns: (k, batch) tensor; differentiable with respect to all parameters.
         """
         return self.forward_samples(x, k).log_w
+
+    def draw_noise(self, k: int, batch: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Standard-normal draws [eps^1, ..., eps^L], each (k, batch, d_l): the noise :meth:`forward_samples`
+        draws from ``generator`` when it is given none (the same draws, in the same order)."""
+        p = next(self.parameters())
+        shapes = [(k, batch, d) for d in self.latent_dims]
+        return [torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype) for shape in shapes]
 
     def forward(self, x: Tensor, k: int, **kwargs) -> LogWeights:
         """Same as :meth:`forward_samples` (so that ``torch.func.functional_call`` can run the model)."""
@@ -288,16 +302,15 @@ class IWAE(nn.Module):
         if k < 1:
             raise ValueError(f"k must be a positive number of samples, got {k}")
         masks = self._masks()
+        if noise is None:
+            noise = self.draw_noise(k, x.shape[0], generator)
         log_q = x.new_zeros(())
         samples: list[Tensor] = []
         drawn: list[Tensor] = []
         inp = x  # q(h^1 | x): the deterministic trunk runs once per example, (batch, x_dim) -> (batch, d_1)
         for l, layer in enumerate(self.encoder):
             mean, log_std = layer(inp)
-            if noise is None:
-                eps = torch.randn((k, *mean.shape[-2:]), generator=generator, device=mean.device, dtype=mean.dtype)
-            else:
-                eps = noise[l]
+            eps = noise[l]
             h = torch.addcmul(mean, torch.exp(log_std), eps)  # mean + std * eps: (k, batch, d_l), broadcast over k
             if masks is not None:
                 keep, fill = masks[l]
@@ -437,6 +450,8 @@ class _BernoulliLogProb(torch.autograd.Function):
 def _bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
     """log Bernoulli(x; sigmoid(logits)) summed over the last dimension: sum_j x_j l_j - softplus(l_j), stable for
     any logit. ``logits`` (..., batch, D) broadcasts against ``x`` (batch, D)."""
+    if torch.compiler.is_compiling():  # plain operations, fused by the compiler
+        return (x * logits).sum(-1) - nn.functional.softplus(logits).sum(-1)
     if logits.numel() >= _FUSE_MIN and logits.requires_grad and not x.requires_grad:
         return _BernoulliLogProb.apply(logits, x)
     if not torch.is_grad_enabled() or not (logits.requires_grad or x.requires_grad):

@@ -131,7 +131,7 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool) -
         _truncate_lines(run_dir / "metrics.jsonl", pos["log_lines"])
     step = make_train_step(
         model, optimizer, config.k, config.objective, config.estimator, m=config.m, beta=config.beta,
-        generator=gens["device"],
+        generator=gens["device"], compile=config.compile,
     )  # fmt: skip
     n, bs = x_train.shape[0], config.batch_size
     steps_per_pass = math.ceil(n / bs)

@@ -52,9 +52,17 @@ QUICK = {
 
 
 def train_rows(
-    layers: int, k: int, kind: str, settings: dict, device: torch.device, with_pyro: bool, data: torch.Tensor
+    layers: int,
+    k: int,
+    kind: str,
+    settings: dict,
+    device: torch.device,
+    with_pyro: bool,
+    data: torch.Tensor,
+    compiled: bool = False,
 ) -> list[dict]:
-    """Time the project, the baseline and Pyro (and the Section 3.1 estimator for IWAE) on the same batches."""
+    """Time the project (eager, and compiled if asked), the baseline and Pyro (and the Section 3.1 estimator for
+    IWAE) on the same batches."""
     torch.manual_seed(0)
     model = iwae.IWAE.paper(layers).to(device)
     fns, cursor = {}, [0]
@@ -67,6 +75,11 @@ def train_rows(
         return run
 
     fns["project"] = batches(iwae.make_train_step(model, iwae.make_optimizer(model), k=k, kind=kind))
+    if compiled:
+        twin = iwae.IWAE.paper(layers).to(device)
+        step = iwae.make_train_step(twin, iwae.make_optimizer(twin), k=k, kind=kind, compile=True)
+        step(data[0])  # compile now, outside the timed warm-up
+        fns["project compiled"] = batches(step)
     if kind == "iwae":
         other = iwae.IWAE.paper(layers).to(device)
         one = iwae.make_train_step(other, iwae.make_optimizer(other), k=k, kind=kind, estimator="sample-one")
@@ -96,18 +109,23 @@ def train_rows(
     return rows
 
 
-def run(settings: dict, device: torch.device, with_pyro: bool, memory: bool = True, log=print) -> dict:
+def run(
+    settings: dict, device: torch.device, with_pyro: bool, memory: bool = True, compiled: bool = False, log=print
+) -> dict:
     """Run every measurement in ``settings``; return the results as a JSON-ready dict."""
     result = {"meta": report.machine(device), "settings": _jsonable(settings)}
     log(f"# {result['meta']['cpu']} | torch {torch.__version__} | {torch.get_num_threads()} threads | {device}")
     result["ceiling"] = measure.matmul_ceiling(device)
     log(f"matmul ceiling: {result['ceiling']['gflops']:.0f} GFLOP/s")
     data = measure.synthetic_binary(8 * BATCH, device=device).view(8, BATCH, -1)
-    result["train"] = []
+    result["train"], result["floor"] = [], []
     for layers in settings["layers"]:
         for k in settings["ks"]:
+            floor = measure.step_floor(iwae.IWAE.paper(layers), k, BATCH, device)
+            result["floor"].append({"layers": layers, "k": k, **floor})
+            log(f"floor {layers}L k={k}: GEMMs {floor['gemm_ms']:.2f} ms + Adam {floor['adam_ms']:.2f} ms")
             for kind in settings["kinds"]:
-                rows = train_rows(layers, k, kind, settings, device, with_pyro, data)
+                rows = train_rows(layers, k, kind, settings, device, with_pyro, data, compiled)
                 result["train"] += rows
                 log(" | ".join(f"{r['impl']} {r['ms_per_step']:.2f} ms" for r in rows) + f"  ({layers}L k={k} {kind})")
     result["log_likelihood"] = []
@@ -164,12 +182,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-pyro", action="store_true", help="skip Pyro even if it is installed")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA section even if a GPU is present")
     parser.add_argument("--note", default=None, help="a line for the report (e.g. why the thread count was set)")
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip the `project compiled` rows (torch.compile, needs a C++ compiler)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else FULL
     with_pyro = peers.pyro_available() and not args.no_pyro
-    result = run(settings, torch.device("cpu"), with_pyro)
+    result = run(settings, torch.device("cpu"), with_pyro, compiled=not args.no_compile)
     result["meta"]["command"] = "python -m benchmarks.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     result["meta"]["pyro"] = report.pyro_version() if with_pyro else None
     result["meta"]["note"] = args.note

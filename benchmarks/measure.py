@@ -177,3 +177,50 @@ def _env_with_path(src: str) -> dict:
 
 def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def step_gemms(model: iwae.IWAE, k: int, batch: int) -> list[tuple[str, nn.Linear, int]]:
+    """The GEMMs of a reparam training step as (kind, layer, rows): every linear layer's ``forward`` (bias fused),
+    ``weight`` gradient and ``input`` gradient, q(h^1 | x)'s layers at ``batch`` rows and every other layer at
+    ``k * batch`` rows; the layer that reads x needs no input gradient."""
+    first = {id(m) for m in model.encoder[0].modules()}
+    reads_x = model.encoder[0].trunk[0] if len(model.encoder[0].trunk) else model.encoder[0].mean
+    out = []
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            rows = batch if id(module) in first else k * batch
+            kinds = ("forward", "weight") if module is reads_x else ("forward", "weight", "input")
+            out += [(kind, module, rows) for kind in kinds]
+    return out
+
+
+def step_floor(model: iwae.IWAE, k: int, batch: int, device: torch.device, repeats: int = 5) -> dict:
+    """What any implementation of a reparam training step must spend on this machine, measured: the step's GEMMs
+    (:func:`step_gemms`) alone, timed back to back, and one Adam update of the model's parameters
+    (``iwae.make_optimizer``, fused).
+
+    Elementwise work (tanh, exp, the Bernoulli log-likelihood), the noise and the framework are left out, so a real
+    step is always slower: the floor over a peer's step time bounds the ratio any implementation could reach.
+    """
+    gemms = []
+    for kind, module, rows in step_gemms(model, k, batch):
+        w, b = module.weight.detach().to(device), module.bias.detach().to(device)
+        x = torch.randn(rows, module.in_features, device=device)
+        g = torch.randn(rows, module.out_features, device=device)
+        if kind == "forward":
+            gemms.append(lambda x=x, w=w, b=b: torch.addmm(b, x, w.t()))
+        elif kind == "weight":
+            gemms.append(lambda x=x, g=g: g.t().mm(x))
+        else:
+            gemms.append(lambda g=g, w=w: g.mm(w))
+
+    def all_gemms() -> None:
+        for fn in gemms:
+            fn()
+
+    params = nn.ParameterList(p.detach().clone().to(device) for p in model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    opt = iwae.make_optimizer(params)
+    t = time_interleaved({"gemm": all_gemms, "adam": opt.step}, 20, repeats, 3, device)
+    return {"gemm_ms": t["gemm"] * 1e3, "adam_ms": t["adam"] * 1e3, "floor_ms": (t["gemm"] + t["adam"]) * 1e3}

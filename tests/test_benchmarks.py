@@ -42,6 +42,9 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
     assert impls == {"project", "project sample-one", "baseline"}
     for row in loaded["train"]:
         assert row["ms_per_step"] > 0 and row["examples_per_s"] > 0 and row["k"] == 2
+    (floor,) = loaded["floor"]
+    assert (floor["layers"], floor["k"]) == (1, 2) and floor["gemm_ms"] > 0 and floor["adam_ms"] > 0
+    assert floor["floor_ms"] == pytest.approx(floor["gemm_ms"] + floor["adam_ms"])
     assert loaded["log_likelihood"][0]["samples_per_s"] > 0
     assert loaded["memory"][0]["process_peak_mib"] > 0
     assert [t["target"] for t in loaded["targets"]] == [t[0] for t in report.TARGETS]
@@ -73,6 +76,16 @@ def test_step_flops_counts_encoder_once_per_example():
     dec = 50 * 200 + 200 * 200 + 200 * 784
     assert measure.step_flops(model, 50, 20) == 3 * 2 * 20 * (enc + 50 * dec)
     assert measure.log_likelihood_flops(model, 5000, 10) == 2 * 10 * (enc + 5000 * dec)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_floor_gemms_are_the_minimum_step_flops_less_the_unneeded_input_gradient(layers):
+    """The floor's GEMMs do step_flops' work, less the gradient with respect to the data, which no step computes."""
+    model = iwae.IWAE.paper(layers)
+    gemms = measure.step_gemms(model, 50, 20)
+    flops = sum(2.0 * rows * m.in_features * m.out_features for _, m, rows in gemms)
+    assert flops == measure.step_flops(model, 50, 20) - 2.0 * 20 * 784 * 200
+    assert len(gemms) == 3 * sum(isinstance(m, torch.nn.Linear) for m in model.modules()) - 1
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the RSS peak")

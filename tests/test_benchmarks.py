@@ -93,3 +93,28 @@ def test_log_likelihood_memory_does_not_grow_with_the_number_of_images():
     """6,000 images in ~190 sub-batches: results kept per sub-batch once pinned heap and grew RSS by ~3 MiB each."""
     mem = measure.log_likelihood_memory(layers=1, k=50, n_images=6000, threads=1)
     assert mem["added_peak_mib"] < 100, mem
+
+
+def test_targets_take_the_faster_project_step_and_say_which():
+    def row(layers, k, impl, ms):
+        return {"device": "cpu", "layers": layers, "k": k, "kind": "iwae", "impl": impl, "ms_per_step": ms,
+                "gflops": 50.0 / ms}  # fmt: skip
+
+    result = {
+        "ceiling": {"gflops": 100.0},
+        "train": [
+            row(1, 50, "project", 16.0), row(1, 50, "project compiled", 13.0), row(1, 50, "baseline", 30.0),
+            row(1, 50, "project sample-one", 8.0), row(1, 1, "project", 1.0), row(1, 1, "baseline", 2.0),
+            row(2, 1, "project", 3.0), row(2, 1, "project compiled", 1.5), row(2, 1, "baseline", 2.5),
+        ],
+        "log_likelihood": [],
+        "memory": [],
+    }  # fmt: skip
+    got = {t["target"]: t for t in report.targets(result)}
+    vs_base = got["k=50 1L IWAE step vs baseline"]
+    assert vs_base["value"] == pytest.approx(13.0 / 30.0) and vs_base["met"]
+    assert vs_base["measure"].startswith("project compiled /")
+    k1 = got["k=1 step vs baseline (worst row)"]  # worst over rows of the best project step per row
+    assert k1["value"] == pytest.approx(0.6) and k1["measure"].startswith("project compiled /") and not k1["met"]
+    assert got["sample-one speed-up over IWAE at k=50 (1L)"]["value"] == pytest.approx(2.0)  # eager reparam
+    assert got["k=50 1L IWAE step vs Pyro"]["value"] is None and got["k=50 1L IWAE step vs Pyro"]["met"] is None

@@ -28,6 +28,7 @@ def add_reproduce_command(sub: argparse._SubParsersAction, add_schedule_options)
     r.add_argument("--jobs", type=int, default=1, help="runs in parallel, each on its share of CPU threads or a GPU")
     r.add_argument("--datasets", default=None, help="Table 1 only: comma-separated subset of mnist,omniglot")
     r.add_argument("--estimate-only", action="store_true", help="print the plan and the time estimate, then stop")
+    r.add_argument("--compile", action="store_true", help="torch.compile every training step (CUDA graphs on a GPU)")
     add_schedule_options(r)
 
 
@@ -44,7 +45,9 @@ def reproduce(args: argparse.Namespace) -> int:
     for d in datasets:
         if d not in DATASET_NAMES or d == "binarized-mnist":
             raise ValueError(f"--datasets takes mnist and/or omniglot, got {d!r}")
-    schedule = Schedule(args.stages, args.pass_scale, args.eval_k, args.eval_n, args.seed, args.device, args.data_dir)
+    schedule = Schedule(
+        args.stages, args.pass_scale, args.eval_k, args.eval_n, args.seed, args.device, args.data_dir, args.compile
+    )
     out = Path(args.out)
     root = out / "runs"
     experiments = list(EXPERIMENTS) if "all" in args.experiment else list(dict.fromkeys(args.experiment))

@@ -30,6 +30,7 @@ class Schedule:
     seed: int = 0
     device: str = "auto"
     data_dir: str | None = None
+    compile: bool = False  # torch.compile every run's training step (iwae.make_train_step)
 
     @property
     def passes(self) -> float:
@@ -62,7 +63,7 @@ def table_key(dataset: str, layers: int, objective: str, k: int) -> str:
 def _base(s: Schedule, **kw) -> TrainConfig:
     return TrainConfig(
         stages=s.stages, pass_scale=s.pass_scale, eval_k=s.eval_k, eval_n=s.eval_n, seed=s.seed, device=s.device,
-        data_dir=s.data_dir, **kw,
+        data_dir=s.data_dir, compile=s.compile, **kw,
     )  # fmt: skip
 
 

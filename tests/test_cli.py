@@ -91,10 +91,24 @@ def test_bad_combination_is_one_line(tmp_path, capsys):
     assert _error_line(capsys) == "iwae: error: estimator 'dreg' is defined for kind='iwae' only, got kind='vae'"
 
 
+@needs_data
+def test_train_compiled_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--compile", "--out", str(run), "--data-dir", DATA, *TINY]) == 0
+    assert "test NLL" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["compile"] is True
+    assert 60 < json.loads((run / "metrics.json").read_text())["test_nll"] < 300
+
+
+def test_compile_with_an_estimator_it_does_not_cover_is_one_line(tmp_path, capsys):
+    assert main(["train", "--compile", "--estimator", "sample-one", "--out", str(tmp_path / "r"), *TINY]) == 1
+    assert "compile is available for the reparam and stl estimators" in _error_line(capsys)
+
+
 def test_help_documents_every_option():
     out = subprocess.run([sys.executable, "-m", "iwae.cli", "train", "--help"], capture_output=True, text=True).stdout
     for option in ("--dataset", "--layers", "--objective", "--k", "--out", "--data-dir", "--stages", "--pass-scale",
-                   "--eval-k", "--seed", "--device", "--estimator"):  # fmt: skip
+                   "--eval-k", "--seed", "--device", "--estimator", "--compile"):  # fmt: skip
         assert option in out
 
 

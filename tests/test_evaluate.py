@@ -103,3 +103,14 @@ def test_prune_inactive_keeps_active_units_and_changes_little():
     assert [int(m.sum()) for m in (pruned.unit_mask_0, pruned.unit_mask_1)] == [3, 1]
     assert pruned.unit_fill_0[4].item() == pytest.approx(0.3)
     assert model.unit_mask_0.all()  # the original is untouched
+
+
+def test_spread_takes_every_total_over_n_th_example():
+    from iwae.evaluate_run import spread
+
+    idx = spread(10_000, 1_000)
+    assert torch.equal(idx, torch.arange(0, 10_000, 10))
+    assert torch.equal(spread(10, None), torch.arange(10)) and torch.equal(spread(10, 50), torch.arange(10))
+    idx = spread(8_070, 1_000)  # uneven: distinct, increasing, every block of the split represented
+    assert idx.unique().numel() == 1_000 and bool((idx.diff() > 0).all()) and int(idx[-1]) < 8_070
+    assert torch.bincount(idx // 807, minlength=10).tolist() == [100] * 10

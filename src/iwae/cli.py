@@ -62,7 +62,11 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
         help="multiply every stage's 3^i passes by F, fractions allowed (default 1: 3,280 passes)",
     )
     p.add_argument("--eval-k", type=_positive_int, default=5000, help="importance samples for the test NLL (5000)")
-    p.add_argument("--eval-n", type=_positive_int, help="evaluate on the first N examples of each split (default all)")
+    p.add_argument(
+        "--eval-n",
+        type=_positive_int,
+        help="evaluate on N examples of each split, spread evenly through it (default all)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -131,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="run folder made by `iwae train`")
     e.add_argument("--k", type=_positive_int, help="importance samples (default: the run's eval k)")
     e.add_argument("--split", choices=("test", "train", "validation"), default="test", help="split (default test)")
-    e.add_argument("--n", type=_positive_int, help="use the first N examples (default all)")
+    e.add_argument("--n", type=_positive_int, help="use N examples spread evenly through the split (default all)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_threads(e)
 

@@ -43,7 +43,7 @@ class TrainConfig:
     init_from: str | None = None  # start from the model of another run folder (Table 2)
     # evaluation
     eval_k: int = 5000
-    eval_n: int | None = None  # evaluate on the first eval_n examples of each split (None: all)
+    eval_n: int | None = None  # evaluate on eval_n examples of each split, spread evenly through it (None: all)
     active_threshold: float = 0.01
     # system
     seed: int = 0

@@ -31,9 +31,22 @@ def _eval_generator(config: TrainConfig, device: torch.device, salt: int) -> tor
     return torch.Generator(device=device).manual_seed(10_000 * config.seed + salt)
 
 
+def spread(total: int, n: int | None) -> torch.Tensor:
+    """Indices of n of ``total`` examples spread evenly through them (every total/n-th), or all of them.
+
+    Evaluating on a subset this way keeps it representative of a split stored in class order: the fixed
+    binarization's test set, for one, begins with about 1,000 zeros (30% more ink than the average image).
+    """
+    if n is None or n >= total:
+        return torch.arange(total)
+    return torch.arange(n) * total // n
+
+
 def _split(config: TrainConfig, split: str, n: int | None, device: torch.device, gen: torch.Generator) -> torch.Tensor:
-    """The split's first n examples, binarized afresh (dynamic data) with ``gen``, on the model's device."""
-    x = data.load(config.dataset, split, config.data_dir)[:n].to(device)
+    """n examples of the split spread evenly through it (:func:`spread`), binarized afresh (dynamic data) with
+    ``gen``, on the model's device."""
+    x = data.load(config.dataset, split, config.data_dir)
+    x = x[spread(x.shape[0], n)].to(device)
     return x if data.is_binary(config.dataset) else data.binarize(x, generator=gen)
 
 

@@ -39,7 +39,9 @@ class Schedule:
     def describe(self) -> str:
         full = self.stages == 8 and self.pass_scale == 1.0
         head = "the paper's full schedule" if full else "A SHORT SCHEDULE, not the paper's 3,280 passes"
-        evaluated = f"first {self.eval_n:,} test images" if self.eval_n else "the whole test set"
+        evaluated = (
+            f"{self.eval_n:,} test images spread evenly through the test set" if self.eval_n else "the whole test set"
+        )
         return (
             f"{head}: stages i = 0..{self.stages - 1} of 3^i x {self.pass_scale:g} passes ({self.passes:g} passes "
             f"per run); NLL = mean of -L_{self.eval_k} on the {evaluated}"

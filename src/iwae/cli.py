@@ -135,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="run folder made by `iwae train`")
     e.add_argument("--k", type=_positive_int, help="importance samples (default: the run's eval k)")
     e.add_argument("--split", choices=("test", "train", "validation"), default="test", help="split (default test)")
-    e.add_argument("--n", type=_positive_int, help="use N examples spread evenly through the split (default all)")
+    e.add_argument(
+        "--n",
+        type=_positive_int,
+        help="use N examples spread evenly through the split (default: the run's eval-n; more than the split: all)",
+    )
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_threads(e)
 

@@ -52,6 +52,15 @@ QUICK = {
 }
 
 
+def compiled_step(layers: int, k: int, kind: str, device: torch.device, x: torch.Tensor):
+    """The project's step with ``compile=True`` on a fresh model, compiled now (one step on ``x``), outside any
+    timed warm-up."""
+    model = iwae.IWAE.paper(layers).to(device)
+    step = iwae.make_train_step(model, iwae.make_optimizer(model), k=k, kind=kind, compile=True)
+    step(x)
+    return step
+
+
 def train_rows(
     layers: int,
     k: int,
@@ -77,10 +86,7 @@ def train_rows(
 
     fns["project"] = batches(iwae.make_train_step(model, iwae.make_optimizer(model), k=k, kind=kind))
     if compiled:
-        twin = iwae.IWAE.paper(layers).to(device)
-        step = iwae.make_train_step(twin, iwae.make_optimizer(twin), k=k, kind=kind, compile=True)
-        step(data[0])  # compile now, outside the timed warm-up
-        fns["project compiled"] = batches(step)
+        fns["project compiled"] = batches(compiled_step(layers, k, kind, device, data[0]))
     if kind == "iwae":
         other = iwae.IWAE.paper(layers).to(device)
         one = iwae.make_train_step(other, iwae.make_optimizer(other), k=k, kind=kind, estimator="sample-one")
@@ -160,9 +166,7 @@ def cuda_results(settings: dict, with_pyro: bool, log=print) -> dict:
         for k in settings["ks"]:
             replay, captured = gpu.project_step_cuda(layers, k, "iwae", "reparam", data[0])
             fns = {"project (graph)" if captured else "project": lambda r=replay: r(data[1])}
-            twin = iwae.IWAE.paper(layers).to(device)
-            compiled = iwae.make_train_step(twin, iwae.make_optimizer(twin), k=k, compile=True)  # reduce-overhead
-            compiled(data[0])  # compile outside the timed warm-up
+            compiled = compiled_step(layers, k, "iwae", device, data[0])  # reduce-overhead mode on CUDA
             fns["project compiled"] = lambda c=compiled: c(data[1])
             baseline = peers.baseline_step(layers, k, "iwae", device)
             fns["baseline"] = lambda b=baseline: b(data[2])

@@ -91,12 +91,9 @@ def targets(result: dict) -> list[dict]:
         _row(result, 1, 50, "iwae", i) for i in ("project", "baseline", "pyro", "project sample-one")
     )
     k1 = []
-    for r in result["train"]:
-        fast, b = (
-            _fastest_project(result, r["layers"], 1, r["kind"]),
-            _row(result, r["layers"], 1, r["kind"], "baseline"),
-        )
-        if r["k"] == 1 and r["impl"] == "baseline" and fast:
+    for b in (r for r in result["train"] if r["k"] == 1 and r["impl"] == "baseline"):
+        fast = _fastest_project(result, b["layers"], 1, b["kind"])
+        if fast:
             k1.append((fast["ms_per_step"] / b["ms_per_step"], fast["impl"]))
     ll = [x for x in result["log_likelihood"] if x["layers"] == 1]
     values = [

@@ -65,6 +65,11 @@ def check_args(k: int, kind: str, estimator: str, m: int, beta: float, compile: 
         )
 
 
+def _n_samples(kind: str, k: int, m: int) -> int:
+    """Samples per example: m groups of k for ``miwae``/``piwae``, else k."""
+    return m * k if kind in ("miwae", "piwae") else k
+
+
 def _bound(log_w: Tensor, kind: str, k: int, beta: float) -> Tensor:
     """Per-example bound of the given kind; log_w holds m*k rows (m groups of k)."""
     if kind == "vae":
@@ -102,7 +107,7 @@ def objective(
     :param generator: source of the reparameterisation noise.
     """
     check_args(k, kind, estimator, m, beta)
-    n = m * k if kind in ("miwae", "piwae") else k
+    n = _n_samples(kind, k, m)
 
     if estimator == "sample-one":
         return _sample_one(model, x, k, generator)
@@ -215,7 +220,7 @@ def _compiled_loss(
     model: IWAE, k: int, kind: str, estimator: str, m: int, beta: float, generator: torch.Generator | None
 ) -> Callable[[Tensor], Tensor]:
     """The ``reparam``/``stl`` loss of :func:`objective` through ``torch.compile``, noise drawn eagerly."""
-    n = m * k if kind == "miwae" else k
+    n = _n_samples(kind, k, m)
 
     def loss(x: Tensor, noise: list[Tensor]) -> Tensor:
         out = model.forward_samples(x, n, noise=noise, stop_q_grad=estimator == "stl")

@@ -93,6 +93,7 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     pruned = prune_inactive(model, train, config.active_threshold, generator=_eval_generator(config, device, 7))
     pruned_result = nll(pruned, test, k, _eval_generator(config, device, 99), progress)
     train_result = nll(model, train, k, _eval_generator(config, device, 98), progress)
+    log = _read_log(run_dir)
     metrics = {
         "dataset": config.dataset, "layers": len(model.latent_dims), "objective": config.objective,
         "estimator": config.estimator, "k": config.k, "eval_k": k, "eval_n": test_result["n"],
@@ -100,13 +101,12 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "train_nll": train_result["nll"], "train_nll_sem": train_result["nll_sem"],
         "active_units": count_active(A, config.active_threshold), "active_threshold": config.active_threshold,
         "test_nll_pruned": pruned_result["nll"], "train_seconds": state["train_seconds"],
-        "passes": _passes(run_dir),
+        "passes": log[-1]["pass"] if log else 0.0,
     }  # fmt: skip
     gen = torch.Generator(device=device).manual_seed(config.seed)
     save_image_grid(model.sample(100, generator=gen), run_dir / "samples.png", nrow=10)
     title = f"{config.dataset}, {len(model.latent_dims)} layer(s), {config.objective} k={config.k}"
     plot_active_units(A, run_dir / "active_units.png", config.active_threshold, title)
-    log = _read_log(run_dir)
     plot_training([r["pass"] for r in log], [r["train_bound"] for r in log], run_dir / "training.png", title)
     _write_json(run_dir / "metrics.json", metrics)
     return metrics
@@ -115,11 +115,6 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
 def _read_log(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _passes(run_dir: Path) -> float:
-    log = _read_log(run_dir)
-    return log[-1]["pass"] if log else 0.0
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:

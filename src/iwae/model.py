@@ -450,12 +450,11 @@ class _BernoulliLogProb(torch.autograd.Function):
 def _bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
     """log Bernoulli(x; sigmoid(logits)) summed over the last dimension: sum_j x_j l_j - softplus(l_j), stable for
     any logit. ``logits`` (..., batch, D) broadcasts against ``x`` (batch, D)."""
-    if torch.compiler.is_compiling():  # plain operations, fused by the compiler
-        return (x * logits).sum(-1) - nn.functional.softplus(logits).sum(-1)
-    if logits.numel() >= _FUSE_MIN and logits.requires_grad and not x.requires_grad:
-        return _BernoulliLogProb.apply(logits, x)
-    if not torch.is_grad_enabled() or not (logits.requires_grad or x.requires_grad):
-        return nn.functional.softplus(logits).addcmul_(x, logits, value=-1).sum(-1).neg_()
+    if not torch.compiler.is_compiling():  # compiled: the plain operations below, fused by the compiler
+        if logits.numel() >= _FUSE_MIN and logits.requires_grad and not x.requires_grad:
+            return _BernoulliLogProb.apply(logits, x)
+        if not torch.is_grad_enabled() or not (logits.requires_grad or x.requires_grad):
+            return nn.functional.softplus(logits).addcmul_(x, logits, value=-1).sum(-1).neg_()
     return (x * logits).sum(-1) - nn.functional.softplus(logits).sum(-1)
 
 

@@ -1,14 +1,17 @@
 """iwae: Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, ICLR 2016), and what came after.
 
->>> import iwae
+>>> import torch, iwae
+>>> x = torch.bernoulli(torch.full((20, 784), 0.3))  # a batch of 20 binary 28x28 images
 >>> m = iwae.IWAE.paper(layers=1)
 >>> log_w = m.log_weights(x, k=50)            # (k, batch) log importance weights (Eq. 4)
->>> iwae.bounds.iwae(log_w)                   # L_k per example (Eq. 8)
+>>> iwae.bounds.iwae(log_w).shape             # L_k per example (Eq. 8)
+torch.Size([20])
 >>> loss = iwae.objective(m, x, k=50, kind="iwae")   # gradient = Eq. 14
->>> iwae.log_likelihood(m, x, k=5000)         # the paper's test metric, per example
+>>> iwae.log_likelihood(m, x, k=5000).shape   # the paper's test metric, per example
+torch.Size([20])
 """
 
-from iwae import bounds
+from iwae import bounds, data
 from iwae.estimators import ESTIMATORS, KINDS, make_optimizer, make_train_step, objective
 from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
 from iwae.model import IWAE
@@ -18,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "IWAE",
     "bounds",
+    "data",
     "objective",
     "make_train_step",
     "make_optimizer",

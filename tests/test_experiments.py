@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from iwae.experiments.paper_results import TABLE1, TABLE2, TABLE3
 from iwae.experiments.plan import Schedule, plan, table_key
 from iwae.experiments.posteriors import true_posterior_grid
 from iwae.experiments.report import write_report
+from iwae.plots import plot_active_units, plot_training, save_image_grid
 
 DATA = os.environ.get("IWAE_DATA_DIR")
 needs_data = pytest.mark.skipif(not DATA, reason="set IWAE_DATA_DIR to a data directory holding mnist/ to run")
@@ -122,3 +125,25 @@ def test_reproduce_posteriors_end_to_end_and_skips_finished_runs(tmp_path, capsy
     assert "![posteriors](posteriors.png)" in report
     assert main(args) == 0
     assert capsys.readouterr().out.count("already done, skipped") == 3
+
+
+def test_importing_iwae_leaves_the_matplotlib_backend_alone():
+    """No pyplot, no matplotlib.use at import: a notebook's backend is the user's."""
+    code = (
+        "import sys, matplotlib\n"
+        "import iwae, iwae.plots, iwae.experiments.posteriors, iwae.cli\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+    )
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_figures_are_png_files_written_without_leftovers(tmp_path):
+    plot_training([1, 2, 3], [-110.0, -105.0, -103.0], tmp_path / "training.png", title="t")
+    plot_active_units([torch.rand(50), torch.rand(10)], tmp_path / "active_units.png")
+    save_image_grid(torch.rand(9, 784), tmp_path / "samples.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["active_units.png", "samples.png", "training.png"]
+    for path in tmp_path.iterdir():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path.name

@@ -1,4 +1,9 @@
-"""Figures of a run: sample grids (Appendix E), histograms of log A_u (Appendix C), the training curve."""
+"""Figures of a run: sample grids (Appendix E), histograms of log A_u (Appendix C), the training curve.
+
+Figures are drawn with matplotlib's object-oriented API (:class:`matplotlib.figure.Figure`, no pyplot), which
+needs no backend: importing this module leaves the user's matplotlib backend alone. Every file is written
+atomically (:func:`iwae.atomic.atomic_path`).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,15 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+from PIL import Image
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from iwae.atomic import atomic_path
 
-__all__ = ["image_grid", "save_image_grid", "plot_active_units", "plot_training", "plot_snr"]
+__all__ = ["image_grid", "save_image_grid", "save_figure", "plot_active_units", "plot_training", "plot_snr"]
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, side: int = 28, pad: int = 2) -> np.ndarray:
@@ -36,12 +41,22 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, side: int = 28, pa
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 3) -> None:
     """Write a grid of images (e.g. Bernoulli means of samples) as a PNG, upscaled for viewing."""
     grid = Image.fromarray(image_grid(images, nrow))
-    grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(path)
+    with atomic_path(path) as tmp:
+        # The temporary name ends in .tmp, so the format is given explicitly.
+        grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(tmp, format="PNG")
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> None:
+    """Lay out ``fig`` and write it as a PNG, atomically (the temporary name needs the explicit format)."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
 
 
 def plot_active_units(A: Sequence[torch.Tensor], path: str | Path, threshold: float = 0.01, title: str = "") -> None:
     """Histogram of log A_u per stochastic layer, with the activity threshold (Appendix C)."""
-    fig, axes = plt.subplots(1, len(A), figsize=(4.5 * len(A), 3.2), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(A), 3.2))
+    axes = fig.subplots(1, len(A), squeeze=False)
     for l, (ax, a) in enumerate(zip(axes[0], A)):
         logs = np.log(a.detach().cpu().double().clamp_min(1e-12).numpy())
         ax.hist(logs, bins=30, color="tab:blue")
@@ -53,14 +68,13 @@ def plot_active_units(A: Sequence[torch.Tensor], path: str | Path, threshold: fl
         ax.legend(loc="upper left", fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_training(passes: Sequence[float], bound: Sequence[float], path: str | Path, title: str = "") -> None:
     """Training bound (mean over each pass) against passes, on a log axis (the stages are 3^i passes long)."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(passes, bound, marker="." if len(passes) < 60 else None)
     ax.set_xscale("log")
     ax.set_xlabel("passes over the training set")
@@ -68,14 +82,13 @@ def plot_training(passes: Sequence[float], bound: Sequence[float], path: str | P
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_snr(result: dict, path: str | Path) -> None:
     """Mean gradient SNR against k on log-log axes, encoder and decoder panels, one line per estimator."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig = Figure(figsize=(9, 3.6))
+    axes = fig.subplots(1, 2)
     # Distinct dashes and shrinking markers, so that lines that coincide (the decoder's) stay visible.
     styles = [("-", "o", 7), ("--", "s", 5), (":", "^", 4), ("-.", "D", 3)]
     for ax, net in zip(axes, ("encoder", "decoder")):
@@ -87,13 +100,11 @@ def plot_snr(result: dict, path: str | Path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(result["ks"], [str(k) for k in result["ks"]])
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("k (importance samples)")
         ax.set_ylabel("mean SNR over coordinates")
         ax.set_title(f"{net} ({'recognition q' if net == 'encoder' else 'generative p'})")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"gradient SNR of the IWAE bound, {result['n_draws']} draws on {result['batch']} images")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from iwae import data  # noqa: E402
-from iwae.model import IWAE  # noqa: E402
-from iwae.train import load_run  # noqa: E402
+from iwae import data
+from iwae.model import IWAE
+from iwae.plots import save_figure
+from iwae.train import load_run
 
 __all__ = ["true_posterior_grid", "plot_posteriors"]
 
@@ -55,9 +53,8 @@ def plot_posteriors(run_dirs: dict[str, Path], out: Path, n_examples: int = 6, s
     idx = torch.randperm(x_all.shape[0], generator=gen)[:n_examples]
     x = data.binarize(x_all[idx], generator=gen)
     ratios = [1.0, 0.3] * len(models)  # a row of heat maps, then a strip of reconstructions, per model
-    fig, axes = plt.subplots(
-        2 * len(models), n_examples, figsize=(2.1 * n_examples, 2.9 * len(models)), height_ratios=ratios
-    )
+    fig = Figure(figsize=(2.1 * n_examples, 2.9 * len(models)))  # no pyplot: the user's backend is left alone
+    axes = fig.subplots(2 * len(models), n_examples, height_ratios=ratios)
     for row, (label, (_, model, _)) in enumerate(models.items()):
         model = model.cpu().eval()
         with torch.no_grad():
@@ -86,8 +83,6 @@ def plot_posteriors(run_dirs: dict[str, Path], out: Path, n_examples: int = 6, s
         "true posterior p(h|x) (heat map) and 100 samples of q(h|x) (dots), each panel zoomed on its example; "
         "below: the example and 4 reconstructions"
     )
-    fig.tight_layout()
     path = out / "posteriors.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -114,3 +117,58 @@ def test_spread_takes_every_total_over_n_th_example():
     idx = spread(8_070, 1_000)  # uneven: distinct, increasing, every block of the split represented
     assert idx.unique().numel() == 1_000 and bool((idx.diff() > 0).all()) and int(idx[-1]) < 8_070
     assert torch.bincount(idx // 807, minlength=10).tolist() == [100] * 10
+
+
+def test_every_split_has_its_own_binarize_and_nll_stream():
+    from iwae.data import SPLITS
+    from iwae.evaluate_run import STREAMS
+
+    salts = [STREAMS[split, purpose] for split in SPLITS for purpose in ("binarize", "nll")]
+    assert len(set(salts)) == len(salts) and all((split, "active") in STREAMS for split in SPLITS)
+    # the salts every metrics.json was computed with
+    assert [STREAMS["test", p] for p in ("binarize", "nll", "active")] == [0, 99, 7]
+    assert [STREAMS["train", p] for p in ("binarize", "nll", "active")] == [1, 98, 7]
+
+
+def test_evaluate_refuses_unknown_split():
+    from iwae.evaluate_run import evaluate_run
+
+    with pytest.raises(ValueError, match="unknown split 'dev'; choose one of train, validation, test"):
+        evaluate_run("no-such-run", split="dev")
+
+
+DATA = os.environ.get("IWAE_DATA_DIR")
+needs_data = pytest.mark.skipif(not DATA, reason="set IWAE_DATA_DIR to a data directory holding mnist/ to run")
+TINY = dict(dataset="mnist", layers=1, k=3, stages=2, pass_scale=0.02, eval_k=20, eval_n=50, checkpoint_minutes=0.0)
+
+
+@needs_data
+def test_evaluate_reproduces_every_number_of_metrics_json(tmp_path, capsys):
+    import iwae.train
+    from iwae.cli import main
+    from iwae.config import TrainConfig
+    from iwae.evaluate_run import evaluate_run, finish_run
+
+    run = iwae.train.train(TrainConfig(data_dir=DATA, **TINY), tmp_path / "run", progress=False)
+    metrics = finish_run(run, progress=False)
+    test = evaluate_run(run, split="test", pruned=True, progress=False)
+    train = evaluate_run(run, split="train", progress=False)
+    validation = evaluate_run(run, split="validation", progress=False)
+    assert (test["nll"], test["nll_sem"], test["nll_pruned"]) == (
+        metrics["test_nll"], metrics["test_nll_sem"], metrics["test_nll_pruned"]
+    )  # fmt: skip
+    assert (train["nll"], train["nll_sem"]) == (metrics["train_nll"], metrics["train_nll_sem"])
+    assert test["n"] == train["n"] == metrics["eval_n"] == 50 and test["eval_k"] == metrics["eval_k"] == 20
+    for result in (test, train, validation):
+        for key in ("active_units", "active_units_split", "active_units_n", "active_threshold"):
+            assert result[key] == metrics[key]
+    assert metrics["active_units_split"] == "train"
+    # the train split's noise is not the test split's (each split has its own stream)
+    assert validation["nll"] != test["nll"] and "nll_pruned" not in train
+
+    assert main(["evaluate", str(run), "--split", "train", "--quiet"]) == 0
+    assert "(on 50 train images); eval-train-k20-n50.json" in capsys.readouterr().out
+    assert json.loads((run / "eval-train-k20-n50.json").read_text()) == train
+    # a different n writes its own file and leaves the other
+    assert evaluate_run(run, split="train", n=30, progress=False)["n"] == 30
+    assert (run / "eval-train-k20-n30.json").is_file() and (run / "eval-train-k20-n50.json").is_file()

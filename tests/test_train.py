@@ -88,7 +88,7 @@ def test_tiny_run_end_to_end(tmp_path):
     # evaluate is deterministic and writes its own file
     a = evaluate_run(run, k=10, n=30, progress=False)
     b = evaluate_run(run, k=10, n=30, progress=False)
-    assert a == b and (run / "eval-test-k10.json").is_file()
+    assert a == b and (run / "eval-test-k10-n30.json").is_file()
     with pytest.raises(iwae.train.RunError, match="already holds a run"):
         iwae.train.train(TrainConfig(data_dir=DATA, **TINY), run, progress=False)
 

@@ -1,34 +1,73 @@
 """Evaluating a saved run: test/train NLL (mean of -L_5000), active units, NLL with inactive units removed, figures.
 
-Writes ``metrics.json`` and ``samples.png``, ``active_units.png``, ``training.png`` into the run folder. Every
-evaluation draws its binarization and importance samples from a generator seeded by the run's seed, so evaluating
-the same run twice gives the same numbers.
+:func:`finish_run` writes ``metrics.json`` and ``samples.png``, ``active_units.png``, ``training.png`` into the run
+folder; :func:`evaluate_run` (``iwae evaluate``) measures one split and writes ``eval-<split>-k<k>-n<n>.json``.
+Every draw comes from a generator seeded by the run's seed and one entry of :data:`STREAMS`, and both functions
+measure through :func:`measure`, so ``iwae evaluate`` on the test and train splits gives every number of
+``metrics.json`` exactly, and evaluating the same run twice gives the same numbers.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from iwae import data
+from iwae.atomic import write_json
 from iwae.config import TrainConfig
 from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
 from iwae.model import IWAE
 from iwae.plots import plot_active_units, plot_training, save_image_grid
-from iwae.train import load_run
+from iwae.rundir import load_run
 
-__all__ = ["nll", "evaluate_run", "finish_run", "SPLITS"]
+__all__ = [
+    "STREAMS",
+    "ACTIVE_SPLIT",
+    "check_split",
+    "stream",
+    "eval_images",
+    "spread",
+    "nll",
+    "summarize",
+    "measure",
+    "evaluate_run",
+    "finish_run",
+]
 
-SPLITS = ("test", "train", "validation")
+# The evaluation's random streams: (split, purpose) -> salt; the generator's seed is 10_000 * seed + salt.
+# - binarize: the dynamic binarization of the split's images (unused for binarized-mnist, which is fixed);
+# - nll: the importance samples of L_k on that split;
+# - active: the samples of h^(l-1) behind A_u of layers l > 1 (Section 5.2), and the same draws again to decide
+#   which units the pruned model drops, so that it drops exactly the units counted inactive.
+# Each (split, purpose) has its own stream so that no two measurements share noise by accident, and both
+# `finish_run` and `iwae evaluate` read them from here, so the second replays the first. These are the numbers
+# every metrics.json was computed with: changing one changes every evaluation.
+STREAMS: dict[tuple[str, str], int] = {
+    ("test", "binarize"): 0, ("train", "binarize"): 1, ("validation", "binarize"): 2,
+    ("test", "nll"): 99, ("train", "nll"): 98, ("validation", "nll"): 97,
+    ("test", "active"): 7, ("train", "active"): 7, ("validation", "active"): 7,
+}  # fmt: skip
+
+# A_u is a property of the model, measured on (n examples of) the training data whatever split is scored.
+ACTIVE_SPLIT = "train"
 
 
-def _eval_generator(config: TrainConfig, device: torch.device, salt: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(10_000 * config.seed + salt)
+def check_split(split: str) -> str:
+    """``split`` if it is one of :data:`iwae.data.SPLITS`, else a ValueError listing them."""
+    if split not in data.SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(data.SPLITS)}")
+    return split
+
+
+def stream(seed: int, device: torch.device, split: str, purpose: str) -> torch.Generator:
+    """A fresh generator for one evaluation stream of :data:`STREAMS`."""
+    check_split(split)
+    if (split, purpose) not in STREAMS:
+        raise ValueError(f"no evaluation stream for split {split!r} and purpose {purpose!r}; see STREAMS")
+    return torch.Generator(device=device).manual_seed(10_000 * seed + STREAMS[split, purpose])
 
 
 def spread(total: int, n: int | None) -> torch.Tensor:
@@ -42,39 +81,71 @@ def spread(total: int, n: int | None) -> torch.Tensor:
     return torch.arange(n) * total // n
 
 
-def _split(config: TrainConfig, split: str, n: int | None, device: torch.device, gen: torch.Generator) -> torch.Tensor:
-    """n examples of the split spread evenly through it (:func:`spread`), binarized afresh (dynamic data) with
-    ``gen``, on the model's device."""
-    x = data.load(config.dataset, split, config.data_dir)
+def eval_images(config: TrainConfig, split: str, n: int | None, device: torch.device, seed: int) -> torch.Tensor:
+    """n examples of the split spread evenly through it (:func:`spread`), on ``device``; dynamic data are binarized
+    afresh with the split's ``binarize`` stream of ``seed``."""
+    x = data.load(config.dataset, check_split(split), config.data_dir)
     x = x[spread(x.shape[0], n)].to(device)
-    return x if data.is_binary(config.dataset) else data.binarize(x, generator=gen)
+    return x if data.is_binary(config.dataset) else data.binarize(x, generator=stream(seed, device, split, "binarize"))
 
 
-def nll(model: IWAE, x: torch.Tensor, k: int, gen: torch.Generator, progress: bool = True) -> dict[str, float]:
-    """Mean of -L_k over the rows of x, with the standard error of that mean (over examples)."""
-    ll = log_likelihood(model, x, k, generator=gen, progress=progress)
+def nll(model: IWAE, x: torch.Tensor, k: int, gen: torch.Generator, progress: bool = True) -> dict[str, Any]:
+    """Mean of -L_k over the rows of x, with the standard error of that mean (over examples), and n."""
+    return summarize(log_likelihood(model, x, k, generator=gen, progress=progress))
+
+
+def summarize(ll: torch.Tensor) -> dict[str, Any]:
+    """Mean of -L_k over examples from per-example L_k, the standard error of that mean, and n."""
     return {"nll": -ll.mean().item(), "nll_sem": (ll.std() / ll.numel() ** 0.5).item(), "n": ll.numel()}
 
 
+def measure(
+    config: TrainConfig, model: IWAE, split: str, k: int, n: int | None, *, pruned: bool = False, progress: bool = True
+) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """NLL (mean -L_k ± s.e.) of n examples of ``split``, and A_u on n examples of :data:`ACTIVE_SPLIT`.
+
+    With ``pruned``, also ``nll_pruned``: the NLL of the model without its inactive units (Section 5.2), on the
+    same images and the same noise stream as ``nll``. Returns the numbers and the A_u tensors (for the figure).
+    """
+    device = next(model.parameters()).device
+    x = eval_images(config, split, n, device, config.seed)
+    x_active = x if split == ACTIVE_SPLIT else eval_images(config, ACTIVE_SPLIT, n, device, config.seed)
+    A = active_units(model, x_active, generator=stream(config.seed, device, ACTIVE_SPLIT, "active"))
+    result = {
+        "split": split, "eval_k": k, **nll(model, x, k, stream(config.seed, device, split, "nll"), progress),
+        "active_units": count_active(A, config.active_threshold), "active_units_split": ACTIVE_SPLIT,
+        "active_units_n": x_active.shape[0], "active_threshold": config.active_threshold,
+    }  # fmt: skip
+    if pruned:
+        gen = stream(config.seed, device, ACTIVE_SPLIT, "active")
+        smaller = prune_inactive(model, x_active, config.active_threshold, generator=gen)
+        result["nll_pruned"] = nll(smaller, x, k, stream(config.seed, device, split, "nll"), progress)["nll"]
+    return result, A
+
+
 def evaluate_run(
-    run_dir: str | Path, k: int | None = None, split: str = "test", n: int | None = None, progress: bool = True
+    run_dir: str | Path,
+    k: int | None = None,
+    split: str = "test",
+    n: int | None = None,
+    progress: bool = True,
+    *,
+    pruned: bool = False,
 ) -> dict[str, Any]:
-    """NLL and active units of a saved run on one split; written to ``eval-<split>-k<k>.json`` and returned."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    """:func:`measure` for a saved run; written to ``eval-<split>-k<k>-n<n>.json`` in the run folder and returned.
+
+    ``k`` and ``n`` default to the run's ``eval_k`` and ``eval_n``, so the test split gives ``metrics.json``'s
+    ``test_nll``, ``test_nll_sem``, ``active_units`` (and with ``pruned``, ``test_nll_pruned``) and the train split
+    its ``train_nll`` and ``train_nll_sem``, exactly.
+    """
+    check_split(split)
     config, model, _ = load_run(run_dir)
     k = k or config.eval_k
     if k < 1:
         raise ValueError(f"k must be a positive number of importance samples, got {k}")
-    device = next(model.parameters()).device
     model.eval()
-    x = _split(config, split, n or config.eval_n, device, _eval_generator(config, device, SPLITS.index(split)))
-    A = active_units(model, x, generator=_eval_generator(config, device, 7))
-    result = {
-        "split": split, "eval_k": k, **nll(model, x, k, _eval_generator(config, device, 99), progress),
-        "active_units": count_active(A, config.active_threshold),
-    }  # fmt: skip
-    _write_json(Path(run_dir) / f"eval-{split}-k{k}.json", result)
+    result, _ = measure(config, model, split, k, n or config.eval_n, pruned=pruned, progress=progress)
+    write_json(Path(run_dir) / f"eval-{split}-k{k}-n{result['n']}.json", result)
     return result
 
 
@@ -82,45 +153,30 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """The end-of-training evaluation of Section 5 and Appendix C/E: ``metrics.json`` and the three figures."""
     run_dir = Path(run_dir)
     config, model, state = load_run(run_dir)
-    device = next(model.parameters()).device
     model.eval()
     k = config.eval_k
-    test = _split(config, "test", config.eval_n, device, _eval_generator(config, device, 0))
-    train = _split(config, "train", config.eval_n, device, _eval_generator(config, device, 1))
-    A = active_units(model, train, generator=_eval_generator(config, device, 7))
-    test_result = nll(model, test, k, _eval_generator(config, device, 99), progress)
-    # Section 5.2: remove the inactive units and evaluate again on the same data and the same noise stream.
-    pruned = prune_inactive(model, train, config.active_threshold, generator=_eval_generator(config, device, 7))
-    pruned_result = nll(pruned, test, k, _eval_generator(config, device, 99), progress)
-    train_result = nll(model, train, k, _eval_generator(config, device, 98), progress)
+    test, A = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress)
+    train, _ = measure(config, model, "train", k, config.eval_n, progress=progress)
     log = _read_log(run_dir)
     metrics = {
         "dataset": config.dataset, "layers": len(model.latent_dims), "objective": config.objective,
-        "estimator": config.estimator, "k": config.k, "eval_k": k, "eval_n": test_result["n"],
-        "test_nll": test_result["nll"], "test_nll_sem": test_result["nll_sem"],
-        "train_nll": train_result["nll"], "train_nll_sem": train_result["nll_sem"],
-        "active_units": count_active(A, config.active_threshold), "active_threshold": config.active_threshold,
-        "test_nll_pruned": pruned_result["nll"], "train_seconds": state["train_seconds"],
-        "passes": log[-1]["pass"] if log else 0.0,
+        "estimator": config.estimator, "k": config.k, "eval_k": k, "eval_n": test["n"],
+        "test_nll": test["nll"], "test_nll_sem": test["nll_sem"],
+        "train_nll": train["nll"], "train_nll_sem": train["nll_sem"],
+        "active_units": test["active_units"], "active_units_split": test["active_units_split"],
+        "active_units_n": test["active_units_n"], "active_threshold": config.active_threshold,
+        "test_nll_pruned": test["nll_pruned"],
+        "train_seconds": state["train_seconds"], "passes": log[-1]["pass"] if log else 0.0,
     }  # fmt: skip
-    gen = torch.Generator(device=device).manual_seed(config.seed)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed)
     save_image_grid(model.sample(100, generator=gen), run_dir / "samples.png", nrow=10)
     title = f"{config.dataset}, {len(model.latent_dims)} layer(s), {config.objective} k={config.k}"
     plot_active_units(A, run_dir / "active_units.png", config.active_threshold, title)
     plot_training([r["pass"] for r in log], [r["train_bound"] for r in log], run_dir / "training.png", title)
-    _write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
 def _read_log(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Write atomically, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)

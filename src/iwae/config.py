@@ -1,78 +1,158 @@
-"""Run configuration: one frozen dataclass, written as JSON into every run folder, and the paper's schedule."""
+"""Run configuration: one frozen dataclass, declared once, written as JSON into every run folder.
+
+Every option of a run is a field of :class:`TrainConfig` with its default, its help text and, where the command
+line offers it, its flag and parser. ``iwae train``'s options are generated from these fields
+(:func:`add_config_options`), so an option added here appears on the command line, in ``--help``, in
+``config.json`` and in ``--config FILE`` at once. Precedence (as nanoGPT's configurator): the defaults, then a
+JSON config file, then the flags given on the command line; unknown keys and wrong types are refused.
+"""
 
 from __future__ import annotations
 
+import argparse
+import copy
 import dataclasses
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iwae.estimators import ESTIMATORS, KINDS, check_args
+from iwae.data.resources import DATASETS
+from iwae.objectives import ESTIMATORS, KINDS, Objective
 
-__all__ = ["TrainConfig", "Stage", "schedule", "DATASET_NAMES"]
+__all__ = [
+    "TrainConfig",
+    "Stage",
+    "schedule",
+    "add_config_options",
+    "config_from_args",
+    "overrides_from_args",
+    "options_table",
+]
 
-DATASET_NAMES = ("mnist", "omniglot", "binarized-mnist")
+
+# ----------------------------------------------------------------------------- command-line parsers
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated integers, e.g. ``100,50``."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def schedule_pairs(text: str) -> list[list[float]]:
+    """argparse type: ``'2187:1e-4'`` or ``'1:1e-3,3:7.2e-4'`` -> [[passes, lr], ...]."""
+    try:
+        return [[float(p), float(lr)] for p, lr in (item.split(":") for item in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PASSES:LR[,PASSES:LR...], got {text!r}") from None
+
+
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    type: Callable[[str], Any] | None = None,
+    choices: Iterable[Any] | None = None,
+    flag: str | None = None,
+    metavar: str | None = None,
+    cli: bool = True,
+) -> Any:
+    """A config field with its command-line declaration (``cli=False``: config files only)."""
+    meta = {"help": help, "type": type, "choices": tuple(choices) if choices else None, "flag": flag,
+            "metavar": metavar, "cli": cli}  # fmt: skip
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------- the config
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run. Defaults are the paper's protocol (Section 5.1)."""
 
     # data
-    dataset: str = "mnist"
-    data_dir: str | None = None  # None: $IWAE_DATA_DIR, else the per-user cache
+    dataset: str = _opt("mnist", "data set: mnist and omniglot are binarized afresh each use, binarized-mnist "
+                        "is the fixed binarization (Appendix D)", choices=DATASETS)  # fmt: skip
+    data_dir: str | None = _opt(None, "data directory (default: $IWAE_DATA_DIR, else the per-user cache)")
     # model: the paper's architecture with `layers` stochastic layers, unless latent_dims is given
-    layers: int = 1
-    latent_dims: list[int] | None = None  # e.g. [2] for the 2-D latent posteriors of Appendix C
-    q_hidden: list[list[int]] | None = None
-    p_hidden: list[list[int]] | None = None
+    layers: int = _opt(1, "stochastic layers of the paper's architectures (Appendix C)", type=int, choices=(1, 2))
+    latent_dims: list[int] | None = _opt(None, "a general architecture instead: latent sizes bottom-up, e.g. 2 "
+                                         "(the 2-D posteriors of Appendix C) or 100,50", type=int_list)  # fmt: skip
+    q_hidden: list[list[int]] | None = _opt(None, "hidden sizes of each recognition conditional", cli=False)
+    p_hidden: list[list[int]] | None = _opt(None, "hidden sizes of each generative conditional", cli=False)
     # objective
-    objective: str = "iwae"  # a bound of iwae.KINDS
-    k: int = 50
-    m: int = 1  # outer samples for miwae/piwae
-    beta: float = 0.5  # ELBO weight for ciwae
-    estimator: str = "reparam"
+    objective: str = _opt("iwae", "bound to train on: vae (Eq. 7 gradient), iwae (Eq. 14), miwae, ciwae, piwae",
+                          choices=KINDS)  # fmt: skip
+    k: int = _opt(50, "samples per example (inner samples for miwae/piwae)", type=positive_int)
+    m: int = _opt(1, "outer samples for miwae/piwae", type=positive_int)
+    beta: float = _opt(0.5, "ELBO weight for ciwae", type=float)
+    estimator: str = _opt("reparam", "gradient estimator: reparam, sample-one (Section 3.1), stl, dreg",
+                          choices=ESTIMATORS)  # fmt: skip
     # optimisation: Adam (beta1 0.9, beta2 0.999, eps 1e-4), batch 20, 3^i passes at 1e-3 * 10^(-i/7)
-    batch_size: int = 20
-    stages: int = 8  # run stages i = 0 .. stages-1
-    pass_scale: float = 1.0  # multiply every stage's 3^i passes (fractional passes allowed)
-    lr_variant: str = "paper"  # "paper", or "reference": the authors' code's rounded rates and beta1 = 0.99
-    custom_schedule: list[list[float]] | None = None  # [[passes, lr], ...] replaces the 3^i stages
-    init_from: str | None = None  # start from the model of another run folder (Table 2)
+    batch_size: int = _opt(20, "minibatch size", type=positive_int)
+    stages: int = _opt(8, "run stages i = 0..N-1 of the paper's 8 (3^i passes at 1e-3 * 10^(-i/7))", type=int,
+                       choices=range(1, 9))  # fmt: skip
+    pass_scale: float = _opt(1.0, "multiply every stage's passes, fractions allowed (1: the paper's 3,280 passes)",
+                             type=positive_float)  # fmt: skip
+    # "reference": the authors' code's rounded rates and beta1 = 0.99 (reference-setup facts in README)
+    lr_variant: str = _opt("paper", "paper: 1e-3*10^(-i/7), beta1 0.9; reference: the authors' code (rounded "
+                           "rates, beta1 0.99)", choices=("paper", "reference"))  # fmt: skip
+    custom_schedule: list[list[float]] | None = _opt(None, "replace the 3^i stages by PASSES:LR[,PASSES:LR...] "
+                                                     "(e.g. 2187:1e-4 for Table 2)", type=schedule_pairs,
+                                                     flag="--schedule", metavar="PASSES:LR")  # fmt: skip
+    init_from: str | None = _opt(None, "start from the model of this run folder (Table 2)", metavar="RUN_DIR")
     # evaluation
-    eval_k: int = 5000
-    eval_n: int | None = None  # evaluate on eval_n examples of each split, spread evenly through it (None: all)
-    active_threshold: float = 0.01
+    eval_k: int = _opt(5000, "importance samples for the final NLL (the paper's L_5000)", type=positive_int)
+    eval_n: int | None = _opt(None, "evaluate on N examples of each split, spread evenly through it (default all)",
+                              type=positive_int, metavar="N")  # fmt: skip
+    active_threshold: float = _opt(0.01, "A_u above which a unit is active (Section 5.2)", type=positive_float)
     # system
-    seed: int = 0
-    device: str = "auto"  # "auto": cuda if available
-    compile: bool = False  # torch.compile the training step (reparam/stl only; see iwae.make_train_step)
-    checkpoint_minutes: float = 5.0  # also checkpoint at the end of every stage
-    tensorboard: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into config.json
+    seed: int = _opt(0, "seed of the initial weights, shuffling, binarization and sampling noise", type=int)
+    device: str = _opt("auto", "cpu, cuda or cuda:N (auto: cuda if available)")
+    compile: bool = _opt(False, "torch.compile the training step (reparam/stl; CUDA graphs on a GPU; compiling "
+                         "takes up to a minute)")  # fmt: skip
+    checkpoint_minutes: float = _opt(5.0, "checkpoint interval in minutes (also at the end of every stage)",
+                                     type=positive_float)  # fmt: skip
+    tensorboard: bool = _opt(False, "also log to RUN/tensorboard (needs the tensorboard package)")
+    extra: dict[str, Any] = _opt({}, "free-form notes carried into config.json", cli=False)
 
     def __post_init__(self) -> None:
         errors = []
-        if self.dataset not in DATASET_NAMES:
-            errors.append(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
-        if self.objective not in KINDS:
-            errors.append(f"unknown objective {self.objective!r}; choose one of {', '.join(KINDS)}")
-        if self.estimator not in ESTIMATORS:
-            errors.append(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-        if self.latent_dims is None and self.layers not in (1, 2):
-            errors.append(f"layers must be 1 or 2 (the paper's architectures), got {self.layers}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            if choices and getattr(self, f.name) not in choices:
+                errors.append(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of {_listing(choices)}")
         for name in ("k", "m", "batch_size", "eval_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 errors.append(f"{name} must be a positive integer, got {value!r}")
-        if not 1 <= self.stages <= 8:
-            errors.append(f"stages must be between 1 and 8, got {self.stages}")
         if not (self.pass_scale > 0 and math.isfinite(self.pass_scale)):
             errors.append(f"pass_scale must be a positive number, got {self.pass_scale}")
-        if self.lr_variant not in ("paper", "reference"):
-            errors.append(f"lr_variant must be 'paper' or 'reference', got {self.lr_variant!r}")
         if self.eval_n is not None and self.eval_n < 2:
             errors.append(f"eval_n must be at least 2, got {self.eval_n}")
         if self.custom_schedule is not None and not all(
@@ -81,7 +161,9 @@ class TrainConfig:
             errors.append("custom_schedule must be a list of [passes, lr] pairs of positive numbers")
         if errors:
             raise ValueError("; ".join(errors))
-        check_args(self.k, self.objective, self.estimator, self.m, self.beta, self.compile)
+        objective = Objective(self.objective, self.k, self.estimator, self.m, self.beta)  # checks the combination
+        if self.compile:
+            objective.check_compilable()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -97,17 +179,85 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(read_config_file(path))
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @property
     def adam_betas(self) -> tuple[float, float]:
-        # The reference code uses beta1 = 0.99 (reference-setup.md); the paper states 0.9.
+        # The reference code uses beta1 = 0.99; the paper states 0.9.
         return (0.99, 0.999) if self.lr_variant == "reference" else (0.9, 0.999)
 
 
+def _listing(choices: Iterable[Any]) -> str:
+    return ", ".join(map(str, choices))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The JSON object of a config file (e.g. a run's ``config.json``), with a clear error for anything else."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise ValueError(f"cannot read config file {path}: {err.strerror or err}") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"config file {path} is not valid JSON ({err}); fix it or write a new one") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a JSON object of config keys, got {type(values).__name__}")
+    return values
+
+
+# ----------------------------------------------------------------------------- command line from the fields
+def cli_fields(names: Iterable[str] | None = None) -> list[dataclasses.Field]:
+    """The config fields offered on the command line (all of them, or those named, in declaration order)."""
+    wanted = None if names is None else set(names)
+    return [f for f in dataclasses.fields(TrainConfig) if f.metadata["cli"] and (wanted is None or f.name in wanted)]
+
+
+def add_config_options(parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
+    """One option per config field (or per named field): flag, parser, choices, help and default from the field.
+
+    Options default to "not given" (``argparse.SUPPRESS``), so :func:`overrides_from_args` sees only the flags
+    typed on the command line; ``--help`` shows the config's default.
+    """
+    for f in cli_fields(names):
+        meta = f.metadata
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = "" if default is None or isinstance(default, bool) else f" (default {default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + shown}
+        if isinstance(default, bool):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update(type=meta["type"] or str, metavar=meta["metavar"])
+            if meta["choices"]:
+                kwargs["choices"] = meta["choices"]
+                kwargs["metavar"] = meta["metavar"] or "{" + ",".join(map(str, meta["choices"])) + "}"
+        parser.add_argument(flag, **kwargs)
+
+
+def overrides_from_args(args: argparse.Namespace, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The config values given as flags (only those typed on the command line)."""
+    return {f.name: getattr(args, f.name) for f in cli_fields(names) if hasattr(args, f.name)}
+
+
+def options_table() -> str:
+    """The Markdown table of ``iwae train``'s config options (README.md holds it between ``options`` markers)."""
+    rows = ["| option | default | meaning |", "| --- | --- | --- |"]
+    for f in cli_fields():
+        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        default = "" if f.default is None or f.default is False else f"`{f.default}`"
+        rows.append(f"| `{flag}` | {default} | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+def config_from_args(args: argparse.Namespace, config_file: str | Path | None = None) -> TrainConfig:
+    """Defaults, then ``config_file`` (JSON), then the flags given: the config of ``iwae train``."""
+    values = read_config_file(config_file) if config_file else {}
+    return TrainConfig.from_dict({**values, **overrides_from_args(args)})
+
+
+# ----------------------------------------------------------------------------- the schedule (Section 5.1)
 @dataclass(frozen=True)
 class Stage:
     index: int
@@ -130,3 +280,7 @@ def schedule(config: TrainConfig) -> list[Stage]:
             lr = 1e-3 * 10 ** (-i / 7)
         stages.append(Stage(i, 3**i * config.pass_scale, lr))
     return stages
+
+
+if __name__ == "__main__":
+    print(options_table())

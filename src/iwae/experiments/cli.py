@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
 
-from iwae.config import DATASET_NAMES
+from iwae.config import add_config_options, overrides_from_args
+from iwae.data.resources import DATASETS
 from iwae.experiments.plan import EXPERIMENTS, Schedule, plan
 from iwae.experiments.posteriors import plot_posteriors
 from iwae.experiments.report import write_report
-from iwae.experiments.runner import estimate_seconds, execute, status
+from iwae.experiments.runner import estimate_seconds, execute
+from iwae.rundir import status
 
 __all__ = ["add_reproduce_command", "reproduce"]
 
+SHARED = [f.name for f in dataclasses.fields(Schedule)]
 
-def add_reproduce_command(sub: argparse._SubParsersAction, add_schedule_options) -> None:
+
+def add_reproduce_command(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser(
         "reproduce",
         help="reproduce the paper's tables and figures",
@@ -28,8 +33,7 @@ def add_reproduce_command(sub: argparse._SubParsersAction, add_schedule_options)
     r.add_argument("--jobs", type=int, default=1, help="runs in parallel, each on its share of CPU threads or a GPU")
     r.add_argument("--datasets", default=None, help="Table 1 only: comma-separated subset of mnist,omniglot")
     r.add_argument("--estimate-only", action="store_true", help="print the plan and the time estimate, then stop")
-    r.add_argument("--compile", action="store_true", help="torch.compile every training step (CUDA graphs on a GPU)")
-    add_schedule_options(r)
+    add_config_options(r, SHARED)  # the values every run of the plan shares, declared by TrainConfig
 
 
 def _duration(seconds: float) -> str:
@@ -43,11 +47,9 @@ def reproduce(args: argparse.Namespace) -> int:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     datasets = tuple(args.datasets.split(",")) if args.datasets else ("mnist", "omniglot")
     for d in datasets:
-        if d not in DATASET_NAMES or d == "binarized-mnist":
+        if d not in DATASETS or d == "binarized-mnist":
             raise ValueError(f"--datasets takes mnist and/or omniglot, got {d!r}")
-    schedule = Schedule(
-        args.stages, args.pass_scale, args.eval_k, args.eval_n, args.seed, args.device, args.data_dir, args.compile
-    )
+    schedule = Schedule(**overrides_from_args(args, SHARED))
     out = Path(args.out)
     root = out / "runs"
     experiments = list(EXPERIMENTS) if "all" in args.experiment else list(dict.fromkeys(args.experiment))
@@ -70,7 +72,7 @@ def reproduce(args: argparse.Namespace) -> int:
         dirs = {label: root / f"mnist-2d-{name}" for label, name in
                 (("VAE", "vae"), ("IWAE k=5", "iwae-k5"), ("IWAE k=50", "iwae-k50"))}  # fmt: skip
         if all(status(d) == "done" for d in dirs.values()):
-            plot_posteriors(dirs, out, seed=args.seed)
+            plot_posteriors(dirs, out, seed=schedule.seed)
     command = "iwae " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("iwae") else ""
     report = write_report(out, experiments, schedule, command or f"iwae reproduce {' '.join(experiments)} --out {out}",
                           datasets)  # fmt: skip

@@ -9,11 +9,13 @@ and IWAE k = 50.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from iwae.config import TrainConfig
 
 __all__ = ["RunSpec", "Schedule", "EXPERIMENTS", "plan", "table_key"]
+
 
 EXPERIMENTS = ("table1", "table2", "table3", "posteriors")
 KS = (1, 5, 50)
@@ -21,16 +23,18 @@ KS = (1, 5, 50)
 
 @dataclass(frozen=True)
 class Schedule:
-    """The options shared with `iwae train` that set the length of every run."""
+    """The config fields that ``iwae reproduce`` sets for every run alike (the length of a run, its evaluation,
+    the seed and the system); each field's default, help and command-line option are those of
+    :class:`~iwae.config.TrainConfig`. A plan's runs are override sets over these values."""
 
-    stages: int = 8
-    pass_scale: float = 1.0
-    eval_k: int = 5000
-    eval_n: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str | None = None
-    compile: bool = False  # torch.compile every run's training step (iwae.make_train_step)
+    stages: int = TrainConfig.stages
+    pass_scale: float = TrainConfig.pass_scale
+    eval_k: int = TrainConfig.eval_k
+    eval_n: int | None = TrainConfig.eval_n
+    seed: int = TrainConfig.seed
+    device: str = TrainConfig.device
+    data_dir: str | None = TrainConfig.data_dir
+    compile: bool = TrainConfig.compile
 
     @property
     def passes(self) -> float:
@@ -62,11 +66,9 @@ def table_key(dataset: str, layers: int, objective: str, k: int) -> str:
     return f"{dataset}-l{layers}-k1" if k == 1 else f"{dataset}-l{layers}-{objective}-k{k}"
 
 
-def _base(s: Schedule, **kw) -> TrainConfig:
-    return TrainConfig(
-        stages=s.stages, pass_scale=s.pass_scale, eval_k=s.eval_k, eval_n=s.eval_n, seed=s.seed, device=s.device,
-        data_dir=s.data_dir, compile=s.compile, **kw,
-    )  # fmt: skip
+def _base(s: Schedule, **overrides) -> TrainConfig:
+    """A run's config: the reproduction's shared values, then the run's own overrides."""
+    return TrainConfig(**{**dataclasses.asdict(s), **overrides})
 
 
 def _table(dataset: str, s: Schedule) -> list[RunSpec]:

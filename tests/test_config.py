@@ -1,0 +1,78 @@
+"""The config is declared once: the command line, --config files and README's option table come from its fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from iwae.cli import build_parser
+from iwae.config import TrainConfig, config_from_args, options_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _train_args(*argv: str):
+    return build_parser().parse_args(["train", "--out", "run", *argv])
+
+
+def test_every_command_line_field_has_its_flag_and_default():
+    defaults = config_from_args(_train_args())
+    assert defaults == TrainConfig()  # no flag given: exactly the config's defaults
+    cli = [f for f in dataclasses.fields(TrainConfig) if f.metadata["cli"]]
+    assert {"dataset", "k", "estimator", "custom_schedule", "compile", "active_threshold"} <= {f.name for f in cli}
+    parsed = config_from_args(
+        _train_args("--k", "7", "--schedule", "2:1e-3,1:1e-4", "--compile", "--active-threshold", "0.02")
+    )
+    assert (parsed.k, parsed.custom_schedule, parsed.compile, parsed.active_threshold) == (
+        7, [[2.0, 1e-3], [1.0, 1e-4]], True, 0.02,
+    )  # fmt: skip
+
+
+def test_choices_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        _train_args("--stages", "9")
+    assert "argument --stages: invalid choice: 9" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _train_args("--k", "0")
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_config_file_then_flags(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(TrainConfig(k=5, seed=3, objective="vae").to_json())
+    config = config_from_args(_train_args("--seed", "4"), path)
+    assert (config.k, config.objective, config.seed) == (5, "vae", 4)  # file, file, flag
+    assert config_from_args(_train_args(), path) == TrainConfig.load(path)
+
+
+def test_bad_config_files_are_named(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{k: 5")
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        config_from_args(_train_args(), bad)
+    bad.write_text(json.dumps({"learning_rate": 0.1}))
+    with pytest.raises(ValueError, match=r"unknown config keys \['learning_rate'\]"):
+        config_from_args(_train_args(), bad)
+    bad.write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        config_from_args(_train_args(), bad)
+    with pytest.raises(ValueError, match="cannot read config file"):
+        config_from_args(_train_args(), tmp_path / "missing.json")
+
+
+def test_config_validation_names_each_problem():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'; choose one of mnist, omniglot, binarized-mnist"):
+        TrainConfig(dataset="cifar")
+    with pytest.raises(ValueError, match="unknown stages 9; choose one of 1, 2, 3, 4, 5, 6, 7, 8"):
+        TrainConfig(stages=9)
+    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
+        TrainConfig(k=0)
+
+
+def test_readme_option_table_is_generated_from_the_config():
+    text = README.read_text()
+    block = text.split("<!-- options: begin -->\n")[1].split("<!-- options: end -->")[0]
+    assert block.strip() == options_table().strip(), "regenerate README's table with `python -m iwae.config`"

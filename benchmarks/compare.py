@@ -14,6 +14,7 @@ import importlib
 import re
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -29,19 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_ref(rev: str, folder: Path):
-    """Export src/iwae at ``rev`` into ``folder/iwae_ref`` and import it."""
-    names = subprocess.run(
-        ["git", "ls-tree", "--name-only", f"{rev}:src/iwae"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
+    """Export src/iwae at ``rev`` (with its sub-packages) into ``folder/iwae_ref`` and import it."""
+    archive = folder / "ref.tar"
+    subprocess.run(["git", "archive", "-o", str(archive), rev, "src/iwae"], cwd=ROOT, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")
     pkg = folder / "iwae_ref"
-    pkg.mkdir()
-    for name in names:
-        if not name.endswith(".py"):
-            continue  # sub-packages (data/) are not needed for the model, estimators and evaluation
-        text = subprocess.run(
-            ["git", "show", f"{rev}:src/iwae/{name}"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout
-        (pkg / name).write_text(re.sub(r"\biwae\b(?=[.\s])", "iwae_ref", text.replace("from iwae ", "from iwae_ref ")))
+    (folder / "src" / "iwae").rename(pkg)
+    for path in pkg.rglob("*.py"):
+        text = path.read_text()
+        path.write_text(re.sub(r"\biwae\b(?=[.\s])", "iwae_ref", text.replace("from iwae ", "from iwae_ref ")))
     sys.path.insert(0, str(folder))
     return importlib.import_module("iwae_ref")
 

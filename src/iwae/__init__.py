@@ -12,9 +12,10 @@ torch.Size([20])
 """
 
 from iwae import bounds, data
-from iwae.estimators import ESTIMATORS, KINDS, make_optimizer, make_train_step, objective
 from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
 from iwae.model import IWAE
+from iwae.objectives import ESTIMATORS, KINDS, Objective, objective
+from iwae.train_step import make_optimizer, make_train_step
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "IWAE",
     "bounds",
     "data",
+    "Objective",
     "objective",
     "make_train_step",
     "make_optimizer",

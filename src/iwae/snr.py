@@ -44,8 +44,8 @@ from tqdm.auto import tqdm
 
 from iwae import data
 from iwae.config import TrainConfig
-from iwae.estimators import check_args, objective
 from iwae.model import IWAE
+from iwae.objectives import Objective, objective
 
 __all__ = ["NETWORKS", "gradient_snr", "coordinate_snr", "snr_command", "default_model_config"]
 
@@ -101,7 +101,7 @@ def _check_request(ks: Sequence[int], estimators: Sequence[str], n_draws: int) -
         raise ValueError("need at least one k and one estimator")
     for est in estimators:
         for k in ks:
-            check_args(k, "iwae", est, 1, 0.5)
+            Objective("iwae", k, est)
     if n_draws < 2:
         raise ValueError(f"n_draws must be at least 2 to estimate a standard deviation, got {n_draws}")
     return [int(k) for k in ks]
@@ -196,7 +196,8 @@ def snr_command(
     ``seed`` too (see :func:`gradient_snr`).
     """
     from iwae.plots import plot_snr
-    from iwae.train import load_run, resolve_device, train
+    from iwae.rundir import load_run, resolve_device
+    from iwae.train import train
 
     _check_request(ks, estimators, n_draws)  # before minutes of training, not after
     out = Path(out)

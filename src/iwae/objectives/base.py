@@ -1,0 +1,81 @@
+r"""The two parts of a training objective: a bound (its value) and an estimator (its gradient).
+
+A :class:`Bound` is declared once, as data, in :mod:`iwae.objectives.registry`; an :class:`Estimator` is a small
+class in a module of its own, as Pyro's ELBO subclasses each own their particle logic. Both are combined and
+checked by :class:`iwae.objectives.Objective`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor
+
+from iwae.model import IWAE
+
+if TYPE_CHECKING:
+    from iwae.objectives.loss import Objective
+
+__all__ = ["Bound", "Estimator", "with_value"]
+
+
+class Estimator(ABC):
+    r"""A gradient estimator: a surrogate loss whose value is minus the batch mean of the objective's bound and
+    whose gradient is this estimator's estimate of minus the bound's gradient.
+
+    A subclass implements :meth:`loss` and states which bounds it is defined for and whether ``torch.compile``
+    can trace its loss.
+    """
+
+    bounds: ClassVar[tuple[str, ...] | None] = None  # the bounds (kinds) it is defined for; None: every bound
+    # One forward pass on noise given from outside, no gradient hooks and no second pass: torch.compile traces it.
+    compilable: ClassVar[bool] = False
+
+    @abstractmethod
+    def loss(
+        self,
+        model: IWAE,
+        x: Tensor,
+        objective: Objective,
+        generator: torch.Generator | None = None,
+        noise: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """Scalar surrogate loss on the (batch, x_dim) data ``x``.
+
+        :param noise: standard-normal draws [eps^1, ..., eps^L], each (samples, batch, d_l), to use instead of
+            drawing them from ``generator``.
+        """
+
+
+@dataclass(frozen=True)
+class Bound:
+    r"""A lower bound on log p(x) as a training objective sees it.
+
+    :param value: the per-example bound, shape (batch,), from the (n, batch) log-weights, given k and beta; a
+        function of :mod:`iwae.bounds`.
+    :param grouped: the bound reads m groups of k samples, n = m k (MIWAE, PIWAE); otherwise n = k, m unused.
+    :param takes_beta: the bound mixes two bounds with weight beta, which must lie in [0, 1] (CIWAE).
+    :param estimators: the only estimators it admits; None: every estimator defined for it.
+    :param gradient: an estimator of its own that replaces the named one: PIWAE's value is one bound while its
+        gradient routes two others to the two networks.
+    """
+
+    value: Callable[[Tensor, int, float], Tensor]
+    grouped: bool = False
+    takes_beta: bool = False
+    estimators: tuple[str, ...] | None = None
+    gradient: Estimator | None = None
+
+    def samples(self, k: int, m: int) -> int:
+        """Samples per example: m groups of k for a grouped bound, else k."""
+        return m * k if self.grouped else k
+
+
+def with_value(surrogate: Tensor, value: Tensor) -> Tensor:
+    """``value`` in the forward pass, ``surrogate``'s gradient in the backward pass."""
+    # Detached: the difference only shifts the forward value; no gradient may flow through ``value``.
+    return surrogate + (value - surrogate).detach()

@@ -1,0 +1,133 @@
+r"""A training objective as a value: a bound, its sample counts and a gradient estimator, checked once.
+
+``Objective(bound="iwae", k=50, estimator="reparam")`` is validated at construction against the declarations of
+:mod:`iwae.objectives.registry`; :meth:`Objective.loss` then returns a scalar whose *value* is minus the batch mean
+of the bound and whose *gradient* is the estimator's. :func:`objective` is the same as one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from iwae.model import IWAE
+from iwae.objectives.base import Bound, Estimator
+from iwae.objectives.registry import BOUNDS, ESTIMATORS, ESTIMATORS_BY_NAME, KINDS
+
+__all__ = ["Objective", "objective"]
+
+
+def _listed(names: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A bound to maximise and the estimator of its gradient, with their sample counts.
+
+    :param bound: the bound, one of :data:`iwae.KINDS`.
+    :param k: samples per example (inner samples for ``miwae``/``piwae``).
+    :param estimator: the gradient estimator, one of :data:`iwae.ESTIMATORS`.
+    :param m: outer groups for ``miwae``/``piwae`` (m*k samples in all); ignored otherwise.
+    :param beta: ELBO weight for ``ciwae``; ignored otherwise.
+    :raises ValueError: naming the first rule the combination breaks.
+    """
+
+    bound: str = "iwae"
+    k: int = 50
+    estimator: str = "reparam"
+    m: int = 1
+    beta: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.bound not in BOUNDS:
+            raise ValueError(f"unknown objective kind {self.bound!r}; choose one of {', '.join(KINDS)}")
+        if self.estimator not in ESTIMATORS_BY_NAME:
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be a positive integer number of samples, got {self.k!r}")
+        if not isinstance(self.m, int) or self.m < 1:
+            raise ValueError(f"m must be a positive integer number of outer samples, got {self.m!r}")
+        defined_for = ESTIMATORS_BY_NAME[self.estimator].bounds
+        if defined_for is not None and self.bound not in defined_for:
+            kinds = " or ".join(f"kind={b!r}" for b in defined_for)
+            raise ValueError(f"estimator {self.estimator!r} is defined for {kinds} only, got kind={self.bound!r}")
+        admitted = self._spec.estimators
+        if admitted is not None and self.estimator not in admitted:
+            use = " or ".join(repr(e) for e in admitted)
+            raise ValueError(f"estimator {self.estimator!r} is not defined for kind={self.bound!r}; use {use}")
+        if self._spec.takes_beta and not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must lie in [0, 1] for kind={self.bound!r}, got {self.beta}")
+
+    @property
+    def _spec(self) -> Bound:
+        return BOUNDS[self.bound]
+
+    @property
+    def _estimator(self) -> Estimator:
+        """The named estimator, or the bound's own gradient routing where it has one (PIWAE)."""
+        return self._spec.gradient or ESTIMATORS_BY_NAME[self.estimator]
+
+    @property
+    def samples_per_example(self) -> int:
+        """Samples drawn per example: m*k for ``miwae``/``piwae``, else k."""
+        return self._spec.samples(self.k, self.m)
+
+    @property
+    def compilable(self) -> bool:
+        """Whether ``torch.compile`` can trace the loss (one forward pass on noise drawn outside it)."""
+        return self._estimator.compilable
+
+    def check_compilable(self) -> None:
+        """Raise ValueError naming what compile covers unless :attr:`compilable`."""
+        if not self.compilable:
+            names = [name for name, est in ESTIMATORS_BY_NAME.items() if est.compilable]
+            kinds = [name for name, spec in BOUNDS.items() if spec.gradient is None]
+            raise ValueError(
+                f"compile is available for the {_listed(names)} estimators of the {_listed(kinds)} bounds, "
+                f"not for estimator={self.estimator!r}, kind={self.bound!r}; train without compile"
+            )
+
+    def per_example(self, log_w: Tensor) -> Tensor:
+        """The bound per example, shape (batch,), from (samples_per_example, batch) log-weights."""
+        return self._spec.value(log_w, self.k, self.beta)
+
+    def loss(
+        self,
+        model: IWAE,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        noise: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """Scalar loss to minimise: minus the batch mean of the bound, with the estimator's gradient.
+
+        :param model: an :class:`~iwae.model.IWAE`.
+        :param x: (batch, x_dim) binary (or real, for a Gaussian visible layer) data.
+        :param generator: source of the reparameterisation noise (and of any other draw the estimator makes).
+        :param noise: standard-normal draws [eps^1, ..., eps^L], each (samples_per_example, batch, d_l), to use
+            instead of drawing them from ``generator``.
+        """
+        return self._estimator.loss(model, x, self, generator, noise)
+
+
+def objective(
+    model: IWAE,
+    x: Tensor,
+    k: int = 50,
+    kind: str = "iwae",
+    estimator: str = "reparam",
+    *,
+    m: int = 1,
+    beta: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Scalar loss to minimise: minus the batch mean of the ``kind`` bound, with ``estimator``'s gradient.
+
+    The same as ``Objective(kind, k, estimator, m, beta).loss(model, x, generator)``; see :class:`Objective`.
+    """
+    return Objective(kind, k, estimator, m, beta).loss(model, x, generator)

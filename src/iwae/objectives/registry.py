@@ -1,0 +1,45 @@
+r"""Every bound and every estimator, declared once; :class:`iwae.objectives.Objective` checks against these.
+
+Bounds (``kind``): ``vae`` (Eq. 3, k samples), ``iwae`` (Eq. 8), and Rainforth et al. (2018)'s ``miwae`` (m outer
+groups of k samples), ``ciwae`` (beta ELBO + (1 - beta) IWAE over k samples) and ``piwae`` (value MIWAE; encoder
+trained on the IWAE bound of all m k samples, decoder on the MIWAE bound).
+
+Estimators: ``reparam`` (Eq. 7, Eq. 14), ``sample-one`` (Section 3.1), ``stl`` (Roeder et al. 2017), ``dreg``
+(Tucker et al. 2018). An estimator states the bounds it is defined for; a bound may admit fewer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from iwae import bounds
+from iwae.objectives.base import Bound, Estimator
+from iwae.objectives.dreg import DReG
+from iwae.objectives.piwae import PIWAERouting
+from iwae.objectives.reparam import Reparam, StickingTheLanding
+from iwae.objectives.sample_one import SampleOne
+
+__all__ = ["BOUNDS", "ESTIMATORS_BY_NAME", "KINDS", "ESTIMATORS"]
+
+BOUNDS: Mapping[str, Bound] = MappingProxyType(
+    {
+        "vae": Bound(lambda log_w, k, beta: bounds.elbo(log_w)),
+        "iwae": Bound(lambda log_w, k, beta: bounds.iwae(log_w)),
+        "miwae": Bound(lambda log_w, k, beta: bounds.miwae(log_w, k), grouped=True),
+        "ciwae": Bound(lambda log_w, k, beta: bounds.ciwae(log_w, beta), takes_beta=True),
+        "piwae": Bound(
+            lambda log_w, k, beta: bounds.miwae(log_w, k),
+            grouped=True,
+            estimators=("reparam",),
+            gradient=PIWAERouting(),
+        ),
+    }
+)
+
+ESTIMATORS_BY_NAME: Mapping[str, Estimator] = MappingProxyType(
+    {"reparam": Reparam(), "sample-one": SampleOne(), "stl": StickingTheLanding(), "dreg": DReG()}
+)
+
+KINDS = tuple(BOUNDS)
+ESTIMATORS = tuple(ESTIMATORS_BY_NAME)

@@ -1,0 +1,129 @@
+"""iwae.Objective: the compatibility rules, sample counts, compilability, and the loss against iwae.objective."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import tiny_model
+
+import iwae
+from iwae.objectives import BOUNDS, ESTIMATORS_BY_NAME
+
+B = 3
+# Every (bound, estimator) pair the rules admit, listed by hand from the module docstrings.
+VALID = [
+    ("vae", "reparam"), ("vae", "stl"),
+    ("iwae", "reparam"), ("iwae", "sample-one"), ("iwae", "stl"), ("iwae", "dreg"),
+    ("miwae", "reparam"), ("miwae", "stl"), ("ciwae", "reparam"), ("ciwae", "stl"),
+    ("piwae", "reparam"),
+]  # fmt: skip
+
+
+def _data(x_dim: int = 4) -> torch.Tensor:
+    return torch.bernoulli(torch.full((B, x_dim), 0.5, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(bound="elbo"), "unknown objective kind 'elbo'; choose one of vae, iwae, miwae, ciwae, piwae$"),
+        (dict(estimator="reinforce"), "unknown estimator 'reinforce'; choose one of reparam, sample-one, stl, dreg$"),
+        (dict(k=0), "k must be a positive integer number of samples, got 0"),
+        (dict(k=2.0), "k must be a positive integer number of samples, got 2.0"),
+        (dict(m=0), "m must be a positive integer number of outer samples, got 0"),
+        (dict(bound="vae", estimator="dreg"), "estimator 'dreg' is defined for kind='iwae' only, got kind='vae'"),
+        (dict(bound="miwae", estimator="sample-one"), "estimator 'sample-one' is defined for kind='iwae' only"),
+        (dict(bound="piwae", estimator="dreg"), "estimator 'dreg' is defined for kind='iwae' only"),
+        (dict(bound="piwae", estimator="stl"), "estimator 'stl' is not defined for kind='piwae'; use 'reparam'$"),
+        (dict(bound="ciwae", beta=1.5), r"beta must lie in \[0, 1\] for kind='ciwae', got 1.5"),
+        (dict(bound="ciwae", beta=-0.1), r"beta must lie in \[0, 1\] for kind='ciwae', got -0.1"),
+    ],
+)  # fmt: skip
+def test_each_rule_is_refused_at_construction_with_its_message(kw, message):
+    with pytest.raises(ValueError, match=message):
+        iwae.Objective(**kw)
+    args = {"kind" if key == "bound" else key: value for key, value in kw.items()}
+    with pytest.raises(ValueError, match=message):  # iwae.objective checks through the same object
+        iwae.objective(tiny_model(x_dim=4), _data(), **args)
+
+
+def test_every_other_combination_is_accepted():
+    accepted = {(kind, est) for kind in iwae.KINDS for est in iwae.ESTIMATORS if _valid(kind, est)}
+    assert accepted == set(VALID)
+    iwae.Objective("iwae", beta=7.0)  # beta is ignored, so unchecked, outside ciwae
+    iwae.Objective("vae", m=3)  # m is unused outside miwae and piwae, but still a count
+
+
+def _valid(kind: str, est: str) -> bool:
+    try:
+        iwae.Objective(kind, 2, est, m=2)
+    except ValueError:
+        return False
+    return True
+
+
+def test_objective_is_a_frozen_value():
+    a = iwae.Objective("miwae", 5, "stl", m=2)
+    assert a == iwae.Objective(bound="miwae", k=5, estimator="stl", m=2) and hash(a) == hash(dataclasses.replace(a))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.k = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("kind", "want"), [("vae", 5), ("iwae", 5), ("ciwae", 5), ("miwae", 15), ("piwae", 15)])
+def test_samples_per_example_is_m_times_k_for_grouped_bounds_only(kind, want):
+    assert iwae.Objective(kind, 5, m=3).samples_per_example == want
+
+
+@pytest.mark.parametrize(("kind", "est"), VALID)
+def test_compilable_exactly_for_single_pass_estimators_of_plain_bounds(kind, est):
+    obj = iwae.Objective(kind, 2, est, m=2)
+    assert obj.compilable == (est in ("reparam", "stl") and kind != "piwae")
+    if obj.compilable:
+        obj.check_compilable()
+    else:
+        want = (
+            "compile is available for the reparam and stl estimators of the vae, iwae, miwae and ciwae bounds, "
+            f"not for estimator='{est}', kind='{kind}'; train without compile"
+        )
+        with pytest.raises(ValueError, match=f"^{want}$"):
+            obj.check_compilable()
+
+
+@pytest.mark.parametrize(("kind", "est"), VALID)
+def test_loss_equals_iwae_objective_exactly(kind, est):
+    model, x = tiny_model(x_dim=4, latent_dims=(2, 2)), _data()
+    got = iwae.Objective(kind, 3, est, m=2, beta=0.3).loss(model, x, torch.Generator().manual_seed(4))
+    g_got = torch.autograd.grad(got, list(model.parameters()), allow_unused=True)
+    want = iwae.objective(model, x, 3, kind, est, m=2, beta=0.3, generator=torch.Generator().manual_seed(4))
+    g_want = torch.autograd.grad(want, list(model.parameters()), allow_unused=True)
+    assert torch.equal(got, want)
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(g_got, g_want))
+
+
+@pytest.mark.parametrize(("kind", "est"), [v for v in VALID if v[1] != "sample-one"])
+def test_loss_on_given_noise_equals_loss_drawing_it(kind, est):
+    """Noise drawn beforehand with ``draw_noise`` gives the loss of the same draws made inside."""
+    model, x = tiny_model(x_dim=4, latent_dims=(2,)), _data()
+    obj = iwae.Objective(kind, 3, est, m=2)
+    noise = model.draw_noise(obj.samples_per_example, B, torch.Generator().manual_seed(5))
+    assert torch.equal(obj.loss(model, x, noise=noise), obj.loss(model, x, torch.Generator().manual_seed(5)))
+
+
+def test_loss_value_is_minus_the_batch_mean_bound():
+    model, x = tiny_model(x_dim=4, latent_dims=(2,)), _data()
+    for kind, est in VALID:
+        obj = iwae.Objective(kind, 3, est, m=2, beta=0.3)
+        n = obj.samples_per_example
+        log_w = model.forward_samples(x, n, generator=torch.Generator().manual_seed(6)).log_w
+        loss = obj.loss(model, x, torch.Generator().manual_seed(6))
+        torch.testing.assert_close(loss, -obj.per_example(log_w).mean(), msg=f"{kind}/{est}")
+
+
+def test_registry_declarations_refer_to_each_other():
+    assert iwae.KINDS == tuple(BOUNDS) and iwae.ESTIMATORS == tuple(ESTIMATORS_BY_NAME)
+    for est in ESTIMATORS_BY_NAME.values():
+        assert est.bounds is None or set(est.bounds) <= set(BOUNDS)
+    for spec in BOUNDS.values():
+        assert spec.estimators is None or set(spec.estimators) <= set(ESTIMATORS_BY_NAME)

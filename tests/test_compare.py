@@ -1,0 +1,92 @@
+"""Paired comparison of two runs: same images, same noise, per-example differences and their standard error."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from iwae.compare import compare_runs, paired_difference
+
+DATA = os.environ.get("IWAE_DATA_DIR")
+needs_data = pytest.mark.skipif(not DATA, reason="set IWAE_DATA_DIR to a data directory holding mnist/ to run")
+TINY = dict(dataset="mnist", layers=1, k=3, stages=2, pass_scale=0.02, eval_k=20, eval_n=50, checkpoint_minutes=0.0)
+
+
+def test_paired_difference_is_the_mean_and_standard_error_of_per_example_differences():
+    ll_a = torch.tensor([-90.0, -100.0, -110.0, -95.0])
+    ll_b = ll_a - torch.tensor([1.0, 2.0, 3.0, 2.0])  # B is worse by 1, 2, 3, 2 nats
+    d = paired_difference(ll_a, ll_b)
+    assert d["mean"] == -2.0  # NLL_A - NLL_B
+    assert d["sem"] == pytest.approx((2 / 3) ** 0.5 / 2)  # std([1, 2, 3, 2]) / sqrt(4)
+    assert paired_difference(ll_a, ll_a) == {"mean": 0.0, "sem": 0.0}
+    with pytest.raises(ValueError, match=r"same examples, got \(4,\), \(3,\)"):
+        paired_difference(ll_a, ll_b[:3])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny MNIST runs with the same seed: an IWAE and a VAE."""
+    from iwae.config import TrainConfig
+    from iwae.train import train
+
+    root = tmp_path_factory.mktemp("runs")
+    a = train(TrainConfig(data_dir=DATA, **TINY), root / "iwae", progress=False)
+    b = train(TrainConfig(data_dir=DATA, **{**TINY, "objective": "vae"}), root / "vae", progress=False)
+    return a, b
+
+
+@needs_data
+def test_a_run_compared_with_itself_differs_by_exactly_zero(runs):
+    r = compare_runs(runs[0], runs[0], progress=False)
+    assert r["difference"] == {"mean": 0.0, "sem": 0.0} and r["a"]["nll"] == r["b"]["nll"]
+
+
+@needs_data
+def test_swapping_the_runs_negates_the_difference(runs):
+    ab = compare_runs(*runs, progress=False)
+    ba = compare_runs(*reversed(runs), progress=False)
+    assert ab["difference"]["mean"] == -ba["difference"]["mean"] != 0
+    assert ab["difference"]["sem"] == ba["difference"]["sem"] > 0
+    assert (ab["a"], ab["b"]) == (ba["b"], ba["a"])
+
+
+@needs_data
+def test_difference_is_that_of_the_two_evaluate_nlls_and_tighter_than_unpaired(runs):
+    from iwae.evaluate_run import evaluate_run
+
+    r = compare_runs(*runs, k=30, n=40, progress=False)
+    a, b = (evaluate_run(run, k=30, n=40, progress=False) for run in runs)
+    assert (r["a"]["nll"], r["a"]["nll_sem"], r["b"]["nll"]) == (a["nll"], a["nll_sem"], b["nll"])
+    assert r["difference"]["mean"] == pytest.approx(a["nll"] - b["nll"], abs=1e-4)
+    assert r["difference"]["sem"] < (a["nll_sem"] ** 2 + b["nll_sem"] ** 2) ** 0.5
+    assert (r["eval_k"], r["n"], r["seed"], r["split"], r["dataset"]) == (30, 40, 0, "test", "mnist")
+
+
+@needs_data
+def test_runs_of_different_data_sets_or_seeds_are_refused(runs, tmp_path):
+    other = shutil.copytree(runs[1], tmp_path / "other")
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "seed": 1}))
+    with pytest.raises(ValueError, match=r"different seeds \(0, 1\); choose one with --seed"):
+        compare_runs(runs[0], other, progress=False)
+    assert compare_runs(runs[0], other, seed=1, progress=False)["seed"] == 1
+    (other / "config.json").write_text(json.dumps({**config, "dataset": "binarized-mnist"}))
+    with pytest.raises(ValueError, match=r"cannot compare runs of different data sets: .*iwae \(mnist\), .*"):
+        compare_runs(runs[0], other, progress=False)
+
+
+@needs_data
+def test_cli_prints_the_table_and_writes_the_json(runs, tmp_path, capsys):
+    from iwae.cli import main
+
+    out = tmp_path / "ab.json"
+    assert main(["compare", str(runs[0]), str(runs[1]), "--k", "10", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved == compare_runs(*runs, k=10, progress=False)
+    assert f"| A - B (paired) | {saved['difference']['mean']:+.3f} ± " in printed and f"wrote {out}" in printed
+    assert main(["compare", str(runs[0]), str(tmp_path / "missing"), "--quiet"]) == 1

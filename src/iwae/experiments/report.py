@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import sys
 from datetime import date
 from pathlib import Path
@@ -11,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from iwae.atomic import write_json, write_text
+from iwae.experiments.claims import CRITERIA, Claim, check_claims
 from iwae.experiments.paper_results import TABLE1, TABLE2, TABLE3
-from iwae.experiments.plan import Schedule, table_key
+from iwae.experiments.plan import EXPERIMENTS, Schedule, table_key
 from iwae.experiments.runner import read_metrics
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "rewrite_report"]
 
 
 def _fmt_nll(ours: float | None, paper: float | None) -> str:
@@ -65,38 +68,29 @@ def _table_md(root: Path, table: dict, dataset: str, with_train: bool) -> list[s
     return lines
 
 
-def _claims(root: Path, table: dict, dataset: str) -> list[str]:
+def _claims(root: Path, table: dict, dataset: str) -> list[Claim]:
     """The paper's qualitative claims, checked on our numbers (only where every run they need is done)."""
-    c = {key: m for key, (m, _) in _cells(root, table, dataset).items()}
-    out = []
-    for layers in (1, 2):
-        vals = [c[(layers, k, o)] for k in (1, 50) for o in ("vae", "iwae")]
-        if all(vals):
-            gain_iwae = c[(layers, 1, "iwae")]["test_nll"] - c[(layers, 50, "iwae")]["test_nll"]
-            gain_vae = c[(layers, 1, "vae")]["test_nll"] - c[(layers, 50, "vae")]["test_nll"]
-            verdict = "holds" if gain_iwae > max(gain_vae, 0) else "does not hold"
-            out.append(
-                f"- {layers} layer(s): IWAE improves with k while VAE barely does: **{verdict}** (k=1 -> 50 gains "
-                f"IWAE {gain_iwae:+.2f} nats, VAE {gain_vae:+.2f} nats)."
-            )
-        for k in (5, 50):
-            v, i = c[(layers, k, "vae")], c[(layers, k, "iwae")]
-            if v and i:
-                verdict = "holds" if sum(i["active_units"]) > sum(v["active_units"]) else "does not hold"
-                out.append(
-                    f"- {layers} layer(s), k={k}: IWAE has more active units than VAE: **{verdict}** "
-                    f"({'+'.join(map(str, i['active_units']))} vs {'+'.join(map(str, v['active_units']))})."
-                )
-    for k in (1, 5, 50):
-        for obj in ("vae", "iwae"):
-            one, two = c[(1, k, obj)], c[(2, k, obj)]
-            if one and two:
-                verdict = "holds" if two["test_nll"] < one["test_nll"] else "does not hold"
-                out.append(
-                    f"- {obj.upper()} k={k}: two layers beat one: **{verdict}** ({two['test_nll']:.2f} vs "
-                    f"{one['test_nll']:.2f})."
-                )
-    return out
+    return check_claims(dataset, {key: m for key, (m, _) in _cells(root, table, dataset).items()})
+
+
+def _criteria() -> list[str]:
+    return [
+        "## The paper's claims: criteria",
+        "",
+        "Each qualitative claim of the paper is checked by a rule taken from the paper's own Table 1:",
+        "",
+        *(f"- {name}: {rule}." for name, rule in CRITERIA.items()),
+        "",
+    ]
+
+
+def _claims_md(found: list[Claim], collected: list[Claim]) -> list[str]:
+    """The claims as a markdown list (nothing if none could be checked); also appended to ``collected``."""
+    collected += found
+    if not found:
+        return []
+    return ["Qualitative claims of the paper on these numbers (criteria at the top):", "",
+            *(c.markdown() for c in found), ""]  # fmt: skip
 
 
 def _figures(root: Path, names: list[str]) -> list[str]:
@@ -107,11 +101,78 @@ def _figures(root: Path, names: list[str]) -> list[str]:
     return lines
 
 
+def _table2_md(root: Path, schedule: Schedule) -> list[str]:
+    lines = [f"## Table 2: continued training ({schedule.describe()})", "",
+             "| experiment | first stage | NLL | active | second stage | NLL (paper) | active (paper) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, row in TABLE2.items():
+        first = read_metrics(root / table_key("mnist", 1, *row["first"]))
+        second = read_metrics(root / f"mnist-l1-{name}-k{row['second'][1]}")
+        cells = [
+            name,
+            f"{row['first'][0]} k={row['first'][1]}",
+            _fmt_nll(first and first["test_nll"], row["before"][0]),
+            _fmt_active(first and first["active_units"], row["before"][1]),
+            f"{row['second'][0]} k={row['second'][1]}",
+            _fmt_nll(second and second["test_nll"], row["after"][0]),
+            _fmt_active(second and second["active_units"], row["after"][1]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _pruned_md(runs: dict[str, dict]) -> list[str]:
+    lines = ["## Appendix C: inactive units removed", ""]
+    lines += ["| run | test NLL | with inactive units removed | change |", "| --- | --- | --- | --- |"]
+    for name, m in runs.items():
+        if "test_nll_pruned" in m and "-2d-" not in name:
+            change = m["test_nll_pruned"] - m["test_nll"]
+            lines.append(f"| {name} | {m['test_nll']:.2f} | {m['test_nll_pruned']:.2f} | {change:+.3f} |")
+    return [*lines, "", "The paper: removing inactive units changes the test NLL by less than 0.06 nats.", ""]
+
+
+def _made_md(command: str) -> list[str]:
+    return [
+        "## How this was made",
+        "",
+        f"- Command: `{command}`",
+        f"- Report written: {date.today().isoformat()}; machine: {platform.machine()}, "
+        f"{platform.processor() or 'cpu'}, torch {torch.__version__} "
+        f"({'CUDA ' + torch.version.cuda if torch.cuda.is_available() else 'CPU'}), "
+        f"numpy {np.__version__}, Python {sys.version.split()[0]}",
+        "- Evaluation: binarization and importance samples from generators seeded by the run's seed, so "
+        "`iwae evaluate` reproduces every number; `results.json` holds them all.",
+    ]
+
+
+def _table_section(root: Path, table: dict, title: str, dataset: str, schedule: Schedule, claims: list) -> list[str]:
+    """A table of NLLs and active units, then the claims it checks (also appended to ``claims``)."""
+    lines = [f"## {title} ({schedule.describe()})", "", *_table_md(root, table, dataset, True), ""]
+    return lines + _claims_md(_claims(root, table, dataset), claims)
+
+
+def _tables_md(
+    root: Path, experiments: list[str], schedule: Schedule, datasets: tuple[str, ...], claims: list
+) -> list[str]:
+    lines: list[str] = []
+    if "table1" in experiments:
+        for dataset in datasets:
+            lines += _table_section(root, TABLE1, f"Table 1: {dataset}", dataset, schedule, claims)
+    if "table2" in experiments:
+        lines += _table2_md(root, schedule)
+    if "table3" in experiments:
+        lines += _table_section(root, TABLE3, "Table 3: fixed binarization", "binarized-mnist", schedule, claims)
+    return lines
+
+
 def write_report(
     out: Path, experiments: list[str], schedule: Schedule, command: str, datasets: tuple[str, ...]
 ) -> Path:
-    """Write out/report.md and out/results.json from the run folders under out/runs."""
+    """Write out/report.md and out/results.json (atomically) from the run folders under out/runs."""
     root = out / "runs"
+    runs = {d.name: m for d in (sorted(root.glob("*")) if root.exists() else []) if (m := read_metrics(d))}
+    claims: list[Claim] = []
+    tables = _tables_md(root, experiments, schedule, datasets, claims)
     lines = [
         "# Reproduction of Burda, Grosse & Salakhutdinov (2016), *Importance Weighted Autoencoders*",
         "",
@@ -119,64 +180,39 @@ def write_report(
         "",
         "Cells read *ours (paper, ours minus paper)*. NLL in nats, lower is better; active units per layer.",
         "",
+        *(_criteria() if claims else []),
+        *tables,
     ]
-    results: dict = {"schedule": schedule.__dict__, "command": command, "runs": {}}
-    for run_dir in sorted(root.glob("*")) if root.exists() else []:
-        m = read_metrics(run_dir)
-        if m:
-            results["runs"][run_dir.name] = m
-    if "table1" in experiments:
-        for dataset in datasets:
-            lines += [f"## Table 1: {dataset} ({schedule.describe()})", "", *_table_md(root, TABLE1, dataset, True), ""]
-            claims = _claims(root, TABLE1, dataset)
-            if claims:
-                lines += ["Qualitative claims of the paper on these numbers:", "", *claims, ""]
-    if "table2" in experiments:
-        lines += [f"## Table 2: continued training ({schedule.describe()})", "",
-                  "| experiment | first stage | NLL | active | second stage | NLL (paper) | active (paper) |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-        for name, row in TABLE2.items():
-            first = read_metrics(root / table_key("mnist", 1, *row["first"]))
-            second_name = f"mnist-l1-{name}-k{row['second'][1]}"
-            second = read_metrics(root / second_name)
-            cells = [
-                name,
-                f"{row['first'][0]} k={row['first'][1]}",
-                _fmt_nll(first and first["test_nll"], row["before"][0]),
-                _fmt_active(first and first["active_units"], row["before"][1]),
-                f"{row['second'][0]} k={row['second'][1]}",
-                _fmt_nll(second and second["test_nll"], row["after"][0]),
-                _fmt_active(second and second["active_units"], row["after"][1]),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    if "table3" in experiments:
-        lines += [f"## Table 3: fixed binarization ({schedule.describe()})", "",
-                  *_table_md(root, TABLE3, "binarized-mnist", True), ""]  # fmt: skip
     if any(e in experiments for e in ("table1", "table3")):
-        lines += ["## Appendix C: inactive units removed", ""]
-        lines += ["| run | test NLL | with inactive units removed | change |", "| --- | --- | --- | --- |"]
-        for name, m in results["runs"].items():
-            if "test_nll_pruned" in m and "-2d-" not in name:
-                change = m["test_nll_pruned"] - m["test_nll"]
-                lines.append(f"| {name} | {m['test_nll']:.2f} | {m['test_nll_pruned']:.2f} | {change:+.3f} |")
-        lines += ["", "The paper: removing inactive units changes the test NLL by less than 0.06 nats.", ""]
+        lines += _pruned_md(runs)
     if "posteriors" in experiments and (out / "posteriors.png").is_file():
         lines += ["## Appendix C: true posteriors (heat maps) and samples of q (dots), 2-D latent", "",
                   "![posteriors](posteriors.png)", ""]  # fmt: skip
     lines += ["## Appendix C and E: samples (Bernoulli means) and histograms of log A_u", ""]
-    lines += _figures(root, sorted(results["runs"]))
-    lines += [
-        "",
-        "## How this was made",
-        "",
-        f"- Command: `{command}`",
-        f"- Date: {date.today().isoformat()}; machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"torch {torch.__version__} ({'CUDA ' + torch.version.cuda if torch.cuda.is_available() else 'CPU'}), "
-        f"numpy {np.__version__}, Python {sys.version.split()[0]}",
-        "- Evaluation: binarization and importance samples from generators seeded by the run's seed, so "
-        "`iwae evaluate` reproduces every number; `results.json` holds them all.",
-    ]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines += [*_figures(root, sorted(runs)), "", *_made_md(command)]
+    results: dict = {"schedule": dict(schedule.__dict__), "command": command, "runs": runs}
+    results["experiments"], results["datasets"] = list(experiments), list(datasets)
+    if claims:
+        results["criteria"] = CRITERIA
+        results["claims"] = [c.as_dict() for c in claims]
+    write_text(out / "report.md", "\n".join(lines) + "\n")
+    write_json(out / "results.json", results)
     return out / "report.md"
+
+
+def rewrite_report(out: Path) -> Path:
+    """Rewrite out/report.md and out/results.json from the run folders alone (no run trained, no figure redrawn),
+    with the schedule and the command recorded in out/results.json; the experiments and data sets are the
+    command's."""
+    from iwae.cli import build_parser  # imported here: iwae.cli imports this module
+
+    recorded = json.loads((out / "results.json").read_text())
+    args = build_parser().parse_args(shlex.split(recorded["command"])[1:])
+    experiments = list(EXPERIMENTS) if "all" in args.experiment else list(dict.fromkeys(args.experiment))
+    datasets = tuple(args.datasets.split(",")) if args.datasets else ("mnist", "omniglot")
+    return write_report(out, experiments, Schedule(**recorded["schedule"]), recorded["command"], datasets)
+
+
+if __name__ == "__main__":
+    # python -m iwae.experiments.report DIR: rewrite DIR/report.md and DIR/results.json after a change of the report.
+    print(f"wrote {rewrite_report(Path(sys.argv[1]))}")

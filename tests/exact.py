@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import iwae
-from iwae.model import _gaussian_terms
+from iwae._ops import gaussian_terms
 
 
 def _log_px_given_h1(model: iwae.IWAE, h1: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ def exact_log_px(model: iwae.IWAE, x: torch.Tensor, half_width: float = 9.0, n: 
     if model.latent_dims == [1, 1]:
         # p(x) = int int p(x | h1) p(h1 | h2) p(h2) dh1 dh2
         mean, log_std = model.decoder[0](grid[:, None])  # p(h1 | h2) for each h2 on the grid: (G2, 1)
-        log_p_h1_h2 = _gaussian_terms(grid[None, :, None], mean[:, None, :], log_std[:, None, :]).sum(-1)
+        log_p_h1_h2 = gaussian_terms(grid[None, :, None], mean[:, None, :], log_std[:, None, :]).sum(-1)
         inner = log_p_h1_h2 + std_normal.log_prob(grid)[:, None] + log_trap[:, None] + log_trap[None, :]
         log_p_h1 = torch.logsumexp(inner, 0)  # marginal of h1 on its grid, (G1,)
         log_joint = _log_px_given_h1(model, grid[:, None], x) + log_p_h1[:, None]

@@ -1,4 +1,4 @@
-"""The fast paths of the model (fused tanh and Bernoulli kernels, in-place evaluation, the pruning-mask cache) compute
+"""The fast paths of the model (fused tanh and Bernoulli kernels, in-place evaluation, log q from the noise) compute
 the same values and gradients as the plain formulas, checked against an independent reference. The size thresholds
 are patched so that small tensors take each path."""
 
@@ -9,16 +9,15 @@ import torch
 from torch.nn import functional as F
 
 import iwae
-from iwae import model as model_module
-from iwae.model import _bernoulli_log_prob, _tanh
+from iwae import _ops
 
 
 @pytest.fixture(params=["fused", "plain"])
 def path(request, monkeypatch):
     """Run the test once with every fast path taken, once with none."""
     big = 10**12
-    monkeypatch.setattr(model_module, "_FUSE_MIN", 1 if request.param == "fused" else big)
-    monkeypatch.setattr(model_module, "_INPLACE_MIN", 1 if request.param == "fused" else big)
+    monkeypatch.setattr(_ops, "FUSE_MIN", 1 if request.param == "fused" else big)
+    monkeypatch.setattr(_ops, "INPLACE_MIN", 1 if request.param == "fused" else big)
     return request.param
 
 
@@ -63,11 +62,11 @@ def _big_model(layers: int) -> tuple[iwae.IWAE, torch.Tensor]:
 
 def test_sigmoid_tanh_matches_tanh(path):
     x = torch.linspace(-30, 30, 100_001)
-    torch.testing.assert_close(_tanh(x.clone()), torch.tanh(x), atol=4e-7, rtol=0)  # in place, no graph
+    torch.testing.assert_close(_ops.tanh(x.clone()), torch.tanh(x), atol=4e-7, rtol=0)  # in place, no graph
     x64 = (torch.randn(1000, dtype=torch.float64) * 3).requires_grad_()
-    torch.testing.assert_close(_tanh(x64), torch.tanh(x64), atol=1e-15, rtol=0)
+    torch.testing.assert_close(_ops.tanh(x64), torch.tanh(x64), atol=1e-15, rtol=0)
     g = torch.randn_like(x64)
-    (got,) = torch.autograd.grad(_tanh(x64), x64, g)
+    (got,) = torch.autograd.grad(_ops.tanh(x64), x64, g)
     (want,) = torch.autograd.grad(torch.tanh(x64), x64, g)
     torch.testing.assert_close(got, want)
 
@@ -77,10 +76,10 @@ def test_fused_bernoulli_log_prob_matches_formula(grad, path):
     logits = (torch.randn(6, 5, 784, dtype=torch.float64) * 8).requires_grad_(grad)
     x = torch.bernoulli(torch.full((5, 784), 0.3, dtype=torch.float64))
     want = (x * logits).sum(-1) - F.softplus(logits).sum(-1)
-    got = _bernoulli_log_prob(logits, x)
+    got = _ops.bernoulli_log_prob(logits, x)
     torch.testing.assert_close(got, want)
     if grad:
-        assert torch.autograd.gradcheck(lambda l: _bernoulli_log_prob(l, x), (logits[:2],))
+        assert torch.autograd.gradcheck(lambda l: _ops.bernoulli_log_prob(l, x), (logits[:2],))
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -108,13 +107,15 @@ def test_float32_fast_paths_stay_close_to_float64(path):
     torch.testing.assert_close(got.double(), want, atol=2e-3, rtol=1e-5)
 
 
-def test_pruning_mask_changes_are_seen_after_the_cache_fills():
-    model, x = _big_model(1)
-    noise = model.forward_samples(x, 3).noise
-    before = model.forward_samples(x, 3, noise=noise).log_w
-    with torch.no_grad():
-        model.unit_mask_0[:10] = False  # in place, after a call has cached "all units active"
-    after = model.forward_samples(x, 3, noise=noise).log_w
-    assert not torch.allclose(before, after)
-    model.load_state_dict({**model.state_dict(), "unit_mask_0": torch.ones(50, dtype=torch.bool)})
-    torch.testing.assert_close(model.forward_samples(x, 3, noise=noise).log_w, before)
+@pytest.mark.parametrize("pruned", [False, True])
+def test_log_q_from_the_noise_equals_log_q_from_the_samples(pruned):
+    """log q read from eps (the default) and from h (stop_q_grad, or a hook) agree, with and without pruned units."""
+    model, x = _big_model(2)
+    if pruned:
+        model = model.pruned(
+            [torch.arange(100) % 3 > 0, torch.arange(50) % 4 > 0], [torch.full((100,), 0.3), torch.zeros(50)]
+        )
+    noise = model.forward_samples(x, 7).noise
+    want = model.forward_samples(x, 7, noise=noise).log_w
+    for kw in ({"stop_q_grad": True}, {"sample_hook": lambda h: h}):
+        torch.testing.assert_close(model.forward_samples(x, 7, noise=noise, **kw).log_w, want)

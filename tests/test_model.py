@@ -136,3 +136,70 @@ def test_runs_on_cuda():
     assert model.log_weights(x, 5).device.type == "cuda"
     assert iwae.log_likelihood(model, x, k=100).device.type == "cuda"
     iwae.objective(model, x, k=5).backward()
+
+
+def test_from_latent_dims_declares_the_paper_hidden_sizes():
+    """Appendix C's hidden sizes for any latent sizes: 200, 200 next to x, 100, 100 between latent layers."""
+    for layers, latent_dims in ((1, [50]), (2, [100, 50])):
+        a = iwae.IWAE.paper(layers, generator=torch.Generator().manual_seed(3))
+        b = iwae.IWAE.from_latent_dims(latent_dims, generator=torch.Generator().manual_seed(3))
+        assert a.config == b.config
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            assert torch.equal(p, q)
+    three = iwae.IWAE.from_latent_dims([20, 10, 5], x_dim=30)
+    assert three.config["q_hidden"] == [[200, 200], [100, 100], [100, 100]]
+    assert three.config["p_hidden"] == [[100, 100], [100, 100], [200, 200]]
+    assert iwae.IWAE.from_latent_dims([4], x_dim=6, q_hidden=[[3]]).config["q_hidden"] == [[3]]
+
+
+def test_is_pruned_is_set_by_pruned_and_by_load_state_dict():
+    model = tiny_model(x_dim=4, latent_dims=(3,))
+    x = torch.bernoulli(torch.full((5, 4), 0.5, dtype=torch.float64))
+    noise = model.draw_noise(6, 5)
+    before = model.forward_samples(x, 6, noise=noise).log_w
+    assert not model.is_pruned and not model.pruned([torch.ones(3, dtype=torch.bool)]).is_pruned
+    pruned = model.pruned([torch.tensor([True, False, True])], [torch.tensor([0.0, 0.4, 0.0])])
+    assert pruned.is_pruned and not model.is_pruned
+    model.load_state_dict(pruned.state_dict())
+    assert model.is_pruned
+    after = model.forward_samples(x, 6, noise=noise).log_w
+    torch.testing.assert_close(after, pruned.forward_samples(x, 6, noise=noise).log_w)
+    assert not torch.allclose(after, before)
+    model.load_state_dict({**model.state_dict(), "unit_mask_0": torch.ones(3, dtype=torch.bool)})
+    assert not model.is_pruned
+    torch.testing.assert_close(model.forward_samples(x, 6, noise=noise).log_w, before)
+
+
+def test_sampling_holds_pruned_units_at_their_fill():
+    model = tiny_model(x_dim=4, latent_dims=(3, 2))
+    want = model.sample(7, generator=torch.Generator().manual_seed(1))
+    for keep in ([torch.tensor([False, True, True]), torch.ones(2, dtype=torch.bool)],  # h^1 only
+                 [torch.ones(3, dtype=torch.bool), torch.tensor([True, False])]):  # h^2 only  # fmt: skip
+        got = model.pruned(keep, [torch.full((3,), 0.7), torch.full((2,), -0.5)]).sample(
+            7, generator=torch.Generator().manual_seed(1)
+        )
+        assert not torch.allclose(got, want)
+    # every unit of a one-layer model pruned: each sample is the visible mean at the fill value
+    one = tiny_model(x_dim=4, latent_dims=(2,))
+    fill = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    got = one.pruned([torch.zeros(2, dtype=torch.bool)], [fill]).sample(5)
+    torch.testing.assert_close(got, one.visible_means(fill).expand(5, -1))
+
+
+@pytest.mark.parametrize("latent_dims", [(2,), (2, 2)])
+def test_sample_hook_applies_where_log_q_reads_the_samples(latent_dims):
+    """Without stop_q_grad too: a hook that detaches every sample leaves the recognition network only the score
+    function of log q, -d/dphi log q(h | x) at the drawn h, computed here with torch.distributions."""
+    model = tiny_model(x_dim=4, latent_dims=latent_dims)
+    x = torch.bernoulli(torch.full((3, 4), 0.5, dtype=torch.float64))
+    out = model.forward_samples(x, 5, sample_hook=torch.Tensor.detach)
+    params = list(model.encoder.parameters())
+    got = torch.autograd.grad(out.log_w.sum(), params)
+    log_q, cond = 0.0, x
+    for layer, h in zip(model.encoder, out.samples):
+        mean, log_std = layer(cond)
+        log_q = log_q + torch.distributions.Normal(mean, log_std.exp()).log_prob(h).sum()
+        cond = h
+    want = torch.autograd.grad(-log_q, params)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)

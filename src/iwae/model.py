@@ -9,71 +9,27 @@ binary data or Gaussian for real-valued data.
 
 The model's one job for inference is :meth:`IWAE.log_weights`: the log importance weights
 ``log w_i = log p(x, h_i) - log q(h_i | x)`` (Eq. 4 and Eq. 8) of ``k`` reparameterised samples, shape ``(k, batch)``.
-Bounds (``iwae.bounds``) and gradient estimators (``iwae.estimators``) are functions of those.
+Bounds (``iwae.bounds``) and gradient estimators (``iwae.objectives``) are functions of those.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from iwae._ops import HALF_LOG_2PI, Tanh, bernoulli_log_prob, gaussian_log_prob, gaussian_terms, masked_sum
+
 __all__ = ["GaussianLayer", "BernoulliLayer", "IWAE", "LogWeights"]
 
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-# Below this many elements the plain ATen kernels win in a training step: an autograd.Function costs tens of
-# microseconds of Python (measured on a 2-core CPU: fused paths slower at k = 1 and 5, faster at k = 50, batch 20).
-_FUSE_MIN = 1 << 17
-# Without autograd the sigmoid form of tanh costs only three extra in-place kernel calls.
-_INPLACE_MIN = 4096
-
-
-class _SigmoidTanh(torch.autograd.Function):
-    """tanh(x) computed as 2 sigmoid(2x) - 1, with the backward pass 1 - tanh^2 read from the saved output."""
-
-    generate_vmap_rule = True  # so that torch.func transforms (grad, vmap) can run the model
-
-    @staticmethod
-    def forward(x: Tensor) -> Tensor:
-        return x.mul(2).sigmoid_().mul_(2).sub_(1)  # one new tensor, then in place
-
-    @staticmethod
-    def setup_context(ctx, inputs: tuple[Tensor], output: Tensor) -> None:
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (y,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, y)
-
-
-def _tanh(x: Tensor) -> Tensor:
-    """tanh, fast on CPU: ATen's float32 tanh costs several times its sigmoid there, so large tensors go through
-    the identity tanh(x) = 2 sigmoid(2x) - 1 (within a few float32 ulps of torch.tanh); without autograd, in place.
-
-    Without a graph to record (``x`` needs no gradient) it writes into ``x``: callers pass a fresh activation.
-    Under ``torch.compile`` it is the same identity in plain operations, which the compiler fuses.
-    """
-    if torch.compiler.is_compiling():
-        return 2 * torch.sigmoid(2 * x) - 1
-    if x.requires_grad:
-        return _SigmoidTanh.apply(x) if x.numel() >= _FUSE_MIN and x.device.type == "cpu" else torch.tanh(x)
-    if x.numel() >= _INPLACE_MIN and x.device.type == "cpu":
-        return x.mul_(2).sigmoid_().mul_(2).sub_(1)
-    return x.tanh_()
-
-
-class Tanh(nn.Module):
-    """``nn.Tanh`` through :func:`_tanh`; it overwrites its input when no gradient is recorded (see there)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _tanh(x)
+# The paper's architectures (Section 5.1, Appendix C): latent sizes bottom-up for 1 and 2 stochastic layers, and
+# the hidden sizes of every conditional, two tanh layers of 200 units next to x and two of 100 between latent layers.
+_PAPER_LATENT_DIMS = {1: (50,), 2: (100, 50)}
+_PAPER_HIDDEN_NEXT_TO_X = (200, 200)
+_PAPER_HIDDEN_ABOVE = (100, 100)
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -184,11 +140,14 @@ class IWAE(nn.Module):
                 self.decoder.append(visible(latent_dims[0], p_hidden[j], self.x_dim))
             else:
                 self.decoder.append(GaussianLayer(latent_dims[l], p_hidden[j], latent_dims[l - 1]))
-        # Pruning state (Section 5.2): units outside the mask are held at a fixed value and left out of
-        # log p and log q. All units are active until :meth:`pruned` says otherwise.
+        # Pruning state (Section 5.2): units outside the mask are held at a fixed value and left out of log p and
+        # log q. The masks are buffers (saved with the model); ``_pruned`` says whether any unit is out, read from
+        # them only when they are set (:meth:`pruned`, ``load_state_dict``), so no step reads them on the host.
         for l, d in enumerate(latent_dims):
             self.register_buffer(f"unit_mask_{l}", torch.ones(d, dtype=torch.bool))
             self.register_buffer(f"unit_fill_{l}", torch.zeros(d))
+        self._pruned = False
+        self.register_load_state_dict_post_hook(IWAE._sync_pruning)
         self.reset_parameters(output_bias, generator=generator)
 
     # ------------------------------------------------------------------ construction
@@ -206,14 +165,31 @@ class IWAE(nn.Module):
         ``layers=1``: x -> 200 -> 200 -> h1(50), and back. ``layers=2``: x -> 200 -> 200 -> h1(100) -> 100 -> 100
         -> h2(50), and back.
         """
-        if layers == 1:
-            return cls(x_dim, [50], [[200, 200]], [[200, 200]], "bernoulli", output_bias, generator=generator)
-        if layers == 2:
-            return cls(
-                x_dim, [100, 50], [[200, 200], [100, 100]], [[100, 100], [200, 200]], "bernoulli", output_bias,
-                generator=generator,
-            )  # fmt: skip
-        raise ValueError(f"the paper has architectures with 1 or 2 stochastic layers, got layers={layers}")
+        if layers not in _PAPER_LATENT_DIMS:
+            raise ValueError(f"the paper has architectures with 1 or 2 stochastic layers, got layers={layers}")
+        return cls.from_latent_dims(_PAPER_LATENT_DIMS[layers], x_dim, output_bias, generator=generator)
+
+    @classmethod
+    def from_latent_dims(
+        cls,
+        latent_dims: Sequence[int],
+        x_dim: int = 784,
+        output_bias: Tensor | None = None,
+        *,
+        q_hidden: Sequence[Sequence[int]] | None = None,
+        p_hidden: Sequence[Sequence[int]] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> IWAE:
+        """A Bernoulli IWAE with latent sizes ``latent_dims`` (bottom-up) and, where not given, the paper's hidden
+        sizes (Appendix C): 200, 200 in the conditionals next to x, 100, 100 in those between latent layers
+        (``q_hidden`` bottom-up and ``p_hidden`` top-down, as in :class:`IWAE`).
+
+        ``IWAE.from_latent_dims([50])`` and ``IWAE.from_latent_dims([100, 50])`` are :meth:`paper`'s architectures.
+        """
+        above = [_PAPER_HIDDEN_ABOVE] * (len(latent_dims) - 1)
+        q_hidden = q_hidden or [_PAPER_HIDDEN_NEXT_TO_X, *above]
+        p_hidden = p_hidden or [*above, _PAPER_HIDDEN_NEXT_TO_X]
+        return cls(x_dim, latent_dims, q_hidden, p_hidden, "bernoulli", output_bias, generator=generator)
 
     def reset_parameters(self, output_bias: Tensor | None = None, generator: torch.Generator | None = None) -> None:
         """Glorot & Bengio (2010) uniform weights, zero biases; visible bias from the data mean if given."""
@@ -236,23 +212,23 @@ class IWAE(nn.Module):
     def n_layers(self) -> int:
         return len(self.latent_dims)
 
-    def _masks(self) -> list[tuple[Tensor, Tensor]] | None:
-        """The pruning masks and fills, or None when every unit is active (the common case, skipped entirely).
+    @property
+    def is_pruned(self) -> bool:
+        """Whether any latent unit is pruned (:meth:`pruned`, or a pruned model's state loaded into this one)."""
+        return self._pruned
 
-        Whether all are active is remembered per mask tensor and version, so the host reads the masks only after
-        they change (``pruned``, ``load_state_dict``, ``.to``), not on every call: no device synchronisation per
-        step, which also lets a CUDA graph capture the step.
+    def _sync_pruning(self, *_: object) -> None:
+        """Read :attr:`is_pruned` from the unit masks; also a ``load_state_dict`` post hook (its arguments unused)."""
+        self._pruned = not all(bool(getattr(self, f"unit_mask_{l}").all()) for l in range(self.n_layers))
+
+    def _unit_masks(self) -> list[tuple[Tensor, Tensor]] | None:
+        """(keep, fill) per layer, or None when no unit is pruned (then the masks are skipped entirely).
+
+        A plain Python flag decides, so ``torch.compile`` guards on it and recompiles when pruning changes.
         """
-        masks = [(getattr(self, f"unit_mask_{l}"), getattr(self, f"unit_fill_{l}")) for l in range(self.n_layers)]
-        if torch.compiler.is_compiling() and "_masks_all_active" in self.__dict__:
-            # The eager caller refreshed the flag (iwae.make_train_step does before each compiled call); the
-            # compiler guards on its value and recompiles if pruning changes it.
-            return None if self._masks_all_active else masks
-        key = tuple((id(m), m._version) for m, _ in masks)
-        if self.__dict__.get("_masks_key") != key:
-            self.__dict__["_masks_all_active"] = all(bool(m.all()) for m, _ in masks)
-            self.__dict__["_masks_key"] = key
-        return None if self.__dict__["_masks_all_active"] else masks
+        if not self._pruned:
+            return None
+        return [(getattr(self, f"unit_mask_{l}"), getattr(self, f"unit_fill_{l}")) for l in range(self.n_layers)]
 
     # ------------------------------------------------------------------ log-weights (Eq. 4, Eq. 8)
     def log_weights(self, x: Tensor, k: int) -> Tensor:
@@ -293,75 +269,51 @@ class IWAE(nn.Module):
             ``generator`` when omitted.
         :param stop_q_grad: evaluate log q with q's distribution parameters detached, so log q passes gradient
             only through the samples (the "path" derivative of Roeder et al. 2017, used by STL and DReG).
-        :param sample_hook: applied to each sample h^l where log p, log q(h^l | .) and the generative network
-            read it; the next recognition layer reads the raw sample. DReG uses it to reweight the gradient
-            that flows into the recognition network through each sample.
+        :param sample_hook: applied to each sample h^l wherever the log-weight reads it: in log p and the
+            generative network, and in log q(h^l | h^(l-1)) as its argument and its condition; only the
+            recognition network that draws the next sample reads the raw sample. DReG uses it to reweight the
+            gradient that flows into the recognition network through each sample.
         """
         if x.dim() != 2 or x.shape[1] != self.x_dim:
             raise ValueError(f"x must have shape (batch, {self.x_dim}), got {tuple(x.shape)}")
         if k < 1:
             raise ValueError(f"k must be a positive number of samples, got {k}")
-        masks = self._masks()
-        if noise is None:
-            noise = self.draw_noise(k, x.shape[0], generator)
+        masks = self._unit_masks()
+        noise = list(self.draw_noise(k, x.shape[0], generator) if noise is None else noise)
+        from_h = stop_q_grad or sample_hook is not None  # log q must read the samples themselves
         log_q = x.new_zeros(())
         samples: list[Tensor] = []
-        drawn: list[Tensor] = []
         inp = x  # q(h^1 | x): the deterministic trunk runs once per example, (batch, x_dim) -> (batch, d_1)
         for l, layer in enumerate(self.encoder):
             mean, log_std = layer(inp)
-            eps = noise[l]
-            h = torch.addcmul(mean, torch.exp(log_std), eps)  # mean + std * eps: (k, batch, d_l), broadcast over k
-            if masks is not None:
-                keep, fill = masks[l]
-                h = torch.where(keep, h, fill)
-            inp = h  # the next recognition layer reads the raw sample
+            h = inp = _hold(torch.addcmul(mean, torch.exp(log_std), noise[l]), masks, l)  # (k, batch, d_l)
             if sample_hook is not None:
                 h = sample_hook(h)
-            if stop_q_grad:
-                # For l >= 2 the detached-parameter density still depends on h^(l-1) through its input.
-                if l == 0:
-                    m_d, s_d = mean.detach(), log_std.detach()
-                else:
-                    m_d, s_d = torch.func.functional_call(
-                        layer, {n: p.detach() for n, p in layer.named_parameters()}, (samples[-1],)
-                    )
-                terms = _gaussian_terms(h, m_d, s_d)
-            elif masks is None:
-                # log N(h; mean, std) with h = mean + std * eps is -eps^2/2 - log std - log(2 pi)/2; summed over
-                # units, the eps part carries no gradient and the log std part is per example for l = 1
-                d = eps.shape[-1]
-                terms = None
-                log_q = log_q - (0.5 * eps.square().sum(-1) + (log_std.sum(-1) + d * _HALF_LOG_2PI))
-            else:
-                terms = -(0.5 * eps.square() + log_std + _HALF_LOG_2PI)
-            if terms is not None:
-                log_q = log_q + _masked_sum(terms, masks, l)
+            if from_h:
+                mean, log_std = _q_params(layer, mean, log_std, samples[-1] if l > 0 else None, stop_q_grad)
+            log_q = log_q + _log_q(h, noise[l], mean, log_std, None if masks is None else masks[l][0], from_h)
             samples.append(h)
-            drawn.append(eps)
         top = samples[-1]
         if masks is None:
-            log_p = -(0.5 * top.square().sum(-1) + top.shape[-1] * _HALF_LOG_2PI)
+            log_p = -(0.5 * top.square().sum(-1) + top.shape[-1] * HALF_LOG_2PI)
         else:
-            log_p = _masked_sum(-(0.5 * top.square() + _HALF_LOG_2PI), masks, self.n_layers - 1)
-        for j, layer in enumerate(self.decoder):
+            log_p = masked_sum(-(0.5 * top.square() + HALF_LOG_2PI), masks[-1][0])
+        for j, layer in enumerate(self.decoder[:-1]):
             l = self.n_layers - 1 - j  # this conditional reads h^(l+1) = samples[l]
-            if l > 0:
-                mean, log_std = layer(samples[l])
-                if masks is None:
-                    log_p = log_p + _gaussian_log_prob(samples[l - 1], mean, log_std)
-                else:
-                    log_p = log_p + _masked_sum(_gaussian_terms(samples[l - 1], mean, log_std), masks, l - 1)
+            mean, log_std = layer(samples[l])
+            if masks is None:
+                log_p = log_p + gaussian_log_prob(samples[l - 1], mean, log_std)
             else:
-                log_p = log_p + self._log_px(layer, samples[0], x)
-        return LogWeights(log_p - log_q, samples, drawn)
+                log_p = log_p + masked_sum(gaussian_terms(samples[l - 1], mean, log_std), masks[l - 1][0])
+        log_p = log_p + self._log_px(samples[0], x)
+        return LogWeights(log_p - log_q, samples, noise)
 
-    def _log_px(self, layer: nn.Module, h1: Tensor, x: Tensor) -> Tensor:
+    def _log_px(self, h1: Tensor, x: Tensor) -> Tensor:
         """log p(x | h^1), (k, batch)."""
         if self.likelihood == "bernoulli":
-            return _bernoulli_log_prob(layer(h1), x)
-        mean, log_std = layer(h1)
-        return _gaussian_log_prob(x, mean, log_std)
+            return bernoulli_log_prob(self.decoder[-1](h1), x)
+        mean, log_std = self.decoder[-1](h1)
+        return gaussian_log_prob(x, mean, log_std)
 
     # ------------------------------------------------------------------ recognition means, sampling
     def posterior_means(self, x: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
@@ -382,13 +334,19 @@ class IWAE(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw h^L ~ N(0, I), then each layer down; return the visible layer's means, shape (n, x_dim).
 
-        For the Bernoulli visible layer these are the pixel probabilities sigmoid(logits) (Appendix E).
+        For the Bernoulli visible layer these are the pixel probabilities sigmoid(logits) (Appendix E). Pruned
+        units are held at their fill value in every layer drawn, as in :meth:`forward_samples`.
         """
         p = next(self.parameters())
-        h = torch.randn((n, self.latent_dims[-1]), generator=generator, device=p.device, dtype=p.dtype)
-        for layer in self.decoder[:-1]:
-            mean, log_std = layer(h)
-            h = mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, device=p.device, dtype=p.dtype)
+        masks = self._unit_masks()
+
+        def randn(shape: Sequence[int]) -> Tensor:
+            return torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype)
+
+        h = _hold(randn((n, self.latent_dims[-1])), masks, self.n_layers - 1)
+        for j, layer in enumerate(self.decoder[:-1]):
+            mean, log_std = layer(h)  # p(h^l | h^(l+1)) with l = n_layers - 1 - j
+            h = _hold(mean + torch.exp(log_std) * randn(mean.shape), masks, self.n_layers - 2 - j)
         return self.visible_means(h)
 
     def visible_means(self, h1: Tensor) -> Tensor:
@@ -412,54 +370,36 @@ class IWAE(nn.Module):
             buf.copy_(torch.as_tensor(mask, dtype=torch.bool, device=buf.device) & buf)
             if fill is not None:
                 getattr(model, f"unit_fill_{l}").copy_(torch.as_tensor(fill[l]))
+        model._sync_pruning()
         return model
 
 
-def _gaussian_terms(h: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
-    """Per-unit log N(h; mean, exp(log_std)^2), not summed."""
-    z = (h - mean) * torch.exp(-log_std)
-    return -(0.5 * z.square() + log_std + _HALF_LOG_2PI)
+def _hold(h: Tensor, masks: list[tuple[Tensor, Tensor]] | None, l: int) -> Tensor:
+    """Sample ``h`` of layer ``l`` with its pruned units held at their fill value."""
+    return h if masks is None else torch.where(masks[l][0], h, masks[l][1])
 
 
-def _gaussian_log_prob(h: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
-    """log N(h; mean, exp(log_std)^2) summed over the last dimension (fewer passes than summing the terms)."""
-    z = (h - mean) * torch.exp(-log_std)
-    return -(0.5 * z.square().sum(-1) + log_std.sum(-1) + h.shape[-1] * _HALF_LOG_2PI)
+def _q_params(
+    layer: GaussianLayer, mean: Tensor, log_std: Tensor, cond: Tensor | None, stop_q_grad: bool
+) -> tuple[Tensor, Tensor]:
+    """Mean and log-std of q(h^l | cond) for log q to read from the sample: recomputed from the (hooked) sample
+    ``cond`` = h^(l-1), or the layer's own output for l = 1 (``cond`` None); parameters detached if ``stop_q_grad``
+    (for l >= 2 the detached-parameter density still depends on h^(l-1) through its input)."""
+    if cond is None:
+        return (mean.detach(), log_std.detach()) if stop_q_grad else (mean, log_std)
+    params = {n: p.detach() if stop_q_grad else p for n, p in layer.named_parameters()}
+    return torch.func.functional_call(layer, params, (cond,))
 
 
-class _BernoulliLogProb(torch.autograd.Function):
-    """sum_j x_j l_j - softplus(l_j) over the last dimension, with the gradient (x - sigmoid(l)) * grad with
-    respect to the logits l in one fused backward pass (autograd would chain softplus, mul, sum and add)."""
+def _log_q(h: Tensor, eps: Tensor, mean: Tensor, log_std: Tensor, keep: Tensor | None, from_h: bool) -> Tensor:
+    """log q(h | .) = log N(h; mean, exp(log_std)^2) of one layer over its kept units, (k, batch).
 
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(logits: Tensor, x: Tensor) -> Tensor:
-        return nn.functional.softplus(logits).addcmul_(x, logits, value=-1).sum(-1).neg_()
-
-    @staticmethod
-    def setup_context(ctx, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        logits, x = ctx.saved_tensors
-        return torch.sigmoid(logits).sub_(x).mul_(grad.unsqueeze(-1).neg()), None
-
-
-def _bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
-    """log Bernoulli(x; sigmoid(logits)) summed over the last dimension: sum_j x_j l_j - softplus(l_j), stable for
-    any logit. ``logits`` (..., batch, D) broadcasts against ``x`` (batch, D)."""
-    if not torch.compiler.is_compiling():  # compiled: the plain operations below, fused by the compiler
-        if logits.numel() >= _FUSE_MIN and logits.requires_grad and not x.requires_grad:
-            return _BernoulliLogProb.apply(logits, x)
-        if not torch.is_grad_enabled() or not (logits.requires_grad or x.requires_grad):
-            return nn.functional.softplus(logits).addcmul_(x, logits, value=-1).sum(-1).neg_()
-    return (x * logits).sum(-1) - nn.functional.softplus(logits).sum(-1)
-
-
-def _masked_sum(terms: Tensor, masks: list[tuple[Tensor, Tensor]] | None, layer: int) -> Tensor:
-    """Sum per-unit log-density terms over the units of ``layer`` that the pruning mask keeps."""
-    if masks is None:
-        return terms.sum(-1)
-    return (terms * masks[layer][0]).sum(-1)
+    Per unit it is -z^2/2 - log std - log(2 pi)/2 with z = (h - mean) / std. ``from_h``: z from the sample, so
+    gradient reaches log q through h (stop_q_grad, sample hooks). Otherwise z is the noise eps exactly (h = mean
+    + std * eps), which carries no gradient; unpruned, its sums are then taken separately, the log std part per
+    example for l = 1: fewer passes, and the rounding the reparameterisation estimator has always had.
+    """
+    if not from_h and keep is None:
+        return -(0.5 * eps.square().sum(-1) + (log_std.sum(-1) + eps.shape[-1] * HALF_LOG_2PI))
+    z = (h - mean) * torch.exp(-log_std) if from_h else eps
+    return masked_sum(-(0.5 * z.square() + log_std + HALF_LOG_2PI), keep)

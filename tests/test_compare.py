@@ -90,3 +90,26 @@ def test_cli_prints_the_table_and_writes_the_json(runs, tmp_path, capsys):
     assert saved == compare_runs(*runs, k=10, progress=False)
     assert f"| A - B (paired) | {saved['difference']['mean']:+.3f} ± " in printed and f"wrote {out}" in printed
     assert main(["compare", str(runs[0]), str(tmp_path / "missing"), "--quiet"]) == 1
+
+
+@needs_data
+def test_estimator_results_generator_writes_every_number_from_the_runs(runs, tmp_path):
+    """results/estimators/make_results.py: NLLs as `iwae evaluate`, differences as `iwae compare`."""
+    import runpy
+    from pathlib import Path
+
+    from iwae.evaluate_run import evaluate_run
+
+    script = Path(__file__).resolve().parents[1] / "results" / "estimators" / "make_results.py"
+    make_results = runpy.run_path(str(script))["make_results"]
+    stl = shutil.copytree(runs[0], tmp_path / "stl")
+    config = json.loads((stl / "config.json").read_text())
+    (stl / "config.json").write_text(json.dumps({**config, "estimator": "stl"}))
+    out = make_results([runs[0], stl], 20, 50, "cmd")
+    assert list(out["runs"]) == ["reparam", "stl"] and out["source"] == "cmd" and "data_dir" not in out["training"]
+    reference = evaluate_run(runs[0], progress=False)
+    assert out["runs"]["reparam"]["test_nll"] == reference["nll"] == out["runs"]["stl"]["test_nll"]
+    assert out["runs"]["reparam"]["active_units"] == reference["active_units"]
+    assert out["paired_test_nll_differences"] == {"stl - reparam": {"mean": 0.0, "sem": 0.0}}
+    with pytest.raises(ValueError, match="differs from .* in more than the estimator: objective"):
+        make_results([stl, runs[1]], 20, 50, "cmd")

@@ -32,6 +32,7 @@ __all__ = [
     "spread",
     "nll",
     "summarize",
+    "activity",
     "measure",
     "evaluate_run",
     "finish_run",
@@ -99,6 +100,13 @@ def summarize(ll: torch.Tensor) -> dict[str, Any]:
     return {"nll": -ll.mean().item(), "nll_sem": (ll.std() / ll.numel() ** 0.5).item(), "n": ll.numel()}
 
 
+def activity(config: TrainConfig, model: IWAE, n: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A_u per layer (Section 5.2) on n examples of :data:`ACTIVE_SPLIT`, and those examples."""
+    device = next(model.parameters()).device
+    x = eval_images(config, ACTIVE_SPLIT, n, device, config.seed)
+    return active_units(model, x, generator=stream(config.seed, device, ACTIVE_SPLIT, "active")), x
+
+
 def measure(
     config: TrainConfig, model: IWAE, split: str, k: int, n: int | None, *, pruned: bool = False, progress: bool = True
 ) -> tuple[dict[str, Any], list[torch.Tensor]]:
@@ -109,8 +117,7 @@ def measure(
     """
     device = next(model.parameters()).device
     x = eval_images(config, split, n, device, config.seed)
-    x_active = x if split == ACTIVE_SPLIT else eval_images(config, ACTIVE_SPLIT, n, device, config.seed)
-    A = active_units(model, x_active, generator=stream(config.seed, device, ACTIVE_SPLIT, "active"))
+    A, x_active = activity(config, model, n)
     result = {
         "split": split, "eval_k": k, **nll(model, x, k, stream(config.seed, device, split, "nll"), progress),
         "active_units": count_active(A, config.active_threshold), "active_units_split": ACTIVE_SPLIT,

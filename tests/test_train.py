@@ -14,9 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 import iwae.train
+from iwae import rundir
 from iwae.checkpoint import CheckpointError, load_checkpoint
 from iwae.config import TrainConfig, schedule
-from iwae.evaluate_run import evaluate_run, finish_run
+from iwae.evaluate_run import evaluate_run
 
 DATA = os.environ.get("IWAE_DATA_DIR")
 needs_data = pytest.mark.skipif(not DATA, reason="set IWAE_DATA_DIR to a data directory holding mnist/ to run")
@@ -75,8 +76,7 @@ def test_config_refuses_bad_values_and_unknown_keys():
 @needs_data
 def test_tiny_run_end_to_end(tmp_path):
     run = tmp_path / "run"
-    iwae.train.train(TrainConfig(data_dir=DATA, **TINY), run, progress=False)
-    metrics = finish_run(run, progress=False)
+    metrics = iwae.train.train_and_evaluate(run, TrainConfig(data_dir=DATA, **TINY), progress=False)
     for key in ("test_nll", "train_nll", "eval_k", "active_units", "test_nll_pruned", "train_seconds"):
         assert key in metrics
     assert 60 < metrics["test_nll"] < 300 and len(metrics["active_units"]) == 1
@@ -89,7 +89,7 @@ def test_tiny_run_end_to_end(tmp_path):
     a = evaluate_run(run, k=10, n=30, progress=False)
     b = evaluate_run(run, k=10, n=30, progress=False)
     assert a == b and (run / "eval-test-k10-n30.json").is_file()
-    with pytest.raises(iwae.train.RunError, match="already holds a run"):
+    with pytest.raises(rundir.RunError, match="already holds a run"):
         iwae.train.train(TrainConfig(data_dir=DATA, **TINY), run, progress=False)
 
 
@@ -108,7 +108,7 @@ def test_resume_after_interruption_gives_identical_numbers(tmp_path, monkeypatch
     _wrap_steps(monkeypatch, interrupt)
     with pytest.raises(KeyboardInterrupt):
         iwae.train.train(config, tmp_path / "broken", progress=False)
-    state, _ = load_checkpoint(tmp_path / "broken" / "checkpoint.safetensors", iwae.train.build_model(config))
+    state, _ = load_checkpoint(tmp_path / "broken" / "checkpoint.safetensors", rundir.build_model(config))
     assert (state["stage"], state["step"]) == (1, 50)
     monkeypatch.setattr(iwae.train, "make_train_step", real)
     iwae.train.resume(tmp_path / "broken", progress=False)
@@ -152,12 +152,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     config = TrainConfig(data_dir=DATA, **TINY)
     with pytest.raises(iwae.train.TrainingDiverged, match="non-finite in stage 2, step 50"):
         iwae.train.train(config, tmp_path / "run", progress=False)
-    state, _ = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors", iwae.train.build_model(config))
+    state, _ = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors", rundir.build_model(config))
     assert (state["stage"], state["step"]) == (1, 0)  # the end of stage 1: the last finite state
 
 
 def test_truncated_or_foreign_checkpoint_is_refused(tmp_path):
-    model = iwae.train.build_model(TrainConfig())
+    model = rundir.build_model(TrainConfig())
     opt = iwae.make_optimizer(model)
     path = tmp_path / "checkpoint.safetensors"
     iwae.checkpoint.save_checkpoint(path, model, opt, {"stage": 0}, {})

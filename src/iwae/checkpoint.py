@@ -1,21 +1,22 @@
 """Checkpoints: model, optimizer, schedule position and RNG states in one safetensors file, written atomically.
 
 safetensors holds only tensors and a string-to-string header, so loading a checkpoint can never execute code.
-The file is written to a temporary name in the same folder, flushed to disk, then renamed over the old one:
-a run killed at any moment leaves either the previous checkpoint or the new one, never half of one.
+The file is written to a temporary name in the same folder, flushed to disk, then renamed over the old one
+(:func:`iwae.atomic.atomic_path`): a run killed at any moment leaves the previous checkpoint or the new one,
+never half of one.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from iwae.atomic import atomic_path
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME"]
 
@@ -51,16 +52,8 @@ def save_checkpoint(
         "state": json.dumps(state),
         "param_groups": json.dumps(opt["param_groups"]),
     }
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(out, tmp, metadata=header)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(out, str(tmp), metadata=header)
 
 
 def load_checkpoint(

@@ -1,211 +1,255 @@
-"""The training loop (Section 5.1): the paper's Adam schedule, dynamic binarization, resumable run folders.
+"""The training loop (Section 5.1): the paper's Adam schedule, dynamic binarization, resumable runs.
 
-A run folder holds ``config.json``, ``metrics.jsonl`` (one line per pass), ``checkpoint.safetensors`` and, once
-evaluated, ``metrics.json`` and the figures. The loop reads top to bottom: for each stage, for each step: shuffle at
-the start of a pass, binarize the minibatch, take one step, log at the end of a pass, checkpoint every few minutes
-and at the end of the stage. The checkpoint holds the model, Adam's moments, the position in the schedule, the
-current pass's permutation and every generator state, so a run killed at any moment and resumed with
-:func:`resume` reaches exactly the numbers it would have reached uninterrupted.
+For each stage of the schedule (3^i passes at 1e-3 * 10^(-i/7)), for each pass over the data: shuffle, then for
+each minibatch binarize it afresh and take one step; every 50 steps check that the loss is finite; at the end of a
+pass log a line to ``metrics.jsonl``; checkpoint every few minutes and at the end of a stage. The checkpoint holds
+the model, Adam's moments, the :class:`Position` in the schedule, the current pass's permutation and every
+generator state, so a run killed at any moment and resumed with :func:`resume` reaches exactly the numbers it
+would have reached uninterrupted. The files of a run folder are :mod:`iwae.rundir`'s.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from iwae import data
-from iwae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from iwae import data, rundir
 from iwae.config import TrainConfig, schedule
-from iwae.estimators import make_optimizer, make_train_step
-from iwae.model import IWAE
+from iwae.evaluate_run import finish_run
+from iwae.rundir import RunError, build_model, resolve_device
+from iwae.train_step import make_optimizer, make_train_step
 
-__all__ = ["RunError", "TrainingDiverged", "train", "resume", "build_model", "resolve_device", "load_run"]
+__all__ = ["TrainingDiverged", "Position", "train", "resume", "train_and_evaluate"]
 
 _CHECK_EVERY = 50  # steps between finiteness checks and checkpoint-timer looks (one host sync each)
-
-
-class RunError(RuntimeError):
-    """A run folder that cannot be created, read or continued."""
 
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise RunError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from err
+@dataclass
+class Position:
+    """Where a run stands in its schedule: saved (as JSON) in every checkpoint beside the tensors."""
+
+    stage: int = 0  # index into schedule(config)
+    step: int = 0  # steps taken in this stage
+    train_seconds: float = 0.0  # seconds spent in passes, over every session of the run
+    log_lines: int = 0  # lines of metrics.jsonl that belong to this position
+    pass_loss: float = 0.0  # sum of the current pass's losses so far (float64, so exact in JSON)
 
 
-def build_model(config: TrainConfig, output_bias: torch.Tensor | None = None) -> IWAE:
-    """The paper's architecture (or the general one the config describes), visible bias from the data mean.
+@dataclass
+class _Generators:
+    shuffle: torch.Generator  # the permutation of each pass, on the CPU
+    device: torch.Generator  # binarizations and reparameterisation noise, on the model's device
 
-    The initial weights are drawn from a generator seeded by the config's seed.
-    """
-    gen = torch.Generator().manual_seed(config.seed)
-    if config.latent_dims is None:
-        return IWAE.paper(layers=config.layers, output_bias=output_bias, generator=gen)
-    n = len(config.latent_dims)
-    q_hidden = config.q_hidden or [[200, 200]] + [[100, 100]] * (n - 1)
-    p_hidden = config.p_hidden or [[100, 100]] * (n - 1) + [[200, 200]]
-    return IWAE(784, config.latent_dims, q_hidden, p_hidden, "bernoulli", output_bias, generator=gen)
+    @classmethod
+    def seeded(cls, seed: int, device: torch.device) -> _Generators:
+        return cls(torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed + 1))
 
+    def states(self) -> dict[str, torch.Tensor]:
+        return {"rng_shuffle": self.shuffle.get_state(), "rng_device": self.device.get_state()}
 
-def _generators(config: TrainConfig, device: torch.device) -> dict[str, torch.Generator]:
-    # "shuffle" draws permutations on the CPU; "device" draws binarizations and reparameterisation noise.
-    gens = {"shuffle": torch.Generator(), "device": torch.Generator(device=device)}
-    gens["shuffle"].manual_seed(config.seed)
-    gens["device"].manual_seed(config.seed + 1)
-    return gens
+    def restore(self, states: dict[str, torch.Tensor]) -> None:
+        self.shuffle.set_state(states["rng_shuffle"])
+        on_cpu = self.device.device.type == "cpu"
+        self.device.set_state(states["rng_device"].cpu() if on_cpu else states["rng_device"])
 
 
-def _new_run(config: TrainConfig, run_dir: Path) -> None:
-    if (run_dir / "config.json").exists():
-        raise RunError(f"{run_dir} already holds a run; continue it with `iwae resume {run_dir}` or pick another --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(config.to_json())
-    except OSError as err:
-        raise RunError(f"cannot write the run folder {run_dir}: {err.strerror or err}") from err
+@dataclass
+class _Batches:
+    x: torch.Tensor  # (N, 784) training intensities, on the model's device
+    size: int
+    dynamic: bool  # binarize afresh at every use (Section 5), or use fixed 0/1 data as it is
+
+    @property
+    def per_pass(self) -> int:
+        return math.ceil(self.x.shape[0] / self.size)
+
+    def shuffle(self, gen: torch.Generator) -> torch.Tensor:
+        return torch.randperm(self.x.shape[0], generator=gen).to(self.x.device)
+
+    def get(self, perm: torch.Tensor, t: int, gen: torch.Generator) -> torch.Tensor:
+        """Minibatch ``t`` of the pass over ``perm``: (size, 784), the last one of a pass possibly smaller."""
+        xb = self.x[perm[t * self.size : (t + 1) * self.size]]
+        return data.binarize(xb, generator=gen) if self.dynamic else xb
 
 
-def load_run(run_dir: str | Path) -> tuple[TrainConfig, IWAE, dict[str, Any]]:
-    """Config, model (on the config's device) and checkpoint state of a saved run."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise RunError(f"{run_dir} is not a run folder (no config.json); make one with `iwae train --out {run_dir}`")
-    config = TrainConfig.load(run_dir / "config.json")
-    model = build_model(config).to(resolve_device(config.device))
-    state, _ = load_checkpoint(run_dir / CHECKPOINT_NAME, model)
-    return config, model, state
+class _Saver:
+    """Checkpoints when asked, and reports when the configured interval has passed since the last one."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        gens: _Generators,
+        interval_s: float,
+    ) -> None:
+        self.run_dir, self.model, self.optimizer, self.gens = run_dir, model, optimizer, gens
+        self.interval_s, self.last = interval_s, time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.interval_s
+
+    def save(self, pos: Position, perm: torch.Tensor | None) -> None:
+        tensors = self.gens.states() | ({} if perm is None else {"perm": perm})
+        rundir.save_state(self.run_dir, self.model, self.optimizer, dataclasses.asdict(pos), tensors)
+        self.last = time.monotonic()
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
     """Start a new run in ``run_dir`` (which must not hold one) and train it to the end of its schedule."""
     run_dir = Path(run_dir)
-    _new_run(config, run_dir)
-    return _train(config, run_dir, fresh=True, progress=progress)
+    rundir.create(run_dir, config)
+    _train(config, run_dir, fresh=True, progress=progress)
+    return run_dir
 
 
 def resume(run_dir: str | Path, *, progress: bool = True) -> Path:
     """Continue a run from its last checkpoint (or from the start, if it was stopped before the first one)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise RunError(f"{run_dir} is not a run folder (no config.json); start one with `iwae train --out {run_dir}`")
-    config = TrainConfig.load(run_dir / "config.json")
-    return _train(config, run_dir, fresh=not (run_dir / CHECKPOINT_NAME).exists(), progress=progress)
+    config = rundir.read_config(run_dir)
+    _train(config, run_dir, fresh=not rundir.has_checkpoint(run_dir), progress=progress)
+    return run_dir
 
 
-def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool) -> Path:
-    device = resolve_device(config.device)
-    x_train = data.load(config.dataset, "train", config.data_dir).to(device)
-    binary = data.is_binary(config.dataset)
-    model = build_model(config, output_bias=x_train.mean(0)).to(device)
-    optimizer = make_optimizer(model, betas=config.adam_betas)
-    gens = _generators(config, device)
-    stages = schedule(config)
-    pos: dict[str, Any] = {"stage": 0, "step": 0, "train_seconds": 0.0, "log_lines": 0, "pass_loss": 0.0}
-    perm = None
-    if fresh:
-        if config.init_from:
-            _, source, _ = load_run(config.init_from)
-            model.load_state_dict(source.state_dict())
-        (run_dir / "metrics.jsonl").write_text("")
+def train_and_evaluate(
+    run_dir: str | Path, config: TrainConfig | None = None, *, progress: bool = True, evaluate: bool = True
+) -> dict[str, Any] | None:
+    """Train a new run from ``config``, or with no config continue the one in ``run_dir``; then evaluate it.
+
+    The one entry point of ``iwae train``, ``iwae resume`` and each run of ``iwae reproduce``. Returns the
+    ``metrics.json`` of :func:`iwae.evaluate_run.finish_run`, or None with ``evaluate=False``.
+    """
+    if config is None:
+        resume(run_dir, progress=progress)
     else:
-        pos, extra = load_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer)
-        gens["shuffle"].set_state(extra["rng_shuffle"])
-        gens["device"].set_state(extra["rng_device"].cpu() if device.type == "cpu" else extra["rng_device"])
-        perm = extra.get("perm")
-        _truncate_lines(run_dir / "metrics.jsonl", pos["log_lines"])
+        train(config, run_dir, progress=progress)
+    return finish_run(run_dir, progress=progress) if evaluate else None
+
+
+def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool) -> None:
+    device = resolve_device(config.device)
+    x = data.load(config.dataset, "train", config.data_dir).to(device)
+    batches = _Batches(x, config.batch_size, dynamic=not data.is_binary(config.dataset))
+    model = build_model(config, output_bias=x.mean(0)).to(device)
+    optimizer = make_optimizer(model, betas=config.adam_betas)
+    gens = _Generators.seeded(config.seed, device)
+    pos, perm = _start(config, run_dir, fresh, model, optimizer, gens)
     step = make_train_step(
         model, optimizer, config.k, config.objective, config.estimator, m=config.m, beta=config.beta,
-        generator=gens["device"], compile=config.compile,
+        generator=gens.device, compile=config.compile,
     )  # fmt: skip
-    n, bs = x_train.shape[0], config.batch_size
-    steps_per_pass = math.ceil(n / bs)
-    done_passes = sum(_stage_steps(s.passes, steps_per_pass) for s in stages[: pos["stage"]]) / steps_per_pass
+    saver = _Saver(run_dir, model, optimizer, gens, 60 * config.checkpoint_minutes)
     writer = _tensorboard(run_dir) if config.tensorboard else None
-
-    def checkpoint() -> None:
-        tensors = {"rng_shuffle": gens["shuffle"].get_state(), "rng_device": gens["device"].get_state()}
-        if perm is not None:
-            tensors["perm"] = perm
-        save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, pos, tensors)
-
-    last_save = time.monotonic()
-    while pos["stage"] < len(stages):
-        stage = stages[pos["stage"]]
+    stages, per_pass = schedule(config), batches.per_pass
+    passes_done = sum(_stage_steps(s.passes, per_pass) for s in stages[: pos.stage]) / per_pass
+    while pos.stage < len(stages):
+        stage = stages[pos.stage]
+        total = _stage_steps(stage.passes, per_pass)
         for group in optimizer.param_groups:
             group["lr"] = stage.lr
-        total = _stage_steps(stage.passes, steps_per_pass)
-        bar = tqdm(
-            total=total, initial=pos["step"], unit="step", disable=not progress, leave=False,
-            desc=f"stage {stage.index + 1}/{len(stages)} lr {stage.lr:.2e}",
-        )  # fmt: skip
-        loss_sum = torch.tensor(pos["pass_loss"], device=device, dtype=torch.float64)
-        tick = time.monotonic()
-        pass_start = tick
-        while pos["step"] < total:
-            t = pos["step"] % steps_per_pass
-            if t == 0:  # a new pass: reshuffle
-                perm = torch.randperm(n, generator=gens["shuffle"]).to(device)
-                loss_sum.zero_()
-                pass_start = time.monotonic()
-            xb = x_train[perm[t * bs : (t + 1) * bs]]
-            if not binary:
-                xb = data.binarize(xb, generator=gens["device"])  # a fresh draw every time (Section 5)
-            loss_sum += step(xb)
-            pos["step"] += 1
-            bar.update()
-            end_of_pass = t == steps_per_pass - 1 or pos["step"] == total
-            if pos["step"] % _CHECK_EVERY == 0 or end_of_pass:
-                if not torch.isfinite(loss_sum):
-                    bar.close()
-                    raise TrainingDiverged(
-                        f"the training loss became non-finite in stage {stage.index + 1}, step {pos['step']}; "
-                        f"the last good checkpoint in {run_dir} is kept (try a lower learning rate or another seed)"
-                    )
-                now = time.monotonic()
-                pos["train_seconds"] += now - tick
-                tick = now
-                pos["pass_loss"] = float(loss_sum)
-                if end_of_pass:
-                    steps = t + 1
-                    record = {
-                        "stage": stage.index, "lr": stage.lr,
-                        "pass": done_passes + pos["step"] / steps_per_pass,
-                        "train_bound": -float(loss_sum) / steps,
-                        "seconds": now - pass_start, "examples_per_s": steps * bs / max(now - pass_start, 1e-9),
-                    }  # fmt: skip
-                    _append_line(run_dir / "metrics.jsonl", record)
-                    pos["log_lines"] += 1
-                    bar.set_postfix(bound=f"{record['train_bound']:.2f}", ex_s=f"{record['examples_per_s']:.0f}")
-                    if writer is not None:
-                        writer.add_scalar("train/bound", record["train_bound"], record["pass"])
-                if pos["step"] < total and now - last_save >= 60 * config.checkpoint_minutes:
-                    checkpoint()
-                    last_save = time.monotonic()
-        bar.close()
-        done_passes += total / steps_per_pass
-        pos.update(stage=pos["stage"] + 1, step=0, pass_loss=0.0)
+        desc = f"stage {stage.index + 1}/{len(stages)} lr {stage.lr:.2e}"
+        with tqdm(total=total, initial=pos.step, unit="step", disable=not progress, leave=False, desc=desc) as bar:
+            while pos.step < total:
+                first = pos.step % per_pass  # not 0 only when resuming mid-pass
+                if first == 0:  # a new pass: reshuffle
+                    perm, pos.pass_loss = batches.shuffle(gens.shuffle), 0.0
+                end = min(per_pass, first + total - pos.step)  # a stage's last pass may be cut short
+                seconds = _run_pass(step, batches, perm, gens.device, range(first, end), pos, saver, bar)
+                record = {
+                    "stage": stage.index, "lr": stage.lr, "pass": passes_done + pos.step / per_pass,
+                    "train_bound": -pos.pass_loss / end, "seconds": seconds,
+                    "examples_per_s": end * batches.size / max(seconds, 1e-9),
+                }  # fmt: skip
+                _log_pass(run_dir, pos, record, bar, writer)
+                if pos.step < total and saver.due():
+                    saver.save(pos, perm)
+        passes_done += total / per_pass
+        pos = Position(stage=pos.stage + 1, train_seconds=pos.train_seconds, log_lines=pos.log_lines)
         perm = None
-        checkpoint()
-        last_save = time.monotonic()
+        saver.save(pos, perm)
     if writer is not None:
         writer.close()
-    return run_dir
+
+
+def _start(
+    config: TrainConfig,
+    run_dir: Path,
+    fresh: bool,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    gens: _Generators,
+) -> tuple[Position, torch.Tensor | None]:
+    """The start of the schedule (from ``init_from``'s model, if given), or the checkpoint's position and pass.
+
+    Lines of ``metrics.jsonl`` written after that position are dropped: they will be written again.
+    """
+    pos, perm = Position(), None
+    if fresh and config.init_from:
+        _, source, _ = rundir.load_run(config.init_from)
+        model.load_state_dict(source.state_dict())
+    elif not fresh:
+        saved, extra = rundir.load_state(run_dir, model, optimizer)
+        pos, perm = Position(**saved), extra.get("perm")
+        gens.restore(extra)
+    rundir.truncate_log(run_dir, pos.log_lines)
+    return pos, perm
+
+
+def _run_pass(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    batches: _Batches,
+    perm: torch.Tensor,
+    gen: torch.Generator,
+    steps: range,
+    pos: Position,
+    saver: _Saver,
+    bar: tqdm,
+) -> float:
+    """Minibatches ``steps`` of the pass over ``perm``, one training step each; the seconds they took.
+
+    Every :data:`_CHECK_EVERY` steps of the stage and after the last: stop if the loss is not finite (the last
+    checkpoint is kept), else record the pass's loss so far and the time in ``pos``; mid-pass, checkpoint if due.
+    """
+    loss_sum = torch.tensor(pos.pass_loss, device=batches.x.device, dtype=torch.float64)
+    start = tick = time.monotonic()
+    for t in steps:
+        loss_sum += step(batches.get(perm, t, gen))
+        pos.step += 1
+        bar.update()
+        last = t == steps[-1]
+        if pos.step % _CHECK_EVERY != 0 and not last:
+            continue
+        if not torch.isfinite(loss_sum):
+            raise TrainingDiverged(
+                f"the training loss became non-finite in stage {pos.stage + 1}, step {pos.step}; the last good "
+                f"checkpoint in {saver.run_dir} is kept (try a lower learning rate or another seed)"
+            )
+        now = time.monotonic()
+        pos.train_seconds, pos.pass_loss, tick = pos.train_seconds + now - tick, float(loss_sum), now
+        if not last and saver.due():
+            saver.save(pos, perm)
+    return tick - start
+
+
+def _log_pass(run_dir: Path, pos: Position, record: dict[str, Any], bar: tqdm, writer: Any) -> None:
+    """One line of ``metrics.jsonl`` per pass (counted in ``pos``), also shown on the bar and in TensorBoard."""
+    rundir.append_log(run_dir, record)
+    pos.log_lines += 1
+    bar.set_postfix(bound=f"{record['train_bound']:.2f}", ex_s=f"{record['examples_per_s']:.0f}")
+    if writer is not None:
+        writer.add_scalar("train/bound", record["train_bound"], record["pass"])
 
 
 def _stage_steps(passes: float, steps_per_pass: int) -> int:
@@ -213,18 +257,7 @@ def _stage_steps(passes: float, steps_per_pass: int) -> int:
     return max(1, round(passes * steps_per_pass))
 
 
-def _append_line(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _truncate_lines(path: Path, n: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from (they will be written again)."""
-    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-    path.write_text("".join(lines[:n]))
-
-
-def _tensorboard(run_dir: Path):
+def _tensorboard(run_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:

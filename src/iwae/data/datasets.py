@@ -40,10 +40,16 @@ from iwae.data.resources import (
     resolve_data_dir,
 )
 
-__all__ = ["MNIST_HOLD_OUT", "SPLITS", "binarize", "is_binary", "load"]
+__all__ = ["MNIST_HOLD_OUT", "SPLITS", "SPLIT_SIZES", "binarize", "is_binary", "load"]
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 MNIST_HOLD_OUT = 400  # the last 400 training images validate (no shuffle), as in the paper
+# Images per split, as in the table above; Omniglot's test size is that of the rebuilt archives (chardata: 8,070).
+SPLIT_SIZES: dict[str, dict[str, int]] = {
+    "mnist": {"train": 60_000 - MNIST_HOLD_OUT, "validation": MNIST_HOLD_OUT, "test": 10_000},
+    "omniglot": {"train": 23_000, "validation": 1_345, "test": 8_115},
+    "binarized-mnist": {"train": 50_000, "validation": 10_000, "test": 10_000},
+}
 _SIDE = 28
 
 

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from iwae import data
 from iwae.model import IWAE
 from iwae.plots import save_figure
-from iwae.train import load_run
+from iwae.rundir import load_run
 
 __all__ = ["true_posterior_grid", "plot_posteriors"]
 

@@ -19,22 +19,23 @@ from pathlib import Path
 
 import torch
 
+from iwae import atomic, rundir
 from iwae.config import TrainConfig, schedule
+from iwae.data.datasets import SPLIT_SIZES
+from iwae.evaluate import log_likelihood
 from iwae.experiments.plan import RunSpec
+from iwae.rundir import build_model, status
+from iwae.train import train_and_evaluate
+from iwae.train_step import make_optimizer, make_train_step
 
-__all__ = ["status", "estimate_seconds", "execute"]
+__all__ = ["estimate_seconds", "execute", "read_metrics"]
 
-
-def status(run_dir: Path) -> str:
-    """ "done" (metrics.json written), "partial" (a run folder without results) or "new"."""
-    if (run_dir / "metrics.json").is_file():
-        return "done"
-    return "partial" if (run_dir / "config.json").is_file() else "new"
+REQUESTED_NAME = "requested-config.json"  # the plan's config for a run not yet created
 
 
 def check_compatible(spec: RunSpec, run_dir: Path) -> None:
     """A partial run folder must hold the very run the plan asks for; anything else is refused, not resumed."""
-    if status(run_dir) == "partial" and TrainConfig.load(run_dir / "config.json") != spec.config:
+    if status(run_dir) == "partial" and rundir.read_config(run_dir) != spec.config:
         raise ValueError(
             f"{run_dir} holds a run with another config than this reproduction asks for; "
             "move it away or reproduce into another --out"
@@ -43,24 +44,14 @@ def check_compatible(spec: RunSpec, run_dir: Path) -> None:
 
 def child_main(run_dir: str) -> int:
     """Entry point of a child process: resume the run in run_dir, or start it from requested-config.json."""
-    from iwae.cli import main
-    from iwae.evaluate_run import finish_run
-    from iwae.train import train
-
     path = Path(run_dir)
-    if status(path) == "partial":
-        return main(["resume", run_dir, "--quiet"])
-    config = TrainConfig.load(path / "requested-config.json")
-    train(config, path, progress=False)
-    finish_run(path, progress=False)
+    config = None if status(path) == "partial" else TrainConfig.load(path / REQUESTED_NAME)
+    train_and_evaluate(path, config, progress=False)
     return 0
 
 
 def _steps_per_second(config: TrainConfig, threads: int, seconds: float = 1.0) -> float:
     """Measured training steps per second for this config's model, objective and k (random binary data)."""
-    from iwae.estimators import make_optimizer, make_train_step
-    from iwae.train import build_model
-
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -79,9 +70,6 @@ def _steps_per_second(config: TrainConfig, threads: int, seconds: float = 1.0) -
 
 
 def _eval_seconds_per_image(config: TrainConfig, threads: int) -> float:
-    from iwae.evaluate import log_likelihood
-    from iwae.train import build_model
-
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -95,10 +83,6 @@ def _eval_seconds_per_image(config: TrainConfig, threads: int) -> float:
         torch.set_num_threads(old)
 
 
-TRAIN_SIZES = {"mnist": 59_600, "omniglot": 23_000, "binarized-mnist": 50_000}
-TEST_SIZES = {"mnist": 10_000, "omniglot": 8_115, "binarized-mnist": 10_000}
-
-
 def estimate_seconds(specs: list[RunSpec], jobs: int) -> dict[str, float]:
     """Seconds each run needs (training + the three evaluations), from a short measured warm-up per kind of run."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -110,9 +94,10 @@ def estimate_seconds(specs: list[RunSpec], jobs: int) -> dict[str, float]:
         if key not in cache:
             cache[key] = (_steps_per_second(c, threads), _eval_seconds_per_image(c, threads))
         rate, per_image = cache[key]
-        steps = sum(max(1, round(s.passes * TRAIN_SIZES[c.dataset] / c.batch_size)) for s in schedule(c))
-        n_test = min(c.eval_n or TEST_SIZES[c.dataset], TEST_SIZES[c.dataset])
-        n_train = min(c.eval_n or TRAIN_SIZES[c.dataset], TRAIN_SIZES[c.dataset])
+        sizes = SPLIT_SIZES[c.dataset]
+        steps = sum(max(1, round(s.passes * sizes["train"] / c.batch_size)) for s in schedule(c))
+        n_test = min(c.eval_n or sizes["test"], sizes["test"])
+        n_train = min(c.eval_n or sizes["train"], sizes["train"])
         out[spec.name] = steps / rate + per_image * (2 * n_test + n_train)
     return out
 
@@ -143,7 +128,7 @@ def execute(
     def run(spec: RunSpec, slot: int) -> str:
         run_dir = root / spec.name
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "requested-config.json").write_text(spec.config.to_json())
+        atomic.write_text(run_dir / REQUESTED_NAME, spec.config.to_json())
         cmd = [sys.executable, "-m", "iwae.experiments.runner", str(run_dir)]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         if gpus:
@@ -181,7 +166,8 @@ def execute(
 
 
 def read_metrics(run_dir: Path) -> dict | None:
-    path = run_dir / "metrics.json"
+    """The run's ``metrics.json``, or None before its evaluation."""
+    path = run_dir / rundir.METRICS_NAME
     return json.loads(path.read_text()) if path.is_file() else None
 
 

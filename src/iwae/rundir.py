@@ -1,0 +1,144 @@
+"""The run folder: every file a training run writes, how it is written, and how it is read back.
+
+| file | written | content |
+| --- | --- | --- |
+| ``config.json`` | when the run is created | every setting (:class:`~iwae.config.TrainConfig`) |
+| ``metrics.jsonl`` | at the end of each pass | stage, learning rate, passes so far, training bound, timing |
+| ``checkpoint.safetensors`` | every few minutes, at the end of each stage | model, Adam, position, RNG states |
+| ``metrics.json``, ``samples.png``, ``active_units.png``, ``training.png`` | by the final evaluation | results |
+
+Every file is written whole or not at all (:mod:`iwae.atomic`), but for ``metrics.jsonl``, which grows a line at a
+time: on resume it is cut back, atomically, to the lines of the checkpoint's position (:func:`truncate_log`).
+A folder is "new" (no ``config.json``), "partial" (created, not yet evaluated) or "done" (:func:`status`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iwae import atomic
+from iwae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from iwae.config import TrainConfig
+from iwae.model import IWAE
+
+__all__ = [
+    "CONFIG_NAME", "LOG_NAME", "CHECKPOINT_NAME", "METRICS_NAME", "FIGURE_NAMES", "RunError",
+    "resolve_device", "build_model", "create", "read_config", "status", "append_log", "truncate_log",
+    "read_log", "has_checkpoint", "save_state", "load_state", "load_run",
+]  # fmt: skip
+
+CONFIG_NAME = "config.json"
+LOG_NAME = "metrics.jsonl"
+METRICS_NAME = "metrics.json"
+FIGURE_NAMES = ("samples.png", "active_units.png", "training.png")
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be created, read or continued."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``, refused with a hint when unavailable."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise RunError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from err
+
+
+def build_model(config: TrainConfig, output_bias: torch.Tensor | None = None) -> IWAE:
+    """The paper's architecture (or the general one the config describes), visible bias from the data mean.
+
+    The initial weights are drawn from a generator seeded by the config's seed.
+    """
+    gen = torch.Generator().manual_seed(config.seed)
+    if config.latent_dims is None:
+        return IWAE.paper(layers=config.layers, output_bias=output_bias, generator=gen)
+    return IWAE.from_latent_dims(
+        config.latent_dims, 784, output_bias, q_hidden=config.q_hidden, p_hidden=config.p_hidden, generator=gen
+    )
+
+
+def status(run_dir: str | Path) -> str:
+    """ "done" (evaluated: ``metrics.json`` written), "partial" (created, not evaluated) or "new"."""
+    run_dir = Path(run_dir)
+    if (run_dir / METRICS_NAME).is_file():
+        return "done"
+    return "partial" if (run_dir / CONFIG_NAME).is_file() else "new"
+
+
+def create(run_dir: str | Path, config: TrainConfig) -> None:
+    """Make a new run folder holding ``config.json``; refuse a folder that already holds a run."""
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG_NAME).exists():
+        raise RunError(f"{run_dir} already holds a run; continue it with `iwae resume {run_dir}` or pick another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(run_dir / CONFIG_NAME, config.to_json())
+    except OSError as err:
+        raise RunError(f"cannot write the run folder {run_dir}: {err.strerror or err}") from err
+
+
+def read_config(run_dir: str | Path) -> TrainConfig:
+    """The config of the run in ``run_dir``."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a run folder (no {CONFIG_NAME}); make one with `iwae train --out {run_dir}`")
+    return TrainConfig.load(path)
+
+
+def append_log(run_dir: str | Path, record: dict[str, Any]) -> None:
+    """Add one line (one pass) to ``metrics.jsonl``."""
+    with open(Path(run_dir) / LOG_NAME, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_log(run_dir: str | Path, n: int) -> None:
+    """Keep the first ``n`` lines: those written after the checkpoint we resume from will be written again."""
+    path = Path(run_dir) / LOG_NAME
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    atomic.write_text(path, "".join(lines[:n]))
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The lines of ``metrics.jsonl`` (none if there is no such file)."""
+    path = Path(run_dir) / LOG_NAME
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def save_state(
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    position: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+) -> None:
+    """Checkpoint the run (:func:`iwae.checkpoint.save_checkpoint`): ``position`` in the schedule and ``tensors``."""
+    save_checkpoint(Path(run_dir) / CHECKPOINT_NAME, model, optimizer, position, tensors)
+
+
+def load_state(
+    run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Load the run's checkpoint into ``model`` (and ``optimizer``); the position and the extra tensors."""
+    return load_checkpoint(Path(run_dir) / CHECKPOINT_NAME, model, optimizer)
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether the run has saved a checkpoint (a run stopped before its first one starts over)."""
+    return (Path(run_dir) / CHECKPOINT_NAME).exists()
+
+
+def load_run(run_dir: str | Path) -> tuple[TrainConfig, IWAE, dict[str, Any]]:
+    """Config, model (on the config's device) and checkpoint position of a saved run."""
+    config = read_config(run_dir)
+    model = build_model(config).to(resolve_device(config.device))
+    position, _ = load_state(run_dir, model)
+    return config, model, position

@@ -1,8 +1,10 @@
-"""The documentation runs as written: README's Python blocks and the package docstring's example."""
+"""The documentation runs as written and states what the committed results give: README's Python blocks, the
+package docstring's example, and every number of the results prose, recomputed from its JSON file."""
 
 from __future__ import annotations
 
 import doctest
+import json
 import os
 import re
 from pathlib import Path
@@ -10,6 +12,10 @@ from pathlib import Path
 import pytest
 
 import iwae
+from iwae.data.resources import RESOURCES
+from iwae.experiments.claims import VAE_GAIN_RATIO
+from iwae.experiments.paper_results import TABLE1, TABLE3
+from iwae.experiments.plan import table_key
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = os.environ.get("IWAE_DATA_DIR")
@@ -37,3 +43,181 @@ def test_package_docstring_example_runs():
     result = doctest.testmod(iwae, raise_on_error=False, verbose=False)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# --- The numbers the READMEs state, recomputed from the committed JSON they come from. ---
+
+REPRO = ROOT / "results" / "reproduction"
+CPU = ROOT / "benchmarks" / "results" / "cpu.json"
+KS = (1, 5, 50)
+CELLS = [(layers, obj, k) for layers in (1, 2) for obj in ("vae", "iwae") for k in KS]
+
+
+def runs() -> dict[str, dict]:
+    return json.loads((REPRO / "results.json").read_text())["runs"]
+
+
+def run(dataset: str, layers: int, obj: str, k: int) -> dict:
+    return runs()[table_key(dataset, layers, obj, k)]
+
+
+def span(values: list[float], fmt: str = ".2f") -> str:
+    return f"{min(values):{fmt}}-{max(values):{fmt}}"
+
+
+def claims(**match: object) -> list[dict]:
+    found = json.loads((REPRO / "results.json").read_text())["claims"]
+    return [c for c in found if all(c[key] == value for key, value in match.items())]
+
+
+def nll_cell(m: dict) -> str:
+    return f"{m['test_nll']:.2f} ({'+'.join(map(str, m['active_units']))})"
+
+
+def test_readme_results_table_rows_are_results_json():
+    cols = [("vae", 1), ("vae", 5), ("vae", 50), ("iwae", 5), ("iwae", 50)]
+    rows = {
+        "MNIST, 1 layer: NLL (active units)": ("mnist", 1),
+        "MNIST, 2 layers: NLL (active units)": ("mnist", 2),
+        "fixed binarization, 1 layer": ("binarized-mnist", 1),
+        "Omniglot (rebuilt 28x28), 1 layer": ("omniglot", 1),
+    }
+    readme = (ROOT / "README.md").read_text()
+    for label, (dataset, layers) in rows.items():
+        cells = [nll_cell(run(dataset, layers, obj, k)) for obj, k in cols]
+        assert f"| {label} | {' | '.join(cells)} |" in readme, label
+    paper = [f"{TABLE1[('mnist', 1, o, k)][0]:.2f} ({TABLE1[('mnist', 1, o, k)][1][0]})" for o, k in cols]
+    assert f"| the paper, MNIST, 1 layer (3,280 passes) | {' | '.join(paper)} |" in readme
+    assert f"**{run('mnist', 1, 'iwae', 50)['passes']:.2f} passes per model" in readme
+
+
+def _train_minus_test(dataset: str) -> list[float]:
+    return [run(dataset, *c)["train_nll"] - run(dataset, *c)["test_nll"] for c in CELLS]
+
+
+def _fixed_minus_dynamic(ours: bool) -> list[float]:
+    if ours:
+        return [run("binarized-mnist", *c)["test_nll"] - run("mnist", *c)["test_nll"] for c in CELLS]
+    return [TABLE3[("binarized-mnist", n, o, k)][0] - TABLE1[("mnist", n, o, k)][0] for n, o, k in CELLS]
+
+
+def _vae_share_of_iwae_gain(dataset: str, layers: int) -> float:
+    gain = {
+        o: run(dataset, layers, o, 1)["test_nll"] - run(dataset, layers, o, 50)["test_nll"] for o in ("vae", "iwae")
+    }
+    return gain["vae"] / gain["iwae"]
+
+
+def reproduction_phrases() -> list[tuple[str, str]]:
+    """(file, phrase): every number of a results sentence, as the committed results.json gives it today."""
+    readme, repro = "README.md", "results/reproduction/README.md"
+    short = [run("mnist", n, o, k)["test_nll"] - TABLE1[("mnist", n, o, k)][0] for n, o, k in CELLS]
+    pruned = {name: m["test_nll_pruned"] - m["test_nll"] for name, m in runs().items() if "-2d-" not in name}
+    over = sorted(name for name, change in pruned.items() if abs(change) >= 0.06)
+    within = max(abs(change) for name, change in pruned.items() if name not in over)
+    return [
+        (repro, f"MNIST models are {span(short, '.1f')} nats short of the paper's"),
+        (repro, f"at most {VAE_GAIN_RATIO:.2f} times IWAE's"),
+        (repro, f"{_vae_share_of_iwae_gain('mnist', 1):.2f} of IWAE's gain"),
+        (
+            repro,
+            f"2 layers -> {run('mnist', 2, 'vae', 50)['test_nll']:.2f}, {_vae_share_of_iwae_gain('mnist', 2):.2f})",
+        ),
+        (repro, f"the train NLL is {span(_train_minus_test('mnist'), '.1f')} nats *above* the test NLL"),
+        (repro, f"Train NLL is {span([-d for d in _train_minus_test('omniglot')], '.1f')} nats below test"),
+        (repro, f"scores {span(_fixed_minus_dynamic(True), '.1f')} nats worse than dynamic"),
+        (repro, f"(the paper: {span(_fixed_minus_dynamic(False), '.1f')})"),
+        (repro, f"within {max(map(abs, _train_minus_test('binarized-mnist'))):.2f} nats of each other"),
+        (repro, f"-{abs(pruned[over[0]]):.3f}); every other change is within {within:.3f} nats"),
+        (readme, '(more than the report\'s criterion for "barely"'),
+    ]
+
+
+@pytest.mark.parametrize("path, phrase", reproduction_phrases())
+def test_results_sentence_states_what_results_json_gives(path: str, phrase: str):
+    text = " ".join((ROOT / path).read_text().split())  # sentences wrap across lines
+    assert phrase in text
+
+
+def test_results_verdicts_in_prose_are_the_reports():
+    """The prose's verdicts on the paper's claims are those recorded in results.json."""
+    assert not any(c["holds"] for c in claims(claim="the VAE barely improves with k"))
+    assert all(c["holds"] for c in claims(claim="IWAE improves with k"))
+    assert all(c["holds"] for c in claims(claim="IWAE has more active units than the VAE"))
+    iwae_layers = [c for c in claims(claim="two layers beat one") if c["where"].startswith("IWAE")]
+    assert iwae_layers and not any(c["holds"] for c in iwae_layers)
+    assert [c["where"] for c in claims(claim="two layers beat one", dataset="mnist") if c["holds"]] == [
+        "VAE, k=5",
+        "VAE, k=50",
+    ]
+    for layers in (1, 2):  # "on Omniglot the VAE is ahead of IWAE at every k"
+        for k in KS[1:]:
+            assert run("omniglot", layers, "vae", k)["test_nll"] < run("omniglot", layers, "iwae", k)["test_nll"]
+
+
+def bench_step(layers: int, k: int, impl: str) -> dict:
+    rows = json.loads(CPU.read_text())["train"]
+    (row,) = [r for r in rows if (r["layers"], r["k"], r["kind"], r["impl"]) == (layers, k, "iwae", impl)]
+    return row
+
+
+def bench_floor(layers: int, k: int) -> float:
+    rows = json.loads(CPU.read_text())["floor"]
+    return next(r["floor_ms"] for r in rows if (r["layers"], r["k"]) == (layers, k))
+
+
+def compile_speedups(layers: int, ks: tuple[int, ...]) -> list[float]:
+    rows = json.loads(CPU.read_text())["train"]
+    eager = {(r["k"], r["kind"]): r["ms_per_step"] for r in rows if r["layers"] == layers and r["impl"] == "project"}
+    return [
+        100 * (1 - r["ms_per_step"] / eager[(r["k"], r["kind"])])
+        for r in rows
+        if r["layers"] == layers and r["impl"] == "project compiled" and r["k"] in ks
+    ]
+
+
+def performance_phrases() -> list[str]:
+    bench = json.loads(CPU.read_text())
+    ceiling = bench["ceiling"]["gflops"]
+    eager, compiled = bench_step(1, 50, "project"), bench_step(1, 50, "project compiled")
+    ms = {impl: bench_step(1, 1, impl)["ms_per_step"] for impl in ("project", "project compiled", "baseline", "pyro")}
+    ll = next(r for r in bench["log_likelihood"] if r["layers"] == 1)
+    memory = next(r for r in bench["memory"] if r["k"] == 5000)
+    sample_one = bench_step(1, 50, "project sample-one")["ms_per_step"]
+    pyro_target = next(t for t in bench["targets"] if t["target"] == "k=50 1L IWAE step vs Pyro")["threshold"]
+    return [
+        f"one torch thread, 1 stochastic layer ({bench['meta']['date'][:10]})",
+        f"| IWAE k=50 step | {eager['ms_per_step']:.1f} ms ({eager['gflops']:.0f} GFLOP/s, "
+        f"{eager['gflops'] / ceiling:.0%} of the {ceiling:.0f} GFLOP/s ceiling) | {compiled['ms_per_step']:.1f} ms | "
+        f"{bench_floor(1, 50):.1f} ms | {bench_step(1, 50, 'baseline')['ms_per_step']:.1f} ms | "
+        f"{bench_step(1, 50, 'pyro')['ms_per_step']:.1f} ms |",
+        f'| IWAE k=50 step, `estimator="sample-one"` | {sample_one:.1f} ms |',
+        f"| IWAE k=1 step | {ms['project']:.2f} ms | {ms['project compiled']:.2f} ms | {bench_floor(1, 1):.2f} ms | "
+        f"{ms['baseline']:.2f} ms | {ms['pyro']:.2f} ms |",
+        f"| L_5000, 10,000 test images | {ll['extrapolated_seconds']:.0f} s ({ll['gflops']:.0f} GFLOP/s, "
+        f"{ll['gflops'] / ceiling:.0%} of the ceiling), {memory['added_peak_mib']:.0f} MiB added peak memory |",
+        f"At k=50 it is {bench_floor(1, 50) / bench_step(1, 50, 'pyro')['ms_per_step']:.2f} of Pyro's step time",
+        f"in at most {pyro_target.split()[-1]} of Pyro's time",
+        f"leaves {0.4 * ms['baseline'] - bench_floor(1, 1):.2f} ms for everything but the GEMMs and Adam",
+        f"{span(compile_speedups(1, KS), '.0f')}% faster than eager for one stochastic layer",
+        f"{span(compile_speedups(2, (1,)), '.0f')}% faster at k=1 but no faster at k=5 and 50",
+    ]
+
+
+@pytest.mark.parametrize("phrase", performance_phrases())
+def test_readme_performance_states_what_cpu_json_gives(phrase: str):
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert " ".join(phrase.split()) in text
+
+
+def test_compile_is_no_faster_for_two_layers_at_k5_and_k50():
+    assert max(compile_speedups(2, (5, 50))) < 1.0  # per cent: within the noise of a run
+
+
+def test_readme_data_table_lists_every_declared_file_with_its_checksum():
+    rows = {line.split(" | ")[0].strip("| `"): line for line in (ROOT / "README.md").read_text().splitlines()}
+    for path, resource in RESOURCES.items():
+        assert path in rows, path
+        algorithm, _, digest = (resource.known_hash or "").partition(":")
+        expected = f"{algorithm} `{digest}`" if resource.known_hash else f"git blob `{resource.git_blob}`"
+        assert expected in rows[path], path

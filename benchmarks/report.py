@@ -1,4 +1,4 @@
-"""The benchmark's report: machine description, the issue's targets, markdown tables, JSON and markdown files."""
+"""The benchmark's report: machine description, the project's speed targets, markdown tables, JSON and markdown."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 # The project's reparam training steps: iwae.make_train_step eager, and with compile=True.
 PROJECT_REPARAM = ("project", "project compiled")
 
-# (name, what is compared, threshold, "<=" or ">="): the targets of the speed issue, on a 2-core CPU.
+# (name, what is compared, threshold, "<=" or ">="): the project's speed targets, on a 2-core CPU.
 TARGETS = (
     ("k=50 1L IWAE step vs baseline", "project / baseline step time", 0.45, "<="),
     ("k=50 1L IWAE step vs Pyro", "project / pyro step time", 0.60, "<="),

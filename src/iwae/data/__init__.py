@@ -18,6 +18,14 @@ Missing files are fetched by ``iwae download NAME``, :func:`download` or ``load(
 Splits, binarization and verification: :mod:`iwae.data.datasets`. Omniglot without ``chardata.mat`` is a
 rebuild that differs from the paper's data (downsampling, drawing choice, 8,115 test images instead of
 8,070): see :mod:`iwae.data.omniglot`.
+
+Provenance (every file, its URLs and checksums are declared in :data:`iwae.data.resources.RESOURCES`; the README's
+"Data" section tabulates them): MNIST is LeCun, Cortes & Burges' idx files, from mirrors of the originals (the
+published gzip's md5, and the sha256 of the decompressed file); binarized MNIST is Larochelle & Murray (2011)'s
+fixed binarization, ``.amat`` text from Larochelle's site (its sha256), rows in a shuffled order without labels;
+Omniglot is the paper's ``chardata.mat`` from the authors' repository (pinned by its git blob id, no published
+checksum), else Lake et al.'s ``images_background.zip`` and ``images_evaluation.zip`` (md5 and git blob id of the
+published archives, and a sha256 fingerprint of their decoded images).
 """
 
 from iwae.data.datasets import SPLITS, binarize, is_binary, load

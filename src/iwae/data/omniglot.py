@@ -9,7 +9,8 @@ Splits (the paper's protocol, Burda et al. 2016, Section 5; the shuffle seed is 
   ordered by (character id, drawing), form the 24,345-image pool, split exactly as above; drawings 16-20
   are the test set (8,115), in (character id, drawing) order.
 
-Differences of the rebuild from the paper's ``chardata.mat`` (``/work/shared/data/README.md``):
+Differences of the rebuild from the paper's ``chardata.mat`` (``data`` 784 x 24,345 and ``testdata`` 784 x 8,070,
+floats in [0, 1], MATLAB column-major images; every one of the 1,623 characters has exactly 15 training drawings):
 
 1. chardata's downsampling is unknown (probably MATLAB ``imresize``), so pixel values differ; we use exact
    area averaging of the 105x105 images (see :mod:`iwae.data.readers`), ink = 1.

@@ -1,8 +1,8 @@
 """Declared data files: where each data set lives on disk and on the web, and how to check it.
 
 Every file a data set needs is a :class:`Resource` in the registry :data:`RESOURCES`, keyed by its path
-relative to the data directory. A resource carries two kinds of check (see ``/work/shared/data/README.md``,
-"Checksums of the originals"):
+relative to the data directory. A resource carries two kinds of check (the README's "Data" section lists where
+each file comes from):
 
 * ``known_hash`` / ``git_blob`` / ``size``: the bytes of the file *as published*. Checked on download only.
 * ``fingerprint``: the *content*, for copies a user already has, which may be recompressed: sha256 of the

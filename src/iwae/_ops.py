@@ -98,10 +98,35 @@ def gaussian_terms(h: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     return -(0.5 * z.square() + log_std + HALF_LOG_2PI)
 
 
-def gaussian_log_prob(h: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
-    """log N(h; mean, exp(log_std)^2) summed over the last dimension (fewer passes than summing the terms)."""
+def gaussian_log_prob(h: Tensor, mean: Tensor, log_std: Tensor, keep: Tensor | None = None) -> Tensor:
+    """log N(h; mean, exp(log_std)^2) summed over the last dimension, over the units ``keep`` marks (all if None;
+    then the two sums are taken apart, fewer passes than summing the terms)."""
+    if keep is not None:
+        return masked_sum(gaussian_terms(h, mean, log_std), keep)
     z = (h - mean) * torch.exp(-log_std)
     return -(0.5 * z.square().sum(-1) + log_std.sum(-1) + h.shape[-1] * HALF_LOG_2PI)
+
+
+def standard_normal_log_prob(h: Tensor, keep: Tensor | None = None) -> Tensor:
+    """log N(h; 0, I) summed over the last dimension, over the units ``keep`` marks (all if None)."""
+    if keep is not None:
+        return masked_sum(-(0.5 * h.square() + HALF_LOG_2PI), keep)
+    return -(0.5 * h.square().sum(-1) + h.shape[-1] * HALF_LOG_2PI)
+
+
+def gaussian_log_q(h: Tensor, eps: Tensor, mean: Tensor, log_std: Tensor, keep: Tensor | None, from_h: bool) -> Tensor:
+    """log N(h; mean, exp(log_std)^2) of a reparameterised sample h = mean + std * eps, summed as above.
+
+    Per unit it is -z^2/2 - log std - log(2 pi)/2 with z = (h - mean) / std. ``from_h``: z from the sample, so
+    gradient reaches it through h (and through mean and log std unless the caller detached them). Otherwise z
+    is the noise eps exactly, which carries no gradient; unmasked, the eps and log std parts are then summed
+    apart, the log std part per example when ``log_std`` is (batch, d). The two forms round differently, and
+    each keeps the rounding its estimators have always had (training runs reproduce bit for bit).
+    """
+    if not from_h and keep is None:
+        return -(0.5 * eps.square().sum(-1) + (log_std.sum(-1) + eps.shape[-1] * HALF_LOG_2PI))
+    z = (h - mean) * torch.exp(-log_std) if from_h else eps
+    return masked_sum(-(0.5 * z.square() + log_std + HALF_LOG_2PI), keep)
 
 
 def masked_sum(terms: Tensor, keep: Tensor | None) -> Tensor:

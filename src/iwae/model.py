@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from iwae._ops import HALF_LOG_2PI, Tanh, bernoulli_log_prob, gaussian_log_prob, gaussian_terms, masked_sum
+from iwae._ops import Tanh, bernoulli_log_prob, gaussian_log_prob, gaussian_log_q, standard_normal_log_prob
 
 __all__ = ["GaussianLayer", "BernoulliLayer", "IWAE", "LogWeights"]
 
@@ -279,6 +279,7 @@ class IWAE(nn.Module):
         if k < 1:
             raise ValueError(f"k must be a positive number of samples, got {k}")
         masks = self._unit_masks()
+        keeps = [None] * self.n_layers if masks is None else [keep for keep, _ in masks]
         noise = list(self.draw_noise(k, x.shape[0], generator) if noise is None else noise)
         from_h = stop_q_grad or sample_hook is not None  # log q must read the samples themselves
         log_q = x.new_zeros(())
@@ -291,20 +292,13 @@ class IWAE(nn.Module):
                 h = sample_hook(h)
             if from_h:
                 mean, log_std = _q_params(layer, mean, log_std, samples[-1] if l > 0 else None, stop_q_grad)
-            log_q = log_q + _log_q(h, noise[l], mean, log_std, None if masks is None else masks[l][0], from_h)
+            log_q = log_q + gaussian_log_q(h, noise[l], mean, log_std, keeps[l], from_h)
             samples.append(h)
-        top = samples[-1]
-        if masks is None:
-            log_p = -(0.5 * top.square().sum(-1) + top.shape[-1] * HALF_LOG_2PI)
-        else:
-            log_p = masked_sum(-(0.5 * top.square() + HALF_LOG_2PI), masks[-1][0])
+        log_p = standard_normal_log_prob(samples[-1], keeps[-1])
         for j, layer in enumerate(self.decoder[:-1]):
             l = self.n_layers - 1 - j  # this conditional reads h^(l+1) = samples[l]
             mean, log_std = layer(samples[l])
-            if masks is None:
-                log_p = log_p + gaussian_log_prob(samples[l - 1], mean, log_std)
-            else:
-                log_p = log_p + masked_sum(gaussian_terms(samples[l - 1], mean, log_std), masks[l - 1][0])
+            log_p = log_p + gaussian_log_prob(samples[l - 1], mean, log_std, keeps[l - 1])
         log_p = log_p + self._log_px(samples[0], x)
         return LogWeights(log_p - log_q, samples, noise)
 
@@ -389,17 +383,3 @@ def _q_params(
         return (mean.detach(), log_std.detach()) if stop_q_grad else (mean, log_std)
     params = {n: p.detach() if stop_q_grad else p for n, p in layer.named_parameters()}
     return torch.func.functional_call(layer, params, (cond,))
-
-
-def _log_q(h: Tensor, eps: Tensor, mean: Tensor, log_std: Tensor, keep: Tensor | None, from_h: bool) -> Tensor:
-    """log q(h | .) = log N(h; mean, exp(log_std)^2) of one layer over its kept units, (k, batch).
-
-    Per unit it is -z^2/2 - log std - log(2 pi)/2 with z = (h - mean) / std. ``from_h``: z from the sample, so
-    gradient reaches log q through h (stop_q_grad, sample hooks). Otherwise z is the noise eps exactly (h = mean
-    + std * eps), which carries no gradient; unpruned, its sums are then taken separately, the log std part per
-    example for l = 1: fewer passes, and the rounding the reparameterisation estimator has always had.
-    """
-    if not from_h and keep is None:
-        return -(0.5 * eps.square().sum(-1) + (log_std.sum(-1) + eps.shape[-1] * HALF_LOG_2PI))
-    z = (h - mean) * torch.exp(-log_std) if from_h else eps
-    return masked_sum(-(0.5 * z.square() + log_std + HALF_LOG_2PI), keep)

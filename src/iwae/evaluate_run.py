@@ -9,7 +9,6 @@ measure through :func:`measure`, so ``iwae evaluate`` on the test and train spli
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from iwae.config import TrainConfig
 from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
 from iwae.model import IWAE
 from iwae.plots import plot_active_units, plot_training, save_image_grid
-from iwae.rundir import load_run
+from iwae.rundir import load_run, read_log
 
 __all__ = [
     "STREAMS",
@@ -164,7 +163,7 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     k = config.eval_k
     test, A = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress)
     train, _ = measure(config, model, "train", k, config.eval_n, progress=progress)
-    log = _read_log(run_dir)
+    log = read_log(run_dir)
     metrics = {
         "dataset": config.dataset, "layers": len(model.latent_dims), "objective": config.objective,
         "estimator": config.estimator, "k": config.k, "eval_k": k, "eval_n": test["n"],
@@ -182,8 +181,3 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     plot_training([r["pass"] for r in log], [r["train_bound"] for r in log], run_dir / "training.png", title)
     write_json(run_dir / "metrics.json", metrics)
     return metrics
-
-
-def _read_log(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

@@ -196,7 +196,7 @@ def snr_command(
     ``seed`` too (see :func:`gradient_snr`).
     """
     from iwae.plots import plot_snr
-    from iwae.rundir import load_run, resolve_device
+    from iwae.rundir import load_run, read_log, resolve_device
     from iwae.train import train
 
     _check_request(ks, estimators, n_draws)  # before minutes of training, not after
@@ -217,7 +217,7 @@ def snr_command(
         x = data.binarize(x, generator=gen)
     start = time.monotonic()
     result = gradient_snr(model, x, ks, estimators, n_draws, torch.Generator().manual_seed(seed), progress=progress)
-    log = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    log = read_log(run_dir)
     result.update(
         seconds=time.monotonic() - start, seed=seed, slopes=_slopes(result),
         model={

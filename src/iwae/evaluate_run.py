@@ -20,7 +20,7 @@ from iwae.config import TrainConfig
 from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
 from iwae.model import IWAE
 from iwae.plots import plot_active_units, plot_training, save_image_grid
-from iwae.rundir import load_run, read_log
+from iwae.rundir import ACTIVE_UNITS_NAME, METRICS_NAME, SAMPLES_NAME, TRAINING_NAME, load_run, read_log
 
 __all__ = [
     "STREAMS",
@@ -175,9 +175,9 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "train_seconds": state["train_seconds"], "passes": log[-1]["pass"] if log else 0.0,
     }  # fmt: skip
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed)
-    save_image_grid(model.sample(100, generator=gen), run_dir / "samples.png", nrow=10)
+    save_image_grid(model.sample(100, generator=gen), run_dir / SAMPLES_NAME, nrow=10)
     title = f"{config.dataset}, {len(model.latent_dims)} layer(s), {config.objective} k={config.k}"
-    plot_active_units(A, run_dir / "active_units.png", config.active_threshold, title)
-    plot_training([r["pass"] for r in log], [r["train_bound"] for r in log], run_dir / "training.png", title)
-    write_json(run_dir / "metrics.json", metrics)
+    plot_active_units(A, run_dir / ACTIVE_UNITS_NAME, config.active_threshold, title)
+    plot_training([r["pass"] for r in log], [r["train_bound"] for r in log], run_dir / TRAINING_NAME, title)
+    write_json(run_dir / METRICS_NAME, metrics)
     return metrics

@@ -26,7 +26,8 @@ from iwae.config import TrainConfig
 from iwae.model import IWAE
 
 __all__ = [
-    "CONFIG_NAME", "LOG_NAME", "CHECKPOINT_NAME", "METRICS_NAME", "FIGURE_NAMES", "RunError",
+    "CONFIG_NAME", "LOG_NAME", "CHECKPOINT_NAME", "METRICS_NAME", "SAMPLES_NAME", "ACTIVE_UNITS_NAME",
+    "TRAINING_NAME", "RunError",
     "resolve_device", "build_model", "create", "read_config", "status", "append_log", "truncate_log",
     "read_log", "has_checkpoint", "save_state", "load_state", "load_run",
 ]  # fmt: skip
@@ -34,7 +35,7 @@ __all__ = [
 CONFIG_NAME = "config.json"
 LOG_NAME = "metrics.jsonl"
 METRICS_NAME = "metrics.json"
-FIGURE_NAMES = ("samples.png", "active_units.png", "training.png")
+SAMPLES_NAME, ACTIVE_UNITS_NAME, TRAINING_NAME = "samples.png", "active_units.png", "training.png"  # the figures
 
 
 class RunError(RuntimeError):

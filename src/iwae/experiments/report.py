@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shlex
 import sys
 from datetime import date
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from iwae.atomic import write_json, write_text
 from iwae.experiments.claims import CRITERIA, Claim, check_claims
 from iwae.experiments.paper_results import TABLE1, TABLE2, TABLE3
-from iwae.experiments.plan import EXPERIMENTS, Schedule, table_key
+from iwae.experiments.plan import Schedule, table_key
 from iwae.experiments.runner import read_metrics
 
 __all__ = ["write_report", "rewrite_report"]
@@ -202,15 +201,10 @@ def write_report(
 
 def rewrite_report(out: Path) -> Path:
     """Rewrite out/report.md and out/results.json from the run folders alone (no run trained, no figure redrawn),
-    with the schedule and the command recorded in out/results.json; the experiments and data sets are the
-    command's."""
-    from iwae.cli import build_parser  # imported here: iwae.cli imports this module
-
+    with the experiments, data sets, schedule and command recorded in out/results.json."""
     recorded = json.loads((out / "results.json").read_text())
-    args = build_parser().parse_args(shlex.split(recorded["command"])[1:])
-    experiments = list(EXPERIMENTS) if "all" in args.experiment else list(dict.fromkeys(args.experiment))
-    datasets = tuple(args.datasets.split(",")) if args.datasets else ("mnist", "omniglot")
-    return write_report(out, experiments, Schedule(**recorded["schedule"]), recorded["command"], datasets)
+    schedule = Schedule(**recorded["schedule"])
+    return write_report(out, recorded["experiments"], schedule, recorded["command"], tuple(recorded["datasets"]))
 
 
 if __name__ == "__main__":

@@ -155,9 +155,10 @@ def train_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(result: dict) -> str:
+def _meta_lines(result: dict) -> list[str]:
+    """The title and the bullet list: command, date, machine, versions, load, matmul ceiling."""
     meta = result["meta"]
-    lines = [
+    return [
         "# iwae benchmark",
         "",
         f"- command: `{meta.get('command', 'python -m benchmarks.bench')}`",
@@ -171,6 +172,54 @@ def markdown(result: dict) -> str:
         f"- float32 matmul ceiling: {result['ceiling']['gflops']:.0f} GFLOP/s (best of "
         + ", ".join(f"{s}: {g:.0f}" for s, g in result["ceiling"]["per_shape_gflops"].items())
         + ")",
+    ]
+
+
+def _likelihood_lines(result: dict) -> list[str]:
+    """The L_k throughput table, then the peak-memory table when memory was measured."""
+    lines = [
+        "## Log-likelihood L_k (iwae.log_likelihood)",
+        "",
+        "| layers | k | images timed | images/s | samples/s | GFLOP/s | 10,000 test images (s, extrapolated) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["log_likelihood"]:
+        lines.append(
+            f"| {r['layers']} | {r['k']} | {r['images_timed']} | {r['images_per_s']:.1f} | {r['samples_per_s']:.0f} | "
+            f"{r['gflops']:.0f} | {r['extrapolated_seconds']:.0f} |"
+        )
+    if result["memory"]:
+        lines += ["", "Peak memory: " + result["memory"][0]["method"] + ".", ""]
+        lines += ["| layers | k | images | added peak (MiB) | process peak (MiB) |", "|---|---|---|---|---|"]
+        for m in result["memory"]:
+            added, total = m["added_peak_mib"], m["process_peak_mib"]
+            lines.append(f"| {m['layers']} | {m['k']} | {m['images']} | {added:.0f} | {total:.0f} |")
+    return lines
+
+
+def _targets_and_cuda_lines(result: dict) -> list[str]:
+    """The speed targets met or not, then the CUDA section (or why there is none)."""
+    lines = ["", "## Targets", "", "| target | measure | value | threshold | met |", "|---|---|---|---|---|"]
+    for t in result["targets"]:
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['target']} | {t['measure']} | {_fmt(t['value'])} | {t['threshold']} | {met} |")
+    cuda = result.get("cuda")
+    if cuda:
+        epoch = cuda["epoch"]
+        lines += ["", "## CUDA", "", *train_table(cuda["train"]), ""]
+        lines.append(
+            f"MNIST pass (60,000 images, batch 20), {epoch['layers']} layers, IWAE k={epoch['k']}: "
+            f"{epoch['seconds_per_pass']:.2f} s (CUDA graph: {epoch['cuda_graph']}, {epoch['device']})."
+        )
+    else:
+        lines += ["", "## CUDA", "", "No GPU in this run: the CUDA section (benchmarks/gpu.py) did not run."]
+    return lines
+
+
+def markdown(result: dict) -> str:
+    """The whole report as markdown: machine, training step, floor, L_k, memory, targets, CUDA."""
+    lines = [
+        *_meta_lines(result),
         "",
         "## Training step, batch 20",
         "",
@@ -190,36 +239,9 @@ def markdown(result: dict) -> str:
         "",
         *floor_table(result),
         "",
-        "## Log-likelihood L_k (iwae.log_likelihood)",
-        "",
-        "| layers | k | images timed | images/s | samples/s | GFLOP/s | 10,000 test images (s, extrapolated) |",
-        "|---|---|---|---|---|---|---|",
+        *_likelihood_lines(result),
+        *_targets_and_cuda_lines(result),
     ]
-    for r in result["log_likelihood"]:
-        lines.append(
-            f"| {r['layers']} | {r['k']} | {r['images_timed']} | {r['images_per_s']:.1f} | {r['samples_per_s']:.0f} | "
-            f"{r['gflops']:.0f} | {r['extrapolated_seconds']:.0f} |"
-        )
-    if result["memory"]:
-        lines += ["", "Peak memory: " + result["memory"][0]["method"] + ".", ""]
-        lines += ["| layers | k | images | added peak (MiB) | process peak (MiB) |", "|---|---|---|---|---|"]
-        for m in result["memory"]:
-            added, total = m["added_peak_mib"], m["process_peak_mib"]
-            lines.append(f"| {m['layers']} | {m['k']} | {m['images']} | {added:.0f} | {total:.0f} |")
-    lines += ["", "## Targets", "", "| target | measure | value | threshold | met |", "|---|---|---|---|---|"]
-    for t in result["targets"]:
-        met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
-        lines.append(f"| {t['target']} | {t['measure']} | {_fmt(t['value'])} | {t['threshold']} | {met} |")
-    cuda = result.get("cuda")
-    if cuda:
-        epoch = cuda["epoch"]
-        lines += ["", "## CUDA", "", *train_table(cuda["train"]), ""]
-        lines.append(
-            f"MNIST pass (60,000 images, batch 20), {epoch['layers']} layers, IWAE k={epoch['k']}: "
-            f"{epoch['seconds_per_pass']:.2f} s (CUDA graph: {epoch['cuda_graph']}, {epoch['device']})."
-        )
-    else:
-        lines += ["", "## CUDA", "", "No GPU in this run: the CUDA section (benchmarks/gpu.py) did not run."]
     return "\n".join(lines) + "\n"
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from iwae import data
 from iwae.checkpoint import CheckpointError
@@ -13,10 +14,14 @@ from iwae.config import add_config_options, config_from_args, int_list, positive
 from iwae.rundir import RunError, load_run
 from iwae.train import TrainingDiverged, train_and_evaluate
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "Command", "COMMANDS"]
 
 
-def _add_threads(p: argparse.ArgumentParser) -> None:
+_RUN_DIR_HELP = "run folder made by `iwae train`"
+
+
+def _add_progress_and_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--threads",
         type=positive_int,
@@ -24,103 +29,77 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="iwae", description="Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, ICLR 2016)."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    t = sub.add_parser(
-        "train",
-        help="train a model and evaluate it",
-        description="Train a VAE/IWAE on the paper's "
-        "protocol (Adam, batch 20, 3^i passes at 1e-3*10^(-i/7)), then evaluate it into the run folder.",
-    )
-    add_config_options(t)
-    t.add_argument(
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_options(p)
+    p.add_argument(
         "--config",
         metavar="FILE",
         help="JSON file of config values (e.g. another run's config.json); flags given here override it",
     )
-    t.add_argument("--out", required=True, help="run folder to create")
-    t.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_threads(t)
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    _add_progress_and_threads(p)
 
-    r = sub.add_parser(
-        "resume",
-        help="continue an interrupted run",
-        description="Continue a run from its last "
-        "checkpoint to the result it would have reached uninterrupted, then evaluate it.",
-    )
-    r.add_argument("run_dir", help="run folder made by `iwae train`")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_threads(r)
 
-    e = sub.add_parser("evaluate", help="NLL and active units of a saved run")
-    e.add_argument("run_dir", help="run folder made by `iwae train`")
-    e.add_argument("--k", type=positive_int, help="importance samples (default: the run's eval k)")
-    e.add_argument("--split", choices=data.SPLITS, default="test", help="split (default test)")
-    e.add_argument(
+def _resume_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help=_RUN_DIR_HELP)
+    _add_progress_and_threads(p)
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help=_RUN_DIR_HELP)
+    p.add_argument("--k", type=positive_int, help="importance samples (default: the run's eval k)")
+    p.add_argument("--split", choices=data.SPLITS, default="test", help="split (default test)")
+    p.add_argument(
         "--n",
         type=positive_int,
         help="use N examples spread evenly through the split (default: the run's eval-n; more than the split: all)",
     )
-    e.add_argument("--pruned", action="store_true", help="also the NLL with inactive units removed (a second L_k)")
-    e.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_threads(e)
+    p.add_argument("--pruned", action="store_true", help="also the NLL with inactive units removed (a second L_k)")
+    _add_progress_and_threads(p)
 
-    c = sub.add_parser(
-        "compare",
-        help="paired NLL difference of two runs on the same images and noise",
-        description="Score both runs' models on the same N images of the split with the same importance-sample "
-        "stream; print each run's NLL and the mean per-image difference A - B with its paired standard error, and "
-        "write them as JSON.",
-    )
-    c.add_argument("run_a", help="run folder made by `iwae train`")
-    c.add_argument("run_b", help="run folder made by `iwae train`, of the same data set")
-    c.add_argument("--split", choices=data.SPLITS, default="test", help="split (default test)")
-    c.add_argument("--k", type=positive_int, help="importance samples (default: the runs' eval k, if they agree)")
-    c.add_argument("--n", type=positive_int, help="N examples spread evenly through the split (default: eval-n)")
-    c.add_argument("--seed", type=int, help="seed of the images' binarization and the noise (default: the runs')")
-    c.add_argument("--out", help="JSON file to write (default compare-<A>-<B>-<split>-k<k>-n<n>.json here)")
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_threads(c)
 
-    s = sub.add_parser("sample", help="a grid of samples (Bernoulli means) from a saved run")
-    s.add_argument("run_dir", help="run folder made by `iwae train`")
-    s.add_argument("--n", type=positive_int, default=100, help="number of samples (default 100)")
-    s.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
-    s.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_a", help=_RUN_DIR_HELP)
+    p.add_argument("run_b", help=f"{_RUN_DIR_HELP}, of the same data set")
+    p.add_argument("--split", choices=data.SPLITS, default="test", help="split (default test)")
+    p.add_argument("--k", type=positive_int, help="importance samples (default: the runs' eval k, if they agree)")
+    p.add_argument("--n", type=positive_int, help="N examples spread evenly through the split (default: eval-n)")
+    p.add_argument("--seed", type=int, help="seed of the images' binarization and the noise (default: the runs')")
+    p.add_argument("--out", help="JSON file to write (default compare-<A>-<B>-<split>-k<k>-n<n>.json here)")
+    _add_progress_and_threads(p)
 
-    from iwae.experiments.cli import add_reproduce_command
 
-    add_reproduce_command(sub)
+def _sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help=_RUN_DIR_HELP)
+    p.add_argument("--n", type=positive_int, default=100, help="number of samples (default 100)")
+    p.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
 
-    d = sub.add_parser("download", help="fetch and verify a data set")
-    d.add_argument("dataset", choices=data.DATASETS, help="data set to fetch")
-    d.add_argument("--data-dir", help="data directory (default: $IWAE_DATA_DIR, else the per-user cache)")
 
-    n = sub.add_parser(
-        "snr",
-        help="gradient signal-to-noise ratio against k, per estimator",
-        description="SNR = |mean|/std of each gradient coordinate over many draws on one minibatch (Rainforth et al. "
-        "2018), averaged over the encoder's and the decoder's parameters, for each k and estimator of the IWAE "
-        "bound. Writes OUT/snr.png, OUT/snr.md and OUT/snr.json. Without RUN_DIR, first trains the paper's 1-layer "
-        "MNIST model on IWAE k=5 for --train-passes passes (2,980 steps each) into OUT/model, or reuses it.",
-    )
-    n.add_argument("run_dir", nargs="?", help="run folder made by `iwae train` (default: train a small model)")
-    n.add_argument("--k", type=int_list, default=[1, 5, 50, 500], help="numbers of samples (default 1,5,50,500)")
-    n.add_argument("--estimators", default="reparam,stl,dreg", help="comma-separated (default reparam,stl,dreg)")
-    n.add_argument("--draws", type=positive_int, default=100, help="gradient draws per k and estimator (100)")
-    n.add_argument("--batch", type=positive_int, default=20, help="images in the fixed minibatch (default 20)")
-    n.add_argument("--out", required=True, help="folder for snr.png, snr.md, snr.json (and model/)")
-    n.add_argument("--train-passes", type=positive_float, default=1.0, help="passes for the small model (1)")
-    n.add_argument("--data-dir", help="data directory (default: the run's, else $IWAE_DATA_DIR)")
-    n.add_argument("--seed", type=int, default=0, help="seed of the minibatch, the noise and the small model (0)")
-    n.add_argument("--device", help="cpu, cuda or cuda:N (default: the run's device)")
-    n.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
+def _reproduce_arguments(p: argparse.ArgumentParser) -> None:
+    from iwae.experiments.cli import add_reproduce_arguments
+
+    add_reproduce_arguments(p)
+
+
+def _download_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", choices=data.DATASETS, help="data set to fetch")
+    p.add_argument("--data-dir", help="data directory (default: $IWAE_DATA_DIR, else the per-user cache)")
+
+
+def _snr_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", nargs="?", help=f"{_RUN_DIR_HELP} (default: train a small model)")
+    p.add_argument("--k", type=int_list, default=[1, 5, 50, 500], help="numbers of samples (default 1,5,50,500)")
+    p.add_argument("--estimators", default="reparam,stl,dreg", help="comma-separated (default reparam,stl,dreg)")
+    p.add_argument("--draws", type=positive_int, default=100, help="gradient draws per k and estimator (100)")
+    p.add_argument("--batch", type=positive_int, default=20, help="images in the fixed minibatch (default 20)")
+    p.add_argument("--out", required=True, help="folder for snr.png, snr.md, snr.json (and model/)")
+    p.add_argument("--train-passes", type=positive_float, default=1.0, help="passes for the small model (1)")
+    p.add_argument("--data-dir", help="data directory (default: the run's, else $IWAE_DATA_DIR)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the minibatch, the noise and the small model (0)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the run's device)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -202,16 +181,68 @@ def _snr(args: argparse.Namespace) -> None:
     print((Path(args.out) / "snr.md").read_text().split("\n\n")[-1].rstrip())
 
 
+class Command(NamedTuple):
+    """A sub-command: the function it runs, the one that adds its arguments, its help line and description."""
+
+    run: Callable[[argparse.Namespace], None]
+    arguments: Callable[[argparse.ArgumentParser], None]
+    help: str
+    description: str | None = None
+
+
 COMMANDS = {
-    "train": _train,
-    "resume": _resume,
-    "evaluate": _evaluate,
-    "compare": _compare,
-    "sample": _sample,
-    "download": _download,
-    "reproduce": _reproduce,
-    "snr": _snr,
+    "train": Command(
+        _train,
+        _train_arguments,
+        "train a model and evaluate it",
+        "Train a VAE/IWAE on the paper's protocol (Adam, batch 20, 3^i passes at 1e-3*10^(-i/7)), then evaluate it "
+        "into the run folder.",
+    ),
+    "resume": Command(
+        _resume,
+        _resume_arguments,
+        "continue an interrupted run",
+        "Continue a run from its last checkpoint to the result it would have reached uninterrupted, then evaluate it.",
+    ),
+    "evaluate": Command(_evaluate, _evaluate_arguments, "NLL and active units of a saved run"),
+    "compare": Command(
+        _compare,
+        _compare_arguments,
+        "paired NLL difference of two runs on the same images and noise",
+        "Score both runs' models on the same N images of the split with the same importance-sample stream; print "
+        "each run's NLL and the mean per-image difference A - B with its paired standard error, and write them as "
+        "JSON.",
+    ),
+    "sample": Command(_sample, _sample_arguments, "a grid of samples (Bernoulli means) from a saved run"),
+    "reproduce": Command(
+        _reproduce,
+        _reproduce_arguments,
+        "reproduce the paper's tables and figures",
+        "Train every model a table or figure needs (finished runs are skipped, unfinished ones resumed), then write "
+        "DIR/report.md with the paper's numbers beside ours, and DIR/results.json.",
+    ),
+    "download": Command(_download, _download_arguments, "fetch and verify a data set"),
+    "snr": Command(
+        _snr,
+        _snr_arguments,
+        "gradient signal-to-noise ratio against k, per estimator",
+        "SNR = |mean|/std of each gradient coordinate over many draws on one minibatch (Rainforth et al. 2018), "
+        "averaged over the encoder's and the decoder's parameters, for each k and estimator of the IWAE bound. "
+        "Writes OUT/snr.png, OUT/snr.md and OUT/snr.json. Without RUN_DIR, first trains the paper's 1-layer MNIST "
+        "model on IWAE k=5 for --train-passes passes (2,980 steps each) into OUT/model, or reuses it.",
+    ),
 }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``iwae`` argument parser: one sub-command per entry of :data:`COMMANDS`, in that order."""
+    parser = argparse.ArgumentParser(
+        prog="iwae", description="Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, ICLR 2016)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        command.arguments(sub.add_parser(name, help=command.help, description=command.description))
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -221,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        COMMANDS[args.command](args)
+        COMMANDS[args.command].run(args)
     except KeyboardInterrupt:
         print("iwae: interrupted; continue with `iwae resume RUN_DIR` (runs restart from their last checkpoint)",
               file=sys.stderr)  # fmt: skip

@@ -10,18 +10,20 @@ binary data or Gaussian for real-valued data.
 The model's one job for inference is :meth:`IWAE.log_weights`: the log importance weights
 ``log w_i = log p(x, h_i) - log q(h_i | x)`` (Eq. 4 and Eq. 8) of ``k`` reparameterised samples, shape ``(k, batch)``.
 Bounds (``iwae.bounds``) and gradient estimators (``iwae.objectives``) are functions of those.
+The conditionals are :mod:`iwae.layers`; the pruning of latent units (Section 5.2) is :mod:`iwae.pruning`.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from iwae._ops import Tanh, bernoulli_log_prob, gaussian_log_prob, gaussian_log_q, standard_normal_log_prob
+from iwae._ops import bernoulli_log_prob, gaussian_log_prob, gaussian_log_q, standard_normal_log_prob
+from iwae.layers import BernoulliLayer, GaussianLayer, q_params
+from iwae.pruning import PrunableUnits, hold
 
 __all__ = ["GaussianLayer", "BernoulliLayer", "IWAE", "LogWeights"]
 
@@ -30,41 +32,6 @@ __all__ = ["GaussianLayer", "BernoulliLayer", "IWAE", "LogWeights"]
 _PAPER_LATENT_DIMS = {1: (50,), 2: (100, 50)}
 _PAPER_HIDDEN_NEXT_TO_X = (200, 200)
 _PAPER_HIDDEN_ABOVE = (100, 100)
-
-
-def _mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """tanh MLP: Linear-tanh for each consecutive pair of ``sizes`` (an empty trunk when len(sizes) == 1)."""
-    layers: list[nn.Module] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(n_in, n_out), Tanh()]
-    return nn.Sequential(*layers)
-
-
-class GaussianLayer(nn.Module):
-    """A diagonal Gaussian conditional: tanh trunk, then mean and log-std linear heads."""
-
-    def __init__(self, n_in: int, hidden: Sequence[int], n_out: int) -> None:
-        super().__init__()
-        self.trunk = _mlp([n_in, *hidden])
-        width = hidden[-1] if hidden else n_in
-        self.mean = nn.Linear(width, n_out)
-        self.log_std = nn.Linear(width, n_out)
-
-    def forward(self, inp: Tensor) -> tuple[Tensor, Tensor]:
-        t = self.trunk(inp)
-        return self.mean(t), self.log_std(t)
-
-
-class BernoulliLayer(nn.Module):
-    """A factorised Bernoulli conditional: tanh trunk, then a logits head."""
-
-    def __init__(self, n_in: int, hidden: Sequence[int], n_out: int) -> None:
-        super().__init__()
-        self.trunk = _mlp([n_in, *hidden])
-        self.logits = nn.Linear(hidden[-1] if hidden else n_in, n_out)
-
-    def forward(self, inp: Tensor) -> Tensor:
-        return self.logits(self.trunk(inp))
 
 
 class LogWeights(NamedTuple):
@@ -79,7 +46,7 @@ class LogWeights(NamedTuple):
     noise: list[Tensor]
 
 
-class IWAE(nn.Module):
+class IWAE(PrunableUnits):
     """Importance weighted autoencoder with L >= 1 stochastic layers (Burda et al. 2016).
 
     :param x_dim: dimension of the visible layer (784 for 28x28 images).
@@ -140,14 +107,7 @@ class IWAE(nn.Module):
                 self.decoder.append(visible(latent_dims[0], p_hidden[j], self.x_dim))
             else:
                 self.decoder.append(GaussianLayer(latent_dims[l], p_hidden[j], latent_dims[l - 1]))
-        # Pruning state (Section 5.2): units outside the mask are held at a fixed value and left out of log p and
-        # log q. The masks are buffers (saved with the model); ``_pruned`` says whether any unit is out, read from
-        # them only when they are set (:meth:`pruned`, ``load_state_dict``), so no step reads them on the host.
-        for l, d in enumerate(latent_dims):
-            self.register_buffer(f"unit_mask_{l}", torch.ones(d, dtype=torch.bool))
-            self.register_buffer(f"unit_fill_{l}", torch.zeros(d))
-        self._pruned = False
-        self.register_load_state_dict_post_hook(IWAE._sync_pruning)
+        self._init_pruning()  # every unit kept, until :meth:`pruned` (Section 5.2)
         self.reset_parameters(output_bias, generator=generator)
 
     # ------------------------------------------------------------------ construction
@@ -212,24 +172,6 @@ class IWAE(nn.Module):
     def n_layers(self) -> int:
         return len(self.latent_dims)
 
-    @property
-    def is_pruned(self) -> bool:
-        """Whether any latent unit is pruned (:meth:`pruned`, or a pruned model's state loaded into this one)."""
-        return self._pruned
-
-    def _sync_pruning(self, *_: object) -> None:
-        """Read :attr:`is_pruned` from the unit masks; also a ``load_state_dict`` post hook (its arguments unused)."""
-        self._pruned = not all(bool(getattr(self, f"unit_mask_{l}").all()) for l in range(self.n_layers))
-
-    def _unit_masks(self) -> list[tuple[Tensor, Tensor]] | None:
-        """(keep, fill) per layer, or None when no unit is pruned (then the masks are skipped entirely).
-
-        A plain Python flag decides, so ``torch.compile`` guards on it and recompiles when pruning changes.
-        """
-        if not self._pruned:
-            return None
-        return [(getattr(self, f"unit_mask_{l}"), getattr(self, f"unit_fill_{l}")) for l in range(self.n_layers)]
-
     # ------------------------------------------------------------------ log-weights (Eq. 4, Eq. 8)
     def log_weights(self, x: Tensor, k: int) -> Tensor:
         """Log importance weights of ``k`` samples h_i ~ q(h | x) drawn by reparameterisation.
@@ -287,11 +229,11 @@ class IWAE(nn.Module):
         inp = x  # q(h^1 | x): the deterministic trunk runs once per example, (batch, x_dim) -> (batch, d_1)
         for l, layer in enumerate(self.encoder):
             mean, log_std = layer(inp)
-            h = inp = _hold(torch.addcmul(mean, torch.exp(log_std), noise[l]), masks, l)  # (k, batch, d_l)
+            h = inp = hold(torch.addcmul(mean, torch.exp(log_std), noise[l]), masks, l)  # (k, batch, d_l)
             if sample_hook is not None:
                 h = sample_hook(h)
             if from_h:
-                mean, log_std = _q_params(layer, mean, log_std, samples[-1] if l > 0 else None, stop_q_grad)
+                mean, log_std = q_params(layer, mean, log_std, samples[-1] if l > 0 else None, stop_q_grad)
             log_q = log_q + gaussian_log_q(h, noise[l], mean, log_std, keeps[l], from_h)
             samples.append(h)
         log_p = standard_normal_log_prob(samples[-1], keeps[-1])
@@ -337,49 +279,13 @@ class IWAE(nn.Module):
         def randn(shape: Sequence[int]) -> Tensor:
             return torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype)
 
-        h = _hold(randn((n, self.latent_dims[-1])), masks, self.n_layers - 1)
+        h = hold(randn((n, self.latent_dims[-1])), masks, self.n_layers - 1)
         for j, layer in enumerate(self.decoder[:-1]):
             mean, log_std = layer(h)  # p(h^l | h^(l+1)) with l = n_layers - 1 - j
-            h = _hold(mean + torch.exp(log_std) * randn(mean.shape), masks, self.n_layers - 2 - j)
+            h = hold(mean + torch.exp(log_std) * randn(mean.shape), masks, self.n_layers - 2 - j)
         return self.visible_means(h)
 
     def visible_means(self, h1: Tensor) -> Tensor:
         """Means of p(x | h^1) for samples h^1 (..., d_1): Bernoulli probabilities or Gaussian means."""
         out = self.decoder[-1](h1)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out[0]
-
-    # ------------------------------------------------------------------ pruning (Section 5.2)
-    def pruned(self, keep: Sequence[Tensor], fill: Sequence[Tensor] | None = None) -> IWAE:
-        """A copy of the model with the units outside ``keep`` removed.
-
-        A removed unit is held at ``fill`` (default 0; pass the data mean of E_q[u] for inactive units) and its
-        log p and log q terms are left out of the log-weight, so the model has fewer latent dimensions.
-        :param keep: one boolean tensor per layer, True for the units to keep.
-        """
-        if len(keep) != self.n_layers:
-            raise ValueError(f"keep needs one mask per stochastic layer ({self.n_layers}), got {len(keep)}")
-        model = copy.deepcopy(self)
-        for l, mask in enumerate(keep):
-            buf = getattr(model, f"unit_mask_{l}")
-            buf.copy_(torch.as_tensor(mask, dtype=torch.bool, device=buf.device) & buf)
-            if fill is not None:
-                getattr(model, f"unit_fill_{l}").copy_(torch.as_tensor(fill[l]))
-        model._sync_pruning()
-        return model
-
-
-def _hold(h: Tensor, masks: list[tuple[Tensor, Tensor]] | None, l: int) -> Tensor:
-    """Sample ``h`` of layer ``l`` with its pruned units held at their fill value."""
-    return h if masks is None else torch.where(masks[l][0], h, masks[l][1])
-
-
-def _q_params(
-    layer: GaussianLayer, mean: Tensor, log_std: Tensor, cond: Tensor | None, stop_q_grad: bool
-) -> tuple[Tensor, Tensor]:
-    """Mean and log-std of q(h^l | cond) for log q to read from the sample: recomputed from the (hooked) sample
-    ``cond`` = h^(l-1), or the layer's own output for l = 1 (``cond`` None); parameters detached if ``stop_q_grad``
-    (for l >= 2 the detached-parameter density still depends on h^(l-1) through its input)."""
-    if cond is None:
-        return (mean.detach(), log_std.detach()) if stop_q_grad else (mean, log_std)
-    params = {n: p.detach() if stop_q_grad else p for n, p in layer.named_parameters()}
-    return torch.func.functional_call(layer, params, (cond,))

@@ -114,13 +114,8 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def save_state(
-    run_dir: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    position: dict[str, Any],
-    tensors: dict[str, torch.Tensor],
-) -> None:
+def save_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               position: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:  # fmt: skip
     """Checkpoint the run (:func:`iwae.checkpoint.save_checkpoint`): ``position`` in the schedule and ``tensors``."""
     save_checkpoint(Path(run_dir) / CHECKPOINT_NAME, model, optimizer, position, tensors)
 

@@ -56,18 +56,10 @@ def build_step(
     return step
 
 
-def make_train_step(
-    model: IWAE,
-    optimizer: torch.optim.Optimizer,
-    k: int = 50,
-    kind: str = "iwae",
-    estimator: str = "reparam",
-    *,
-    m: int = 1,
-    beta: float = 0.5,
-    generator: torch.Generator | None = None,
-    compile: bool = False,
-) -> Callable[[Tensor], Tensor]:
+def make_train_step(model: IWAE, optimizer: torch.optim.Optimizer, k: int = 50, kind: str = "iwae",
+                    estimator: str = "reparam", *, m: int = 1, beta: float = 0.5,
+                    generator: torch.Generator | None = None,
+                    compile: bool = False) -> Callable[[Tensor], Tensor]:  # fmt: skip
     """:func:`build_step` for ``Objective(kind, k, estimator, m, beta)``: ``loss = step(x_binary_batch)``.
 
     Returns the detached loss (minus the batch-mean bound). ``compile=True`` is available for the ``reparam``

@@ -16,18 +16,13 @@ from iwae.experiments.report import write_report
 from iwae.experiments.runner import estimate_seconds, execute
 from iwae.rundir import status
 
-__all__ = ["add_reproduce_command", "reproduce"]
+__all__ = ["add_reproduce_arguments", "reproduce"]
 
 SHARED = [f.name for f in dataclasses.fields(Schedule)]
 
 
-def add_reproduce_command(sub: argparse._SubParsersAction) -> None:
-    r = sub.add_parser(
-        "reproduce",
-        help="reproduce the paper's tables and figures",
-        description="Train every model a table or figure needs (finished runs are skipped, unfinished ones resumed), "
-        "then write DIR/report.md with the paper's numbers beside ours, and DIR/results.json.",
-    )
+def add_reproduce_arguments(r: argparse.ArgumentParser) -> None:
+    """The arguments of ``iwae reproduce``."""
     r.add_argument("experiment", nargs="+", choices=(*EXPERIMENTS, "all"), help="what to reproduce (one or more)")
     r.add_argument("--out", required=True, help="output folder: DIR/runs/<run>/, DIR/report.md, DIR/results.json")
     r.add_argument("--jobs", type=int, default=1, help="runs in parallel, each on its share of CPU threads or a GPU")

@@ -20,7 +20,10 @@ from iwae.model import IWAE
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
 
-__all__ = ["Bound", "Estimator", "with_value"]
+__all__ = ["Bound", "Estimator", "Noise", "RNG", "with_value"]
+
+Noise = Sequence[Tensor] | None  # standard-normal draws [eps^1, ..., eps^L] given from outside; None: draw them
+RNG = torch.Generator | None  # source of the noise and of any other draw an estimator makes
 
 
 class Estimator(ABC):
@@ -36,14 +39,7 @@ class Estimator(ABC):
     compilable: ClassVar[bool] = False
 
     @abstractmethod
-    def loss(
-        self,
-        model: IWAE,
-        x: Tensor,
-        objective: Objective,
-        generator: torch.Generator | None = None,
-        noise: Sequence[Tensor] | None = None,
-    ) -> Tensor:
+    def loss(self, model: IWAE, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None) -> Tensor:
         """Scalar surrogate loss on the (batch, x_dim) data ``x``.
 
         :param noise: standard-normal draws [eps^1, ..., eps^L], each (samples, batch, d_l), to use instead of

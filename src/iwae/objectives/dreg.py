@@ -13,7 +13,6 @@ flowing into the recognition network through every sample :math:`h^l_i`. At k = 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -21,7 +20,7 @@ from torch import Tensor
 
 from iwae import bounds
 from iwae.model import IWAE
-from iwae.objectives.base import Estimator, with_value
+from iwae.objectives.base import RNG, Estimator, Noise, with_value
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
@@ -39,14 +38,7 @@ class DReG(Estimator):
 
     bounds: ClassVar[tuple[str, ...] | None] = ("iwae",)
 
-    def loss(
-        self,
-        model: IWAE,
-        x: Tensor,
-        objective: Objective,
-        generator: torch.Generator | None = None,
-        noise: Sequence[Tensor] | None = None,
-    ) -> Tensor:
+    def loss(self, model: IWAE, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None) -> Tensor:
         weights: list[Tensor] = []  # filled once the forward pass has computed w~; read during backward
 
         def reweight(h: Tensor) -> Tensor:

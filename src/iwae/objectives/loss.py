@@ -115,17 +115,8 @@ class Objective:
         return self._estimator.loss(model, x, self, generator, noise)
 
 
-def objective(
-    model: IWAE,
-    x: Tensor,
-    k: int = 50,
-    kind: str = "iwae",
-    estimator: str = "reparam",
-    *,
-    m: int = 1,
-    beta: float = 0.5,
-    generator: torch.Generator | None = None,
-) -> Tensor:
+def objective(model: IWAE, x: Tensor, k: int = 50, kind: str = "iwae", estimator: str = "reparam", *, m: int = 1,
+              beta: float = 0.5, generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
     """Scalar loss to minimise: minus the batch mean of the ``kind`` bound, with ``estimator``'s gradient.
 
     The same as ``Objective(kind, k, estimator, m, beta).loss(model, x, generator)``; see :class:`Objective`.

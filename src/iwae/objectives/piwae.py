@@ -11,7 +11,6 @@ with the generative parameters detached, one with the recognition parameters det
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +18,7 @@ from torch import Tensor
 
 from iwae import bounds
 from iwae.model import IWAE
-from iwae.objectives.base import Estimator, with_value
+from iwae.objectives.base import RNG, Estimator, Noise, with_value
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
@@ -30,14 +29,7 @@ __all__ = ["PIWAERouting"]
 class PIWAERouting(Estimator):
     """Encoder on IWAE over all m*k samples, decoder on MIWAE(m, k); the value is MIWAE(m, k)."""
 
-    def loss(
-        self,
-        model: IWAE,
-        x: Tensor,
-        objective: Objective,
-        generator: torch.Generator | None = None,
-        noise: Sequence[Tensor] | None = None,
-    ) -> Tensor:
+    def loss(self, model: IWAE, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None) -> Tensor:
         n, k = objective.samples_per_example, objective.k
         if noise is None:
             with torch.no_grad():

@@ -18,14 +18,12 @@ layers every conditional q(h^l | h^(l-1)) is treated alike, still as a function 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from torch import Tensor
 
 from iwae.model import IWAE
-from iwae.objectives.base import Estimator
+from iwae.objectives.base import RNG, Estimator, Noise
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
@@ -39,14 +37,7 @@ class Reparam(Estimator):
     compilable: ClassVar[bool] = True
     stop_q_grad: ClassVar[bool] = False  # log q with q's parameters detached (STL)
 
-    def loss(
-        self,
-        model: IWAE,
-        x: Tensor,
-        objective: Objective,
-        generator: torch.Generator | None = None,
-        noise: Sequence[Tensor] | None = None,
-    ) -> Tensor:
+    def loss(self, model: IWAE, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None) -> Tensor:
         n = objective.samples_per_example
         out = model.forward_samples(x, n, noise=noise, generator=generator, stop_q_grad=self.stop_q_grad)
         return -objective.per_example(out.log_w).mean()

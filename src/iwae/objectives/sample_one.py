@@ -10,7 +10,6 @@ so it is unbiased for the IWAE gradient at the cost of one backward pass per exa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor
 
 from iwae import bounds
 from iwae.model import IWAE
-from iwae.objectives.base import Estimator, with_value
+from iwae.objectives.base import RNG, Estimator, Noise, with_value
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
@@ -31,14 +30,7 @@ class SampleOne(Estimator):
 
     bounds: ClassVar[tuple[str, ...] | None] = ("iwae",)
 
-    def loss(
-        self,
-        model: IWAE,
-        x: Tensor,
-        objective: Objective,
-        generator: torch.Generator | None = None,
-        noise: Sequence[Tensor] | None = None,
-    ) -> Tensor:
+    def loss(self, model: IWAE, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None) -> Tensor:
         k = objective.k
         with torch.no_grad():  # k forward passes, no graph kept
             out = model.forward_samples(x, k, noise=noise, generator=generator)

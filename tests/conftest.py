@@ -1,11 +1,22 @@
-"""Shared fixtures: tiny models whose log p(x) can be integrated exactly."""
+"""Shared fixtures: tiny models whose log p(x) can be integrated exactly, the data directory, tiny training runs."""
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 import iwae
+
+DATA_DIR = os.environ.get("IWAE_DATA_DIR")
+NO_DATA = "IWAE_DATA_DIR is not set: point it at a data directory holding mnist/ (CI: ../shared/data)"
+
+# A two-stage run of the smallest model on a sliver of MNIST: seconds to train, yet every part of a run folder.
+TINY = dict(dataset="mnist", layers=1, k=3, stages=2, pass_scale=0.02, eval_k=20, eval_n=50, checkpoint_minutes=0.0)
 
 
 def tiny_model(
@@ -20,10 +31,11 @@ def tiny_model(
             p.copy_(scale * torch.randn_like(p) / max(1, p.shape[-1]) ** 0.5)
         # standard deviations near 0.5-1: importance sampling from q converges in reachable k, and the
         # latent mass stays inside the integration grid of tests/exact.py
-        for layer in model.modules():
-            if isinstance(layer, iwae.model.GaussianLayer):
-                layer.log_std.weight.mul_(0.2)
-                layer.log_std.bias.fill_(-0.3)
+        for name, p in model.named_parameters():
+            if ".log_std.weight" in name:
+                p.mul_(0.2)
+            elif ".log_std.bias" in name:
+                p.fill_(-0.3)
     return model
 
 
@@ -36,3 +48,45 @@ def all_binary(x_dim: int) -> torch.Tensor:
     """All 2^x_dim binary vectors, (2^x_dim, x_dim) float64."""
     idx = torch.arange(2**x_dim)
     return ((idx[:, None] >> torch.arange(x_dim)) & 1).double()
+
+
+def binary_batch(batch: int, x_dim: int, seed: int = 0) -> torch.Tensor:
+    """(batch, x_dim) float64 fair coin flips, the same for a given seed."""
+    half = torch.full((batch, x_dim), 0.5, dtype=torch.float64)
+    return torch.bernoulli(half, generator=torch.Generator().manual_seed(seed))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> str:
+    """``$IWAE_DATA_DIR``; a test that asks for it is skipped, with the reason, where it is unset."""
+    if not DATA_DIR:
+        pytest.skip(NO_DATA)
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_config(data_dir):
+    """The TINY run's TrainConfig on the data directory."""
+    from iwae.config import TrainConfig
+
+    return TrainConfig(data_dir=data_dir, **TINY)
+
+
+@pytest.fixture(scope="session")
+def _trained_tiny_run(tiny_config, tmp_path_factory) -> Path:
+    """The TINY run, trained once per session and evaluated (``iwae train``'s result); never handed out itself."""
+    from iwae.train import train_and_evaluate
+
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    train_and_evaluate(run, tiny_config, progress=False)
+    return run
+
+
+@pytest.fixture
+def tiny_run(_trained_tiny_run, tmp_path) -> Path:
+    """A copy of the trained and evaluated TINY run in this test's tmp_path, the test's own to change."""
+    return Path(shutil.copytree(_trained_tiny_run, tmp_path / "tiny-run"))

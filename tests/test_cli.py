@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 
 import pytest
+import torch
+from conftest import read_json
 
 from iwae.cli import main
 
-DATA = os.environ.get("IWAE_DATA_DIR")
-needs_data = pytest.mark.skipif(not DATA, reason="set IWAE_DATA_DIR to a data directory holding mnist/ to run")
 TINY = ["--stages", "1", "--pass-scale", "0.02", "--eval-k", "10", "--eval-n", "40", "--quiet", "--k", "2"]
 
 
@@ -22,28 +20,26 @@ def _error_line(capsys) -> str:
     return err[-1]
 
 
-@needs_data
-def test_train_evaluate_sample_resume(tmp_path, capsys):
+def test_train_evaluate_sample_resume(data_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--dataset", "mnist", "--layers", "2", "--out", str(run), "--data-dir", DATA, *TINY]) == 0
+    assert main(["train", "--dataset", "mnist", "--layers", "2", "--out", str(run), "--data-dir", data_dir, *TINY]) == 0
     out = capsys.readouterr().out
     assert "test NLL" in out and "active units" in out
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = read_json(run / "metrics.json")
     assert metrics["eval_k"] == 10 and len(metrics["active_units"]) == 2
     assert main(["evaluate", str(run), "--k", "5", "--split", "validation", "--quiet"]) == 0
     assert "validation NLL" in capsys.readouterr().out
     assert main(["sample", str(run), "--n", "16", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
     assert main(["resume", str(run), "--quiet"]) == 0  # a finished run: nothing to train, evaluated again
-    assert json.loads((run / "metrics.json").read_text())["test_nll"] == metrics["test_nll"]
+    assert read_json(run / "metrics.json")["test_nll"] == metrics["test_nll"]
 
 
-@needs_data
-def test_train_with_dreg_estimator_end_to_end(tmp_path, capsys):
+def test_train_with_dreg_estimator_end_to_end(data_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--estimator", "dreg", "--out", str(run), "--data-dir", DATA, *TINY]) == 0
+    assert main(["train", "--estimator", "dreg", "--out", str(run), "--data-dir", data_dir, *TINY]) == 0
     assert "test NLL" in capsys.readouterr().out
-    config, metrics = (json.loads((run / name).read_text()) for name in ("config.json", "metrics.json"))
+    config, metrics = (read_json(run / name) for name in ("config.json", "metrics.json"))
     assert config["estimator"] == metrics["estimator"] == "dreg" and config["objective"] == "iwae"
     assert 60 < metrics["test_nll"] < 300
 
@@ -61,11 +57,10 @@ def test_not_a_run_folder(tmp_path, capsys):
         assert "is not a run folder (no config.json)" in _error_line(capsys)
 
 
-@needs_data
-def test_unwritable_output_folder(tmp_path, capsys):
+def test_unwritable_output_folder(data_dir, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert main(["train", "--out", str(blocker / "run"), "--data-dir", DATA, *TINY]) == 1
+    assert main(["train", "--out", str(blocker / "run"), "--data-dir", data_dir, *TINY]) == 1
     assert "cannot write the run folder" in _error_line(capsys)
 
 
@@ -91,13 +86,13 @@ def test_bad_combination_is_one_line(tmp_path, capsys):
     assert _error_line(capsys) == "iwae: error: estimator 'dreg' is defined for kind='iwae' only, got kind='vae'"
 
 
-@needs_data
-def test_train_compiled_end_to_end(tmp_path, capsys):
+@pytest.mark.slow
+def test_train_compiled_end_to_end(data_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--compile", "--out", str(run), "--data-dir", DATA, *TINY]) == 0
+    assert main(["train", "--compile", "--out", str(run), "--data-dir", data_dir, *TINY]) == 0
     assert "test NLL" in capsys.readouterr().out
-    assert json.loads((run / "config.json").read_text())["compile"] is True
-    assert 60 < json.loads((run / "metrics.json").read_text())["test_nll"] < 300
+    assert read_json(run / "config.json")["compile"] is True
+    assert 60 < read_json(run / "metrics.json")["test_nll"] < 300
 
 
 def test_compile_with_an_estimator_it_does_not_cover_is_one_line(tmp_path, capsys):
@@ -113,13 +108,12 @@ def test_help_documents_every_option():
 
 
 def test_threads_option_sets_torch_threads(tmp_path, capsys):
-    import torch
-
     before = torch.get_num_threads()
     try:
         assert main(["evaluate", str(tmp_path), "--threads", "1"]) == 1  # not a run folder: fails after parsing
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["train", "--out", "x", "--threads", "0"])
+    assert exit_info.value.code == 2 and "expected a positive integer, got 0" in _error_line(capsys)

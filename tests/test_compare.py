@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import shutil
 
 import pytest
 import torch
 
 from iwae.compare import compare_runs, paired_difference
-
-DATA = os.environ.get("IWAE_DATA_DIR")
-needs_data = pytest.mark.skipif(not DATA, reason="set IWAE_DATA_DIR to a data directory holding mnist/ to run")
-TINY = dict(dataset="mnist", layers=1, k=3, stages=2, pass_scale=0.02, eval_k=20, eval_n=50, checkpoint_minutes=0.0)
 
 
 def test_paired_difference_is_the_mean_and_standard_error_of_per_example_differences():
@@ -28,24 +24,21 @@ def test_paired_difference_is_the_mean_and_standard_error_of_per_example_differe
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Two tiny MNIST runs with the same seed: an IWAE and a VAE."""
-    from iwae.config import TrainConfig
+def runs(_trained_tiny_run, tiny_config, tmp_path_factory):
+    """Two tiny MNIST runs with the same seed: an IWAE (the session's TINY run) and a VAE."""
     from iwae.train import train
 
     root = tmp_path_factory.mktemp("runs")
-    a = train(TrainConfig(data_dir=DATA, **TINY), root / "iwae", progress=False)
-    b = train(TrainConfig(data_dir=DATA, **{**TINY, "objective": "vae"}), root / "vae", progress=False)
+    a = shutil.copytree(_trained_tiny_run, root / "iwae")
+    b = train(dataclasses.replace(tiny_config, objective="vae"), root / "vae", progress=False)
     return a, b
 
 
-@needs_data
 def test_a_run_compared_with_itself_differs_by_exactly_zero(runs):
     r = compare_runs(runs[0], runs[0], progress=False)
     assert r["difference"] == {"mean": 0.0, "sem": 0.0} and r["a"]["nll"] == r["b"]["nll"]
 
 
-@needs_data
 def test_swapping_the_runs_negates_the_difference(runs):
     ab = compare_runs(*runs, progress=False)
     ba = compare_runs(*reversed(runs), progress=False)
@@ -54,7 +47,6 @@ def test_swapping_the_runs_negates_the_difference(runs):
     assert (ab["a"], ab["b"]) == (ba["b"], ba["a"])
 
 
-@needs_data
 def test_difference_is_that_of_the_two_evaluate_nlls_and_tighter_than_unpaired(runs):
     from iwae.evaluate_run import evaluate_run
 
@@ -66,7 +58,6 @@ def test_difference_is_that_of_the_two_evaluate_nlls_and_tighter_than_unpaired(r
     assert (r["eval_k"], r["n"], r["seed"], r["split"], r["dataset"]) == (30, 40, 0, "test", "mnist")
 
 
-@needs_data
 def test_runs_of_different_data_sets_or_seeds_are_refused(runs, tmp_path):
     other = shutil.copytree(runs[1], tmp_path / "other")
     config = json.loads((other / "config.json").read_text())
@@ -79,7 +70,6 @@ def test_runs_of_different_data_sets_or_seeds_are_refused(runs, tmp_path):
         compare_runs(runs[0], other, progress=False)
 
 
-@needs_data
 def test_cli_prints_the_table_and_writes_the_json(runs, tmp_path, capsys):
     from iwae.cli import main
 
@@ -92,7 +82,6 @@ def test_cli_prints_the_table_and_writes_the_json(runs, tmp_path, capsys):
     assert main(["compare", str(runs[0]), str(tmp_path / "missing"), "--quiet"]) == 1
 
 
-@needs_data
 def test_estimator_results_generator_writes_every_number_from_the_runs(runs, tmp_path):
     """results/estimators/make_results.py: NLLs as `iwae evaluate`, differences as `iwae compare`."""
     import runpy

@@ -6,15 +6,10 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import binary_batch, tiny_model
 
 import iwae
 from iwae.config import TrainConfig
-
-
-def _x(batch: int = 3, x_dim: int = 4) -> torch.Tensor:
-    half = torch.full((batch, x_dim), 0.5, dtype=torch.float64)
-    return torch.bernoulli(half, generator=torch.Generator().manual_seed(0))
 
 
 def _steps(model: iwae.IWAE, compile: bool, n: int, **kw) -> tuple[list[float], iwae.IWAE]:
@@ -22,7 +17,7 @@ def _steps(model: iwae.IWAE, compile: bool, n: int, **kw) -> tuple[list[float], 
     model = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     step = iwae.make_train_step(model, opt, generator=torch.Generator().manual_seed(7), compile=compile, **kw)
-    return [float(step(_x())) for _ in range(n)], model
+    return [float(step(binary_batch(3, 4))) for _ in range(n)], model
 
 
 def _assert_same(a: iwae.IWAE, b: iwae.IWAE) -> None:
@@ -54,9 +49,9 @@ def test_compiled_step_follows_pruning_of_the_same_model():
         step = iwae.make_train_step(
             m, torch.optim.SGD(m.parameters(), lr=0.0), k=4, generator=torch.Generator().manual_seed(1), compile=compile
         )
-        before = float(step(_x()))
+        before = float(step(binary_batch(3, 4)))
         m.load_state_dict(pruned_state)
-        results.append((before, float(step(_x()))))
+        results.append((before, float(step(binary_batch(3, 4)))))
     (eager_before, eager_after), (compiled_before, compiled_after) = results
     assert eager_after != pytest.approx(eager_before, rel=1e-3)  # pruning changes the loss
     assert compiled_before == pytest.approx(eager_before, rel=1e-10)

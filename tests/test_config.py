@@ -70,6 +70,8 @@ def test_config_validation_names_each_problem():
         TrainConfig(stages=9)
     with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
         TrainConfig(k=0)
+    with pytest.raises(ValueError, match=r"unknown config keys \['learning_rate'\]"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
 
 
 def test_readme_option_table_is_generated_from_the_config():

@@ -1,7 +1,7 @@
 """The real data sets in ``$IWAE_DATA_DIR`` (CI: ../shared/data): sizes, values, orientation, known means.
 
-Reference values are from the data directory's README. Skipped only where IWAE_DATA_DIR is unset; files
-missing from a directory that is set fail the tests.
+Reference values are from the data directory's README. Skipped only where IWAE_DATA_DIR is unset (every test
+asks for the ``data_dir`` fixture of tests/conftest.py); files missing from a directory that is set fail the tests.
 """
 
 from __future__ import annotations
@@ -16,25 +16,19 @@ import torch
 
 import iwae.data as data
 from iwae.data.readers import parse_idx, read_bytes
-from iwae.data.resources import is_writable
-
-DATA_DIR = os.environ.get("IWAE_DATA_DIR")
-pytestmark = pytest.mark.skipif(
-    not DATA_DIR, reason="IWAE_DATA_DIR is not set: point it at the data directory (CI: ../shared/data)"
-)
 
 
-def timed_load(name: str, split: str) -> tuple[torch.Tensor, float]:
+def timed_load(name: str, split: str, data_dir: str) -> tuple[torch.Tensor, float]:
     start = time.perf_counter()
-    x = data.load(name, split, DATA_DIR)
+    x = data.load(name, split, data_dir)
     return x, time.perf_counter() - start
 
 
 @pytest.fixture(scope="module")
-def mnist() -> dict[str, torch.Tensor]:
+def mnist(data_dir) -> dict[str, torch.Tensor]:
     out = {}
     for split in data.SPLITS:
-        out[split], seconds = timed_load("mnist", split)
+        out[split], seconds = timed_load("mnist", split, data_dir)
         print(f"load('mnist', {split!r}): {seconds:.2f} s")  # measured, not asserted (-s to see)
     return out
 
@@ -52,10 +46,10 @@ def test_mnist_splits_and_means(mnist):
     assert mnist["train"].double().mean().item() == pytest.approx(0.1307, abs=1e-3)
 
 
-def test_mnist_digits_are_upright(mnist):
+def test_mnist_digits_are_upright(mnist, data_dir):
     """Mean "1" is a vertical stroke (ink spread more along rows than columns); mean "7" is wider at the top
     (its bar) than at the bottom (its stem); mean "6" has more ink in its lower half (its loop)."""
-    labels = parse_idx(read_bytes(Path(DATA_DIR) / "mnist/t10k-labels-idx1-ubyte.gz"), "labels")
+    labels = parse_idx(read_bytes(Path(data_dir) / "mnist/t10k-labels-idx1-ubyte.gz"), "labels")
     images = mnist["test"].numpy().reshape(-1, 28, 28)
     one, seven, six = (images[labels == digit].mean(0) for digit in (1, 7, 6))
     coords = np.arange(28)
@@ -69,8 +63,8 @@ def test_mnist_digits_are_upright(mnist):
     assert six[14:].sum() > 1.3 * six[:14].sum()  # loop at the bottom
 
 
-def test_binarized_mnist_is_fixed_binary_and_aligned_with_mnist(mnist):
-    x = {s: data.load("binarized-mnist", s, DATA_DIR) for s in data.SPLITS}
+def test_binarized_mnist_is_fixed_binary_and_aligned_with_mnist(mnist, data_dir):
+    x = {s: data.load("binarized-mnist", s, data_dir) for s in data.SPLITS}
     assert {s: tuple(v.shape) for s, v in x.items()} == {
         "train": (50_000, 784),
         "validation": (10_000, 784),
@@ -87,26 +81,32 @@ def test_binarized_mnist_is_fixed_binary_and_aligned_with_mnist(mnist):
 
 
 @pytest.fixture(scope="module")
-def omniglot(tmp_path_factory) -> dict[str, torch.Tensor]:
-    """All Omniglot splits, decoded once per session into a fresh cache (kept out of the user's cache dir,
-    and out of the data dir when that is read-only)."""
+def user_cache(tmp_path_factory) -> Path:
+    """A fresh ``$IWAE_CACHE_DIR`` for this module's loads, kept out of the user's own cache dir."""
+    return tmp_path_factory.mktemp("iwae-cache")
+
+
+@pytest.fixture(scope="module")
+def omniglot(data_dir, user_cache) -> dict[str, torch.Tensor]:
+    """All Omniglot splits, decoded once per module and cached in the data dir or, where that is read-only,
+    in ``user_cache``."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IWAE_CACHE_DIR", str(tmp_path_factory.mktemp("iwae-cache")))
+        mp.setenv("IWAE_CACHE_DIR", str(user_cache))
         out = {}
         for split in data.SPLITS:
-            out[split], seconds = timed_load("omniglot", split)
+            out[split], seconds = timed_load("omniglot", split, data_dir)
             print(f"load('omniglot', {split!r}): {seconds:.2f} s")  # first one decodes and caches
-        _, seconds = timed_load("omniglot", "train")
+        _, seconds = timed_load("omniglot", "train", data_dir)
         print(f"load('omniglot', 'train') again, cached: {seconds:.2f} s")
     return out
 
 
-def has_chardata() -> bool:
-    return (Path(DATA_DIR) / "omniglot/chardata.mat").is_file()
+def has_chardata(data_dir: str) -> bool:
+    return (Path(data_dir) / "omniglot/chardata.mat").is_file()
 
 
-def test_omniglot_splits(omniglot):
-    n_test = 8_070 if has_chardata() else 8_115
+def test_omniglot_splits(omniglot, data_dir):
+    n_test = 8_070 if has_chardata(data_dir) else 8_115
     assert {s: tuple(x.shape) for s, x in omniglot.items()} == {
         "train": (23_000, 784),
         "validation": (1_345, 784),
@@ -121,14 +121,14 @@ def test_omniglot_ink_is_centred(omniglot):
     assert mean[10:18, 10:18].mean() > 3 * mean[:4].mean() and mean[10:18, 10:18].mean() > 3 * mean[:, :4].mean()
 
 
-def test_omniglot_matches_the_lossless_originals(omniglot):
+def test_omniglot_matches_the_lossless_originals(omniglot, data_dir):
     """Test image (c, d) is drawing 16 + d of character c: compare with the README's npz arrays of the 105x105
     originals, inverted and area-averaged independently (repeat 4x4, average 15x15 blocks)."""
-    if has_chardata():
+    if has_chardata(data_dir):
         pytest.skip("chardata.mat is used, not the archives")
     test = omniglot["test"].numpy().reshape(-1, 5, 784)  # (1623, 5, 784)
     for part, offset in [("background", 0), ("evaluation", 964)]:
-        npz = Path(DATA_DIR) / f"omniglot/images_{part}.npz"
+        npz = Path(data_dir) / f"omniglot/images_{part}.npz"
         if not npz.is_file():
             pytest.skip(f"{npz} not available")
         paper = np.load(npz)["images"]  # (C, 20, 105, 105) bool, True = paper
@@ -137,18 +137,29 @@ def test_omniglot_matches_the_lossless_originals(omniglot):
             np.testing.assert_allclose(test[offset + c, d], ink.ravel(), atol=1e-6)
 
 
-def test_read_only_data_dir_was_not_written(omniglot):
-    folder = Path(DATA_DIR) / "omniglot"
-    if not is_writable(folder):
-        assert not list(folder.glob("omniglot28_*.npz")) and not list(folder.glob(".omniglot28-*"))
+def test_decoded_omniglot_is_cached_in_the_data_dir_or_else_the_user_cache(omniglot, data_dir, user_cache):
+    """The decoded archives are cached beside them where the data dir is writable, else in the user cache dir
+    (never written into a read-only data dir); chardata.mat needs no cache at all."""
+    folder, elsewhere = Path(data_dir) / "omniglot", user_cache / "omniglot"
+
+    def caches(d: Path) -> list[str]:
+        return sorted(p.name for p in d.glob("omniglot28_*.npz")) if d.is_dir() else []
+
+    assert not list(folder.glob(".omniglot28-*")) and not list(elsewhere.glob(".omniglot28-*"))  # no temporaries
+    if has_chardata(data_dir):
+        assert caches(elsewhere) == []
+    elif os.access(folder, os.W_OK) and folder.stat().st_mode & 0o222:  # no write bit: read-only, root or not
+        assert len(caches(folder)) >= 1 and caches(elsewhere) == []
+    else:
+        assert caches(folder) == [] and len(caches(elsewhere)) == 1
 
 
-def test_binarized_mnist_test_set_is_in_class_order_and_spread_evaluates_all_of_it():
+def test_binarized_mnist_test_set_is_in_class_order_and_spread_evaluates_all_of_it(data_dir):
     """Its first 1,000 images carry about 30% more ink than the rest (zeros first): evaluating on "the first N"
     would measure one digit; iwae.evaluate_run.spread takes N examples evenly through the split instead."""
     from iwae.evaluate_run import spread
 
-    x = data.load("binarized-mnist", "test", DATA_DIR)
+    x = data.load("binarized-mnist", "test", data_dir)
     whole = x.mean().item()
     assert x[:1000].mean().item() > 1.2 * whole
     assert abs(x[spread(x.shape[0], 1000)].mean().item() - whole) < 0.005

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import doctest
 import json
-import os
 import re
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from iwae.experiments.paper_results import TABLE1, TABLE3
 from iwae.experiments.plan import table_key
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = os.environ.get("IWAE_DATA_DIR")
 
 
 def python_blocks(path: Path) -> list[str]:
@@ -30,9 +28,7 @@ def test_readme_has_python_blocks():
     assert python_blocks(ROOT / "README.md")
 
 
-@pytest.mark.skipif(
-    not DATA_DIR, reason="IWAE_DATA_DIR is not set: README's examples load MNIST from the data directory"
-)
+@pytest.mark.usefixtures("data_dir")  # README's examples load MNIST from $IWAE_DATA_DIR: skipped where it is unset
 @pytest.mark.parametrize("index", range(len(python_blocks(ROOT / "README.md"))))
 def test_readme_python_block_runs_as_written(index: int):
     code = python_blocks(ROOT / "README.md")[index]

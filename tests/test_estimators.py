@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import binary_batch, tiny_model
 
 import iwae
 from iwae import bounds
 
 K, B = 6, 3
-
-
-def _data(x_dim: int = 4) -> torch.Tensor:
-    return torch.bernoulli(torch.full((B, x_dim), 0.5, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
 
 
 def _grads(model, loss, retain_graph=False) -> dict[str, torch.Tensor]:
@@ -47,7 +43,7 @@ def _assert_grads_close(a, b, names=None, **kw):
 @pytest.mark.parametrize("latent_dims", [(2,), (2, 2)])
 def test_eq14_matches_autograd(latent_dims):
     """The IWAE objective's gradient is the normalised-weight average of the log-weight gradients (Eq. 14)."""
-    model, x = tiny_model(x_dim=4, latent_dims=latent_dims), _data()
+    model, x = tiny_model(x_dim=4, latent_dims=latent_dims), binary_batch(B, 4)
     got = _objective_grads(model, x, 1, k=K, kind="iwae")
     want = _per_sample_weighted(model, x, 1, lambda lw: torch.softmax(lw, 0))
     _assert_grads_close(got, want)
@@ -58,14 +54,14 @@ def test_eq14_matches_autograd(latent_dims):
 
 
 def test_eq7_matches_autograd():
-    model, x = tiny_model(x_dim=4, latent_dims=(2,)), _data()
+    model, x = tiny_model(x_dim=4, latent_dims=(2,)), binary_batch(B, 4)
     got = _objective_grads(model, x, 2, k=K, kind="vae")
     want = _per_sample_weighted(model, x, 2, lambda lw: torch.full_like(lw, 1.0 / K))
     _assert_grads_close(got, want)
 
 
 def test_iwae_equals_vae_at_k1():
-    model, x = tiny_model(x_dim=4, latent_dims=(2, 2)), _data()
+    model, x = tiny_model(x_dim=4, latent_dims=(2, 2)), binary_batch(B, 4)
     _assert_grads_close(_objective_grads(model, x, 3, k=1, kind="iwae"), _objective_grads(model, x, 3, k=1, kind="vae"))
 
 
@@ -79,7 +75,7 @@ def _encoder_names(model):
 
 @pytest.mark.parametrize("estimator", ["stl", "dreg"])
 def test_decoder_gradients_equal_reparam_on_the_same_noise(estimator):
-    model, x = tiny_model(x_dim=4, latent_dims=(2, 2)), _data()
+    model, x = tiny_model(x_dim=4, latent_dims=(2, 2)), binary_batch(B, 4)
     got = _objective_grads(model, x, 4, k=K, kind="iwae", estimator=estimator)
     want = _objective_grads(model, x, 4, k=K, kind="iwae")
     _assert_grads_close(got, want, _decoder_names(model))
@@ -88,14 +84,14 @@ def test_decoder_gradients_equal_reparam_on_the_same_noise(estimator):
 @pytest.mark.parametrize("latent_dims", [(2,), (2, 2)])
 def test_dreg_encoder_gradient_is_squared_weight_path_derivative(latent_dims):
     """DReG's encoder gradient: sum_i w~_i^2 d log w_i / dphi through the samples, log q's parameters fixed."""
-    model, x = tiny_model(x_dim=4, latent_dims=latent_dims), _data()
+    model, x = tiny_model(x_dim=4, latent_dims=latent_dims), binary_batch(B, 4)
     got = _objective_grads(model, x, 5, k=K, kind="iwae", estimator="dreg")
     want = _per_sample_weighted(model, x, 5, lambda lw: torch.softmax(lw, 0) ** 2, stop_q_grad=True)
     _assert_grads_close(got, want, _encoder_names(model))
 
 
 def test_stl_encoder_gradient_is_weighted_path_derivative():
-    model, x = tiny_model(x_dim=4, latent_dims=(2, 2)), _data()
+    model, x = tiny_model(x_dim=4, latent_dims=(2, 2)), binary_batch(B, 4)
     got = _objective_grads(model, x, 6, k=K, kind="iwae", estimator="stl")
     want = _per_sample_weighted(model, x, 6, lambda lw: torch.softmax(lw, 0), stop_q_grad=True)
     _assert_grads_close(got, want)
@@ -105,7 +101,7 @@ def test_stl_encoder_gradient_is_weighted_path_derivative():
 
 
 def test_piwae_routes_iwae_to_encoder_and_miwae_to_decoder():
-    model, x = tiny_model(x_dim=4, latent_dims=(2,)), _data()
+    model, x = tiny_model(x_dim=4, latent_dims=(2,)), binary_batch(B, 4)
     got = _objective_grads(model, x, 7, k=3, m=2, kind="piwae")
     enc = _objective_grads(model, x, 7, k=6, kind="iwae")
     dec = _objective_grads(model, x, 7, k=3, m=2, kind="miwae")
@@ -114,7 +110,7 @@ def test_piwae_routes_iwae_to_encoder_and_miwae_to_decoder():
 
 
 def test_miwae_and_ciwae_objectives_match_their_bounds():
-    model, x = tiny_model(x_dim=4, latent_dims=(2,)), _data()
+    model, x = tiny_model(x_dim=4, latent_dims=(2,)), binary_batch(B, 4)
     _assert_grads_close(_objective_grads(model, x, 8, k=6, m=1, kind="miwae"), _objective_grads(model, x, 8, k=6))
     _assert_grads_close(_objective_grads(model, x, 8, k=6, kind="ciwae", beta=0.0), _objective_grads(model, x, 8, k=6))
     _assert_grads_close(
@@ -131,7 +127,7 @@ def _mean_and_se(model, x, estimator, n, seed):
 @pytest.mark.parametrize("estimator", ["sample-one", "dreg"])
 def test_estimator_is_unbiased_for_eq14(estimator):
     """Averaged over many draws, the estimator's gradient equals the averaged Eq. 14 gradient, every parameter."""
-    model, x = tiny_model(x_dim=3, latent_dims=(1,), seed=3), _data(3)
+    model, x = tiny_model(x_dim=3, latent_dims=(1,), seed=3), binary_batch(B, 3)
     m1, se1 = _mean_and_se(model, x, estimator, 1500, 10_000)
     m2, se2 = _mean_and_se(model, x, "reparam", 1500, 20_000)
     z = (m1 - m2) / torch.sqrt(se1**2 + se2**2 + 1e-12)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import binary_batch, read_json, tiny_model
 
 import iwae
 from iwae import bounds
@@ -99,13 +96,46 @@ def test_active_units_on_a_model_with_known_active_set():
     assert (A[1][1:] == 0).all()
 
 
-def test_prune_inactive_keeps_active_units_and_changes_little():
+def test_prune_inactive_keeps_active_units_and_holds_the_others_at_their_mean():
     model = _model_with_known_active_set()
     x = torch.bernoulli(torch.full((500, 6), 0.5), generator=torch.Generator().manual_seed(2))
     pruned = iwae.prune_inactive(model, x)
     assert [int(m.sum()) for m in (pruned.unit_mask_0, pruned.unit_mask_1)] == [3, 1]
     assert pruned.unit_fill_0[4].item() == pytest.approx(0.3)
     assert model.unit_mask_0.all()  # the original is untouched
+
+
+def _model_with_inactive_units_at_the_prior() -> iwae.IWAE:
+    """q(h|x) encodes x_0, x_1 in units 0, 1; units 2, 3 are the prior N(0, 1) whatever x (unit 2 nearly:
+    A_2 = 0.05^2 / 4), as a trained model's inactive units are. p(x|h) reads all four with its initial weights."""
+    torch.manual_seed(0)
+    model = iwae.IWAE(6, [4], [[]], [[8]]).double()
+    with torch.no_grad():
+        enc = model.encoder[0]
+        for p in enc.parameters():
+            p.zero_()
+        enc.mean.weight[0, 0], enc.mean.weight[1, 1], enc.mean.weight[2, 2] = 1.5, -1.5, 0.05
+        enc.log_std.bias[:2] = -1.0
+    return model
+
+
+def test_pruning_inactive_units_changes_the_log_likelihood_by_little():
+    """Section 5.2: removing the inactive units of a model changes its test log-likelihood by < 0.06 nats."""
+    x = binary_batch(400, 6, seed=1)
+
+    def nll_change(model: iwae.IWAE, threshold: float = 0.01) -> float:
+        pruned = iwae.prune_inactive(model, x, threshold, generator=torch.Generator().manual_seed(2))
+        before, after = (
+            iwae.log_likelihood(m, x, k=1000, generator=torch.Generator().manual_seed(3)).mean().item()
+            for m in (model, pruned)
+        )  # fmt: skip
+        return abs(after - before)
+
+    model = _model_with_inactive_units_at_the_prior()
+    assert iwae.prune_inactive(model, x).unit_mask_0.tolist() == [True, True, False, False]
+    assert nll_change(model) < 0.06  # 0.01 here; holding units 2, 3 at 2.0 instead of their mean gives 0.2
+    # the measurement has power: removing the active units too (a threshold above their A_u) changes it a lot
+    assert nll_change(model, threshold=10.0) > 0.5
 
 
 def test_spread_takes_every_total_over_n_th_example():
@@ -137,20 +167,13 @@ def test_evaluate_refuses_unknown_split():
         evaluate_run("no-such-run", split="dev")
 
 
-DATA = os.environ.get("IWAE_DATA_DIR")
-needs_data = pytest.mark.skipif(not DATA, reason="set IWAE_DATA_DIR to a data directory holding mnist/ to run")
-TINY = dict(dataset="mnist", layers=1, k=3, stages=2, pass_scale=0.02, eval_k=20, eval_n=50, checkpoint_minutes=0.0)
-
-
-@needs_data
-def test_evaluate_reproduces_every_number_of_metrics_json(tmp_path, capsys):
-    import iwae.train
+def test_evaluate_reproduces_every_number_of_metrics_json(tiny_run, capsys):
+    """``tiny_run``'s metrics.json was written by finish_run at the end of ``iwae train`` (tests/conftest.py)."""
     from iwae.cli import main
-    from iwae.config import TrainConfig
-    from iwae.evaluate_run import evaluate_run, finish_run
+    from iwae.evaluate_run import evaluate_run
 
-    run = iwae.train.train(TrainConfig(data_dir=DATA, **TINY), tmp_path / "run", progress=False)
-    metrics = finish_run(run, progress=False)
+    run = tiny_run
+    metrics = read_json(run / "metrics.json")
     test = evaluate_run(run, split="test", pruned=True, progress=False)
     train = evaluate_run(run, split="train", progress=False)
     validation = evaluate_run(run, split="validation", progress=False)
@@ -168,7 +191,7 @@ def test_evaluate_reproduces_every_number_of_metrics_json(tmp_path, capsys):
 
     assert main(["evaluate", str(run), "--split", "train", "--quiet"]) == 0
     assert "(on 50 train images); eval-train-k20-n50.json" in capsys.readouterr().out
-    assert json.loads((run / "eval-train-k20-n50.json").read_text()) == train
+    assert read_json(run / "eval-train-k20-n50.json") == train
     # a different n writes its own file and leaves the other
     assert evaluate_run(run, split="train", n=30, progress=False)["n"] == 30
     assert (run / "eval-train-k20-n30.json").is_file() and (run / "eval-train-k20-n50.json").is_file()

@@ -20,9 +20,6 @@ from iwae.experiments.posteriors import true_posterior_grid
 from iwae.experiments.report import write_report
 from iwae.plots import plot_active_units, plot_training, save_image_grid
 
-DATA = os.environ.get("IWAE_DATA_DIR")
-needs_data = pytest.mark.skipif(not DATA, reason="set IWAE_DATA_DIR to a data directory holding mnist/ to run")
-
 
 def test_table1_plan_shares_k1_runs_and_covers_every_cell():
     specs = plan("table1", Schedule(), "runs", ("mnist",))
@@ -142,10 +139,10 @@ def test_true_posterior_grid_matches_the_model_log_weights_and_importance_sampli
         true_posterior_grid(iwae.IWAE.paper().double(), x)
 
 
-@needs_data
-def test_reproduce_posteriors_end_to_end_and_skips_finished_runs(tmp_path, capsys):
+@pytest.mark.slow
+def test_reproduce_posteriors_end_to_end_and_skips_finished_runs(data_dir, tmp_path, capsys):
     args = ["reproduce", "posteriors", "--out", str(tmp_path / "out"), "--stages", "1", "--pass-scale", "0.005",
-            "--eval-k", "5", "--eval-n", "10", "--jobs", "2", "--data-dir", DATA]  # fmt: skip
+            "--eval-k", "5", "--eval-n", "10", "--jobs", "2", "--data-dir", data_dir]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "estimated time" in out and "mnist-2d-iwae-k50: done" in out

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import binary_batch, tiny_model
 
 import iwae
 from iwae.objectives import BOUNDS, ESTIMATORS_BY_NAME
@@ -19,10 +19,6 @@ VALID = [
     ("miwae", "reparam"), ("miwae", "stl"), ("ciwae", "reparam"), ("ciwae", "stl"),
     ("piwae", "reparam"),
 ]  # fmt: skip
-
-
-def _data(x_dim: int = 4) -> torch.Tensor:
-    return torch.bernoulli(torch.full((B, x_dim), 0.5, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize(
@@ -46,14 +42,16 @@ def test_each_rule_is_refused_at_construction_with_its_message(kw, message):
         iwae.Objective(**kw)
     args = {"kind" if key == "bound" else key: value for key, value in kw.items()}
     with pytest.raises(ValueError, match=message):  # iwae.objective checks through the same object
-        iwae.objective(tiny_model(x_dim=4), _data(), **args)
+        iwae.objective(tiny_model(x_dim=4), binary_batch(B, 4), **args)
 
 
 def test_every_other_combination_is_accepted():
     accepted = {(kind, est) for kind in iwae.KINDS for est in iwae.ESTIMATORS if _valid(kind, est)}
     assert accepted == set(VALID)
-    iwae.Objective("iwae", beta=7.0)  # beta is ignored, so unchecked, outside ciwae
-    iwae.Objective("vae", m=3)  # m is unused outside miwae and piwae, but still a count
+    assert iwae.Objective("iwae", beta=7.0).beta == 7.0  # beta is ignored, so unchecked, outside ciwae
+    assert iwae.Objective("vae", 5, m=3).samples_per_example == 5  # m is unused outside miwae and piwae,
+    with pytest.raises(ValueError, match="m must be a positive integer"):  # but still a count
+        iwae.Objective("vae", m=0)
 
 
 def _valid(kind: str, est: str) -> bool:
@@ -93,7 +91,7 @@ def test_compilable_exactly_for_single_pass_estimators_of_plain_bounds(kind, est
 
 @pytest.mark.parametrize(("kind", "est"), VALID)
 def test_loss_equals_iwae_objective_exactly(kind, est):
-    model, x = tiny_model(x_dim=4, latent_dims=(2, 2)), _data()
+    model, x = tiny_model(x_dim=4, latent_dims=(2, 2)), binary_batch(B, 4)
     got = iwae.Objective(kind, 3, est, m=2, beta=0.3).loss(model, x, torch.Generator().manual_seed(4))
     g_got = torch.autograd.grad(got, list(model.parameters()), allow_unused=True)
     want = iwae.objective(model, x, 3, kind, est, m=2, beta=0.3, generator=torch.Generator().manual_seed(4))
@@ -105,14 +103,14 @@ def test_loss_equals_iwae_objective_exactly(kind, est):
 @pytest.mark.parametrize(("kind", "est"), [v for v in VALID if v[1] != "sample-one"])
 def test_loss_on_given_noise_equals_loss_drawing_it(kind, est):
     """Noise drawn beforehand with ``draw_noise`` gives the loss of the same draws made inside."""
-    model, x = tiny_model(x_dim=4, latent_dims=(2,)), _data()
+    model, x = tiny_model(x_dim=4, latent_dims=(2,)), binary_batch(B, 4)
     obj = iwae.Objective(kind, 3, est, m=2)
     noise = model.draw_noise(obj.samples_per_example, B, torch.Generator().manual_seed(5))
     assert torch.equal(obj.loss(model, x, noise=noise), obj.loss(model, x, torch.Generator().manual_seed(5)))
 
 
 def test_loss_value_is_minus_the_batch_mean_bound():
-    model, x = tiny_model(x_dim=4, latent_dims=(2,)), _data()
+    model, x = tiny_model(x_dim=4, latent_dims=(2,)), binary_batch(B, 4)
     for kind, est in VALID:
         obj = iwae.Objective(kind, 3, est, m=2, beta=0.3)
         n = obj.samples_per_example

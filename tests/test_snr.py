@@ -3,21 +3,15 @@ and ``iwae snr`` on a saved run."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import binary_batch, read_json, tiny_model
 
 import iwae
 from iwae.cli import main
-from iwae.config import TrainConfig
 from iwae.snr import coordinate_snr, gradient_snr
-
-DATA = os.environ.get("IWAE_DATA_DIR")
-needs_data = pytest.mark.skipif(not DATA, reason="set IWAE_DATA_DIR to a data directory holding mnist/ to run")
 
 
 def test_coordinate_snr_matches_hand_computed_mean_and_std():
@@ -50,7 +44,7 @@ def _draws_by_hand(model, x, k, estimator, n, seed):
 
 def test_gradient_snr_structure_and_summary_match_stacked_draws():
     model = tiny_model(x_dim=4, latent_dims=(2, 2))
-    x = torch.bernoulli(torch.full((3, 4), 0.5, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+    x = binary_batch(3, 4)
     ks, ests = [1, 4], ["reparam", "stl", "dreg"]
     r = gradient_snr(model, x, ks, ests, n_draws=20, generator=torch.Generator().manual_seed(5))
     assert r["ks"] == ks and r["estimators"] == ests and r["n_draws"] == 20 and r["batch"] == 3
@@ -115,20 +109,12 @@ def test_iwae_encoder_snr_falls_with_k_while_dregs_rises():
     assert snr["reparam"]["decoder"][1] > 10 * snr["reparam"]["decoder"][0]
 
 
-def _tiny_run(tmp_path):
-    run = tmp_path / "run"
-    config = TrainConfig(data_dir=DATA, dataset="mnist", layers=1, k=2, stages=1, pass_scale=0.01, eval_k=10, eval_n=20)
-    iwae.train.train(config, run, progress=False)
-    return run
-
-
-@needs_data
-def test_snr_command_on_a_saved_run(tmp_path, capsys):
-    run, out = _tiny_run(tmp_path), tmp_path / "snr"
+def test_snr_command_on_a_saved_run(tiny_run, tmp_path, capsys):
+    run, out = tiny_run, tmp_path / "snr"
     args = ["--k", "1,3", "--estimators", "reparam,dreg", "--draws", "4", "--batch", "5", "--quiet"]
     assert main(["snr", str(run), *args, "--out", str(out)]) == 0
     assert "| k | encoder: reparam | encoder: dreg | decoder: reparam | decoder: dreg |" in capsys.readouterr().out
-    result = json.loads((out / "snr.json").read_text())
+    result = read_json(out / "snr.json")
     assert result["ks"] == [1, 3] and result["n_draws"] == 4 and result["batch"] == 5
     assert result["model"]["run_dir"] == str(run) and not result["model"]["trained_here"]
     for est in ("reparam", "dreg"):
@@ -139,16 +125,15 @@ def test_snr_command_on_a_saved_run(tmp_path, capsys):
     assert (out / "snr.png").stat().st_size > 0
 
 
-@needs_data
-def test_snr_command_trains_its_own_model_once(tmp_path, capsys):
+def test_snr_command_trains_its_own_model_once(data_dir, tmp_path, capsys):
     out = tmp_path / "snr"
     args = ["snr", "--k", "1,2", "--estimators", "stl", "--draws", "3", "--batch", "3", "--train-passes", "0.01"]
-    assert main([*args, "--data-dir", DATA, "--quiet", "--out", str(out)]) == 0
-    first = json.loads((out / "snr.json").read_text())
+    assert main([*args, "--data-dir", data_dir, "--quiet", "--out", str(out)]) == 0
+    first = read_json(out / "snr.json")
     assert first["model"]["trained_here"] and first["model"]["k"] == 5 and first["model"]["latent_dims"] == [50]
     assert (out / "model" / "config.json").is_file()
-    assert main([*args, "--data-dir", DATA, "--quiet", "--out", str(out)]) == 0  # reuses out/model
-    second = json.loads((out / "snr.json").read_text())
+    assert main([*args, "--data-dir", data_dir, "--quiet", "--out", str(out)]) == 0  # reuses out/model
+    second = read_json(out / "snr.json")
     assert not second["model"]["trained_here"] and second["snr"] == first["snr"]
 
 

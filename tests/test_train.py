@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +9,7 @@ import time
 
 import pytest
 import torch
+from conftest import TINY, read_json
 from safetensors.torch import load_file
 
 import iwae.train
@@ -19,14 +18,9 @@ from iwae.checkpoint import CheckpointError, load_checkpoint
 from iwae.config import TrainConfig, schedule
 from iwae.evaluate_run import evaluate_run
 
-DATA = os.environ.get("IWAE_DATA_DIR")
-needs_data = pytest.mark.skipif(not DATA, reason="set IWAE_DATA_DIR to a data directory holding mnist/ to run")
 
-TINY = dict(dataset="mnist", layers=1, k=3, stages=2, pass_scale=0.02, eval_k=20, eval_n=50, checkpoint_minutes=0.0)
-
-
-def _log(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def _log_without_timings(run_dir) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("seconds", "examples_per_s")} for r in rundir.read_log(run_dir)]
 
 
 def _same_checkpoints(a, b):
@@ -64,25 +58,16 @@ def test_paper_schedule():
     assert [s.passes for s in schedule(TrainConfig(stages=3, pass_scale=0.5))] == [0.5, 1.5, 4.5]
 
 
-def test_config_refuses_bad_values_and_unknown_keys():
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
-        TrainConfig(dataset="cifar")
-    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
-        TrainConfig(k=0)
-    with pytest.raises(ValueError, match=r"unknown config keys \['learning_rate'\]"):
-        TrainConfig.from_dict({"learning_rate": 0.1})
-
-
-@needs_data
-def test_tiny_run_end_to_end(tmp_path):
-    run = tmp_path / "run"
-    metrics = iwae.train.train_and_evaluate(run, TrainConfig(data_dir=DATA, **TINY), progress=False)
+def test_tiny_run_end_to_end(tiny_run, tiny_config):
+    """``tiny_run`` is the folder of ``train_and_evaluate(run, tiny_config)`` (tests/conftest.py)."""
+    run = tiny_run
+    metrics = read_json(run / "metrics.json")
     for key in ("test_nll", "train_nll", "eval_k", "active_units", "test_nll_pruned", "train_seconds"):
         assert key in metrics
     assert 60 < metrics["test_nll"] < 300 and len(metrics["active_units"]) == 1
     for name in ("samples.png", "active_units.png", "training.png", "config.json", "metrics.json"):
         assert (run / name).is_file()
-    log = _log(run)
+    log = rundir.read_log(run)
     assert [r["stage"] for r in log] == [0, 1]
     assert log[-1]["pass"] == pytest.approx(0.08, abs=1e-3)  # 0.02 + 0.06 passes
     # evaluate is deterministic and writes its own file
@@ -90,14 +75,12 @@ def test_tiny_run_end_to_end(tmp_path):
     b = evaluate_run(run, k=10, n=30, progress=False)
     assert a == b and (run / "eval-test-k10-n30.json").is_file()
     with pytest.raises(rundir.RunError, match="already holds a run"):
-        iwae.train.train(TrainConfig(data_dir=DATA, **TINY), run, progress=False)
+        iwae.train.train(tiny_config, run, progress=False)
 
 
-@needs_data
-def test_resume_after_interruption_gives_identical_numbers(tmp_path, monkeypatch):
-    config = TrainConfig(data_dir=DATA, **TINY)
-    iwae.train.train(config, tmp_path / "straight", progress=False)
-
+def test_resume_after_interruption_gives_identical_numbers(tiny_run, tiny_config, tmp_path, monkeypatch):
+    """``tiny_run`` is the uninterrupted run of ``tiny_config``."""
+    config = tiny_config
     real = iwae.train.make_train_step
 
     def interrupt(n, step, x):
@@ -112,20 +95,16 @@ def test_resume_after_interruption_gives_identical_numbers(tmp_path, monkeypatch
     assert (state["stage"], state["step"]) == (1, 50)
     monkeypatch.setattr(iwae.train, "make_train_step", real)
     iwae.train.resume(tmp_path / "broken", progress=False)
-    _same_checkpoints(tmp_path / "straight", tmp_path / "broken")
-    strip = [
-        {k: v for k, v in r.items() if k not in ("seconds", "examples_per_s")} for r in _log(tmp_path / "straight")
-    ]
-    assert strip == [
-        {k: v for k, v in r.items() if k not in ("seconds", "examples_per_s")} for r in _log(tmp_path / "broken")
-    ]
+    _same_checkpoints(tiny_run, tmp_path / "broken")
+    assert _log_without_timings(tmp_path / "broken") == _log_without_timings(tiny_run)
 
 
-@needs_data
-def test_resume_after_kill_9_gives_identical_numbers(tmp_path):
+@pytest.mark.slow
+def test_resume_after_kill_9_gives_identical_numbers(data_dir, tmp_path):
     """A real process killed with SIGKILL mid-run resumes to the uninterrupted result."""
-    cfg = {**TINY, "stages": 3, "data_dir": DATA}
-    iwae.train.train(TrainConfig(**cfg), tmp_path / "straight", progress=False)
+    cfg = {**TINY, "stages": 3, "data_dir": data_dir}
+    config = TrainConfig(**cfg)
+    iwae.train.train(config, tmp_path / "straight", progress=False)
     code = (
         "import sys, iwae.train as t; from iwae.config import TrainConfig; "
         f"t.train(TrainConfig(**{cfg!r}), sys.argv[1], progress=False)"
@@ -138,18 +117,20 @@ def test_resume_after_kill_9_gives_identical_numbers(tmp_path):
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at, _ = load_checkpoint(ckpt, rundir.build_model(config))
+    end, _ = load_checkpoint(tmp_path / "straight" / "checkpoint.safetensors", rundir.build_model(config))
+    assert (killed_at["stage"], killed_at["step"]) != (end["stage"], end["step"]), "killed after the last checkpoint"
     iwae.train.resume(tmp_path / "killed", progress=False)
     _same_checkpoints(tmp_path / "straight", tmp_path / "killed")
 
 
-@needs_data
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
     def poison(n, step, x):
         loss = step(x)
         return loss * float("nan") if n >= 75 else loss
 
     _wrap_steps(monkeypatch, poison)
-    config = TrainConfig(data_dir=DATA, **TINY)
+    config = tiny_config
     with pytest.raises(iwae.train.TrainingDiverged, match="non-finite in stage 2, step 50"):
         iwae.train.train(config, tmp_path / "run", progress=False)
     state, _ = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors", rundir.build_model(config))
@@ -161,7 +142,7 @@ def test_truncated_or_foreign_checkpoint_is_refused(tmp_path):
     opt = iwae.make_optimizer(model)
     path = tmp_path / "checkpoint.safetensors"
     iwae.checkpoint.save_checkpoint(path, model, opt, {"stage": 0}, {})
-    load_checkpoint(path, model, opt)
+    assert load_checkpoint(path, model, opt)[0]["stage"] == 0
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="unreadable or truncated checkpoint"):
         load_checkpoint(path, model)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import binary_batch, tiny_model
 
 import iwae
 from iwae.train_step import build_step
@@ -27,7 +27,7 @@ def test_train_step_updates_parameters_and_returns_loss():
 @pytest.mark.parametrize(("kind", "estimator"), [("iwae", "dreg"), ("piwae", "reparam"), ("ciwae", "stl")])
 def test_build_step_with_an_objective_equals_make_train_step(kind, estimator):
     base = tiny_model(x_dim=4, latent_dims=(2,))
-    x = torch.bernoulli(torch.full((3, 4), 0.5, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+    x = binary_batch(3, 4)
     runs = []
     for make in (
         lambda m, o, g: iwae.make_train_step(m, o, 3, kind, estimator, m=2, beta=0.2, generator=g),

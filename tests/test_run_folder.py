@@ -1,88 +1,13 @@
-"""The run folder (iwae.rundir): atomic files, the metrics log cut back on resume, status; no import cycles."""
+"""The run folder (iwae.rundir): atomic files, the metrics log cut back on resume, status."""
 
 from __future__ import annotations
 
-import ast
 import json
-from pathlib import Path
 
 import pytest
 
-import iwae
 from iwae import rundir
 from iwae.config import TrainConfig
-
-SRC = Path(iwae.__file__).parent
-
-
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(SRC.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _executed(tree: ast.AST) -> list[ast.AST]:
-    """Every node of ``tree`` but those under ``if TYPE_CHECKING:`` (never run, so never part of a cycle)."""
-    nodes, todo = [], [tree]
-    while todo:
-        node = todo.pop()
-        nodes.append(node)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            todo.extend(node.orelse)
-        else:
-            todo.extend(ast.iter_child_nodes(node))
-    return nodes
-
-
-def _imports(path: Path, modules: set[str]) -> set[str]:
-    """The iwae modules ``path`` imports anywhere in it, inside functions too."""
-    name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in _executed(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{anchor}.{base}".rstrip(".")
-            for alias in node.names:  # `from iwae import data` imports the module iwae.data
-                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
-    return {m for m in found if m in modules and m != name}
-
-
-def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    state: dict[str, int] = {}  # 1: on the current path, 2: finished
-
-    def visit(node: str, path: list[str]) -> list[str] | None:
-        state[node] = 1
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                return path[path.index(nxt) :] + [node, nxt] if nxt in path else [node, nxt]
-            if nxt not in state and (found := visit(nxt, path + [node])):
-                return found
-        state[node] = 2
-        return None
-
-    for start in sorted(graph):
-        if start not in state and (found := visit(start, [])):
-            return found
-    return None
-
-
-def test_no_import_cycles_lazy_imports_included():
-    files = sorted(SRC.rglob("*.py"))
-    modules = {_module_name(p) for p in files}
-    graph = {_module_name(p): _imports(p, modules) for p in files}
-    # A package's __init__ re-exporting its submodules is not a cycle: Python runs it before any of them.
-    graph = {m: {d for d in deps if not (m.startswith(d + ".") and d in graph)} for m, deps in graph.items()}
-    assert "iwae.rundir" in graph["iwae.train"] and "iwae.train" in graph["iwae.experiments.runner"]
-    assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
-
-
-def test_cycle_finder_finds_a_cycle():
-    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) is not None
-    assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
 def test_status_new_partial_done(tmp_path):

@@ -217,3 +217,27 @@ def test_readme_data_table_lists_every_declared_file_with_its_checksum():
         algorithm, _, digest = (resource.known_hash or "").partition(":")
         expected = f"{algorithm} `{digest}`" if resource.known_hash else f"git blob `{resource.git_blob}`"
         assert expected in rows[path], path
+
+
+ESTIMATORS = ROOT / "results" / "estimators"
+
+
+def test_estimator_tables_are_results_json_and_snr_json():
+    text = (ESTIMATORS / "README.md").read_text()
+    results = json.loads((ESTIMATORS / "results.json").read_text())
+    for name, r in results["runs"].items():
+        row = f"| `{name}` "
+        line = next(s for s in text.splitlines() if s.startswith(row))
+        cells = [c.strip() for c in line.split("|")[2:]]
+        assert cells[0] == f"{r['test_nll']:.2f}" and cells[1] == f"{r['test_nll_sem']:.2f}", line
+        assert cells[3] == "+".join(map(str, r["active_units"])), line
+        assert cells[4] == f"{r['last_pass_train_bound']:.2f}" and cells[5] == f"{r['train_seconds']:.0f} s", line
+        if name != "reparam":
+            d = results["paired_test_nll_differences"][f"{name} - reparam"]
+            assert cells[2] == f"{d['mean']:.2f} ± {d['sem']:.2f}", line
+    d = results["paired_test_nll_differences"]["stl - dreg"]
+    assert f"STL minus DReG: {d['mean']:.2f} ± {d['sem']:.2f} nats" in text
+    snr = json.loads((ESTIMATORS / "snr.json").read_text())
+    for i, k in enumerate(snr["ks"]):
+        enc = " | ".join(f"{snr['snr'][e]['encoder'][i]:.3f}" for e in ("reparam", "stl", "dreg"))
+        assert f"| {k} | {enc} | {snr['snr']['reparam']['decoder'][i]:.2f} |" in text, k

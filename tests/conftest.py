@@ -16,7 +16,10 @@ DATA_DIR = os.environ.get("IWAE_DATA_DIR")
 NO_DATA = "IWAE_DATA_DIR is not set: point it at a data directory holding mnist/ (CI: ../shared/data)"
 
 # A two-stage run of the smallest model on a sliver of MNIST: seconds to train, yet every part of a run folder.
-TINY = dict(dataset="mnist", layers=1, k=3, stages=2, pass_scale=0.02, eval_k=20, eval_n=50, checkpoint_minutes=0.0)
+TINY = dict(
+    dataset="mnist", layers=1, k=3, stages=2, pass_scale=0.02, eval_k=20, eval_n=50, curve_k=20, curve_n=30,
+    checkpoint_minutes=0.0,
+)  # fmt: skip
 
 
 def tiny_model(

@@ -11,7 +11,8 @@ from conftest import read_json
 
 from iwae.cli import main
 
-TINY = ["--stages", "1", "--pass-scale", "0.02", "--eval-k", "10", "--eval-n", "40", "--quiet", "--k", "2"]
+TINY = ["--stages", "1", "--pass-scale", "0.02", "--eval-k", "10", "--eval-n", "40", "--curve-k", "10",
+        "--curve-n", "20", "--quiet", "--k", "2"]  # fmt: skip
 
 
 def _error_line(capsys) -> str:

@@ -20,7 +20,8 @@ from iwae.evaluate_run import evaluate_run
 
 
 def _log_without_timings(run_dir) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("seconds", "examples_per_s")} for r in rundir.read_log(run_dir)]
+    timings = ("seconds", "examples_per_s", "curve_seconds")
+    return [{k: v for k, v in r.items() if k not in timings} for r in rundir.read_log(run_dir)]
 
 
 def _same_checkpoints(a, b):
@@ -122,6 +123,47 @@ def test_resume_after_kill_9_gives_identical_numbers(data_dir, tmp_path):
     assert (killed_at["stage"], killed_at["step"]) != (end["stage"], end["step"]), "killed after the last checkpoint"
     iwae.train.resume(tmp_path / "killed", progress=False)
     _same_checkpoints(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_learning_curve_is_logged_at_each_stage_end(tiny_run, tiny_config):
+    log = rundir.read_log(tiny_run)
+    ends = [i for i, r in enumerate(log) if i + 1 == len(log) or log[i + 1]["stage"] != r["stage"]]
+    assert [i for i, r in enumerate(log) if "test_nll_curve" in r] == ends and len(ends) == tiny_config.stages
+    for i in ends:
+        assert (log[i]["curve_k"], log[i]["curve_n"]) == (tiny_config.curve_k, tiny_config.curve_n)
+        assert 60 < log[i]["test_nll_curve"] < 600 and log[i]["test_nll_curve_sem"] > 0 and log[i]["curve_seconds"] > 0
+    assert log[ends[-1]]["test_nll_curve"] < log[ends[0]]["test_nll_curve"]  # the model learns
+
+
+def test_learning_curve_leaves_training_unchanged(tiny_run, tiny_config, tmp_path):
+    """The curve draws from its own stream: without it the run trains to the very same checkpoint."""
+    iwae.train.train(tiny_config.replace(curve_k=0), tmp_path / "no-curve", progress=False)
+    _same_checkpoints(tiny_run, tmp_path / "no-curve")
+    assert not any("test_nll_curve" in r for r in rundir.read_log(tmp_path / "no-curve"))
+    strip = ("test_nll_curve", "test_nll_curve_sem", "curve_k", "curve_n", "curve_seconds")
+    with_curve = [{k: v for k, v in r.items() if k not in strip} for r in _log_without_timings(tiny_run)]
+    assert with_curve == _log_without_timings(tmp_path / "no-curve")
+
+
+def test_kill_between_curve_point_and_stage_checkpoint_neither_loses_nor_doubles_it(
+    tiny_run, tiny_config, tmp_path, monkeypatch
+):
+    """The stage's last line (with its curve point) is written, then the run dies before the stage-end checkpoint."""
+    real = rundir.save_state
+
+    def die_at_stage_end(run_dir, model, optimizer, position, tensors):
+        if (position["stage"], position["step"]) == (1, 0):
+            raise KeyboardInterrupt
+        real(run_dir, model, optimizer, position, tensors)
+
+    monkeypatch.setattr(iwae.train.rundir, "save_state", die_at_stage_end)
+    with pytest.raises(KeyboardInterrupt):
+        iwae.train.train(tiny_config, tmp_path / "broken", progress=False)
+    assert "test_nll_curve" in rundir.read_log(tmp_path / "broken")[-1]  # written before the checkpoint
+    monkeypatch.setattr(iwae.train.rundir, "save_state", real)
+    iwae.train.resume(tmp_path / "broken", progress=False)
+    _same_checkpoints(tiny_run, tmp_path / "broken")
+    assert _log_without_timings(tmp_path / "broken") == _log_without_timings(tiny_run)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):

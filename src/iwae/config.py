@@ -131,6 +131,11 @@ class TrainConfig:
     eval_n: int | None = _opt(None, "evaluate on N examples of each split, spread evenly through it (default all)",
                               type=positive_int, metavar="N")  # fmt: skip
     active_threshold: float = _opt(0.01, "A_u above which a unit is active (Section 5.2)", type=positive_float)
+    # the learning curve: mean -L_curve_k on curve_n test images, logged at the end of every stage (0: none)
+    curve_k: int = _opt(1000, "importance samples of the test-NLL learning curve, measured at the end of every "
+                        "stage (0: no curve)", type=int)  # fmt: skip
+    curve_n: int = _opt(500, "test images of the learning curve, spread evenly through the test set (0: no curve)",
+                        type=int)  # fmt: skip
     # system
     seed: int = _opt(0, "seed of the initial weights, shuffling, binarization and sampling noise", type=int)
     device: str = _opt("auto", "cpu, cuda or cuda:N (auto: cuda if available)")
@@ -153,6 +158,10 @@ class TrainConfig:
                 errors.append(f"{name} must be a positive integer, got {value!r}")
         if not (self.pass_scale > 0 and math.isfinite(self.pass_scale)):
             errors.append(f"pass_scale must be a positive number, got {self.pass_scale}")
+        for name in ("curve_k", "curve_n"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                errors.append(f"{name} must be a non-negative integer (0: no learning curve), got {value!r}")
         if self.eval_n is not None and self.eval_n < 2:
             errors.append(f"eval_n must be at least 2, got {self.eval_n}")
         if self.custom_schedule is not None and not all(
@@ -183,6 +192,11 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def has_curve(self) -> bool:
+        """Whether the run logs a test-NLL learning curve (curve_k and curve_n both set)."""
+        return self.curve_k > 0 and self.curve_n > 0
 
     @property
     def adam_betas(self) -> tuple[float, float]:

@@ -9,6 +9,7 @@ measure through :func:`measure`, so ``iwae evaluate`` on the test and train spli
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ __all__ = [
     "activity",
     "measure",
     "evaluate_run",
+    "curve_images",
+    "curve_point",
     "finish_run",
 ]
 
@@ -41,7 +44,9 @@ __all__ = [
 # - binarize: the dynamic binarization of the split's images (unused for binarized-mnist, which is fixed);
 # - nll: the importance samples of L_k on that split;
 # - active: the samples of h^(l-1) behind A_u of layers l > 1 (Section 5.2), and the same draws again to decide
-#   which units the pruned model drops, so that it drops exactly the units counted inactive.
+#   which units the pruned model drops, so that it drops exactly the units counted inactive;
+# - curve: the importance samples of the learning curve's L_curve_k (:func:`curve_point`), the same draws at every
+#   stage's end, so that the curve's steps are paired; its images are binarized by the test split's ``binarize``.
 # Each (split, purpose) has its own stream so that no two measurements share noise by accident, and both
 # `finish_run` and `iwae evaluate` read them from here, so the second replays the first. These are the numbers
 # every metrics.json was computed with: changing one changes every evaluation.
@@ -49,7 +54,11 @@ STREAMS: dict[tuple[str, str], int] = {
     ("test", "binarize"): 0, ("train", "binarize"): 1, ("validation", "binarize"): 2,
     ("test", "nll"): 99, ("train", "nll"): 98, ("validation", "nll"): 97,
     ("test", "active"): 7, ("train", "active"): 7, ("validation", "active"): 7,
+    ("test", "curve"): 96,
 }  # fmt: skip
+
+# The learning curve's split (:func:`curve_point`).
+CURVE_SPLIT = "test"
 
 # A_u is a property of the model, measured on (n examples of) the training data whatever split is scored.
 ACTIVE_SPLIT = "train"
@@ -129,6 +138,27 @@ def measure(
     return result, A
 
 
+def curve_images(config: TrainConfig, device: torch.device) -> torch.Tensor:
+    """The learning curve's ``curve_n`` test images, spread through the test set and binarized as in
+    :func:`eval_images`: the same images at every stage."""
+    return eval_images(config, CURVE_SPLIT, config.curve_n, device, config.seed)
+
+
+def curve_point(config: TrainConfig, model: IWAE, x: torch.Tensor) -> dict[str, Any]:
+    """One point of the learning curve: mean -L_curve_k on ``x`` (:func:`curve_images`) with its standard error,
+    k, n and the seconds it took, as the fields of a ``metrics.jsonl`` record.
+
+    The importance samples come from the ``curve`` stream, seeded afresh at each call: the training's generators
+    are not touched, so a run with a curve trains exactly as one without.
+    """
+    start = time.monotonic()
+    result = nll(model, x, config.curve_k, stream(config.seed, x.device, CURVE_SPLIT, "curve"), progress=False)
+    return {
+        "test_nll_curve": result["nll"], "test_nll_curve_sem": result["nll_sem"], "curve_k": config.curve_k,
+        "curve_n": result["n"], "curve_seconds": time.monotonic() - start,
+    }  # fmt: skip
+
+
 def evaluate_run(
     run_dir: str | Path,
     k: int | None = None,
@@ -178,6 +208,10 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     save_image_grid(model.sample(100, generator=gen), run_dir / SAMPLES_NAME, nrow=10)
     title = f"{config.dataset}, {len(model.latent_dims)} layer(s), {config.objective} k={config.k}"
     plot_active_units(A, run_dir / ACTIVE_UNITS_NAME, config.active_threshold, title)
-    plot_training([r["pass"] for r in log], [r["train_bound"] for r in log], run_dir / TRAINING_NAME, title)
+    points = [r for r in log if "test_nll_curve" in r]
+    curve = [(r["pass"], r["test_nll_curve"]) for r in points]
+    label = f"test NLL (L_{points[-1]['curve_k']}, {points[-1]['curve_n']} images)" if points else ""
+    passes, bounds = [r["pass"] for r in log], [r["train_bound"] for r in log]
+    plot_training(passes, bounds, run_dir / TRAINING_NAME, title, curve, label)
     write_json(run_dir / METRICS_NAME, metrics)
     return metrics

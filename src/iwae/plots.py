@@ -1,4 +1,4 @@
-"""Figures of a run: sample grids (Appendix E), histograms of log A_u (Appendix C), the training curve.
+"""Figures of a run: sample grids (Appendix E), histograms of log A_u (Appendix C), the learning curves.
 
 Figures are drawn with matplotlib's object-oriented API (:class:`matplotlib.figure.Figure`, no pyplot), which
 needs no backend: importing this module leaves the user's matplotlib backend alone. Every file is written
@@ -19,7 +19,9 @@ from PIL import Image
 
 from iwae.atomic import atomic_path
 
-__all__ = ["image_grid", "save_image_grid", "save_figure", "plot_active_units", "plot_training", "plot_snr"]
+__all__ = [
+    "image_grid", "save_image_grid", "save_figure", "plot_active_units", "plot_training", "plot_curves", "plot_snr",
+]  # fmt: skip
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, side: int = 28, pad: int = 2) -> np.ndarray:
@@ -71,17 +73,54 @@ def plot_active_units(A: Sequence[torch.Tensor], path: str | Path, threshold: fl
     save_figure(fig, path)
 
 
-def plot_training(passes: Sequence[float], bound: Sequence[float], path: str | Path, title: str = "") -> None:
-    """Training bound (mean over each pass) against passes, on a log axis (the stages are 3^i passes long)."""
+def plot_training(
+    passes: Sequence[float],
+    bound: Sequence[float],
+    path: str | Path,
+    title: str = "",
+    curve: Sequence[tuple[float, float]] = (),
+    curve_label: str = "test NLL",
+) -> None:
+    """Minus the training bound (mean over each pass) and the test NLL of the learning curve (``curve``: (passes,
+    NLL) points) against passes, on a log axis (the stages are 3^i passes long); both in nats, lower is better."""
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
-    ax.plot(passes, bound, marker="." if len(passes) < 60 else None)
+    ax.plot(passes, [-b for b in bound], marker="." if len(passes) < 60 else None, label="-training bound")
+    if curve:
+        ax.plot(*zip(*curve), marker="o", color="tab:red", label=curve_label)
+        ax.legend(fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("passes over the training set")
-    ax.set_ylabel("training bound (nats)")
+    ax.set_ylabel("nats (lower is better)")
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title)
+    save_figure(fig, path)
+
+
+def plot_curves(series: Sequence[dict], path: str | Path, title: str = "") -> None:
+    """Learning curves of several runs in one figure: test NLL against passes on a log axis.
+
+    Each item of ``series`` has ``label``, ``points`` ((passes, NLL) pairs: the curve, or only the final point
+    of a run that has none) and optionally ``reference`` (a final NLL to compare with, drawn as a dotted line in
+    the run's colour) and ``reference_passes`` (where that number was reached, marked by a star).
+    """
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    colors = [f"C{i % 10}" for i in range(len(series))]
+    for item, color in zip(series, colors):
+        ax.plot(*zip(*item["points"]), marker="o", markersize=4, color=color, label=item["label"])
+        if item.get("reference") is not None:
+            ax.axhline(item["reference"], color=color, linestyle=":", linewidth=1)
+            if item.get("reference_passes"):
+                ax.plot([item["reference_passes"]], [item["reference"]], marker="*", markersize=8, color=color)
+    ax.set_xscale("log")
+    ax.set_xlabel("passes over the training set")
+    ax.set_ylabel("test NLL (nats)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title, fontsize=10)
     save_figure(fig, path)
 
 

@@ -3,7 +3,7 @@
 | file | written | content |
 | --- | --- | --- |
 | ``config.json`` | when the run is created | every setting (:class:`~iwae.config.TrainConfig`) |
-| ``metrics.jsonl`` | at the end of each pass | stage, learning rate, passes so far, training bound, timing |
+| ``metrics.jsonl`` | at the end of each pass | stage, lr, passes, training bound, timing; test NLL at stage ends |
 | ``checkpoint.safetensors`` | every few minutes, at the end of each stage | model, Adam, position, RNG states |
 | ``metrics.json``, ``samples.png``, ``active_units.png``, ``training.png`` | by the final evaluation | results |
 

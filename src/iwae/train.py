@@ -2,10 +2,13 @@
 
 For each stage of the schedule (3^i passes at 1e-3 * 10^(-i/7)), for each pass over the data: shuffle, then for
 each minibatch binarize it afresh and take one step; every 50 steps check that the loss is finite; at the end of a
-pass log a line to ``metrics.jsonl``; checkpoint every few minutes and at the end of a stage. The checkpoint holds
-the model, Adam's moments, the :class:`Position` in the schedule, the current pass's permutation and every
-generator state, so a run killed at any moment and resumed with :func:`resume` reaches exactly the numbers it
-would have reached uninterrupted. The files of a run folder are :mod:`iwae.rundir`'s.
+pass log a line to ``metrics.jsonl``; at the end of a stage, measure the test NLL of the learning curve
+(:func:`iwae.evaluate_run.curve_point`, on the stage's last line) and checkpoint; checkpoint every few minutes too.
+The checkpoint holds the model, Adam's moments, the :class:`Position` in the schedule, the current pass's
+permutation and every generator state, so a run killed at any moment and resumed with :func:`resume` reaches
+exactly the numbers it would have reached uninterrupted. The stage's last line, curve point included, is written
+before the stage-end checkpoint that counts it: a run killed between the two drops that line on resume and
+measures it again, so no point of the curve is lost or doubled. The files of a run folder are :mod:`iwae.rundir`'s.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from tqdm.auto import tqdm
 
 from iwae import data, rundir
 from iwae.config import TrainConfig, schedule
-from iwae.evaluate_run import finish_run
+from iwae.evaluate_run import curve_images, curve_point, finish_run
 from iwae.rundir import RunError, build_model, resolve_device
 from iwae.train_step import make_optimizer, make_train_step
 
@@ -152,6 +155,7 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool) -
     )  # fmt: skip
     saver = _Saver(run_dir, model, optimizer, gens, 60 * config.checkpoint_minutes)
     writer = _tensorboard(run_dir) if config.tensorboard else None
+    curve_x = curve_images(config, device) if config.has_curve else None
     stages, per_pass = schedule(config), batches.per_pass
     passes_done = sum(_stage_steps(s.passes, per_pass) for s in stages[: pos.stage]) / per_pass
     while pos.stage < len(stages):
@@ -172,6 +176,8 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool) -
                     "train_bound": -pos.pass_loss / end, "seconds": seconds,
                     "examples_per_s": end * batches.size / max(seconds, 1e-9),
                 }  # fmt: skip
+                if pos.step == total and curve_x is not None:  # the stage's last pass: a point of the curve
+                    record |= curve_point(config, model, curve_x)
                 _log_pass(run_dir, pos, record, bar, writer)
                 if pos.step < total and saver.due():
                     saver.save(pos, perm)
@@ -250,6 +256,8 @@ def _log_pass(run_dir: Path, pos: Position, record: dict[str, Any], bar: tqdm, w
     bar.set_postfix(bound=f"{record['train_bound']:.2f}", ex_s=f"{record['examples_per_s']:.0f}")
     if writer is not None:
         writer.add_scalar("train/bound", record["train_bound"], record["pass"])
+        if "test_nll_curve" in record:
+            writer.add_scalar("test/nll_curve", record["test_nll_curve"], record["pass"])
 
 
 def _stage_steps(passes: float, steps_per_pass: int) -> int:

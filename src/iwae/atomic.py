@@ -2,11 +2,13 @@
 
 Each writer writes a temporary file in the destination's folder, flushes it to disk, gives it the usual
 permissions (0644 less the umask, not mkstemp's private 0600), then renames it over the destination. A process
-killed at any moment leaves the old file or the new one, never half of one.
+killed at any moment leaves the old file or the new one, never half of one. A full disk raises
+:class:`DiskFullError` naming the file, whose previous version is left intact.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -15,7 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_bytes", "write_text", "write_json"]
+__all__ = ["DiskFullError", "atomic_path", "write_bytes", "write_text", "write_json"]
+
+
+class DiskFullError(OSError):
+    """No space was left on the device while writing a file; its previous version, if any, is intact."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(f"no space left on device while writing {path} (its previous version, if any, is intact)")
+        self.errno = errno.ENOSPC
 
 
 def _umask() -> int:
@@ -40,6 +50,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(err, DiskFullError):
+            raise DiskFullError(path) from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -3,11 +3,14 @@
 safetensors holds only tensors and a string-to-string header, so loading a checkpoint can never execute code.
 The file is written to a temporary name in the same folder, flushed to disk, then renamed over the old one
 (:func:`iwae.atomic.atomic_path`): a run killed at any moment leaves the previous checkpoint or the new one,
-never half of one.
+never half of one. The header also holds a sha256 of everything else in the file (the header's other entries and
+every tensor's name, dtype, shape and bytes), checked on load: a file damaged on disk (a flipped bit, a partial
+copy) is refused, never loaded. Checkpoints of the first format, which predate the checksum, still load unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,11 +24,23 @@ from iwae.atomic import atomic_path
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
-_FORMAT = "iwae-checkpoint-1"
+_FORMAT = "iwae-checkpoint-2"  # with a checksum; no single flipped bit turns it into the legacy name below
+_LEGACY_FORMAT = "iwae-checkpoint-1"  # no checksum
+_HEADER_KEYS = {"format", "state", "param_groups", "sha256"}
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated, of another format, or holds non-finite parameters."""
+    """A checkpoint is missing, truncated, damaged, of another format, or holds non-finite parameters."""
+
+
+def _digest(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the header's entries (but the checksum itself) and of each tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def save_checkpoint(
@@ -52,6 +67,7 @@ def save_checkpoint(
         "state": json.dumps(state),
         "param_groups": json.dumps(opt["param_groups"]),
     }
+    header["sha256"] = _digest(header, out)
     with atomic_path(path) as tmp:
         save_file(out, str(tmp), metadata=header)
 
@@ -72,8 +88,7 @@ def load_checkpoint(
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({err}); delete it to start over") from err
-    if header.get("format") != _FORMAT:
-        raise CheckpointError(f"{path}: not an iwae checkpoint (format {header.get('format')!r})")
+    _check_header(path, header, tensors)
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     bad = [k for k, v in model_state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
@@ -92,3 +107,17 @@ def load_checkpoint(
         optimizer.load_state_dict({"state": per_param, "param_groups": json.loads(header["param_groups"])})
     extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
     return json.loads(header["state"]), extra
+
+
+def _check_header(path: Path, header: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a foreign file, and a checkpoint whose content does not match its checksum."""
+    fmt = header.get("format")
+    if fmt == _LEGACY_FORMAT:
+        return
+    if fmt != _FORMAT:
+        raise CheckpointError(f"{path}: not an iwae checkpoint (format {fmt!r})")
+    if set(header) != _HEADER_KEYS or header["sha256"] != _digest(header, tensors):
+        raise CheckpointError(
+            f"{path}: damaged on disk (its content does not match the sha256 stored with it); it was not loaded. "
+            "Restore it from a backup, or delete it to train the run again from the start"
+        )

@@ -214,7 +214,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         values = json.loads(Path(path).read_text())
     except OSError as err:
         raise ValueError(f"cannot read config file {path}: {err.strerror or err}") from err
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # not text at all, e.g. a pickle
         raise ValueError(f"config file {path} is not valid JSON ({err}); fix it or write a new one") from err
     if not isinstance(values, dict):
         raise ValueError(f"config file {path} must hold a JSON object of config keys, got {type(values).__name__}")

@@ -10,24 +10,31 @@
 Every file is written whole or not at all (:mod:`iwae.atomic`), but for ``metrics.jsonl``, which grows a line at a
 time: on resume it is cut back, atomically, to the lines of the checkpoint's position (:func:`truncate_log`).
 A folder is "new" (no ``config.json``), "partial" (created, not yet evaluated) or "done" (:func:`status`).
+While a process trains or evaluates a run it holds the folder's ``.lock`` (:func:`locked`).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from iwae import atomic
+from iwae.atomic import DiskFullError
 from iwae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from iwae.config import TrainConfig
 from iwae.model import IWAE
 
 __all__ = [
     "CONFIG_NAME", "LOG_NAME", "CHECKPOINT_NAME", "METRICS_NAME", "SAMPLES_NAME", "ACTIVE_UNITS_NAME",
-    "TRAINING_NAME", "RunError",
+    "TRAINING_NAME", "LOCK_NAME", "RunError", "locked",
     "resolve_device", "build_model", "create", "read_config", "status", "append_log", "truncate_log",
     "read_log", "has_checkpoint", "save_state", "load_state", "load_run",
 ]  # fmt: skip
@@ -35,11 +42,55 @@ __all__ = [
 CONFIG_NAME = "config.json"
 LOG_NAME = "metrics.jsonl"
 METRICS_NAME = "metrics.json"
+LOCK_NAME = ".lock"  # held (flock) by the process working in the folder; holds its PID
 SAMPLES_NAME, ACTIVE_UNITS_NAME, TRAINING_NAME = "samples.png", "active_units.png", "training.png"  # the figures
 
 
 class RunError(RuntimeError):
     """A run folder that cannot be created, read or continued."""
+
+
+@contextmanager
+def locked(folder: str | Path, again: str) -> Iterator[None]:
+    """Hold ``folder/.lock`` for the ``with`` block: a second process given the same folder is refused.
+
+    The lock is an ``flock`` on that file, which the kernel releases when its holder exits, however it exits: the
+    lock of a killed process is free again at once, and is taken over. The file holds the holder's PID, for the
+    message. A full disk inside the block is reported with what to do (free space, then run ``again``). A folder
+    made here and left empty but for the lock is removed again.
+
+    :raises RunError: naming the PID of the process that holds the lock.
+    """
+    folder = Path(folder)
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RunError(f"cannot write the run folder {folder}: {err.strerror or err}") from err
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunError(
+                f"{folder} is in use by another process (PID {holder}); wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        except DiskFullError as err:
+            raise RunError(f"{err}; free space and run `{again}`") from err
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise RunError(f"no space left on device in {folder} ({err}); free space and run `{again}`") from err
+    finally:
+        os.close(fd)
+        if made and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            (folder / LOCK_NAME).unlink()
+            folder.rmdir()
 
 
 def resolve_device(name: str) -> torch.device:

@@ -133,12 +133,15 @@ def train_and_evaluate(
 
     The one entry point of ``iwae train``, ``iwae resume`` and each run of ``iwae reproduce``. Returns the
     ``metrics.json`` of :func:`iwae.evaluate_run.finish_run`, or None with ``evaluate=False``.
+
+    :raises RunError: another process holds the run folder (:func:`iwae.rundir.locked`), or the disk filled up.
     """
-    if config is None:
-        resume(run_dir, progress=progress)
-    else:
-        train(config, run_dir, progress=progress)
-    return finish_run(run_dir, progress=progress) if evaluate else None
+    with rundir.locked(run_dir, again=f"iwae resume {run_dir}"):  # one process per run folder, to the end
+        if config is None:
+            resume(run_dir, progress=progress)
+        else:
+            train(config, run_dir, progress=progress)
+        return finish_run(run_dir, progress=progress) if evaluate else None
 
 
 def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool) -> None:

@@ -5,6 +5,11 @@ Each reader checks what it reads (magic number, sizes, shape, range, NaN) and ra
 gzip-compressed files are recognised by their magic bytes, whatever their name. All images come out
 row-major and upright: pixel ``(r, c)`` of a 28x28 image is element ``28 * r + c``.
 
+Hostile files: every size a file declares (idx dimensions, MATLAB element lengths, zip member sizes, PNG
+dimensions) is checked against the bytes actually there, or against a fixed cap for compressed data
+(:data:`MAX_DECODED` for gzip and MATLAB, :data:`MAX_PNG_BYTES` for a zip member), before anything of that size is
+allocated. Zip members with absolute paths, ``..`` or symbolic links are refused.
+
 Omniglot downsampling: the 105x105 originals are reduced to 28x28 by exact area averaging. Output pixel
 ``i`` covers input span ``[3.75 i, 3.75 (i + 1))``; its value is the mean over that square of the ink
 (1 - paper), with partial input pixels weighted by their overlap. This anti-aliases without ringing, so
@@ -16,20 +21,25 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import re
+import stat
 import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import scipy.io
 from PIL import Image
 
+from iwae.data.matfile import checked_mat
 from iwae.data.resources import DataFormatError
 
 __all__ = [
+    "MAX_DECODED",
+    "MAX_PNG_BYTES",
     "OmniglotArchive",
     "area_matrix",
     "parse_amat",
@@ -42,17 +52,23 @@ __all__ = [
 _GZIP_MAGIC = b"\x1f\x8b"
 _ORIG, _SIDE = 105, 28  # Omniglot's original and the paper's image side
 _DRAWINGS = 20  # drawings per Omniglot character
+MAX_DECODED = 1 << 30  # bytes decompressed from one file at most: 5x the largest real one (chardata.mat's arrays)
+MAX_PNG_BYTES = 1 << 20  # bytes of one Omniglot PNG at most (the real ones have about 300)
 
 
-def read_bytes(path: Path) -> bytes:
-    """The content of ``path``, decompressed if it is gzip data."""
+def read_bytes(path: Path, limit: int = MAX_DECODED) -> bytes:
+    """The content of ``path``, decompressed if it is gzip data (at most ``limit`` bytes of it)."""
     data = Path(path).read_bytes()
     if data[:2] != _GZIP_MAGIC:
         return data
     try:
-        return gzip.decompress(data)
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            out = f.read(limit + 1)
     except (OSError, EOFError, zlib.error) as err:
         raise DataFormatError(f"{path}: corrupt or truncated gzip data ({err})") from err
+    if len(out) > limit:
+        raise DataFormatError(f"{path}: gzip data decompresses to more than {limit:,} bytes; not a data file")
+    return out
 
 
 def parse_idx(data: bytes, path: Path | str) -> np.ndarray:
@@ -73,7 +89,7 @@ def parse_idx(data: bytes, path: Path | str) -> np.ndarray:
     if len(data) < header:
         raise DataFormatError(f"{path}: truncated idx header ({len(data)} of {header} bytes)")
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)  # exact: a product of four 32-bit sizes overflows int64
     if len(data) - header != count:
         problem = "truncated" if len(data) - header < count else "trailing bytes"
         raise DataFormatError(
@@ -93,6 +109,8 @@ def parse_amat(data: bytes, path: Path | str) -> np.ndarray:
             if (values > 1).any():
                 raise DataFormatError(f"{path}: values other than 0 and 1")
             return values
+    if not data.strip():
+        raise DataFormatError(f"{path}: empty file, expected lines of 784 values")
     # Not the canonical layout (other spacing, line ends, "1.0"): parse generally, slower.
     try:
         values = np.loadtxt(io.BytesIO(data), dtype=np.float64, ndmin=2)
@@ -120,7 +138,9 @@ def read_chardata(path: Path) -> tuple[np.ndarray, np.ndarray]:
     :returns: train pool (N, 784) and test (M, 784), float32 in [0, 1].
     """
     try:
-        mat = scipy.io.loadmat(str(path))
+        mat = scipy.io.loadmat(io.BytesIO(checked_mat(path, MAX_DECODED)))
+    except DataFormatError:
+        raise
     except Exception as err:  # scipy raises many types on foreign or damaged files
         raise DataFormatError(f"{path}: cannot read as a MATLAB v5 .mat file ({err})") from err
     out = []
@@ -175,6 +195,7 @@ def read_omniglot_zip(path: Path) -> OmniglotArchive:
     except (zipfile.BadZipFile, OSError) as err:
         raise DataFormatError(f"{path}: not a readable zip archive ({err})") from err
     with zf:
+        _check_members(zf, path)
         pngs = sorted(n for n in zf.namelist() if n.lower().endswith(".png"))
         where = {}  # PNG path -> (character id, drawing index 1..20)
         for name in pngs:
@@ -205,15 +226,34 @@ def read_omniglot_zip(path: Path) -> OmniglotArchive:
     return OmniglotArchive(np.arange(ids[0], ids[-1] + 1), images, digest.hexdigest())
 
 
+def _check_members(zf: zipfile.ZipFile, path: Path) -> None:
+    """Refuse members that could escape a folder (absolute paths, ``..``), symbolic links, and oversized ones."""
+    for info in zf.infolist():
+        name = info.filename
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or ".." in parts or re.match(r"[A-Za-z]:", name):
+            raise DataFormatError(f"{path}: member {name!r} has an absolute path or '..'; refusing the archive")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise DataFormatError(f"{path}: member {name!r} is a symbolic link; refusing the archive")
+        if info.file_size > MAX_PNG_BYTES:
+            raise DataFormatError(
+                f"{path}: member {name!r} declares {info.file_size:,} bytes, more than an Omniglot PNG may have "
+                f"({MAX_PNG_BYTES:,}); refusing the archive"
+            )
+
+
 def _decode_png(zf: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
-    """One PNG as (105, 105) float64, 1 = white paper, 0 = ink."""
+    """One PNG as (105, 105) float64, 1 = white paper, 0 = ink; its size is checked before its pixels are read."""
     try:
-        with Image.open(io.BytesIO(zf.read(name))) as im:
-            size = im.size
+        with zf.open(name) as member:  # yields at most the declared size, checked by _check_members; CRC-checked
+            raw = member.read(MAX_PNG_BYTES + 1)
+        with Image.open(io.BytesIO(raw)) as im:
+            if im.size != (_ORIG, _ORIG):
+                raise DataFormatError(f"{path}: {name}: size {im.size}, expected ({_ORIG}, {_ORIG})")
             # The originals are 1-bit (True = paper); accept 8-bit grey too.
             pixels = np.asarray(im) if im.mode == "1" else np.asarray(im.convert("L")) / 255.0
+    except DataFormatError:
+        raise
     except (OSError, SyntaxError, ValueError, zlib.error, zipfile.BadZipFile, EOFError) as err:
         raise DataFormatError(f"{path}: {name}: cannot decode PNG ({err})") from err
-    if size != (_ORIG, _ORIG):
-        raise DataFormatError(f"{path}: {name}: size {size}, expected ({_ORIG}, {_ORIG})")
     return pixels.astype(np.float64, copy=False)

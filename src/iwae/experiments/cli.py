@@ -14,7 +14,7 @@ from iwae.experiments.plan import EXPERIMENTS, Schedule, plan
 from iwae.experiments.posteriors import plot_posteriors
 from iwae.experiments.report import write_report
 from iwae.experiments.runner import estimate_seconds, execute
-from iwae.rundir import status
+from iwae.rundir import locked, status
 
 __all__ = ["add_reproduce_arguments", "reproduce"]
 
@@ -38,6 +38,14 @@ def _duration(seconds: float) -> str:
 
 
 def reproduce(args: argparse.Namespace) -> int:
+    """``iwae reproduce``: 1 if some run failed, else 0. DIR is locked against a second reproduction into it."""
+    if args.estimate_only:
+        return _reproduce(args)
+    with locked(args.out, again="the same `iwae reproduce` command"):
+        return _reproduce(args)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     datasets = tuple(args.datasets.split(",")) if args.datasets else ("mnist", "omniglot")

@@ -173,3 +173,18 @@ def test_figures_are_png_files_written_without_leftovers(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["active_units.png", "samples.png", "training.png"]
     for path in tmp_path.iterdir():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path.name
+
+
+def test_report_draws_each_tables_runs_with_or_without_curves(tmp_path):
+    """One run logged a learning curve, one only its final NLL: both are drawn, beside the paper's numbers."""
+    root = tmp_path / "runs"
+    _fake_run(root, "mnist-l1-iwae-k5", 104.0, [50])
+    _fake_run(root, "mnist-l1-vae-k5", 104.5, [40])
+    log = [{"stage": i, "pass": p, "train_bound": -110.0, "test_nll_curve": nll} for i, (p, nll) in
+           enumerate([(0.003, 140.0), (0.012, 120.0), (0.039, 110.0)])]  # fmt: skip
+    (root / "mnist-l1-iwae-k5" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    metrics = json.loads((root / "mnist-l1-vae-k5" / "metrics.json").read_text())
+    (root / "mnist-l1-vae-k5" / "metrics.json").write_text(json.dumps({**metrics, "passes": 0.039}))
+    report = write_report(tmp_path, ["table1"], Schedule(stages=3, pass_scale=0.001), "c", ("mnist",)).read_text()
+    assert "![learning curves](curves-mnist.png)" in report and "after its 3,280 passes" in report
+    assert (tmp_path / "curves-mnist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

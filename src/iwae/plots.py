@@ -99,28 +99,32 @@ def plot_training(
 
 
 def plot_curves(series: Sequence[dict], path: str | Path, title: str = "") -> None:
-    """Learning curves of several runs in one figure: test NLL against passes on a log axis.
+    """Learning curves of several runs in one figure: test NLL against passes on a log axis, a panel per group.
 
     Each item of ``series`` has ``label``, ``points`` ((passes, NLL) pairs: the curve, or only the final point
-    of a run that has none) and optionally ``reference`` (a final NLL to compare with, drawn as a dotted line in
-    the run's colour) and ``reference_passes`` (where that number was reached, marked by a star).
+    of a run that has none), optionally ``panel`` (the title of its panel) and ``reference`` (a final NLL to compare
+    with, drawn as a dotted line in the run's colour) with ``reference_passes`` (where it was reached: a star).
     """
-    fig = Figure(figsize=(7.5, 4.5))
-    ax = fig.subplots()
-    colors = [f"C{i % 10}" for i in range(len(series))]
-    for item, color in zip(series, colors):
-        ax.plot(*zip(*item["points"]), marker="o", markersize=4, color=color, label=item["label"])
-        if item.get("reference") is not None:
-            ax.axhline(item["reference"], color=color, linestyle=":", linewidth=1)
-            if item.get("reference_passes"):
-                ax.plot([item["reference_passes"]], [item["reference"]], marker="*", markersize=8, color=color)
-    ax.set_xscale("log")
-    ax.set_xlabel("passes over the training set")
-    ax.set_ylabel("test NLL (nats)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    panels = list(dict.fromkeys(item.get("panel", "") for item in series)) or [""]
+    fig = Figure(figsize=(6.5 * len(panels), 4.5))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        items = [item for item in series if item.get("panel", "") == panel]
+        for i, item in enumerate(items):
+            color = f"C{i % 10}"
+            ax.plot(*zip(*item["points"]), marker="o", markersize=4, color=color, label=item["label"])
+            if item.get("reference") is not None:
+                ax.axhline(item["reference"], color=color, linestyle=":", linewidth=1)
+                if item.get("reference_passes"):
+                    ax.plot([item["reference_passes"]], [item["reference"]], marker="*", markersize=9, color=color)
+        ax.set_xscale("log")
+        ax.set_xlabel("passes over the training set")
+        ax.set_ylabel("test NLL (nats)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(panel, fontsize=10)
     if title:
-        ax.set_title(title, fontsize=10)
+        fig.suptitle(title, fontsize=10)
     save_figure(fig, path)
 
 

@@ -16,8 +16,12 @@ from iwae.experiments.claims import CRITERIA, Claim, check_claims
 from iwae.experiments.paper_results import TABLE1, TABLE2, TABLE3
 from iwae.experiments.plan import Schedule, table_key
 from iwae.experiments.runner import read_metrics
+from iwae.plots import plot_curves
+from iwae.rundir import read_log
 
 __all__ = ["write_report", "rewrite_report"]
+
+PAPER_PASSES = 3280  # the paper's schedule: 3^i passes for i = 0..7 (Section 5.1)
 
 
 def _fmt_nll(ours: float | None, paper: float | None) -> str:
@@ -145,9 +149,37 @@ def _made_md(command: str) -> list[str]:
 
 
 def _table_section(root: Path, table: dict, title: str, dataset: str, schedule: Schedule, claims: list) -> list[str]:
-    """A table of NLLs and active units, then the claims it checks (also appended to ``claims``)."""
+    """A table of NLLs and active units, the claims it checks (also appended to ``claims``), its learning curves."""
     lines = [f"## {title} ({schedule.describe()})", "", *_table_md(root, table, dataset, True), ""]
-    return lines + _claims_md(_claims(root, table, dataset), claims)
+    return lines + _claims_md(_claims(root, table, dataset), claims) + _curves_md(root, table, dataset, title)
+
+
+def _curves_md(root: Path, table: dict, dataset: str, title: str) -> list[str]:
+    """The table's runs in one figure, ``curves-<dataset>.png`` beside report.md: each run's test-NLL curve (or,
+    for a run that logged none, its final NLL alone) against passes, with the paper's final number."""
+    series, seen = [], set()
+    for layers in (1, 2):
+        for k in (1, 5, 50):
+            for obj in ("vae", "iwae"):
+                name = table_key(dataset, layers, obj, k)
+                if name in seen or (m := read_metrics(root / name)) is None:
+                    continue  # at k = 1 the VAE and IWAE are one run
+                seen.add(name)
+                points = [(r["pass"], r["test_nll_curve"]) for r in read_log(root / name) if "test_nll_curve" in r]
+                if not points and "passes" in m:
+                    points = [(m["passes"], m["test_nll"])]
+                paper = table.get((dataset, layers, obj, k))
+                label = "k=1 (VAE = IWAE)" if k == 1 else f"{obj.upper()} k={k}"
+                series.append({"label": label, "panel": f"{layers} stochastic layer(s)", "points": points,
+                               "reference": paper and paper[0], "reference_passes": PAPER_PASSES})  # fmt: skip
+    series = [item for item in series if item["points"]]
+    if not series:
+        return []
+    figure = f"curves-{dataset}.png"
+    plot_curves(series, root.parent / figure, f"{title}: test NLL against passes")
+    return [f"Test NLL against passes (log axis): each run's learning curve (`test_nll_curve`, at the end of every "
+            "stage), or its final NLL alone where the run logged no curve; dotted lines and stars: the paper's "
+            f"final numbers, after its {PAPER_PASSES:,} passes.", "", f"![learning curves]({figure})", ""]  # fmt: skip
 
 
 def _tables_md(
@@ -200,8 +232,9 @@ def write_report(
 
 
 def rewrite_report(out: Path) -> Path:
-    """Rewrite out/report.md and out/results.json from the run folders alone (no run trained, no figure redrawn),
-    with the experiments, data sets, schedule and command recorded in out/results.json."""
+    """Rewrite out/report.md and out/results.json from the run folders alone (no run trained; of the figures only
+    the learning curves are redrawn), with the experiments, data sets, schedule and command recorded in
+    out/results.json."""
     recorded = json.loads((out / "results.json").read_text())
     schedule = Schedule(**recorded["schedule"])
     return write_report(out, recorded["experiments"], schedule, recorded["command"], tuple(recorded["datasets"]))

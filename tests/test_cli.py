@@ -32,7 +32,7 @@ def test_train_evaluate_sample_resume(data_dir, tmp_path, capsys):
     assert "validation NLL" in capsys.readouterr().out
     assert main(["sample", str(run), "--n", "16", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
-    assert main(["resume", str(run), "--quiet"]) == 0  # a finished run: nothing to train, evaluated again
+    assert main(["resume", str(run), "--quiet", "--re-evaluate"]) == 0  # a finished run: evaluated again
     assert read_json(run / "metrics.json")["test_nll"] == metrics["test_nll"]
 
 

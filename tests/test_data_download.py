@@ -177,3 +177,33 @@ def test_read_only_data_dir_is_not_written(monkeypatch, tmp_path, site):
     with pytest.raises(data.DownloadError, match="is read-only; choose another data directory"):
         data.download("mnist", tmp_path / "ro")
     assert files_under(tmp_path / "ro") == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_download_replaces_a_damaged_local_file(site, monkeypatch, tmp_path, damage):
+    contents = {MNIST[0]: mnist_gz(410, 4), MNIST[1]: mnist_gz(5, 5)}
+    for key, content in contents.items():
+        publish(site, monkeypatch, key, content)
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(content)
+    good = contents[MNIST[0]]
+    bad = good[:-1000] if damage == "truncated" else good[:100] + bytes([good[100] ^ 0xFF]) + good[101:]
+    (tmp_path / MNIST[0]).write_bytes(bad)
+    Handler.requests.clear()
+    paths = data.download("mnist", tmp_path)
+    assert [p.read_bytes() for p in paths] == [contents[k] for k in MNIST]
+    assert Handler.requests == ["/" + Path(MNIST[0]).name]  # only the damaged file is fetched again
+    assert files_under(tmp_path) == ["mnist", *sorted(MNIST)]  # no temporary file left
+
+
+def test_a_damaged_uncompressed_copy_is_replaced_too(site, monkeypatch, tmp_path):
+    content = mnist_gz(410, 6)
+    raw = gzip.decompress(content)
+    publish(site, monkeypatch, MNIST[0], content, fingerprint=hashlib.sha256(raw).hexdigest())
+    publish(site, monkeypatch, MNIST[1], mnist_gz(5, 7))
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / MNIST[0].removesuffix(".gz")).write_bytes(raw[:-10])  # an alias of the published file, cut short
+    (tmp_path / MNIST[1]).write_bytes(mnist_gz(5, 7))
+    paths = data.download("mnist", tmp_path)
+    assert paths[0] == tmp_path / MNIST[0] and paths[0].read_bytes() == content
+    assert files_under(tmp_path) == ["mnist", *sorted(MNIST)]

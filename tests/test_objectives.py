@@ -125,3 +125,9 @@ def test_registry_declarations_refer_to_each_other():
         assert est.bounds is None or set(est.bounds) <= set(BOUNDS)
     for spec in BOUNDS.values():
         assert spec.estimators is None or set(spec.estimators) <= set(ESTIMATORS_BY_NAME)
+
+
+def test_the_torch_free_names_are_the_registrys():
+    from iwae.objectives import names, registry
+
+    assert names.KINDS == tuple(registry.BOUNDS) and names.ESTIMATORS == tuple(registry.ESTIMATORS_BY_NAME)

@@ -9,13 +9,13 @@ torch.Size([20])
 >>> loss = iwae.objective(m, x, k=50, kind="iwae")   # gradient = Eq. 14
 >>> iwae.log_likelihood(m, x, k=5000).shape   # the paper's test metric, per example
 torch.Size([20])
+
+The names below are imported on first use, so that ``import iwae`` (and the command line's ``--help``) does not
+import torch.
 """
 
-from iwae import bounds, data
-from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
-from iwae.model import IWAE
-from iwae.objectives import ESTIMATORS, KINDS, Objective, objective
-from iwae.train_step import make_optimizer, make_train_step
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -34,3 +34,22 @@ __all__ = [
     "count_active",
     "prune_inactive",
 ]
+
+# name -> module holding it (a module itself where the two are the same)
+_LAZY = {
+    "IWAE": "iwae.model", "bounds": "iwae.bounds", "data": "iwae.data", "Objective": "iwae.objectives",
+    "objective": "iwae.objectives", "make_train_step": "iwae.train_step", "make_optimizer": "iwae.train_step",
+    "KINDS": "iwae.objectives", "ESTIMATORS": "iwae.objectives", "log_likelihood": "iwae.evaluate",
+    "active_units": "iwae.evaluate", "count_active": "iwae.evaluate", "prune_inactive": "iwae.evaluate",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = import_module(_LAZY[name])
+    return module if module.__name__ == f"iwae.{name}" else getattr(module, name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -1,18 +1,29 @@
-"""The ``iwae`` command: train, resume, evaluate, sample, download (and the experiments of the paper)."""
+"""The ``iwae`` command: train, resume, evaluate, sample, download (and the experiments of the paper).
+
+The arguments are parsed before torch is imported: the parser needs only names (data sets, bounds, estimators),
+and each command imports what it runs, so ``iwae --help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from iwae import data
-from iwae.checkpoint import CheckpointError
-from iwae.config import add_config_options, config_from_args, int_list, positive_float, positive_int
-from iwae.rundir import RunError, load_run
-from iwae.train import TrainingDiverged, train_and_evaluate
+from iwae.config import (
+    RESUMABLE,
+    add_config_options,
+    config_from_args,
+    int_list,
+    overrides_from_args,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["main", "build_parser", "Command", "COMMANDS"]
 
@@ -25,8 +36,13 @@ def _add_progress_and_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",
         type=positive_int,
-        help="CPU threads for torch (default: torch's choice); 1 is fastest for batch 20 on a busy machine",
+        help="CPU threads for torch (default for train and resume: 1 on the CPU for batches of up to 100, which "
+        "does not slow down when another process holds a core; else torch's choice)",
     )
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data directory (default: the run's, if it exists; else $IWAE_DATA_DIR)")
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,12 +53,18 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         help="JSON file of config values (e.g. another run's config.json); flags given here override it",
     )
     p.add_argument("--out", required=True, help="run folder to create")
-    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     _add_progress_and_threads(p)
+    from iwae.experiments.slurm import add_executor_arguments
+
+    add_executor_arguments(p)
 
 
 def _resume_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help=_RUN_DIR_HELP)
+    add_config_options(p, RESUMABLE)  # recorded in the run's config.json
+    p.add_argument(
+        "--re-evaluate", action="store_true", help="evaluate a finished run again (with the settings given here)"
+    )
     _add_progress_and_threads(p)
 
 
@@ -56,6 +78,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
         help="use N examples spread evenly through the split (default: the run's eval-n; more than the split: all)",
     )
     p.add_argument("--pruned", action="store_true", help="also the NLL with inactive units removed (a second L_k)")
+    _add_data_dir(p)
     _add_progress_and_threads(p)
 
 
@@ -67,6 +90,7 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=positive_int, help="N examples spread evenly through the split (default: eval-n)")
     p.add_argument("--seed", type=int, help="seed of the images' binarization and the noise (default: the runs')")
     p.add_argument("--out", help="JSON file to write (default compare-<A>-<B>-<split>-k<k>-n<n>.json here)")
+    _add_data_dir(p)
     _add_progress_and_threads(p)
 
 
@@ -103,17 +127,37 @@ def _snr_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from iwae.train import train_and_evaluate
+
     config = config_from_args(args, args.config)
-    metrics = train_and_evaluate(args.out, config, progress=not args.quiet, evaluate=not args.no_eval)
-    if metrics is not None:
-        _report(metrics, Path(args.out))
+    if args.executor == "slurm":
+        from iwae.experiments.slurm import submit_run
+
+        if (metrics := submit_run(args, config)) is not None:
+            _report(metrics, Path(args.out))
+        return
+    _report(train_and_evaluate(args.out, config, progress=not args.quiet, threads=args.threads), Path(args.out))
 
 
 def _resume(args: argparse.Namespace) -> None:
-    _report(train_and_evaluate(args.run_dir, progress=not args.quiet), Path(args.run_dir))
+    from iwae.rundir import status
+    from iwae.train import train_and_evaluate
+
+    if status(args.run_dir) == "done" and not args.re_evaluate:
+        print(f"{args.run_dir} is already finished (trained and evaluated: metrics.json); nothing to do. "
+              f"`iwae resume {args.run_dir} --re-evaluate` evaluates it again.")  # fmt: skip
+        return
+    metrics = train_and_evaluate(
+        args.run_dir, progress=not args.quiet, threads=args.threads, changes=overrides_from_args(args, RESUMABLE),
+        evaluate=True if args.re_evaluate else None,
+    )  # fmt: skip
+    _report(metrics, Path(args.run_dir))
 
 
-def _report(metrics: dict, run_dir: Path) -> None:
+def _report(metrics: dict | None, run_dir: Path) -> None:
+    if metrics is None:
+        print(f"{run_dir}: trained, not evaluated (--no-eval); `iwae resume {run_dir} --eval` evaluates it")
+        return
     active = "+".join(map(str, metrics["active_units"]))
     print(
         f"{run_dir}: test NLL {metrics['test_nll']:.2f} nats (mean -L_{metrics['eval_k']} over {metrics['eval_n']} "
@@ -125,7 +169,8 @@ def _report(metrics: dict, run_dir: Path) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from iwae.evaluate_run import evaluate_run
 
-    r = evaluate_run(args.run_dir, k=args.k, split=args.split, n=args.n, progress=not args.quiet, pruned=args.pruned)
+    r = evaluate_run(args.run_dir, k=args.k, split=args.split, n=args.n, progress=not args.quiet, pruned=args.pruned,
+                     data_dir=args.data_dir)  # fmt: skip
     pruned = f", NLL with inactive units removed {r['nll_pruned']:.2f}" if args.pruned else ""
     print(
         f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} over "
@@ -139,7 +184,7 @@ def _compare(args: argparse.Namespace) -> None:
     from iwae.compare import compare_runs, format_comparison
 
     r = compare_runs(args.run_a, args.run_b, split=args.split, k=args.k, n=args.n, seed=args.seed,
-                     progress=not args.quiet)  # fmt: skip
+                     progress=not args.quiet, data_dir=args.data_dir)  # fmt: skip
     names = f"{Path(args.run_a).name}-{Path(args.run_b).name}"
     out = args.out or f"compare-{names}-{r['split']}-k{r['eval_k']}-n{r['n']}.json"
     write_json(out, r)
@@ -150,23 +195,36 @@ def _sample(args: argparse.Namespace) -> None:
     import torch
 
     from iwae.plots import save_image_grid
+    from iwae.rundir import load_run
 
     _, model, _ = load_run(args.run_dir)
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_image_grid(model.sample(args.n, generator=gen), args.out)
     print(f"wrote {args.n} samples to {args.out}")
 
 
 def _download(args: argparse.Namespace) -> None:
-    for path in data.download(args.dataset, args.data_dir):
-        print(path)
+    paths = data.download(args.dataset, args.data_dir)
+    print("\n".join(map(str, paths)) + f"\n{args.dataset}: {len(paths)} files present and verified")
 
 
 def _reproduce(args: argparse.Namespace) -> None:
     from iwae.experiments.cli import reproduce
+    from iwae.rundir import RunError
 
     if reproduce(args):
         raise RunError("some runs failed (listed above); fix the cause and run the same command again to continue")
+
+
+def _status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a run folder, or a reproduction's --out folder (its runs/), or a folder of runs")
+
+
+def _status(args: argparse.Namespace) -> None:
+    from iwae.experiments.status import format_states, run_states
+
+    print(format_states(run_states(args.folder)))
 
 
 def _snr(args: argparse.Namespace) -> None:
@@ -221,6 +279,13 @@ COMMANDS = {
         "Train every model a table or figure needs (finished runs are skipped, unfinished ones resumed), then write "
         "DIR/report.md with the paper's numbers beside ours, and DIR/results.json.",
     ),
+    "status": Command(
+        _status,
+        _status_arguments,
+        "which runs are done, running, queued or failed",
+        "One line per run folder (local or Slurm runs): done, running, queued, failed (with the last lines of its "
+        "log), stopped (`iwae resume` continues it) or new.",
+    ),
     "download": Command(_download, _download_arguments, "fetch and verify a data set"),
     "snr": Command(
         _snr,
@@ -245,21 +310,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (e.g. from a job scheduler); raised where the process was, like KeyboardInterrupt."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _stopped(args: argparse.Namespace, what: str) -> str:
+    """The line printed when a command is stopped: what happened, and how to go on from there."""
+    run = {"train": "out", "resume": "run_dir"}.get(args.command)
+    if run is not None:
+        how = f"; continue with `iwae resume {getattr(args, run)}` (it restarts from its last checkpoint)"
+    elif args.command == "reproduce":
+        how = "; run the same command again to continue (finished runs are kept, the others resumed)"
+    else:
+        how = ""
+    return f"iwae: {what}{how}"
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """The errors reported in one line, without a traceback."""
+    from iwae.checkpoint import CheckpointError
+    from iwae.rundir import RunError
+    from iwae.train import TrainingDiverged
+
+    return RunError, TrainingDiverged, CheckpointError, ValueError, OSError, FloatingPointError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         import torch
 
         torch.set_num_threads(args.threads)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
         COMMANDS[args.command].run(args)
     except KeyboardInterrupt:
-        print("iwae: interrupted; continue with `iwae resume RUN_DIR` (runs restart from their last checkpoint)",
-              file=sys.stderr)  # fmt: skip
+        print(_stopped(args, "interrupted"), file=sys.stderr)
         return 130
-    except (RunError, TrainingDiverged, CheckpointError, ValueError, OSError, FloatingPointError) as err:
+    except Terminated:
+        print(_stopped(args, "terminated (SIGTERM)"), file=sys.stderr)
+        return 143
+    except Exception as err:
+        if not isinstance(err, _expected_errors()):
+            raise
         print(f"iwae: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

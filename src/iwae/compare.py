@@ -44,17 +44,19 @@ def log_likelihoods(
     n: int | None = None,
     seed: int | None = None,
     progress: bool = True,
+    data_dir: str | None = None,
 ) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """Per-example L_k of each run's model on the same n images of ``split`` with the same noise stream.
 
     ``k``, ``n`` and ``seed`` default to the value the runs share (their ``eval_k``, ``eval_n`` and ``seed``); a
     ValueError asks for one when they differ. All models are scored on the first run's device (the noise depends
-    on the device). Runs of different data sets are refused.
+    on the device). Runs of different data sets are refused. The images are read from ``data_dir`` if given, else
+    as the first run says (:func:`iwae.rundir.with_data_dir`).
 
     :returns: the settings used (split, eval_k, n, seed, dataset) and one (n,) tensor of L_k per run.
     """
     check_split(split)
-    loaded = [load_run(run_dir) for run_dir in run_dirs]
+    loaded = [load_run(run_dir, data_dir) for run_dir in run_dirs]
     configs = [config for config, _, _ in loaded]
     datasets = [config.dataset for config in configs]
     if len(set(datasets)) > 1:
@@ -94,13 +96,16 @@ def compare_runs(
     n: int | None = None,
     seed: int | None = None,
     progress: bool = True,
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Paired comparison of two runs (:func:`log_likelihoods`, :func:`paired_difference`).
 
     :returns: the settings, ``a`` and ``b`` (run folder, NLL, its standard error over images) and
         ``difference``: ``{"mean", "sem"}`` of NLL(A) - NLL(B), negative when A scores better.
     """
-    settings, (ll_a, ll_b) = log_likelihoods([run_a, run_b], split=split, k=k, n=n, seed=seed, progress=progress)
+    settings, (ll_a, ll_b) = log_likelihoods(
+        [run_a, run_b], split=split, k=k, n=n, seed=seed, progress=progress, data_dir=data_dir
+    )
     a, b = _summary(run_a, ll_a), _summary(run_b, ll_b)
     return {**settings, "a": a, "b": b, "difference": paired_difference(ll_a, ll_b)}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from iwae.data.resources import DATASETS
-from iwae.objectives import ESTIMATORS, KINDS, Objective
+from iwae.objectives import ESTIMATORS, KINDS
 
 __all__ = [
     "TrainConfig",
@@ -30,6 +30,7 @@ __all__ = [
     "config_from_args",
     "overrides_from_args",
     "options_table",
+    "RESUMABLE",
 ]
 
 
@@ -98,7 +99,8 @@ class TrainConfig:
     # data
     dataset: str = _opt("mnist", "data set: mnist and omniglot are binarized afresh each use, binarized-mnist "
                         "is the fixed binarization (Appendix D)", choices=DATASETS)  # fmt: skip
-    data_dir: str | None = _opt(None, "data directory (default: $IWAE_DATA_DIR, else the per-user cache)")
+    data_dir: str | None = _opt(None, "data directory (default: $IWAE_DATA_DIR, else the per-user cache); "
+                                "the run records it as an absolute path")  # fmt: skip
     # model: the paper's architecture with `layers` stochastic layers, unless latent_dims is given
     layers: int = _opt(1, "stochastic layers of the paper's architectures (Appendix C)", type=int, choices=(1, 2))
     latent_dims: list[int] | None = _opt(None, "a general architecture instead: latent sizes bottom-up, e.g. 2 "
@@ -126,7 +128,9 @@ class TrainConfig:
                                                      "(e.g. 2187:1e-4 for Table 2)", type=schedule_pairs,
                                                      flag="--schedule", metavar="PASSES:LR")  # fmt: skip
     init_from: str | None = _opt(None, "start from the model of this run folder (Table 2)", metavar="RUN_DIR")
-    # evaluation
+    # evaluation (settings `iwae resume` may change: RESUMABLE)
+    evaluate: bool = _opt(True, "the final evaluation (--no-eval: none; `iwae resume --eval` evaluates later)",
+                          flag="--eval")  # fmt: skip
     eval_k: int = _opt(5000, "importance samples for the final NLL (the paper's L_5000)", type=positive_int)
     eval_n: int | None = _opt(None, "evaluate on N examples of each split, spread evenly through it (default all)",
                               type=positive_int, metavar="N")  # fmt: skip
@@ -170,6 +174,8 @@ class TrainConfig:
             errors.append("custom_schedule must be a list of [passes, lr] pairs of positive numbers")
         if errors:
             raise ValueError("; ".join(errors))
+        from iwae.objectives import Objective  # torch, so not at import: the command line parses without it
+
         objective = Objective(self.objective, self.k, self.estimator, self.m, self.beta)  # checks the combination
         if self.compile:
             objective.check_compilable()
@@ -202,6 +208,11 @@ class TrainConfig:
     def adam_betas(self) -> tuple[float, float]:
         # The reference code uses beta1 = 0.99; the paper states 0.9.
         return (0.99, 0.999) if self.lr_variant == "reference" else (0.9, 0.999)
+
+
+# What `iwae resume` may change in an unfinished run: where it runs, where its data are, and its evaluation.
+# Everything else determines the numbers the run trains to, so a resumed run keeps it.
+RESUMABLE: tuple[str, ...] = ("device", "data_dir", "evaluate", "eval_k", "eval_n", "active_threshold")
 
 
 def _listing(choices: Iterable[Any]) -> str:
@@ -240,8 +251,8 @@ def add_config_options(parser: argparse.ArgumentParser, names: Iterable[str] | N
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = "" if default is None or isinstance(default, bool) else f" (default {default})"
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + shown}
-        if isinstance(default, bool):
-            kwargs["action"] = "store_true"
+        if isinstance(default, bool):  # a default-on flag also gets its --no- form: --eval, --no-eval
+            kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
         else:
             kwargs.update(type=meta["type"] or str, metavar=meta["metavar"])
             if meta["choices"]:
@@ -261,7 +272,8 @@ def options_table() -> str:
     for f in cli_fields():
         flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
         default = "" if f.default is None or f.default is False else f"`{f.default}`"
-        rows.append(f"| `{flag}` | {default} | {f.metadata['help']} |")
+        flags = f"`{flag}`, `--no-{flag[2:]}`" if f.default is True else f"`{flag}`"
+        rows.append(f"| {flags} | {default} | {f.metadata['help']} |")
     return "\n".join(rows)
 
 

@@ -56,6 +56,8 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     return_stderr: bool = False,
     progress: bool = False,
+    desc: str | None = None,
+    bar: tqdm | None = None,
 ) -> Tensor | LikelihoodEstimate:
     r"""Per-example importance-sampled log-likelihood estimate :math:`\mathcal{L}_k` (Eq. 8), shape (batch,).
 
@@ -69,6 +71,8 @@ def log_likelihood(
         also takes ``generator``.
     :param return_stderr: also return the standard error of the estimate, from the delta method:
         :math:`\mathrm{se}^2 \approx \mathrm{Var}(w) / (k\, \bar w^2)`.
+    :param progress: show a progress bar of the samples drawn, labelled ``desc`` (default ``L_k``).
+    :param bar: count the samples on this bar instead (e.g. one bar over a whole evaluation), labelled ``desc``.
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer number of samples, got {k!r}")
@@ -88,7 +92,11 @@ def log_likelihood(
     se_out = torch.empty_like(ll_out)
     rows = min(x.shape[0], chunk_size, max(_MIN_ROWS, chunk_size // min(k, _MIN_SAMPLES_PER_CALL)))  # examples
     per_call = max(1, chunk_size // rows)  # samples per log_weights call
-    bar = tqdm(total=x.shape[0] * k, desc=f"L_{k}", unit="sample", disable=not progress, leave=False)
+    own = bar is None
+    if own:
+        bar = tqdm(total=x.shape[0] * k, desc=desc or f"L_{k}", unit="sample", disable=not progress, leave=False)
+    elif desc:
+        bar.set_description(desc)
     try:
         for start in range(0, x.shape[0], rows):
             xb = x[start : start + rows]
@@ -113,7 +121,8 @@ def log_likelihood(
             ll_out[start : start + rows] = ll
             se_out[start : start + rows] = torch.sqrt(rel_var / k)
     finally:
-        bar.close()
+        if own:
+            bar.close()
         if training:
             model.train()
     ll = ll_out.to(x.dtype if x.dtype.is_floating_point else torch.float32)

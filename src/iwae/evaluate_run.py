@@ -9,15 +9,18 @@ measure through :func:`measure`, so ``iwae evaluate`` on the test and train spli
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from iwae import data
 from iwae.atomic import write_json
 from iwae.config import TrainConfig
+from iwae.data.datasets import SPLIT_SIZES
 from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
 from iwae.model import IWAE
 from iwae.plots import plot_active_units, plot_training, save_image_grid
@@ -98,9 +101,20 @@ def eval_images(config: TrainConfig, split: str, n: int | None, device: torch.de
     return x if data.is_binary(config.dataset) else data.binarize(x, generator=stream(seed, device, split, "binarize"))
 
 
-def nll(model: IWAE, x: torch.Tensor, k: int, gen: torch.Generator, progress: bool = True) -> dict[str, Any]:
-    """Mean of -L_k over the rows of x, with the standard error of that mean (over examples), and n."""
-    return summarize(log_likelihood(model, x, k, generator=gen, progress=progress))
+def nll(
+    model: IWAE,
+    x: torch.Tensor,
+    k: int,
+    gen: torch.Generator,
+    progress: bool = True,
+    *,
+    desc: str | None = None,
+    bar: tqdm | None = None,
+) -> dict[str, Any]:
+    """Mean of -L_k over the rows of x, with the standard error of that mean (over examples), and n.
+
+    The progress bar (or ``bar``, counting a longer evaluation) is labelled ``desc``."""
+    return summarize(log_likelihood(model, x, k, generator=gen, progress=progress, desc=desc, bar=bar))
 
 
 def summarize(ll: torch.Tensor) -> dict[str, Any]:
@@ -116,25 +130,44 @@ def activity(config: TrainConfig, model: IWAE, n: int | None) -> tuple[list[torc
 
 
 def measure(
-    config: TrainConfig, model: IWAE, split: str, k: int, n: int | None, *, pruned: bool = False, progress: bool = True
+    config: TrainConfig,
+    model: IWAE,
+    split: str,
+    k: int,
+    n: int | None,
+    *,
+    pruned: bool = False,
+    progress: bool = True,
+    bar: tqdm | None = None,
 ) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """NLL (mean -L_k ± s.e.) of n examples of ``split``, and A_u on n examples of :data:`ACTIVE_SPLIT`.
 
     With ``pruned``, also ``nll_pruned``: the NLL of the model without its inactive units (Section 5.2), on the
-    same images and the same noise stream as ``nll``. Returns the numbers and the A_u tensors (for the figure).
+    same images and the same noise stream as ``nll``, and ``units_pruned``. With no inactive unit that model is
+    the model itself, so ``nll_pruned`` is ``nll``, not measured again. Returns the numbers and the A_u tensors
+    (for the figure). The samples are counted on ``bar`` if given (a bar over a longer evaluation).
     """
     device = next(model.parameters()).device
     x = eval_images(config, split, n, device, config.seed)
     A, x_active = activity(config, model, n)
+    desc = f"{split} NLL, L_{k}, {x.shape[0]} images"
     result = {
-        "split": split, "eval_k": k, **nll(model, x, k, stream(config.seed, device, split, "nll"), progress),
+        "split": split, "eval_k": k,
+        **nll(model, x, k, stream(config.seed, device, split, "nll"), progress, desc=desc, bar=bar),
         "active_units": count_active(A, config.active_threshold), "active_units_split": ACTIVE_SPLIT,
         "active_units_n": x_active.shape[0], "active_threshold": config.active_threshold,
     }  # fmt: skip
     if pruned:
-        gen = stream(config.seed, device, ACTIVE_SPLIT, "active")
-        smaller = prune_inactive(model, x_active, config.active_threshold, generator=gen)
-        result["nll_pruned"] = nll(smaller, x, k, stream(config.seed, device, split, "nll"), progress)["nll"]
+        result["units_pruned"] = sum(model.latent_dims) - sum(result["active_units"])
+        result["nll_pruned"] = result["nll"]
+        if result["units_pruned"]:
+            gen = stream(config.seed, device, ACTIVE_SPLIT, "active")
+            smaller = prune_inactive(model, x_active, config.active_threshold, generator=gen)
+            if bar is not None:
+                bar.total += k * x.shape[0]
+            desc = f"{split} NLL without {result['units_pruned']} inactive units, L_{k}, {x.shape[0]} images"
+            gen = stream(config.seed, device, split, "nll")
+            result["nll_pruned"] = nll(smaller, x, k, gen, progress, desc=desc, bar=bar)["nll"]
     return result, A
 
 
@@ -167,15 +200,17 @@ def evaluate_run(
     progress: bool = True,
     *,
     pruned: bool = False,
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
     """:func:`measure` for a saved run; written to ``eval-<split>-k<k>-n<n>.json`` in the run folder and returned.
 
     ``k`` and ``n`` default to the run's ``eval_k`` and ``eval_n``, so the test split gives ``metrics.json``'s
     ``test_nll``, ``test_nll_sem``, ``active_units`` (and with ``pruned``, ``test_nll_pruned``) and the train split
-    its ``train_nll`` and ``train_nll_sem``, exactly.
+    its ``train_nll`` and ``train_nll_sem``, exactly. ``data_dir`` overrides where the run's data are read
+    (:func:`iwae.rundir.with_data_dir`).
     """
     check_split(split)
-    config, model, _ = load_run(run_dir)
+    config, model, _ = load_run(run_dir, data_dir)
     k = k or config.eval_k
     if k < 1:
         raise ValueError(f"k must be a positive number of importance samples, got {k}")
@@ -185,14 +220,25 @@ def evaluate_run(
     return result
 
 
+def _evaluation_bar(config: TrainConfig, progress: bool) -> tqdm:
+    """One progress bar over the whole final evaluation (its time left is the estimate), announced on stderr."""
+    k, sizes = config.eval_k, SPLIT_SIZES[config.dataset]
+    n_test, n_train = (len(spread(sizes[split], config.eval_n)) for split in ("test", "train"))
+    if progress:
+        print(f"final evaluation: L_{k} on {n_test:,} test and {n_train:,} training images (and on the test images "
+              "again without inactive units, if any; --eval-k and --eval-n set the size)", file=sys.stderr)  # fmt: skip
+    return tqdm(total=k * (n_test + n_train), unit="sample", disable=not progress, leave=False)
+
+
 def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """The end-of-training evaluation of Section 5 and Appendix C/E: ``metrics.json`` and the three figures."""
     run_dir = Path(run_dir)
     config, model, state = load_run(run_dir)
     model.eval()
     k = config.eval_k
-    test, A = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress)
-    train, _ = measure(config, model, "train", k, config.eval_n, progress=progress)
+    with _evaluation_bar(config, progress) as bar:
+        test, A = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress, bar=bar)
+        train, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar)
     log = read_log(run_dir)
     metrics = {
         "dataset": config.dataset, "layers": len(model.latent_dims), "objective": config.objective,
@@ -201,7 +247,7 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "train_nll": train["nll"], "train_nll_sem": train["nll_sem"],
         "active_units": test["active_units"], "active_units_split": test["active_units_split"],
         "active_units_n": test["active_units_n"], "active_threshold": config.active_threshold,
-        "test_nll_pruned": test["nll_pruned"],
+        "test_nll_pruned": test["nll_pruned"], "units_pruned": test["units_pruned"],
         "train_seconds": state["train_seconds"], "passes": log[-1]["pass"] if log else 0.0,
     }  # fmt: skip
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed)

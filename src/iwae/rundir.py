@@ -2,7 +2,7 @@
 
 | file | written | content |
 | --- | --- | --- |
-| ``config.json`` | when the run is created | every setting (:class:`~iwae.config.TrainConfig`) |
+| ``config.json`` | once training can start | every setting (:class:`~iwae.config.TrainConfig`) |
 | ``metrics.jsonl`` | at the end of each pass | stage, lr, passes, training bound, timing; test NLL at stage ends |
 | ``checkpoint.safetensors`` | every few minutes, at the end of each stage | model, Adam, position, RNG states |
 | ``metrics.json``, ``samples.png``, ``active_units.png``, ``training.png`` | by the final evaluation | results |
@@ -10,6 +10,12 @@
 Every file is written whole or not at all (:mod:`iwae.atomic`), but for ``metrics.jsonl``, which grows a line at a
 time: on resume it is cut back, atomically, to the lines of the checkpoint's position (:func:`truncate_log`).
 A folder is "new" (no ``config.json``), "partial" (created, not yet evaluated) or "done" (:func:`status`).
+A folder becomes a run only once its training can start (device, data and ``init_from`` checked), so a failed
+start leaves nothing that blocks the retry. ``config.json`` records the data directory as an absolute path; a run
+reads its data from ``--data-dir`` if given, else from that directory if it exists, else from ``$IWAE_DATA_DIR``
+(else the per-user cache) (:func:`with_data_dir`). ``iwae resume`` may change the settings of
+:data:`~iwae.config.RESUMABLE` (:func:`update_config`). A run starting over loses its old results
+(:func:`clear_results`).
 While a process trains or evaluates a run it holds the folder's ``.lock`` (:func:`locked`).
 """
 
@@ -29,14 +35,16 @@ import torch
 from iwae import atomic
 from iwae.atomic import DiskFullError
 from iwae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from iwae.config import TrainConfig
+from iwae.config import RESUMABLE, TrainConfig
+from iwae.data.resources import resolve_data_dir
 from iwae.model import IWAE
 
 __all__ = [
     "CONFIG_NAME", "LOG_NAME", "CHECKPOINT_NAME", "METRICS_NAME", "SAMPLES_NAME", "ACTIVE_UNITS_NAME",
     "TRAINING_NAME", "LOCK_NAME", "RunError", "locked",
     "resolve_device", "build_model", "create", "read_config", "status", "append_log", "truncate_log",
-    "read_log", "has_checkpoint", "save_state", "load_state", "load_run",
+    "read_log", "has_checkpoint", "save_state", "load_state", "load_run", "check_new", "update_config",
+    "absolute_data_dir", "with_data_dir", "clear_results",
 ]  # fmt: skip
 
 CONFIG_NAME = "config.json"
@@ -126,11 +134,16 @@ def status(run_dir: str | Path) -> str:
     return "partial" if (run_dir / CONFIG_NAME).is_file() else "new"
 
 
+def check_new(run_dir: str | Path) -> None:
+    """Refuse a folder that already holds a run."""
+    if (Path(run_dir) / CONFIG_NAME).exists():
+        raise RunError(f"{run_dir} already holds a run; continue it with `iwae resume {run_dir}` or pick another --out")
+
+
 def create(run_dir: str | Path, config: TrainConfig) -> None:
     """Make a new run folder holding ``config.json``; refuse a folder that already holds a run."""
     run_dir = Path(run_dir)
-    if (run_dir / CONFIG_NAME).exists():
-        raise RunError(f"{run_dir} already holds a run; continue it with `iwae resume {run_dir}` or pick another --out")
+    check_new(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_text(run_dir / CONFIG_NAME, config.to_json())
@@ -183,9 +196,46 @@ def has_checkpoint(run_dir: str | Path) -> bool:
     return (Path(run_dir) / CHECKPOINT_NAME).exists()
 
 
-def load_run(run_dir: str | Path) -> tuple[TrainConfig, IWAE, dict[str, Any]]:
-    """Config, model (on the config's device) and checkpoint position of a saved run."""
+def absolute_data_dir(data_dir: str | None) -> str:
+    """The data directory ``data_dir`` names (:func:`iwae.data.resolve_data_dir`: else ``$IWAE_DATA_DIR``, else
+    the per-user cache), as the absolute path a run records."""
+    return str(resolve_data_dir(data_dir).resolve())
+
+
+def with_data_dir(config: TrainConfig, override: str | None = None) -> TrainConfig:
+    """The run's config reading its data from ``override`` if given, else from the recorded directory if it
+    exists, else from ``$IWAE_DATA_DIR`` (else the per-user cache)."""
+    recorded = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
+    return config.replace(data_dir=absolute_data_dir(override if override is not None else recorded))
+
+
+def update_config(run_dir: str | Path, changes: dict[str, Any]) -> TrainConfig:
+    """Change settings of :data:`~iwae.config.RESUMABLE` in the run's ``config.json``; the config after."""
+    refused = sorted(set(changes) - set(RESUMABLE))
+    if refused:
+        raise RunError(f"a run keeps its {', '.join(refused)}; resume may change only {', '.join(RESUMABLE)}")
     config = read_config(run_dir)
+    if changes.get("data_dir") is not None:
+        changes = {**changes, "data_dir": absolute_data_dir(changes["data_dir"])}
+    new = config.replace(**changes)
+    if new != config:
+        atomic.write_text(Path(run_dir) / CONFIG_NAME, new.to_json())
+    return new
+
+
+def clear_results(run_dir: str | Path) -> None:
+    """Remove what an evaluation wrote (``metrics.json``, the figures, ``eval-*.json``): the run starts over."""
+    run_dir = Path(run_dir)
+    for path in [run_dir / n for n in (METRICS_NAME, SAMPLES_NAME, ACTIVE_UNITS_NAME, TRAINING_NAME)]:
+        path.unlink(missing_ok=True)
+    for path in run_dir.glob("eval-*.json"):
+        path.unlink()
+
+
+def load_run(run_dir: str | Path, data_dir: str | None = None) -> tuple[TrainConfig, IWAE, dict[str, Any]]:
+    """Config (reading its data as :func:`with_data_dir` says), model (on the config's device) and checkpoint
+    position of a saved run."""
+    config = with_data_dir(read_config(run_dir), data_dir)
     model = build_model(config).to(resolve_device(config.device))
     position, _ = load_state(run_dir, model)
     return config, model, position

@@ -28,10 +28,13 @@ checksum), else Lake et al.'s ``images_background.zip`` and ``images_evaluation.
 published archives, and a sha256 fingerprint of their decoded images).
 """
 
-from iwae.data.datasets import SPLITS, binarize, is_binary, load
+from importlib import import_module
+from typing import Any
+
 from iwae.data.fetching import download
 from iwae.data.resources import (
     DATASETS,
+    SPLITS,
     ChecksumError,
     DataFormatError,
     DataNotFoundError,
@@ -52,3 +55,10 @@ __all__ = [
     "load",
     "resolve_data_dir",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The loaders need torch; the names, errors and downloads above do not (the command line's choices).
+    if name in ("binarize", "is_binary", "load"):
+        return getattr(import_module("iwae.data.datasets"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,6 +34,7 @@ from iwae.data.readers import parse_amat, parse_idx, read_bytes
 from iwae.data.resources import (
     DATASETS,
     RESOURCES,
+    SPLITS,
     ChecksumError,
     DataFormatError,
     check_choice,
@@ -42,7 +43,6 @@ from iwae.data.resources import (
 
 __all__ = ["MNIST_HOLD_OUT", "SPLITS", "SPLIT_SIZES", "binarize", "is_binary", "load"]
 
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 MNIST_HOLD_OUT = 400  # the last 400 training images validate (no shuffle), as in the paper
 # Images per split, as in the table above; Omniglot's test size is that of the rebuilt archives (chardata: 8,070).
 SPLIT_SIZES: dict[str, dict[str, int]] = {

@@ -1,18 +1,21 @@
 """Fetch missing data files from their public homes.
 
 A download is idempotent: a file already in the data directory (under its published name or an alias) is
-kept as it is. Otherwise each mirror is tried in turn with :func:`pooch.retrieve` (progress bar on stderr)
+kept if it passes its declared checks (:func:`check_local`: published size, hash and git blob id under the
+published name; the content fingerprint under an alias), and downloaded again in its place if not. Missing
+files are downloaded: each mirror is tried in turn with :func:`pooch.retrieve` (progress bar on stderr)
 into a fresh hidden folder beside the destination (``.iwae-download-*``); pooch checks the published hash
 (md5 for MNIST and the Omniglot archives, sha256 for the binarized-MNIST text); then we check the size and
 git blob id where known (``chardata.mat`` has no published checksum, only its blob id), and only then is
 the file renamed into place. A failed try removes its folder, so a corrupt or truncated download leaves
 nothing behind; when every mirror fails, :class:`DownloadError` lists each URL and why.
 
-Content of files that were already present is checked when they are loaded (see :mod:`iwae.data.datasets`).
+Loading a data set checks the content of its files again (see :mod:`iwae.data.datasets`).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import tempfile
@@ -34,7 +37,7 @@ from iwae.data.resources import (
     resolve_data_dir,
 )
 
-__all__ = ["download", "ensure", "fetch", "file_hash", "git_blob_id"]
+__all__ = ["download", "ensure", "fetch", "file_hash", "git_blob_id", "check_local"]
 
 _CHUNK = 1 << 20  # hash and download in 1 MiB pieces
 
@@ -67,6 +70,36 @@ def _check_published(key: str, path: Path) -> None:
         raise ValueError(f"git blob id {got}, expected {res.git_blob}")
 
 
+def check_local(key: str, path: Path) -> str | None:
+    """What is wrong with ``path``, a local copy of resource ``key``, or None if it passes every declared check.
+
+    Under the published name: the published size, git blob id and hash (``known_hash``). Under an alias (e.g. the
+    decompressed idx file): the content fingerprint, the sha256 of the decompressed bytes.
+    """
+    res = RESOURCES[key]
+    try:
+        if path.name == Path(res.path).name:
+            _check_published(key, path)
+            if res.known_hash is not None:
+                algorithm, _, want = res.known_hash.rpartition(":")
+                if (got := file_hash(path, algorithm or "sha256")) != want:
+                    return f"{algorithm or 'sha256'} {got}, expected {want}"
+        elif res.fingerprint is not None and (got := _content_sha256(path)) != res.fingerprint:
+            return f"sha256 of the content {got}, expected {res.fingerprint}"
+    except (OSError, EOFError, ValueError) as err:  # unreadable, or a gzip stream cut short
+        return str(err)
+    return None
+
+
+def _content_sha256(path: Path) -> str:
+    """sha256 of the bytes of ``path``, decompressed first if it is gzipped (``.gz``)."""
+    h = hashlib.sha256()
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _downloader(url: str) -> pooch.HTTPDownloader | None:
     # pooch's default reads 1 KiB at a time; larger pieces are faster for the 78 MB amat.
     if url.startswith(("http://", "https://")):
@@ -74,13 +107,14 @@ def _downloader(url: str) -> pooch.HTTPDownloader | None:
     return None  # let pooch choose (e.g. ftp)
 
 
-def fetch(key: str, data_dir: Path) -> Path:
-    """Return the local copy of resource ``key`` under ``data_dir``, downloading it if missing.
+def fetch(key: str, data_dir: Path, replace: bool = False) -> Path:
+    """Return the local copy of resource ``key`` under ``data_dir``, downloading it if missing (or if ``replace``:
+    the download, once verified, is renamed over the file of the published name).
 
     :raises DownloadError: every mirror failed; nothing was written.
     """
     res = RESOURCES[key]
-    if (local := find_local(key, data_dir)) is not None:
+    if not replace and (local := find_local(key, data_dir)) is not None:
         return local
     dest = data_dir / res.path
     if not is_writable(dest.parent):
@@ -145,11 +179,29 @@ def ensure(name: str, data_dir: Path, download: bool = False) -> dict[str, Path]
 
 
 def download(name: str, data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Download data set ``name`` into ``data_dir`` (see :func:`~iwae.data.resolve_data_dir`) unless present.
+    """Download data set ``name`` into ``data_dir`` (see :func:`~iwae.data.resolve_data_dir`) unless present and
+    sound: files already there are verified (:func:`check_local`) and those that fail are downloaded again.
 
     :param name: one of :data:`~iwae.data.DATASETS`.
     :returns: the local paths of its files.
     :raises DownloadError: a file could not be downloaded (no network, or every mirror's copy failed its
         checksum); a partial or corrupt download is never left in the data directory.
     """
-    return list(ensure(name, resolve_data_dir(data_dir), download=True).values())
+    data_dir = resolve_data_dir(data_dir)
+    check_choice(name, DATASETS, "data set")
+    if (found := locate(name, data_dir)) is None:
+        return list(ensure(name, data_dir, download=True).values())
+    return [_verified(key, path, data_dir) for key, path in found.items()]
+
+
+def _verified(key: str, path: Path, data_dir: Path) -> Path:
+    """``path`` if it passes its checks, else a fresh download in its place (the failing copy then removed)."""
+    if (problem := check_local(key, path)) is None:
+        return path
+    try:
+        fresh = fetch(key, data_dir, replace=True)
+    except DownloadError as err:
+        raise DownloadError(f"`{path}` fails its check ({problem}), and {err}") from err
+    if path != fresh:
+        path.unlink(missing_ok=True)
+    return fresh

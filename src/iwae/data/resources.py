@@ -27,6 +27,7 @@ __all__ = [
     "DATASETS",
     "RESOURCES",
     "SOURCES",
+    "SPLITS",
     "ChecksumError",
     "DataFormatError",
     "DataNotFoundError",
@@ -188,6 +189,7 @@ SOURCES: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 DATASETS: tuple[str, ...] = tuple(SOURCES)
+SPLITS: tuple[str, ...] = ("train", "validation", "test")  # each data set's splits (iwae.data.datasets)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:

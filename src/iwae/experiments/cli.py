@@ -6,15 +6,13 @@ import argparse
 import dataclasses
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from iwae.config import add_config_options, overrides_from_args
 from iwae.data.resources import DATASETS
 from iwae.experiments.plan import EXPERIMENTS, Schedule, plan
-from iwae.experiments.posteriors import plot_posteriors
-from iwae.experiments.report import write_report
-from iwae.experiments.runner import estimate_seconds, execute
-from iwae.rundir import locked, status
+from iwae.experiments.slurm import add_executor_arguments
 
 __all__ = ["add_reproduce_arguments", "reproduce"]
 
@@ -23,11 +21,14 @@ SHARED = [f.name for f in dataclasses.fields(Schedule)]
 
 def add_reproduce_arguments(r: argparse.ArgumentParser) -> None:
     """The arguments of ``iwae reproduce``."""
-    r.add_argument("experiment", nargs="+", choices=(*EXPERIMENTS, "all"), help="what to reproduce (one or more)")
-    r.add_argument("--out", required=True, help="output folder: DIR/runs/<run>/, DIR/report.md, DIR/results.json")
+    r.add_argument("experiment", nargs="*", choices=(*EXPERIMENTS, "all"), help="what to reproduce (one or more)")
+    r.add_argument("--out", help="output folder: DIR/runs/<run>/, DIR/report.md, DIR/results.json (required)")
+    r.add_argument("--report-only", metavar="DIR",
+                   help="only rewrite DIR/report.md and DIR/results.json from the runs finished so far")  # fmt: skip
     r.add_argument("--jobs", type=int, default=1, help="runs in parallel, each on its share of CPU threads or a GPU")
     r.add_argument("--datasets", default=None, help="Table 1 only: comma-separated subset of mnist,omniglot")
     r.add_argument("--estimate-only", action="store_true", help="print the plan and the time estimate, then stop")
+    add_executor_arguments(r)
     add_config_options(r, SHARED)  # the values every run of the plan shares, declared by TrainConfig
 
 
@@ -39,6 +40,15 @@ def _duration(seconds: float) -> str:
 
 def reproduce(args: argparse.Namespace) -> int:
     """``iwae reproduce``: 1 if some run failed, else 0. DIR is locked against a second reproduction into it."""
+    from iwae.rundir import locked  # torch: imported once the arguments are parsed
+
+    if args.report_only:
+        from iwae.experiments.report import rewrite_report
+
+        print(f"wrote {rewrite_report(Path(args.report_only))}")
+        return 0
+    if not args.experiment or not args.out:
+        raise ValueError("iwae reproduce needs an experiment and --out DIR (or --report-only DIR)")
     if args.estimate_only:
         return _reproduce(args)
     with locked(args.out, again="the same `iwae reproduce` command"):
@@ -46,6 +56,9 @@ def reproduce(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from iwae.experiments.runner import estimate_seconds, execute
+    from iwae.rundir import status
+
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     datasets = tuple(args.datasets.split(",")) if args.datasets else ("mnist", "omniglot")
@@ -60,7 +73,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     print(f"{' '.join(experiments)}: {len(specs)} runs; {schedule.describe()}")
     todo = [s for s in specs if status(root / s.name) != "done"]
     est: dict[str, float] = {}
-    if todo:
+    if todo and (args.executor == "local" or args.estimate_only):
         print("measuring a short warm-up of each kind of run to estimate the time ...")
         est = estimate_seconds(todo, args.jobs)
         for s in todo:
@@ -70,17 +83,45 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(f"estimated time: about {_duration(wall)} with {args.jobs} job(s)")
     if args.estimate_only:
         return 0
-    result = execute(specs, root, args.jobs, durations=est)
+    if args.executor == "slurm":
+        result = _on_slurm(args, specs, out, lambda: _write_report(out, experiments, schedule, datasets))
+        if result is None:
+            return 0
+    else:
+        result = execute(specs, root, args.jobs, durations=est)
+    report = _write_report(out, experiments, schedule, datasets)
+    failed = {n: r for n, r in result.items() if r != "done"}
+    for name, reason in failed.items():
+        print(f"  {name}: {reason}")
+    print(f"wrote {report}")
+    return 1 if failed else 0
+
+
+def _on_slurm(args: argparse.Namespace, specs: list, out: Path, report: Callable[[], Path]) -> dict[str, str] | None:
+    """Submit the runs to Slurm and write a first report (of the runs done so far); then, unless ``--no-wait``,
+    wait for the jobs and return each run's result (None with ``--no-wait``)."""
+    from iwae.experiments.slurm import options_from_args, submit, wait
+
+    jobs = submit(specs, out / "runs", options_from_args(args, out / "slurm"))
+    print(f"submitted {len(jobs)} Slurm job(s); wrote {report()}; `iwae status {out}` shows their progress")
+    if args.no_wait:
+        print(f"`iwae reproduce --report-only {out}` rewrites the report from the runs finished so far")
+        return None
+    return wait(jobs, out / "runs")
+
+
+def _write_report(out: Path, experiments: list[str], schedule: Schedule, datasets: tuple[str, ...]) -> Path:
+    """The posterior figure (if its three runs are done), then DIR/report.md and DIR/results.json."""
+    from iwae.experiments.posteriors import plot_posteriors
+    from iwae.experiments.report import write_report
+    from iwae.rundir import status
+
+    root = out / "runs"
     if "posteriors" in experiments:
         dirs = {label: root / f"mnist-2d-{name}" for label, name in
                 (("VAE", "vae"), ("IWAE k=5", "iwae-k5"), ("IWAE k=50", "iwae-k50"))}  # fmt: skip
         if all(status(d) == "done" for d in dirs.values()):
             plot_posteriors(dirs, out, seed=schedule.seed)
     command = "iwae " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("iwae") else ""
-    report = write_report(out, experiments, schedule, command or f"iwae reproduce {' '.join(experiments)} --out {out}",
-                          datasets)  # fmt: skip
-    failed = {n: r for n, r in result.items() if r != "done"}
-    for name, reason in failed.items():
-        print(f"  {name}: {reason}")
-    print(f"wrote {report}")
-    return 1 if failed else 0
+    command = command or f"iwae reproduce {' '.join(experiments)} --out {out}"
+    return write_report(out, experiments, schedule, command, datasets)

@@ -20,22 +20,27 @@ from pathlib import Path
 import torch
 
 from iwae import atomic, rundir
-from iwae.config import TrainConfig, schedule
+from iwae.config import RESUMABLE, TrainConfig, schedule
 from iwae.data.datasets import SPLIT_SIZES
 from iwae.evaluate import log_likelihood
 from iwae.experiments.plan import RunSpec
 from iwae.rundir import build_model, status
-from iwae.train import train_and_evaluate
+from iwae.train import default_threads, train_and_evaluate
 from iwae.train_step import make_optimizer, make_train_step
 
-__all__ = ["estimate_seconds", "execute", "read_metrics"]
+__all__ = ["FAILED_LINE", "REQUESTED_NAME", "estimate_seconds", "execute", "read_metrics"]
 
 REQUESTED_NAME = "requested-config.json"  # the plan's config for a run not yet created
+FAILED_LINE = "iwae reproduce: the run failed"  # the last line of RUN/log.txt after a failed child process
 
 
 def check_compatible(spec: RunSpec, run_dir: Path) -> None:
-    """A partial run folder must hold the very run the plan asks for; anything else is refused, not resumed."""
-    if status(run_dir) == "partial" and rundir.read_config(run_dir) != spec.config:
+    """A partial run folder must hold the very run the plan asks for (but for the settings a resume may change,
+    :data:`~iwae.config.RESUMABLE`, such as the data directory it recorded); anything else is refused."""
+    if status(run_dir) != "partial":
+        return
+    kept = {name: getattr(spec.config, name) for name in RESUMABLE}
+    if rundir.read_config(run_dir).replace(**kept) != spec.config:
         raise ValueError(
             f"{run_dir} holds a run with another config than this reproduction asks for; "
             "move it away or reproduce into another --out"
@@ -84,14 +89,19 @@ def _eval_seconds_per_image(config: TrainConfig, threads: int) -> float:
 
 
 def estimate_seconds(specs: list[RunSpec], jobs: int) -> dict[str, float]:
-    """Seconds each run needs (training + the three evaluations), from a short measured warm-up per kind of run."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    """Seconds each run needs (training + the three evaluations), from a short measured warm-up per kind of run.
+
+    Measured on the threads the run will use (:func:`iwae.train.default_threads`, else its share of the cores):
+    on a busy machine a step on two threads can take ten times as long as on one.
+    """
+    share = max(1, (os.cpu_count() or 1) // jobs)
     cache: dict[tuple, tuple[float, float]] = {}
     out = {}
     for spec in specs:
         c = spec.config
         key = (c.layers, tuple(c.latent_dims or ()), c.objective, c.k, c.m, c.estimator, c.eval_k)
         if key not in cache:
+            threads = default_threads(c) or share
             cache[key] = (_steps_per_second(c, threads), _eval_seconds_per_image(c, threads))
         rate, per_image = cache[key]
         sizes = SPLIT_SIZES[c.dataset]
@@ -136,6 +146,8 @@ def execute(
         start = time.monotonic()
         with open(run_dir / "log.txt", "a") as out:
             code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+            if code != 0:
+                out.write(f"{FAILED_LINE} (exit status {code})\n")
         with lock:
             log(f"  {spec.name}: {'done' if code == 0 else 'FAILED'} in {time.monotonic() - start:.0f} s")
         return "done" if code == 0 else f"failed (exit {code}; see {run_dir / 'log.txt'})"

@@ -23,11 +23,24 @@ Layout: :mod:`~iwae.objectives.base` (the :class:`Bound` record and the :class:`
 one module per estimator (:mod:`~iwae.objectives.reparam` with STL, :mod:`~iwae.objectives.sample_one`,
 :mod:`~iwae.objectives.dreg`, PIWAE's routing in :mod:`~iwae.objectives.piwae`), every bound and estimator
 declared once in :mod:`~iwae.objectives.registry`, and :mod:`~iwae.objectives.loss` (:class:`Objective`).
-A new estimator is a module of its own and one entry in the registry.
+A new estimator is a module of its own, one entry in the registry and its name in ``names``.
+
+Only the names (:mod:`~iwae.objectives.names`) are imported with the package; the rest, which needs torch, on
+first use.
 """
 
-from iwae.objectives.base import Bound, Estimator
-from iwae.objectives.loss import Objective, objective
-from iwae.objectives.registry import BOUNDS, ESTIMATORS, ESTIMATORS_BY_NAME, KINDS
+from importlib import import_module
+from typing import Any
+
+from iwae.objectives.names import ESTIMATORS, KINDS
 
 __all__ = ["Objective", "objective", "KINDS", "ESTIMATORS", "Bound", "Estimator", "BOUNDS", "ESTIMATORS_BY_NAME"]
+
+_LAZY = {"Objective": "loss", "objective": "loss", "Bound": "base", "Estimator": "base", "BOUNDS": "registry",
+         "ESTIMATORS_BY_NAME": "registry"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"iwae.objectives.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,8 @@ groups of k samples), ``ciwae`` (beta ELBO + (1 - beta) IWAE over k samples) and
 trained on the IWAE bound of all m k samples, decoder on the MIWAE bound).
 
 Estimators: ``reparam`` (Eq. 7, Eq. 14), ``sample-one`` (Section 3.1), ``stl`` (Roeder et al. 2017), ``dreg``
-(Tucker et al. 2018). An estimator states the bounds it is defined for; a bound may admit fewer.
+(Tucker et al. 2018). An estimator states the bounds it is defined for; a bound may admit fewer. Their names,
+``KINDS`` and ``ESTIMATORS``, are listed in :mod:`iwae.objectives.names` too, for the command line without torch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from types import MappingProxyType
 from iwae import bounds
 from iwae.objectives.base import Bound, Estimator
 from iwae.objectives.dreg import DReG
+from iwae.objectives.names import ESTIMATORS, KINDS
 from iwae.objectives.piwae import PIWAERouting
 from iwae.objectives.reparam import Reparam, StickingTheLanding
 from iwae.objectives.sample_one import SampleOne
@@ -40,6 +42,3 @@ BOUNDS: Mapping[str, Bound] = MappingProxyType(
 ESTIMATORS_BY_NAME: Mapping[str, Estimator] = MappingProxyType(
     {"reparam": Reparam(), "sample-one": SampleOne(), "stl": StickingTheLanding(), "dreg": DReG()}
 )
-
-KINDS = tuple(BOUNDS)
-ESTIMATORS = tuple(ESTIMATORS_BY_NAME)

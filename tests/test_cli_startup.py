@@ -1,0 +1,90 @@
+"""The `iwae` command around its work: a quick --help without torch, interrupts and SIGTERM that say how to go on,
+output folders made as needed, and an estimate of a reproduction that matches the step times."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from iwae.cli import COMMANDS, main
+
+
+def test_parsing_the_command_line_does_not_import_torch():
+    code = (
+        "import sys, iwae.cli\n"
+        "for name in ('train', 'resume', 'evaluate', 'compare', 'sample', 'reproduce', 'download', 'snr'):\n"
+        "    try:\n"
+        "        iwae.cli.build_parser().parse_args([name, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("stop", "code"), [(KeyboardInterrupt, 130), (signal.SIGTERM, 143)])
+def test_a_stopped_run_names_its_folder_and_how_to_resume(stop, code, tmp_path, monkeypatch, capsys):
+    def run(args):
+        if stop is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    monkeypatch.setitem(COMMANDS, "train", COMMANDS["train"]._replace(run=run))
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["train", "--out", str(tmp_path / "run")]) == code
+    err = capsys.readouterr().err
+    assert f"iwae resume {tmp_path / 'run'}" in err and "RUN_DIR" not in err
+    assert ("terminated" in err) == (code == 143)
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_sample_makes_the_output_folder(tiny_run, tmp_path):
+    out = tmp_path / "new" / "folder" / "s.png"
+    assert main(["sample", str(tiny_run), "--n", "4", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+
+
+def test_stages_beyond_the_papers_eight_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--stages", "9", "--out", "x"])
+    assert exit_info.value.code == 2 and "invalid choice: 9" in capsys.readouterr().err
+
+
+def test_reproduce_estimate_matches_measured_step_times(monkeypatch):
+    from iwae.config import TrainConfig, schedule
+    from iwae.experiments.plan import RunSpec
+    from iwae.experiments.runner import estimate_seconds
+    from iwae.rundir import build_model
+    from iwae.train_step import make_optimizer, make_train_step
+
+    config = TrainConfig(k=5, pass_scale=0.01, stages=3, eval_n=2, eval_k=10)
+    model = build_model(config)
+    step = make_train_step(model, make_optimizer(model), config.k, config.objective, config.estimator)
+    x = torch.bernoulli(torch.full((20, 784), 0.13))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # several threads per job, as on a larger machine
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for _ in range(5):
+            step(x)
+        start = time.perf_counter()
+        for _ in range(50):
+            step(x)
+        single = (time.perf_counter() - start) / 50
+        threads = []
+        real = torch.set_num_threads
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: (threads.append(n), real(n)))
+        est = estimate_seconds([RunSpec("r", config)], jobs=1)["r"]
+    finally:
+        torch.set_num_threads(before)
+    steps = sum(max(1, round(s.passes * 59_600 / 20)) for s in schedule(config))
+    assert 1 in threads and 2 not in threads and 4 not in threads, threads  # measured as training runs: 1 thread
+    assert 0.25 < est / (steps * single) < 4, (est, steps * single)

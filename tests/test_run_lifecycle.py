@@ -1,0 +1,149 @@
+"""A run's life through the command line: a failed start leaves nothing to block the retry, the data directory
+and every evaluation setting are recorded, ``iwae resume`` may change them, and a restart clears old results."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, read_json
+
+import iwae.evaluate_run
+import iwae.train
+from iwae import rundir
+from iwae.cli import main
+from iwae.config import TrainConfig
+
+QUICK = ["--stages", "1", "--pass-scale", "0.01", "--k", "2", "--curve-k", "0", "--quiet"]
+
+
+def _files(run: Path) -> list[str]:
+    return sorted(p.name for p in run.iterdir()) if run.exists() else []
+
+
+def test_a_failed_start_leaves_no_run_and_the_retry_works(data_dir, tmp_path, capsys):
+    run, bad = tmp_path / "run", tmp_path / "bad"
+    (bad / "mnist").mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        (bad / "mnist" / name).write_bytes(b"\x1f\x8b not really gzip")
+    for data in (tmp_path / "empty", bad):
+        assert main(["train", "--out", str(run), "--data-dir", str(data), "--no-eval", *QUICK]) == 1
+        assert rundir.CONFIG_NAME not in _files(run)
+    assert main(["train", "--out", str(run), "--init-from", str(tmp_path / "nowhere"), "--data-dir", data_dir,
+                 "--no-eval", *QUICK]) == 1  # fmt: skip
+    assert rundir.CONFIG_NAME not in _files(run) and "is not a run folder" in capsys.readouterr().err
+    assert main(["train", "--out", str(run), "--data-dir", data_dir, "--no-eval", *QUICK]) == 0
+    assert rundir.status(run) == "partial" and rundir.has_checkpoint(run)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_leaves_no_run(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--device", "cuda", "--data-dir", data_dir, *QUICK]) == 1
+    assert "CUDA is not available" in capsys.readouterr().err and rundir.CONFIG_NAME not in _files(run)
+
+
+def test_resume_may_change_device_data_and_evaluation(data_dir, tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(**{**TINY, "stages": 1, "curve_k": 0}, device="cuda:7", data_dir=str(tmp_path / "gone"))
+    rundir.create(run, config)  # a run made elsewhere, stopped before its first checkpoint
+    assert main(["resume", str(run), "--device", "cpu", "--data-dir", data_dir, "--eval-k", "5", "--eval-n", "10",
+                 "--quiet"]) == 0  # fmt: skip
+    saved = read_json(run / rundir.CONFIG_NAME)
+    assert (saved["device"], saved["data_dir"], saved["eval_k"], saved["eval_n"]) == (
+        "cpu", str(Path(data_dir).resolve()), 5, 10)  # fmt: skip
+    assert (read_json(run / rundir.METRICS_NAME)["eval_k"], read_json(run / rundir.METRICS_NAME)["eval_n"]) == (5, 10)
+
+
+def test_no_eval_is_saved_and_a_finished_run_is_left_alone(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--data-dir", data_dir, "--no-eval", *QUICK]) == 0
+    assert read_json(run / rundir.CONFIG_NAME)["evaluate"] is False
+    assert main(["resume", str(run), "--quiet"]) == 0
+    assert rundir.status(run) == "partial"  # trained, and not evaluated: the run asked for no evaluation
+    assert main(["resume", str(run), "--eval", "--eval-k", "4", "--eval-n", "10", "--quiet"]) == 0
+    assert read_json(run / rundir.METRICS_NAME)["eval_k"] == 4 and read_json(run / rundir.CONFIG_NAME)["evaluate"]
+    capsys.readouterr()
+    assert main(["resume", str(run), "--eval-k", "3", "--quiet"]) == 0
+    assert "already finished" in capsys.readouterr().out and read_json(run / rundir.METRICS_NAME)["eval_k"] == 4
+    assert main(["resume", str(run), "--re-evaluate", "--eval-k", "3", "--quiet"]) == 0
+    assert read_json(run / rundir.METRICS_NAME)["eval_k"] == 3
+
+
+def test_the_data_directory_is_recorded_and_may_be_overridden(data_dir, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    monkeypatch.setenv("IWAE_DATA_DIR", data_dir)
+    assert main(["train", "--out", str(run), "--no-eval", *QUICK]) == 0
+    assert read_json(run / rundir.CONFIG_NAME)["data_dir"] == str(Path(data_dir).resolve())
+    monkeypatch.delenv("IWAE_DATA_DIR")
+    assert main(["evaluate", str(run), "--k", "2", "--n", "4", "--quiet"]) == 0  # the recorded directory
+    config = read_json(run / rundir.CONFIG_NAME)
+    (run / rundir.CONFIG_NAME).write_text(
+        TrainConfig.from_dict({**config, "data_dir": str(tmp_path / "moved")}).to_json()
+    )
+    assert main(["evaluate", str(run), "--k", "2", "--n", "4", "--quiet", "--data-dir", data_dir]) == 0
+    monkeypatch.setenv("IWAE_DATA_DIR", data_dir)  # the recorded one is gone: $IWAE_DATA_DIR is used
+    assert main(["evaluate", str(run), "--k", "2", "--n", "4", "--quiet"]) == 0
+    assert main(["compare", str(run), str(run), "--k", "2", "--n", "4", "--quiet", "--data-dir", data_dir,
+                 "--out", str(tmp_path / "c.json")]) == 0  # fmt: skip
+
+
+def test_nothing_pruned_means_no_second_nll(tiny_run, monkeypatch):
+    config = rundir.read_config(tiny_run).replace(active_threshold=1e-30)  # every unit active
+    (tiny_run / rundir.CONFIG_NAME).write_text(config.to_json())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the pruned model was built although no unit is inactive")
+
+    monkeypatch.setattr(iwae.evaluate_run, "prune_inactive", refuse)
+    result = iwae.evaluate_run.evaluate_run(tiny_run, pruned=True, progress=False)
+    assert result["nll_pruned"] == result["nll"] and result["units_pruned"] == 0
+    assert iwae.evaluate_run.finish_run(tiny_run, progress=False)["test_nll_pruned"] == result["nll"]
+
+
+def test_evaluation_bars_name_what_they_score(tiny_run, capsys):
+    iwae.evaluate_run.finish_run(tiny_run, progress=True)
+    err = capsys.readouterr().err
+    assert "test NLL, L_20, 50 images" in err and "train NLL, L_20, 50 images" in err
+    assert "final evaluation: L_20 on 50 test and 50 training images" in err
+
+
+def test_a_run_starting_over_loses_its_old_results(tiny_run):
+    (tiny_run / rundir.CHECKPOINT_NAME).unlink()  # e.g. a corrupt checkpoint deleted, as its error says
+    (tiny_run / "eval-test-k5-n10.json").write_text("{}")
+    iwae.train.resume(tiny_run, progress=False)
+    left = _files(tiny_run)
+    assert rundir.METRICS_NAME not in left and "samples.png" not in left and "eval-test-k5-n10.json" not in left
+    assert rundir.has_checkpoint(tiny_run) and len(rundir.read_log(tiny_run)) == 2
+
+
+def test_every_file_of_a_run_has_the_usual_mode(tiny_run):
+    """0666 less the umask (0644 under the usual 022), as for any file a program writes; never mkstemp's 0600."""
+    iwae.evaluate_run.evaluate_run(tiny_run, k=2, n=4, progress=False)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in tiny_run.iterdir()}  # copies keep their modes
+    assert set(modes.values()) == {oct(0o666 & ~mask)}, modes
+
+
+def test_training_on_the_cpu_uses_one_thread_by_default(tiny_config, tmp_path, monkeypatch):
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise InterruptedError  # enough seen: no need to train
+
+    monkeypatch.setattr(iwae.train, "make_train_step", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    config = tiny_config.replace(curve_k=0, device="cpu")
+    try:
+        for run, threads in (("a", None), ("b", 2)):
+            with pytest.raises(InterruptedError):
+                iwae.train.train(config, tmp_path / run, progress=False, threads=threads)
+        assert seen == [1, 2] and torch.get_num_threads() == 2  # restored afterwards
+    finally:
+        torch.set_num_threads(before)

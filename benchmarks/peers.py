@@ -4,8 +4,9 @@
   times and every copy runs through the whole network (so the first recognition trunk runs k times per example,
   not once), ``nn.Sequential`` stacks, ``torch.distributions.Normal`` and ``Bernoulli`` objects for every density
   (with their default argument validation), and a plain ``torch.optim.Adam``.
-* :func:`pyro_step`: Pyro's ``RenyiELBO(alpha=0)`` (the IWAE bound) or ``Trace_ELBO`` (the VAE bound) with
-  ``num_particles=k, vectorize_particles=True``, the same networks and Pyro's Adam, if ``pyro-ppl`` is installed.
+* :class:`PyroIWAE` and :func:`pyro_step`: Pyro's ``RenyiELBO(alpha=0)`` (the IWAE bound) or ``Trace_ELBO`` (the
+  VAE bound) with ``num_particles=k, vectorize_particles=True``, the same networks and Pyro's Adam, if ``pyro-ppl``
+  is installed. :class:`PyroIWAE` also scores itself (``log_weights``) through Pyro's traces.
 
 Both share the project's initialisation (Glorot uniform weights, zero biases) and optimiser settings (Section 5.1),
 so the three implementations do the same arithmetic apart from what the scheme itself adds.
@@ -116,40 +117,72 @@ def pyro_available() -> bool:
     return True
 
 
+class PyroIWAE(Networks):
+    """The paper's networks as a Pyro model and guide, with ``log_weights(x, k)`` for :func:`iwae.log_likelihood`.
+
+    Every sample site sits in one ``data`` plate, so Pyro's ``RenyiELBO(alpha=0)`` forms L_k per example (Eq. 8):
+    its log-weights keep the data dimension and the log-mean-exp runs over the particles alone.
+    """
+
+    def __init__(self, layers: int, x_dim: int = 784) -> None:
+        super().__init__(layers, x_dim)
+        self.layers, self.latent = layers, LATENTS[layers]
+
+    def model(self, x: Tensor) -> None:
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("p", self.p)
+        pyro.module("px", self.px)
+        with pyro.plate("data", x.shape[0], dim=-1):
+            zeros = x.new_zeros((x.shape[0], self.latent[-1]))
+            h = pyro.sample(f"h{self.layers}", dist.Normal(zeros, 1.0).to_event(1))
+            for j, net in enumerate(self.p):
+                h = pyro.sample(f"h{self.layers - 1 - j}", dist.Normal(*_params(net, h)).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.px(h)).to_event(1), obs=x)
+
+    def guide(self, x: Tensor) -> None:
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("q", self.q)
+        with pyro.plate("data", x.shape[0], dim=-1):
+            h = x
+            for l, net in enumerate(self.q):
+                h = pyro.sample(f"h{l + 1}", dist.Normal(*_params(net, h)).to_event(1))
+
+    @torch.no_grad()
+    def log_weights(self, x: Tensor, k: int) -> Tensor:
+        """(k, batch) log p(x, h_i) - log q(h_i | x), h_i ~ q: the guide traced in a particle plate, the model
+        replayed on its samples, each site's log-density read from Pyro's trace (global torch RNG)."""
+        import pyro
+        from pyro import poutine
+
+        with pyro.plate("particles", k, dim=-2):
+            guide = poutine.trace(self.guide).get_trace(x)
+            model = poutine.trace(poutine.replay(self.model, trace=guide)).get_trace(x)
+        return _trace_log_prob(model) - _trace_log_prob(guide)
+
+
+def _trace_log_prob(trace) -> Tensor:  # noqa: ANN001 (a pyro Trace)
+    """Sum over the sample sites of a trace of their log-densities, each of shape (particles, batch)."""
+    return sum(site["fn"].log_prob(site["value"]) for site in trace.nodes.values() if site["type"] == "sample")
+
+
 def pyro_step(layers: int, k: int, kind: str, device: torch.device) -> Callable[[Tensor], float]:
     """One ``SVI.step`` per call: ``RenyiELBO(alpha=0)`` for kind="iwae", ``Trace_ELBO`` for "vae".
 
     Pyro vectorises the k particles as an outer plate, so its recognition network for h^1 also runs once per example.
     """
     import pyro
-    import pyro.distributions as dist
     from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 
     pyro.clear_param_store()
-    nets = Networks(layers).to(device)
-    latent = LATENTS[layers]
-
-    def model(x: Tensor) -> None:
-        pyro.module("p", nets.p)
-        pyro.module("px", nets.px)
-        with pyro.plate("data", x.shape[0]):
-            zeros = x.new_zeros((x.shape[0], latent[-1]))
-            h = pyro.sample(f"h{layers}", dist.Normal(zeros, 1.0).to_event(1))
-            for j, net in enumerate(nets.p):
-                h = pyro.sample(f"h{layers - 1 - j}", dist.Normal(*_params(net, h)).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=nets.px(h)).to_event(1), obs=x)
-
-    def guide(x: Tensor) -> None:
-        pyro.module("q", nets.q)
-        with pyro.plate("data", x.shape[0]):
-            h = x
-            for l, net in enumerate(nets.q):
-                h = pyro.sample(f"h{l + 1}", dist.Normal(*_params(net, h)).to_event(1))
-
+    nets = PyroIWAE(layers).to(device)
     elbo_cls = RenyiELBO if kind == "iwae" else Trace_ELBO
     kwargs = {"alpha": 0.0} if kind == "iwae" else {}
     elbo = elbo_cls(num_particles=k, vectorize_particles=True, max_plate_nesting=1, **kwargs)
-    svi = SVI(model, guide, pyro.optim.Adam(dict(ADAM)), elbo)
+    svi = SVI(nets.model, nets.guide, pyro.optim.Adam(dict(ADAM)), elbo)
     return lambda x: svi.step(x) / x.shape[0]
 
 

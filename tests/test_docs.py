@@ -241,3 +241,40 @@ def test_estimator_tables_are_results_json_and_snr_json():
     for i, k in enumerate(snr["ks"]):
         enc = " | ".join(f"{snr['snr'][e]['encoder'][i]:.3f}" for e in ("reparam", "stl", "dreg"))
         assert f"| {k} | {enc} | {snr['snr']['reparam']['decoder'][i]:.2f} |" in text, k
+
+
+FIDELITY = ROOT / "results" / "fidelity"
+
+
+def fidelity_phrases() -> list[str]:
+    """Every number of results/fidelity/README.md's exact-likelihood section, as exact.json gives it."""
+    exact = json.loads((FIDELITY / "exact.json").read_text())
+    grid, bounds, log_px = exact["grid"], exact["bounds"], exact["log_px"]
+    rows = [f"| L_{k} | {b['mean']:.3f} ± {b['sem']:.3f} | {b['gap']:.4f} ± {b['gap_sem']:.4f} |"
+            for k, b in ((k, bounds[f"L_{k}"]) for k in (1, 50, 5000))]  # fmt: skip
+    return [
+        f"On {exact['n']} test images spread evenly",
+        f"a grid of spacing {grid['spacing'] / 2:.3f} over [-{grid['half_width']:g}, {grid['half_width']:g}]^2",
+        f"at most {grid['max_change_finer']:.2g} nats on any image",
+        f"by at most {grid['max_change_wider']:.2g} when that grid is widened",
+        f"| log p(x) | {log_px['mean']:.3f} ± {log_px['sem']:.3f} | |",
+        *rows,
+        f"{bounds['L_5000']['gap']:.4f} ± {bounds['L_5000']['gap_sem']:.4f} nats below the exact value",
+        f"({bounds['L_5000']['above_log_px']} of {exact['n']} for L_5000)",
+        f"({exact['run_passes']:g} passes;",
+        exact["command"].split(" --out")[0],  # the README's command block wraps before --out
+    ]
+
+
+@pytest.mark.parametrize("phrase", fidelity_phrases())
+def test_fidelity_readme_states_what_exact_json_gives(phrase: str):
+    text = " ".join((FIDELITY / "README.md").read_text().split())
+    assert " ".join(phrase.split()) in text
+
+
+def test_fidelity_ordering_verdict_is_the_json():
+    exact = json.loads((FIDELITY / "exact.json").read_text())
+    means = [exact["bounds"][f"L_{k}"]["mean"] for k in (1, 50, 5000)] + [exact["log_px"]["mean"]]
+    assert exact["ordering_holds"] and means == sorted(means)
+    assert max(exact["grid"]["max_change_finer"], exact["grid"]["max_change_wider"]) < 0.01
+    assert "holds on average" in (FIDELITY / "README.md").read_text()

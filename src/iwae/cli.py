@@ -78,6 +78,9 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
         help="use N examples spread evenly through the split (default: the run's eval-n; more than the split: all)",
     )
     p.add_argument("--pruned", action="store_true", help="also the NLL with inactive units removed (a second L_k)")
+    p.add_argument("--nproc", type=positive_int,
+                   help="shard the examples over N processes here (noise drawn per block of examples: the same "
+                   "numbers for every N; also under torchrun)")  # fmt: skip
     _add_data_dir(p)
     _add_progress_and_threads(p)
 
@@ -167,6 +170,11 @@ def _report(metrics: dict | None, run_dir: Path) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    import os
+
+    if args.nproc or "WORLD_SIZE" in os.environ:
+        _evaluate_sharded(args)
+        return
     from iwae.evaluate_run import evaluate_run
 
     r = evaluate_run(args.run_dir, k=args.k, split=args.split, n=args.n, progress=not args.quiet, pruned=args.pruned,
@@ -177,6 +185,20 @@ def _evaluate(args: argparse.Namespace) -> None:
         f"{r['n']} images){pruned}, active units {'+'.join(map(str, r['active_units']))} (on "
         f"{r['active_units_n']} {r['active_units_split']} images); eval-{r['split']}-k{r['eval_k']}-n{r['n']}.json"
     )
+
+
+def _evaluate_sharded(args: argparse.Namespace) -> None:
+    import os
+
+    from iwae.distributed import evaluate_sharded
+
+    if args.pruned:
+        raise ValueError("--pruned is not sharded; evaluate the pruned model without --nproc or torchrun")
+    r = evaluate_sharded(args.run_dir, args.k, args.split, args.n, nproc=args.nproc, data_dir=args.data_dir)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 alone reports
+        print(f"{args.run_dir}: {r['split']} NLL {r['nll']:.4f} +- {r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} "
+              f"over {r['n']} images, noise {r['noise']}), active units {'+'.join(map(str, r['active_units']))}; "
+              f"eval-{r['split']}-k{r['eval_k']}-n{r['n']}-blocks.json")  # fmt: skip
 
 
 def _compare(args: argparse.Namespace) -> None:

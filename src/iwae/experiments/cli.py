@@ -21,7 +21,8 @@ SHARED = [f.name for f in dataclasses.fields(Schedule)]
 
 def add_reproduce_arguments(r: argparse.ArgumentParser) -> None:
     """The arguments of ``iwae reproduce``."""
-    r.add_argument("experiment", nargs="*", choices=(*EXPERIMENTS, "all"), help="what to reproduce (one or more)")
+    names = ", ".join((*EXPERIMENTS, "all"))
+    r.add_argument("experiment", nargs="*", help=f"what to reproduce, one or more of {names}")
     r.add_argument("--out", help="output folder: DIR/runs/<run>/, DIR/report.md, DIR/results.json (required)")
     r.add_argument("--report-only", metavar="DIR",
                    help="only rewrite DIR/report.md and DIR/results.json from the runs finished so far")  # fmt: skip
@@ -49,6 +50,9 @@ def reproduce(args: argparse.Namespace) -> int:
         return 0
     if not args.experiment or not args.out:
         raise ValueError("iwae reproduce needs an experiment and --out DIR (or --report-only DIR)")
+    for name in args.experiment:
+        if name not in (*EXPERIMENTS, "all"):
+            raise ValueError(f"unknown experiment {name!r}; choose from {', '.join((*EXPERIMENTS, 'all'))}")
     if args.estimate_only:
         return _reproduce(args)
     with locked(args.out, again="the same `iwae reproduce` command"):

@@ -31,6 +31,8 @@ class Schedule:
     pass_scale: float = TrainConfig.pass_scale
     eval_k: int = TrainConfig.eval_k
     eval_n: int | None = TrainConfig.eval_n
+    curve_k: int = TrainConfig.curve_k
+    curve_n: int = TrainConfig.curve_n
     seed: int = TrainConfig.seed
     device: str = TrainConfig.device
     data_dir: str | None = TrainConfig.data_dir

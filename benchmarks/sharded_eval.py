@@ -1,0 +1,58 @@
+"""L_5000 of a trained MNIST model sharded over 1 and 2 gloo processes (:mod:`iwae.distributed`): wall time,
+speed-up and the agreement of the results; writes benchmarks/results/sharded_eval.{json,md}.
+
+    python -m benchmarks.sharded_eval [--run RUN] [--n 1000] [--k 5000]
+
+Without ``--run`` it first trains a short 1-layer MNIST IWAE (k = 5, 0.1 passes, under a minute) into a
+temporary folder. ``--n`` test images spread through the test set (1,000 by default: the whole 10,000-image set
+takes ten times as long).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from iwae.config import TrainConfig
+from iwae.distributed import evaluate_sharded
+from iwae.train import train_and_evaluate
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", help="run folder (default: train a short one)")
+    p.add_argument("--n", type=int, default=1000, help="test images (default 1000)")
+    p.add_argument("--k", type=int, default=5000, help="importance samples (default 5000)")
+    args = p.parse_args()
+    run = args.run
+    if run is None:
+        run = str(Path(tempfile.mkdtemp()) / "run")
+        config = TrainConfig(k=5, stages=1, pass_scale=0.1, evaluate=False, curve_k=0)
+        train_and_evaluate(run, config, progress=False)
+    rows = []
+    for nproc in (1, 2):
+        start = time.perf_counter()
+        r = evaluate_sharded(run, args.k, "test", args.n, nproc=nproc)
+        rows.append({"processes": nproc, "seconds": time.perf_counter() - start, "nll": r["nll"], "n": r["n"]})
+    base = rows[0]
+    lines = [
+        f"L_{args.k} on {base['n']} MNIST test images, sharded over gloo processes ({os.cpu_count()} CPUs; "
+        "other work on the machine shares them)", "",
+        "| processes | seconds | speed-up | test NLL | difference from 1 process |", "| --- | --- | --- | --- | --- |",
+        *(f"| {r['processes']} | {r['seconds']:.1f} | {base['seconds'] / r['seconds']:.2f}x | {r['nll']:.6f} | "
+          f"{r['nll'] - base['nll']:.2e} |" for r in rows),
+    ]  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "sharded_eval.json").write_text(json.dumps({"k": args.k, "rows": rows}, indent=1) + "\n")
+    (RESULTS / "sharded_eval.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""``python -m iwae``: the ``iwae`` command (also ``torchrun ... -m iwae evaluate``)."""
+
+import sys
+
+from iwae.cli import main
+
+sys.exit(main())

@@ -1,0 +1,113 @@
+"""``iwae status DIR``: which runs are done, running, queued or failed, for local and Slurm runs alike.
+
+A run's state comes from its folder and from whatever works in it:
+
+- done: the run is evaluated (``metrics.json``, :func:`iwae.rundir.status`);
+- running or queued: its Slurm job (``slurm-job.json``) is in Slurm's queue, running or waiting; or, locally, a
+  process holds the folder's ``.lock`` (running), or the ``iwae reproduce`` that holds the reproduction's lock will
+  still start it (queued);
+- failed: its Slurm job ended and left the run unfinished, or the local child process said so in ``log.txt``;
+  the last lines of the job's log are shown;
+- stopped (created, unfinished, nothing working on it: ``iwae resume`` continues it) or new.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+from iwae.experiments.runner import FAILED_LINE, REQUESTED_NAME
+from iwae.experiments.slurm import JOB_NAME, queue_states
+from iwae.rundir import CONFIG_NAME, LOCK_NAME, status
+
+__all__ = ["RunState", "run_folders", "run_states", "format_states"]
+
+LOG_LINES = 8  # of a failed run's log
+
+
+class RunState(NamedTuple):
+    """A run folder's state, what runs it (a Slurm job id, a PID) and, for a failure, its log's last lines."""
+
+    path: Path
+    state: str
+    detail: str = ""
+    log_tail: tuple[str, ...] = ()
+
+
+def run_folders(folder: Path) -> list[Path]:
+    """The run folders of ``folder``: itself if it is one, else those in ``folder/runs`` or in ``folder``."""
+    if _is_run(folder):
+        return [folder]
+    parent = folder / "runs" if (folder / "runs").is_dir() else folder
+    runs = sorted(p for p in parent.iterdir() if p.is_dir() and _is_run(p))
+    if not runs:
+        raise ValueError(f"{folder} holds no run folder (made by `iwae train` or `iwae reproduce`)")
+    return runs
+
+
+def _is_run(path: Path) -> bool:
+    """Whether ``path`` is a run folder, or one that a reproduction has planned."""
+    return any((path / name).is_file() for name in (CONFIG_NAME, REQUESTED_NAME, JOB_NAME))
+
+
+def _lock_holder(folder: Path) -> int | None:
+    """The PID holding ``folder/.lock`` (an flock listed in /proc/locks), or None."""
+    lock = folder / LOCK_NAME
+    try:
+        inode = lock.stat().st_ino
+        held = any(line.split()[5].endswith(f":{inode}") for line in Path("/proc/locks").read_text().splitlines()
+                   if line.split()[1] == "FLOCK")  # fmt: skip
+        pid = int(lock.read_text().strip() or 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if held and pid else None
+
+
+def _tail(path: Path) -> tuple[str, ...]:
+    try:
+        return tuple(path.read_text(errors="replace").rstrip().splitlines()[-LOG_LINES:])
+    except OSError:
+        return ()
+
+
+def _state(run: Path, queue: dict[str, str], reproducing: bool) -> RunState:
+    if status(run) == "done":
+        return RunState(run, "done")
+    job = json.loads((run / JOB_NAME).read_text()) if (run / JOB_NAME).is_file() else None
+    if job and job["job_id"] in queue:
+        state = "running" if queue[job["job_id"]] in ("RUNNING", "COMPLETING") else "queued"
+        return RunState(run, state, f"Slurm job {job['job_id']}, {queue[job['job_id']].lower()}")
+    if (pid := _lock_holder(run)) is not None:
+        return RunState(run, "running", f"PID {pid}")
+    if job:
+        return RunState(run, "failed", f"Slurm job {job['job_id']} ended; {job['stderr']}", _tail(Path(job["stderr"])))
+    log = _tail(run / "log.txt")
+    if log and log[-1].startswith(FAILED_LINE):
+        return RunState(run, "failed", str(run / "log.txt"), log)
+    if reproducing:
+        return RunState(run, "queued", "waits for `iwae reproduce`")
+    return RunState(run, "stopped" if status(run) == "partial" else "new")
+
+
+def run_states(folder: str | Path) -> list[RunState]:
+    """The state of every run folder of ``folder`` (:func:`run_folders`)."""
+    runs = run_folders(Path(folder))
+    jobs = [json.loads((r / JOB_NAME).read_text())["job_id"] for r in runs if (r / JOB_NAME).is_file()]
+    queue = queue_states(jobs) if jobs else {}
+    reproduction = runs[0].parent.parent if runs[0].parent.name == "runs" else None
+    reproducing = reproduction is not None and _lock_holder(reproduction) not in (None, os.getpid())
+    return [_state(run, queue, reproducing) for run in runs]
+
+
+def format_states(states: list[RunState]) -> str:
+    """One line per run (a failure's log lines below it), then the count of each state."""
+    lines = []
+    for s in states:
+        lines.append(f"{s.path.name:32s} {s.state:8s} {s.detail}".rstrip())
+        lines += [f"    | {line}" for line in s.log_tail]
+    counts: dict[str, int] = {}
+    for s in states:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    return "\n".join(lines + [", ".join(f"{n} {state}" for state, n in counts.items())])

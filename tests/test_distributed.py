@@ -1,0 +1,58 @@
+"""The sharded evaluation (:mod:`iwae.distributed`): the same numbers with 1 and 2 gloo processes on the loopback,
+each block of examples drawing its own noise; process 0 alone writes the file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from iwae.distributed import BLOCK, active_units_blocks, evaluate_sharded, log_likelihood_blocks, shard
+from iwae.evaluate import active_units
+
+pytestmark = pytest.mark.slow
+
+N = BLOCK + 44  # two blocks, the second partial
+
+
+def test_without_torch_distributed_one_process_takes_every_block():
+    assert list(shard(10 * BLOCK + 1)) == list(range(11))
+
+
+def test_block_moments_equal_the_one_pass_active_units(tiny):
+    model = tiny(x_dim=6, latent_dims=(3,)).float()
+    x = torch.bernoulli(torch.full((N, 6), 0.4), generator=torch.Generator().manual_seed(0))
+    for a, b in zip(active_units_blocks(model, x, seed=1), active_units(model, x)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)  # layer 1: the means need no noise
+
+
+def test_blocks_are_drawn_independently_of_the_rows_around_them(tiny):
+    model = tiny(x_dim=6, latent_dims=(3,)).float()
+    x = torch.bernoulli(torch.full((N, 6), 0.4), generator=torch.Generator().manual_seed(0))
+    whole = log_likelihood_blocks(model, x, 20, seed=5)
+    first = log_likelihood_blocks(model, x[:BLOCK], 20, seed=5)
+    assert torch.equal(whole[:BLOCK], first) and whole.dtype == torch.float64
+
+
+def test_two_gloo_processes_give_the_numbers_of_one(tiny_run, data_dir):
+    one = evaluate_sharded(tiny_run, k=30, n=N, nproc=1, data_dir=data_dir)
+    (tiny_run / f"eval-test-k30-n{N}-blocks.json").unlink()
+    two = evaluate_sharded(tiny_run, k=30, n=N, nproc=2, data_dir=data_dir)
+    written = json.loads((tiny_run / f"eval-test-k30-n{N}-blocks.json").read_text())
+    assert (one["world_size"], two["world_size"], written["world_size"]) == (1, 2, 2)
+    assert two["nll"] == pytest.approx(one["nll"], rel=1e-12) and two["nll_sem"] == pytest.approx(one["nll_sem"])
+    assert two["active_units"] == one["active_units"] and two["n"] == one["n"] == N
+
+
+def test_torchrun_runs_iwae_evaluate_sharded(tiny_run, data_dir):
+    # the run's eval-n images: torchrun's own parser takes `--n` for an abbreviation of its options
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "iwae", "evaluate", str(tiny_run), "--k", "30", "--data-dir", data_dir]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("test NLL") == 1  # process 0 alone reports
+    (written,) = [json.loads(p.read_text()) for p in tiny_run.glob("eval-test-k30-n*-blocks.json")]
+    assert written["world_size"] == 2 and f"{written['nll']:.4f}" in out.stdout

@@ -74,9 +74,10 @@ def test_reproduction_on_slurm_survives_preemption(tmp_path, data_dir, monkeypat
         assert states[PREEMPTED] == "running" and states["mnist-l1-vae-then-iwae-k50"] != "failed"
         assert states["mnist-l1-iwae-then-vae-k1"] == "queued"  # waits for the preempted run
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
-        # Slurm holds a requeued job back for two minutes; let it start again at once.
+        # Slurm holds a requeued job back for two minutes; let it start sooner, once its first attempt has been
+        # cleaned up on the node (KillWait, 5 s, and the step's own ending; started at once, it fails to launch).
         _wait_for(lambda: queue_states([job]).get(job) == "PENDING", 60, "the requeue", reproduce)
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+15"], check=True)
         output, _ = reproduce.communicate(timeout=120)
     finally:
         reproduce.kill()

@@ -79,10 +79,10 @@ def _graph() -> dict[str, set[str]]:
 LAYERS = {
     1: {"iwae._ops", "iwae.layers", "iwae.pruning", "iwae.model", "iwae.bounds", "iwae.atomic"},
     2: {"iwae.objectives", "iwae.data", "iwae.evaluate", "iwae.plots"},
-    3: {"iwae.config", "iwae.train_step", "iwae.checkpoint", "iwae.rundir", "iwae.train", "iwae.evaluate_run",
-        "iwae.compare", "iwae.snr", "iwae.distributed"},
+    3: {"iwae.config", "iwae.train_step", "iwae.checkpoint", "iwae.rundir", "iwae.train", "iwae.training_state",
+        "iwae.evaluate_run", "iwae.compare", "iwae.snr", "iwae.distributed"},
     4: {"iwae.experiments"},
-    5: {"iwae.cli", "iwae.experiments.cli", "iwae"},
+    5: {"iwae.cli", "iwae.cli_runs", "iwae.config_cli", "iwae.experiments.cli", "iwae"},
 }  # fmt: skip
 
 

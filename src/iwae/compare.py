@@ -87,25 +87,15 @@ def paired_difference(ll_a: torch.Tensor, ll_b: torch.Tensor) -> dict[str, float
     return {"mean": d.mean().item(), "sem": (d.std() / d.numel() ** 0.5).item()}
 
 
-def compare_runs(
-    run_a: str | Path,
-    run_b: str | Path,
-    *,
-    split: str = "test",
-    k: int | None = None,
-    n: int | None = None,
-    seed: int | None = None,
-    progress: bool = True,
-    data_dir: str | None = None,
-) -> dict[str, Any]:
+def compare_runs(run_a: str | Path, run_b: str | Path, **options: Any) -> dict[str, Any]:
     """Paired comparison of two runs (:func:`log_likelihoods`, :func:`paired_difference`).
 
+    :param options: :func:`log_likelihoods`'s keywords (``split``, ``k``, ``n``, ``seed``, ``progress``,
+        ``data_dir``), with its defaults.
     :returns: the settings, ``a`` and ``b`` (run folder, NLL, its standard error over images) and
         ``difference``: ``{"mean", "sem"}`` of NLL(A) - NLL(B), negative when A scores better.
     """
-    settings, (ll_a, ll_b) = log_likelihoods(
-        [run_a, run_b], split=split, k=k, n=n, seed=seed, progress=progress, data_dir=data_dir
-    )
+    settings, (ll_a, ll_b) = log_likelihoods([run_a, run_b], **options)
     a, b = _summary(run_a, ll_a), _summary(run_b, ll_b)
     return {**settings, "a": a, "b": b, "difference": paired_difference(ll_a, ll_b)}
 

@@ -1,10 +1,10 @@
 """Run configuration: one frozen dataclass, declared once, written as JSON into every run folder.
 
-Every option of a run is a field of :class:`TrainConfig` with its default, its help text and, where the command
-line offers it, its flag and parser. ``iwae train``'s options are generated from these fields
-(:func:`add_config_options`), so an option added here appears on the command line, in ``--help``, in
-``config.json`` and in ``--config FILE`` at once. Precedence (as nanoGPT's configurator): the defaults, then a
-JSON config file, then the flags given on the command line; unknown keys and wrong types are refused.
+Every option of a run is a field of :class:`TrainConfig` with its default, its help text and, where the command line
+offers it, its flag and parser. ``iwae train``'s options are generated from these fields
+(:func:`iwae.config_cli.add_config_options`), so an option added here appears on the command line, in ``--help``, in
+``config.json`` and in ``--config FILE`` at once. Precedence (as nanoGPT's configurator): the defaults, then a JSON
+config file, then the flags given on the command line; unknown keys and wrong types are refused.
 """
 
 from __future__ import annotations
@@ -22,16 +22,7 @@ from typing import Any
 from iwae.data.resources import DATASETS
 from iwae.objectives import ESTIMATORS, KINDS
 
-__all__ = [
-    "TrainConfig",
-    "Stage",
-    "schedule",
-    "add_config_options",
-    "config_from_args",
-    "overrides_from_args",
-    "options_table",
-    "RESUMABLE",
-]
+__all__ = ["TrainConfig", "Stage", "schedule", "RESUMABLE"]
 
 
 # ----------------------------------------------------------------------------- command-line parsers
@@ -232,57 +223,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-# ----------------------------------------------------------------------------- command line from the fields
-def cli_fields(names: Iterable[str] | None = None) -> list[dataclasses.Field]:
-    """The config fields offered on the command line (all of them, or those named, in declaration order)."""
-    wanted = None if names is None else set(names)
-    return [f for f in dataclasses.fields(TrainConfig) if f.metadata["cli"] and (wanted is None or f.name in wanted)]
-
-
-def add_config_options(parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
-    """One option per config field (or per named field): flag, parser, choices, help and default from the field.
-
-    Options default to "not given" (``argparse.SUPPRESS``), so :func:`overrides_from_args` sees only the flags
-    typed on the command line; ``--help`` shows the config's default.
-    """
-    for f in cli_fields(names):
-        meta = f.metadata
-        flag = meta["flag"] or "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        shown = "" if default is None or isinstance(default, bool) else f" (default {default})"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + shown}
-        if isinstance(default, bool):  # a default-on flag also gets its --no- form: --eval, --no-eval
-            kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
-        else:
-            kwargs.update(type=meta["type"] or str, metavar=meta["metavar"])
-            if meta["choices"]:
-                kwargs["choices"] = meta["choices"]
-                kwargs["metavar"] = meta["metavar"] or "{" + ",".join(map(str, meta["choices"])) + "}"
-        parser.add_argument(flag, **kwargs)
-
-
-def overrides_from_args(args: argparse.Namespace, names: Iterable[str] | None = None) -> dict[str, Any]:
-    """The config values given as flags (only those typed on the command line)."""
-    return {f.name: getattr(args, f.name) for f in cli_fields(names) if hasattr(args, f.name)}
-
-
-def options_table() -> str:
-    """The Markdown table of ``iwae train``'s config options (README.md holds it between ``options`` markers)."""
-    rows = ["| option | default | meaning |", "| --- | --- | --- |"]
-    for f in cli_fields():
-        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
-        default = "" if f.default is None or f.default is False else f"`{f.default}`"
-        flags = f"`{flag}`, `--no-{flag[2:]}`" if f.default is True else f"`{flag}`"
-        rows.append(f"| {flags} | {default} | {f.metadata['help']} |")
-    return "\n".join(rows)
-
-
-def config_from_args(args: argparse.Namespace, config_file: str | Path | None = None) -> TrainConfig:
-    """Defaults, then ``config_file`` (JSON), then the flags given: the config of ``iwae train``."""
-    values = read_config_file(config_file) if config_file else {}
-    return TrainConfig.from_dict({**values, **overrides_from_args(args)})
-
-
 # ----------------------------------------------------------------------------- the schedule (Section 5.1)
 @dataclass(frozen=True)
 class Stage:
@@ -306,7 +246,3 @@ def schedule(config: TrainConfig) -> list[Stage]:
             lr = 1e-3 * 10 ** (-i / 7)
         stages.append(Stage(i, 3**i * config.pass_scale, lr))
     return stages
-
-
-if __name__ == "__main__":
-    print(options_table())

@@ -4,21 +4,18 @@ For each stage of the schedule (3^i passes at 1e-3 * 10^(-i/7)), for each pass o
 each minibatch binarize it afresh and take one step; every 50 steps check that the loss is finite; at the end of a
 pass log a line to ``metrics.jsonl``; at the end of a stage, measure the test NLL of the learning curve
 (:func:`iwae.evaluate_run.curve_point`, on the stage's last line) and checkpoint; checkpoint every few minutes too.
-The checkpoint holds the model, Adam's moments, the :class:`Position` in the schedule, the current pass's
-permutation and every generator state, so a run killed at any moment and resumed with :func:`resume` reaches
-exactly the numbers it would have reached uninterrupted. The stage's last line, curve point included, is written
-before the stage-end checkpoint that counts it: a run killed between the two drops that line on resume and
+The checkpoint holds the model, Adam's moments, the :class:`~iwae.training_state.Position` in the schedule, the
+current pass's permutation and every generator state, so a run killed at any moment and resumed with :func:`resume`
+reaches exactly the numbers it would have reached uninterrupted. The stage's last line, curve point included, is
+written before the stage-end checkpoint that counts it: a run killed between the two drops that line on resume and
 measures it again, so no point of the curve is lost or doubled. The files of a run folder are :mod:`iwae.rundir`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +27,10 @@ from iwae.config import TrainConfig, schedule
 from iwae.evaluate_run import curve_images, curve_point, finish_run
 from iwae.rundir import RunError, build_model, resolve_device
 from iwae.train_step import make_optimizer, make_train_step
+from iwae.training_state import Batches, Generators, Position, Saver
 
 __all__ = [
-    "TrainingDiverged", "Position", "train", "resume", "train_and_evaluate", "default_threads", "cpu_threads",
+    "TrainingDiverged", "train", "resume", "train_and_evaluate", "default_threads", "cpu_threads",
 ]  # fmt: skip
 
 _CHECK_EVERY = 50  # steps between finiteness checks and checkpoint-timer looks (one host sync each)
@@ -41,77 +39,6 @@ SMALL_BATCH = 100  # batches up to this size run on one CPU thread unless told o
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class Position:
-    """Where a run stands in its schedule: saved (as JSON) in every checkpoint beside the tensors."""
-
-    stage: int = 0  # index into schedule(config)
-    step: int = 0  # steps taken in this stage
-    train_seconds: float = 0.0  # seconds spent in passes, over every session of the run
-    log_lines: int = 0  # lines of metrics.jsonl that belong to this position
-    pass_loss: float = 0.0  # sum of the current pass's losses so far (float64, so exact in JSON)
-
-
-@dataclass
-class _Generators:
-    shuffle: torch.Generator  # the permutation of each pass, on the CPU
-    device: torch.Generator  # binarizations and reparameterisation noise, on the model's device
-
-    @classmethod
-    def seeded(cls, seed: int, device: torch.device) -> _Generators:
-        return cls(torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed + 1))
-
-    def states(self) -> dict[str, torch.Tensor]:
-        return {"rng_shuffle": self.shuffle.get_state(), "rng_device": self.device.get_state()}
-
-    def restore(self, states: dict[str, torch.Tensor]) -> None:
-        self.shuffle.set_state(states["rng_shuffle"])
-        on_cpu = self.device.device.type == "cpu"
-        self.device.set_state(states["rng_device"].cpu() if on_cpu else states["rng_device"])
-
-
-@dataclass
-class _Batches:
-    x: torch.Tensor  # (N, 784) training intensities, on the model's device
-    size: int
-    dynamic: bool  # binarize afresh at every use (Section 5), or use fixed 0/1 data as it is
-
-    @property
-    def per_pass(self) -> int:
-        return math.ceil(self.x.shape[0] / self.size)
-
-    def shuffle(self, gen: torch.Generator) -> torch.Tensor:
-        return torch.randperm(self.x.shape[0], generator=gen).to(self.x.device)
-
-    def get(self, perm: torch.Tensor, t: int, gen: torch.Generator) -> torch.Tensor:
-        """Minibatch ``t`` of the pass over ``perm``: (size, 784), the last one of a pass possibly smaller."""
-        xb = self.x[perm[t * self.size : (t + 1) * self.size]]
-        return data.binarize(xb, generator=gen) if self.dynamic else xb
-
-
-class _Saver:
-    """Checkpoints when asked, and reports when the configured interval has passed since the last one."""
-
-    def __init__(
-        self,
-        run_dir: Path,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        gens: _Generators,
-        interval_s: float,
-    ) -> None:
-        self.run_dir, self.model, self.optimizer, self.gens = run_dir, model, optimizer, gens
-        self.interval_s, self.last = interval_s, time.monotonic()
-
-    def due(self) -> bool:
-        return time.monotonic() - self.last >= self.interval_s
-
-    def save(self, pos: Position, perm: torch.Tensor | None) -> None:
-        tensors = self.gens.states() | ({} if perm is None else {"perm": perm})
-        rundir.save_state(self.run_dir, self.model, self.optimizer, dataclasses.asdict(pos), tensors)
-        self.last = time.monotonic()
 
 
 def default_threads(config: TrainConfig) -> int | None:
@@ -196,17 +123,17 @@ def train_and_evaluate(
 def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, create: bool = False) -> None:
     device = resolve_device(config.device)
     x = data.load(config.dataset, "train", config.data_dir).to(device)
-    batches = _Batches(x, config.batch_size, dynamic=not data.is_binary(config.dataset))
+    batches = Batches(x, config.batch_size, dynamic=not data.is_binary(config.dataset))
     model = build_model(config, output_bias=x.mean(0)).to(device)
     optimizer = make_optimizer(model, betas=config.adam_betas)
-    gens = _Generators.seeded(config.seed, device)
+    gens = Generators.seeded(config.seed, device)
     curve_x = curve_images(config, device) if config.has_curve else None
     pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)
     step = make_train_step(
         model, optimizer, config.k, config.objective, config.estimator, m=config.m, beta=config.beta,
         generator=gens.device, compile=config.compile,
     )  # fmt: skip
-    saver = _Saver(run_dir, model, optimizer, gens, 60 * config.checkpoint_minutes)
+    saver = Saver(run_dir, model, optimizer, gens, 60 * config.checkpoint_minutes)
     writer = _tensorboard(run_dir) if config.tensorboard else None
     stages, per_pass = schedule(config), batches.per_pass
     passes_done = sum(_stage_steps(s.passes, per_pass) for s in stages[: pos.stage]) / per_pass
@@ -247,7 +174,7 @@ def _start(
     fresh: bool,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    gens: _Generators,
+    gens: Generators,
     create: bool,
 ) -> tuple[Position, torch.Tensor | None]:
     """The start of the schedule (from ``init_from``'s model, if given), or the checkpoint's position and pass.
@@ -274,12 +201,12 @@ def _start(
 
 def _run_pass(
     step: Callable[[torch.Tensor], torch.Tensor],
-    batches: _Batches,
+    batches: Batches,
     perm: torch.Tensor,
     gen: torch.Generator,
     steps: range,
     pos: Position,
-    saver: _Saver,
+    saver: Saver,
     bar: tqdm,
 ) -> float:
     """Minibatches ``steps`` of the pass over ``perm``, one training step each; the seconds they took.

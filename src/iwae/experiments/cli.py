@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from iwae.config import add_config_options, overrides_from_args
+from iwae.config_cli import add_config_options, overrides_from_args
 from iwae.data.resources import DATASETS
 from iwae.experiments.plan import EXPERIMENTS, Schedule, plan
 from iwae.experiments.slurm import add_executor_arguments

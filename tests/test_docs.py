@@ -294,3 +294,17 @@ def test_fidelity_prefix_section_states_what_prefix_json_gives():
     ):
         assert phrase in text, phrase
     assert curve[0][0] == 1 and all(b[1] < a[1] for a, b in zip(curve, curve[1:]))  # still falling at the end
+
+
+def test_fidelity_peer_section_states_what_peer_json_gives():
+    text = " ".join((FIDELITY / "README.md").read_text().split())
+    s = json.loads((FIDELITY / "peer-k5.json").read_text())["summary"]
+    for phrase in (
+        f"is {s['iwae_nll']:.2f} nats for `iwae` and {s['pyro_nll']:.2f} for Pyro",
+        f"a difference (iwae minus Pyro) of {s['diff']:.3f} nats, with a standard error of {s['diff_seed_sem']:.3f}",
+        f"(s.d. {s['diff_seed_sd']:.3f}) and {s['diff_paired_sem']:.3f} from the paired evaluation",
+        f"{s['iwae_nll_seed_sd']:.3f} for `iwae`, {s['pyro_nll_seed_sd']:.3f} for Pyro",
+        f"{s['iwae_ms_per_step']:.2f} ms for `iwae` and {s['pyro_ms_per_step']:.2f} ms for Pyro",
+    ):
+        assert phrase in text, phrase
+    assert abs(s["diff"]) < 2 * s["diff_seed_sem"]  # "agree within the spread between training seeds"

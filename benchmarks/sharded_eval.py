@@ -11,12 +11,15 @@ takes ten times as long).
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from benchmarks import report
+from iwae.atomic import write_json, write_text
 from iwae.config import TrainConfig
 from iwae.distributed import evaluate_sharded
 from iwae.train import train_and_evaluate
@@ -40,17 +43,20 @@ def main() -> None:
         start = time.perf_counter()
         r = evaluate_sharded(run, args.k, "test", args.n, nproc=nproc)
         rows.append({"processes": nproc, "seconds": time.perf_counter() - start, "nll": r["nll"], "n": r["n"]})
-    base = rows[0]
+    base, meta = rows[0], report.machine(torch.device("cpu"))
+    command = "python -m benchmarks.sharded_eval " + " ".join(sys.argv[1:])
     lines = [
-        f"L_{args.k} on {base['n']} MNIST test images, sharded over gloo processes ({os.cpu_count()} CPUs; "
-        "other work on the machine shares them)", "",
+        f"L_{args.k} on {base['n']} MNIST test images, sharded over gloo processes", "",
+        f"- command: `{command}`",
+        f"- date: {meta['date']}; {meta['cpu']}, {meta['cores']} cores; torch {meta['torch']}; load average before "
+        f"{meta['load_before']} (other work on the machine shares its cores)", "",
         "| processes | seconds | speed-up | test NLL | difference from 1 process |", "| --- | --- | --- | --- | --- |",
         *(f"| {r['processes']} | {r['seconds']:.1f} | {base['seconds'] / r['seconds']:.2f}x | {r['nll']:.6f} | "
           f"{r['nll'] - base['nll']:.2e} |" for r in rows),
     ]  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sharded_eval.json").write_text(json.dumps({"k": args.k, "rows": rows}, indent=1) + "\n")
-    (RESULTS / "sharded_eval.md").write_text("\n".join(lines) + "\n")
+    write_json(RESULTS / "sharded_eval.json", {"command": command, "machine": meta, "k": args.k, "rows": rows})
+    write_text(RESULTS / "sharded_eval.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -308,3 +308,10 @@ def test_fidelity_peer_section_states_what_peer_json_gives():
     ):
         assert phrase in text, phrase
     assert abs(s["diff"]) < 2 * s["diff_seed_sem"]  # "agree within the spread between training seeds"
+
+
+def test_benchmarks_readme_sharded_speedup_is_the_json():
+    rows = json.loads((ROOT / "benchmarks" / "results" / "sharded_eval.json").read_text())["rows"]
+    speedup = rows[0]["seconds"] / rows[1]["seconds"]
+    assert rows[0]["nll"] == rows[1]["nll"]  # "identical NLL"
+    assert f"{speedup:.2f}x with 2 processes" in (ROOT / "benchmarks" / "README.md").read_text()

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks import report
 from benchmarks.peer_nll import machine
-from iwae.atomic import write_json, write_text
 from iwae.config import schedule
 from iwae.evaluate import log_likelihood
 from iwae.evaluate_run import eval_images
@@ -109,9 +109,7 @@ def markdown(result: dict) -> str:
         "",
         f"Theorem 1's ordering {order} on average: **{'holds' if result['ordering_holds'] else 'does not hold'}**.",
         "",
-        f"- Command: `{result['command']}`",
-        f"- Machine: {result['machine']}; date {result['date']}.",
-        "",
+        *report.provenance(result),
     ])  # fmt: skip
 
 
@@ -121,7 +119,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500, help="test images, spread through the test set (500)")
     parser.add_argument("--half-width", type=float, default=6.0, help="the base grid covers [-W, W]^2 (6)")
     parser.add_argument("--points", type=int, default=601, help="points per axis of the base grid (601)")
-    parser.add_argument("--out", type=Path, help="JSON file to write (and .md beside it)")
+    parser.add_argument("--out", type=Path, help=report.OUT_HELP)
     args = parser.parse_args()
     torch.set_num_threads(1)
     config, model, position = load_run(args.run)
@@ -139,10 +137,7 @@ def main() -> None:
         "grid": grid, "bounds": bounds, "ordering_holds": all(a <= b for a, b in zip(means, means[1:])),
         "machine": machine(), "date": date.today().isoformat(),
     }  # fmt: skip
-    print(markdown(result))
-    if args.out:
-        write_json(args.out, result)
-        write_text(args.out.with_suffix(".md"), markdown(result))
+    report.publish(result, markdown(result), args.out)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import report
 from benchmarks.peers import PyroIWAE
 from iwae import data, rundir
-from iwae.atomic import write_json, write_text
 from iwae.config import TrainConfig, schedule
 from iwae.evaluate import log_likelihood
 from iwae.evaluate_run import eval_images
@@ -176,9 +176,7 @@ def markdown(result: dict) -> str:
         f"evaluation standard error of the mean difference {s['diff_paired_sem']:.3f}. Seed s.d. of the NLL: iwae "
         f"{s['iwae_nll_seed_sd']:.3f}, Pyro {s['pyro_nll_seed_sd']:.3f}.",
         "",
-        f"- Command: `{result['command']}`",
-        f"- Machine: {result['machine']}; date {result['date']}.",
-        "",
+        *report.provenance(result),
     ])  # fmt: skip
 
 
@@ -190,7 +188,7 @@ def main() -> None:
     parser.add_argument("--pass-scale", type=float, default=0.003, help="fraction of each stage's passes (0.003)")
     parser.add_argument("--eval-k", type=int, default=5000, help="importance samples of the test NLL (5000)")
     parser.add_argument("--eval-n", type=int, default=1000, help="test images, spread through the set (1000)")
-    parser.add_argument("--out", type=Path, help="JSON file to write (and .md beside it)")
+    parser.add_argument("--out", type=Path, help=report.OUT_HELP)
     args = parser.parse_args()
     torch.set_num_threads(1)
     x_train = data.load("mnist", "train")
@@ -208,10 +206,7 @@ def main() -> None:
         "date": date.today().isoformat(), "steps": steps, "passes": steps / per_pass,
         "seeds": seeds, "summary": summarize(seeds),
     }  # fmt: skip
-    print(markdown(result))
-    if args.out:
-        write_json(args.out, result)
-        write_text(args.out.with_suffix(".md"), markdown(result))
+    report.publish(result, markdown(result), args.out)
 
 
 if __name__ == "__main__":

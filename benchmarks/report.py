@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy
 import torch
 
+from iwae.atomic import write_json, write_text
+
 # The project's reparam training steps: iwae.make_train_step eager, and with compile=True.
 PROJECT_REPARAM = ("project", "project compiled")
 
@@ -250,3 +252,19 @@ def write(result: dict, text: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(text)
+
+
+OUT_HELP = "JSON file to write (and .md beside it)"
+
+
+def provenance(result: dict) -> list[str]:
+    """The closing lines of a result's markdown: the command that wrote it, the machine and the date."""
+    return [f"- Command: `{result['command']}`", f"- Machine: {result['machine']}; date {result['date']}.", ""]
+
+
+def publish(result: dict, text: str, out: Path | None) -> None:
+    """Print a result's markdown; with ``out``, write the JSON there and the markdown beside it, atomically."""
+    print(text)
+    if out:
+        write_json(out, result)
+        write_text(out.with_suffix(".md"), text)

@@ -139,17 +139,19 @@ def measure(
     pruned: bool = False,
     progress: bool = True,
     bar: tqdm | None = None,
+    active: tuple[list[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """NLL (mean -L_k ± s.e.) of n examples of ``split``, and A_u on n examples of :data:`ACTIVE_SPLIT`.
 
     With ``pruned``, also ``nll_pruned``: the NLL of the model without its inactive units (Section 5.2), on the
     same images and the same noise stream as ``nll``, and ``units_pruned``. With no inactive unit that model is
     the model itself, so ``nll_pruned`` is ``nll``, not measured again. Returns the numbers and the A_u tensors
-    (for the figure). The samples are counted on ``bar`` if given (a bar over a longer evaluation).
+    (for the figure). The samples are counted on ``bar`` if given (a bar over a longer evaluation). ``active``:
+    :func:`activity`'s result for the same n, when the caller has it already (it does not depend on ``split``).
     """
     device = next(model.parameters()).device
     x = eval_images(config, split, n, device, config.seed)
-    A, x_active = activity(config, model, n)
+    A, x_active = active if active is not None else activity(config, model, n)
     desc = f"{split} NLL, L_{k}, {x.shape[0]} images"
     result = {
         "split": split, "eval_k": k,
@@ -236,9 +238,11 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     config, model, state = load_run(run_dir)
     model.eval()
     k = config.eval_k
+    active = activity(config, model, config.eval_n)  # A_u once, for both splits' records
     with _evaluation_bar(config, progress) as bar:
-        test, A = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress, bar=bar)
-        train, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar)
+        test, A = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress, bar=bar,
+                          active=active)  # fmt: skip
+        train, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar, active=active)
     log = read_log(run_dir)
     metrics = {
         "dataset": config.dataset, "layers": len(model.latent_dims), "objective": config.objective,

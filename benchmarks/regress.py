@@ -31,7 +31,7 @@ CONFIGS = {
     "piwae-l1": ["--layers", "1", "--objective", "piwae", "--k", "2", "--m", "2"],
     "ciwae-omniglot": ["--dataset", "omniglot", "--objective", "ciwae", "--k", "3", "--beta", "0.3"],
 }
-_TIMING = {"seconds", "examples_per_s", "train_seconds"}
+_TIMING = {"seconds", "examples_per_s", "train_seconds", "curve_seconds"}
 
 
 def _export(rev: str, folder: Path) -> Path:

@@ -45,13 +45,19 @@ def tanh(x: Tensor) -> Tensor:
     Without a graph to record (``x`` needs no gradient) it writes into ``x``: callers pass a fresh activation.
     Under ``torch.compile`` it is the same identity in plain operations, which the compiler fuses.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _transformed(x):
         return 2 * torch.sigmoid(2 * x) - 1
     if x.requires_grad:
         return _SigmoidTanh.apply(x) if x.numel() >= FUSE_MIN and x.device.type == "cpu" else torch.tanh(x)
     if x.numel() >= INPLACE_MIN and x.device.type == "cpu":
         return x.mul_(2).sigmoid_().mul_(2).sub_(1)
     return x.tanh_()
+
+
+def _transformed(x: Tensor) -> bool:
+    """Whether ``x`` is seen through a torch.func transform (vmap, grad), which hides ``requires_grad``: the in-place
+    shortcuts taken for tensors without a graph would overwrite what the backward pass needs."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
 class Tanh(nn.Module):
@@ -84,7 +90,8 @@ class _BernoulliLogProb(torch.autograd.Function):
 def bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
     """log Bernoulli(x; sigmoid(logits)) summed over the last dimension: sum_j x_j l_j - softplus(l_j), stable for
     any logit. ``logits`` (..., batch, D) broadcasts against ``x`` (batch, D)."""
-    if not torch.compiler.is_compiling():  # compiled: the plain operations below, fused by the compiler
+    # Compiled or under vmap: the plain operations below (the compiler fuses them; vmap hides requires_grad).
+    if not (torch.compiler.is_compiling() or _transformed(logits)):
         if logits.numel() >= FUSE_MIN and logits.requires_grad and not x.requires_grad:
             return _BernoulliLogProb.apply(logits, x)
         if not torch.is_grad_enabled() or not (logits.requires_grad or x.requires_grad):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from iwae import atomic
 from iwae.atomic import DiskFullError
@@ -44,10 +45,12 @@ __all__ = [
     "TRAINING_NAME", "LOCK_NAME", "RunError", "locked",
     "resolve_device", "build_model", "create", "read_config", "status", "append_log", "truncate_log",
     "read_log", "has_checkpoint", "save_state", "load_state", "load_run", "check_new", "update_config",
-    "absolute_data_dir", "with_data_dir", "clear_results",
+    "absolute_data_dir", "with_data_dir", "clear_results", "PENDING_NAME", "pending_position", "commit_pending",
+    "drop_pending",
 ]  # fmt: skip
 
 CONFIG_NAME = "config.json"
+PENDING_NAME = "checkpoint.next.safetensors"  # a fleet's checkpoint of the run, written but not yet committed
 LOG_NAME = "metrics.jsonl"
 METRICS_NAME = "metrics.json"
 LOCK_NAME = ".lock"  # held (flock) by the process working in the folder; holds its PID
@@ -178,10 +181,41 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def save_state(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               position: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:  # fmt: skip
-    """Checkpoint the run (:func:`iwae.checkpoint.save_checkpoint`): ``position`` in the schedule and ``tensors``."""
-    save_checkpoint(Path(run_dir) / CHECKPOINT_NAME, model, optimizer, position, tensors)
+def save_state(
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    position: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    *,
+    pending: bool = False,
+) -> None:
+    """Checkpoint the run (:func:`iwae.checkpoint.save_checkpoint`): ``position`` in the schedule and ``tensors``.
+
+    ``pending``: write :data:`PENDING_NAME` instead, for :func:`commit_pending` to put in place (a fleet checkpoints
+    all its runs first, then commits them, :mod:`iwae.fleet_train`); the run's own checkpoint stays untouched.
+    """
+    save_checkpoint(Path(run_dir) / (PENDING_NAME if pending else CHECKPOINT_NAME), model, optimizer, position, tensors)
+
+
+def pending_position(run_dir: str | Path) -> dict[str, Any] | None:
+    """The position recorded in the run's pending checkpoint, or None if it has none (or an unreadable one)."""
+    path = Path(run_dir) / PENDING_NAME
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["state"])
+    except (OSError, KeyError, ValueError, SafetensorError):
+        return None
+
+
+def commit_pending(run_dir: str | Path) -> None:
+    """Make the pending checkpoint the run's checkpoint (one rename: the old one or the new one, never neither)."""
+    os.replace(Path(run_dir) / PENDING_NAME, Path(run_dir) / CHECKPOINT_NAME)
+
+
+def drop_pending(run_dir: str | Path) -> None:
+    """Forget a pending checkpoint that was never committed."""
+    (Path(run_dir) / PENDING_NAME).unlink(missing_ok=True)
 
 
 def load_state(

@@ -25,6 +25,7 @@ class Position:
     train_seconds: float = 0.0  # seconds spent in passes, over every session of the run
     log_lines: int = 0  # lines of metrics.jsonl that belong to this position
     pass_loss: float = 0.0  # sum of the current pass's losses so far (float64, so exact in JSON)
+    fleet_step: int = 0  # steps of the fleet the run trains in (iwae.fleet_train), 0 for a run of its own
 
 
 @dataclass

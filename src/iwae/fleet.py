@@ -1,0 +1,332 @@
+r"""A fleet: M independent runs of one architecture trained by one step.
+
+At the paper's batch of 20 a model is tiny: one step is a few hundred small kernels, so on a GPU one run leaves the
+device almost idle. A fleet trains M runs that share the architecture, the number of samples and the estimator
+(they may differ in seed, data set and, sample counts agreeing, bound) as one computation:
+
+* :class:`StackedFleet`: the M parameter sets live in one flat ``(M, P)`` tensor; the log-weights of all runs come
+  from one ``torch.func.vmap`` of the model over its parameter views, each run's bound is applied to its own
+  log-weights, the loss is the sum of the M runs' losses (so each run's gradient is its own) and
+  :class:`StackedAdam` updates the flat tensor in a handful of kernels: Adam is elementwise, so this is exactly M
+  separate optimisers, each with its own learning rate and step count. On CUDA the whole update can be captured
+  as one CUDA graph (``graph=True``).
+* :class:`LoopFleet`: the M ordinary steps of :func:`iwae.train_step.build_step`, one after another: the fallback
+  where stacking is slower (large k on a CPU) or where vmap cannot carry the estimator (DReG's per-sample gradient
+  hooks, sample-one's second pass, PIWAE's routing).
+
+Each run keeps its own data order, binarisation and noise: its minibatch and its reparameterisation noise are drawn
+from its own generators, in the order its own ``iwae train`` draws them, so a fleet gives each run the trajectory
+of its single run (to float64 rounding; ``tests/test_fleet.py``). The runs' models and ``torch.optim.Adam``
+optimisers stay the source of truth between steps that :meth:`Fleet.sync` writes back: a run's checkpoint is an
+ordinary single-run checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from iwae.model import IWAE
+from iwae.objectives import Objective
+from iwae.train_step import build_step
+
+__all__ = ["Fleet", "StackedFleet", "LoopFleet", "StackedAdam", "stackable", "make_fleet", "CPU_STACK_MAX"]
+
+# On a CPU a stacked step beats M single steps only while a step is dominated by per-kernel overhead: up to this
+# many samples x examples per step (k = 5 at batch 20), by benchmarks/fleet.py; above it the fleet loops.
+CPU_STACK_MAX = 100
+
+
+class Fleet(ABC):
+    """M runs stepped together: ``losses = fleet.step(xs, lrs)``, one loss per run (a detached (M,) tensor)."""
+
+    def __init__(
+        self,
+        models: Sequence[IWAE],
+        optimizers: Sequence[torch.optim.Optimizer],
+        objectives: Sequence[Objective],
+        generators: Sequence[torch.Generator],
+    ) -> None:
+        if not (len(models) == len(optimizers) == len(objectives) == len(generators) >= 1):
+            raise ValueError("a fleet needs one model, optimiser, objective and generator per run, at least one run")
+        self.models, self.optimizers = list(models), list(optimizers)
+        self.objectives, self.generators = list(objectives), list(generators)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    @abstractmethod
+    def step(self, xs: Sequence[Tensor], lrs: Sequence[float]) -> Tensor:
+        """One update of every run: run m on its binary minibatch ``xs[m]`` at learning rate ``lrs[m]``."""
+
+    @abstractmethod
+    def sync(self) -> None:
+        """Write the fleet's state into the runs' own models and optimisers (before a checkpoint)."""
+
+
+class LoopFleet(Fleet):
+    """The runs' ordinary steps (:func:`~iwae.train_step.build_step`), one after another."""
+
+    def __init__(self, models, optimizers, objectives, generators) -> None:  # noqa: ANN001 (as Fleet)
+        super().__init__(models, optimizers, objectives, generators)
+        self._steps = [
+            build_step(model, opt, obj, generator=gen)
+            for model, opt, obj, gen in zip(self.models, self.optimizers, self.objectives, self.generators)
+        ]
+
+    def step(self, xs: Sequence[Tensor], lrs: Sequence[float]) -> Tensor:
+        losses = []
+        for step_fn, opt, x, lr in zip(self._steps, self.optimizers, xs, lrs):
+            for group in opt.param_groups:
+                group["lr"] = lr
+            losses.append(step_fn(x))
+        return torch.stack(losses)
+
+    def sync(self) -> None:
+        """Nothing to write back: the runs' own models and optimisers took the steps."""
+
+
+class StackedAdam:
+    """Adam over a flat ``(M, P)`` tensor with a learning rate and a step count per run (the rows).
+
+    The update of row m is torch's Adam (no weight decay, no amsgrad) for run m: elementwise, so the rows never
+    mix. Its state round-trips to and from each run's ``torch.optim.Adam`` (:meth:`load`, :meth:`store`).
+    """
+
+    def __init__(self, flat: Tensor, betas: tuple[float, float], eps: float) -> None:
+        self.flat, self.betas, self.eps = flat, betas, eps
+        self.exp_avg = torch.zeros_like(flat)
+        self.exp_avg_sq = torch.zeros_like(flat)
+        self.steps = torch.zeros(flat.shape[0], 1, dtype=torch.float64, device=flat.device)
+        self.lr = torch.zeros_like(self.steps)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update with ``self.flat.grad`` at the rates in ``self.lr`` (M, 1)."""
+        beta1, beta2 = self.betas
+        grad = self.flat.grad
+        self.steps += 1
+        bias1 = 1 - torch.pow(beta1, self.steps)
+        bias2_sqrt = torch.sqrt(1 - torch.pow(beta2, self.steps))
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (self.exp_avg_sq.sqrt() / bias2_sqrt.to(grad.dtype)).add_(self.eps)
+        self.flat.addcdiv_(self.exp_avg * (self.lr / bias1).to(grad.dtype), denom, value=-1)
+
+    def load(self, m: int, opt: torch.optim.Optimizer, params: Sequence[Tensor]) -> None:
+        """Row m from run m's optimiser (zeros before its first step)."""
+        state = [opt.state.get(p, {}) for p in params]
+        if state[0]:
+            self.exp_avg[m] = torch.cat([s["exp_avg"].reshape(-1) for s in state])
+            self.exp_avg_sq[m] = torch.cat([s["exp_avg_sq"].reshape(-1) for s in state])
+            self.steps[m] = float(state[0]["step"])
+
+    def store(self, m: int, opt: torch.optim.Optimizer, params: Sequence[Tensor]) -> None:
+        """Row m into run m's optimiser, in the form torch's Adam saves and loads."""
+        if float(self.steps[m]) == 0:
+            return
+        step = torch.tensor(float(self.steps[m]), dtype=torch.float32, device=self.flat.device)
+        for p, avg, avg_sq in zip(params, _split(self.exp_avg[m], params), _split(self.exp_avg_sq[m], params)):
+            opt.state[p] = {"step": step.clone(), "exp_avg": avg.clone(), "exp_avg_sq": avg_sq.clone()}
+
+
+def _split(row: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """A flat (P,) row cut into tensors shaped like ``like``."""
+    return [part.view_as(p) for part, p in zip(row.split([p.numel() for p in like]), like)]
+
+
+class StackedFleet(Fleet):
+    """The runs' parameters stacked in one flat tensor, their log-weights from one vmap, one :class:`StackedAdam`.
+
+    Needs objectives whose loss is a function of the log-weights alone (``Objective.compilable``: the reparam and
+    stl estimators), with one sample count and one estimator. ``graph=True`` (CUDA): the forward pass, the
+    backward pass and Adam are captured once as a CUDA graph and replayed; the minibatches and the noise, drawn
+    from the runs' own generators, are copied into its static inputs.
+    """
+
+    def __init__(self, models, optimizers, objectives, generators, *, graph: bool = False) -> None:  # noqa: ANN001
+        super().__init__(models, optimizers, objectives, generators)
+        why = stackable(self.models, self.objectives)
+        if why:
+            raise ValueError(f"these runs cannot be stacked: {why}; use a LoopFleet")
+        self._template = copy.deepcopy(self.models[0])
+        self._names = [name for name, _ in self._template.named_parameters()]
+        params = [list(model.parameters()) for model in self.models]
+        self.flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in ps]) for ps in params]).requires_grad_()
+        group = self.optimizers[0].param_groups[0]
+        self.adam = StackedAdam(self.flat, tuple(group["betas"]), group["eps"])
+        for m, (opt, ps) in enumerate(zip(self.optimizers, params)):
+            self.adam.load(m, opt, ps)
+        self._n = self.objectives[0].samples_per_example
+        self._stl = self.objectives[0].estimator == "stl"
+        # The runs of each objective, as device indices (no host data during a CUDA graph capture); a single
+        # objective needs none. ``_order`` puts the groups' losses back in run order.
+        groups = _group_rows(self.objectives)
+        device = self.flat.device
+        self._by_bound = [(obj, torch.tensor(rows, device=device)) for obj, rows in groups] if len(groups) > 1 else []
+        self._order = torch.tensor([m for _, rows in groups for m in rows], device=device).argsort()
+        self._graphs: dict[torch.Size, tuple[Callable[[], Tensor], Tensor, list[Tensor]]] = {}  # by batch shape
+        self._graph, self._lrs = graph, None
+
+    def _views(self) -> dict[str, Tensor]:
+        """Each parameter of the architecture as an (M, ...) view of the flat tensor."""
+        ps = list(self._template.parameters())
+        cols = self.flat.split([p.numel() for p in ps], dim=1)
+        return {name: col.view(len(self), *p.shape) for name, col, p in zip(self._names, cols, ps)}
+
+    def _log_w(self, params: dict[str, Tensor], x: Tensor, noise: list[Tensor]) -> Tensor:
+        out = torch.func.functional_call(
+            self._template, params, (x, self._n), {"noise": noise, "stop_q_grad": self._stl}
+        )
+        return out.log_w
+
+    def _loss(self, x: Tensor, noise: list[Tensor]) -> Tensor:
+        """The (M,) losses of stacked minibatches ``x`` (M, B, D) and noise (M, n, B, d_l); their sum backward."""
+        log_w = torch.func.vmap(self._log_w)(self._views(), x, noise)  # (M, n, B)
+        if not self._by_bound:
+            return _run_losses(self.objectives[0], log_w)
+        parts = [_run_losses(objective, log_w.index_select(0, rows)) for objective, rows in self._by_bound]
+        return torch.cat(parts)[self._order]
+
+    def _update(self, x: Tensor, noise: list[Tensor]) -> Tensor:
+        self.flat.grad = None
+        losses = self._loss(x, noise)
+        losses.sum().backward()
+        self.adam.step()
+        return losses.detach()
+
+    def _draw(self, xs: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """The minibatches stacked and each run's noise from its own generator (as its single step draws it)."""
+        draws = [model.draw_noise(self._n, x.shape[0], gen) for model, x, gen in zip(self.models, xs, self.generators)]
+        return torch.stack(list(xs)), [torch.stack(layer) for layer in zip(*draws)]
+
+    def step(self, xs: Sequence[Tensor], lrs: Sequence[float]) -> Tensor:
+        if len({x.shape for x in xs}) != 1:  # a short last minibatch in some run: its own steps
+            return self._ragged(xs, lrs)
+        if self._lrs != list(lrs):  # a new stage in some run
+            self._lrs = list(lrs)
+            self.adam.lr.copy_(torch.tensor(self._lrs, dtype=torch.float64).view(-1, 1))
+        x, noise = self._draw(xs)
+        if not self._graph:
+            return self._update(x, noise)
+        if x.shape not in self._graphs:
+            self._graphs[x.shape] = self._capture(x, noise)
+        replay, static_x, static_noise = self._graphs[x.shape]
+        static_x.copy_(x)
+        for buf, eps in zip(static_noise, noise):
+            buf.copy_(eps)
+        return replay().clone()
+
+    def _ragged(self, xs: Sequence[Tensor], lrs: Sequence[float]) -> Tensor:
+        """Runs whose minibatches differ in size: step them apart (stack, split, restack), exactly."""
+        self.sync()
+        losses = [self._single(m, x, lr) for m, (x, lr) in enumerate(zip(xs, lrs))]
+        self._reload()
+        return torch.stack(losses)
+
+    def _single(self, m: int, x: Tensor, lr: float) -> Tensor:
+        one = StackedFleet([self.models[m]], [self.optimizers[m]], [self.objectives[m]], [self.generators[m]])
+        losses = one.step([x], [lr])
+        one.sync()
+        return losses[0]
+
+    def _reload(self) -> None:
+        with torch.no_grad():
+            for m, model in enumerate(self.models):
+                ps = list(model.parameters())
+                self.flat[m] = torch.cat([p.reshape(-1) for p in ps])
+                self.adam.load(m, self.optimizers[m], ps)
+
+    def _capture(self, x: Tensor, noise: list[Tensor]) -> tuple[Callable[[], Tensor], Tensor, list[Tensor]]:
+        """Record one update as a CUDA graph on static copies of ``x`` and ``noise`` (warmed up first)."""
+        static_x, static_noise = x.clone(), [eps.clone() for eps in noise]
+        state = (self.flat, self.adam.exp_avg, self.adam.exp_avg_sq, self.adam.steps)
+        saved = [t.detach().clone() for t in state]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up updates, undone below: lazy state (cuBLAS, autograd) is created
+            for _ in range(3):
+                self._update(static_x, static_noise)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        self.flat.grad = None
+        with torch.cuda.graph(graph):
+            static_losses = self._update(static_x, static_noise)
+        with torch.no_grad():
+            for tensor, value in zip(state, saved):
+                tensor.copy_(value)
+
+        def replay() -> Tensor:
+            graph.replay()
+            return static_losses
+
+        return replay, static_x, static_noise
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        for m, (model, opt) in enumerate(zip(self.models, self.optimizers)):
+            ps = list(model.parameters())
+            for p, value in zip(ps, _split(self.flat[m], ps)):
+                p.copy_(value)
+            self.adam.store(m, opt, ps)
+
+
+def _run_losses(objective: Objective, log_w: Tensor) -> Tensor:
+    """Minus the batch-mean bound of each run, from (runs, n, B) log-weights (bounds act per column)."""
+    runs, n = log_w.shape[:2]
+    return -objective.per_example(log_w.transpose(0, 1).reshape(n, -1)).view(runs, -1).mean(1)
+
+
+def _group_rows(objectives: Sequence[Objective]) -> list[tuple[Objective, list[int]]]:
+    """The runs (rows) of each distinct objective, in first-seen order."""
+    groups: dict[Objective, list[int]] = {}
+    for m, objective in enumerate(objectives):
+        groups.setdefault(objective, []).append(m)
+    return list(groups.items())
+
+
+def stackable(models: Sequence[IWAE], objectives: Sequence[Objective]) -> str | None:
+    """Why these runs cannot share a :class:`StackedFleet`, or None if they can."""
+    if any(not obj.compilable for obj in objectives):
+        names = sorted({f"{o.bound}/{o.estimator}" for o in objectives if not o.compilable})
+        return f"the loss of {', '.join(names)} is not a function of the log-weights alone (vmap cannot carry it)"
+    if len({obj.samples_per_example for obj in objectives}) > 1 or len({obj.estimator for obj in objectives}) > 1:
+        return "the runs differ in their number of samples or their estimator"
+    if len({repr(model.config) for model in models}) > 1:
+        return "the runs differ in architecture"
+    if any(model.is_pruned for model in models):
+        return "a model has pruned units"
+    return None
+
+
+def make_fleet(
+    models: Sequence[IWAE],
+    optimizers: Sequence[torch.optim.Optimizer],
+    objectives: Sequence[Objective],
+    generators: Sequence[torch.Generator],
+    batch_size: int,
+    mode: str = "auto",
+) -> Fleet:
+    """A :class:`StackedFleet` or a :class:`LoopFleet` for these runs.
+
+    :param mode: ``"stacked"``, ``"loop"``, ``"graph"`` (stacked, CUDA-graph captured) or ``"auto"``: stacked where
+        the runs can be stacked and either on CUDA (graph) or, on a CPU, up to :data:`CPU_STACK_MAX` samples x
+        examples per step; else loop.
+    :raises ValueError: for an unknown mode, or ``stacked``/``graph`` for runs that cannot be stacked.
+    """
+    if mode not in ("auto", "stacked", "loop", "graph"):
+        raise ValueError(f"unknown fleet mode {mode!r}; choose auto, stacked, graph or loop")
+    on_cuda = next(models[0].parameters()).device.type == "cuda"
+    if mode == "graph" and not on_cuda:
+        raise ValueError("fleet mode 'graph' captures a CUDA graph: it needs --device cuda")
+    if mode == "auto":
+        small = objectives[0].samples_per_example * batch_size <= CPU_STACK_MAX
+        can = stackable(models, objectives) is None
+        mode = ("graph" if on_cuda else "stacked" if small else "loop") if can else "loop"
+    if mode == "loop":
+        return LoopFleet(models, optimizers, objectives, generators)
+    return StackedFleet(models, optimizers, objectives, generators, graph=mode == "graph")

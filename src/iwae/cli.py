@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from iwae import cli_runs, data
-from iwae.cli_runs import RUN_DIR_HELP, add_progress_and_threads
-from iwae.config import RESUMABLE
+from iwae.cli_runs import RUN_DIR_HELP, add_progress_and_threads, report_run
+from iwae.config import RESUMABLE, seed_list
 from iwae.config_cli import add_config_options, config_from_args, overrides_from_args
 
 __all__ = ["main", "build_parser", "Command", "COMMANDS"]
+
+FLEET_MODES = ("auto", "stacked", "graph", "loop")  # iwae.fleet.make_fleet's modes (the parser imports no torch)
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +31,21 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="JSON file of config values (e.g. another run's config.json); flags given here override it",
     )
-    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--out", required=True, help="run folder to create (with --seeds: the fleet's folder)")
+    p.add_argument(
+        "--seeds",
+        type=seed_list,
+        help="train one run per seed (e.g. 0,1,2 or 0-9) as one fleet, in OUT/seed-N, stepped together "
+        "(overrides --seed; see --fleet)",
+    )
+    p.add_argument(
+        "--fleet",
+        choices=FLEET_MODES,
+        default="auto",
+        help="with --seeds: how the fleet steps: stacked (one vmapped step for all runs), graph (stacked, as one "
+        "CUDA graph), loop (the runs' own steps in turn) or auto (graph on CUDA; stacked on a CPU up to k=5 at "
+        "batch 20, where it is faster; else loop) (default auto)",
+    )
     add_progress_and_threads(p)
     from iwae.experiments.slurm import add_executor_arguments
 
@@ -37,7 +53,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _resume_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help=RUN_DIR_HELP)
+    p.add_argument("run_dir", help=RUN_DIR_HELP + ", or the folder of a fleet (`iwae train --seeds`)")
     add_config_options(p, RESUMABLE)  # recorded in the run's config.json
     p.add_argument(
         "--re-evaluate", action="store_true", help="evaluate a finished run again (with the settings given here)"
@@ -60,19 +76,29 @@ def _train(args: argparse.Namespace) -> None:
     from iwae.train import train_and_evaluate
 
     config = config_from_args(args, args.config)
+    if args.seeds:
+        from iwae.cli_fleet import train_fleet
+
+        train_fleet(args, config)
+        return
     if args.executor == "slurm":
         from iwae.experiments.slurm import submit_run
 
         if (metrics := submit_run(args, config)) is not None:
-            _report(metrics, Path(args.out))
+            report_run(metrics, Path(args.out))
         return
-    _report(train_and_evaluate(args.out, config, progress=not args.quiet, threads=args.threads), Path(args.out))
+    report_run(train_and_evaluate(args.out, config, progress=not args.quiet, threads=args.threads), Path(args.out))
 
 
 def _resume(args: argparse.Namespace) -> None:
     from iwae.rundir import status
     from iwae.train import train_and_evaluate
 
+    if (Path(args.run_dir) / "fleet.json").exists():
+        from iwae.cli_fleet import resume_fleet
+
+        resume_fleet(args)
+        return
     if status(args.run_dir) == "done" and not args.re_evaluate:
         print(f"{args.run_dir} is already finished (trained and evaluated: metrics.json); nothing to do. "
               f"`iwae resume {args.run_dir} --re-evaluate` evaluates it again.")  # fmt: skip
@@ -81,19 +107,7 @@ def _resume(args: argparse.Namespace) -> None:
         args.run_dir, progress=not args.quiet, threads=args.threads, changes=overrides_from_args(args, RESUMABLE),
         evaluate=True if args.re_evaluate else None,
     )  # fmt: skip
-    _report(metrics, Path(args.run_dir))
-
-
-def _report(metrics: dict | None, run_dir: Path) -> None:
-    if metrics is None:
-        print(f"{run_dir}: trained, not evaluated (--no-eval); `iwae resume {run_dir} --eval` evaluates it")
-        return
-    active = "+".join(map(str, metrics["active_units"]))
-    print(
-        f"{run_dir}: test NLL {metrics['test_nll']:.2f} nats (mean -L_{metrics['eval_k']} over {metrics['eval_n']} "
-        f"test images), train NLL {metrics['train_nll']:.2f}, active units {active}, "
-        f"NLL with inactive units removed {metrics['test_nll_pruned']:.2f}, trained {metrics['train_seconds']:.0f} s"
-    )
+    report_run(metrics, Path(args.run_dir))
 
 
 def _download(args: argparse.Namespace) -> None:

@@ -13,7 +13,7 @@ from iwae import data
 from iwae.config import int_list, positive_float, positive_int
 
 __all__ = [
-    "RUN_DIR_HELP", "add_progress_and_threads", "evaluate_arguments", "evaluate",
+    "RUN_DIR_HELP", "add_progress_and_threads", "report_run", "evaluate_arguments", "evaluate",
     "compare_arguments", "compare", "sample_arguments", "sample", "status_arguments", "status", "snr_arguments",
     "snr",
 ]  # fmt: skip
@@ -34,6 +34,19 @@ def add_progress_and_threads(p: argparse.ArgumentParser) -> None:
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory (default: the run's, if it exists; else $IWAE_DATA_DIR)")
+
+
+def report_run(metrics: dict | None, run_dir: Path) -> None:
+    """The line printed for a run trained (and evaluated) by `iwae train` or `iwae resume`."""
+    if metrics is None:
+        print(f"{run_dir}: trained, not evaluated (--no-eval); `iwae resume {run_dir} --eval` evaluates it")
+        return
+    active = "+".join(map(str, metrics["active_units"]))
+    print(
+        f"{run_dir}: test NLL {metrics['test_nll']:.2f} nats (mean -L_{metrics['eval_k']} over {metrics['eval_n']} "
+        f"test images), train NLL {metrics['train_nll']:.2f}, active units {active}, "
+        f"NLL with inactive units removed {metrics['test_nll_pruned']:.2f}, trained {metrics['train_seconds']:.0f} s"
+    )
 
 
 def evaluate_arguments(p: argparse.ArgumentParser) -> None:

@@ -56,6 +56,20 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def seed_list(text: str) -> list[int]:
+    """argparse type: seeds as ``0,1,2`` or ranges ``0-9`` (comma-separated, non-negative, no repeats)."""
+    seeds: list[int] = []
+    try:
+        for item in text.split(","):
+            first, _, last = item.partition("-")
+            seeds += range(int(first), int(last or first) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 0,1,2 or 0-9, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative seeds, got {text!r}")
+    return seeds
+
+
 def schedule_pairs(text: str) -> list[list[float]]:
     """argparse type: ``'2187:1e-4'`` or ``'1:1e-3,3:7.2e-4'`` -> [[passes, lr], ...]."""
     try:

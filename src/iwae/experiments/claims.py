@@ -9,18 +9,27 @@ its constants computed from those numbers, and the same verdict goes into ``repo
   IWAE's gain, the largest such ratio in Table 1 (the paper's most generous case).
 * **IWAE has more active units than the VAE** at k = 5 and 50: strictly more in total, as in every such cell.
 * **two layers beat one**: a lower test NLL with two stochastic layers, as in every cell of Table 1.
+
+With several seeds per run (:mod:`iwae.experiments.seeds`) a claim is decided on the seeds' means, and a comparison
+whose runs all hold two seeds or more is neither held nor failed where its difference is smaller than twice its
+standard error (:data:`SPREAD_RULE`): its verdict is :data:`WITHIN_SPREAD` (``holds`` None, null in results.json).
+A run of one seed is judged on its number alone, as before.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import asdict, dataclass
 
 from iwae.experiments.paper_results import TABLE1
+from iwae.experiments.seeds import n_seeds, unit_totals, units_text
 
-__all__ = ["Claim", "CRITERIA", "VAE_GAIN_RATIO", "check_claims"]
+__all__ = ["Claim", "CRITERIA", "SPREAD_RULE", "VAE_GAIN_RATIO", "WITHIN_SPREAD", "check_claims"]
 
 KS = (1, 5, 50)
 Cells = dict[tuple[int, int, str], dict | None]  # (layers, k, objective) -> a run's metrics, None if not done
+WITHIN_SPREAD = "within the seeds' spread"  # the verdict of a claim neither held nor failed by its seeds' means
 
 
 def _paper_gain(dataset: str, layers: int, objective: str) -> float:
@@ -68,6 +77,11 @@ CRITERIA: dict[str, str] = {
     "two layers beat one": "a lower test NLL with two stochastic layers than with one, same objective and k, as in "
     f"every cell of the paper's Table 1 (by {_LAYER_MARGINS} nats)",
 }
+SPREAD_RULE = (
+    "with several seeds per run a claim is decided on the seeds' means; where every run a comparison rests on holds "
+    "two seeds or more, a difference smaller than twice its standard error (from the seeds' sample standard "
+    f"deviations) is **{WITHIN_SPREAD}**, neither held nor failed (`holds`: null in results.json)"
+)
 
 
 @dataclass(frozen=True)
@@ -77,19 +91,82 @@ class Claim:
     claim: str  # a key of CRITERIA
     dataset: str
     where: str  # e.g. "1 layer", "2 layers, k=5", "VAE, k=50"
-    holds: bool
+    holds: bool | None  # None: within the seeds' spread
     evidence: str
 
+    @property
+    def verdict(self) -> str:
+        """ "holds", "does not hold" or :data:`WITHIN_SPREAD`."""
+        return WITHIN_SPREAD if self.holds is None else "holds" if self.holds else "does not hold"
+
     def markdown(self) -> str:
-        verdict = "holds" if self.holds else "does not hold"
-        return f"- {self.where}: {self.claim}: **{verdict}** ({self.evidence})."
+        return f"- {self.where}: {self.claim}: **{self.verdict}** ({self.evidence})."
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _units(m: dict) -> str:
-    return "+".join(map(str, m["active_units"]))
+def _se(terms: list[tuple[float, dict]], what: str = "nll") -> float | None:
+    """The standard error of sum(c * cell mean) over ``terms`` (c, cell), what being "nll" (test NLL) or "units"
+    (total active units); None unless every cell holds two seeds or more. Seeds of different cells count as
+    independent; a cell named twice (the k = 1 run, shared by the VAE and IWAE) is counted once."""
+    groups: list[list] = []
+    for c, m in terms:
+        same = next((g for g in groups if g[1] == m), None)
+        if same:
+            same[0] += c
+        else:
+            groups.append([c, m])
+    groups = [g for g in groups if g[0] != 0]
+    if any(n_seeds(m) < 2 for _, m in groups):
+        return None
+    values = [(c, m["test_nll_seeds"] if what == "nll" else unit_totals(m)) for c, m in groups]
+    return math.sqrt(sum(c * c * statistics.variance(v) / len(v) for c, v in values))
+
+
+def _decide(holds: bool, diff: float, se: float | None) -> bool | None:
+    """The verdict on the means, None (within the seeds' spread) where |diff| < 2 standard errors."""
+    return None if se is not None and abs(diff) < 2 * se else holds
+
+
+def _diff(diff: float, se: float | None, digits: int = 2) -> str:
+    return f"{diff:+.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None else "")
+
+
+def _improves(dataset: str, where: str, iwae: list[dict]) -> Claim:
+    nll = [m["test_nll"] for m in iwae]
+    steps = []  # (difference, its standard error, verdict) for k = 1 -> 5 and 5 -> 50
+    for a, b in zip(iwae, iwae[1:]):
+        diff, se = b["test_nll"] - a["test_nll"], _se([(1, b), (-1, a)])
+        steps.append((diff, se, _decide(b["test_nll"] < a["test_nll"], diff, se)))
+    verdicts = [verdict for _, _, verdict in steps]
+    holds = False if False in verdicts else None if None in verdicts else True
+    evidence = " -> ".join(f"{v:.2f}" for v in nll)
+    if any(se is not None for _, se, _ in steps):
+        evidence += "; steps " + ", ".join(_diff(d, se) for d, se, _ in steps) + " nats"
+    return Claim("IWAE improves with k", dataset, where, holds, evidence)
+
+
+def _barely(dataset: str, where: str, iwae: list[dict], vae: list[dict]) -> Claim:
+    gain_iwae = iwae[0]["test_nll"] - iwae[2]["test_nll"]
+    gain_vae = vae[0]["test_nll"] - vae[2]["test_nll"]
+    excess = gain_vae - VAE_GAIN_RATIO * gain_iwae
+    se = _se([(1, vae[0]), (-1, vae[2]), (-VAE_GAIN_RATIO, iwae[0]), (VAE_GAIN_RATIO, iwae[2])])
+    holds = _decide(gain_vae <= VAE_GAIN_RATIO * gain_iwae, excess, se)
+    evidence = f"k=1 -> 50 gains VAE {gain_vae:+.2f} nats, IWAE {gain_iwae:+.2f} nats"
+    if se is not None:
+        evidence += f"; VAE's gain minus {VAE_GAIN_RATIO:.2f} times IWAE's: {_diff(excess, se)} nats"
+    return Claim("the VAE barely improves with k", dataset, where, holds, evidence)
+
+
+def _more_units(dataset: str, where: str, i: dict, v: dict) -> Claim:
+    diff = sum(i["active_units"]) - sum(v["active_units"])
+    se = _se([(1, i), (-1, v)], "units")
+    holds = _decide(sum(i["active_units"]) > sum(v["active_units"]), diff, se)
+    evidence = f"IWAE {units_text(i)} vs VAE {units_text(v)}"
+    if se is not None:
+        evidence += f"; difference {_diff(diff, se, 1)} units"
+    return Claim("IWAE has more active units than the VAE", dataset, where, holds, evidence)
 
 
 def _per_depth(dataset: str, c: Cells) -> list[Claim]:
@@ -99,21 +176,13 @@ def _per_depth(dataset: str, c: Cells) -> list[Claim]:
         iwae = [c[(layers, k, "iwae")] for k in KS]
         vae = [c[(layers, k, "vae")] for k in KS]
         if all(iwae):
-            nll = [m["test_nll"] for m in iwae]
-            falls = all(b < a for a, b in zip(nll, nll[1:]))
-            out.append(Claim("IWAE improves with k", dataset, where, falls, " -> ".join(f"{v:.2f}" for v in nll)))
+            out.append(_improves(dataset, where, iwae))
         if all(iwae) and all(vae):
-            gain_iwae = iwae[0]["test_nll"] - iwae[2]["test_nll"]
-            gain_vae = vae[0]["test_nll"] - vae[2]["test_nll"]
-            barely = gain_vae <= VAE_GAIN_RATIO * gain_iwae
-            evidence = f"k=1 -> 50 gains VAE {gain_vae:+.2f} nats, IWAE {gain_iwae:+.2f} nats"
-            out.append(Claim("the VAE barely improves with k", dataset, where, barely, evidence))
+            out.append(_barely(dataset, where, iwae, vae))
         for k in KS[1:]:
             v, i = c[(layers, k, "vae")], c[(layers, k, "iwae")]
             if v and i:
-                more = sum(i["active_units"]) > sum(v["active_units"])
-                evidence = f"IWAE {_units(i)} vs VAE {_units(v)}"
-                out.append(Claim("IWAE has more active units than the VAE", dataset, f"{where}, k={k}", more, evidence))
+                out.append(_more_units(dataset, f"{where}, k={k}", i, v))
     return out
 
 
@@ -124,7 +193,10 @@ def _per_cell(dataset: str, c: Cells) -> list[Claim]:
             one, two = c[(1, k, obj)], c[(2, k, obj)]
             if one and two:
                 evidence = f"2 layers {two['test_nll']:.2f} vs 1 layer {one['test_nll']:.2f}"
-                lower = two["test_nll"] < one["test_nll"]
+                se = _se([(1, two), (-1, one)])
+                if se is not None:
+                    evidence += f"; difference {_diff(two['test_nll'] - one['test_nll'], se)} nats"
+                lower = _decide(two["test_nll"] < one["test_nll"], two["test_nll"] - one["test_nll"], se)
                 out.append(Claim("two layers beat one", dataset, f"{obj.upper()}, k={k}", lower, evidence))
     return out
 

@@ -12,31 +12,32 @@ import numpy as np
 import torch
 
 from iwae.atomic import write_json, write_text
-from iwae.experiments.claims import CRITERIA, Claim, check_claims
+from iwae.experiments.claims import CRITERIA, SPREAD_RULE, Claim, check_claims
 from iwae.experiments.paper_results import TABLE1, TABLE2, TABLE3
 from iwae.experiments.plan import Schedule, table_key
-from iwae.experiments.runner import read_metrics
+from iwae.experiments.runner import read_metrics, seed_dirs, seed_number
+from iwae.experiments.seeds import SEEDS_NOTE, combine, fmt_active, fmt_nll, fmt_value, mean_curve, n_seeds
 from iwae.plots import plot_curves
-from iwae.rundir import read_log
+from iwae.rundir import METRICS_NAME, read_log
 
-__all__ = ["write_report", "rewrite_report"]
+__all__ = ["read_cell", "write_report", "rewrite_report"]
 
 PAPER_PASSES = 3280  # the paper's schedule: 3^i passes for i = 0..7 (Section 5.1)
 
 
-def _fmt_nll(ours: float | None, paper: float | None) -> str:
-    if ours is None:
-        return "–"
-    if paper is None:
-        return f"{ours:.2f}"
-    return f"{ours:.2f} ({paper:.2f}, {ours - paper:+.2f})"
+def _evaluated(path: Path) -> list[Path]:
+    """The evaluated run folders of one plan run: itself, or its evaluated ``seed-<S>`` folders."""
+    return [d for d in seed_dirs(path) if (d / METRICS_NAME).is_file()]
 
 
-def _fmt_active(ours: list[int] | None, paper: list[int] | None) -> str:
-    if ours is None:
-        return "–"
-    text = "+".join(map(str, ours))
-    return f"{text} ({'+'.join(map(str, paper))})" if paper else text
+def read_cell(path: Path) -> dict | None:
+    """One plan run's metrics: its ``metrics.json``, or its evaluated seeds' combined
+    (:func:`~iwae.experiments.seeds.combine`); None before any is evaluated."""
+    dirs = _evaluated(path)
+    if dirs == [path]:
+        return read_metrics(path)
+    metrics = [m for d in dirs if (m := read_metrics(d)) is not None]
+    return combine(metrics, [seed_number(d) or 0 for d in dirs]) if metrics else None
 
 
 def _cells(root: Path, table: dict, dataset: str) -> dict:
@@ -44,7 +45,7 @@ def _cells(root: Path, table: dict, dataset: str) -> dict:
     for layers in (1, 2):
         for k in (1, 5, 50):
             for obj in ("vae", "iwae"):
-                m = read_metrics(root / table_key(dataset, layers, obj, k))
+                m = read_cell(root / table_key(dataset, layers, obj, k))
                 paper = table.get((dataset, layers, obj, k))
                 out[(layers, k, obj)] = (m, paper)
     return out
@@ -61,11 +62,12 @@ def _table_md(root: Path, table: dict, dataset: str, with_train: bool) -> list[s
             row = [str(layers), str(k)]
             for obj in ("vae", "iwae"):
                 m, paper = cells[(layers, k, obj)]
-                row.append(_fmt_nll(m and m["test_nll"], paper and paper[0]))
-                row.append(_fmt_active(m and m["active_units"], paper and paper[1]))
+                row.append(fmt_nll(m, paper and paper[0]))
+                row.append(fmt_active(m, paper and paper[1]))
             if with_train:
                 row += [
-                    f"{m['train_nll']:.2f}" if m else "–" for m, _ in (cells[(layers, k, o)] for o in ("vae", "iwae"))
+                    fmt_value(m, "train_nll", False) if m else "–"
+                    for m, _ in (cells[(layers, k, o)] for o in ("vae", "iwae"))
                 ]
             lines.append("| " + " | ".join(row) + " |")
     return lines
@@ -76,13 +78,15 @@ def _claims(root: Path, table: dict, dataset: str) -> list[Claim]:
     return check_claims(dataset, {key: m for key, (m, _) in _cells(root, table, dataset).items()})
 
 
-def _criteria() -> list[str]:
+def _criteria(seeded: bool) -> list[str]:
+    spread = [f"- Seeds: {SPREAD_RULE}."] if seeded else []
     return [
         "## The paper's claims: criteria",
         "",
         "Each qualitative claim of the paper is checked by a rule taken from the paper's own Table 1:",
         "",
         *(f"- {name}: {rule}." for name, rule in CRITERIA.items()),
+        *spread,
         "",
     ]
 
@@ -97,10 +101,13 @@ def _claims_md(found: list[Claim], collected: list[Claim]) -> list[str]:
 
 
 def _figures(root: Path, names: list[str]) -> list[str]:
+    """Each run's samples and histogram of log A_u (a run with seeds: its first evaluated seed's)."""
     lines = []
     for name in names:
-        if (root / name / "metrics.json").is_file():
-            lines.append(f"**{name}**: ![samples](runs/{name}/samples.png) ![log A_u](runs/{name}/active_units.png)")
+        if dirs := _evaluated(root / name):
+            where = dirs[0].relative_to(root).as_posix()
+            label = name if dirs[0] == root / name else f"{name}, {dirs[0].name}"
+            lines.append(f"**{label}**: ![samples](runs/{where}/samples.png) ![log A_u](runs/{where}/active_units.png)")
     return lines
 
 
@@ -109,16 +116,16 @@ def _table2_md(root: Path, schedule: Schedule) -> list[str]:
              "| experiment | first stage | NLL | active | second stage | NLL (paper) | active (paper) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, row in TABLE2.items():
-        first = read_metrics(root / table_key("mnist", 1, *row["first"]))
-        second = read_metrics(root / f"mnist-l1-{name}-k{row['second'][1]}")
+        first = read_cell(root / table_key("mnist", 1, *row["first"]))
+        second = read_cell(root / f"mnist-l1-{name}-k{row['second'][1]}")
         cells = [
             name,
             f"{row['first'][0]} k={row['first'][1]}",
-            _fmt_nll(first and first["test_nll"], row["before"][0]),
-            _fmt_active(first and first["active_units"], row["before"][1]),
+            fmt_nll(first, row["before"][0]),
+            fmt_active(first, row["before"][1]),
             f"{row['second'][0]} k={row['second'][1]}",
-            _fmt_nll(second and second["test_nll"], row["after"][0]),
-            _fmt_active(second and second["active_units"], row["after"][1]),
+            fmt_nll(second, row["after"][0]),
+            fmt_active(second, row["after"][1]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
@@ -130,7 +137,7 @@ def _pruned_md(runs: dict[str, dict]) -> list[str]:
     for name, m in runs.items():
         if "test_nll_pruned" in m and "-2d-" not in name:
             change = m["test_nll_pruned"] - m["test_nll"]
-            lines.append(f"| {name} | {m['test_nll']:.2f} | {m['test_nll_pruned']:.2f} | {change:+.3f} |")
+            lines.append(f"| {name} | {fmt_value(m)} | {m['test_nll_pruned']:.2f} | {change:+.3f} |")
     return [*lines, "", "The paper: removing inactive units changes the test NLL by less than 0.06 nats.", ""]
 
 
@@ -154,6 +161,10 @@ def _table_section(root: Path, table: dict, title: str, dataset: str, schedule: 
     return lines + _claims_md(_claims(root, table, dataset), claims) + _curves_md(root, table, dataset, title)
 
 
+def _curve(run_dir: Path) -> list[tuple[float, float]]:
+    return [(r["pass"], r["test_nll_curve"]) for r in read_log(run_dir) if "test_nll_curve" in r]
+
+
 def _curves_md(root: Path, table: dict, dataset: str, title: str) -> list[str]:
     """The table's runs in one figure, ``curves-<dataset>.png`` beside report.md: each run's test-NLL curve (or,
     for a run that logged none, its final NLL alone) against passes, with the paper's final number."""
@@ -162,14 +173,15 @@ def _curves_md(root: Path, table: dict, dataset: str, title: str) -> list[str]:
         for k in (1, 5, 50):
             for obj in ("vae", "iwae"):
                 name = table_key(dataset, layers, obj, k)
-                if name in seen or (m := read_metrics(root / name)) is None:
+                if name in seen or (m := read_cell(root / name)) is None:
                     continue  # at k = 1 the VAE and IWAE are one run
                 seen.add(name)
-                points = [(r["pass"], r["test_nll_curve"]) for r in read_log(root / name) if "test_nll_curve" in r]
+                points = mean_curve([_curve(d) for d in _evaluated(root / name)])
                 if not points and "passes" in m:
                     points = [(m["passes"], m["test_nll"])]
                 paper = table.get((dataset, layers, obj, k))
                 label = "k=1 (VAE = IWAE)" if k == 1 else f"{obj.upper()} k={k}"
+                label += f" (mean of {n_seeds(m)} seeds)" if n_seeds(m) > 1 else ""
                 series.append({"label": label, "panel": f"{layers} stochastic layer(s)", "points": points,
                                "reference": paper and paper[0], "reference_passes": PAPER_PASSES})  # fmt: skip
     series = [item for item in series if item["points"]]
@@ -201,7 +213,8 @@ def write_report(
 ) -> Path:
     """Write out/report.md and out/results.json (atomically) from the run folders under out/runs."""
     root = out / "runs"
-    runs = {d.name: m for d in (sorted(root.glob("*")) if root.exists() else []) if (m := read_metrics(d))}
+    runs = {d.name: m for d in (sorted(root.glob("*")) if root.exists() else []) if (m := read_cell(d))}
+    seeded = any(n_seeds(m) > 1 for m in runs.values())
     claims: list[Claim] = []
     tables = _tables_md(root, experiments, schedule, datasets, claims)
     lines = [
@@ -209,9 +222,10 @@ def write_report(
         "",
         f"Schedule: **{schedule.describe()}**.",
         "",
-        "Cells read *ours (paper, ours minus paper)*. NLL in nats, lower is better; active units per layer.",
+        "Cells read *ours (paper, ours minus paper)*. NLL in nats, lower is better; active units per layer."
+        + (f" {SEEDS_NOTE}" if seeded else ""),
         "",
-        *(_criteria() if claims else []),
+        *(_criteria(seeded) if claims else []),
         *tables,
     ]
     if any(e in experiments for e in ("table1", "table3")):
@@ -225,6 +239,8 @@ def write_report(
     results["experiments"], results["datasets"] = list(experiments), list(datasets)
     if claims:
         results["criteria"] = CRITERIA
+        if seeded:
+            results["spread_rule"] = SPREAD_RULE
         results["claims"] = [c.as_dict() for c in claims]
     write_text(out / "report.md", "\n".join(lines) + "\n")
     write_json(out / "results.json", results)

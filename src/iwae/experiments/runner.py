@@ -28,10 +28,21 @@ from iwae.rundir import build_model, status
 from iwae.train import default_threads, train_and_evaluate
 from iwae.train_step import make_optimizer, make_train_step
 
-__all__ = ["FAILED_LINE", "REQUESTED_NAME", "estimate_seconds", "execute", "read_metrics"]
+__all__ = [
+    "FAILED_LINE",
+    "REQUESTED_NAME",
+    "SEED_PREFIX",
+    "estimate_seconds",
+    "execute",
+    "read_metrics",
+    "read_seed_metrics",
+    "seed_dirs",
+    "seed_number",
+]
 
 REQUESTED_NAME = "requested-config.json"  # the plan's config for a run not yet created
 FAILED_LINE = "iwae reproduce: the run failed"  # the last line of RUN/log.txt after a failed child process
+SEED_PREFIX = "seed-"  # RUN/seed-<S>: the plan's run RUN trained with seed S (`iwae reproduce --seeds`)
 
 
 def check_compatible(spec: RunSpec, run_dir: Path) -> None:
@@ -181,6 +192,30 @@ def read_metrics(run_dir: Path) -> dict | None:
     """The run's ``metrics.json``, or None before its evaluation."""
     path = run_dir / rundir.METRICS_NAME
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _is_run(path: Path) -> bool:
+    return (path / rundir.CONFIG_NAME).is_file() or (path / rundir.METRICS_NAME).is_file()
+
+
+def seed_number(run_dir: Path) -> int | None:
+    """S for a folder named ``seed-<S>``, else None (a plan's run folder itself)."""
+    text = run_dir.name.removeprefix(SEED_PREFIX)
+    return int(text) if run_dir.name.startswith(SEED_PREFIX) and text.isdigit() else None
+
+
+def seed_dirs(path: Path) -> list[Path]:
+    """The run folders of one plan run: ``[path]`` where path is a run folder itself (it holds config.json, or
+    metrics.json), else its ``seed-<S>`` run folders sorted by S (none if it has neither)."""
+    if _is_run(path):
+        return [path]
+    found = [d for d in path.glob(SEED_PREFIX + "*") if seed_number(d) is not None and _is_run(d)]
+    return sorted(found, key=lambda d: seed_number(d) or 0)
+
+
+def read_seed_metrics(path: Path) -> list[dict]:
+    """The ``metrics.json`` of each evaluated run folder of :func:`seed_dirs` (path), in seed order."""
+    return [m for d in seed_dirs(path) if (m := read_metrics(d)) is not None]
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from iwae import atomic, rundir
 from iwae.config import RESUMABLE, TrainConfig, schedule
 from iwae.data.datasets import SPLIT_SIZES
 from iwae.evaluate import log_likelihood
+from iwae.experiments.fleets import Unit, pack
 from iwae.experiments.plan import RunSpec
+from iwae.fleet_train import train_fleet_and_evaluate
 from iwae.rundir import build_model, status
 from iwae.train import default_threads, train_and_evaluate
 from iwae.train_step import make_optimizer, make_train_step
@@ -64,6 +66,17 @@ def child_main(run_dir: str) -> int:
     config = None if status(path) == "partial" else TrainConfig.load(path / REQUESTED_NAME)
     train_and_evaluate(path, config, progress=False)
     return 0
+
+
+def fleet_child_main(manifest: str, run_dirs: list[str], mode: str) -> int:
+    """Entry point of a fleet's child process: resume the fleet of ``manifest``, or start it from the runs'
+    requested-config.json files. 1 if some run of it was dropped (its loss stopped being finite)."""
+    dirs = [Path(d) for d in run_dirs]
+    configs = None if Path(manifest).exists() else [TrainConfig.load(d / REQUESTED_NAME) for d in dirs]
+    outcome = train_fleet_and_evaluate(dirs, manifest, configs, mode=mode, progress=False)
+    for run, why in outcome["dropped"].items():
+        print(f"{run}: dropped from the fleet: {why}")
+    return 1 if outcome["dropped"] else 0
 
 
 def _steps_per_second(config: TrainConfig, threads: int, seconds: float = 1.0) -> float:
@@ -129,10 +142,13 @@ def execute(
     jobs: int = 1,
     log: Callable[[str], None] = print,
     durations: dict[str, float] | None = None,
+    packing: str = "off",
 ) -> dict[str, str]:
-    """Bring every run to "done"; returns name -> "done" | "failed: ...". Children write RUN/log.txt.
+    """Bring every run to "done"; returns name -> "done" | "failed: ...". Children write RUN/log.txt (a fleet:
+    runs/fleets/UNIT.log).
 
-    With ``durations`` (estimated seconds per run), the longest ready run starts first.
+    :param packing: how runs are packed into fleets (:func:`iwae.experiments.fleets.pack`; "off": one run each).
+    With ``durations`` (estimated seconds per run), the longest ready unit starts first.
     """
     root.mkdir(parents=True, exist_ok=True)
     gpus = torch.cuda.device_count()
@@ -140,52 +156,66 @@ def execute(
     result: dict[str, str] = {s.name: "done" for s in specs if status(root / s.name) == "done"}
     for name in result:
         log(f"  {name}: already done, skipped")
-    pending = [s for s in specs if s.name not in result]
-    for spec in pending:
+    todo = [s for s in specs if s.name not in result]
+    for spec in todo:
         check_compatible(spec, root / spec.name)
-    slots = list(range(jobs))
-    lock = threading.Lock()
+    pending = pack(todo, root, packing, on_gpu=gpus > 0)
+    slots, lock = list(range(jobs)), threading.Lock()
 
-    def run(spec: RunSpec, slot: int) -> str:
-        run_dir = root / spec.name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(run_dir / REQUESTED_NAME, spec.config.to_json())
-        cmd = [sys.executable, "-m", "iwae.experiments.runner", str(run_dir)]
+    def run(unit: Unit, slot: int) -> dict[str, str]:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
         start = time.monotonic()
-        with open(run_dir / "log.txt", "a") as out:
-            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-            if code != 0:
-                out.write(f"{FAILED_LINE} (exit status {code})\n")
+        outcome = _run_unit(unit, root, env, packing)
         with lock:
-            log(f"  {spec.name}: {'done' if code == 0 else 'FAILED'} in {time.monotonic() - start:.0f} s")
-        return "done" if code == 0 else f"failed (exit {code}; see {run_dir / 'log.txt'})"
+            log(f"  {unit.name}: {'done' if set(outcome.values()) == {'done'} else 'FAILED'} in "
+                f"{time.monotonic() - start:.0f} s")  # fmt: skip
+        return outcome
+
+    def cost(unit: Unit) -> float:
+        return -sum((durations or {}).get(s.name, 0.0) for s in unit.specs)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        running: dict[Future, tuple[RunSpec, int]] = {}
+        running: dict[Future, tuple[Unit, int]] = {}
         while pending or running:
-            ready = [s for s in pending if all(result.get(d) == "done" for d in s.after)]
-            if durations:
-                ready.sort(key=lambda s: -durations.get(s.name, 0.0))
-            blocked = [s for s in pending if any(d in result and result[d] != "done" for d in s.after)]
-            for s in blocked:
-                result[s.name] = f"skipped: needs {', '.join(s.after)}"
-                pending.remove(s)
+            ready = sorted((u for u in pending if all(result.get(d) == "done" for d in u.after)), key=cost)
+            for u in [u for u in pending if any(d in result and result[d] != "done" for d in u.after)]:
+                result.update({s.name: f"skipped: needs {', '.join(u.after)}" for s in u.specs})
+                pending.remove(u)
             while ready and slots:
-                spec, slot = ready.pop(0), slots.pop(0)
-                pending.remove(spec)
-                log(f"  {spec.name}: started")
-                running[pool.submit(run, spec, slot)] = (spec, slot)
+                unit, slot = ready.pop(0), slots.pop(0)
+                pending.remove(unit)
+                log(f"  {unit.name}: started" + (f" (a fleet of {len(unit.specs)} runs)" if unit.manifest else ""))
+                running[pool.submit(run, unit, slot)] = (unit, slot)
             if not running:
                 break
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in finished:
-                spec, slot = running.pop(fut)
-                slots.append(slot)
-                result[spec.name] = fut.result()
+                slots.append(running.pop(fut)[1])
+                result.update(fut.result())
     return result
+
+
+def _run_unit(unit: Unit, root: Path, env: dict[str, str], packing: str) -> dict[str, str]:
+    """One child process for the unit: each of its runs' result."""
+    for spec in unit.specs:
+        (root / spec.name).mkdir(parents=True, exist_ok=True)
+        atomic.write_text(root / spec.name / REQUESTED_NAME, spec.config.to_json())
+    cmd = [sys.executable, "-m", "iwae.experiments.runner"]
+    if unit.manifest is None:
+        cmd.append(str(root / unit.specs[0].name))
+        log_path = root / unit.specs[0].name / "log.txt"
+    else:
+        cmd += ["--fleet", str(unit.manifest), "--mode", packing, *(str(root / name) for name in unit.members)]
+        log_path = unit.manifest.with_suffix(".log")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        if code != 0:
+            out.write(f"{FAILED_LINE} (exit status {code})\n")
+    failed = f"failed (exit {code}; see {log_path})"
+    return {s.name: "done" if status(root / s.name) == "done" else failed for s in unit.specs}
 
 
 def read_metrics(run_dir: Path) -> dict | None:
@@ -219,4 +249,6 @@ def read_seed_metrics(path: Path) -> list[dict]:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--fleet":  # --fleet MANIFEST --mode MODE RUN_DIR...
+        sys.exit(fleet_child_main(sys.argv[2], sys.argv[5:], sys.argv[4]))
     sys.exit(child_main(sys.argv[1]))

@@ -279,3 +279,35 @@ def test_iwae_train_seeds_makes_a_fleet_and_resume_continues_it(data_dir, tmp_pa
     assert main(["resume", str(out), "--quiet"]) == 0  # finished: nothing left to train or evaluate
     assert main(["train", *flags, "--seeds", "1", "--out", str(out)]) == 1
     assert "already holds a fleet" in capsys.readouterr().err
+
+
+def test_a_run_whose_loss_stops_being_finite_leaves_the_fleet_with_its_last_good_checkpoint(
+    data_dir, tmp_path, cached_data, monkeypatch
+):
+    configs = _configs(data_dir, curve_k=0)
+    make, calls = iwae.fleet_train.make_fleet, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        fleet = make(*args, **kwargs)
+        step = fleet.step
+
+        def poisoning_step(xs, lrs):
+            calls["n"] += 1
+            if calls["n"] == 40:  # run b's parameters become NaN at fleet step 40
+                with torch.no_grad():
+                    fleet.flat[1] = float("nan")
+            return step(xs, lrs)
+
+        fleet.step = poisoning_step
+        return fleet
+
+    monkeypatch.setattr(iwae.fleet_train, "make_fleet", poisoned)
+    fleet = tmp_path / "fleet"
+    result = iwae.fleet_train.train_fleet_and_evaluate([fleet / "a", fleet / "b"], fleet / MANIFEST_NAME, configs,
+                                                       mode="stacked", progress=False)  # fmt: skip
+    assert list(result["dropped"]) == ["b"] and "non-finite" in result["dropped"]["b"]
+    assert list(result["metrics"]) == [str(fleet / "a")] and rundir.status(fleet / "b") == "partial"
+    saved, _ = rundir.load_state(fleet / "b", rundir.build_model(configs[1]))
+    assert 0 < saved["fleet_step"] < 40  # the last checkpoint before the NaN (the end of stage 1)
+    assert read_manifest(fleet / MANIFEST_NAME)["dropped"] == result["dropped"]
+    assert resume_fleet(fleet / MANIFEST_NAME, progress=False) == result["dropped"]  # nothing left to train

@@ -1,4 +1,4 @@
-"""``iwae train --seeds`` and ``iwae resume FLEET``: one run per seed, trained as one fleet (:mod:`iwae.fleet_train`)."""
+"""``iwae train --seeds`` and ``iwae resume FLEET``: a run per seed, trained as one fleet (:mod:`iwae.fleet_train`)."""
 
 from __future__ import annotations
 

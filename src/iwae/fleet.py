@@ -24,6 +24,7 @@ ordinary single-run checkpoint.
 from __future__ import annotations
 
 import copy
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
@@ -32,9 +33,10 @@ from torch import Tensor
 
 from iwae.model import IWAE
 from iwae.objectives import Objective
+from iwae.stacked_adam import StackedAdam, split_row
 from iwae.train_step import build_step
 
-__all__ = ["Fleet", "StackedFleet", "LoopFleet", "StackedAdam", "stackable", "make_fleet", "CPU_STACK_MAX"]
+__all__ = ["Fleet", "StackedFleet", "LoopFleet", "stackable", "make_fleet", "CPU_STACK_MAX"]
 
 # On a CPU a stacked step beats M single steps only while a step is dominated by per-kernel overhead: up to this
 # many samples x examples per step (k = 5 at batch 20), by benchmarks/fleet.py; above it the fleet loops.
@@ -88,55 +90,6 @@ class LoopFleet(Fleet):
 
     def sync(self) -> None:
         """Nothing to write back: the runs' own models and optimisers took the steps."""
-
-
-class StackedAdam:
-    """Adam over a flat ``(M, P)`` tensor with a learning rate and a step count per run (the rows).
-
-    The update of row m is torch's Adam (no weight decay, no amsgrad) for run m: elementwise, so the rows never
-    mix. Its state round-trips to and from each run's ``torch.optim.Adam`` (:meth:`load`, :meth:`store`).
-    """
-
-    def __init__(self, flat: Tensor, betas: tuple[float, float], eps: float) -> None:
-        self.flat, self.betas, self.eps = flat, betas, eps
-        self.exp_avg = torch.zeros_like(flat)
-        self.exp_avg_sq = torch.zeros_like(flat)
-        self.steps = torch.zeros(flat.shape[0], 1, dtype=torch.float64, device=flat.device)
-        self.lr = torch.zeros_like(self.steps)
-
-    @torch.no_grad()
-    def step(self) -> None:
-        """One update with ``self.flat.grad`` at the rates in ``self.lr`` (M, 1)."""
-        beta1, beta2 = self.betas
-        grad = self.flat.grad
-        self.steps += 1
-        bias1 = 1 - torch.pow(beta1, self.steps)
-        bias2_sqrt = torch.sqrt(1 - torch.pow(beta2, self.steps))
-        self.exp_avg.lerp_(grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (self.exp_avg_sq.sqrt() / bias2_sqrt.to(grad.dtype)).add_(self.eps)
-        self.flat.addcdiv_(self.exp_avg * (self.lr / bias1).to(grad.dtype), denom, value=-1)
-
-    def load(self, m: int, opt: torch.optim.Optimizer, params: Sequence[Tensor]) -> None:
-        """Row m from run m's optimiser (zeros before its first step)."""
-        state = [opt.state.get(p, {}) for p in params]
-        if state[0]:
-            self.exp_avg[m] = torch.cat([s["exp_avg"].reshape(-1) for s in state])
-            self.exp_avg_sq[m] = torch.cat([s["exp_avg_sq"].reshape(-1) for s in state])
-            self.steps[m] = float(state[0]["step"])
-
-    def store(self, m: int, opt: torch.optim.Optimizer, params: Sequence[Tensor]) -> None:
-        """Row m into run m's optimiser, in the form torch's Adam saves and loads."""
-        if float(self.steps[m]) == 0:
-            return
-        step = torch.tensor(float(self.steps[m]), dtype=torch.float32, device=self.flat.device)
-        for p, avg, avg_sq in zip(params, _split(self.exp_avg[m], params), _split(self.exp_avg_sq[m], params)):
-            opt.state[p] = {"step": step.clone(), "exp_avg": avg.clone(), "exp_avg_sq": avg_sq.clone()}
-
-
-def _split(row: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-    """A flat (P,) row cut into tensors shaped like ``like``."""
-    return [part.view_as(p) for part, p in zip(row.split([p.numel() for p in like]), like)]
 
 
 class StackedFleet(Fleet):
@@ -214,7 +167,10 @@ class StackedFleet(Fleet):
         if not self._graph:
             return self._update(x, noise)
         if x.shape not in self._graphs:
-            self._graphs[x.shape] = self._capture(x, noise)
+            captured = self._capture(x, noise)
+            if captured is None:
+                return self._update(x, noise)
+            self._graphs[x.shape] = captured
         replay, static_x, static_noise = self._graphs[x.shape]
         static_x.copy_(x)
         for buf, eps in zip(static_noise, noise):
@@ -241,8 +197,9 @@ class StackedFleet(Fleet):
                 self.flat[m] = torch.cat([p.reshape(-1) for p in ps])
                 self.adam.load(m, self.optimizers[m], ps)
 
-    def _capture(self, x: Tensor, noise: list[Tensor]) -> tuple[Callable[[], Tensor], Tensor, list[Tensor]]:
-        """Record one update as a CUDA graph on static copies of ``x`` and ``noise`` (warmed up first)."""
+    def _capture(self, x: Tensor, noise: list[Tensor]) -> tuple[Callable[[], Tensor], Tensor, list[Tensor]] | None:
+        """Record one update as a CUDA graph on static copies of ``x`` and ``noise`` (warmed up first); None, with
+        a warning, where capture fails (the fleet then steps eagerly)."""
         static_x, static_noise = x.clone(), [eps.clone() for eps in noise]
         state = (self.flat, self.adam.exp_avg, self.adam.exp_avg_sq, self.adam.steps)
         saved = [t.detach().clone() for t in state]
@@ -254,11 +211,18 @@ class StackedFleet(Fleet):
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         self.flat.grad = None
-        with torch.cuda.graph(graph):
-            static_losses = self._update(static_x, static_noise)
-        with torch.no_grad():
-            for tensor, value in zip(state, saved):
-                tensor.copy_(value)
+        try:
+            with torch.cuda.graph(graph):
+                static_losses = self._update(static_x, static_noise)
+        except RuntimeError as err:  # an operation that cannot be captured: the same update, eagerly
+            why = f"the fleet's step could not be captured as a CUDA graph ({err}); it runs eagerly"
+            warnings.warn(why, stacklevel=3)
+            self._graph = False
+            return None
+        finally:
+            with torch.no_grad():
+                for tensor, value in zip(state, saved):
+                    tensor.copy_(value)
 
         def replay() -> Tensor:
             graph.replay()
@@ -270,7 +234,7 @@ class StackedFleet(Fleet):
     def sync(self) -> None:
         for m, (model, opt) in enumerate(zip(self.models, self.optimizers)):
             ps = list(model.parameters())
-            for p, value in zip(ps, _split(self.flat[m], ps)):
+            for p, value in zip(ps, split_row(self.flat[m], ps)):
                 p.copy_(value)
             self.adam.store(m, opt, ps)
 

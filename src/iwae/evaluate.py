@@ -97,6 +97,7 @@ def log_likelihood(
         bar = tqdm(total=x.shape[0] * k, desc=desc or f"L_{k}", unit="sample", disable=not progress, leave=False)
     elif desc:
         bar.set_description(desc)
+    finite = None  # on a GPU, whether every log-weight so far was finite, read once at the end (no sync per call)
     try:
         for start in range(0, x.shape[0], rows):
             xb = x[start : start + rows]
@@ -109,7 +110,7 @@ def log_likelihood(
                     lw = model.log_weights(xb, n)
                 else:
                     lw = model.forward_samples(xb, n, generator=generator).log_w
-                _check_log_weights(lw, n, xb.shape[0])
+                finite = _check_log_weights(lw, n, xb.shape[0], finite)
                 lw = lw.double()
                 lse1 = torch.logaddexp(lse1, torch.logsumexp(lw, 0))
                 lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
@@ -120,6 +121,8 @@ def log_likelihood(
             rel_var = torch.expm1((lse2 - math.log(k)) - 2 * ll).clamp_min(0)
             ll_out[start : start + rows] = ll
             se_out[start : start + rows] = torch.sqrt(rel_var / k)
+        if finite is not None and not finite:
+            raise FloatingPointError(_NOT_FINITE)
     finally:
         if own:
             bar.close()
@@ -131,11 +134,20 @@ def log_likelihood(
     return ll
 
 
-def _check_log_weights(lw: Tensor, k: int, batch: int) -> None:
+_NOT_FINITE = "log_weights returned non-finite values (NaN or inf); the model is diverged"
+
+
+def _check_log_weights(lw: Tensor, k: int, batch: int, finite: Tensor | None) -> Tensor | None:
+    """Check the shape; on the CPU also that every value is finite, else fold the check into ``finite`` on the
+    device (a check per call would make the host wait for the device each time)."""
     if tuple(lw.shape) != (k, batch):
         raise ValueError(f"log_weights(x, {k}) must return shape ({k}, {batch}), got {tuple(lw.shape)}")
-    if not torch.isfinite(lw).all():
-        raise FloatingPointError("log_weights returned non-finite values (NaN or inf); the model is diverged")
+    all_finite = torch.isfinite(lw).all()
+    if lw.device.type == "cpu":
+        if not all_finite:
+            raise FloatingPointError(_NOT_FINITE)
+        return None
+    return all_finite if finite is None else finite & all_finite
 
 
 @torch.no_grad()

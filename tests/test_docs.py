@@ -6,6 +6,7 @@ from __future__ import annotations
 import doctest
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,10 @@ def claims(**match: object) -> list[dict]:
 
 
 def nll_cell(m: dict) -> str:
-    return f"{m['test_nll']:.2f} ({'+'.join(map(str, m['active_units']))})"
+    """``NLL (units)``; for a run of several seeds ``mean ± sd (mean units per layer)``."""
+    nll = f"{m['test_nll']:.2f}" + (f" ± {m['test_nll_sd']:.2f}" if "test_nll_sd" in m else "")
+    units = "+".join(f"{u:.1f}" if isinstance(u, float) else str(u) for u in m["active_units"])
+    return f"{nll} ({units})"
 
 
 def test_readme_results_table_rows_are_results_json():
@@ -133,6 +137,29 @@ def reproduction_phrases() -> list[tuple[str, str]]:
 def test_results_sentence_states_what_results_json_gives(path: str, phrase: str):
     text = " ".join((ROOT / path).read_text().split())  # sentences wrap across lines
     assert phrase in text
+
+
+def _paired(a: str, b: str) -> str:
+    """Mean and standard error of run a minus run b over their seeds (the same seeds, paired)."""
+    ra, rb = runs()[a], runs()[b]
+    assert ra["seeds"] == rb["seeds"]
+    diffs = [x - y for x, y in zip(ra["test_nll_seeds"], rb["test_nll_seeds"])]
+    return f"{abs(statistics.fmean(diffs)):.2f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.2f}"
+
+
+def test_seed_numbers_in_prose_are_results_json():
+    """The 3-seed 1-layer MNIST cells: their spread and the paired differences quoted in the READMEs."""
+    seeded = [m for m in runs().values() if len(m.get("seeds", [])) > 1]
+    assert len(seeded) == 5 and all(m["seeds"] == [0, 1, 2] for m in seeded)
+    spread = span([m["test_nll_sd"] for m in seeded])
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    repro = " ".join((REPRO / "README.md").read_text().split())
+    assert f"the seeds differ by {spread} nats" in readme and f"differ from another seed's by {spread} nats" in repro
+    k50 = _paired("mnist-l1-vae-k50", "mnist-l1-iwae-k50")
+    assert f"beats the VAE k=50 by {k50} nats" in readme and f"1 layer by {k50} nats over 3 seeds" in repro
+    assert f"with 1 layer (by {_paired('mnist-l1-vae-k5', 'mnist-l1-iwae-k5')})" in repro
+    steps = (_paired("mnist-l1-k1", "mnist-l1-iwae-k5"), _paired("mnist-l1-iwae-k5", "mnist-l1-iwae-k50"))
+    assert f"steps of -{steps[0]} and -{steps[1]} nats, paired by seed" in repro
 
 
 def test_results_verdicts_in_prose_are_the_reports():

@@ -24,8 +24,8 @@ def _write_run(run_dir: Path, nll: float, active: list[int], evaluated: bool = T
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
 
 
-def _fake_seeds(root: Path, name: str, nlls: list[float], actives: list[list[int]]) -> None:
-    for seed, (nll, active) in enumerate(zip(nlls, actives)):
+def _fake_seeds(root: Path, name: str, nlls: list[float], actives: list[list[int]], first: int = 0) -> None:
+    for seed, (nll, active) in enumerate(zip(nlls, actives), first):
         _write_run(root / name / f"seed-{seed}", nll, active)
 
 
@@ -62,7 +62,8 @@ def test_mean_curve_averages_the_passes_every_seed_reached():
 
 def _mnist_table(root: Path, spread: float, plain: tuple[str, ...] = ()) -> None:
     """The paper's MNIST Table 1 plus one nat, each run with three seeds at -spread, 0, +spread around it (the
-    runs named in ``plain``: one plain run folder)."""
+    runs named in ``plain``: one plain run folder). The 1-layer runs have seeds 0-2, the 2-layer runs seeds 3-5, so
+    comparisons across depths are unpaired and those within a depth paired."""
     done = set()
     for (dataset, layers, obj, k), (nll, active) in TABLE1.items():
         name = table_key(dataset, layers, obj, k)
@@ -73,7 +74,7 @@ def _mnist_table(root: Path, spread: float, plain: tuple[str, ...] = ()) -> None
             _write_run(root / name, nll + 1.0, active)
         else:
             _fake_seeds(root, name, [nll + 1.0 - spread, nll + 1.0, nll + 1.0 + spread],
-                        [active, [a + 1 for a in active], [a + 2 for a in active]])  # fmt: skip
+                        [active, [a + 1 for a in active], [a + 2 for a in active]], 3 * (layers - 1))  # fmt: skip
         if name == "mnist-l1-iwae-k5":  # learning curves, one per seed: drawn as their mean
             for seed, run_dir in enumerate(seed_dirs(root / name)):
                 lines = [{"pass": p, "test_nll_curve": 100.0 + seed - p} for p in (1.0, 3.0)]
@@ -93,7 +94,7 @@ def test_report_shows_mean_and_sd_of_seeds_beside_a_plain_run(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     cell = results["runs"]["mnist-l2-iwae-k50"]
     assert cell["test_nll"] == pytest.approx(83.90) and cell["test_nll_sd"] == pytest.approx(0.01)
-    assert cell["seeds"] == [0, 1, 2] and cell["test_nll_seeds"] == pytest.approx([83.89, 83.90, 83.91])
+    assert cell["seeds"] == [3, 4, 5] and cell["test_nll_seeds"] == pytest.approx([83.89, 83.90, 83.91])
     assert cell["active_units"] == [27.0, 8.0]
     assert not {"seeds", "test_nll_seeds", "test_nll_sd"} & set(results["runs"]["mnist-l2-vae-k50"])
     # a small spread: every claim holds, as on one seed; those between seeded runs state difference ± SE
@@ -101,7 +102,12 @@ def test_report_shows_mean_and_sd_of_seeds_beside_a_plain_run(tmp_path):
     assert "IWAE, k=50: two layers beat one: **holds** (2 layers 83.90 vs 1 layer 85.78; difference -1.88 ± 0.01" in (
         report
     )
-    assert "VAE, k=50: two layers beat one: **holds** (2 layers 85.78 vs 1 layer 87.35)." in report  # one plain run
+    # one plain run (seed 0, the schedule's) against three seeds: compared on seed 0
+    assert (
+        "VAE, k=50: two layers beat one: **holds** (2 layers 85.78 vs 1 layer 87.34 (on seed 0, which every run "
+        "compared holds))."
+        in report
+    )
     assert "spread_rule" in results
 
 
@@ -117,10 +123,12 @@ def test_a_large_spread_leaves_claims_within_the_seeds_spread(tmp_path):
     assert all(c["holds"] is True for c in units)  # the seeds' units differ by 1 and 2: a small spread
 
 
-def _cells(one: list[float], two: list[float]) -> dict:
+def _cells(one: list[float], two: list[float], paired: bool = False) -> dict:
+    """The 1- and 2-layer VAE k=50 cells; their seeds 0, 1, ... and 10, 11, ... (or the same, ``paired``)."""
     cells: dict = {key: None for key in [(n, k, o) for n in (1, 2) for k in (1, 5, 50) for o in ("vae", "iwae")]}
     cells[(1, 50, "vae")] = combine([{"test_nll": v, "active_units": [20]} for v in one], list(range(len(one))))
-    cells[(2, 50, "vae")] = combine([{"test_nll": v, "active_units": [20, 5]} for v in two], list(range(len(two))))
+    seeds = list(range(0 if paired else 10, len(two) + (0 if paired else 10)))
+    cells[(2, 50, "vae")] = combine([{"test_nll": v, "active_units": [20, 5]} for v in two], seeds)
     return cells
 
 
@@ -145,6 +153,15 @@ def test_two_layers_beat_one_with_the_seeds_spread_in_view(one, two, holds, evid
     verdict = {True: "holds", False: "does not hold", None: WITHIN_SPREAD}[holds]
     assert claim.markdown() == f"- VAE, k=50: two layers beat one: **{verdict}** ({evidence})."
     assert claim.as_dict()["holds"] is holds
+
+
+def test_runs_of_the_same_seeds_are_compared_seed_by_seed():
+    """Each seed's runs share the evaluation's images and noise: a spread common to both cells cancels."""
+    one, two = [88.0, 87.0, 86.0], [87.1, 85.9, 85.0]  # per seed: -0.9, -1.1, -1.0
+    (unpaired,) = check_claims("mnist", _cells(one, two))
+    assert unpaired.holds is None and unpaired.evidence.endswith("difference -1.00 ± 0.84 nats")
+    (paired,) = check_claims("mnist", _cells(one, two, paired=True))
+    assert paired.holds is True and paired.evidence.endswith("difference -1.00 ± 0.06 nats")
 
 
 def test_one_seed_per_run_reads_as_the_plain_layout(tmp_path):

@@ -18,12 +18,14 @@ A run of one seed is judged on its number alone, as before.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from iwae.experiments.paper_results import TABLE1
-from iwae.experiments.seeds import n_seeds, unit_totals, units_text
+from iwae.experiments.seeds import n_seeds, restrict, unit_totals, units_text
 
 __all__ = ["Claim", "CRITERIA", "SPREAD_RULE", "VAE_GAIN_RATIO", "WITHIN_SPREAD", "check_claims"]
 
@@ -79,8 +81,10 @@ CRITERIA: dict[str, str] = {
 }
 SPREAD_RULE = (
     "with several seeds per run a claim is decided on the seeds' means; where every run a comparison rests on holds "
-    "two seeds or more, a difference smaller than twice its standard error (from the seeds' sample standard "
-    f"deviations) is **{WITHIN_SPREAD}**, neither held nor failed (`holds`: null in results.json)"
+    f"two seeds or more, a difference smaller than twice its standard error is **{WITHIN_SPREAD}**, neither held nor "
+    "failed (`holds`: null in results.json). The standard error is that of the per-seed differences where the runs "
+    "share their seeds (a seed's runs are scored on the same binarization of the same images: paired), else it "
+    "comes from each run's seeds' sample standard deviation"
 )
 
 
@@ -108,8 +112,10 @@ class Claim:
 
 def _se(terms: list[tuple[float, dict]], what: str = "nll") -> float | None:
     """The standard error of sum(c * cell mean) over ``terms`` (c, cell), what being "nll" (test NLL) or "units"
-    (total active units); None unless every cell holds two seeds or more. Seeds of different cells count as
-    independent; a cell named twice (the k = 1 run, shared by the VAE and IWAE) is counted once."""
+    (total active units); None unless every cell holds two seeds or more. A cell named twice (the k = 1 run, shared
+    by the VAE and IWAE) is counted once. Where every cell holds the same seeds the combination is paired by seed
+    (runs of one seed are scored on the same binarization of the same images, with the same evaluation noise): the
+    standard error of the mean of the per-seed combinations. Otherwise the cells' seeds count as independent."""
     groups: list[list] = []
     for c, m in terms:
         same = next((g for g in groups if g[1] == m), None)
@@ -121,6 +127,9 @@ def _se(terms: list[tuple[float, dict]], what: str = "nll") -> float | None:
     if any(n_seeds(m) < 2 for _, m in groups):
         return None
     values = [(c, m["test_nll_seeds"] if what == "nll" else unit_totals(m)) for c, m in groups]
+    if all(m["seeds"] == groups[0][1]["seeds"] for _, m in groups):
+        per_seed = [sum(c * v[s] for c, v in values) for s in range(len(values[0][1]))]
+        return statistics.stdev(per_seed) / math.sqrt(len(per_seed))
     return math.sqrt(sum(c * c * statistics.variance(v) / len(v) for c, v in values))
 
 
@@ -133,7 +142,7 @@ def _diff(diff: float, se: float | None, digits: int = 2) -> str:
     return f"{diff:+.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None else "")
 
 
-def _improves(dataset: str, where: str, iwae: list[dict]) -> Claim:
+def _improves(dataset: str, where: str, iwae: list[dict], note: str = "") -> Claim:
     nll = [m["test_nll"] for m in iwae]
     steps = []  # (difference, its standard error, verdict) for k = 1 -> 5 and 5 -> 50
     for a, b in zip(iwae, iwae[1:]):
@@ -144,10 +153,10 @@ def _improves(dataset: str, where: str, iwae: list[dict]) -> Claim:
     evidence = " -> ".join(f"{v:.2f}" for v in nll)
     if any(se is not None for _, se, _ in steps):
         evidence += "; steps " + ", ".join(_diff(d, se) for d, se, _ in steps) + " nats"
-    return Claim("IWAE improves with k", dataset, where, holds, evidence)
+    return Claim("IWAE improves with k", dataset, where, holds, evidence + note)
 
 
-def _barely(dataset: str, where: str, iwae: list[dict], vae: list[dict]) -> Claim:
+def _barely(dataset: str, where: str, iwae: list[dict], vae: list[dict], note: str = "") -> Claim:
     gain_iwae = iwae[0]["test_nll"] - iwae[2]["test_nll"]
     gain_vae = vae[0]["test_nll"] - vae[2]["test_nll"]
     excess = gain_vae - VAE_GAIN_RATIO * gain_iwae
@@ -156,51 +165,73 @@ def _barely(dataset: str, where: str, iwae: list[dict], vae: list[dict]) -> Clai
     evidence = f"k=1 -> 50 gains VAE {gain_vae:+.2f} nats, IWAE {gain_iwae:+.2f} nats"
     if se is not None:
         evidence += f"; VAE's gain minus {VAE_GAIN_RATIO:.2f} times IWAE's: {_diff(excess, se)} nats"
-    return Claim("the VAE barely improves with k", dataset, where, holds, evidence)
+    return Claim("the VAE barely improves with k", dataset, where, holds, evidence + note)
 
 
-def _more_units(dataset: str, where: str, i: dict, v: dict) -> Claim:
+def _more_units(dataset: str, where: str, i: dict, v: dict, note: str = "") -> Claim:
     diff = sum(i["active_units"]) - sum(v["active_units"])
     se = _se([(1, i), (-1, v)], "units")
     holds = _decide(sum(i["active_units"]) > sum(v["active_units"]), diff, se)
     evidence = f"IWAE {units_text(i)} vs VAE {units_text(v)}"
     if se is not None:
         evidence += f"; difference {_diff(diff, se, 1)} units"
-    return Claim("IWAE has more active units than the VAE", dataset, where, holds, evidence)
+    return Claim("IWAE has more active units than the VAE", dataset, where, holds, evidence + note)
 
 
-def _per_depth(dataset: str, c: Cells) -> list[Claim]:
+Aligned = Callable[[list[dict]], tuple[list[dict], str]]  # cells -> the cells on their common seeds, a note
+
+
+def _per_depth(dataset: str, c: Cells, aligned: Aligned) -> list[Claim]:
     out = []
     for layers in (1, 2):
         where = f"{layers} layer{'s' if layers > 1 else ''}"
         iwae = [c[(layers, k, "iwae")] for k in KS]
         vae = [c[(layers, k, "vae")] for k in KS]
         if all(iwae):
-            out.append(_improves(dataset, where, iwae))
+            out.append(_improves(dataset, where, *aligned(iwae)))
         if all(iwae) and all(vae):
-            out.append(_barely(dataset, where, iwae, vae))
+            both, note = aligned(iwae + vae)
+            out.append(_barely(dataset, where, both[:3], both[3:], note))
         for k in KS[1:]:
             v, i = c[(layers, k, "vae")], c[(layers, k, "iwae")]
             if v and i:
-                out.append(_more_units(dataset, f"{where}, k={k}", i, v))
+                (i, v), note = aligned([i, v])
+                out.append(_more_units(dataset, f"{where}, k={k}", i, v, note))
     return out
 
 
-def _per_cell(dataset: str, c: Cells) -> list[Claim]:
+def _per_cell(dataset: str, c: Cells, aligned: Aligned) -> list[Claim]:
     out = []
     for k in KS:
         for obj in ("vae", "iwae"):
             one, two = c[(1, k, obj)], c[(2, k, obj)]
             if one and two:
+                (one, two), note = aligned([one, two])
                 evidence = f"2 layers {two['test_nll']:.2f} vs 1 layer {one['test_nll']:.2f}"
                 se = _se([(1, two), (-1, one)])
                 if se is not None:
                     evidence += f"; difference {_diff(two['test_nll'] - one['test_nll'], se)} nats"
                 lower = _decide(two["test_nll"] < one["test_nll"], two["test_nll"] - one["test_nll"], se)
-                out.append(Claim("two layers beat one", dataset, f"{obj.upper()}, k={k}", lower, evidence))
+                out.append(Claim("two layers beat one", dataset, f"{obj.upper()}, k={k}", lower, evidence + note))
     return out
 
 
-def check_claims(dataset: str, cells: Cells) -> list[Claim]:
-    """Every claim whose runs are all done, checked on one data set's table of runs."""
-    return _per_depth(dataset, cells) + _per_cell(dataset, cells)
+def check_claims(dataset: str, cells: Cells, plain_seed: int = 0) -> list[Claim]:
+    """Every claim whose runs are all done, checked on one data set's table of runs.
+
+    Each comparison reads its runs on the seeds they all hold (a plain run folder holds ``plain_seed``, the
+    reproduction's seed): a seed's runs are scored on the same binarization of the same images, so a mean over
+    three seeds set against one seed's run would mix that seed's luck into the difference.
+    """
+    aligned = functools.partial(_aligned, plain_seed=plain_seed)
+    return _per_depth(dataset, cells, aligned) + _per_cell(dataset, cells, aligned)
+
+
+def _aligned(cells: list[dict], plain_seed: int) -> tuple[list[dict], str]:
+    """The cells on their common seeds, and a note naming those seeds where some cell lost seeds to it."""
+    held = [c.get("seeds", [plain_seed]) for c in cells]
+    common = [seed for seed in held[0] if all(seed in h for h in held[1:])]
+    if not common or all(len(h) == len(common) for h in held):
+        return cells, ""
+    note = f" (on seed{'s' if len(common) > 1 else ''} {', '.join(map(str, common))}, which every run compared holds)"
+    return [restrict(c, common) if "seeds" in c else c for c in cells], note

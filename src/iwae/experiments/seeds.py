@@ -20,6 +20,7 @@ __all__ = [
     "fmt_value",
     "mean_curve",
     "n_seeds",
+    "restrict",
     "unit_totals",
     "units_text",
 ]
@@ -112,3 +113,21 @@ def mean_curve(curves: Sequence[list[tuple[float, float]]]) -> list[tuple[float,
     by_pass = [dict(c) for c in curves]
     common = [p for p in dict.fromkeys(p for p, _ in curves[0]) if all(p in d for d in by_pass)]
     return [(p, statistics.fmean(d[p] for d in by_pass)) for p in common]
+
+
+def restrict(cell: dict, seeds: Sequence[int]) -> dict:
+    """A seeded cell on some of its seeds only: its per-seed values, means and standard deviations recomputed."""
+    idx = [cell["seeds"].index(seed) for seed in seeds]
+    out = {**cell, "seeds": list(seeds)}
+    for key in SPREAD_KEYS:
+        out.pop(f"{key}_sd", None)
+        if f"{key}_seeds" in cell:
+            values = [cell[f"{key}_seeds"][i] for i in idx]
+            out[f"{key}_seeds"], out[key] = values, statistics.fmean(values)
+            if len(values) > 1:
+                out[f"{key}_sd"] = statistics.stdev(values)
+    if "active_units_seeds" in cell:
+        units = [cell["active_units_seeds"][i] for i in idx]
+        out["active_units_seeds"] = units
+        out["active_units"] = units[0] if len(units) == 1 else [statistics.fmean(col) for col in zip(*units)]
+    return out

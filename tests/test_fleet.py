@@ -311,3 +311,35 @@ def test_a_run_whose_loss_stops_being_finite_leaves_the_fleet_with_its_last_good
     assert 0 < saved["fleet_step"] < 40  # the last checkpoint before the NaN (the end of stage 1)
     assert read_manifest(fleet / MANIFEST_NAME)["dropped"] == result["dropped"]
     assert resume_fleet(fleet / MANIFEST_NAME, progress=False) == result["dropped"]  # nothing left to train
+
+
+@pytest.mark.parametrize("same_rate", [True, False])
+def test_stacked_adam_rows_are_torch_adams_of_each_run(same_rate):
+    """The same gradients through StackedAdam's rows and through each run's torch.optim.Adam(fused=True): with one
+    rate and step count for all rows, torch's own fused kernel (bit for bit); with a rate per row, Adam's formulas."""
+    from iwae.stacked_adam import StackedAdam
+
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randn(7, 5, generator=gen, dtype=torch.float64) for _ in range(3)]
+    params = [row.clone().requires_grad_() for row in rows]
+    opts = [torch.optim.Adam([p], lr=lr, eps=1e-4, fused=True) for p, lr in zip(params, (1e-3, 1e-3, 1e-3))]
+    lrs = [1e-3] * 3 if same_rate else [1e-3, 3e-3, 2e-3]
+    for opt, lr in zip(opts, lrs):
+        opt.param_groups[0]["lr"] = lr
+    flat = torch.stack([row.reshape(-1) for row in rows]).requires_grad_()
+    adam = StackedAdam(flat, (0.9, 0.999), 1e-4)
+    adam.set_lrs(lrs)
+    for _ in range(25):
+        grads = [torch.randn(7, 5, generator=gen, dtype=torch.float64) for _ in range(3)]
+        for p, g, opt in zip(params, grads, opts):
+            p.grad = g.clone()
+            opt.step()
+        flat.grad = torch.stack([g.reshape(-1) for g in grads])
+        adam.step()
+    assert adam.uniform is same_rate
+    for m, p in enumerate(params):
+        if same_rate:
+            assert torch.equal(flat[m].view(7, 5), p)
+        else:
+            torch.testing.assert_close(flat[m].view(7, 5), p, rtol=1e-13, atol=0)
+        assert torch.equal(adam.steps[m], torch.tensor([25.0], dtype=torch.float64))

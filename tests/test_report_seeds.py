@@ -105,8 +105,7 @@ def test_report_shows_mean_and_sd_of_seeds_beside_a_plain_run(tmp_path):
     # one plain run (seed 0, the schedule's) against three seeds: compared on seed 0
     assert (
         "VAE, k=50: two layers beat one: **holds** (2 layers 85.78 vs 1 layer 87.34 (on seed 0, which every run "
-        "compared holds))."
-        in report
+        "compared holds))." in report
     )
     assert "spread_rule" in results
 

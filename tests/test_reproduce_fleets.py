@@ -27,26 +27,24 @@ def test_with_seeds_names_runs_and_their_sources_by_seed():
     assert cont.after == ("mnist-l1-k1/seed-4",)
 
 
-def test_pack_groups_what_a_stacked_step_trains_faster_on_a_cpu(tmp_path):
+def test_pack_groups_compatible_new_runs_without_dependencies(tmp_path):
     specs = [
         _spec("a/seed-0", k=5, objective="iwae", seed=0), _spec("a/seed-1", k=5, objective="iwae", seed=1),
         _spec("b/seed-0", k=5, objective="vae", dataset="omniglot"),  # VAE and IWAE, two data sets: one fleet
-        _spec("c/seed-0", k=50), _spec("c/seed-1", k=50, seed=1),  # k=50 on a CPU: single runs
-        _spec("d/seed-0", k=5, layers=2), _spec("e/seed-0", k=5, estimator="dreg"),  # alone in their kind
+        _spec("c/seed-0", k=50), _spec("c/seed-1", k=50, seed=1),
+        _spec("d/seed-0", k=5, layers=2), _spec("e/seed-0", k=5, objective="miwae", m=2),  # alone in their kind
         RunSpec("f/seed-0", TrainConfig(k=5), after=("a/seed-0",)),  # depends on another run: alone
     ]  # fmt: skip
-    units = pack(specs, tmp_path, "auto")
-    fleets = [u for u in units if u.manifest is not None]
-    assert [[s.name for s in u.specs] for u in fleets] == [["a/seed-0", "a/seed-1", "b/seed-0"]]
-    assert fleets[0].manifest == tmp_path / "fleets" / "a_seed-0.json"
-    assert sorted(u.name for u in units if u.manifest is None) == [
-        "c/seed-0", "c/seed-1", "d/seed-0", "e/seed-0", "f/seed-0"
-    ]  # fmt: skip
-    on_gpu = pack(specs, tmp_path, "auto", on_gpu=True)
-    assert [len(u.specs) for u in on_gpu if u.manifest] == [3, 2]  # k=50 packed too (dreg: a looping fleet of 1)
-    assert all(u.manifest is None for u in pack(specs, tmp_path, "off"))
+    units = pack(specs, tmp_path, "stacked")
+    fleets = [[s.name for s in u.specs] for u in units if u.manifest is not None]
+    assert fleets == [["a/seed-0", "a/seed-1", "b/seed-0"], ["c/seed-0", "c/seed-1"]]
+    assert units[0].manifest == tmp_path / "fleets" / "a_seed-0.json"
+    assert sorted(u.name for u in units if u.manifest is None) == ["d/seed-0", "e/seed-0", "f/seed-0"]
+    assert [len(u.specs) for u in pack(specs, tmp_path, "auto", on_gpu=True) if u.manifest] == [3, 2]
+    # on a CPU a fleet is no faster than its runs alone: auto packs nothing there, and off never does
+    assert all(u.manifest is None for u in pack(specs, tmp_path, "auto") + pack(specs, tmp_path, "off"))
     many = [_spec(f"g/seed-{s}", k=1, seed=s) for s in range(MAX_FLEET + 2)]
-    assert [len(u.specs) for u in pack(many, tmp_path, "auto")] == [MAX_FLEET, 2]
+    assert [len(u.specs) for u in pack(many, tmp_path, "loop")] == [MAX_FLEET, 2]
 
 
 def test_pack_resumes_a_fleet_begun_earlier_and_leaves_lone_partial_runs_alone(tmp_path):
@@ -56,7 +54,7 @@ def test_pack_resumes_a_fleet_begun_earlier_and_leaves_lone_partial_runs_alone(t
     (tmp_path / "b" / "seed-0").mkdir(parents=True)
     (tmp_path / "b" / "seed-0" / "config.json").write_text("{}")  # partial, of no fleet
     specs = [_spec("a/seed-1", k=1, seed=1), _spec("b/seed-0", k=1), _spec("b/seed-1", k=1, seed=1)]
-    units = pack(specs, tmp_path, "auto")
+    units = pack(specs, tmp_path, "stacked")
     assert units[0].name == "x" and [s.name for s in units[0].specs] == ["a/seed-1"]
     assert units[0].members == ("a/seed-0", "a/seed-1")
     assert sorted(u.name for u in units[1:]) == ["b/seed-0", "b/seed-1"] and all(u.manifest is None for u in units[1:])
@@ -66,12 +64,13 @@ def test_pack_resumes_a_fleet_begun_earlier_and_leaves_lone_partial_runs_alone(t
 def test_reproduce_with_seeds_trains_fleets_and_reports_the_spread(data_dir, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["reproduce", "posteriors", "--out", str(out), "--stages", "1", "--pass-scale", "0.005", "--eval-k", "5",
-            "--eval-n", "10", "--curve-k", "0", "--jobs", "2", "--data-dir", data_dir, "--seeds", "0,1"]  # fmt: skip
+            "--eval-n", "10", "--curve-k", "0", "--jobs", "2", "--data-dir", data_dir, "--seeds", "0,1",
+            "--fleet", "stacked"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "mnist-2d-vae_seed-0: started (a fleet of 2 runs)" in printed
     manifests = sorted(p.name for p in (out / "runs" / "fleets").glob("*.json"))
-    assert manifests == ["mnist-2d-iwae-k5_seed-0.json", "mnist-2d-vae_seed-0.json"]
+    assert manifests == ["mnist-2d-iwae-k50_seed-0.json", "mnist-2d-iwae-k5_seed-0.json", "mnist-2d-vae_seed-0.json"]
     for run in ("mnist-2d-vae", "mnist-2d-iwae-k5", "mnist-2d-iwae-k50"):
         for seed in (0, 1):
             assert (out / "runs" / run / f"seed-{seed}" / "metrics.json").is_file()

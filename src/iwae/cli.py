@@ -43,8 +43,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         choices=FLEET_MODES,
         default="auto",
         help="with --seeds: how the fleet steps: stacked (one vmapped step for all runs), graph (stacked, as one "
-        "CUDA graph), loop (the runs' own steps in turn) or auto (graph on CUDA; stacked on a CPU up to k=5 at "
-        "batch 20, where it is faster; else loop) (default auto)",
+        "CUDA graph), loop (the runs' own steps in turn) or auto (graph on CUDA where the estimator allows; loop "
+        "on a CPU, where stacking is no faster) (default auto)",
     )
     add_progress_and_threads(p)
     from iwae.experiments.slurm import add_executor_arguments

@@ -10,9 +10,9 @@ device almost idle. A fleet trains M runs that share the architecture, the numbe
   :class:`StackedAdam` updates the flat tensor in a handful of kernels: Adam is elementwise, so this is exactly M
   separate optimisers, each with its own learning rate and step count. On CUDA the whole update can be captured
   as one CUDA graph (``graph=True``).
-* :class:`LoopFleet`: the M ordinary steps of :func:`iwae.train_step.build_step`, one after another: the fallback
-  where stacking is slower (large k on a CPU) or where vmap cannot carry the estimator (DReG's per-sample gradient
-  hooks, sample-one's second pass, PIWAE's routing).
+* :class:`LoopFleet`: the M ordinary steps of :func:`iwae.train_step.build_step`, one after another: on a CPU,
+  where stacking gains nothing (at batch 20 the step is real arithmetic, not overhead), and where vmap cannot
+  carry the estimator (DReG's per-sample gradient hooks, sample-one's second pass, PIWAE's routing).
 
 Each run keeps its own data order, binarisation and noise: its minibatch and its reparameterisation noise are drawn
 from its own generators, in the order its own ``iwae train`` draws them, so a fleet gives each run the trajectory
@@ -36,11 +36,7 @@ from iwae.objectives import Objective
 from iwae.stacked_adam import StackedAdam, split_row
 from iwae.train_step import build_step
 
-__all__ = ["Fleet", "StackedFleet", "LoopFleet", "stackable", "make_fleet", "CPU_STACK_MAX"]
-
-# On a CPU a stacked step beats M single steps only while a step is dominated by per-kernel overhead: up to this
-# many samples x examples per step (k = 5 at batch 20), by benchmarks/fleet.py; above it the fleet loops.
-CPU_STACK_MAX = 100
+__all__ = ["Fleet", "StackedFleet", "LoopFleet", "stackable", "make_fleet"]
 
 
 class Fleet(ABC):
@@ -114,6 +110,7 @@ class StackedFleet(Fleet):
         self.adam = StackedAdam(self.flat, tuple(group["betas"]), group["eps"])
         for m, (opt, ps) in enumerate(zip(self.optimizers, params)):
             self.adam.load(m, opt, ps)
+        self.adam.sync_counts()
         self._n = self.objectives[0].samples_per_example
         self._stl = self.objectives[0].estimator == "stl"
         # The runs of each objective, as device indices (no host data during a CUDA graph capture); a single
@@ -160,9 +157,10 @@ class StackedFleet(Fleet):
     def step(self, xs: Sequence[Tensor], lrs: Sequence[float]) -> Tensor:
         if len({x.shape for x in xs}) != 1:  # a short last minibatch in some run: its own steps
             return self._ragged(xs, lrs)
-        if self._lrs != list(lrs):  # a new stage in some run
+        if self._lrs != list(lrs):  # a new stage in some run: graphs captured at the old rates are dropped
             self._lrs = list(lrs)
-            self.adam.lr.copy_(torch.tensor(self._lrs, dtype=torch.float64).view(-1, 1))
+            self.adam.set_lrs(self._lrs)
+            self._graphs.clear()
         x, noise = self._draw(xs)
         if not self._graph:
             return self._update(x, noise)
@@ -196,13 +194,13 @@ class StackedFleet(Fleet):
                 ps = list(model.parameters())
                 self.flat[m] = torch.cat([p.reshape(-1) for p in ps])
                 self.adam.load(m, self.optimizers[m], ps)
+            self.adam.sync_counts()
 
     def _capture(self, x: Tensor, noise: list[Tensor]) -> tuple[Callable[[], Tensor], Tensor, list[Tensor]] | None:
         """Record one update as a CUDA graph on static copies of ``x`` and ``noise`` (warmed up first); None, with
         a warning, where capture fails (the fleet then steps eagerly)."""
         static_x, static_noise = x.clone(), [eps.clone() for eps in noise]
-        state = (self.flat, self.adam.exp_avg, self.adam.exp_avg_sq, self.adam.steps)
-        saved = [t.detach().clone() for t in state]
+        saved = self.adam.snapshot()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up updates, undone below: lazy state (cuBLAS, autograd) is created
@@ -220,9 +218,7 @@ class StackedFleet(Fleet):
             self._graph = False
             return None
         finally:
-            with torch.no_grad():
-                for tensor, value in zip(state, saved):
-                    tensor.copy_(value)
+            self.adam.restore(saved)
 
         def replay() -> Tensor:
             graph.replay()
@@ -277,9 +273,9 @@ def make_fleet(
 ) -> Fleet:
     """A :class:`StackedFleet` or a :class:`LoopFleet` for these runs.
 
-    :param mode: ``"stacked"``, ``"loop"``, ``"graph"`` (stacked, CUDA-graph captured) or ``"auto"``: stacked where
-        the runs can be stacked and either on CUDA (graph) or, on a CPU, up to :data:`CPU_STACK_MAX` samples x
-        examples per step; else loop.
+    :param mode: ``"stacked"``, ``"loop"``, ``"graph"`` (stacked, CUDA-graph captured) or ``"auto"``: on CUDA the
+        graph where the runs can be stacked, else loop; on a CPU loop, which is as fast as stacking there
+        (``benchmarks/results/fleet.md``: 0.9-1.1x at batch 20) and gives each run its single run bit for bit.
     :raises ValueError: for an unknown mode, or ``stacked``/``graph`` for runs that cannot be stacked.
     """
     if mode not in ("auto", "stacked", "loop", "graph"):
@@ -288,9 +284,7 @@ def make_fleet(
     if mode == "graph" and not on_cuda:
         raise ValueError("fleet mode 'graph' captures a CUDA graph: it needs --device cuda")
     if mode == "auto":
-        small = objectives[0].samples_per_example * batch_size <= CPU_STACK_MAX
-        can = stackable(models, objectives) is None
-        mode = ("graph" if on_cuda else "stacked" if small else "loop") if can else "loop"
+        mode = "graph" if on_cuda and stackable(models, objectives) is None else "loop"
     if mode == "loop":
         return LoopFleet(models, optimizers, objectives, generators)
     return StackedFleet(models, optimizers, objectives, generators, graph=mode == "graph")

@@ -36,9 +36,9 @@ def add_reproduce_arguments(r: argparse.ArgumentParser) -> None:
                         "mean ± sd over the seeds (overrides --seed)")  # fmt: skip
     r.add_argument("--fleet", choices=PACKINGS, default="auto",
                    help="pack compatible runs into fleets trained in one step (iwae train --seeds): auto (on a GPU "
-                        "all compatible runs; on a CPU those a stacked step trains faster, k <= 5 at batch 20), "
-                        "stacked, graph or loop (every compatible run, that fleet mode), off (every run on its own; "
-                        "always so with --executor slurm) (default auto)")  # fmt: skip
+                        "every compatible run; on a CPU none, where a fleet is no faster), stacked, graph or loop "
+                        "(every compatible run, that fleet mode), off (every run on its own; always so with "
+                        "--executor slurm) (default auto)")  # fmt: skip
     add_executor_arguments(r)
     add_config_options(r, SHARED)  # the values every run of the plan shares, declared by TrainConfig
 

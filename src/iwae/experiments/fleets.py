@@ -2,8 +2,9 @@
 
 Runs that can share a step (same architecture, sample count, estimator, batch size and schedule; any seed, data set
 and, between the VAE and IWAE bounds, objective) are trained as one fleet, in one child process, with its manifest
-in ``DIR/runs/fleets/``. On a CPU, ``auto`` packs only the runs a stacked step trains faster (k <= 5 at batch 20);
-large-k runs stay single runs in parallel jobs. A fleet interrupted earlier is resumed as the fleet it was.
+in ``DIR/runs/fleets/``. ``auto`` packs on a GPU only: on a CPU a fleet is no faster than its runs one by one
+(``benchmarks/results/fleet.md``), and single runs in parallel jobs use every core. A fleet interrupted earlier is
+resumed as the fleet it was.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ __all__ = ["FLEETS_DIR", "MAX_FLEET", "PACKINGS", "Unit", "pack", "with_seeds"]
 FLEETS_DIR = "fleets"  # DIR/runs/fleets/<unit>.json: the manifests of the reproduction's fleets
 MAX_FLEET = 64  # runs per fleet at most
 PACKINGS = ("auto", "stacked", "graph", "loop", "off")  # off: every run on its own; else the fleets' mode
-_CPU_STACK_MAX = 100  # iwae.fleet.CPU_STACK_MAX (samples x examples per step), kept here so the CLI imports no torch
 
 
 @dataclass(frozen=True)
@@ -60,16 +60,10 @@ def _key(config: TrainConfig) -> tuple:
     )  # fmt: skip
 
 
-def _worth_packing(config: TrainConfig, packing: str, on_gpu: bool) -> bool:
-    """Whether this run should join a fleet: always unless ``auto`` on a CPU, where only a stacked step gains."""
-    if packing != "auto" or on_gpu:
-        return True
-    samples = config.k * (config.m if config.objective in ("miwae", "piwae") else 1)
-    return (
-        config.estimator in ("reparam", "stl")
-        and config.objective != "piwae"
-        and samples * config.batch_size <= (_CPU_STACK_MAX)
-    )
+def _worth_packing(packing: str, on_gpu: bool) -> bool:
+    """Whether runs should join fleets: always when asked for a mode; with ``auto`` only on a GPU (on a CPU a fleet
+    steps no faster than its runs alone, and one process for many runs would leave the other jobs' cores idle)."""
+    return packing != "auto" or on_gpu
 
 
 def _resumed(pending: dict[str, RunSpec], root: Path) -> list[Unit]:
@@ -94,7 +88,7 @@ def pack(specs: list[RunSpec], root: Path, packing: str = "auto", on_gpu: bool =
     groups: dict[tuple, list[RunSpec]] = {}
     for spec in list(pending.values()):
         is_new = not (root / spec.name / "config.json").exists()
-        if is_new and not spec.after and spec.config.init_from is None and _worth_packing(spec.config, packing, on_gpu):
+        if is_new and not spec.after and spec.config.init_from is None and _worth_packing(packing, on_gpu):
             groups.setdefault(_key(spec.config), []).append(pending.pop(spec.name))
     for group in groups.values():
         for start in range(0, len(group), MAX_FLEET):

@@ -345,3 +345,10 @@ def test_benchmarks_readme_sharded_speedup_is_the_json():
     speedup = rows[0]["seconds"] / rows[1]["seconds"]
     assert rows[0]["nll"] == rows[1]["nll"]  # "identical NLL"
     assert f"{speedup:.2f}x with 2 processes" in (ROOT / "benchmarks" / "README.md").read_text()
+
+
+def test_readme_fleet_speed_is_the_json():
+    rows = json.loads((ROOT / "benchmarks" / "results" / "fleet.json").read_text())["rows"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"a stacked step trains {span([r['stacked_over_loop'] for r in rows])}x the examples per second" in readme
+    assert all(r["auto_picked"] == "loop" for r in rows)

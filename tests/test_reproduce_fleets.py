@@ -78,3 +78,16 @@ def test_reproduce_with_seeds_trains_fleets_and_reports_the_spread(data_dir, tmp
     assert main(args) == 0
     assert capsys.readouterr().out.count("already done, skipped") == 6
     assert not list(Path(out).rglob(MANIFEST_NAME))  # reproduce's fleets keep their manifests in runs/fleets
+
+
+def test_status_lists_the_seed_folders_of_a_reproduction(tmp_path):
+    from iwae.experiments.status import format_states, run_folders, run_states
+
+    for run in ("a/seed-10", "a/seed-2", "b", "c/seed-0"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "requested-config.json").write_text("{}")
+    (tmp_path / "runs" / "a" / "seed-x").mkdir()  # no run here
+    names = [p.relative_to(tmp_path / "runs").as_posix() for p in run_folders(tmp_path)]
+    assert names == ["a/seed-2", "a/seed-10", "b", "c/seed-0"]
+    listing = format_states(run_states(tmp_path))
+    assert "a/seed-10" in listing and "c/seed-0" in listing and "\nb " in listing

@@ -37,14 +37,27 @@ class RunState(NamedTuple):
 
 
 def run_folders(folder: Path) -> list[Path]:
-    """The run folders of ``folder``: itself if it is one, else those in ``folder/runs`` or in ``folder``."""
+    """The run folders of ``folder``: itself if it is one, else those in ``folder/runs`` or in ``folder``, and the
+    ``seed-<S>`` run folders in those (``--seeds``)."""
     if _is_run(folder):
         return [folder]
     parent = folder / "runs" if (folder / "runs").is_dir() else folder
-    runs = sorted(p for p in parent.iterdir() if p.is_dir() and _is_run(p))
+    runs = []
+    for p in sorted(p for p in parent.iterdir() if p.is_dir()):
+        runs += [p] if _is_run(p) else sorted((s for s in p.glob("seed-*") if _is_run(s)), key=_seed_order)
     if not runs:
         raise ValueError(f"{folder} holds no run folder (made by `iwae train` or `iwae reproduce`)")
     return runs
+
+
+def _seed_order(path: Path) -> tuple[int, str]:
+    number = path.name.removeprefix("seed-")
+    return (int(number), "") if number.isdigit() else (-1, path.name)
+
+
+def _name(path: Path) -> str:
+    """A run's name in the listing: its folder's, with the plan run's for a seed folder (``mnist-l1-k1/seed-2``)."""
+    return f"{path.parent.name}/{path.name}" if path.name.startswith("seed-") else path.name
 
 
 def _is_run(path: Path) -> bool:
@@ -96,7 +109,8 @@ def run_states(folder: str | Path) -> list[RunState]:
     runs = run_folders(Path(folder))
     jobs = [json.loads((r / JOB_NAME).read_text())["job_id"] for r in runs if (r / JOB_NAME).is_file()]
     queue = queue_states(jobs) if jobs else {}
-    reproduction = runs[0].parent.parent if runs[0].parent.name == "runs" else None
+    under = next((p for p in runs[0].parents if p.name == "runs"), None)  # a reproduction's DIR/runs
+    reproduction = under.parent if under is not None else None
     reproducing = reproduction is not None and _lock_holder(reproduction) not in (None, os.getpid())
     return [_state(run, queue, reproducing) for run in runs]
 
@@ -105,7 +119,7 @@ def format_states(states: list[RunState]) -> str:
     """One line per run (a failure's log lines below it), then the count of each state."""
     lines = []
     for s in states:
-        lines.append(f"{s.path.name:32s} {s.state:8s} {s.detail}".rstrip())
+        lines.append(f"{_name(s.path):32s} {s.state:8s} {s.detail}".rstrip())
         lines += [f"    | {line}" for line in s.log_tail]
     counts: dict[str, int] = {}
     for s in states:

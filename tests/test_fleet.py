@@ -9,6 +9,7 @@ ordinary run folder; a fleet killed at any moment resumes to exactly the numbers
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 from pathlib import Path
@@ -343,3 +344,27 @@ def test_stacked_adam_rows_are_torch_adams_of_each_run(same_rate):
         else:
             torch.testing.assert_close(flat[m].view(7, 5), p, rtol=1e-13, atol=0)
         assert torch.equal(adam.steps[m], torch.tensor([25.0], dtype=torch.float64))
+
+
+def test_review_fixes_stale_pending_adam_settings_all_dropped(data_dir, tmp_path, cached_data):
+    """A solo resume drops the fleet's uncommitted checkpoint; runs with other Adam settings are not stacked; a
+    fleet whose every run was dropped resumes to nothing; reversed seed ranges are refused."""
+    configs = _configs(data_dir, curve_k=0)
+    fleet = tmp_path / "fleet"
+    renames = 9  # 3 at the start (two config.json, fleet.json), 5 per checkpoint: a committed, b pending
+    _killed_at(renames, functools.partial(_train_ab, configs, fleet), kind="rename")
+    assert (fleet / "b" / rundir.PENDING_NAME).exists()
+    assert main(["resume", str(fleet / "b"), "--quiet", "--no-eval"]) == 0
+    assert not (fleet / "b" / rundir.PENDING_NAME).exists()
+    models = [_model(0, 1), _model(1, 1)]
+    opts = [make_optimizer(models[0]), make_optimizer(models[1], betas=(0.99, 0.999))]
+    args = (models, opts, [Objective("iwae", 3)] * 2, [torch.Generator(), torch.Generator()], 10)
+    assert isinstance(make_fleet(*args, mode="auto"), LoopFleet)
+    with pytest.raises(ValueError, match="betas or eps"):
+        make_fleet(*args, mode="stacked")
+    (tmp_path / "gone").mkdir()
+    manifest = {"runs": ["x"], "step": 5, "mode": "loop", "dropped": {"x": "nan"}}
+    (tmp_path / "gone" / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert resume_fleet(tmp_path / "gone" / MANIFEST_NAME, progress=False) == {"x": "nan"}
+    with pytest.raises(Exception, match="seeds"):
+        seed_list("5-3")

@@ -46,13 +46,10 @@ def _report_fleet(result: dict[str, Any], out: Path) -> None:
 
 def resume_fleet(args: argparse.Namespace) -> None:
     """``iwae resume FLEET``: continue every run of the fleet from the fleet's last checkpoint, then evaluate."""
-    from iwae import rundir
     from iwae.fleet_train import MANIFEST_NAME, read_manifest, train_fleet_and_evaluate
 
     manifest = Path(args.run_dir) / MANIFEST_NAME
     dirs = [manifest.parent / name for name in read_manifest(manifest)["runs"]]
-    if changes := overrides_from_args(args, RESUMABLE):
-        for d in dirs:
-            rundir.update_config(d, changes)
-    result = train_fleet_and_evaluate(dirs, manifest, progress=not args.quiet, threads=args.threads)
+    changes = overrides_from_args(args, RESUMABLE)
+    result = train_fleet_and_evaluate(dirs, manifest, progress=not args.quiet, threads=args.threads, changes=changes)
     _report_fleet(result, manifest.parent)

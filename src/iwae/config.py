@@ -62,6 +62,8 @@ def seed_list(text: str) -> list[int]:
     try:
         for item in text.split(","):
             first, _, last = item.partition("-")
+            if int(last or first) < int(first):
+                raise ValueError(item)
             seeds += range(int(first), int(last or first) + 1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seeds like 0,1,2 or 0-9, got {text!r}") from None

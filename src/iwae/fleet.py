@@ -99,7 +99,7 @@ class StackedFleet(Fleet):
 
     def __init__(self, models, optimizers, objectives, generators, *, graph: bool = False) -> None:  # noqa: ANN001
         super().__init__(models, optimizers, objectives, generators)
-        why = stackable(self.models, self.objectives)
+        why = stackable(self.models, self.objectives) or _adam_differs(self.optimizers)
         if why:
             raise ValueError(f"these runs cannot be stacked: {why}; use a LoopFleet")
         self._template = copy.deepcopy(self.models[0])
@@ -249,6 +249,12 @@ def _group_rows(objectives: Sequence[Objective]) -> list[tuple[Objective, list[i
     return list(groups.items())
 
 
+def _adam_differs(optimizers: Sequence[torch.optim.Optimizer]) -> str | None:
+    """Why the runs' Adams cannot be one StackedAdam (it holds one beta pair and one eps), or None."""
+    settings = {(tuple(o.param_groups[0]["betas"]), o.param_groups[0]["eps"]) for o in optimizers}
+    return "the runs' Adam optimisers differ in betas or eps" if len(settings) > 1 else None
+
+
 def stackable(models: Sequence[IWAE], objectives: Sequence[Objective]) -> str | None:
     """Why these runs cannot share a :class:`StackedFleet`, or None if they can."""
     if any(not obj.compilable for obj in objectives):
@@ -284,7 +290,8 @@ def make_fleet(
     if mode == "graph" and not on_cuda:
         raise ValueError("fleet mode 'graph' captures a CUDA graph: it needs --device cuda")
     if mode == "auto":
-        mode = "graph" if on_cuda and stackable(models, objectives) is None else "loop"
+        can = stackable(models, objectives) is None and _adam_differs(optimizers) is None
+        mode = "graph" if on_cuda and can else "loop"
     if mode == "loop":
         return LoopFleet(models, optimizers, objectives, generators)
     return StackedFleet(models, optimizers, objectives, generators, graph=mode == "graph")

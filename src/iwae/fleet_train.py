@@ -16,108 +16,30 @@ another's.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from iwae import data, rundir
+from iwae import rundir
 from iwae.atomic import write_json
-from iwae.config import TrainConfig, schedule
-from iwae.evaluate_run import curve_images, curve_point, finish_run
+from iwae.config import TrainConfig
+from iwae.evaluate_run import curve_point, finish_run
 from iwae.fleet import Fleet, make_fleet
-from iwae.objectives import Objective
-from iwae.rundir import RunError, build_model, resolve_device
-from iwae.train import _log_pass, _stage_steps, _start, cpu_threads
-from iwae.train_step import make_optimizer
-from iwae.training_state import Batches, Generators, Position
+from iwae.fleet_runs import FleetRun, SharedData, open_run
+from iwae.rundir import RunError, resolve_device
+from iwae.train import _log_pass, _stage_steps, cpu_threads
 
 __all__ = ["MANIFEST_NAME", "train_fleet", "resume_fleet", "train_fleet_and_evaluate", "read_manifest"]
 
 MANIFEST_NAME = "fleet.json"
 _CHECK_EVERY = 50  # fleet steps between finiteness checks (one host synchronisation each)
-
-
-@dataclass(eq=False)  # compared and hashed by identity
-class _Run:
-    """One run of the fleet: what :func:`iwae.train._train` holds for a single run, stepped from outside."""
-
-    config: TrainConfig
-    run_dir: Path
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    gens: Generators
-    batches: Batches
-    pos: Position
-    perm: torch.Tensor | None
-    curve_x: torch.Tensor | None
-    stages: list = field(default_factory=list)
-    passes_done: float = 0.0
-    pass_start: float = field(default_factory=time.monotonic)
-
-    @property
-    def done(self) -> bool:
-        return self.pos.stage >= len(self.stages)
-
-    @property
-    def total(self) -> int:
-        return _stage_steps(self.stages[self.pos.stage].passes, self.batches.per_pass)
-
-    @property
-    def lr(self) -> float:
-        return self.stages[self.pos.stage].lr
-
-    @property
-    def objective(self) -> Objective:
-        c = self.config
-        return Objective(c.objective, c.k, c.estimator, c.m, c.beta)
-
-    def next_batch(self) -> tuple[torch.Tensor, bool]:
-        """The next minibatch, and whether it starts a pass (the permutation is drawn afresh there)."""
-        t = self.pos.step % self.batches.per_pass
-        new_pass = t == 0
-        if new_pass:
-            self.perm, self.pos.pass_loss, self.pass_start = (
-                self.batches.shuffle(self.gens.shuffle),
-                0.0,
-                time.monotonic(),
-            )
-        return self.batches.get(self.perm, t, self.gens.device), new_pass
-
-    def advance(self) -> tuple[bool, bool]:
-        """Count a step; whether it ended a pass and whether it ended the stage."""
-        self.pos.step += 1
-        stage_end = self.pos.step == self.total
-        return stage_end or self.pos.step % self.batches.per_pass == 0, stage_end
-
-    def pass_record(self, seconds: float) -> dict[str, Any]:
-        """The ``metrics.jsonl`` line of the pass just ended (as :func:`iwae.train._train` writes it)."""
-        stage, per_pass = self.stages[self.pos.stage], self.batches.per_pass
-        end = (self.pos.step - 1) % per_pass + 1
-        return {
-            "stage": stage.index, "lr": stage.lr, "pass": self.passes_done + self.pos.step / per_pass,
-            "train_bound": -self.pos.pass_loss / end, "seconds": seconds,
-            "examples_per_s": end * self.batches.size / max(seconds, 1e-9),
-        }  # fmt: skip
-
-    def next_stage(self) -> None:
-        self.passes_done += self.total / self.batches.per_pass
-        self.pos = dataclasses.replace(Position(stage=self.pos.stage + 1), train_seconds=self.pos.train_seconds,
-                                       log_lines=self.pos.log_lines, fleet_step=self.pos.fleet_step)  # fmt: skip
-        self.perm = None
-
-    def save(self, fleet_step: int) -> None:
-        self.pos.fleet_step = fleet_step
-        tensors = self.gens.states() | ({} if self.perm is None else {"perm": self.perm})
-        rundir.save_state(self.run_dir, self.model, self.optimizer, dataclasses.asdict(self.pos), tensors, pending=True)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -135,38 +57,6 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def _write_manifest(path: Path, runs: list[str], mode: str, step: int, dropped: dict[str, str]) -> None:
     write_json(path, {"runs": runs, "mode": mode, "step": step, "dropped": dropped})
-
-
-class _Data:
-    """Training sets and learning-curve images, loaded once per data set for the whole fleet."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self._train, self._curve = device, {}, {}
-
-    def train(self, config: TrainConfig) -> torch.Tensor:
-        key = (config.dataset, config.data_dir)
-        if key not in self._train:
-            self._train[key] = data.load(config.dataset, "train", config.data_dir).to(self.device)
-        return self._train[key]
-
-    def curve(self, config: TrainConfig) -> torch.Tensor | None:
-        key = (config.dataset, config.data_dir, config.curve_n, config.seed)
-        if config.has_curve and key not in self._curve:
-            self._curve[key] = curve_images(config, self.device)
-        return self._curve.get(key)
-
-
-def _open(config: TrainConfig, run_dir: Path, fresh: bool, create: bool, loaded: _Data) -> _Run:
-    """A run ready to step: its data, model, Adam, generators and position (as :func:`iwae.train._train`)."""
-    x = loaded.train(config)
-    batches = Batches(x, config.batch_size, dynamic=not data.is_binary(config.dataset))
-    model = build_model(config, output_bias=x.mean(0)).to(loaded.device)
-    optimizer = make_optimizer(model, betas=config.adam_betas)
-    gens = Generators.seeded(config.seed, loaded.device)
-    pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)
-    run = _Run(config, run_dir, model, optimizer, gens, batches, pos, perm, loaded.curve(config), schedule(config))
-    run.passes_done = sum(_stage_steps(s.passes, batches.per_pass) for s in run.stages[: pos.stage]) / batches.per_pass
-    return run
 
 
 def _check_fleet(configs: list[TrainConfig]) -> torch.device:
@@ -201,8 +91,8 @@ def train_fleet(
     configs = [c.replace(data_dir=rundir.absolute_data_dir(c.data_dir)) for c in configs]
     device = _check_fleet(configs)
     with cpu_threads(configs[0], threads):
-        loaded = _Data(device)
-        runs = [_open(c, d, fresh=True, create=True, loaded=loaded) for c, d in zip(configs, run_dirs)]
+        loaded = SharedData(device)
+        runs = [open_run(c, d, fresh=True, create=True, loaded=loaded) for c, d in zip(configs, run_dirs)]
         names = [os.path.relpath(d, manifest.parent) for d in run_dirs]
         _write_manifest(manifest, names, mode, 0, {})
         return _loop(runs, manifest, names, mode, {}, progress)
@@ -218,20 +108,21 @@ def resume_fleet(manifest: str | Path, *, progress: bool = True, threads: int | 
     manifest = Path(manifest)
     record = read_manifest(manifest)
     names, dropped = record["runs"], dict(record.get("dropped", {}))
-    run_dirs = [manifest.parent / name for name in names]
+    kept = [name for name in names if name not in dropped]  # a dropped run's folder is not read (may be gone)
+    if not kept:
+        return dropped
+    run_dirs = [manifest.parent / name for name in kept]
     configs = [rundir.with_data_dir(rundir.read_config(d)) for d in run_dirs]
     device = _check_fleet(configs)
     with cpu_threads(configs[0], threads):
-        loaded = _Data(device)
+        loaded = SharedData(device)
         runs = []
-        for name, config, d in zip(names, configs, run_dirs):
-            if name in dropped:
-                continue
+        for name, config, d in zip(kept, configs, run_dirs):
             pending = rundir.pending_position(d)
             if pending is not None and pending.get("fleet_step") == record["step"]:
                 rundir.commit_pending(d)
             rundir.drop_pending(d)
-            run = _open(config, d, fresh=not rundir.has_checkpoint(d), create=False, loaded=loaded)
+            run = open_run(config, d, fresh=not rundir.has_checkpoint(d), create=False, loaded=loaded)
             if not run.done and run.pos.fleet_step != record["step"]:
                 raise RunError(
                     f"{d} is at fleet step {run.pos.fleet_step}, the fleet at {record['step']}: it was trained on its "
@@ -241,13 +132,13 @@ def resume_fleet(manifest: str | Path, *, progress: bool = True, threads: int | 
         return _loop(runs, manifest, names, record["mode"], dropped, progress)
 
 
-def _loop(runs: list[_Run], manifest: Path, names: list[str], mode: str, dropped: dict[str, str],
+def _loop(runs: list[FleetRun], manifest: Path, names: list[str], mode: str, dropped: dict[str, str],
           progress: bool) -> dict[str, str]:  # fmt: skip
     """Step the fleet until every run has finished its schedule or been dropped; the dropped runs."""
     active = [r for r in runs if not r.done]
     step = max((r.pos.fleet_step for r in runs), default=0)
     remaining = max((_steps_left(r) for r in active), default=0)
-    interval = 60 * min(r.config.checkpoint_minutes for r in runs)
+    interval = 60 * min((r.config.checkpoint_minutes for r in runs), default=5.0)
     with tqdm(
         total=step + remaining, initial=step, unit="step", disable=not progress, desc=f"fleet of {len(runs)}"
     ) as bar:
@@ -263,14 +154,14 @@ def _loop(runs: list[_Run], manifest: Path, names: list[str], mode: str, dropped
     return dropped
 
 
-def _steps_left(run: _Run) -> int:
+def _steps_left(run: FleetRun) -> int:
     per = run.batches.per_pass
     stages = run.stages[run.pos.stage :]
     return sum(_stage_steps(s.passes, per) for s in stages) - run.pos.step
 
 
-def _stretch(fleet: Fleet, active: list[_Run], manifest: Path, names: list[str], mode: str, dropped: dict[str, str],
-             step: int, interval: float, bar: tqdm) -> tuple[int, dict[_Run, str]]:  # fmt: skip
+def _stretch(fleet: Fleet, active: list[FleetRun], manifest: Path, names: list[str], mode: str, dropped: dict[str, str],
+             step: int, interval: float, bar: tqdm) -> tuple[int, dict[FleetRun, str]]:  # fmt: skip
     """Step ``fleet`` until one of its runs finishes or is dropped; the fleet step reached and the dropped runs."""
     sums = torch.tensor([r.pos.pass_loss for r in active], dtype=torch.float64, device=_device(active))
     last_save = tick = time.monotonic()
@@ -311,11 +202,11 @@ def _stretch(fleet: Fleet, active: list[_Run], manifest: Path, names: list[str],
             last_save = time.monotonic()
 
 
-def _device(runs: list[_Run]) -> torch.device:
+def _device(runs: list[FleetRun]) -> torch.device:
     return runs[0].batches.x.device
 
 
-def _save_all(fleet: Fleet, runs: list[_Run], manifest: Path, names: list[str], mode: str, dropped: dict[str, str],
+def _save_all(fleet: Fleet, runs: list[FleetRun], manifest: Path, names: list[str], mode: str, dropped: dict[str, str],
               step: int) -> None:  # fmt: skip
     """The fleet's two-phase checkpoint: every run's pending checkpoint, the manifest's step, then each commit."""
     fleet.sync()
@@ -334,10 +225,12 @@ def train_fleet_and_evaluate(
     mode: str = "auto",
     progress: bool = True,
     threads: int | None = None,
+    changes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a new fleet (``configs`` given) or continue the one of ``manifest``, then evaluate every run that
     finished (:func:`iwae.evaluate_run.finish_run`) and has not been evaluated yet.
 
+    :param changes: continuing a fleet, settings of :data:`~iwae.config.RESUMABLE` to change in every run first.
     :returns: ``{"metrics": {run folder: metrics.json}, "dropped": {run folder: why}}``.
     :raises RunError: another process holds one of the run folders.
     """
@@ -346,6 +239,9 @@ def train_fleet_and_evaluate(
         for d in run_dirs:
             stack.enter_context(rundir.locked(d, again=f"iwae resume {Path(manifest).parent}"))
         if configs is None:
+            for d in run_dirs if changes else ():  # settings of RESUMABLE, changed once every run is locked
+                if (d / rundir.CONFIG_NAME).exists():
+                    rundir.update_config(d, changes)
             dropped = resume_fleet(manifest, progress=progress, threads=threads)
         else:
             dropped = train_fleet(configs, run_dirs, manifest, mode=mode, progress=progress, threads=threads)

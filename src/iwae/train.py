@@ -129,6 +129,7 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
     gens = Generators.seeded(config.seed, device)
     curve_x = curve_images(config, device) if config.has_curve else None
     pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)
+    rundir.drop_pending(run_dir)  # a fleet's checkpoint never committed must not replace this run's own later
     pos.fleet_step = 0  # trained on its own from here: a fleet it was part of must not take it back (fleet_train)
     step = make_train_step(
         model, optimizer, config.k, config.objective, config.estimator, m=config.m, beta=config.beta,

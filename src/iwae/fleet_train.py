@@ -139,12 +139,14 @@ def _loop(runs: list[FleetRun], manifest: Path, names: list[str], mode: str, dro
     step = max((r.pos.fleet_step for r in runs), default=0)
     remaining = max((_steps_left(r) for r in active), default=0)
     interval = 60 * min((r.config.checkpoint_minutes for r in runs), default=5.0)
+    # A fleet of CUDA graphs resumed on a CPU (--device cpu) steps as auto does there; the manifest keeps its mode.
+    step_mode = "auto" if mode == "graph" and runs and runs[0].batches.x.device.type != "cuda" else mode
     with tqdm(
         total=step + remaining, initial=step, unit="step", disable=not progress, desc=f"fleet of {len(runs)}"
     ) as bar:
         while active:
             fleet = make_fleet([r.model for r in active], [r.optimizer for r in active], [r.objective for r in active],
-                               [r.gens.device for r in active], active[0].config.batch_size, mode)  # fmt: skip
+                               [r.gens.device for r in active], active[0].config.batch_size, step_mode)  # fmt: skip
             step, left = _stretch(fleet, active, manifest, names, mode, dropped, step, interval, bar)
             for r, why in left.items():
                 dropped[os.path.relpath(r.run_dir, manifest.parent)] = why

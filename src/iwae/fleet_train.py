@@ -187,8 +187,8 @@ def _stretch(fleet: Fleet, active: list[FleetRun], manifest: Path, names: list[s
             if not math.isfinite(loss):
                 left[r] = f"the training loss became non-finite in stage {r.pos.stage + 1}, step {r.pos.step}"
         tick = now
-        if any(p for p, _ in ends):
-            fleet.sync()
+        if any(stage_end and r.curve_x is not None for r, (_, stage_end) in zip(active, ends)):
+            fleet.sync()  # a curve point reads the run's own model (a checkpoint syncs for itself)
         for r, (pass_end, stage_end) in zip(active, ends):
             if pass_end and r not in left:
                 record = r.pass_record(now - r.pass_start)

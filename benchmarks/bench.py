@@ -6,9 +6,11 @@ and memory, in one process on the same data. Prints markdown tables; writes JSON
     python benchmarks/bench.py --out benchmarks/results/cpu.json   # also writes benchmarks/results/cpu.md
 
 Rows: batch 20, k in {1, 5, 50}, 1 and 2 stochastic layers, the k-sample VAE bound (Eq. 7) and the IWAE bound
-(Eq. 14). "project" is ``iwae.make_train_step`` with ``iwae.make_optimizer`` ("project compiled": with
-``compile=True``); "baseline" and "pyro" are in ``benchmarks/peers.py``. GFLOP/s counts the minimum matmul FLOPs of
-a step (``measure.step_flops``); the floor is ``measure.step_floor``.
+(Eq. 14), on fresh models; then k=50 steps on models trained for one pass of MNIST (where subnormal floats appear)
+with and without flushing them, which needs MNIST (``IWAE_DATA_DIR`` or ``--data-dir``). "project" is
+``iwae.make_train_step`` with ``iwae.make_optimizer`` ("project compiled": with ``compile=True``); "baseline" and
+"pyro" are in ``benchmarks/peers.py``. GFLOP/s counts the minimum matmul FLOPs of a step
+(``measure.step_flops``); the floor is ``measure.step_floor``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from functools import partial
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: import from the repository root, not from benchmarks/
@@ -38,6 +41,17 @@ FULL = {
     "ll_k": 5000,
     "ll_images": 40,
     "memory": ((1, 5000, 100), (1, 50, TEST_IMAGES)),
+    # steps on models trained for one pass of MNIST, where subnormal floats appear, with and without flushing
+    "trained": {
+        "layers": (1, 2),
+        "train_steps": 3000,
+        "train_k": 5,
+        "k": 50,
+        "steps": 8,
+        "repeats": 5,
+        "ll_k": 5000,
+        "ll_images": 8,
+    },
 }
 QUICK = {
     "layers": (1,),
@@ -49,6 +63,16 @@ QUICK = {
     "ll_k": 5000,
     "ll_images": 4,
     "memory": ((1, 5000, 20),),
+    "trained": {
+        "layers": (1,),
+        "train_steps": 600,
+        "train_k": 5,
+        "k": 50,
+        "steps": 4,
+        "repeats": 3,
+        "ll_k": 1000,
+        "ll_images": 4,
+    },
 }
 
 
@@ -116,8 +140,84 @@ def train_rows(
     return rows
 
 
+def trained_model(layers: int, x: torch.Tensor, steps: int, k: int, device: torch.device) -> iwae.IWAE:
+    """The paper's model trained ``steps`` steps of IWAE k on MNIST (shuffled, dynamically binarized, flushing)."""
+    gen = torch.Generator().manual_seed(0)
+    model = iwae.IWAE.paper(layers, output_bias=x.mean(0), generator=gen).to(device)
+    step = iwae.make_train_step(model, iwae.make_optimizer(model), k=k, generator=gen)
+    perm = torch.cat([torch.randperm(x.shape[0], generator=gen) for _ in range(-(-steps * BATCH // x.shape[0]))])
+    for t in range(steps):
+        step(iwae.data.binarize(x[perm[t * BATCH : (t + 1) * BATCH]], generator=gen).to(device))
+    return model
+
+
+def _cycling(step, batches: torch.Tensor):
+    """``step`` on the batches in turn, one per call."""
+    cursor = [0]
+
+    def run():
+        cursor[0] = (cursor[0] + 1) % batches.shape[0]
+        return step(batches[cursor[0]])
+
+    return run
+
+
+def subnormal_rows(settings: dict, data_dir: str | None, device: torch.device, log=print) -> dict | None:
+    """VAE and IWAE steps at k on a fresh model and on one trained for ``train_steps`` steps of MNIST, with and
+    without flushing subnormal floats (``flush_denormal``), beside the step's floor; and L_k on the trained model
+    with and without flushing. None (with a line saying why) without the MNIST training set."""
+    import copy
+
+    s = settings["trained"]
+    try:
+        x = iwae.data.load("mnist", "train", data_dir)
+    except (OSError, ValueError) as err:
+        log(f"trained-model section skipped: no MNIST ({err}); set IWAE_DATA_DIR or --data-dir")
+        return None
+    test = iwae.data.binarize(x[: 8 * BATCH], generator=torch.Generator().manual_seed(1)).view(8, BATCH, -1)
+    test = test.to(device)
+    out = {"train_steps": s["train_steps"], "train_k": s["train_k"], "k": s["k"], "steps": [], "floor": [], "ll": []}
+    for layers in s["layers"]:
+        models = {
+            "fresh": iwae.IWAE.paper(layers, output_bias=x.mean(0), generator=torch.Generator().manual_seed(0)),
+            "trained": trained_model(layers, x, s["train_steps"], s["train_k"], device),
+        }
+        fns = {}
+        for state, model in models.items():
+            for kind in ("vae", "iwae"):
+                for flush in (True, False):
+                    own = copy.deepcopy(model).to(device)
+                    step = iwae.make_train_step(
+                        own, iwae.make_optimizer(own), k=s["k"], kind=kind, flush_denormal=flush
+                    )
+
+                    fns[(state, kind, flush)] = _cycling(step, test)
+        seconds = measure.time_interleaved(fns, s["steps"], s["repeats"], 2, device)
+        floor = measure.step_floor(models["trained"], s["k"], BATCH, device)
+        out["floor"].append({"layers": layers, "k": s["k"], **floor})
+        for (state, kind, flush), t in seconds.items():
+            row = {"layers": layers, "model": state, "kind": kind, "flush": flush, "ms_per_step": t * 1e3}
+            out["steps"].append(row | {"vs_floor": t * 1e3 / floor["floor_ms"]})
+        model, x_ll = models["trained"].eval(), test.view(-1, test.shape[-1])[: s["ll_images"]]
+        runs = {f: partial(iwae.log_likelihood, model, x_ll, s["ll_k"], flush_denormal=f) for f in (True, False)}
+        for flush, t in measure.time_interleaved(runs, 1, 3, 1, device).items():
+            row = {"layers": layers, "k": s["ll_k"], "images": x_ll.shape[0], "flush": flush}
+            out["ll"].append(row | {"images_per_s": x_ll.shape[0] / t})
+        log(
+            f"{layers}L k={s['k']}: "
+            + " | ".join(f"{st} {kd} {'flush' if f else 'keep'} {t * 1e3:.1f} ms" for (st, kd, f), t in seconds.items())
+        )
+    return out
+
+
 def run(
-    settings: dict, device: torch.device, with_pyro: bool, memory: bool = True, compiled: bool = False, log=print
+    settings: dict,
+    device: torch.device,
+    with_pyro: bool,
+    memory: bool = True,
+    compiled: bool = False,
+    log=print,
+    data_dir: str | None = None,
 ) -> dict:
     """Run every measurement in ``settings``; return the results as a JSON-ready dict."""
     result = {"meta": report.machine(device), "settings": _jsonable(settings)}
@@ -146,6 +246,7 @@ def run(
             mem = measure.log_likelihood_memory(layers, k, n, torch.get_num_threads())
             result["memory"].append(mem)
             log(f"memory L_{k} on {n} images: +{mem['added_peak_mib']:.0f} MiB (process {mem['process_peak_mib']:.0f})")
+    result["subnormals"] = subnormal_rows(settings, data_dir, device, log) if "trained" in settings else None
     result["targets"] = report.targets(result)
     result["meta"]["load_after"] = report.load_average()
     return result
@@ -191,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-pyro", action="store_true", help="skip Pyro even if it is installed")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA section even if a GPU is present")
     parser.add_argument("--note", default=None, help="a line for the report (e.g. why the thread count was set)")
+    parser.add_argument("--data-dir", default=None, help="MNIST for the trained-model rows (default $IWAE_DATA_DIR)")
     parser.add_argument(
         "--no-compile",
         action="store_true",
@@ -201,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else FULL
     with_pyro = peers.pyro_available() and not args.no_pyro
-    result = run(settings, torch.device("cpu"), with_pyro, compiled=not args.no_compile)
+    result = run(settings, torch.device("cpu"), with_pyro, compiled=not args.no_compile, data_dir=args.data_dir)
     result["meta"]["command"] = "python -m benchmarks.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     result["meta"]["pyro"] = report.pyro_version() if with_pyro else None
     result["meta"]["note"] = args.note

@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=601, help="points per axis of the base grid (601)")
     parser.add_argument("--out", type=Path, help=report.OUT_HELP)
     args = parser.parse_args()
+    report.check_out(parser, args.out)
     torch.set_num_threads(1)
     config, model, position = load_run(args.run)
     model = model.cpu().eval()

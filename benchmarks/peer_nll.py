@@ -190,6 +190,7 @@ def main() -> None:
     parser.add_argument("--eval-n", type=int, default=1000, help="test images, spread through the set (1000)")
     parser.add_argument("--out", type=Path, help=report.OUT_HELP)
     args = parser.parse_args()
+    report.check_out(parser, args.out)
     torch.set_num_threads(1)
     x_train = data.load("mnist", "train")
     config = TrainConfig(dataset="mnist", seed=0, device="cpu")

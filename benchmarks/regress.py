@@ -1,6 +1,6 @@
 """Bit-for-bit regression check: tiny fixed-seed training runs at a git revision against the working tree.
 
-    python -m benchmarks.regress --ref 543f8c9 [--data-dir DIR]
+    python -m benchmarks.regress --ref 543f8c9 [--data-dir DIR] [--tree-args "--streams 1 --no-flush-denormal"]
 
 For each configuration below, ``iwae train`` runs once with the revision's package (exported with ``git archive``)
 and once with the working tree's, each in a fresh process with one thread. The script compares every
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -81,6 +82,7 @@ def main() -> int:
     parser.add_argument("--ref", required=True, help="git revision to compare against")
     parser.add_argument("--data-dir", default=os.environ.get("IWAE_DATA_DIR"), help="data directory")
     parser.add_argument("--only", help="comma-separated subset of the configurations")
+    parser.add_argument("--tree-args", default="", help="extra `iwae train` flags for the working tree's runs")
     args = parser.parse_args()
     if not args.data_dir:
         parser.error("give --data-dir or set IWAE_DATA_DIR")
@@ -90,12 +92,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ref_src = _export(args.ref, tmp)
-        print(f"| run | {args.ref} vs working tree |\n| --- | --- |")
+        tree = f"working tree {args.tree_args}".strip()
+        print(f"| run | {args.ref} vs {tree} |\n| --- | --- |")
         for name in names:
             (tmp / "a").mkdir(exist_ok=True)
             (tmp / "b").mkdir(exist_ok=True)
             _train(ref_src, CONFIGS[name], tmp / "a" / name, args.data_dir)
-            _train(ROOT / "src", CONFIGS[name], tmp / "b" / name, args.data_dir)
+            _train(ROOT / "src", CONFIGS[name] + shlex.split(args.tree_args), tmp / "b" / name, args.data_dir)
             diffs = compare(tmp / "a" / name, tmp / "b" / name)
             failed += bool(diffs)
             print(f"| {name} | {'identical' if not diffs else '; '.join(diffs[:4])} |", flush=True)

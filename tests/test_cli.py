@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -68,10 +69,13 @@ def test_unwritable_output_folder(data_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--dataset", "cifar", "--out", "x"], "invalid choice: 'cifar'"),
+        (["train", "--dataset", "cifar", "--out", "x"], "unknown choice 'cifar'; choose one of mnist, omniglot"),
+        (["train", "--dataset", "mnsit", "--out", "x"], "--dataset: unknown choice 'mnsit'; did you mean 'mnist'?"),
+        (["train", "--layers", "3", "--out", "x"], "--layers: unknown choice '3'; choose one of 1, 2"),
+        (["train", "--schedule", "inf:1e-3", "--out", "x"], "expected positive finite passes and learning rates"),
         (["train", "--k", "0", "--out", "x"], "expected a positive integer, got 0"),
         (["train", "--pass-scale", "-1", "--out", "x"], "expected a positive number, got -1.0"),
-        (["train", "--objective", "elbo", "--out", "x"], "invalid choice: 'elbo'"),
+        (["train", "--objective", "elbo", "--out", "x"], "unknown choice 'elbo'"),
         (["evaluate"], "the following arguments are required: run_dir"),
     ],
 )
@@ -118,3 +122,28 @@ def test_threads_option_sets_torch_threads(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--out", "x", "--threads", "0"])
     assert exit_info.value.code == 2 and "expected a positive integer, got 0" in _error_line(capsys)
+
+
+def test_a_mistyped_choice_is_one_line_without_the_usage(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", "mnsit", "--out", "x"])
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "iwae train: error: --dataset: unknown choice 'mnsit'; did you mean 'mnist'?"
+    ]
+
+
+def test_out_holding_other_files_and_a_config_of_wrong_types_are_refused_leaving_no_run(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own file")
+    assert main(["train", "--out", str(mine), "--quiet"]) == 1
+    assert "holds other files and is not a run folder" in _error_line(capsys)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"compile": "no"}))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 1
+    assert "compile must be true or false, got 'no'" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+    config.write_text(json.dumps({"custom_schedule": [[1, float("inf")]]}))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 1
+    assert "positive finite numbers" in _error_line(capsys) and not (tmp_path / "run").exists()

@@ -55,7 +55,7 @@ def test_sample_makes_the_output_folder(tiny_run, tmp_path):
 def test_stages_beyond_the_papers_eight_are_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--stages", "9", "--out", "x"])
-    assert exit_info.value.code == 2 and "invalid choice: 9" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--stages: unknown choice '9'" in capsys.readouterr().err
 
 
 def test_reproduce_estimate_matches_measured_step_times(monkeypatch):

@@ -58,13 +58,14 @@ def test_difference_is_that_of_the_two_evaluate_nlls_and_tighter_than_unpaired(r
     assert (r["eval_k"], r["n"], r["seed"], r["split"], r["dataset"]) == (30, 40, 0, "test", "mnist")
 
 
-def test_runs_of_different_data_sets_or_seeds_are_refused(runs, tmp_path):
+def test_runs_of_different_seeds_are_scored_with_the_first_runs_streams_and_other_data_sets_refused(runs, tmp_path):
     other = shutil.copytree(runs[1], tmp_path / "other")
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "seed": 1}))
-    with pytest.raises(ValueError, match=r"different seeds \(0, 1\); choose one with --seed"):
-        compare_runs(runs[0], other, progress=False)
-    assert compare_runs(runs[0], other, seed=1, progress=False)["seed"] == 1
+    same = compare_runs(runs[0], runs[1], k=10, n=20, progress=False)
+    mixed = compare_runs(runs[0], other, k=10, n=20, progress=False)  # a fleet's seed-0 and seed-1, say
+    assert mixed["seed"] == 0 and mixed["b"]["nll"] == same["b"]["nll"]  # the same images and noise as seed 0's
+    assert compare_runs(runs[0], other, k=10, n=20, seed=1, progress=False)["seed"] == 1
     (other / "config.json").write_text(json.dumps({**config, "dataset": "binarized-mnist"}))
     with pytest.raises(ValueError, match=r"cannot compare runs of different data sets: .*iwae \(mnist\), .*"):
         compare_runs(runs[0], other, progress=False)
@@ -80,6 +81,11 @@ def test_cli_prints_the_table_and_writes_the_json(runs, tmp_path, capsys):
     assert saved == compare_runs(*runs, k=10, progress=False)
     assert f"| A - B (paired) | {saved['difference']['mean']:+.3f} ± " in printed and f"wrote {out}" in printed
     assert main(["compare", str(runs[0]), str(tmp_path / "missing"), "--quiet"]) == 1
+    # by default the JSON goes into run A's folder, and `iwae sample`'s picture into the run's: not the cwd
+    assert main(["compare", str(runs[0]), str(runs[1]), "--k", "10", "--n", "20", "--quiet"]) == 0
+    assert (runs[0] / f"compare-{runs[0].name}-{runs[1].name}-test-k10-n20.json").is_file()
+    assert main(["sample", str(runs[0]), "--n", "4", "--seed", "3"]) == 0
+    assert (runs[0] / "samples-n4-seed3.png").is_file()
 
 
 def test_estimator_results_generator_writes_every_number_from_the_runs(runs, tmp_path):

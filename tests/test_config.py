@@ -35,7 +35,7 @@ def test_every_command_line_field_has_its_flag_and_default():
 def test_choices_are_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         _train_args("--stages", "9")
-    assert "argument --stages: invalid choice: 9" in capsys.readouterr().err
+    assert "--stages: unknown choice '9'; choose one of 1, 2, 3, 4, 5, 6, 7, 8" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _train_args("--k", "0")
     assert "expected a positive integer, got 0" in capsys.readouterr().err

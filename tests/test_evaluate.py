@@ -150,14 +150,36 @@ def test_spread_takes_every_total_over_n_th_example():
 
 
 def test_every_split_has_its_own_binarize_and_nll_stream():
+    from iwae.config import TrainConfig
     from iwae.data import SPLITS
-    from iwae.evaluate_run import STREAMS
+    from iwae.evaluate_run import STREAMS, stream
 
-    salts = [STREAMS[split, purpose] for split in SPLITS for purpose in ("binarize", "nll")]
-    assert len(set(salts)) == len(salts) and all((split, "active") in STREAMS for split in SPLITS)
-    # the salts every metrics.json was computed with
-    assert [STREAMS["test", p] for p in ("binarize", "nll", "active")] == [0, 99, 7]
-    assert [STREAMS["train", p] for p in ("binarize", "nll", "active")] == [1, 98, 7]
+    assert all((split, p) in STREAMS for split in SPLITS for p in ("binarize", "nll", "active"))
+    for scheme in (1, 2):
+        config = TrainConfig(seed=3, streams=scheme)
+        firsts = [stream(config, torch.device("cpu"), *pair).initial_seed() for pair in STREAMS]
+        distinct = {p: s for p, s in zip(STREAMS, firsts) if p[1] != "active"}
+        assert len(set(distinct.values())) == len(distinct)
+    # scheme 1: the seeds every metrics.json made before scheme 2 was computed with, 10,000 x seed + salt
+    old = TrainConfig(seed=3, streams=1)
+    seeds = [stream(old, torch.device("cpu"), split, p).initial_seed() for split in ("test", "train")
+             for p in ("binarize", "nll", "active")]  # fmt: skip
+    assert seeds == [30_000, 30_099, 30_007, 30_001, 30_098, 30_007]
+
+
+def test_evaluate_replays_an_evaluation_made_on_several_threads_from_one(tiny_run):
+    from iwae.evaluate_run import evaluate_run, finish_run
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        metrics = finish_run(tiny_run, progress=False)
+        torch.set_num_threads(1)
+        test = evaluate_run(tiny_run, split="test", progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert metrics["eval_threads"] == 3
+    assert (test["nll"], test["nll_sem"]) == (metrics["test_nll"], metrics["test_nll_sem"])
 
 
 def test_evaluate_refuses_unknown_split():
@@ -174,9 +196,16 @@ def test_evaluate_reproduces_every_number_of_metrics_json(tiny_run, capsys):
 
     run = tiny_run
     metrics = read_json(run / "metrics.json")
-    test = evaluate_run(run, split="test", pruned=True, progress=False)
-    train = evaluate_run(run, split="train", progress=False)
-    validation = evaluate_run(run, split="validation", progress=False)
+    assert metrics["eval_threads"] == 1  # training and its evaluation run on one thread on the CPU by default
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # whatever the caller's threads, the evaluation replays metrics.json's
+        test = evaluate_run(run, split="test", pruned=True, progress=False)
+        train = evaluate_run(run, split="train", progress=False)
+        validation = evaluate_run(run, split="validation", progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     assert (test["nll"], test["nll_sem"], test["nll_pruned"]) == (
         metrics["test_nll"], metrics["test_nll_sem"], metrics["test_nll_pruned"]
     )  # fmt: skip
@@ -195,3 +224,12 @@ def test_evaluate_reproduces_every_number_of_metrics_json(tiny_run, capsys):
     # a different n writes its own file and leaves the other
     assert evaluate_run(run, split="train", n=30, progress=False)["n"] == 30
     assert (run / "eval-train-k20-n30.json").is_file() and (run / "eval-train-k20-n50.json").is_file()
+
+
+def test_log_likelihood_of_no_examples_is_empty():
+    from iwae import IWAE, log_likelihood
+
+    model = IWAE(6, [2], [[4]], [[4]])
+    assert log_likelihood(model, torch.zeros(0, 6), k=10).shape == (0,)
+    ll, se = log_likelihood(model, torch.zeros(0, 6), k=10, return_stderr=True)
+    assert ll.shape == se.shape == (0,)

@@ -9,6 +9,7 @@ itself SIGKILL at that event, so the kill lands exactly there, in a real process
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY
+from safetensors import safe_open
 from test_faults import _same_run
 
 import iwae.checkpoint
@@ -103,3 +105,44 @@ def test_kill_9_at_a_few_moments_resumes_to_the_same_numbers(data_dir, tmp_path,
 @pytest.mark.slow
 def test_kill_9_at_20_moments_resumes_to_the_same_numbers(data_dir, tmp_path, monkeypatch):
     _kill_and_continue(20, data_dir, tmp_path, monkeypatch)
+
+
+def _interrupted_at(step: int, run: Path, config: TrainConfig, signals: int) -> int:
+    """Run ``config`` into ``run`` in a forked process that sends itself ``signals`` SIGINTs during training step
+    number ``step``; the child's exit code (130: stopped by KeyboardInterrupt)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 3  # not interrupted
+        try:
+            count = iter(range(1, step + 1))
+
+            def event(kind: str) -> None:
+                if kind == "step" and next(count, None) == step:
+                    for _ in range(signals):
+                        os.kill(os.getpid(), signal.SIGINT)
+
+            _hook(setattr, event)
+            iwae.train.train_and_evaluate(run, config, progress=False)
+        except KeyboardInterrupt:
+            code = 130
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_ctrl_c_checkpoints_the_step_under_way_and_resume_loses_nothing(data_dir, tmp_path, monkeypatch):
+    config = TrainConfig(**{**SHORT, "data_dir": data_dir, "checkpoint_minutes": 60.0})  # no timed checkpoint
+    monkeypatch.setattr(iwae.data, "load", functools.cache(iwae.data.load))
+    iwae.train.train_and_evaluate(tmp_path / "straight", config, progress=False)
+    run = tmp_path / "interrupted"
+    assert _interrupted_at(20, run, config, signals=1) == 130
+    with safe_open(str(run / rundir.CHECKPOINT_NAME), framework="pt") as f:
+        position = json.loads(f.metadata()["state"])
+    assert (position["stage"], position["step"]) == (0, 20)  # the step under way finished, then checkpointed
+    iwae.train.train_and_evaluate(run, None, progress=False)
+    _same_run(tmp_path / "straight", run)
+    # a second Ctrl-C stops at once: no checkpoint of that step
+    again = tmp_path / "twice"
+    assert _interrupted_at(20, again, config, signals=2) == 130
+    assert not (again / rundir.CHECKPOINT_NAME).exists()

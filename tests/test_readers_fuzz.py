@@ -121,6 +121,16 @@ def test_damaged_archive_is_read_whole_or_refused(blob):
     assert isinstance(out, DataFormatError) or out.images.shape == (1, 20, 784)
 
 
+def test_archive_member_of_an_unknown_compression_method_is_refused():
+    """A damaged byte in a member's compression method: zipfile raises NotImplementedError, refused as damage."""
+    blob = bytearray(ZIP)
+    blob[8:10] = (99).to_bytes(2, "little")  # the first local header's method (the central directory's says 8)
+    at = blob.index(b"PK\x01\x02")  # the central directory entry of the same member, which zipfile reads
+    blob[at + 10 : at + 12] = (99).to_bytes(2, "little")
+    out = _read_file(readers.read_omniglot_zip, bytes(blob), "images_background.zip")
+    assert isinstance(out, DataFormatError) and "cannot decode PNG" in str(out)
+
+
 def _small_peak(fn, *args) -> int:
     """Peak bytes traced while ``fn(*args)`` raises DataFormatError."""
     tracemalloc.start()

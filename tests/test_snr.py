@@ -12,6 +12,7 @@ from conftest import binary_batch, read_json, tiny_model
 import iwae
 from iwae.cli import main
 from iwae.snr import coordinate_snr, gradient_snr
+from iwae.streams import seed_of
 
 
 def test_coordinate_snr_matches_hand_computed_mean_and_std():
@@ -30,9 +31,10 @@ def test_coordinate_snr_matches_hand_computed_mean_and_std():
 
 
 def _draws_by_hand(model, x, k, estimator, n, seed):
-    """Gradient draws recomputed independently of iwae.snr, on the noise gradient_snr documents (seed b + k)."""
+    """Gradient draws recomputed independently of iwae.snr, on the noise gradient_snr documents (the stream
+    ("snr", "k", k) of the base seed b)."""
     base = int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(seed)).item())
-    gen = torch.Generator().manual_seed(base + k)
+    gen = torch.Generator().manual_seed(seed_of(base, "snr", "k", k))
     enc, dec = [], []
     for _ in range(n):
         model.zero_grad()

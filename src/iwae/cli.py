@@ -7,12 +7,14 @@ and each command imports what it runs, so ``iwae --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from iwae import cli_runs, data
 from iwae.cli_runs import RUN_DIR_HELP, add_progress_and_threads, report_run
@@ -72,9 +74,21 @@ def _download_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory (default: $IWAE_DATA_DIR, else the per-user cache)")
 
 
+def _check_out(out: Path, seeds: bool) -> None:
+    """Refuse an --out that is a file, or a folder holding files of the user's own (not a run, not a fleet)."""
+    from iwae.rundir import RunError
+
+    ours = {"config.json", ".lock"} | ({"fleet.json"} if seeds else set())
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; name a new folder for the run")
+    if out.is_dir() and not ours & {p.name for p in out.iterdir()} and any(out.iterdir()):
+        raise RunError(f"--out {out} holds other files and is not a run folder; name a new or empty folder")
+
+
 def _train(args: argparse.Namespace) -> None:
     from iwae.train import train_and_evaluate
 
+    _check_out(Path(args.out), bool(args.seeds))
     config = config_from_args(args, args.config)
     if args.seeds:
         from iwae.cli_fleet import train_fleet
@@ -185,9 +199,23 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistyped choice is one line with the nearest choices, not the whole usage first."""
+
+    def error(self, message: str) -> NoReturn:
+        found = re.match(r"argument (\S+): invalid choice: '?(.*?)'? \(choose from (.*)\)$", message)
+        if found is None:
+            super().error(message)
+        option, value, listing = found.groups()
+        choices = re.findall(r"'([^']*)'", listing) or [c.strip() for c in listing.split(",")]
+        near = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+        hint = f"; did you mean {near[0]!r}?" if near else f"; choose one of {', '.join(choices)}"
+        self.exit(2, f"{self.prog}: error: {option}: unknown choice {value!r}{hint}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``iwae`` argument parser: one sub-command per entry of :data:`COMMANDS`, in that order."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="iwae", description="Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, ICLR 2016)."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

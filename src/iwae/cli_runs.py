@@ -104,8 +104,8 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=data.SPLITS, default="test", help="split (default test)")
     p.add_argument("--k", type=positive_int, help="importance samples (default: the runs' eval k, if they agree)")
     p.add_argument("--n", type=positive_int, help="N examples spread evenly through the split (default: eval-n)")
-    p.add_argument("--seed", type=int, help="seed of the images' binarization and the noise (default: the runs')")
-    p.add_argument("--out", help="JSON file to write (default compare-<A>-<B>-<split>-k<k>-n<n>.json here)")
+    p.add_argument("--seed", type=int, help="seed of the images' binarization and the noise (default: run A's)")
+    p.add_argument("--out", help="JSON file to write (default RUN_A/compare-<A>-<B>-<split>-k<k>-n<n>.json)")
     _add_data_dir(p)
     add_progress_and_threads(p)
 
@@ -117,7 +117,7 @@ def compare(args: argparse.Namespace) -> None:
     r = compare_runs(args.run_a, args.run_b, split=args.split, k=args.k, n=args.n, seed=args.seed,
                      progress=not args.quiet, data_dir=args.data_dir)  # fmt: skip
     names = f"{Path(args.run_a).name}-{Path(args.run_b).name}"
-    out = args.out or f"compare-{names}-{r['split']}-k{r['eval_k']}-n{r['n']}.json"
+    out = args.out or Path(args.run_a) / f"compare-{names}-{r['split']}-k{r['eval_k']}-n{r['n']}.json"
     write_json(out, r)
     print(f"{format_comparison(r)}\n\nwrote {out}")
 
@@ -125,21 +125,22 @@ def compare(args: argparse.Namespace) -> None:
 def sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--n", type=positive_int, default=100, help="number of samples (default 100)")
-    p.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
+    p.add_argument("--out", help="PNG file to write (default RUN_DIR/samples-n<N>-seed<S>.png)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
 
 
 def sample(args: argparse.Namespace) -> None:
-    import torch
-
+    from iwae import streams
     from iwae.plots import save_image_grid
     from iwae.rundir import load_run
 
-    _, model, _ = load_run(args.run_dir)
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_image_grid(model.sample(args.n, generator=gen), args.out)
-    print(f"wrote {args.n} samples to {args.out}")
+    config, model, _ = load_run(args.run_dir)
+    device = next(model.parameters()).device
+    gen = streams.generator(args.seed, "samples", device=device, scheme=config.streams)
+    out = Path(args.out or Path(args.run_dir) / f"samples-n{args.n}-seed{args.seed}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image_grid(model.sample(args.n, generator=gen), out)
+    print(f"wrote {args.n} samples to {out}")
 
 
 def status_arguments(p: argparse.ArgumentParser) -> None:

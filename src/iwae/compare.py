@@ -48,10 +48,12 @@ def log_likelihoods(
 ) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """Per-example L_k of each run's model on the same n images of ``split`` with the same noise stream.
 
-    ``k``, ``n`` and ``seed`` default to the value the runs share (their ``eval_k``, ``eval_n`` and ``seed``); a
-    ValueError asks for one when they differ. All models are scored on the first run's device (the noise depends
-    on the device). Runs of different data sets are refused. The images are read from ``data_dir`` if given, else
-    as the first run says (:func:`iwae.rundir.with_data_dir`).
+    ``k`` and ``n`` default to the value the runs share (their ``eval_k`` and ``eval_n``); a ValueError asks for
+    one when they differ. ``seed`` defaults to the first run's: runs of different seeds (a fleet's) are scored on
+    the images and the noise of that seed's evaluation streams, under the first run's random-stream scheme. All
+    models are scored on the first run's device (the noise depends on the device). Runs of different data sets are
+    refused. The images are read from ``data_dir`` if given, else as the first run says
+    (:func:`iwae.rundir.with_data_dir`).
 
     :returns: the settings used (split, eval_k, n, seed, dataset) and one (n,) tensor of L_k per run.
     """
@@ -64,15 +66,16 @@ def log_likelihoods(
         raise ValueError(f"cannot compare runs of different data sets: {runs}")
     k = _common("eval_k", [c.eval_k for c in configs], k, "--k")
     n = _common("eval_n", [c.eval_n for c in configs], n, "--n")
-    seed = _common("seeds", [c.seed for c in configs], seed, "--seed")
+    seed = configs[0].seed if seed is None else seed  # runs of other seeds too: all scored with the first's streams
     if k < 1:
         raise ValueError(f"k must be a positive number of importance samples, got {k}")
     device = next(loaded[0][1].parameters()).device
     x = eval_images(configs[0], split, n, device, seed)
     lls = []
-    for _, model, _ in loaded:
+    for config, model, _ in loaded:
         model = model.to(device).eval()
-        lls.append(log_likelihood(model, x, k, generator=stream(seed, device, split, "nll"), progress=progress))
+        gen = stream(configs[0], device, split, "nll", seed)
+        lls.append(log_likelihood(model, x, k, generator=gen, progress=progress, flush_denormal=config.flush_denormal))
     settings = {"split": split, "eval_k": k, "n": x.shape[0], "seed": seed, "dataset": datasets[0]}
     return settings, lls
 

@@ -3,10 +3,10 @@ r"""A run's evaluation sharded across processes with torch.distributed (gloo on 
 ``torchrun --nproc-per-node N -m iwae evaluate RUN`` (or ``iwae evaluate RUN --nproc N``, which starts the N
 processes itself on this machine) splits the split's examples into blocks of :data:`BLOCK` and gives each process
 a contiguous range of blocks. The importance samples of block ``b`` (and the samples behind A_u of its examples)
-come from a generator of their own, seeded from the evaluation stream's seed (:data:`iwae.evaluate_run.STREAMS`)
-and ``b``, so every example sees the same noise whatever the number of processes: the result is the same for
-every world size, to the order of float64 sums. Per-example L_k values and the A_u moments are summed across
-processes (``all_reduce``); process 0 alone writes the file.
+come from a stream of their own, the evaluation stream's block ``b`` (:mod:`iwae.streams`), so every example sees
+the same noise whatever the number of processes: the result is the same for every world size, to the order of
+float64 sums. Per-example L_k values and the A_u moments are summed across processes (``all_reduce``); process 0
+alone writes the file.
 
 This is another draw of the noise than the single stream of ``iwae evaluate`` without ``--nproc`` (the one every
 ``metrics.json`` was computed with), so its numbers differ from ``metrics.json``'s by Monte Carlo noise of the
@@ -24,9 +24,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from iwae import streams
 from iwae.atomic import write_json
+from iwae.config import TrainConfig
 from iwae.evaluate import count_active, log_likelihood
-from iwae.evaluate_run import ACTIVE_SPLIT, STREAMS, check_split, eval_images, summarize
+from iwae.evaluate_run import ACTIVE_SPLIT, check_split, eval_images, summarize
 from iwae.model import IWAE
 from iwae.rundir import load_run
 
@@ -35,9 +37,9 @@ __all__ = ["BLOCK", "block_generator", "shard", "log_likelihood_blocks", "active
 BLOCK = 256  # examples per noise block: a multiple of the 32 examples per call of log_likelihood at large k
 
 
-def block_generator(seed: int, block: int, device: torch.device) -> torch.Generator:
-    """The generator of block ``block`` of the stream seeded ``seed``."""
-    return torch.Generator(device=device).manual_seed(seed * 2**20 + block)
+def block_generator(config: TrainConfig, split: str, purpose: str, block: int, device: torch.device) -> torch.Generator:
+    """The generator of block ``block`` of the run's evaluation stream (split, purpose) (:mod:`iwae.streams`)."""
+    return streams.generator(config.seed, "eval", split, purpose, "block", block, device=device, scheme=config.streams)
 
 
 def shard(n: int) -> range:
@@ -53,22 +55,23 @@ def _sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def log_likelihood_blocks(model: IWAE, x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+def log_likelihood_blocks(model: IWAE, x: torch.Tensor, k: int, config: TrainConfig, split: str) -> torch.Tensor:
     """Per-example L_k of every row of x (float64, on every process), each block drawn by its own generator."""
     ll = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for b in shard(x.shape[0]):
         rows = slice(b * BLOCK, (b + 1) * BLOCK)
-        gen = block_generator(seed, b, x.device)
-        ll[rows] = log_likelihood(model, x[rows], k, generator=gen).double()
+        gen = block_generator(config, split, "nll", b, x.device)
+        ll[rows] = log_likelihood(model, x[rows], k, generator=gen, flush_denormal=config.flush_denormal).double()
     return _sum(ll)
 
 
 @torch.no_grad()
-def active_units_blocks(model: IWAE, x: torch.Tensor, seed: int) -> list[torch.Tensor]:
+def active_units_blocks(model: IWAE, x: torch.Tensor, config: TrainConfig) -> list[torch.Tensor]:
     """A_u per layer (:func:`iwae.evaluate.active_units`) from float64 moments summed over blocks and processes."""
     moments = torch.zeros(2, sum(model.latent_dims), dtype=torch.float64, device=x.device)
     for b in shard(x.shape[0]):
-        means = model.posterior_means(x[b * BLOCK : (b + 1) * BLOCK], generator=block_generator(seed, b, x.device))
+        gen = block_generator(config, ACTIVE_SPLIT, "active", b, x.device)
+        means = model.posterior_means(x[b * BLOCK : (b + 1) * BLOCK], generator=gen)
         means = torch.cat([m.double() for m in means], 1)  # (rows, sum of the layers' units)
         moments += torch.stack([means.sum(0), means.square().sum(0)])
     mean, square = _sum(moments) / x.shape[0]
@@ -82,8 +85,8 @@ def _evaluate(run_dir: str, k: int | None, split: str, n: int | None, data_dir: 
     k, n, device, seed = k or config.eval_k, n or config.eval_n, next(model.parameters()).device, config.seed
     x = eval_images(config, check_split(split), n, device, seed)
     x_active = eval_images(config, ACTIVE_SPLIT, n, device, seed)
-    A = active_units_blocks(model, x_active, 10_000 * seed + STREAMS[ACTIVE_SPLIT, "active"])
-    ll = log_likelihood_blocks(model, x, k, 10_000 * seed + STREAMS[split, "nll"])
+    A = active_units_blocks(model, x_active, config)
+    ll = log_likelihood_blocks(model, x, k, config, split)
     result = {
         "split": split, "eval_k": k, **summarize(ll), "active_units": count_active(A, config.active_threshold),
         "active_units_split": ACTIVE_SPLIT, "active_units_n": x_active.shape[0],

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from iwae.cpu import flush_subnormals
 from iwae.model import IWAE
 
 __all__ = ["LogWeightModel", "LikelihoodEstimate", "log_likelihood", "active_units", "count_active", "prune_inactive"]
@@ -58,6 +59,7 @@ def log_likelihood(
     progress: bool = False,
     desc: str | None = None,
     bar: tqdm | None = None,
+    flush_denormal: bool = True,
 ) -> Tensor | LikelihoodEstimate:
     r"""Per-example importance-sampled log-likelihood estimate :math:`\mathcal{L}_k` (Eq. 8), shape (batch,).
 
@@ -73,6 +75,8 @@ def log_likelihood(
         :math:`\mathrm{se}^2 \approx \mathrm{Var}(w) / (k\, \bar w^2)`.
     :param progress: show a progress bar of the samples drawn, labelled ``desc`` (default ``L_k``).
     :param bar: count the samples on this bar instead (e.g. one bar over a whole evaluation), labelled ``desc``.
+    :param flush_denormal: on a CPU, flush subnormal floats to zero while estimating, then restore the setting
+        found (:func:`iwae.cpu.flush_subnormals`).
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer number of samples, got {k!r}")
@@ -82,6 +86,9 @@ def log_likelihood(
         raise ValueError(f"x must have shape (batch, dim), got {tuple(x.shape)}")
     if generator is not None and not isinstance(model, IWAE):
         raise ValueError("generator is supported for iwae.IWAE models only; seed torch globally instead")
+    if x.shape[0] == 0:  # no examples: no estimates
+        empty = torch.empty(0, dtype=x.dtype if x.dtype.is_floating_point else torch.float32, device=x.device)
+        return LikelihoodEstimate(empty, empty.clone()) if return_stderr else empty
     training = getattr(model, "training", None)
     if training:
         model.eval()
@@ -98,36 +105,37 @@ def log_likelihood(
     elif desc:
         bar.set_description(desc)
     finite = None  # on a GPU, whether every log-weight so far was finite, read once at the end (no sync per call)
-    try:
-        for start in range(0, x.shape[0], rows):
-            xb = x[start : start + rows]
-            lse1 = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
-            lse2 = lse1.clone()
-            done = 0
-            while done < k:
-                n = min(per_call, k - done)
-                if generator is None:
-                    lw = model.log_weights(xb, n)
-                else:
-                    lw = model.forward_samples(xb, n, generator=generator).log_w
-                finite = _check_log_weights(lw, n, xb.shape[0], finite)
-                lw = lw.double()
-                lse1 = torch.logaddexp(lse1, torch.logsumexp(lw, 0))
-                lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
-                done += n
-                bar.update(n * xb.shape[0])
-            ll = lse1 - math.log(k)
-            # Var(w)/mean(w)^2 = mean(w^2)/mean(w)^2 - 1, computed in log space.
-            rel_var = torch.expm1((lse2 - math.log(k)) - 2 * ll).clamp_min(0)
-            ll_out[start : start + rows] = ll
-            se_out[start : start + rows] = torch.sqrt(rel_var / k)
-        if finite is not None and not finite:
-            raise FloatingPointError(_NOT_FINITE)
-    finally:
-        if own:
-            bar.close()
-        if training:
-            model.train()
+    with flush_subnormals(flush_denormal):
+        try:
+            for start in range(0, x.shape[0], rows):
+                xb = x[start : start + rows]
+                lse1 = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+                lse2 = lse1.clone()
+                done = 0
+                while done < k:
+                    n = min(per_call, k - done)
+                    if generator is None:
+                        lw = model.log_weights(xb, n)
+                    else:
+                        lw = model.forward_samples(xb, n, generator=generator).log_w
+                    finite = _check_log_weights(lw, n, xb.shape[0], finite)
+                    lw = lw.double()
+                    lse1 = torch.logaddexp(lse1, torch.logsumexp(lw, 0))
+                    lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
+                    done += n
+                    bar.update(n * xb.shape[0])
+                ll = lse1 - math.log(k)
+                # Var(w)/mean(w)^2 = mean(w^2)/mean(w)^2 - 1, computed in log space.
+                rel_var = torch.expm1((lse2 - math.log(k)) - 2 * ll).clamp_min(0)
+                ll_out[start : start + rows] = ll
+                se_out[start : start + rows] = torch.sqrt(rel_var / k)
+            if finite is not None and not finite:
+                raise FloatingPointError(_NOT_FINITE)
+        finally:
+            if own:
+                bar.close()
+            if training:
+                model.train()
     ll = ll_out.to(x.dtype if x.dtype.is_floating_point else torch.float32)
     if return_stderr:
         return LikelihoodEstimate(ll, se_out.to(ll.dtype))

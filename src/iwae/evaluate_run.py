@@ -2,24 +2,29 @@
 
 :func:`finish_run` writes ``metrics.json`` and ``samples.png``, ``active_units.png``, ``training.png`` into the run
 folder; :func:`evaluate_run` (``iwae evaluate``) measures one split and writes ``eval-<split>-k<k>-n<n>.json``.
-Every draw comes from a generator seeded by the run's seed and one entry of :data:`STREAMS`, and both functions
-measure through :func:`measure`, so ``iwae evaluate`` on the test and train splits gives every number of
-``metrics.json`` exactly, and evaluating the same run twice gives the same numbers.
+Every draw comes from the stream of the run's seed and one entry of :data:`STREAMS` (:mod:`iwae.streams`), and
+both functions measure through :func:`measure` (on the same CPU threads, :func:`eval_threads`), so ``iwae
+evaluate`` on the test and train splits gives every number of ``metrics.json`` exactly, and evaluating the same run
+twice gives the same numbers.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from iwae import data
+from iwae import data, streams
 from iwae.atomic import write_json
 from iwae.config import TrainConfig
+from iwae.cpu import flush_subnormals
 from iwae.data.datasets import SPLIT_SIZES
 from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
 from iwae.model import IWAE
@@ -41,9 +46,11 @@ __all__ = [
     "curve_images",
     "curve_point",
     "finish_run",
+    "eval_threads",
 ]
 
-# The evaluation's random streams: (split, purpose) -> salt; the generator's seed is 10_000 * seed + salt.
+# The evaluation's random streams, (split, purpose): the generator of each is iwae.streams' ("eval", split, purpose)
+# of the run's seed.
 # - binarize: the dynamic binarization of the split's images (unused for binarized-mnist, which is fixed);
 # - nll: the importance samples of L_k on that split;
 # - active: the samples of h^(l-1) behind A_u of layers l > 1 (Section 5.2), and the same draws again to decide
@@ -51,14 +58,11 @@ __all__ = [
 # - curve: the importance samples of the learning curve's L_curve_k (:func:`curve_point`), the same draws at every
 #   stage's end, so that the curve's steps are paired; its images are binarized by the test split's ``binarize``.
 # Each (split, purpose) has its own stream so that no two measurements share noise by accident, and both
-# `finish_run` and `iwae evaluate` read them from here, so the second replays the first. These are the numbers
-# every metrics.json was computed with: changing one changes every evaluation.
-STREAMS: dict[tuple[str, str], int] = {
-    ("test", "binarize"): 0, ("train", "binarize"): 1, ("validation", "binarize"): 2,
-    ("test", "nll"): 99, ("train", "nll"): 98, ("validation", "nll"): 97,
-    ("test", "active"): 7, ("train", "active"): 7, ("validation", "active"): 7,
-    ("test", "curve"): 96,
-}  # fmt: skip
+# `finish_run` and `iwae evaluate` draw them from here, so the second replays the first.
+STREAMS: tuple[tuple[str, str], ...] = (
+    *((split, purpose) for split in data.SPLITS for purpose in ("binarize", "nll", "active")),
+    ("test", "curve"),
+)
 
 # The learning curve's split (:func:`curve_point`).
 CURVE_SPLIT = "test"
@@ -74,12 +78,16 @@ def check_split(split: str) -> str:
     return split
 
 
-def stream(seed: int, device: torch.device, split: str, purpose: str) -> torch.Generator:
-    """A fresh generator for one evaluation stream of :data:`STREAMS`."""
+def stream(
+    config: TrainConfig, device: torch.device, split: str, purpose: str, seed: int | None = None
+) -> torch.Generator:
+    """A fresh generator for one evaluation stream of :data:`STREAMS`, of ``seed`` (default the run's) under the
+    run's random-stream scheme."""
     check_split(split)
     if (split, purpose) not in STREAMS:
         raise ValueError(f"no evaluation stream for split {split!r} and purpose {purpose!r}; see STREAMS")
-    return torch.Generator(device=device).manual_seed(10_000 * seed + STREAMS[split, purpose])
+    seed = config.seed if seed is None else seed
+    return streams.generator(seed, "eval", split, purpose, device=device, scheme=config.streams)
 
 
 def spread(total: int, n: int | None) -> torch.Tensor:
@@ -98,7 +106,11 @@ def eval_images(config: TrainConfig, split: str, n: int | None, device: torch.de
     afresh with the split's ``binarize`` stream of ``seed``."""
     x = data.load(config.dataset, check_split(split), config.data_dir)
     x = x[spread(x.shape[0], n)].to(device)
-    return x if data.is_binary(config.dataset) else data.binarize(x, generator=stream(seed, device, split, "binarize"))
+    return (
+        x
+        if data.is_binary(config.dataset)
+        else data.binarize(x, generator=stream(config, device, split, "binarize", seed))
+    )
 
 
 def nll(
@@ -110,11 +122,16 @@ def nll(
     *,
     desc: str | None = None,
     bar: tqdm | None = None,
+    flush_denormal: bool = True,
 ) -> dict[str, Any]:
     """Mean of -L_k over the rows of x, with the standard error of that mean (over examples), and n.
 
-    The progress bar (or ``bar``, counting a longer evaluation) is labelled ``desc``."""
-    return summarize(log_likelihood(model, x, k, generator=gen, progress=progress, desc=desc, bar=bar))
+    The progress bar (or ``bar``, counting a longer evaluation) is labelled ``desc``; ``flush_denormal`` as in
+    :func:`iwae.evaluate.log_likelihood` (a run's evaluation passes its config's)."""
+    ll = log_likelihood(
+        model, x, k, generator=gen, progress=progress, desc=desc, bar=bar, flush_denormal=flush_denormal
+    )
+    return summarize(ll)
 
 
 def summarize(ll: torch.Tensor) -> dict[str, Any]:
@@ -126,7 +143,7 @@ def activity(config: TrainConfig, model: IWAE, n: int | None) -> tuple[list[torc
     """A_u per layer (Section 5.2) on n examples of :data:`ACTIVE_SPLIT`, and those examples."""
     device = next(model.parameters()).device
     x = eval_images(config, ACTIVE_SPLIT, n, device, config.seed)
-    return active_units(model, x, generator=stream(config.seed, device, ACTIVE_SPLIT, "active")), x
+    return active_units(model, x, generator=stream(config, device, ACTIVE_SPLIT, "active")), x
 
 
 def measure(
@@ -149,13 +166,13 @@ def measure(
     (for the figure). The samples are counted on ``bar`` if given (a bar over a longer evaluation). ``active``:
     :func:`activity`'s result for the same n, when the caller has it already (it does not depend on ``split``).
     """
-    device = next(model.parameters()).device
+    device, flush = next(model.parameters()).device, config.flush_denormal
     x = eval_images(config, split, n, device, config.seed)
     A, x_active = active if active is not None else activity(config, model, n)
     desc = f"{split} NLL, L_{k}, {x.shape[0]} images"
     result = {
         "split": split, "eval_k": k,
-        **nll(model, x, k, stream(config.seed, device, split, "nll"), progress, desc=desc, bar=bar),
+        **nll(model, x, k, stream(config, device, split, "nll"), progress, desc=desc, bar=bar, flush_denormal=flush),
         "active_units": count_active(A, config.active_threshold), "active_units_split": ACTIVE_SPLIT,
         "active_units_n": x_active.shape[0], "active_threshold": config.active_threshold,
     }  # fmt: skip
@@ -163,13 +180,13 @@ def measure(
         result["units_pruned"] = sum(model.latent_dims) - sum(result["active_units"])
         result["nll_pruned"] = result["nll"]
         if result["units_pruned"]:
-            gen = stream(config.seed, device, ACTIVE_SPLIT, "active")
+            gen = stream(config, device, ACTIVE_SPLIT, "active")
             smaller = prune_inactive(model, x_active, config.active_threshold, generator=gen)
             if bar is not None:
                 bar.total += k * x.shape[0]
             desc = f"{split} NLL without {result['units_pruned']} inactive units, L_{k}, {x.shape[0]} images"
-            gen = stream(config.seed, device, split, "nll")
-            result["nll_pruned"] = nll(smaller, x, k, gen, progress, desc=desc, bar=bar)["nll"]
+            gen = stream(config, device, split, "nll")
+            result["nll_pruned"] = nll(smaller, x, k, gen, progress, desc=desc, bar=bar, flush_denormal=flush)["nll"]
     return result, A
 
 
@@ -187,7 +204,8 @@ def curve_point(config: TrainConfig, model: IWAE, x: torch.Tensor) -> dict[str, 
     are not touched, so a run with a curve trains exactly as one without.
     """
     start = time.monotonic()
-    result = nll(model, x, config.curve_k, stream(config.seed, x.device, CURVE_SPLIT, "curve"), progress=False)
+    gen = stream(config, x.device, CURVE_SPLIT, "curve")
+    result = nll(model, x, config.curve_k, gen, progress=False, flush_denormal=config.flush_denormal)
     return {
         "test_nll_curve": result["nll"], "test_nll_curve_sem": result["nll_sem"], "curve_k": config.curve_k,
         "curve_n": result["n"], "curve_seconds": time.monotonic() - start,
@@ -208,8 +226,9 @@ def evaluate_run(
 
     ``k`` and ``n`` default to the run's ``eval_k`` and ``eval_n``, so the test split gives ``metrics.json``'s
     ``test_nll``, ``test_nll_sem``, ``active_units`` (and with ``pruned``, ``test_nll_pruned``) and the train split
-    its ``train_nll`` and ``train_nll_sem``, exactly. ``data_dir`` overrides where the run's data are read
-    (:func:`iwae.rundir.with_data_dir`).
+    its ``train_nll`` and ``train_nll_sem``, exactly, whatever torch's thread settings: on a CPU it measures on the
+    threads ``metrics.json`` was measured on (:func:`eval_threads`). ``data_dir`` overrides where the run's data
+    are read (:func:`iwae.rundir.with_data_dir`).
     """
     check_split(split)
     config, model, _ = load_run(run_dir, data_dir)
@@ -217,9 +236,27 @@ def evaluate_run(
     if k < 1:
         raise ValueError(f"k must be a positive number of importance samples, got {k}")
     model.eval()
-    result, _ = measure(config, model, split, k, n or config.eval_n, pruned=pruned, progress=progress)
+    with flush_subnormals(config.flush_denormal), eval_threads(run_dir, next(model.parameters()).device):
+        result, _ = measure(config, model, split, k, n or config.eval_n, pruned=pruned, progress=progress)
     write_json(Path(run_dir) / f"eval-{split}-k{k}-n{result['n']}.json", result)
     return result
+
+
+@contextmanager
+def eval_threads(run_dir: str | Path, device: torch.device) -> Iterator[None]:
+    """On a CPU, run the block on the torch threads that the run's ``metrics.json`` was measured on (its
+    ``eval_threads``), then restore torch's setting: matrix products sum in another order on another number of
+    threads, so the same evaluation on other threads differs in its last digits. Elsewhere, or for a run not yet
+    evaluated (or evaluated before ``eval_threads`` was recorded), the block runs as it is."""
+    path = Path(run_dir) / METRICS_NAME
+    threads = json.loads(path.read_text()).get("eval_threads") if path.is_file() and device.type == "cpu" else None
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _evaluation_bar(config: TrainConfig, progress: bool) -> tqdm:
@@ -237,9 +274,9 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     run_dir = Path(run_dir)
     config, model, state = load_run(run_dir)
     model.eval()
-    k = config.eval_k
-    active = activity(config, model, config.eval_n)  # A_u once, for both splits' records
-    with _evaluation_bar(config, progress) as bar:
+    k, device = config.eval_k, next(model.parameters()).device
+    with flush_subnormals(config.flush_denormal), _evaluation_bar(config, progress) as bar:
+        active = activity(config, model, config.eval_n)  # A_u once, for both splits' records
         test, A = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress, bar=bar,
                           active=active)  # fmt: skip
         train, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar, active=active)
@@ -253,8 +290,9 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "active_units_n": test["active_units_n"], "active_threshold": config.active_threshold,
         "test_nll_pruned": test["nll_pruned"], "units_pruned": test["units_pruned"],
         "train_seconds": state["train_seconds"], "passes": log[-1]["pass"] if log else 0.0,
+        "eval_threads": torch.get_num_threads() if device.type == "cpu" else None,
     }  # fmt: skip
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed)
+    gen = streams.generator(config.seed, "samples", device=device, scheme=config.streams)
     save_image_grid(model.sample(100, generator=gen), run_dir / SAMPLES_NAME, nrow=10)
     title = f"{config.dataset}, {len(model.latent_dims)} layer(s), {config.objective} k={config.k}"
     plot_active_units(A, run_dir / ACTIVE_UNITS_NAME, config.active_threshold, title)

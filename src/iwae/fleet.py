@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from iwae.cpu import flush_subnormals
 from iwae.model import IWAE
 from iwae.objectives import Objective
 from iwae.stacked_adam import StackedAdam, split_row
@@ -48,11 +49,14 @@ class Fleet(ABC):
         optimizers: Sequence[torch.optim.Optimizer],
         objectives: Sequence[Objective],
         generators: Sequence[torch.Generator],
+        *,
+        flush_denormal: bool = True,
     ) -> None:
         if not (len(models) == len(optimizers) == len(objectives) == len(generators) >= 1):
             raise ValueError("a fleet needs one model, optimiser, objective and generator per run, at least one run")
         self.models, self.optimizers = list(models), list(optimizers)
         self.objectives, self.generators = list(objectives), list(generators)
+        self.flush_denormal = flush_denormal  # on a CPU, subnormal floats flushed to zero in the steps (iwae.cpu)
 
     def __len__(self) -> int:
         return len(self.models)
@@ -69,10 +73,10 @@ class Fleet(ABC):
 class LoopFleet(Fleet):
     """The runs' ordinary steps (:func:`~iwae.train_step.build_step`), one after another."""
 
-    def __init__(self, models, optimizers, objectives, generators) -> None:  # noqa: ANN001 (as Fleet)
-        super().__init__(models, optimizers, objectives, generators)
+    def __init__(self, models, optimizers, objectives, generators, *, flush_denormal: bool = True) -> None:  # noqa: ANN001
+        super().__init__(models, optimizers, objectives, generators, flush_denormal=flush_denormal)
         self._steps = [
-            build_step(model, opt, obj, generator=gen)
+            build_step(model, opt, obj, generator=gen, flush_denormal=flush_denormal)
             for model, opt, obj, gen in zip(self.models, self.optimizers, self.objectives, self.generators)
         ]
 
@@ -97,8 +101,9 @@ class StackedFleet(Fleet):
     from the runs' own generators, are copied into its static inputs.
     """
 
-    def __init__(self, models, optimizers, objectives, generators, *, graph: bool = False) -> None:  # noqa: ANN001
-        super().__init__(models, optimizers, objectives, generators)
+    def __init__(self, models, optimizers, objectives, generators, *, graph: bool = False,  # noqa: ANN001
+                 flush_denormal: bool = True) -> None:  # fmt: skip
+        super().__init__(models, optimizers, objectives, generators, flush_denormal=flush_denormal)
         why = stackable(self.models, self.objectives) or _adam_differs(self.optimizers)
         if why:
             raise ValueError(f"these runs cannot be stacked: {why}; use a LoopFleet")
@@ -163,7 +168,8 @@ class StackedFleet(Fleet):
             self._graphs.clear()
         x, noise = self._draw(xs)
         if not self._graph:
-            return self._update(x, noise)
+            with flush_subnormals(self.flush_denormal):
+                return self._update(x, noise)
         if x.shape not in self._graphs:
             captured = self._capture(x, noise)
             if captured is None:
@@ -183,7 +189,13 @@ class StackedFleet(Fleet):
         return torch.stack(losses)
 
     def _single(self, m: int, x: Tensor, lr: float) -> Tensor:
-        one = StackedFleet([self.models[m]], [self.optimizers[m]], [self.objectives[m]], [self.generators[m]])
+        one = StackedFleet(
+            [self.models[m]],
+            [self.optimizers[m]],
+            [self.objectives[m]],
+            [self.generators[m]],
+            flush_denormal=self.flush_denormal,
+        )
         losses = one.step([x], [lr])
         one.sync()
         return losses[0]
@@ -276,12 +288,15 @@ def make_fleet(
     generators: Sequence[torch.Generator],
     batch_size: int,
     mode: str = "auto",
+    *,
+    flush_denormal: bool = True,
 ) -> Fleet:
     """A :class:`StackedFleet` or a :class:`LoopFleet` for these runs.
 
     :param mode: ``"stacked"``, ``"loop"``, ``"graph"`` (stacked, CUDA-graph captured) or ``"auto"``: on CUDA the
         graph where the runs can be stacked, else loop; on a CPU loop, which is as fast as stacking there
         (``benchmarks/results/fleet.md``: 0.9-1.1x at batch 20) and gives each run its single run bit for bit.
+    :param flush_denormal: on a CPU, flush subnormal floats to zero in the steps (:mod:`iwae.cpu`).
     :raises ValueError: for an unknown mode, or ``stacked``/``graph`` for runs that cannot be stacked.
     """
     if mode not in ("auto", "stacked", "loop", "graph"):
@@ -293,5 +308,7 @@ def make_fleet(
         can = stackable(models, objectives) is None and _adam_differs(optimizers) is None
         mode = "graph" if on_cuda and can else "loop"
     if mode == "loop":
-        return LoopFleet(models, optimizers, objectives, generators)
-    return StackedFleet(models, optimizers, objectives, generators, graph=mode == "graph")
+        return LoopFleet(models, optimizers, objectives, generators, flush_denormal=flush_denormal)
+    return StackedFleet(
+        models, optimizers, objectives, generators, graph=mode == "graph", flush_denormal=flush_denormal
+    )

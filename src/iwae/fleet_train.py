@@ -34,7 +34,7 @@ from iwae.evaluate_run import curve_point, finish_run
 from iwae.fleet import Fleet, make_fleet
 from iwae.fleet_runs import FleetRun, SharedData, open_run
 from iwae.rundir import RunError, resolve_device
-from iwae.train import _log_pass, _stage_steps, cpu_threads
+from iwae.train import _log_pass, _stage_steps, cpu_work
 
 __all__ = ["MANIFEST_NAME", "train_fleet", "resume_fleet", "train_fleet_and_evaluate", "read_manifest"]
 
@@ -63,6 +63,8 @@ def _check_fleet(configs: list[TrainConfig]) -> torch.device:
     devices = {resolve_device(c.device) for c in configs}
     if len(devices) != 1:
         raise RunError(f"the runs of a fleet share one device, got {sorted(map(str, devices))}")
+    if len({c.flush_denormal for c in configs}) > 1:
+        raise RunError("the runs of a fleet share one flush_denormal setting; train the others in a fleet of their own")
     return devices.pop()
 
 
@@ -90,7 +92,7 @@ def train_fleet(
         rundir.check_new(d)
     configs = [c.replace(data_dir=rundir.absolute_data_dir(c.data_dir)) for c in configs]
     device = _check_fleet(configs)
-    with cpu_threads(configs[0], threads):
+    with cpu_work(configs[0], threads):
         loaded = SharedData(device)
         runs = [open_run(c, d, fresh=True, create=True, loaded=loaded) for c, d in zip(configs, run_dirs)]
         names = [os.path.relpath(d, manifest.parent) for d in run_dirs]
@@ -114,7 +116,7 @@ def resume_fleet(manifest: str | Path, *, progress: bool = True, threads: int | 
     run_dirs = [manifest.parent / name for name in kept]
     configs = [rundir.with_data_dir(rundir.read_config(d)) for d in run_dirs]
     device = _check_fleet(configs)
-    with cpu_threads(configs[0], threads):
+    with cpu_work(configs[0], threads):
         loaded = SharedData(device)
         runs = []
         for name, config, d in zip(kept, configs, run_dirs):
@@ -146,7 +148,8 @@ def _loop(runs: list[FleetRun], manifest: Path, names: list[str], mode: str, dro
     ) as bar:
         while active:
             fleet = make_fleet([r.model for r in active], [r.optimizer for r in active], [r.objective for r in active],
-                               [r.gens.device for r in active], active[0].config.batch_size, step_mode)  # fmt: skip
+                               [r.gens.device for r in active], active[0].config.batch_size, step_mode,
+                               flush_denormal=active[0].config.flush_denormal)  # fmt: skip
             step, left = _stretch(fleet, active, manifest, names, mode, dropped, step, interval, bar)
             for r, why in left.items():
                 dropped[os.path.relpath(r.run_dir, manifest.parent)] = why
@@ -253,6 +256,6 @@ def train_fleet_and_evaluate(
                 continue
             config = rundir.read_config(d)
             if config.evaluate:
-                with cpu_threads(config, threads):
+                with cpu_work(config, threads):
                     metrics[str(d)] = finish_run(d, progress=progress)
     return {"metrics": metrics, "dropped": dropped}

@@ -33,10 +33,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from iwae import atomic
+from iwae import atomic, streams
 from iwae.atomic import DiskFullError
 from iwae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from iwae.config import RESUMABLE, TrainConfig
+from iwae.config import LEGACY, RESUMABLE, TrainConfig, read_config_file
 from iwae.data.resources import resolve_data_dir
 from iwae.model import IWAE
 
@@ -119,9 +119,9 @@ def resolve_device(name: str) -> torch.device:
 def build_model(config: TrainConfig, output_bias: torch.Tensor | None = None) -> IWAE:
     """The paper's architecture (or the general one the config describes), visible bias from the data mean.
 
-    The initial weights are drawn from a generator seeded by the config's seed.
+    The initial weights are drawn from the ``init`` stream of the config's seed (:mod:`iwae.streams`).
     """
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = streams.generator(config.seed, "init", scheme=config.streams)
     if config.latent_dims is None:
         return IWAE.paper(layers=config.layers, output_bias=output_bias, generator=gen)
     return IWAE.from_latent_dims(
@@ -159,7 +159,7 @@ def read_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise RunError(f"{run_dir} is not a run folder (no {CONFIG_NAME}); make one with `iwae train --out {run_dir}`")
-    return TrainConfig.load(path)
+    return TrainConfig.from_dict(LEGACY | read_config_file(path))
 
 
 def append_log(run_dir: str | Path, record: dict[str, Any]) -> None:

@@ -42,8 +42,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from iwae import data
+from iwae import data, streams
 from iwae.config import TrainConfig
+from iwae.cpu import flush_subnormals
 from iwae.model import IWAE
 from iwae.objectives import Objective, objective
 
@@ -115,6 +116,7 @@ def gradient_snr(
     n_draws: int = 100,
     generator: torch.Generator | None = None,
     *,
+    scheme: int = streams.SCHEME,
     progress: bool = False,
 ) -> dict[str, Any]:
     """SNR of the encoder's and the decoder's gradients for each k and estimator (see the module docstring).
@@ -125,7 +127,8 @@ def gradient_snr(
     :param estimators: names from :data:`iwae.ESTIMATORS`, each applied to the IWAE bound.
     :param n_draws: gradient draws per (k, estimator); at least 2.
     :param generator: source of a base seed b (one ``torch.randint(2**62, (1,))`` draw); at each k every estimator
-        draws its noise from a fresh generator on the model's device seeded b + k (common random numbers).
+        draws its noise from the stream ``("snr", "k", k)`` of b (:func:`iwae.streams.generator` under
+        ``scheme``) on the model's device (common random numbers).
         Default: the global generator.
     :returns: a dict with ``ks``, ``estimators``, ``n_draws``, ``batch``, ``coordinates`` (parameter count per
         network), ``floor`` (the SNR a zero-mean coordinate shows, sqrt(2/(pi n_draws))) and ``snr``:
@@ -143,7 +146,7 @@ def gradient_snr(
         for k in ks:
             for est in estimators:
                 bar.set_description(f"SNR {est} k={k}")
-                gen = torch.Generator(device=device).manual_seed(base + k)
+                gen = streams.generator(base, "snr", "k", k, device=device, scheme=scheme)
                 values = coordinate_snr(_draws(model, x, k, est, n_draws, gen, bar))
                 for net, part in zip(NETWORKS, (values[:n_enc], values[n_enc:])):
                     s = _summary(part)
@@ -211,12 +214,14 @@ def snr_command(
     if device is not None:
         model = model.to(resolve_device(device))
     dev = next(model.parameters()).device
-    gen = torch.Generator(device=dev).manual_seed(seed)
+    gen = streams.generator(seed, "snr", "data", device=dev, scheme=config.streams)
     x = data.load(config.dataset, "train", data_dir or config.data_dir)[:batch].to(dev)
     if not data.is_binary(config.dataset):
         x = data.binarize(x, generator=gen)
     start = time.monotonic()
-    result = gradient_snr(model, x, ks, estimators, n_draws, torch.Generator().manual_seed(seed), progress=progress)
+    base = streams.generator(seed, "snr", "base", scheme=config.streams)
+    with flush_subnormals(config.flush_denormal):
+        result = gradient_snr(model, x, ks, estimators, n_draws, base, scheme=config.streams, progress=progress)
     log = read_log(run_dir)
     result.update(
         seconds=time.monotonic() - start, seed=seed, slopes=_slopes(result),

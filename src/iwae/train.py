@@ -8,11 +8,15 @@ The checkpoint holds the model, Adam's moments, the :class:`~iwae.training_state
 current pass's permutation and every generator state, so a run killed at any moment and resumed with :func:`resume`
 reaches exactly the numbers it would have reached uninterrupted. The stage's last line, curve point included, is
 written before the stage-end checkpoint that counts it: a run killed between the two drops that line on resume and
-measures it again, so no point of the curve is lost or doubled. The files of a run folder are :mod:`iwae.rundir`'s.
+measures it again, so no point of the curve is lost or doubled. Ctrl-C or SIGTERM during training finishes the step
+under way, writes a checkpoint there and then stops as the signal would have (a second one stops at once), so
+``iwae resume`` loses nothing. The files of a run folder are :mod:`iwae.rundir`'s.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,13 +28,14 @@ from tqdm.auto import tqdm
 
 from iwae import data, rundir
 from iwae.config import TrainConfig, schedule
+from iwae.cpu import flush_subnormals
 from iwae.evaluate_run import curve_images, curve_point, finish_run
 from iwae.rundir import RunError, build_model, resolve_device
 from iwae.train_step import make_optimizer, make_train_step
 from iwae.training_state import Batches, Generators, Position, Saver
 
 __all__ = [
-    "TrainingDiverged", "train", "resume", "train_and_evaluate", "default_threads", "cpu_threads",
+    "TrainingDiverged", "train", "resume", "train_and_evaluate", "default_threads", "cpu_work",
 ]  # fmt: skip
 
 _CHECK_EVERY = 50  # steps between finiteness checks and checkpoint-timer looks (one host sync each)
@@ -52,13 +57,15 @@ def default_threads(config: TrainConfig) -> int | None:
 
 
 @contextmanager
-def cpu_threads(config: TrainConfig, threads: int | None = None) -> Iterator[None]:
-    """Run the block on ``threads`` CPU threads (default :func:`default_threads`), then restore torch's setting."""
+def cpu_work(config: TrainConfig, threads: int | None = None) -> Iterator[None]:
+    """Run the block on ``threads`` CPU threads (default :func:`default_threads`) with subnormal floats flushed to
+    zero as the config says (``flush_denormal``, :mod:`iwae.cpu`), then restore torch's settings."""
     n, before = threads or default_threads(config), torch.get_num_threads()
     if n:
         torch.set_num_threads(n)
     try:
-        yield
+        with flush_subnormals(config.flush_denormal):
+            yield
     finally:
         torch.set_num_threads(before)
 
@@ -72,7 +79,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, th
     run_dir = Path(run_dir)
     rundir.check_new(run_dir)
     config = config.replace(data_dir=rundir.absolute_data_dir(config.data_dir))
-    with cpu_threads(config, threads):
+    with cpu_work(config, threads):
         _train(config, run_dir, fresh=True, progress=progress, create=True)
     return run_dir
 
@@ -81,7 +88,7 @@ def resume(run_dir: str | Path, *, progress: bool = True, threads: int | None = 
     """Continue a run from its last checkpoint (or from the start, if it was stopped before the first one)."""
     run_dir = Path(run_dir)
     config = rundir.with_data_dir(rundir.read_config(run_dir))
-    with cpu_threads(config, threads):
+    with cpu_work(config, threads):
         _train(config, run_dir, fresh=not rundir.has_checkpoint(run_dir), progress=progress)
     return run_dir
 
@@ -116,7 +123,7 @@ def train_and_evaluate(
         final = rundir.read_config(run_dir)
         if not (final.evaluate if evaluate is None else evaluate):
             return None
-        with cpu_threads(final, threads):
+        with cpu_work(final, threads):
             return finish_run(run_dir, progress=progress)
 
 
@@ -126,46 +133,49 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
     batches = Batches(x, config.batch_size, dynamic=not data.is_binary(config.dataset))
     model = build_model(config, output_bias=x.mean(0)).to(device)
     optimizer = make_optimizer(model, betas=config.adam_betas)
-    gens = Generators.seeded(config.seed, device)
+    gens = Generators.seeded(config.seed, device, config.streams)
     curve_x = curve_images(config, device) if config.has_curve else None
     pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)
     rundir.drop_pending(run_dir)  # a fleet's checkpoint never committed must not replace this run's own later
     pos.fleet_step = 0  # trained on its own from here: a fleet it was part of must not take it back (fleet_train)
     step = make_train_step(
         model, optimizer, config.k, config.objective, config.estimator, m=config.m, beta=config.beta,
-        generator=gens.device, compile=config.compile,
+        generator=gens.device, compile=config.compile, flush_denormal=config.flush_denormal,
     )  # fmt: skip
     saver = Saver(run_dir, model, optimizer, gens, 60 * config.checkpoint_minutes)
     writer = _tensorboard(run_dir) if config.tensorboard else None
     stages, per_pass = schedule(config), batches.per_pass
     passes_done = sum(_stage_steps(s.passes, per_pass) for s in stages[: pos.stage]) / per_pass
-    while pos.stage < len(stages):
-        stage = stages[pos.stage]
-        total = _stage_steps(stage.passes, per_pass)
-        for group in optimizer.param_groups:
-            group["lr"] = stage.lr
-        desc = f"stage {stage.index + 1}/{len(stages)} lr {stage.lr:.2e}"
-        with tqdm(total=total, initial=pos.step, unit="step", disable=not progress, leave=False, desc=desc) as bar:
-            while pos.step < total:
-                first = pos.step % per_pass  # not 0 only when resuming mid-pass
-                if first == 0:  # a new pass: reshuffle
-                    perm, pos.pass_loss = batches.shuffle(gens.shuffle), 0.0
-                end = min(per_pass, first + total - pos.step)  # a stage's last pass may be cut short
-                seconds = _run_pass(step, batches, perm, gens.device, range(first, end), pos, saver, bar)
-                record = {
-                    "stage": stage.index, "lr": stage.lr, "pass": passes_done + pos.step / per_pass,
-                    "train_bound": -pos.pass_loss / end, "seconds": seconds,
-                    "examples_per_s": end * batches.size / max(seconds, 1e-9),
-                }  # fmt: skip
-                if pos.step == total and curve_x is not None:  # the stage's last pass: a point of the curve
-                    record |= curve_point(config, model, curve_x)
-                _log_pass(run_dir, pos, record, bar, writer)
-                if pos.step < total and saver.due():
-                    saver.save(pos, perm)
-        passes_done += total / per_pass
-        pos = Position(stage=pos.stage + 1, train_seconds=pos.train_seconds, log_lines=pos.log_lines)
-        perm = None
-        saver.save(pos, perm)
+    with _StopRequests() as stop:
+        while pos.stage < len(stages):
+            stage = stages[pos.stage]
+            total = _stage_steps(stage.passes, per_pass)
+            for group in optimizer.param_groups:
+                group["lr"] = stage.lr
+            desc = f"stage {stage.index + 1}/{len(stages)} lr {stage.lr:.2e}"
+            with tqdm(total=total, initial=pos.step, unit="step", disable=not progress, leave=False, desc=desc) as bar:
+                while pos.step < total:
+                    first = pos.step % per_pass  # not 0 only when resuming mid-pass
+                    if first == 0:  # a new pass: reshuffle
+                        perm, pos.pass_loss = batches.shuffle(gens.shuffle), 0.0
+                    end = min(per_pass, first + total - pos.step)  # a stage's last pass may be cut short
+                    seconds = _run_pass(step, batches, perm, gens.device, range(first, end), pos, saver, bar, stop)
+                    record = {
+                        "stage": stage.index, "lr": stage.lr, "pass": passes_done + pos.step / per_pass,
+                        "train_bound": -pos.pass_loss / end, "seconds": seconds,
+                        "examples_per_s": end * batches.size / max(seconds, 1e-9),
+                    }  # fmt: skip
+                    if pos.step == total and curve_x is not None:  # the stage's last pass: a point of the curve
+                        record |= curve_point(config, model, curve_x)
+                    _log_pass(run_dir, pos, record, bar, writer)
+                    if pos.step < total and (saver.due() or stop.requested):
+                        saver.save(pos, perm)
+                        stop.check()
+            passes_done += total / per_pass
+            pos = Position(stage=pos.stage + 1, train_seconds=pos.train_seconds, log_lines=pos.log_lines)
+            perm = None
+            saver.save(pos, perm)
+            stop.check()  # a signal during the stage's last pass or its curve point: stopped at this checkpoint
     if writer is not None:
         writer.close()
 
@@ -210,11 +220,13 @@ def _run_pass(
     pos: Position,
     saver: Saver,
     bar: tqdm,
+    stop: _StopRequests,
 ) -> float:
     """Minibatches ``steps`` of the pass over ``perm``, one training step each; the seconds they took.
 
     Every :data:`_CHECK_EVERY` steps of the stage and after the last: stop if the loss is not finite (the last
     checkpoint is kept), else record the pass's loss so far and the time in ``pos``; mid-pass, checkpoint if due.
+    After a step during which Ctrl-C or SIGTERM arrived: the same, then a checkpoint, then stop.
     """
     loss_sum = torch.tensor(pos.pass_loss, device=batches.x.device, dtype=torch.float64)
     start = tick = time.monotonic()
@@ -223,7 +235,7 @@ def _run_pass(
         pos.step += 1
         bar.update()
         last = t == steps[-1]
-        if pos.step % _CHECK_EVERY != 0 and not last:
+        if pos.step % _CHECK_EVERY != 0 and not last and not stop.requested:
             continue
         if not torch.isfinite(loss_sum):
             raise TrainingDiverged(
@@ -232,9 +244,51 @@ def _run_pass(
             )
         now = time.monotonic()
         pos.train_seconds, pos.pass_loss, tick = pos.train_seconds + now - tick, float(loss_sum), now
-        if not last and saver.due():
+        if not last and (saver.due() or stop.requested):
             saver.save(pos, perm)
+            stop.check()
     return tick - start
+
+
+class _StopRequests:
+    """Ctrl-C and SIGTERM while training, held until the step under way is done and checkpointed.
+
+    The first signal is recorded (``requested``); :meth:`check`, called once a checkpoint holds the position,
+    then delivers it to the handler that was in place before (KeyboardInterrupt for Ctrl-C, ``iwae``'s stop for
+    SIGTERM). A second signal before that is delivered at once. Outside the main thread nothing is changed.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            caught = [s for s in self.SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+            self._previous = {s: signal.signal(s, self._handle) for s in caught}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:  # the second one: stop now
+            self._deliver(signum)
+        self.requested = signum
+
+    def check(self) -> None:
+        """Deliver the signal received, if any (the run is checkpointed at its position)."""
+        if self.requested is not None:
+            self._deliver(self.requested)
+
+    def _deliver(self, signum: int) -> None:
+        self.__exit__()
+        signal.raise_signal(signum)
+        raise KeyboardInterrupt  # the previous handler ignored it: stop all the same
 
 
 def _log_pass(run_dir: Path, pos: Position, record: dict[str, Any], bar: tqdm, writer: Any) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from iwae.cpu import flush_subnormals
 from iwae.model import IWAE
 from iwae.objectives import Objective
 
@@ -25,6 +26,7 @@ def build_step(
     *,
     generator: torch.Generator | None = None,
     compile: bool = False,
+    flush_denormal: bool = True,
 ) -> Callable[[Tensor], Tensor]:
     """One parameter update per call: ``loss = step(x_binary_batch)``.
 
@@ -35,6 +37,9 @@ def build_step(
     it, from ``generator``, so the draws are those of the eager step): elementwise work is fused and, on CUDA,
     the step is replayed as CUDA graphs (``mode="reduce-overhead"``). The first steps, and the first step at a
     new batch size, pay the compilation (seconds to a minute). Available where ``objective.compilable``.
+
+    ``flush_denormal`` (default): on a CPU, subnormal floats are flushed to zero during the step and the setting
+    found is restored after it (:func:`iwae.cpu.flush_subnormals`); IWAE steps are 2-5x faster with it.
 
     :raises ValueError: for ``compile=True`` with an objective that cannot be compiled.
     """
@@ -47,10 +52,11 @@ def build_step(
             return objective.loss(model, x, generator)
 
     def step(x: Tensor) -> Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(x)
-        loss.backward()
-        optimizer.step()
+        with flush_subnormals(flush_denormal):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(x)
+            loss.backward()
+            optimizer.step()
         return loss.detach()
 
     return step
@@ -58,15 +64,16 @@ def build_step(
 
 def make_train_step(model: IWAE, optimizer: torch.optim.Optimizer, k: int = 50, kind: str = "iwae",
                     estimator: str = "reparam", *, m: int = 1, beta: float = 0.5,
-                    generator: torch.Generator | None = None,
-                    compile: bool = False) -> Callable[[Tensor], Tensor]:  # fmt: skip
+                    generator: torch.Generator | None = None, compile: bool = False,
+                    flush_denormal: bool = True) -> Callable[[Tensor], Tensor]:  # fmt: skip
     """:func:`build_step` for ``Objective(kind, k, estimator, m, beta)``: ``loss = step(x_binary_batch)``.
 
     Returns the detached loss (minus the batch-mean bound). ``compile=True`` is available for the ``reparam``
-    and ``stl`` estimators of the ``vae``, ``iwae``, ``miwae`` and ``ciwae`` bounds (see :func:`build_step`).
+    and ``stl`` estimators of the ``vae``, ``iwae``, ``miwae`` and ``ciwae`` bounds, and ``flush_denormal`` (on
+    by default) flushes subnormal floats during the step (see :func:`build_step`).
     """
     objective = Objective(kind, k, estimator, m, beta)
-    return build_step(model, optimizer, objective, generator=generator, compile=compile)
+    return build_step(model, optimizer, objective, generator=generator, compile=compile, flush_denormal=flush_denormal)
 
 
 def _compiled_loss(model: IWAE, objective: Objective, generator: torch.Generator | None) -> Callable[[Tensor], Tensor]:

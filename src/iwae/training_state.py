@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from iwae import data, rundir
+from iwae import data, rundir, streams
 
 __all__ = ["Position", "Generators", "Batches", "Saver"]
 
@@ -30,14 +30,18 @@ class Position:
 
 @dataclass
 class Generators:
-    """The run's two random streams, seeded from its seed; their states go into every checkpoint."""
+    """The run's two training streams (:func:`iwae.streams.generator`); their states go into every checkpoint."""
 
     shuffle: torch.Generator  # the permutation of each pass, on the CPU
     device: torch.Generator  # binarizations and reparameterisation noise, on the model's device
 
     @classmethod
-    def seeded(cls, seed: int, device: torch.device) -> Generators:
-        return cls(torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed + 1))
+    def seeded(cls, seed: int, device: torch.device, scheme: int) -> Generators:
+        """The streams of ``seed`` under the run's random-stream ``scheme`` (its config's ``streams``)."""
+        return cls(
+            streams.generator(seed, "shuffle", scheme=scheme),
+            streams.generator(seed, "noise", device=device, scheme=scheme),
+        )
 
     def states(self) -> dict[str, torch.Tensor]:
         return {"rng_shuffle": self.shuffle.get_state(), "rng_device": self.device.get_state()}

@@ -254,6 +254,7 @@ def _decode_png(zf: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
             pixels = np.asarray(im) if im.mode == "1" else np.asarray(im.convert("L")) / 255.0
     except DataFormatError:
         raise
-    except (OSError, SyntaxError, ValueError, zlib.error, zipfile.BadZipFile, EOFError) as err:
+    except (OSError, SyntaxError, ValueError, zlib.error, zipfile.BadZipFile, EOFError, NotImplementedError) as err:
+        # NotImplementedError: a member whose compression method (a damaged header byte, say) zipfile cannot read
         raise DataFormatError(f"{path}: {name}: cannot decode PNG ({err})") from err
     return pixels.astype(np.float64, copy=False)

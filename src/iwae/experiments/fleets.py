@@ -56,7 +56,7 @@ def _key(config: TrainConfig) -> tuple:
     return (
         config.layers, repr(config.latent_dims), repr(config.q_hidden), repr(config.p_hidden), objective, samples,
         config.estimator, config.batch_size, config.stages, config.pass_scale, repr(config.custom_schedule),
-        config.lr_variant, config.device, config.checkpoint_minutes,
+        config.lr_variant, config.device, config.checkpoint_minutes, config.flush_denormal,
     )  # fmt: skip
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from iwae import data
+from iwae import data, streams
 from iwae.model import IWAE
 from iwae.plots import save_figure
 from iwae.rundir import load_run
@@ -48,7 +48,7 @@ def plot_posteriors(run_dirs: dict[str, Path], out: Path, n_examples: int = 6, s
     examples and their reconstructions. ``run_dirs`` maps a label (e.g. "VAE") to a run folder."""
     models = {label: load_run(d) for label, d in run_dirs.items()}
     config = next(iter(models.values()))[0]
-    gen = torch.Generator().manual_seed(seed)
+    gen = streams.generator(seed, "posteriors", scheme=config.streams)
     x_all = data.load(config.dataset, "train", config.data_dir)
     idx = torch.randperm(x_all.shape[0], generator=gen)[:n_examples]
     x = data.binarize(x_all[idx], generator=gen)

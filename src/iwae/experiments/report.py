@@ -16,7 +16,7 @@ from iwae.experiments.claims import CRITERIA, SPREAD_RULE, Claim, check_claims
 from iwae.experiments.paper_results import TABLE1, TABLE2, TABLE3
 from iwae.experiments.plan import Schedule, table_key
 from iwae.experiments.runner import read_metrics, seed_dirs, seed_number
-from iwae.experiments.seeds import SEEDS_NOTE, combine, fmt_active, fmt_nll, fmt_value, mean_curve, n_seeds
+from iwae.experiments.seeds import SEEDS_NOTE, combine, fmt_active, fmt_nll, fmt_value, mean_curve, n_seeds, restrict
 from iwae.plots import plot_curves
 from iwae.rundir import METRICS_NAME, read_log
 
@@ -78,15 +78,14 @@ def _claims(root: Path, table: dict, dataset: str, seed: int) -> list[Claim]:
     return check_claims(dataset, {key: m for key, (m, _) in _cells(root, table, dataset).items()}, plain_seed=seed)
 
 
-def _criteria(seeded: bool) -> list[str]:
-    spread = [f"- Seeds: {SPREAD_RULE}."] if seeded else []
+def _criteria() -> list[str]:
     return [
         "## The paper's claims: criteria",
         "",
         "Each qualitative claim of the paper is checked by a rule taken from the paper's own Table 1:",
         "",
         *(f"- {name}: {rule}." for name, rule in CRITERIA.items()),
-        *spread,
+        f"- Seeds: {SPREAD_RULE}.",
         "",
     ]
 
@@ -117,10 +116,14 @@ def _table2_md(root: Path, schedule: Schedule) -> list[str]:
              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, row in TABLE2.items():
         first = read_cell(root / table_key("mnist", 1, *row["first"]))
-        second = read_cell(root / f"mnist-l1-{name}-k{row['second'][1]}")
+        second_dir = root / f"mnist-l1-{name}-k{row['second'][1]}"
+        second, start = read_cell(second_dir), _start_seed(second_dir)
+        label = f"{row['first'][0]} k={row['first'][1]}"
+        if first and start is not None and start in first.get("seeds", []):  # the seed the second stage starts from
+            first, label = restrict(first, [start]), f"{label}, seed {start} (the second stage's start)"
         cells = [
             name,
-            f"{row['first'][0]} k={row['first'][1]}",
+            label,
             fmt_nll(first, row["before"][0]),
             fmt_active(first, row["before"][1]),
             f"{row['second'][0]} k={row['second'][1]}",
@@ -129,6 +132,13 @@ def _table2_md(root: Path, schedule: Schedule) -> list[str]:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _start_seed(run: Path) -> int | None:
+    """The seed of the run folder a run started from (``init_from`` ending in ``seed-S``), if any."""
+    path = run / "config.json"
+    init = json.loads(path.read_text()).get("init_from") if path.is_file() else None
+    return seed_number(Path(init)) if init else None
 
 
 def _pruned_md(runs: dict[str, dict]) -> list[str]:
@@ -226,7 +236,7 @@ def write_report(
         "Cells read *ours (paper, ours minus paper)*. NLL in nats, lower is better; active units per layer."
         + (f" {SEEDS_NOTE}" if seeded else ""),
         "",
-        *(_criteria(seeded) if claims else []),
+        *(_criteria() if claims else []),
         *tables,
     ]
     if any(e in experiments for e in ("table1", "table3")):

@@ -1,0 +1,138 @@
+"""The random streams (iwae.streams): one per seed and purpose, no two alike; scheme 1 keeps the old formulas; every
+generator of the library comes from it; run folders made before scheme 2 resume and evaluate to their numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import iwae
+from iwae import streams
+from iwae.distributed import BLOCK
+from iwae.streams import PURPOSES, generator, seed_of
+
+SRC = Path(iwae.__file__).parent
+
+
+def _every_purpose(blocks: int) -> list[tuple]:
+    """Every purpose of the library, with the blocks of a sharded evaluation of up to ``blocks`` x BLOCK images and
+    the noise of ``iwae snr``'s default sample counts."""
+    evals = [p for p in PURPOSES if p[0] == "eval"]
+    blocked = [(*p, "block", b) for p in evals for b in range(blocks)]
+    return [*PURPOSES, *blocked, *(("snr", "k", k) for k in (1, 5, 50, 500, 5000))]
+
+
+def test_no_two_purposes_seeds_or_blocks_share_a_stream():
+    purposes = _every_purpose(blocks=-(-10_000 // BLOCK))  # the blocks of 10,000 images (a test set)
+    seen: dict[int, tuple] = {}
+    for seed in range(1000):
+        for purpose in purposes:
+            s = seed_of(seed, *purpose)
+            assert s not in seen, f"{(seed, *purpose)} and {seen[s]} share a stream"
+            seen[s] = (seed, *purpose)
+    assert all(0 <= s < 2**63 for s in seen)
+
+
+def test_scheme_1_is_the_formulas_of_runs_made_before_it_and_shows_why_it_was_replaced():
+    seed = 4
+    assert seed_of(seed, "init", scheme=1) == seed_of(seed, "shuffle", scheme=1) == seed
+    assert seed_of(seed, "noise", scheme=1) == seed + 1
+    assert seed_of(seed, "eval", "test", "nll", scheme=1) == 10_000 * seed + 99
+    assert seed_of(seed, "eval", "test", "nll", "block", 3, scheme=1) == (10_000 * seed + 99) * 2**20 + 3
+    # the coincidences of scheme 1 at seed 0, gone in scheme 2
+    assert seed_of(0, "noise", scheme=1) == seed_of(0, "eval", "train", "binarize", scheme=1)
+    assert seed_of(0, "init", scheme=1) == seed_of(0, "eval", "test", "binarize", scheme=1)
+    assert seed_of(0, "noise") != seed_of(0, "eval", "train", "binarize")
+    assert seed_of(0, "init") != seed_of(0, "eval", "test", "binarize")
+
+
+def test_generator_is_seeded_by_seed_of_and_bad_requests_are_refused():
+    g = generator(7, "eval", "test", "nll")
+    assert g.initial_seed() == seed_of(7, "eval", "test", "nll") and g.device.type == "cpu"
+    assert torch.equal(torch.rand(5, generator=g), torch.rand(5, generator=generator(7, "eval", "test", "nll")))
+    with pytest.raises(ValueError, match="scheme"):
+        seed_of(0, "init", scheme=3)
+    with pytest.raises(ValueError, match="non-negative"):
+        seed_of(-1, "init")
+    with pytest.raises(ValueError, match="scheme 1"):
+        seed_of(0, "fleet", 3, scheme=1)
+
+
+def test_every_generator_of_the_library_comes_from_the_stream_function():
+    """No module seeds a generator itself; the one fixed permutation of a data set's definition (Omniglot's
+    validation split) is data, not a stream."""
+    pattern = re.compile(r"manual_seed\(|torch\.Generator\(|default_rng\(|torch\.seed\(|random\.seed\(")
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line.split("#")[0]) and path.name != "streams.py" and "``" not in line:
+                found.append(f"{path.relative_to(SRC)}:{n}: {line.strip()}")
+    assert found == ["data/omniglot.py:70: shuffled = pool[np.random.default_rng(SEED).permutation(len(pool))]"]
+
+
+def test_a_run_records_its_scheme_and_an_old_run_folder_reads_as_scheme_1(tmp_path):
+    from iwae.config import TrainConfig
+    from iwae.rundir import read_config
+
+    assert json.loads(TrainConfig().to_json())["streams"] == streams.SCHEME == 2
+    values = json.loads(TrainConfig(seed=2).to_json())
+    del values["streams"], values["flush_denormal"]  # a config.json written before either existed
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    old = read_config(tmp_path)
+    assert old.streams == 1 and old.flush_denormal is False and old.seed == 2
+    with pytest.raises(ValueError, match="streams"):
+        TrainConfig(streams=3)
+
+
+OLD_RUN = Path(__file__).parent / "data" / "scheme1-run"  # trained by the code before scheme 2 (no streams key)
+TIMINGS = {"seconds", "examples_per_s", "train_seconds", "curve_seconds"}
+
+
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the old run was evaluated on one thread, and recorded no eval_threads
+    return before
+
+
+def test_an_old_run_folder_evaluates_to_exactly_its_numbers(data_dir, tmp_path):
+    import shutil
+
+    from iwae.evaluate_run import evaluate_run
+
+    run = shutil.copytree(OLD_RUN, tmp_path / "old")
+    recorded = json.loads((OLD_RUN / "metrics.json").read_text())
+    before = _one_thread()
+    try:
+        test = evaluate_run(run, split="test", pruned=True, progress=False, data_dir=data_dir)
+        train = evaluate_run(run, split="train", progress=False, data_dir=data_dir)
+    finally:
+        torch.set_num_threads(before)
+    assert (test["nll"], test["nll_sem"], test["nll_pruned"]) == (
+        recorded["test_nll"], recorded["test_nll_sem"], recorded["test_nll_pruned"])  # fmt: skip
+    assert (train["nll"], train["nll_sem"]) == (recorded["train_nll"], recorded["train_nll_sem"])
+    assert test["active_units"] == recorded["active_units"]
+
+
+def test_an_old_run_folder_trains_again_to_exactly_its_numbers(data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from iwae.rundir import read_log
+    from iwae.train import train_and_evaluate
+
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "config.json").write_text((OLD_RUN / "config.json").read_text())  # stopped before its first checkpoint
+    before = _one_thread()
+    try:
+        metrics = train_and_evaluate(run, progress=False, changes={"data_dir": data_dir})
+    finally:
+        torch.set_num_threads(before)
+    strip = lambda d: {k: v for k, v in d.items() if k not in TIMINGS | {"eval_threads"}}  # noqa: E731
+    assert [strip(r) for r in read_log(run)] == [strip(r) for r in read_log(OLD_RUN)]
+    assert strip(metrics) == strip(json.loads((OLD_RUN / "metrics.json").read_text()))
+    new, old = load_file(run / "checkpoint.safetensors"), load_file(OLD_RUN / "checkpoint.safetensors")
+    assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in old)

@@ -164,19 +164,21 @@ def test_seed_numbers_in_prose_are_results_json():
 
 
 def test_results_verdicts_in_prose_are_the_reports():
-    """The prose's verdicts on the paper's claims are those recorded in results.json."""
-    assert not any(c["holds"] for c in claims(claim="the VAE barely improves with k"))
-    assert all(c["holds"] for c in claims(claim="IWAE improves with k"))
-    assert all(c["holds"] for c in claims(claim="IWAE has more active units than the VAE"))
-    iwae_layers = [c for c in claims(claim="two layers beat one") if c["where"].startswith("IWAE")]
-    assert iwae_layers and not any(c["holds"] for c in iwae_layers)
-    assert [c["where"] for c in claims(claim="two layers beat one", dataset="mnist") if c["holds"]] == [
-        "VAE, k=5",
-        "VAE, k=50",
-    ]
-    for layers in (1, 2):  # "on Omniglot the VAE is ahead of IWAE at every k"
+    """The prose's verdicts on the paper's claims are those recorded in results.json: decided with 1 layer on MNIST
+    (3 seeds), undecided wherever a comparison rests on one seed."""
+    decided = [c for c in claims() if c["measured"]]
+    assert {(c["dataset"], c["where"]) for c in decided} == {
+        ("mnist", "1 layer"), ("mnist", "1 layer, k=5"), ("mnist", "1 layer, k=50")}  # fmt: skip
+    assert all(c["holds"] is None for c in claims() if not c["measured"])
+    assert [c["holds"] for c in decided] == [True, False, True, True]  # improves; not barely; more units at 5, 50
+    # on their one seed: two layers do not beat one for IWAE; on Omniglot the VAE is ahead of IWAE at every k
+    for k in KS:  # the 2-layer runs are seed 0's: compared with seed 0's 1-layer runs, as the report does
+        one = run("mnist", 1, "iwae", k)
+        assert run("mnist", 2, "iwae", k)["test_nll"] > one["test_nll_seeds"][one["seeds"].index(0)]
+    for layers in (1, 2):
         for k in KS[1:]:
             assert run("omniglot", layers, "vae", k)["test_nll"] < run("omniglot", layers, "iwae", k)["test_nll"]
+    assert "undecided: one seed, no measure of its noise" in (REPRO / "report.md").read_text()
 
 
 def bench_step(layers: int, k: int, impl: str) -> dict:
@@ -353,13 +355,15 @@ def test_fidelity_peer_section_states_what_peer_json_gives():
     s = json.loads((FIDELITY / "peer-k5.json").read_text())["summary"]
     for phrase in (
         f"is {s['iwae_nll']:.2f} nats for `iwae` and {s['pyro_nll']:.2f} for Pyro",
-        f"a difference (iwae minus Pyro) of {s['diff']:.3f} nats, with a standard error of {s['diff_seed_sem']:.3f}",
+        f"a difference (iwae minus Pyro) of {-s['diff']:+.3f} nats, with a standard error of {s['diff_seed_sem']:.3f}",
         f"(s.d. {s['diff_seed_sd']:.3f}) and {s['diff_paired_sem']:.3f} from the paired evaluation",
         f"{s['iwae_nll_seed_sd']:.3f} for `iwae`, {s['pyro_nll_seed_sd']:.3f} for Pyro",
         f"{s['iwae_ms_per_step']:.2f} ms for `iwae` and {s['pyro_ms_per_step']:.2f} ms for Pyro",
     ):
         assert phrase in text, phrase
     assert abs(s["diff"]) < 2 * s["diff_seed_sem"]  # "agree within the spread between training seeds"
+    # the JSON's difference is Pyro's NLL minus iwae's (peer-k5.md says so): iwae minus Pyro is its negation
+    assert s["iwae_nll"] - s["pyro_nll"] == pytest.approx(-s["diff"], abs=1e-9)
 
 
 def test_benchmarks_readme_sharded_speedup_is_the_json():

@@ -80,20 +80,24 @@ def fleet_child_main(manifest: str, run_dirs: list[str], mode: str) -> int:
 
 
 def _steps_per_second(config: TrainConfig, threads: int, seconds: float = 1.0) -> float:
-    """Measured training steps per second for this config's model, objective and k (random binary data)."""
+    """Measured training steps per second for this config's model and objective (k, m, beta, estimator, flushing
+    of subnormal floats: the run's own step), on random binary data."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         model = build_model(config)
-        step = make_train_step(model, make_optimizer(model), config.k, config.objective, config.estimator)
+        step = make_train_step(model, make_optimizer(model), config.k, config.objective, config.estimator,
+                               m=config.m, beta=config.beta, flush_denormal=config.flush_denormal)  # fmt: skip
         x = torch.bernoulli(torch.full((config.batch_size, 784), 0.13))
         for _ in range(3):
             step(x)
         n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+        while True:  # at least one step, however long it takes
             step(x)
             n += 1
-        return n / (time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                return n / elapsed
     finally:
         torch.set_num_threads(old)
 
@@ -106,7 +110,7 @@ def _eval_seconds_per_image(config: TrainConfig, threads: int) -> float:
         x = torch.bernoulli(torch.full((2, 784), 0.13))
         k = min(config.eval_k, 1000)
         start = time.perf_counter()
-        log_likelihood(model, x, k)
+        log_likelihood(model, x, k, flush_denormal=config.flush_denormal)
         return (time.perf_counter() - start) / 2 * config.eval_k / k
     finally:
         torch.set_num_threads(old)
@@ -123,7 +127,8 @@ def estimate_seconds(specs: list[RunSpec], jobs: int) -> dict[str, float]:
     out = {}
     for spec in specs:
         c = spec.config
-        key = (c.layers, tuple(c.latent_dims or ()), c.objective, c.k, c.m, c.estimator, c.eval_k)
+        key = (c.layers, tuple(c.latent_dims or ()), c.objective, c.k, c.m, c.beta, c.estimator, c.eval_k,
+               c.flush_denormal)  # fmt: skip
         if key not in cache:
             threads = default_threads(c) or share
             cache[key] = (_steps_per_second(c, threads), _eval_seconds_per_image(c, threads))

@@ -27,6 +27,7 @@ import iwae.evaluate_run
 import iwae.train
 from iwae import atomic, rundir
 from iwae.config import TrainConfig
+from iwae.experiments.status import run_states
 
 # 120 training steps in two stages, a checkpoint mid-stage and at each stage's end, a small evaluation.
 SHORT = {**TINY, "pass_scale": 0.01, "eval_n": 20}
@@ -140,6 +141,8 @@ def test_ctrl_c_checkpoints_the_step_under_way_and_resume_loses_nothing(data_dir
     with safe_open(str(run / rundir.CHECKPOINT_NAME), framework="pt") as f:
         position = json.loads(f.metadata()["state"])
     assert (position["stage"], position["step"]) == (0, 20)  # the step under way finished, then checkpointed
+    (state,) = run_states(run)  # `iwae status RUN`: where it stopped and how to go on
+    assert state.state == "stopped" and state.detail.endswith(f"passes (0%); continue: iwae resume {run}")
     iwae.train.train_and_evaluate(run, None, progress=False)
     _same_run(tmp_path / "straight", run)
     # a second Ctrl-C stops at once: no checkpoint of that step

@@ -79,15 +79,29 @@ def check_local(key: str, path: Path) -> str | None:
     res = RESOURCES[key]
     try:
         if path.name == Path(res.path).name:
-            _check_published(key, path)
-            if res.known_hash is not None:
-                algorithm, _, want = res.known_hash.rpartition(":")
-                if (got := file_hash(path, algorithm or "sha256")) != want:
-                    return f"{algorithm or 'sha256'} {got}, expected {want}"
-        elif res.fingerprint is not None and (got := _content_sha256(path)) != res.fingerprint:
+            problem = _published_problem(key, path)
+            # a copy recompressed by its owner fails the published file's checks but holds the same content
+            if problem is None or (res.fingerprint is not None and _content_sha256(path) == res.fingerprint):
+                return None
+            return problem
+        if res.fingerprint is not None and (got := _content_sha256(path)) != res.fingerprint:
             return f"sha256 of the content {got}, expected {res.fingerprint}"
     except (OSError, EOFError, ValueError) as err:  # unreadable, or a gzip stream cut short
         return str(err)
+    return None
+
+
+def _published_problem(key: str, path: Path) -> str | None:
+    """What differs between ``path`` and the published file of ``key`` (size, git blob id, hash), or None."""
+    res = RESOURCES[key]
+    try:
+        _check_published(key, path)
+    except ValueError as err:
+        return str(err)
+    if res.known_hash is not None:
+        algorithm, _, want = res.known_hash.rpartition(":")
+        if (got := file_hash(path, algorithm or "sha256")) != want:
+            return f"{algorithm or 'sha256'} {got}, expected {want}"
     return None
 
 
@@ -143,13 +157,34 @@ def fetch(key: str, data_dir: Path, replace: bool = False) -> Path:
             return dest
         # requests' errors are OSErrors; pooch's hash mismatch and ours are ValueErrors.
         except (OSError, ValueError) as err:
-            failures.append(f"  {url}: {type(err).__name__}: {err}")
+            failures.append((url, err))
     for d in made:  # leave no empty folders behind either (innermost first)
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
-    raise DownloadError(
-        f"could not download `{res.path}` into {data_dir} (no partial file was kept). Tried:\n" + "\n".join(failures)
+    if all(_offline(err) for _, err in failures):
+        raise DownloadError(
+            f"could not download `{res.path}`: no network connection to any of its {len(failures)} mirror(s); "
+            f"copy the files into {data_dir} (README: Data) or run this again online"
+        )
+    tried = "\n".join(f"  {url}: {type(err).__name__}: {_first_line(err)}" for url, err in failures)
+    raise DownloadError(f"could not download `{res.path}` into {data_dir} (no partial file was kept). Tried:\n{tried}")
+
+
+def _offline(err: BaseException) -> bool:
+    """Whether ``err`` says that the host could not be reached at all (no network, a name that does not resolve)."""
+    import requests
+
+    return isinstance(err, (requests.ConnectionError, requests.Timeout)) or (
+        isinstance(err, OSError)
+        and not isinstance(err, requests.RequestException)
+        and err.errno is not None
+        and "Name or service not known" in str(err)
     )
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def ensure(name: str, data_dir: Path, download: bool = False) -> dict[str, Path]:

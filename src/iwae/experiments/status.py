@@ -18,9 +18,10 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from iwae.config import schedule
 from iwae.experiments.runner import FAILED_LINE, REQUESTED_NAME
 from iwae.experiments.slurm import JOB_NAME, queue_states
-from iwae.rundir import CONFIG_NAME, LOCK_NAME, status
+from iwae.rundir import CONFIG_NAME, LOCK_NAME, RunError, read_config, read_log, status
 
 __all__ = ["RunState", "run_folders", "run_states", "format_states"]
 
@@ -93,7 +94,7 @@ def _state(run: Path, queue: dict[str, str], reproducing: bool) -> RunState:
         state = "running" if queue[job["job_id"]] in ("RUNNING", "COMPLETING") else "queued"
         return RunState(run, state, f"Slurm job {job['job_id']}, {queue[job['job_id']].lower()}")
     if (pid := _lock_holder(run)) is not None:
-        return RunState(run, "running", f"PID {pid}")
+        return RunState(run, "running", f"PID {pid}{_progress(run)}")
     if job:
         return RunState(run, "failed", f"Slurm job {job['job_id']} ended; {job['stderr']}", _tail(Path(job["stderr"])))
     log = _tail(run / "log.txt")
@@ -101,7 +102,22 @@ def _state(run: Path, queue: dict[str, str], reproducing: bool) -> RunState:
         return RunState(run, "failed", str(run / "log.txt"), log)
     if reproducing:
         return RunState(run, "queued", "waits for `iwae reproduce`")
-    return RunState(run, "stopped" if status(run) == "partial" else "new")
+    if status(run) == "partial":
+        return RunState(
+            run, "stopped", f"{_progress(run).removeprefix(', ')}; continue: iwae resume {run}".lstrip("; ")
+        )
+    return RunState(run, "new")
+
+
+def _progress(run: Path) -> str:
+    """``, P of T passes`` (P from the last line of metrics.jsonl, T from the run's schedule), or nothing."""
+    try:
+        log = read_log(run)
+        total = sum(stage.passes for stage in schedule(read_config(run)))
+    except (OSError, ValueError, RunError):
+        return ""
+    done = log[-1]["pass"] if log else 0.0
+    return f", {done:,.2f} of {total:,.2f} passes ({min(done / total, 1.0):.0%})"
 
 
 def run_states(folder: str | Path) -> list[RunState]:

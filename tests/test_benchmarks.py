@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import iwae
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, where benchmarks/ lives
 
 from benchmarks import bench, measure, peers, report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "layers": (1,),
@@ -118,3 +122,12 @@ def test_targets_take_the_faster_project_step_and_say_which():
     assert k1["value"] == pytest.approx(0.6) and k1["measure"].startswith("project compiled /") and not k1["met"]
     assert got["sample-one speed-up over IWAE at k=50 (1L)"]["value"] == pytest.approx(2.0)  # eager reparam
     assert got["k=50 1L IWAE step vs Pyro"]["value"] is None and got["k=50 1L IWAE step vs Pyro"]["met"] is None
+
+
+@pytest.mark.parametrize("args", [["benchmarks.peer_nll"], ["benchmarks.exact_ll", "some-run"]])
+def test_an_out_folder_that_does_not_exist_is_refused_before_any_work(args, tmp_path):
+    out = tmp_path / "missing" / "x.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", *args, "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)  # fmt: skip
+    assert done.returncode == 2 and f"the folder {out.parent} does not exist" in done.stderr

@@ -368,3 +368,27 @@ def test_review_fixes_stale_pending_adam_settings_all_dropped(data_dir, tmp_path
     assert resume_fleet(tmp_path / "gone" / MANIFEST_NAME, progress=False) == {"x": "nan"}
     with pytest.raises(Exception, match="seeds"):
         seed_list("5-3")
+
+
+def test_ctrl_c_checkpoints_the_fleet_step_under_way_and_resume_loses_nothing(data_dir, tmp_path, cached_data):
+    configs = _configs(data_dir, curve_k=0, checkpoint_minutes=60.0)  # no timed checkpoint before the signal
+    straight = tmp_path / "straight"
+    train_fleet(configs, [straight / "a", straight / "b"], straight / MANIFEST_NAME, mode="stacked", progress=False)
+    fleet = tmp_path / "interrupted"
+    pid = os.fork()
+    if pid == 0:  # the child: Ctrl-C during fleet step 20
+        code = 3
+        try:
+            count = iter(range(1, 21))
+            _hook(setattr, lambda what: what == "step" and next(count, None) == 20 and os.kill(os.getpid(), 2))
+            _train_ab(configs, fleet)
+        except KeyboardInterrupt:
+            code = 130
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 130
+    assert read_manifest(fleet / MANIFEST_NAME)["step"] == 20  # checkpointed at the step under way
+    resume_fleet(fleet / MANIFEST_NAME, progress=False)
+    for name in ("a", "b"):
+        _same_checkpoint(straight / name, fleet / name)

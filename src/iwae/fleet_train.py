@@ -34,7 +34,7 @@ from iwae.evaluate_run import curve_point, finish_run
 from iwae.fleet import Fleet, make_fleet
 from iwae.fleet_runs import FleetRun, SharedData, open_run
 from iwae.rundir import RunError, resolve_device
-from iwae.train import _log_pass, _stage_steps, cpu_work
+from iwae.train import StopRequests, _log_pass, _stage_steps, cpu_work
 
 __all__ = ["MANIFEST_NAME", "train_fleet", "resume_fleet", "train_fleet_and_evaluate", "read_manifest"]
 
@@ -143,14 +143,17 @@ def _loop(runs: list[FleetRun], manifest: Path, names: list[str], mode: str, dro
     interval = 60 * min((r.config.checkpoint_minutes for r in runs), default=5.0)
     # A fleet of CUDA graphs resumed on a CPU (--device cpu) steps as auto does there; the manifest keeps its mode.
     step_mode = "auto" if mode == "graph" and runs and runs[0].batches.x.device.type != "cuda" else mode
-    with tqdm(
-        total=step + remaining, initial=step, unit="step", disable=not progress, desc=f"fleet of {len(runs)}"
-    ) as bar:
+    with (
+        StopRequests() as stop,
+        tqdm(
+            total=step + remaining, initial=step, unit="step", disable=not progress, desc=f"fleet of {len(runs)}"
+        ) as bar,
+    ):
         while active:
             fleet = make_fleet([r.model for r in active], [r.optimizer for r in active], [r.objective for r in active],
                                [r.gens.device for r in active], active[0].config.batch_size, step_mode,
                                flush_denormal=active[0].config.flush_denormal)  # fmt: skip
-            step, left = _stretch(fleet, active, manifest, names, mode, dropped, step, interval, bar)
+            step, left = _stretch(fleet, active, manifest, names, mode, dropped, step, interval, bar, stop)
             for r, why in left.items():
                 dropped[os.path.relpath(r.run_dir, manifest.parent)] = why
             kept = [r for r in active if r not in left]  # the finished ones take their last checkpoint here
@@ -166,8 +169,9 @@ def _steps_left(run: FleetRun) -> int:
 
 
 def _stretch(fleet: Fleet, active: list[FleetRun], manifest: Path, names: list[str], mode: str, dropped: dict[str, str],
-             step: int, interval: float, bar: tqdm) -> tuple[int, dict[FleetRun, str]]:  # fmt: skip
-    """Step ``fleet`` until one of its runs finishes or is dropped; the fleet step reached and the dropped runs."""
+             step: int, interval: float, bar: tqdm, stop: StopRequests) -> tuple[int, dict[FleetRun, str]]:  # fmt: skip
+    """Step ``fleet`` until one of its runs finishes or is dropped; the fleet step reached and the dropped runs.
+    Ctrl-C or SIGTERM: the fleet step under way ends, the fleet checkpoints there, then stops."""
     sums = torch.tensor([r.pos.pass_loss for r in active], dtype=torch.float64, device=_device(active))
     last_save = tick = time.monotonic()
     while True:
@@ -181,7 +185,7 @@ def _stretch(fleet: Fleet, active: list[FleetRun], manifest: Path, names: list[s
         step += 1
         bar.update()
         ends = [r.advance() for r in active]
-        if step % _CHECK_EVERY and not any(p for p, _ in ends):
+        if step % _CHECK_EVERY and not any(p for p, _ in ends) and not stop.requested:
             continue
         now = time.monotonic()
         left = {}
@@ -202,9 +206,10 @@ def _stretch(fleet: Fleet, active: list[FleetRun], manifest: Path, names: list[s
                 r.next_stage()
         if left or any(r.done for r in active):
             return step, left
-        if any(s for _, s in ends) or now - last_save >= interval:
+        if any(s for _, s in ends) or now - last_save >= interval or stop.requested:
             _save_all(fleet, active, manifest, names, mode, dropped, step)
             last_save = time.monotonic()
+            stop.check()
 
 
 def _device(runs: list[FleetRun]) -> torch.device:

@@ -35,7 +35,7 @@ from iwae.train_step import make_optimizer, make_train_step
 from iwae.training_state import Batches, Generators, Position, Saver
 
 __all__ = [
-    "TrainingDiverged", "train", "resume", "train_and_evaluate", "default_threads", "cpu_work",
+    "TrainingDiverged", "train", "resume", "train_and_evaluate", "default_threads", "cpu_work", "StopRequests",
 ]  # fmt: skip
 
 _CHECK_EVERY = 50  # steps between finiteness checks and checkpoint-timer looks (one host sync each)
@@ -146,7 +146,7 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
     writer = _tensorboard(run_dir) if config.tensorboard else None
     stages, per_pass = schedule(config), batches.per_pass
     passes_done = sum(_stage_steps(s.passes, per_pass) for s in stages[: pos.stage]) / per_pass
-    with _StopRequests() as stop:
+    with StopRequests() as stop:
         while pos.stage < len(stages):
             stage = stages[pos.stage]
             total = _stage_steps(stage.passes, per_pass)
@@ -220,7 +220,7 @@ def _run_pass(
     pos: Position,
     saver: Saver,
     bar: tqdm,
-    stop: _StopRequests,
+    stop: StopRequests,
 ) -> float:
     """Minibatches ``steps`` of the pass over ``perm``, one training step each; the seconds they took.
 
@@ -250,7 +250,7 @@ def _run_pass(
     return tick - start
 
 
-class _StopRequests:
+class StopRequests:
     """Ctrl-C and SIGTERM while training, held until the step under way is done and checkpointed.
 
     The first signal is recorded (``requested``); :meth:`check`, called once a checkpoint holds the position,
@@ -264,7 +264,7 @@ class _StopRequests:
         self.requested: int | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _StopRequests:
+    def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
             caught = [s for s in self.SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
             self._previous = {s: signal.signal(s, self._handle) for s in caught}

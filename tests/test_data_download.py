@@ -4,6 +4,7 @@ nothing behind, mirrors are tried in turn, and no network gives one clear error.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gzip
 import hashlib
 import http.server
@@ -14,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pooch
 import pytest
 import scipy.io
 
@@ -229,3 +231,19 @@ def test_a_damaged_uncompressed_copy_is_replaced_too(site, monkeypatch, tmp_path
     paths = data.download("mnist", tmp_path)
     assert paths[0] == tmp_path / MNIST[0] and paths[0].read_bytes() == content
     assert files_under(tmp_path) == ["mnist", *sorted(MNIST)]
+
+
+def test_a_full_disk_during_a_download_is_one_line_naming_the_command(site, monkeypatch, tmp_path):
+    publish(site, monkeypatch, MNIST[0], mnist_gz(410, 10))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pooch, "retrieve", full)
+    with pytest.raises(data.DownloadError) as info:
+        fetch(MNIST[0], tmp_path)
+    assert str(info.value) == (
+        f"no space left on device while downloading `{MNIST[0]}` into {tmp_path} (no partial file was kept); "
+        "free space and run `iwae download mnist` again"
+    )
+    assert files_under(tmp_path) == []

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DiskFullError", "atomic_path", "write_bytes", "write_text", "write_json"]
+__all__ = ["DiskFullError", "is_disk_full", "atomic_path", "write_bytes", "write_text", "write_json"]
 
 
 class DiskFullError(OSError):
@@ -26,6 +26,22 @@ class DiskFullError(OSError):
     def __init__(self, path: str | Path) -> None:
         super().__init__(f"no space left on device while writing {path} (its previous version, if any, is intact)")
         self.errno = errno.ENOSPC
+
+
+# How writers that are not Python's own say ENOSPC/EDQUOT: safetensors' Rust writer raises a SafetensorError
+# "I/O error: No space left on device (os error 28)", not an OSError.
+_DISK_FULL_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it was raised from) says the disk is full, whatever library raised it."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(err) for text in _DISK_FULL_TEXTS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _umask() -> int:
@@ -50,8 +66,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(err, DiskFullError):
+    except Exception as err:  # the writer may be a library's own (safetensors raises its own error type)
+        if is_disk_full(err) and not isinstance(err, DiskFullError):
             raise DiskFullError(path) from err
         raise
     finally:

@@ -123,6 +123,7 @@ def open_run(config: TrainConfig, run_dir: Path, fresh: bool, create: bool, load
     model = build_model(config, output_bias=x.mean(0)).to(loaded.device)
     optimizer = make_optimizer(model, betas=config.adam_betas)
     gens = Generators.seeded(config.seed, loaded.device, config.streams)
+    rundir.check_space(run_dir, model, "start it again" if create else f"run `iwae resume {run_dir.parent}`")
     pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)
     run = FleetRun(config, run_dir, model, optimizer, gens, batches, pos, perm, loaded.curve(config), schedule(config))
     run.passes_done = sum(_stage_steps(s.passes, batches.per_pass) for s in run.stages[: pos.stage]) / batches.per_pass

@@ -21,10 +21,10 @@ While a process trains or evaluates a run it holds the folder's ``.lock`` (:func
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +34,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from iwae import atomic, streams
-from iwae.atomic import DiskFullError
+from iwae.atomic import DiskFullError, is_disk_full
 from iwae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from iwae.config import LEGACY, RESUMABLE, TrainConfig, read_config_file
 from iwae.data.resources import resolve_data_dir
@@ -91,17 +91,39 @@ def locked(folder: str | Path, again: str) -> Iterator[None]:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
+        except RunError:  # already said (by the lock of another run folder of a fleet, say)
+            raise
         except DiskFullError as err:
             raise RunError(f"{err}; free space and run `{again}`") from err
-        except OSError as err:
-            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        except Exception as err:  # a write outside iwae.atomic (metrics.jsonl, a library's own file)
+            if not is_disk_full(err):
                 raise
-            raise RunError(f"no space left on device in {folder} ({err}); free space and run `{again}`") from err
+            raise RunError(f"no space left on device in {folder}; free space and run `{again}`") from err
     finally:
         os.close(fd)
         if made and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
             (folder / LOCK_NAME).unlink()
             folder.rmdir()
+
+
+SPACE_MARGIN = 2**20  # bytes beyond two checkpoints: the log, metrics.json, the figures
+
+
+def check_space(run_dir: str | Path, model: torch.nn.Module, again: str) -> None:
+    """Refuse, in one line and before any training, a run folder whose file system cannot hold what the run writes
+    next: a checkpoint (the model and Adam's two moments) twice over, as the new one is written beside the old
+    before it replaces it, and :data:`SPACE_MARGIN` for its log and figures.
+
+    :raises RunError: with the free and the needed space, and ``again``, what to do once space is freed.
+    """
+    where = next(p for p in (Path(run_dir).absolute(), *Path(run_dir).absolute().parents) if p.exists())
+    need = 2 * 3 * sum(p.numel() * p.element_size() for p in model.parameters()) + SPACE_MARGIN
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise RunError(
+            f"{where} has {free / 2**20:.1f} MiB free, and the run needs about {need / 2**20:.1f} MiB there (its "
+            f"checkpoint twice over, and its log and figures); free space, then {again}"
+        )
 
 
 def resolve_device(name: str) -> torch.device:

@@ -135,6 +135,7 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
     optimizer = make_optimizer(model, betas=config.adam_betas)
     gens = Generators.seeded(config.seed, device, config.streams)
     curve_x = curve_images(config, device) if config.has_curve else None
+    rundir.check_space(run_dir, model, "start it again" if create else f"run `iwae resume {run_dir}`")
     pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)
     rundir.drop_pending(run_dir)  # a fleet's checkpoint never committed must not replace this run's own later
     pos.fleet_step = 0  # trained on its own from here: a fleet it was part of must not take it back (fleet_train)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pooch
 
+from iwae.atomic import is_disk_full
 from iwae.data.resources import (
     DATASETS,
     RESOURCES,
@@ -157,6 +158,14 @@ def fetch(key: str, data_dir: Path, replace: bool = False) -> Path:
             return dest
         # requests' errors are OSErrors; pooch's hash mismatch and ours are ValueErrors.
         except (OSError, ValueError) as err:
+            if is_disk_full(err):  # no other mirror would fit either
+                for d in made:
+                    if d.is_dir() and not any(d.iterdir()):
+                        d.rmdir()
+                raise DownloadError(
+                    f"no space left on device while downloading `{res.path}` into {data_dir} (no partial file was "
+                    f"kept); free space and run `iwae download {_dataset_of(key)}` again"
+                ) from err
             failures.append((url, err))
     for d in made:  # leave no empty folders behind either (innermost first)
         if d.is_dir() and not any(d.iterdir()):
@@ -168,6 +177,11 @@ def fetch(key: str, data_dir: Path, replace: bool = False) -> Path:
         )
     tried = "\n".join(f"  {url}: {type(err).__name__}: {_first_line(err)}" for url, err in failures)
     raise DownloadError(f"could not download `{res.path}` into {data_dir} (no partial file was kept). Tried:\n{tried}")
+
+
+def _dataset_of(key: str) -> str:
+    """The data set whose files include resource ``key``."""
+    return next(name for name, groups in SOURCES.items() if any(key in group for group in groups))
 
 
 def _offline(err: BaseException) -> bool:

@@ -147,3 +147,18 @@ def test_out_holding_other_files_and_a_config_of_wrong_types_are_refused_leaving
     config.write_text(json.dumps({"custom_schedule": [[1, float("inf")]]}))
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 1
     assert "positive finite numbers" in _error_line(capsys) and not (tmp_path / "run").exists()
+
+
+def test_help_states_each_commands_own_defaults(capsys):
+    for argv in (["resume", "--help"], ["evaluate", "--help"], ["compare", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        assert "default for train and resume" not in text
+        if argv[0] == "resume":  # resume keeps the run's recorded settings: no config default is shown
+            for option in ("--eval-k EVAL_K", "--eval-n N", "--device DEVICE"):
+                after = text.split(option, 2)[2]
+                assert after.split(" --")[0].endswith("(default: the run's, from its config.json)"), option
+            assert "(default 5000)" not in text and "(default all)" not in text and "auto: cuda" not in text
+        if argv[0] == "evaluate":
+            assert "(default: those metrics.json was measured on" in text

@@ -75,6 +75,7 @@ def test_reproduce_estimate_measures_the_runs_own_step_and_counts_its_steps(monk
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(runner, "make_train_step", recording_step)
+    monkeypatch.setattr(runner, "_fixed_seconds", lambda c: 7.0)  # the process and the data, measured apart
     monkeypatch.setattr(runner.time, "perf_counter", iter(range(10**6)).__next__)  # each step "takes" 1 s
     monkeypatch.setattr(os, "cpu_count", lambda: 4)  # several threads per job, as on a larger machine
     before, real = torch.get_num_threads(), torch.set_num_threads
@@ -87,5 +88,7 @@ def test_reproduce_estimate_measures_the_runs_own_step_and_counts_its_steps(monk
     assert args == (5, "miwae", "reparam") and kwargs == {"m": 20, "beta": 0.5, "flush_denormal": False}
     assert threads == [1, before, 1, before]  # each measured on one thread, as training runs, then restored
     steps = sum(max(1, round(s.passes * 59_600 / 20)) for s in schedule(config))
-    # 1 step per "second" of the patched clock; L_10 on 2 images in 1 "second", for 2 test and 2 train images
-    assert est == pytest.approx(steps / 1.0 + (1 / 2) * (2 * 2 + 2))
+    # 1 step per "second" of the patched clock; L_10 on 2 images in 1 "second", for 2 test images (twice) and 2
+    # train images; the curve's L_1000 on 500 test images at each of the 3 stages' ends; the fixed costs
+    curve = 3 * (1 / 2) * (1000 / 10) * 500
+    assert est == pytest.approx(steps / 1.0 + (1 / 2) * (2 * 2 + 2) + curve + 7.0)

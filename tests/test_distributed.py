@@ -48,11 +48,12 @@ def test_two_gloo_processes_give_the_numbers_of_one(tiny_run, data_dir):
 
 
 def test_torchrun_runs_iwae_evaluate_sharded(tiny_run, data_dir):
-    # the run's eval-n images: torchrun's own parser takes `--n` for an abbreviation of its options
+    # README's form: torchrun's own parser takes `--n` for an abbreviation of its options, so `--images`
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "iwae", "evaluate", str(tiny_run), "--k", "30", "--data-dir", data_dir]  # fmt: skip
+           "-m", "iwae", "evaluate", str(tiny_run), "--k", "30", "--images", "40", "--data-dir", data_dir]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("test NLL") == 1  # process 0 alone reports
-    (written,) = [json.loads(p.read_text()) for p in tiny_run.glob("eval-test-k30-n*-blocks.json")]
-    assert written["world_size"] == 2 and f"{written['nll']:.4f}" in out.stdout
+    (written,) = [json.loads(p.read_text()) for p in tiny_run.glob("eval-test-k30-n40-blocks.json")]
+    assert written["world_size"] == 2 and f"NLL {written['nll']:.2f} +- " in out.stdout
+    assert f"(on {written['active_units_n']} train images)" in out.stdout

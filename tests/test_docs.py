@@ -71,7 +71,7 @@ def claims(**match: object) -> list[dict]:
 def nll_cell(m: dict) -> str:
     """``NLL (units)``; for a run of several seeds ``mean ± sd (mean units per layer)``."""
     nll = f"{m['test_nll']:.2f}" + (f" ± {m['test_nll_sd']:.2f}" if "test_nll_sd" in m else "")
-    units = "+".join(f"{u:.1f}" if isinstance(u, float) else str(u) for u in m["active_units"])
+    units = "+".join(str(int(u)) if float(u).is_integer() else f"{u:.1f}" for u in m["active_units"])
     return f"{nll} ({units})"
 
 

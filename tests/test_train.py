@@ -193,3 +193,56 @@ def test_truncated_or_foreign_checkpoint_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="non-finite values"):
         load_checkpoint(path, model)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.safetensors"]  # no temporary files left
+
+
+class _Writer:
+    """A stand-in for torch.utils.tensorboard.SummaryWriter that records what it is given."""
+
+    logged: list[tuple[str, float, object]] = []
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+
+    def add_scalar(self, tag: str, value: float, step: object) -> None:
+        _Writer.logged.append((tag, value, step))
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def test_tensorboard_logs_by_integer_training_step_with_the_rate_and_the_final_evaluation(
+    tiny_config, tmp_path, monkeypatch
+):
+    import types
+
+    from iwae.train import train_and_evaluate
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_Writer))
+    _Writer.logged = []
+    metrics = train_and_evaluate(tmp_path / "run", tiny_config.replace(tensorboard=True), progress=False)
+    steps = {tag: [s for t, _, s in _Writer.logged if t == tag] for tag, _, _ in _Writer.logged}
+    per_pass = 2980  # 59,600 training images in minibatches of 20
+    log = rundir.read_log(tmp_path / "run")
+    assert steps["train/bound"] == [round(r["pass"] * per_pass) for r in log]  # integers, not fractional passes
+    assert all(isinstance(s, int) for s in steps["train/bound"]) and len(set(steps["train/bound"])) == len(log)
+    assert [v for t, v, _ in _Writer.logged if t == "train/lr"] == [r["lr"] for r in log]
+    final = {t: v for t, v, _ in _Writer.logged if t.startswith("final/")}
+    assert final == {"final/test_nll": metrics["test_nll"], "final/train_nll": metrics["train_nll"],
+                     "final/test_nll_pruned": metrics["test_nll_pruned"],
+                     "final/active_units": sum(metrics["active_units"])}  # fmt: skip
+
+
+def test_tensorboard_missing_is_refused_before_the_folder_becomes_a_run(tiny_config, tmp_path, monkeypatch, capsys):
+    from iwae.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails: the package is absent
+    monkeypatch.setattr("iwae.cli.config_from_args", lambda args, path: tiny_config.replace(tensorboard=True))
+    run = tmp_path / "tb0"
+    assert main(["train", "--out", str(run), "--quiet"]) == 1
+    assert "pip install 'iwae[tensorboard]'" in capsys.readouterr().err and not run.exists()  # the retry is free

@@ -56,7 +56,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 def _resume_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help=RUN_DIR_HELP + ", or the folder of a fleet (`iwae train --seeds`)")
-    add_config_options(p, RESUMABLE)  # recorded in the run's config.json
+    add_config_options(p, RESUMABLE, recorded=True)  # recorded in the run's config.json
     p.add_argument(
         "--re-evaluate", action="store_true", help="evaluate a finished run again (with the settings given here)"
     )
@@ -170,7 +170,12 @@ COMMANDS = {
         "JSON.",
     ),
     "sample": Command(
-        cli_runs.sample, cli_runs.sample_arguments, "a grid of samples (Bernoulli means) from a saved run"
+        cli_runs.sample,
+        cli_runs.sample_arguments,
+        "a grid of samples (Bernoulli means) from a saved run",
+        "Draw N samples from the generative model of a saved run (ancestral sampling, h^L ~ N(0, I) down to the "
+        "Bernoulli means of the pixels, Appendix E) and write them as a square grid of images, by default into the "
+        "run's folder.",
     ),
     "reproduce": Command(
         _reproduce,

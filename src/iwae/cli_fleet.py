@@ -19,7 +19,12 @@ def train_fleet(args: argparse.Namespace, config: TrainConfig) -> None:
     from iwae.fleet_train import MANIFEST_NAME, train_fleet_and_evaluate
 
     if args.executor != "local":
-        raise ValueError("--seeds trains one fleet in this process: use --executor local (or one job per seed)")
+        seed = args.seeds[0]
+        raise ValueError(
+            "--seeds trains one fleet in this process: use --executor local, or one Slurm job per seed: "
+            f"`iwae train ... --seed {seed} --executor slurm --out {Path(args.out) / f'seed-{seed}'}` for each seed "
+            "(or `iwae reproduce ... --seeds ... --executor slurm` for the paper's runs)"
+        )
     out = Path(args.out)
     dirs = [out / f"seed-{seed}" for seed in args.seeds]
     configs = [config.replace(seed=seed) for seed in args.seeds]

@@ -22,14 +22,16 @@ __all__ = [
 RUN_DIR_HELP = "run folder made by `iwae train`"
 
 
-def add_progress_and_threads(p: argparse.ArgumentParser) -> None:
+TRAINING_THREADS = (
+    "1 on the CPU for batches of up to 100, which does not slow down when another process holds a core; else "
+    "torch's choice"
+)
+
+
+def add_progress_and_threads(p: argparse.ArgumentParser, default: str = TRAINING_THREADS) -> None:
+    """``--quiet`` and ``--threads``, whose help states the command's own ``default``."""
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        help="CPU threads for torch (default for train and resume: 1 on the CPU for batches of up to 100, which "
-        "does not slow down when another process holds a core; else torch's choice)",
-    )
+    p.add_argument("--threads", type=positive_int, help=f"CPU threads for torch (default: {default})")
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -55,15 +57,19 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=data.SPLITS, default="test", help="split (default test)")
     p.add_argument(
         "--n",
+        "--images",
+        dest="n",
         type=positive_int,
-        help="use N examples spread evenly through the split (default: the run's eval-n; more than the split: all)",
+        help="use N examples spread evenly through the split (default: the run's eval-n; more than the split: all); "
+        "under torchrun write --images, as torchrun takes --n for one of its own options",
     )
     p.add_argument("--pruned", action="store_true", help="also the NLL with inactive units removed (a second L_k)")
     p.add_argument("--nproc", type=positive_int,
                    help="shard the examples over N processes here (noise drawn per block of examples: the same "
                    "numbers for every N; also under torchrun)")  # fmt: skip
     _add_data_dir(p)
-    add_progress_and_threads(p)
+    add_progress_and_threads(p, "those metrics.json was measured on, so that its numbers come out exactly; else "
+                             "torch's choice")  # fmt: skip
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -75,7 +81,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from iwae.evaluate_run import evaluate_run
 
     r = evaluate_run(args.run_dir, k=args.k, split=args.split, n=args.n, progress=not args.quiet, pruned=args.pruned,
-                     data_dir=args.data_dir)  # fmt: skip
+                     data_dir=args.data_dir, threads=args.threads)  # fmt: skip
     pruned = f", NLL with inactive units removed {r['nll_pruned']:.2f}" if args.pruned else ""
     print(
         f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} over "
@@ -93,8 +99,9 @@ def _evaluate_sharded(args: argparse.Namespace) -> None:
         raise ValueError("--pruned is not sharded; evaluate the pruned model without --nproc or torchrun")
     r = evaluate_sharded(args.run_dir, args.k, args.split, args.n, nproc=args.nproc, data_dir=args.data_dir)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 alone reports
-        print(f"{args.run_dir}: {r['split']} NLL {r['nll']:.4f} +- {r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} "
-              f"over {r['n']} images, noise {r['noise']}), active units {'+'.join(map(str, r['active_units']))}; "
+        print(f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} "
+              f"over {r['n']} images, noise {r['noise']}), active units {'+'.join(map(str, r['active_units']))} "
+              f"(on {r['active_units_n']} {r['active_units_split']} images); "
               f"eval-{r['split']}-k{r['eval_k']}-n{r['n']}-blocks.json")  # fmt: skip
 
 
@@ -103,11 +110,12 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_b", help=f"{RUN_DIR_HELP}, of the same data set")
     p.add_argument("--split", choices=data.SPLITS, default="test", help="split (default test)")
     p.add_argument("--k", type=positive_int, help="importance samples (default: the runs' eval k, if they agree)")
-    p.add_argument("--n", type=positive_int, help="N examples spread evenly through the split (default: eval-n)")
+    p.add_argument("--n", "--images", dest="n", type=positive_int,
+                   help="N examples spread evenly through the split (default: eval-n)")  # fmt: skip
     p.add_argument("--seed", type=int, help="seed of the images' binarization and the noise (default: run A's)")
     p.add_argument("--out", help="JSON file to write (default RUN_A/compare-<A>-<B>-<split>-k<k>-n<n>.json)")
     _add_data_dir(p)
-    add_progress_and_threads(p)
+    add_progress_and_threads(p, "torch's choice")
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -126,7 +134,8 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--n", type=positive_int, default=100, help="number of samples (default 100)")
     p.add_argument("--out", help="PNG file to write (default RUN_DIR/samples-n<N>-seed<S>.png)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples' noise (default 0)")
+    add_progress_and_threads(p, "torch's choice")
 
 
 def sample(args: argparse.Namespace) -> None:
@@ -164,7 +173,7 @@ def snr_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory (default: the run's, else $IWAE_DATA_DIR)")
     p.add_argument("--seed", type=int, default=0, help="seed of the minibatch, the noise and the small model (0)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the run's device)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_progress_and_threads(p, "torch's choice; a model trained here: 1 on the CPU")
 
 
 def snr(args: argparse.Namespace) -> None:

@@ -164,7 +164,8 @@ class TrainConfig:
                                      type=positive_float)  # fmt: skip
     flush_denormal: bool = _opt(True, "on a CPU, flush subnormal floats to zero in the run's work (IWAE steps "
                                 "2-5x faster, results unchanged; --no-flush-denormal keeps them)")  # fmt: skip
-    tensorboard: bool = _opt(False, "also log to RUN/tensorboard (needs the tensorboard package)")
+    tensorboard: bool = _opt(False, "also log to RUN/tensorboard: bound, learning rate, curve, final evaluation, "
+                             "by training step (pip install 'iwae[tensorboard]')")  # fmt: skip
     extra: dict[str, Any] = _opt({}, "free-form notes carried into config.json", cli=False)
 
     def __post_init__(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,18 +23,29 @@ def cli_fields(names: Iterable[str] | None = None) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(TrainConfig) if f.metadata["cli"] and (wanted is None or f.name in wanted)]
 
 
-def add_config_options(parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
+RECORDED = " (default: the run's, from its config.json)"  # what `iwae resume` keeps of a setting not given
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser, names: Iterable[str] | None = None, *, recorded: bool = False
+) -> None:
     """One option per config field (or per named field): flag, parser, choices, help and default from the field.
 
     Options default to "not given" (``argparse.SUPPRESS``), so :func:`overrides_from_args` sees only the flags
-    typed on the command line; ``--help`` shows the config's default.
+    typed on the command line; ``--help`` shows the config's default, or with ``recorded`` (``iwae resume``) that
+    the run's own recorded value is kept.
     """
     for f in cli_fields(names):
         meta = f.metadata
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = "" if default is None or isinstance(default, bool) else f" (default {default})"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + shown}
+        text = meta["help"] + shown
+        if recorded:  # the field's own defaults do not apply: the run keeps what its config.json holds
+            text = (
+                re.sub(r" \((default|auto)\b[^)]*\)", "", meta["help"]) + " (default: the run's, from its config.json)"
+            )
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
         if isinstance(default, bool):  # a default-on flag also gets its --no- form: --eval, --no-eval
             kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
         else:

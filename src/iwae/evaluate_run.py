@@ -221,14 +221,15 @@ def evaluate_run(
     *,
     pruned: bool = False,
     data_dir: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """:func:`measure` for a saved run; written to ``eval-<split>-k<k>-n<n>.json`` in the run folder and returned.
 
     ``k`` and ``n`` default to the run's ``eval_k`` and ``eval_n``, so the test split gives ``metrics.json``'s
     ``test_nll``, ``test_nll_sem``, ``active_units`` (and with ``pruned``, ``test_nll_pruned``) and the train split
     its ``train_nll`` and ``train_nll_sem``, exactly, whatever torch's thread settings: on a CPU it measures on the
-    threads ``metrics.json`` was measured on (:func:`eval_threads`). ``data_dir`` overrides where the run's data
-    are read (:func:`iwae.rundir.with_data_dir`).
+    threads ``metrics.json`` was measured on (:func:`eval_threads`), unless ``threads`` says otherwise.
+    ``data_dir`` overrides where the run's data are read (:func:`iwae.rundir.with_data_dir`).
     """
     check_split(split)
     config, model, _ = load_run(run_dir, data_dir)
@@ -236,20 +237,22 @@ def evaluate_run(
     if k < 1:
         raise ValueError(f"k must be a positive number of importance samples, got {k}")
     model.eval()
-    with flush_subnormals(config.flush_denormal), eval_threads(run_dir, next(model.parameters()).device):
+    with flush_subnormals(config.flush_denormal), eval_threads(run_dir, next(model.parameters()).device, threads):
         result, _ = measure(config, model, split, k, n or config.eval_n, pruned=pruned, progress=progress)
     write_json(Path(run_dir) / f"eval-{split}-k{k}-n{result['n']}.json", result)
     return result
 
 
 @contextmanager
-def eval_threads(run_dir: str | Path, device: torch.device) -> Iterator[None]:
+def eval_threads(run_dir: str | Path, device: torch.device, threads: int | None = None) -> Iterator[None]:
     """On a CPU, run the block on the torch threads that the run's ``metrics.json`` was measured on (its
     ``eval_threads``), then restore torch's setting: matrix products sum in another order on another number of
     threads, so the same evaluation on other threads differs in its last digits. Elsewhere, or for a run not yet
-    evaluated (or evaluated before ``eval_threads`` was recorded), the block runs as it is."""
+    evaluated (or evaluated before ``eval_threads`` was recorded), the block runs as it is; ``threads``, if given,
+    instead of the recorded ones."""
     path = Path(run_dir) / METRICS_NAME
-    threads = json.loads(path.read_text()).get("eval_threads") if path.is_file() and device.type == "cpu" else None
+    if threads is None and path.is_file() and device.type == "cpu":
+        threads = json.loads(path.read_text()).get("eval_threads")
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

@@ -15,6 +15,7 @@ under way, writes a checkpoint there and then stops as the signal would have (a 
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from iwae import data, rundir
 from iwae.config import TrainConfig, schedule
 from iwae.cpu import flush_subnormals
+from iwae.data.datasets import SPLIT_SIZES
 from iwae.evaluate_run import curve_images, curve_point, finish_run
 from iwae.rundir import RunError, build_model, resolve_device
 from iwae.train_step import make_optimizer, make_train_step
@@ -39,6 +41,7 @@ __all__ = [
 ]  # fmt: skip
 
 _CHECK_EVERY = 50  # steps between finiteness checks and checkpoint-timer looks (one host sync each)
+TENSORBOARD_NAME = "tensorboard"  # the run folder's TensorBoard log (--tensorboard)
 SMALL_BATCH = 100  # batches up to this size run on one CPU thread unless told otherwise (default_threads)
 
 
@@ -124,7 +127,10 @@ def train_and_evaluate(
         if not (final.evaluate if evaluate is None else evaluate):
             return None
         with cpu_work(final, threads):
-            return finish_run(run_dir, progress=progress)
+            metrics = finish_run(run_dir, progress=progress)
+        if final.tensorboard:
+            _log_final(run_dir, final, metrics)
+        return metrics
 
 
 def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, create: bool = False) -> None:
@@ -136,6 +142,7 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
     gens = Generators.seeded(config.seed, device, config.streams)
     curve_x = curve_images(config, device) if config.has_curve else None
     rundir.check_space(run_dir, model, "start it again" if create else f"run `iwae resume {run_dir}`")
+    writer_class = _tensorboard() if config.tensorboard else None  # before the folder becomes a run
     pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)
     rundir.drop_pending(run_dir)  # a fleet's checkpoint never committed must not replace this run's own later
     pos.fleet_step = 0  # trained on its own from here: a fleet it was part of must not take it back (fleet_train)
@@ -144,7 +151,7 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
         generator=gens.device, compile=config.compile, flush_denormal=config.flush_denormal,
     )  # fmt: skip
     saver = Saver(run_dir, model, optimizer, gens, 60 * config.checkpoint_minutes)
-    writer = _tensorboard(run_dir) if config.tensorboard else None
+    writer = writer_class(str(run_dir / TENSORBOARD_NAME)) if writer_class else None
     stages, per_pass = schedule(config), batches.per_pass
     passes_done = sum(_stage_steps(s.passes, per_pass) for s in stages[: pos.stage]) / per_pass
     with StopRequests() as stop:
@@ -168,7 +175,7 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
                     }  # fmt: skip
                     if pos.step == total and curve_x is not None:  # the stage's last pass: a point of the curve
                         record |= curve_point(config, model, curve_x)
-                    _log_pass(run_dir, pos, record, bar, writer)
+                    _log_pass(run_dir, pos, record, bar, writer, step=round(record["pass"] * per_pass))
                     if pos.step < total and (saver.due() or stop.requested):
                         saver.save(pos, perm)
                         stop.check()
@@ -292,15 +299,18 @@ class StopRequests:
         raise KeyboardInterrupt  # the previous handler ignored it: stop all the same
 
 
-def _log_pass(run_dir: Path, pos: Position, record: dict[str, Any], bar: tqdm, writer: Any) -> None:
+def _log_pass(
+    run_dir: Path, pos: Position, record: dict[str, Any], bar: tqdm, writer: Any, step: int | None = None
+) -> None:
     """One line of ``metrics.jsonl`` per pass (counted in ``pos``), also shown on the bar and in TensorBoard."""
     rundir.append_log(run_dir, record)
     pos.log_lines += 1
     bar.set_postfix(bound=f"{record['train_bound']:.2f}", ex_s=f"{record['examples_per_s']:.0f}")
-    if writer is not None:
-        writer.add_scalar("train/bound", record["train_bound"], record["pass"])
+    if writer is not None:  # TensorBoard's steps are integers: the training steps taken (``step``)
+        writer.add_scalar("train/bound", record["train_bound"], step)
+        writer.add_scalar("train/lr", record["lr"], step)
         if "test_nll_curve" in record:
-            writer.add_scalar("test/nll_curve", record["test_nll_curve"], record["pass"])
+            writer.add_scalar("test/nll_curve", record["test_nll_curve"], step)
 
 
 def _stage_steps(passes: float, steps_per_pass: int) -> int:
@@ -308,9 +318,20 @@ def _stage_steps(passes: float, steps_per_pass: int) -> int:
     return max(1, round(passes * steps_per_pass))
 
 
-def _tensorboard(run_dir: Path) -> Any:
+def _tensorboard() -> Any:
+    """TensorBoard's ``SummaryWriter`` class, or a RunError saying how to install it."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
-        raise RunError("--tensorboard needs the `tensorboard` package: pip install tensorboard") from err
-    return SummaryWriter(str(run_dir / "tensorboard"))
+        raise RunError("--tensorboard needs the `tensorboard` package: pip install 'iwae[tensorboard]'") from err
+    return SummaryWriter
+
+
+def _log_final(run_dir: Path, config: TrainConfig, metrics: dict[str, Any]) -> None:
+    """The final evaluation in TensorBoard, at the run's last training step."""
+    per_pass = math.ceil(SPLIT_SIZES[config.dataset]["train"] / config.batch_size)
+    step = round(metrics["passes"] * per_pass)
+    with _tensorboard()(str(Path(run_dir) / TENSORBOARD_NAME)) as writer:
+        for key in ("test_nll", "train_nll", "test_nll_pruned"):
+            writer.add_scalar(f"final/{key}", metrics[key], step)
+        writer.add_scalar("final/active_units", sum(metrics["active_units"]), step)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -132,6 +133,8 @@ def _decoded_archives(background: Path, evaluation: Path, data_dir: Path) -> tup
                 return _read_cache(d / name)
             except DataFormatError as err:
                 warnings.warn(f"{err}; rebuilding it", stacklevel=4)
+    print(f"decoding the Omniglot archives into 28x28 images, once (about 10 s); the result is cached as "
+          f"{dirs[0] / name}, or in {dirs[1]} where the data folder is read-only", file=sys.stderr)  # fmt: skip
     parts = [read_omniglot_zip(background), read_omniglot_zip(evaluation)]
     if parts[1].char_ids[0] != parts[0].char_ids[-1] + 1:
         raise DataFormatError(

@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import scipy.io
 from PIL import Image
+from tqdm.auto import tqdm
 
 from iwae.data.matfile import checked_mat
 from iwae.data.resources import DataFormatError
@@ -217,7 +218,8 @@ def read_omniglot_zip(path: Path) -> OmniglotArchive:
         a = area_matrix()
         images = np.empty((len(ids), _DRAWINGS, _SIDE * _SIDE), np.float32)
         digest = hashlib.sha256()
-        for name in pngs:  # sorted path order, as the fingerprint requires
+        bar = tqdm(pngs, desc=f"decoding {path.name}", unit="image", leave=False, disable=len(pngs) < 1000)
+        for name in bar:  # sorted path order, as the fingerprint requires
             paper = _decode_png(zf, name, path)  # (105, 105), 1 = paper
             digest.update((paper > 0.5).astype(np.uint8).tobytes())
             c, d = where[name]

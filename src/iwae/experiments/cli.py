@@ -29,6 +29,8 @@ def add_reproduce_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--report-only", metavar="DIR",
                    help="only rewrite DIR/report.md and DIR/results.json from the runs finished so far")  # fmt: skip
     r.add_argument("--jobs", type=int, default=1, help="runs in parallel, each on its share of CPU threads or a GPU")
+    r.add_argument("--threads", type=int, help="torch's CPU threads in each run (default: 1 on the CPU for batches "
+                   "of up to 100, else the run's share of the cores)")  # fmt: skip
     r.add_argument("--datasets", default=None, help="Table 1 only: comma-separated subset of mnist,omniglot")
     r.add_argument("--estimate-only", action="store_true", help="print the plan and the time estimate, then stop")
     r.add_argument("--seeds", type=seed_list,
@@ -104,7 +106,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         if result is None:
             return 0
     else:
-        result = execute(specs, root, args.jobs, durations=est, packing=args.fleet)
+        result = execute(specs, root, args.jobs, durations=est, packing=args.fleet, threads=args.threads)
     report = _write_report(out, experiments, schedule, datasets)
     failed = {n: r for n, r in result.items() if r != "done"}
     for name, reason in failed.items():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from iwae import atomic, rundir
+from iwae import atomic, data, rundir
 from iwae.config import RESUMABLE, TrainConfig, schedule
 from iwae.data.datasets import SPLIT_SIZES
 from iwae.evaluate import log_likelihood
@@ -60,20 +60,20 @@ def check_compatible(spec: RunSpec, run_dir: Path) -> None:
         )
 
 
-def child_main(run_dir: str) -> int:
+def child_main(run_dir: str, threads: int | None = None) -> int:
     """Entry point of a child process: resume the run in run_dir, or start it from requested-config.json."""
     path = Path(run_dir)
     config = None if status(path) == "partial" else TrainConfig.load(path / REQUESTED_NAME)
-    train_and_evaluate(path, config, progress=False)
+    train_and_evaluate(path, config, progress=False, threads=threads)
     return 0
 
 
-def fleet_child_main(manifest: str, run_dirs: list[str], mode: str) -> int:
+def fleet_child_main(manifest: str, run_dirs: list[str], mode: str, threads: int | None = None) -> int:
     """Entry point of a fleet's child process: resume the fleet of ``manifest``, or start it from the runs'
     requested-config.json files. 1 if some run of it was dropped (its loss stopped being finite)."""
     dirs = [Path(d) for d in run_dirs]
     configs = None if Path(manifest).exists() else [TrainConfig.load(d / REQUESTED_NAME) for d in dirs]
-    outcome = train_fleet_and_evaluate(dirs, manifest, configs, mode=mode, progress=False)
+    outcome = train_fleet_and_evaluate(dirs, manifest, configs, mode=mode, progress=False, threads=threads)
     for run, why in outcome["dropped"].items():
         print(f"{run}: dropped from the fleet: {why}")
     return 1 if outcome["dropped"] else 0
@@ -116,14 +116,31 @@ def _eval_seconds_per_image(config: TrainConfig, threads: int) -> float:
         torch.set_num_threads(old)
 
 
+def _fixed_seconds(config: TrainConfig) -> float:
+    """A run's costs that do not scale with its steps, measured: a child process that imports the library and
+    matplotlib (each run of a reproduction is a process of its own), and reading its training set."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import iwae.train, matplotlib.figure"], check=False, capture_output=True)
+    started = time.perf_counter()
+    try:
+        data.load(config.dataset, "train", config.data_dir)
+    except (OSError, ValueError):  # no data yet: the run will fail or download; count the start alone
+        pass
+    return started - start + (time.perf_counter() - started)
+
+
 def estimate_seconds(specs: list[RunSpec], jobs: int) -> dict[str, float]:
-    """Seconds each run needs (training + the three evaluations), from a short measured warm-up per kind of run.
+    """Seconds each run needs, from a short measured warm-up per kind of run: its training steps, the learning
+    curve's points (L_curve_k on curve_n test images at every stage's end), the final evaluation (the test split
+    twice, with and without inactive units, and the training split) and its fixed costs (:func:`_fixed_seconds`:
+    the process, the data).
 
     Measured on the threads the run will use (:func:`iwae.train.default_threads`, else its share of the cores):
     on a busy machine a step on two threads can take ten times as long as on one.
     """
     share = max(1, (os.cpu_count() or 1) // jobs)
     cache: dict[tuple, tuple[float, float]] = {}
+    fixed: dict[str, float] = {}
     out = {}
     for spec in specs:
         c = spec.config
@@ -132,12 +149,16 @@ def estimate_seconds(specs: list[RunSpec], jobs: int) -> dict[str, float]:
         if key not in cache:
             threads = default_threads(c) or share
             cache[key] = (_steps_per_second(c, threads), _eval_seconds_per_image(c, threads))
+        if c.dataset not in fixed:
+            fixed[c.dataset] = _fixed_seconds(c)
         rate, per_image = cache[key]
         sizes = SPLIT_SIZES[c.dataset]
-        steps = sum(max(1, round(s.passes * sizes["train"] / c.batch_size)) for s in schedule(c))
+        stages = schedule(c)
+        steps = sum(max(1, round(s.passes * sizes["train"] / c.batch_size)) for s in stages)
         n_test = min(c.eval_n or sizes["test"], sizes["test"])
         n_train = min(c.eval_n or sizes["train"], sizes["train"])
-        out[spec.name] = steps / rate + per_image * (2 * n_test + n_train)
+        curve = len(stages) * per_image * c.curve_k / c.eval_k * min(c.curve_n, sizes["test"]) if c.has_curve else 0
+        out[spec.name] = steps / rate + per_image * (2 * n_test + n_train) + curve + fixed[c.dataset]
     return out
 
 
@@ -148,12 +169,14 @@ def execute(
     log: Callable[[str], None] = print,
     durations: dict[str, float] | None = None,
     packing: str = "off",
+    threads: int | None = None,
 ) -> dict[str, str]:
     """Bring every run to "done"; returns name -> "done" | "failed: ...". Children write RUN/log.txt (a fleet:
     runs/fleets/UNIT.log).
 
     :param packing: how runs are packed into fleets (:func:`iwae.experiments.fleets.pack`; "off": one run each).
-    With ``durations`` (estimated seconds per run), the longest ready unit starts first.
+    With ``durations`` (estimated seconds per run), the longest ready unit starts first. ``threads``: torch's
+    threads in each run (default :func:`iwae.train.default_threads`, else the run's share of the cores).
     """
     root.mkdir(parents=True, exist_ok=True)
     gpus = torch.cuda.device_count()
@@ -172,7 +195,7 @@ def execute(
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
         start = time.monotonic()
-        outcome = _run_unit(unit, root, env, packing)
+        outcome = _run_unit(unit, root, env, packing, threads)
         with lock:
             log(f"  {unit.name}: {'done' if set(outcome.values()) == {'done'} else 'FAILED'} in "
                 f"{time.monotonic() - start:.0f} s")  # fmt: skip
@@ -191,7 +214,8 @@ def execute(
             while ready and slots:
                 unit, slot = ready.pop(0), slots.pop(0)
                 pending.remove(unit)
-                log(f"  {unit.name}: started" + (f" (a fleet of {len(unit.specs)} runs)" if unit.manifest else ""))
+                fleet = f" (a fleet of {len(unit.specs)} runs: {', '.join(s.name for s in unit.specs)})"
+                log(f"  {unit.name}: started" + (fleet if unit.manifest else ""))
                 running[pool.submit(run, unit, slot)] = (unit, slot)
             if not running:
                 break
@@ -202,12 +226,12 @@ def execute(
     return result
 
 
-def _run_unit(unit: Unit, root: Path, env: dict[str, str], packing: str) -> dict[str, str]:
+def _run_unit(unit: Unit, root: Path, env: dict[str, str], packing: str, threads: int | None) -> dict[str, str]:
     """One child process for the unit: each of its runs' result."""
     for spec in unit.specs:
         (root / spec.name).mkdir(parents=True, exist_ok=True)
         atomic.write_text(root / spec.name / REQUESTED_NAME, spec.config.to_json())
-    cmd = [sys.executable, "-m", "iwae.experiments.runner"]
+    cmd = [sys.executable, "-m", "iwae.experiments.runner", *(["--threads", str(threads)] if threads else [])]
     if unit.manifest is None:
         cmd.append(str(root / unit.specs[0].name))
         log_path = root / unit.specs[0].name / "log.txt"
@@ -254,6 +278,9 @@ def read_seed_metrics(path: Path) -> list[dict]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--fleet":  # --fleet MANIFEST --mode MODE RUN_DIR...
-        sys.exit(fleet_child_main(sys.argv[2], sys.argv[5:], sys.argv[4]))
-    sys.exit(child_main(sys.argv[1]))
+    argv, child_threads = sys.argv[1:], None
+    if argv[0] == "--threads":  # --threads N, then the rest
+        child_threads, argv = int(argv[1]), argv[2:]
+    if argv[0] == "--fleet":  # --fleet MANIFEST --mode MODE RUN_DIR...
+        sys.exit(fleet_child_main(argv[1], argv[4:], argv[3], child_threads))
+    sys.exit(child_main(argv[0], child_threads))

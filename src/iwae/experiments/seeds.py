@@ -91,10 +91,13 @@ def fmt_nll(cell: dict | None, paper: float | None) -> str:
 
 
 def units_text(cell: dict) -> str:
-    """Active units per layer, ``17+5``; the seeds' means to one decimal, ``17.3+5.0``, with several seeds."""
-    if n_seeds(cell) > 1:
-        return "+".join(f"{v:.1f}" for v in cell["active_units"])
-    return "+".join(map(str, cell["active_units"]))
+    """Active units per layer, ``17+5``; with several seeds their means, to one decimal where not whole
+    (``17.3+5``)."""
+    return "+".join(_count(v) for v in cell["active_units"])
+
+
+def _count(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
 
 def fmt_active(cell: dict | None, paper: list[int] | None) -> str:

@@ -40,6 +40,10 @@ class RunState(NamedTuple):
 def run_folders(folder: Path) -> list[Path]:
     """The run folders of ``folder``: itself if it is one, else those in ``folder/runs`` or in ``folder``, and the
     ``seed-<S>`` run folders in those (``--seeds``)."""
+    if not folder.is_dir():
+        raise ValueError(
+            f"{folder} is not a folder: name a run folder, a reproduction's --out folder or a folder of runs"
+        )
     if _is_run(folder):
         return [folder]
     parent = folder / "runs" if (folder / "runs").is_dir() else folder

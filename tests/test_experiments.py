@@ -197,3 +197,23 @@ def test_report_draws_each_tables_runs_with_or_without_curves(tmp_path):
     report = write_report(tmp_path, ["table1"], Schedule(stages=3, pass_scale=0.001), "c", ("mnist",)).read_text()
     assert "![learning curves](curves-mnist.png)" in report and "after its 3,280 passes" in report
     assert (tmp_path / "curves-mnist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("chardata", [False, True])
+def test_report_marks_omniglot_rebuilt_from_the_archives_as_indicative(tmp_path, monkeypatch, chardata):
+    from iwae.config import TrainConfig
+
+    root = tmp_path / "runs"
+    for (dataset, layers, obj, k), (nll, active) in TABLE1.items():
+        name = table_key(dataset, layers, obj, k)
+        if dataset == "omniglot" and not (root / name).exists():
+            _fake_run(root, name, nll + 1.0, active)
+            (root / name / "config.json").write_text(TrainConfig(dataset="omniglot", data_dir=str(tmp_path)).to_json())
+    # what the runs' data folder holds: the paper's chardata.mat, or the original archives alone
+    held = (
+        ["omniglot/chardata.mat"] if chardata else ["omniglot/images_background.zip", "omniglot/images_evaluation.zip"]
+    )
+    monkeypatch.setattr("iwae.experiments.report.locate", lambda name, where: {key: where / key for key in held})
+    report = write_report(tmp_path, ["table1"], Schedule(stages=3, pass_scale=0.1), "c", ("omniglot",)).read_text()
+    assert ("**Rebuilt Omniglot, indicative numbers.**" in report) is not chardata
+    assert ("## Table 1: omniglot (rebuilt 28x28: indicative)" in report) is not chardata

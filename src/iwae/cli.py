@@ -23,7 +23,8 @@ from iwae.config_cli import add_config_options, config_from_args, overrides_from
 
 __all__ = ["main", "build_parser", "Command", "COMMANDS"]
 
-FLEET_MODES = ("auto", "stacked", "graph", "loop")  # iwae.fleet.make_fleet's modes (the parser imports no torch)
+# iwae.fleet.make_fleet's modes (the parser imports no torch), and off: each seed's run on its own, one after another
+FLEET_MODES = ("auto", "stacked", "graph", "loop", "off")
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,7 +47,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="with --seeds: how the fleet steps: stacked (one vmapped step for all runs), graph (stacked, as one "
         "CUDA graph), loop (the runs' own steps in turn) or auto (graph on CUDA where the estimator allows; loop "
-        "on a CPU, where stacking is no faster) (default auto)",
+        "on a CPU, where stacking is no faster), or off (no fleet: each seed's run trained on its own, one after "
+        "another; resume each OUT/seed-N) (default auto)",
     )
     add_progress_and_threads(p)
     from iwae.experiments.slurm import add_executor_arguments

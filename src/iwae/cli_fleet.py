@@ -28,6 +28,13 @@ def train_fleet(args: argparse.Namespace, config: TrainConfig) -> None:
     out = Path(args.out)
     dirs = [out / f"seed-{seed}" for seed in args.seeds]
     configs = [config.replace(seed=seed) for seed in args.seeds]
+    if args.fleet == "off":  # as `iwae reproduce --fleet off`: no fleet, the runs one after another
+        from iwae.train import train_and_evaluate
+
+        metrics = {str(d): train_and_evaluate(d, c, progress=not args.quiet, threads=args.threads)
+                   for d, c in zip(dirs, configs)}  # fmt: skip
+        _report_fleet({"metrics": {d: m for d, m in metrics.items() if m}, "dropped": {}}, out)
+        return
     result = train_fleet_and_evaluate(dirs, out / MANIFEST_NAME, configs, mode=args.fleet, progress=not args.quiet,
                                       threads=args.threads)  # fmt: skip
     _report_fleet(result, out)

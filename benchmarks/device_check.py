@@ -193,6 +193,8 @@ def _sections() -> list[tuple[str, Callable[[Section, Context], None], float, tu
     data = ("numpy", "tqdm", "safetensors")
     return [
         ("fleet_correctness", device_correct.fleet_section, 25, ()),
+        # second: a first compile on a bare machine takes 30-90 s, which the sections after it can spare
+        ("compiled_correctness", device_correct.compiled_section, 60, ("cuda",)),
         ("log_likelihood_correctness", device_correct.ll_section, 15, ("tqdm",)),
         ("resume_correctness", device_resume.resume_section, 50, data),
         ("step_times", device_timing.steps_section, 25, ()),
@@ -200,7 +202,6 @@ def _sections() -> list[tuple[str, Callable[[Section, Context], None], float, tu
         ("protocol", device_protocol.protocol_section, 20, ()),
         ("epoch_time", device_timing.epoch_section, 12, ("cuda",)),
         ("ll5000_time", device_timing.ll5000_section, 25, ("tqdm",)),
-        ("compiled_correctness", device_correct.compiled_section, 60, ("cuda",)),
         ("compiled_extra", device_correct.compiled_extra_section, 60, ("cuda",)),
     ]
 
@@ -230,15 +231,23 @@ def _on_term(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
-def _preflight(env: dict[str, str], data_dir: Path) -> None:
-    """Say first what is missing: packages, and the data (the sections that need them are skipped)."""
+def _preflight(env: dict[str, str], data_dir: Path, quick: bool) -> bool:
+    """Say first what is missing: packages (the sections that need them are skipped) and the data. Without the data
+    the full check stops here, before the GPU is touched (its resume section, the only test of a fleet of CUDA
+    graphs in training, needs MNIST); the CPU smoke test goes on without them. Whether the check may go on."""
     lacking = device_env.missing(env, tuple(device_env.NEEDED))
     if lacking:
         print(f"device_check: MISSING Python packages {', '.join(lacking)}: the sections that need them are skipped "
               "(see benchmarks/device/README.md)", file=sys.stderr)  # fmt: skip
     if not (data_dir / "mnist").is_dir():
+        if not quick:
+            print(f"device_check: no {data_dir / 'mnist'}: run `bash benchmarks/device/prepare DATA_DIR` first (it "
+                  "copies MNIST into device-data/), then carry device-data; stopped before touching the GPU",
+                  file=sys.stderr)  # fmt: skip
+            return False
         print(f"device_check: no {data_dir / 'mnist'}: the sections that read MNIST use synthetic images or are "
               "skipped (run benchmarks/device/prepare first)", file=sys.stderr)  # fmt: skip
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     if tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 4):
         print(f"device_check: torch {torch.__version__} is older than 2.4, which the check assumes", file=sys.stderr)
 
+    data_dir = (args.data_dir or Path(os.environ.get("IWAE_DATA_DIR") or device_env.ROOT / "device-data")).resolve()
+    if not _preflight(env, data_dir, args.quick):
+        return 3
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(
@@ -264,8 +276,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    data_dir = (args.data_dir or Path(os.environ.get("IWAE_DATA_DIR") or device_env.ROOT / "device-data")).resolve()
-    _preflight(env, data_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"meta": {}, "sections": {}}
     ctx = Context(device, args.quick, QUICK if args.quick else FULL, data_dir, args.out, env, results)

@@ -115,7 +115,9 @@ def markdown(results: dict[str, Any]) -> str:
         + (f", {meta['seconds']} s" if "seconds" in meta else " (not finished)")
         + (". QUICK MODE: tiny sizes, the numbers measure nothing." if meta.get("quick") else "."),
         "",
-        f"Command: `{meta.get('command')}`; data: `{meta.get('data_dir')}`; TF32 matmuls: {meta.get('tf32_matmul')}.",
+        f"Command: `{meta.get('command')}`; data: `{meta.get('data_dir')}`; TF32 matmuls: {meta.get('tf32_matmul')}, "
+        f"cuDNN TF32: {meta.get('tf32_cudnn')}, float32 matmul precision: {meta.get('float32_matmul_precision')}, "
+        f"override variables: {meta.get('tf32_overrides')}.",
         "",
         "Packages: " + ", ".join(f"{k} {v}" for k, v in meta.get("packages", {}).items()),
         "",
@@ -141,6 +143,9 @@ def meta(ctx: Context, argv: list[str]) -> dict[str, Any]:
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "tf32_overrides": {k: os.environ.get(k) for k in ("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "NVIDIA_TF32_OVERRIDE")},
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),

@@ -123,3 +123,30 @@ def test_missing_packages_the_check_never_uses_get_stand_ins(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "refused: matplotlib.figure.Figure is not installed" in done.stdout
+
+
+def test_the_full_check_without_data_stops_before_the_gpu_naming_prepare(tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks.device_check", "--out", str(tmp_path / "out"), "--device", "cpu",
+           "--data-dir", str(tmp_path / "no-data")]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3 and "run `bash benchmarks/device/prepare DATA_DIR` first" in done.stderr
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_the_compile_check_runs_second_while_the_budget_is_whole():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.device_check import _sections
+
+    assert [name for name, *_ in _sections()][:2] == ["fleet_correctness", "compiled_correctness"]
+
+
+def test_run_unsets_the_tf32_overrides_of_nvidia_images(tmp_path):
+    fake = tmp_path / "python"  # stands in for the interpreter: reports what it was started with
+    fake.write_text(
+        '#!/bin/sh\necho "override=${TORCH_ALLOW_TF32_CUBLAS_OVERRIDE:-unset} ${NVIDIA_TF32_OVERRIDE:-unset}"\n'
+    )
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), TORCH_ALLOW_TF32_CUBLAS_OVERRIDE="1", NVIDIA_TF32_OVERRIDE="1")
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device" / "run"), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.stdout.count("override=unset unset") == 2, done.stdout

@@ -88,8 +88,11 @@ def _minibatch(g: Tensor, t: int, batch: int, gen: torch.Generator) -> Tensor:
     return torch.bernoulli(g[start : start + batch], generator=gen)
 
 
-def fleet_trajectory(mode: str, s: dict[str, Any], device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Losses (steps, runs) and final parameters (runs, P) of ``make_fleet(..., mode)``."""
+def fleet_trajectory(
+    mode: str, s: dict[str, Any], device: torch.device, dtype: torch.dtype, stats: dict | None = None
+) -> tuple[Tensor, Tensor]:
+    """Losses (steps, runs) and final parameters (runs, P) of ``make_fleet(..., mode)``; the fleet's graph
+    bookkeeping (:attr:`iwae.fleet.StackedFleet.graph_stats`, and the mode it ran in) into ``stats``."""
     models, opts, gens, objectives, greys = _setup(s, device, dtype)
     fleet = make_fleet(models, opts, objectives, gens, s["batch"], mode)
     losses = []
@@ -97,6 +100,8 @@ def fleet_trajectory(mode: str, s: dict[str, Any], device: torch.device, dtype: 
         xs = [_minibatch(g, t, s["batch"], gen) for g, gen in zip(greys, gens)]
         losses.append(fleet.step(xs, _lrs(s["runs"], t)))
     fleet.sync()
+    if stats is not None and hasattr(fleet, "graph_stats"):
+        stats.update(fleet.graph_stats, mode_run=fleet.mode_run)
     return torch.stack(losses).double().cpu(), _flat(models)
 
 
@@ -150,7 +155,11 @@ def fleet_section(sec: Section, ctx: Context) -> None:
         if not ctx.cuda:
             sec.skip(f"graph fleet = stacked fleet ({name})", NEEDS_CUDA)
             continue
-        graph = fleet_trajectory("graph", s, ctx.device, dtype)
+        stats: dict[str, Any] = {}
+        graph = fleet_trajectory("graph", s, ctx.device, dtype, stats)
+        # a failed capture falls back to eager steps, which would compare eager with eager and pass
+        sec.check(f"graph fleet captured and replayed its CUDA graphs ({name})", stats.get("mode_run") == "graph",
+                  **stats)  # fmt: skip
         compare(sec, f"graph fleet = stacked fleet ({name})", graph, stacked, dtype)
         compare(sec, f"graph fleet = {s['runs']} single build_step runs ({name})", graph, singles, dtype)
 

@@ -57,9 +57,12 @@ def steps_section(sec: Section, ctx: Context) -> None:
             sec.row(layers=layers, k=k, impl=impl, ms_per_step=t * 1e3, seconds_per_mnist_pass=t * MNIST_STEPS)
 
 
-def fleet_step_time(layers: int, k: int, runs: int, mode: str, s: dict[str, Any], device: torch.device) -> float:
+def fleet_step_time(
+    layers: int, k: int, runs: int, mode: str, s: dict[str, Any], device: torch.device
+) -> tuple[float, str]:
     """Seconds per step of a fleet of ``runs`` paper models (IWAE, k samples), each run's minibatch gathered
-    from its own order of the images and binarised from its own generator, as ``iwae.fleet_train`` does."""
+    from its own order of the images and binarised from its own generator, as ``iwae.fleet_train`` does; and the
+    mode its steps actually ran in (a failed graph capture steps eagerly)."""
     if device.type == "cuda":  # the memory of the fleets timed before, their CUDA graphs' pools included
         gc.collect()
         torch.cuda.empty_cache()
@@ -76,18 +79,20 @@ def fleet_step_time(layers: int, k: int, runs: int, mode: str, s: dict[str, Any]
         xs = [torch.bernoulli(images[order[t : t + BATCH]], generator=g) for order, g in zip(orders, gens)]
         return fleet.step(xs, lrs)
 
-    return measure.time_interleaved({"fleet": step}, s["steps"], s["repeats"], s["warmup"], device)["fleet"]
+    seconds = measure.time_interleaved({"fleet": step}, s["steps"], s["repeats"], s["warmup"], device)["fleet"]
+    return seconds, getattr(fleet, "mode_run", mode)
 
 
 def fleet_row(sec: Section, ctx: Context, layers: int, k: int, runs: int, mode: str) -> dict[str, Any] | None:
     """Time one fleet and record it as a row (an error is recorded and the section goes on)."""
     s = ctx.settings["fleets"]
-    t = sec.attempt(
+    timed = sec.attempt(
         f"fleet {layers}L k={k} M={runs} {mode}", lambda: fleet_step_time(layers, k, runs, mode, s, ctx.device)
     )
-    if t is None:
+    if timed is None:
         return None
-    row = dict(layers=layers, k=k, M=runs, mode=mode, ms_per_fleet_step=t * 1e3, model_steps_per_s=runs / t)
+    t, ran = timed  # the row records the mode that ran, which a failed capture turns from graph into stacked
+    row = dict(layers=layers, k=k, M=runs, mode=ran, asked=mode, ms_per_fleet_step=t * 1e3, model_steps_per_s=runs / t)
     sec.row(**row)
     return row
 

@@ -79,3 +79,18 @@ def test_readme_option_table_is_generated_from_the_config():
     text = README.read_text()
     block = text.split("<!-- options: begin -->\n")[1].split("<!-- options: end -->")[0]
     assert block.strip() == options_table().strip(), "regenerate README's table with `python -m iwae.config_cli`"
+
+
+def test_python_callers_tuples_numpy_numbers_and_paths_are_taken_as_json_would_hold_them():
+    import numpy as np
+
+    c = TrainConfig(latent_dims=(2,), q_hidden=((8,),), p_hidden=[[8]], custom_schedule=[(1, 1e-3)],
+                    seed=np.int64(3), pass_scale=np.float32(0.5), init_from=Path("runs/a"))  # fmt: skip
+    assert (c.latent_dims, c.q_hidden, c.custom_schedule, c.init_from) == ([2], [[8]], [[1, 1e-3]], "runs/a")
+    assert type(c.seed) is int and type(c.pass_scale) is float
+    assert TrainConfig.from_dict(json.loads(c.to_json())) == c
+    for bad, message in [({"compile": "no"}, "compile must be true or false, got 'no'"),
+                         ({"seed": True}, "seed must be an integer, got True"),
+                         ({"latent_dims": [2, "a"]}, "latent_dims must be a list of integers or null")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**bad)

@@ -217,3 +217,19 @@ def test_report_marks_omniglot_rebuilt_from_the_archives_as_indicative(tmp_path,
     report = write_report(tmp_path, ["table1"], Schedule(stages=3, pass_scale=0.1), "c", ("omniglot",)).read_text()
     assert ("**Rebuilt Omniglot, indicative numbers.**" in report) is not chardata
     assert ("## Table 1: omniglot (rebuilt 28x28: indicative)" in report) is not chardata
+
+
+def test_the_omniglot_source_recorded_in_metrics_json_decides_over_the_data_folder(tmp_path, monkeypatch):
+    from iwae.config import TrainConfig
+
+    root = tmp_path / "runs"
+    for (dataset, layers, obj, k), (nll, active) in TABLE1.items():
+        name = table_key(dataset, layers, obj, k)
+        if dataset == "omniglot" and not (root / name).exists():
+            _fake_run(root, name, nll + 1.0, active)
+            metrics = json.loads((root / name / "metrics.json").read_text())
+            (root / name / "metrics.json").write_text(json.dumps({**metrics, "data_files": ["omniglot/chardata.mat"]}))
+            (root / name / "config.json").write_text(TrainConfig(dataset="omniglot", data_dir=str(tmp_path)).to_json())
+    monkeypatch.setattr("iwae.experiments.report.locate", lambda name, where: None)  # this machine has no data
+    report = write_report(tmp_path, ["table1"], Schedule(stages=3, pass_scale=0.1), "c", ("omniglot",)).read_text()
+    assert "Rebuilt Omniglot" not in report  # the runs read the paper's file, as they recorded

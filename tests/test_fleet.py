@@ -286,6 +286,7 @@ def test_iwae_train_seeds_makes_a_fleet_and_resume_continues_it(data_dir, tmp_pa
     assert "mean ± sd over 2 runs" in capsys.readouterr().out and not (alone / MANIFEST_NAME).exists()
     for s in (3, 5):
         _same_checkpoint(out / f"seed-{s}", alone / f"seed-{s}")
+    assert main(["train", *flags, "--seeds", "3,5", "--fleet", "off", "--out", str(alone)]) == 0  # all done: kept
 
 
 def test_a_run_whose_loss_stops_being_finite_leaves_the_fleet_with_its_last_good_checkpoint(

@@ -84,7 +84,7 @@ def _mnist_table(root: Path, spread: float, plain: tuple[str, ...] = ()) -> None
 def test_report_shows_mean_and_sd_of_seeds_beside_a_plain_run(tmp_path):
     _mnist_table(tmp_path / "runs", 0.01, plain=("mnist-l2-vae-k50",))
     report = write_report(tmp_path, ["table1"], Schedule(stages=3, pass_scale=0.1), "c", ("mnist",)).read_text()
-    row = "| 2 | 50 | 85.78 (84.78, +1.00) | 17+5 (17+5) | 83.90 ± 0.01 (n=3) (82.90, +1.00) | 27.0+8.0 (26+7) |"
+    row = "| 2 | 50 | 85.78 (84.78, +1.00) | 17+5 (17+5) | 83.90 ± 0.01 (n=3) (82.90, +1.00) | 27+8 (26+7) |"
     assert row + " 85.08 | 83.20 ± 0.01 |" in report
     assert "| mnist-l1-k1 | 87.76 ± 0.01 (n=3) | 87.77 | +0.010 |" in report
     assert "the mean over its n seeds ± their sample standard deviation" in report

@@ -80,10 +80,11 @@ def _check_out(out: Path, seeds: bool) -> None:
     """Refuse an --out that is a file, or a folder holding files of the user's own (not a run, not a fleet)."""
     from iwae.rundir import RunError
 
-    ours = {"config.json", ".lock"} | ({"fleet.json"} if seeds else set())
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    ours = {"config.json", ".lock"} | ({"fleet.json"} | {n for n in names if n.startswith("seed-")} if seeds else set())
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; name a new folder for the run")
-    if out.is_dir() and not ours & {p.name for p in out.iterdir()} and any(out.iterdir()):
+    if names and not ours & names:
         raise RunError(f"--out {out} holds other files and is not a run folder; name a new or empty folder")
 
 
@@ -242,7 +243,9 @@ def _terminate(signum: int, frame: Any) -> None:
 def _stopped(args: argparse.Namespace, what: str) -> str:
     """The line printed when a command is stopped: what happened, and how to go on from there."""
     run = {"train": "out", "resume": "run_dir"}.get(args.command)
-    if run is not None:
+    if args.command == "train" and getattr(args, "seeds", None) and getattr(args, "fleet", None) == "off":
+        how = "; run the same command again to continue (finished runs are kept, the stopped one resumed)"
+    elif run is not None:
         how = f"; continue with `iwae resume {getattr(args, run)}` (it restarts from its last checkpoint)"
     elif args.command == "reproduce":
         how = "; run the same command again to continue (finished runs are kept, the others resumed)"

@@ -29,10 +29,15 @@ def train_fleet(args: argparse.Namespace, config: TrainConfig) -> None:
     dirs = [out / f"seed-{seed}" for seed in args.seeds]
     configs = [config.replace(seed=seed) for seed in args.seeds]
     if args.fleet == "off":  # as `iwae reproduce --fleet off`: no fleet, the runs one after another
+        from iwae.rundir import status
         from iwae.train import train_and_evaluate
 
-        metrics = {str(d): train_and_evaluate(d, c, progress=not args.quiet, threads=args.threads)
-                   for d, c in zip(dirs, configs)}  # fmt: skip
+        metrics = {}  # the same command again skips the finished runs and continues a stopped one
+        for d, c in zip(dirs, configs):
+            if status(d) != "done":
+                new = status(d) == "new"
+                metrics[str(d)] = train_and_evaluate(d, c if new else None, progress=not args.quiet,
+                                                     threads=args.threads)  # fmt: skip
         _report_fleet({"metrics": {d: m for d, m in metrics.items() if m}, "dropped": {}}, out)
         return
     result = train_fleet_and_evaluate(dirs, out / MANIFEST_NAME, configs, mode=args.fleet, progress=not args.quiet,

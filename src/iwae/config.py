@@ -169,6 +169,8 @@ class TrainConfig:
     extra: dict[str, Any] = _opt({}, "free-form notes carried into config.json", cli=False)
 
     def __post_init__(self) -> None:
+        for f, hint in _hints():  # Python callers' tuples, numpy integers and paths, as JSON would hold them
+            object.__setattr__(self, f.name, _as_json_type(getattr(self, f.name), hint))
         errors = [_type_error(f.name, getattr(self, f.name), hint) for f, hint in _hints()]
         errors = [e for e in errors if e]
         if errors:  # the checks below assume the types
@@ -243,6 +245,26 @@ RESUMABLE: tuple[str, ...] = ("device", "data_dir", "evaluate", "eval_k", "eval_
 def _hints() -> list[tuple[dataclasses.Field, Any]]:
     hints = typing.get_type_hints(TrainConfig)
     return [(f, hints[f.name]) for f in dataclasses.fields(TrainConfig)]
+
+
+def _as_json_type(value: Any, hint: Any) -> Any:
+    """``value`` as the JSON type of the field: tuples as lists, integers of other types (numpy's) as ints, paths
+    as strings; anything else as it is (the type check then names what is wrong)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    args = {a for a in typing.get_args(hint) if a is not type(None)} if union else {hint}
+    if isinstance(value, tuple) and any(typing.get_origin(a) is list for a in args):
+        inner = next(typing.get_args(a)[0] for a in args if typing.get_origin(a) is list)
+        return [_as_json_type(v, inner) for v in value]
+    if isinstance(value, list):
+        inner = next((typing.get_args(a)[0] for a in args if typing.get_origin(a) is list), None)
+        return [_as_json_type(v, inner) for v in value] if inner is not None else value
+    if int in args and not isinstance(value, (bool, int)) and hasattr(value, "__index__"):
+        return int(value.__index__())
+    if float in args and not isinstance(value, (bool, int, float)) and hasattr(value, "__float__"):
+        return float(value)
+    if str in args and isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def _type_error(name: str, value: Any, hint: Any) -> str | None:

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from iwae import streams
 from iwae.atomic import write_json
 from iwae.config import TrainConfig
+from iwae.cpu import flush_subnormals
 from iwae.evaluate import count_active, log_likelihood
 from iwae.evaluate_run import ACTIVE_SPLIT, check_split, eval_images, summarize
 from iwae.model import IWAE
@@ -85,8 +86,9 @@ def _evaluate(run_dir: str, k: int | None, split: str, n: int | None, data_dir: 
     k, n, device, seed = k or config.eval_k, n or config.eval_n, next(model.parameters()).device, config.seed
     x = eval_images(config, check_split(split), n, device, seed)
     x_active = eval_images(config, ACTIVE_SPLIT, n, device, seed)
-    A = active_units_blocks(model, x_active, config)
-    ll = log_likelihood_blocks(model, x, k, config, split)
+    with flush_subnormals(config.flush_denormal):
+        A = active_units_blocks(model, x_active, config)
+        ll = log_likelihood_blocks(model, x, k, config, split)
     result = {
         "split": split, "eval_k": k, **summarize(ll), "active_units": count_active(A, config.active_threshold),
         "active_units_split": ACTIVE_SPLIT, "active_units_n": x_active.shape[0],

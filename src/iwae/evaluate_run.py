@@ -26,6 +26,7 @@ from iwae.atomic import write_json
 from iwae.config import TrainConfig
 from iwae.cpu import flush_subnormals
 from iwae.data.datasets import SPLIT_SIZES
+from iwae.data.resources import locate
 from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
 from iwae.model import IWAE
 from iwae.plots import plot_active_units, plot_training, save_image_grid
@@ -294,6 +295,8 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "test_nll_pruned": test["nll_pruned"], "units_pruned": test["units_pruned"],
         "train_seconds": state["train_seconds"], "passes": log[-1]["pass"] if log else 0.0,
         "eval_threads": torch.get_num_threads() if device.type == "cpu" else None,
+        # which files the data came from (Omniglot: the paper's chardata.mat or the rebuilt archives)
+        "data_files": sorted(locate(config.dataset, Path(config.data_dir)) or {}),
     }  # fmt: skip
     gen = streams.generator(config.seed, "samples", device=device, scheme=config.streams)
     save_image_grid(model.sample(100, generator=gen), run_dir / SAMPLES_NAME, nrow=10)

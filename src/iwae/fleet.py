@@ -126,6 +126,9 @@ class StackedFleet(Fleet):
         self._order = torch.tensor([m for _, rows in groups for m in rows], device=device).argsort()
         self._graphs: dict[torch.Size, tuple[Callable[[], Tensor], Tensor, list[Tensor]]] = {}  # by batch shape
         self._graph, self._lrs = graph, None
+        # What the graph mode did: CUDA graphs captured, steps replayed from one, captures that failed (the fleet
+        # then steps eagerly), and steps taken eagerly; a check reads them rather than trusting the mode asked for.
+        self.graph_stats = {"captured": 0, "replayed": 0, "failed": 0, "eager_steps": 0}
 
     def _views(self) -> dict[str, Tensor]:
         """Each parameter of the architecture as an (M, ...) view of the flat tensor."""
@@ -168,18 +171,27 @@ class StackedFleet(Fleet):
             self._graphs.clear()
         x, noise = self._draw(xs)
         if not self._graph:
+            self.graph_stats["eager_steps"] += 1
             with flush_subnormals(self.flush_denormal):
                 return self._update(x, noise)
         if x.shape not in self._graphs:
             captured = self._capture(x, noise)
             if captured is None:
+                self.graph_stats["eager_steps"] += 1
                 return self._update(x, noise)
             self._graphs[x.shape] = captured
         replay, static_x, static_noise = self._graphs[x.shape]
         static_x.copy_(x)
         for buf, eps in zip(static_noise, noise):
             buf.copy_(eps)
+        self.graph_stats["replayed"] += 1
         return replay().clone()
+
+    @property
+    def mode_run(self) -> str:
+        """The mode the steps actually ran in: "graph" only if every step so far replayed a captured graph."""
+        stats = self.graph_stats
+        return "graph" if stats["replayed"] and not stats["failed"] and not stats["eager_steps"] else "stacked"
 
     def _ragged(self, xs: Sequence[Tensor], lrs: Sequence[float]) -> Tensor:
         """Runs whose minibatches differ in size: step them apart (stack, split, restack), exactly."""
@@ -228,6 +240,7 @@ class StackedFleet(Fleet):
             why = f"the fleet's step could not be captured as a CUDA graph ({err}); it runs eagerly"
             warnings.warn(why, stacklevel=3)
             self._graph = False
+            self.graph_stats["failed"] += 1
             return None
         finally:
             self.adam.restore(saved)
@@ -236,6 +249,7 @@ class StackedFleet(Fleet):
             graph.replay()
             return static_losses
 
+        self.graph_stats["captured"] += 1
         return replay, static_x, static_noise
 
     @torch.no_grad()

@@ -98,7 +98,8 @@ def locked(folder: str | Path, again: str) -> Iterator[None]:
         except Exception as err:  # a write outside iwae.atomic (metrics.jsonl, a library's own file)
             if not is_disk_full(err):
                 raise
-            raise RunError(f"no space left on device in {folder}; free space and run `{again}`") from err
+            raise RunError(f"no space left on device ({_first_line(err)}) while working in {folder}; free space and "
+                           f"run `{again}`") from err  # fmt: skip
     finally:
         os.close(fd)
         if made and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
@@ -111,19 +112,26 @@ SPACE_MARGIN = 2**20  # bytes beyond two checkpoints: the log, metrics.json, the
 
 def check_space(run_dir: str | Path, model: torch.nn.Module, again: str) -> None:
     """Refuse, in one line and before any training, a run folder whose file system cannot hold what the run writes
-    next: a checkpoint (the model and Adam's two moments) twice over, as the new one is written beside the old
-    before it replaces it, and :data:`SPACE_MARGIN` for its log and figures.
+    next: a checkpoint (the model and Adam's two moments) twice over for a new run, as the new one is written beside
+    the old before it replaces it (once for a run that holds one already), and :data:`SPACE_MARGIN` for its log
+    and figures.
 
     :raises RunError: with the free and the needed space, and ``again``, what to do once space is freed.
     """
     where = next(p for p in (Path(run_dir).absolute(), *Path(run_dir).absolute().parents) if p.exists())
-    need = 2 * 3 * sum(p.numel() * p.element_size() for p in model.parameters()) + SPACE_MARGIN
+    copies = 1 if has_checkpoint(run_dir) else 2
+    need = copies * 3 * sum(p.numel() * p.element_size() for p in model.parameters()) + SPACE_MARGIN
     free = shutil.disk_usage(where).free
     if free < need:
         raise RunError(
             f"{where} has {free / 2**20:.1f} MiB free, and the run needs about {need / 2**20:.1f} MiB there (its "
             f"checkpoint twice over, and its log and figures); free space, then {again}"
         )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def resolve_device(name: str) -> torch.device:

@@ -51,8 +51,8 @@ _SALTS_V1 = {
 
 def seed_of(seed: int, *purpose: str | int, scheme: int = SCHEME) -> int:
     """The seed (0 <= s < 2^63) of the stream of ``purpose`` under ``seed`` (see the module docstring)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"a seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"a seed must be an integer, got {seed!r}")
     if scheme == 1:
         return _seed_v1(seed, purpose)
     if scheme != 2:

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,7 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
     writer = writer_class(str(run_dir / TENSORBOARD_NAME)) if writer_class else None
     stages, per_pass = schedule(config), batches.per_pass
     passes_done = sum(_stage_steps(s.passes, per_pass) for s in stages[: pos.stage]) / per_pass
-    with StopRequests() as stop:
+    with StopRequests() as stop, writer or nullcontext():  # the writer is closed however the loop ends
         while pos.stage < len(stages):
             stage = stages[pos.stage]
             total = _stage_steps(stage.passes, per_pass)
@@ -184,8 +184,6 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
             perm = None
             saver.save(pos, perm)
             stop.check()  # a signal during the stage's last pass or its curve point: stopped at this checkpoint
-    if writer is not None:
-        writer.close()
 
 
 def _start(
@@ -263,7 +261,9 @@ class StopRequests:
 
     The first signal is recorded (``requested``); :meth:`check`, called once a checkpoint holds the position,
     then delivers it to the handler that was in place before (KeyboardInterrupt for Ctrl-C, ``iwae``'s stop for
-    SIGTERM). A second signal before that is delivered at once. Outside the main thread nothing is changed.
+    SIGTERM). A second signal before that is delivered at once, and one still held when the block ends (the work
+    is checkpointed by then) as it ends. Outside the main thread nothing is changed, nor are handlers installed
+    outside Python (whose previous handler could not be put back).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -274,11 +274,16 @@ class StopRequests:
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
-            caught = [s for s in self.SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+            caught = [s for s in self.SIGNALS if signal.getsignal(s) not in (signal.SIG_IGN, None)]
             self._previous = {s: signal.signal(s, self._handle) for s in caught}
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._restore()
+        if exc_type is None:
+            self.check()
+
+    def _restore(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
@@ -294,7 +299,8 @@ class StopRequests:
             self._deliver(self.requested)
 
     def _deliver(self, signum: int) -> None:
-        self.__exit__()
+        self.requested = None
+        self._restore()
         signal.raise_signal(signum)
         raise KeyboardInterrupt  # the previous handler ignored it: stop all the same
 

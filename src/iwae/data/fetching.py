@@ -188,12 +188,10 @@ def _offline(err: BaseException) -> bool:
     """Whether ``err`` says that the host could not be reached at all (no network, a name that does not resolve)."""
     import requests
 
-    return isinstance(err, (requests.ConnectionError, requests.Timeout)) or (
-        isinstance(err, OSError)
-        and not isinstance(err, requests.RequestException)
-        and err.errno is not None
-        and "Name or service not known" in str(err)
-    )
+    # a proxy or TLS that refuses, or a mirror too slow to answer, is a network that is there: not offline
+    reached = (requests.exceptions.SSLError, requests.exceptions.ProxyError, requests.exceptions.ReadTimeout)
+    offline = (requests.ConnectionError, requests.exceptions.ConnectTimeout)
+    return isinstance(err, offline) and not isinstance(err, reached)
 
 
 def _first_line(err: BaseException, limit: int = 200) -> str:

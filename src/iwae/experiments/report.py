@@ -188,11 +188,16 @@ OMNIGLOT_REBUILT = (
 
 
 def _rebuilt_omniglot(root: Path) -> bool:
-    """Whether the Omniglot runs under ``root`` read the rebuilt archives: no ``chardata.mat`` where their data
-    directory is (or no data found there at all)."""
+    """Whether the Omniglot runs under ``root`` read the rebuilt archives: as their ``metrics.json`` records it
+    (``data_files``), else (runs evaluated before it was recorded) as their data directory holds no
+    ``chardata.mat`` (or no data at all)."""
     configs = sorted(root.glob("omniglot-*/config.json")) + sorted(root.glob("omniglot-*/seed-*/config.json"))
     if not configs:
         return False
+    recorded = [read_metrics(c.parent) for c in configs]
+    files = [m["data_files"] for m in recorded if m and "data_files" in m]
+    if files:
+        return any("omniglot/chardata.mat" not in f for f in files)
     config = with_data_dir(read_config(configs[0].parent))
     found = locate("omniglot", Path(config.data_dir)) or {}
     return "omniglot/chardata.mat" not in found

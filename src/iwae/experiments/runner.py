@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from iwae import atomic, data, rundir
-from iwae.config import RESUMABLE, TrainConfig, schedule
+from iwae.config import LEGACY, RESUMABLE, TrainConfig, schedule
 from iwae.data.datasets import SPLIT_SIZES
 from iwae.evaluate import log_likelihood
 from iwae.experiments.fleets import Unit, pack
@@ -52,7 +52,8 @@ def check_compatible(spec: RunSpec, run_dir: Path) -> None:
     :data:`~iwae.config.RESUMABLE`, such as the data directory it recorded); anything else is refused."""
     if status(run_dir) != "partial":
         return
-    kept = {name: getattr(spec.config, name) for name in RESUMABLE}
+    # A run made before a setting existed keeps the value it was made with (config.LEGACY): the same run still.
+    kept = {name: getattr(spec.config, name) for name in (*RESUMABLE, *LEGACY)}
     if rundir.read_config(run_dir).replace(**kept) != spec.config:
         raise ValueError(
             f"{run_dir} holds a run with another config than this reproduction asks for; "

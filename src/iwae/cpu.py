@@ -4,9 +4,12 @@ IWAE's normalised weights and a saturating decoder's gradients underflow into su
 float32), and x86 cores compute with those many times slower: an IWAE k=50 step on a trained 2-layer model is
 about 5x slower with them (``benchmarks/results/cpu.md``). Flushing them to zero changes results by nothing
 measurable (``tests/test_cpu.py``). torch keeps the flag per thread (the x86 MXCSR register): it applies to the
-thread that sets it and to threads started afterwards, such as torch's CPU worker threads when they start; the
-library's training runs on one thread by default on the CPU (:func:`iwae.train.default_threads`), and ``iwae``'s
-commands set it before torch starts any worker.
+thread that sets it and to threads started afterwards, such as torch's CPU worker threads when they start, and
+restoring it restores the calling thread only. With one thread, the library's default for training on the CPU
+(:func:`iwae.train.default_threads`) and what ``metrics.json`` records for most runs, all the work is flushed or
+not exactly as asked; with several, workers keep the flag they started with, which can differ (a run made before
+flushing existed, evaluated on several threads after flushed work in the same process, may differ in its last
+digits from its ``metrics.json``).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from iwae.config import TrainConfig
 from iwae.distributed import BLOCK, active_units_blocks, evaluate_sharded, log_likelihood_blocks, shard
 from iwae.evaluate import active_units
 
@@ -25,16 +26,19 @@ def test_without_torch_distributed_one_process_takes_every_block():
 def test_block_moments_equal_the_one_pass_active_units(tiny):
     model = tiny(x_dim=6, latent_dims=(3,)).float()
     x = torch.bernoulli(torch.full((N, 6), 0.4), generator=torch.Generator().manual_seed(0))
-    for a, b in zip(active_units_blocks(model, x, seed=1), active_units(model, x)):
+    for a, b in zip(active_units_blocks(model, x, TrainConfig(seed=1)), active_units(model, x)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)  # layer 1: the means need no noise
 
 
 def test_blocks_are_drawn_independently_of_the_rows_around_them(tiny):
     model = tiny(x_dim=6, latent_dims=(3,)).float()
     x = torch.bernoulli(torch.full((N, 6), 0.4), generator=torch.Generator().manual_seed(0))
-    whole = log_likelihood_blocks(model, x, 20, seed=5)
-    first = log_likelihood_blocks(model, x[:BLOCK], 20, seed=5)
+    whole = log_likelihood_blocks(model, x, 20, TrainConfig(seed=5), "test")
+    first = log_likelihood_blocks(model, x[:BLOCK], 20, TrainConfig(seed=5), "test")
     assert torch.equal(whole[:BLOCK], first) and whole.dtype == torch.float64
+    # each block its own stream of iwae.streams, of scheme 2 here, of the seed formula for runs made before it
+    again = log_likelihood_blocks(model, x, 20, TrainConfig(seed=5, streams=1), "test")
+    assert not torch.equal(whole, again)
 
 
 def test_two_gloo_processes_give_the_numbers_of_one(tiny_run, data_dir):

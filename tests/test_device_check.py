@@ -150,3 +150,19 @@ def test_run_unsets_the_tf32_overrides_of_nvidia_images(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device" / "run"), str(tmp_path / "out")], env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.stdout.count("override=unset unset") == 2, done.stdout
+
+
+def test_the_one_model_verdict_is_on_what_an_iwae_command_runs():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.device_protocol import one_model
+
+    row = {"layers": 2, "k": 50}
+    results = {"sections": {
+        "step_times": {"rows": [{**row, "impl": "eager", "ms_per_step": 4.0}, {**row, "impl": "graphed",
+                                                                             "ms_per_step": 1.0}]},
+        "compiled_correctness": {"rows": [{**row, "impl": "compiled", "ms_per_step": 3.0}]},
+        "epoch_time": {"values": {"seconds_per_pass": 2.5}},
+    }}  # fmt: skip
+    verdict = one_model(results)
+    assert verdict["best"] == "compiled step" and verdict["best_command"] == "iwae train --device cuda --compile"
+    assert verdict["best_seconds"] == pytest.approx(9.0) and verdict["fastest_measured"].startswith("graphed pass")

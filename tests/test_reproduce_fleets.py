@@ -68,7 +68,7 @@ def test_reproduce_with_seeds_trains_fleets_and_reports_the_spread(data_dir, tmp
             "--fleet", "stacked"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "mnist-2d-vae_seed-0: started (a fleet of 2 runs)" in printed
+    assert "mnist-2d-vae_seed-0: started (a fleet of 2 runs: mnist-2d-vae/seed-0, mnist-2d-vae/seed-1)" in printed
     manifests = sorted(p.name for p in (out / "runs" / "fleets").glob("*.json"))
     assert manifests == ["mnist-2d-iwae-k50_seed-0.json", "mnist-2d-iwae-k5_seed-0.json", "mnist-2d-vae_seed-0.json"]
     for run in ("mnist-2d-vae", "mnist-2d-iwae-k5", "mnist-2d-iwae-k50"):

@@ -88,7 +88,8 @@ def test_reproduce_estimate_measures_the_runs_own_step_and_counts_its_steps(monk
     assert args == (5, "miwae", "reparam") and kwargs == {"m": 20, "beta": 0.5, "flush_denormal": False}
     assert threads == [1, before, 1, before]  # each measured on one thread, as training runs, then restored
     steps = sum(max(1, round(s.passes * 59_600 / 20)) for s in schedule(config))
-    # 1 step per "second" of the patched clock; L_10 on 2 images in 1 "second", for 2 test images (twice) and 2
-    # train images; the curve's L_1000 on 500 test images at each of the 3 stages' ends; the fixed costs
-    curve = 3 * (1 / 2) * (1000 / 10) * 500
-    assert est == pytest.approx(steps / 1.0 + (1 / 2) * (2 * 2 + 2) + curve + 7.0)
+    # 1 step per "second" of the patched clock; 1,000 samples of 8 images in 1 "second": L_10 for 2 test images
+    # (twice) and 2 train images, the curve's L_1000 on 500 test images at each of the 3 stages' ends; fixed costs
+    per_sample = 1 / 8000
+    curve = 3 * per_sample * 1000 * 500
+    assert est == pytest.approx(steps / 1.0 + per_sample * 10 * (2 * 2 + 2) + curve + 7.0)

@@ -235,9 +235,17 @@ def _compiled(sec: Section, ctx: Context, s: dict[str, Any]) -> None:
     compiled = build_step(copy_, make_optimizer(copy_), objective, generator=gen, compile=True)
     g = grey(8 * 20, ctx.device, 5)
     xs = [torch.bernoulli(g[i * 20 : (i + 1) * 20]) for i in range(8)]
+    counters = torch._dynamo.utils.counters
+    breaks, skips = sum(counters["graph_break"].values()), counters["inductor"]["cudagraph_skips"]
     start = time.perf_counter()
     losses = [(compiled(xs[0]).item(), eager(xs[0]).item())]
     sec.record["values"][f"{layers}L k={k} compile_seconds"] = time.perf_counter() - start
+    # reduce-overhead may silently not apply: a graph break splits the step, a skipped CUDA graph runs it eagerly
+    breaks = sum(counters["graph_break"].values()) - breaks
+    skips = counters["inductor"]["cudagraph_skips"] - skips
+    reasons = [str(r) for r in counters["graph_break"]]
+    sec.check(f"compiled step: no graph break, no skipped CUDA graph ({layers}L k={k})", breaks == 0 and skips == 0,
+              graph_breaks=breaks, cudagraph_skips=skips, break_reasons=reasons)  # fmt: skip
     losses += [(compiled(xs[t % 8]).item(), eager(xs[t % 8]).item()) for t in range(1, s["steps"])]
     got, want = torch.tensor(losses, dtype=torch.float64).T
     compare(

@@ -66,3 +66,19 @@ def test_compile_refuses_estimators_it_does_not_cover():
             iwae.make_train_step(model, opt, kind=kind, estimator=estimator, compile=True)
     with pytest.raises(ValueError, match="train without compile"):
         TrainConfig(estimator="dreg", compile=True)
+
+
+@pytest.mark.parametrize("estimator", ["reparam", "stl"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_the_compiled_loss_traces_whole_without_a_graph_break(estimator, layers):
+    """torch.compile's CUDA graphs (reduce-overhead) need one graph: the loss that compile=True traces has none.
+    The 2-layer STL loss had two, from torch.func.functional_call in iwae.layers.q_params."""
+    from iwae.objectives import Objective
+
+    model = iwae.IWAE(6, [3] * layers, [[8]] * layers, [[8]] * layers)
+    objective = Objective("iwae", 3, estimator)
+    noise = model.draw_noise(3, 4, torch.Generator().manual_seed(0))
+    explained = torch._dynamo.explain(lambda x, noise: objective.loss(model, x, noise=noise))(
+        binary_batch(4, 6).float(), noise
+    )
+    assert explained.graph_break_count == 0, [str(r.reason)[:200] for r in explained.break_reasons]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from iwae._ops import Tanh
 
@@ -59,5 +59,15 @@ def q_params(
     (for l >= 2 the detached-parameter density still depends on h^(l-1) through its input)."""
     if cond is None:
         return (mean.detach(), log_std.detach()) if stop_q_grad else (mean, log_std)
-    params = {n: p.detach() if stop_q_grad else p for n, p in layer.named_parameters()}
-    return torch.func.functional_call(layer, params, (cond,))
+    if not stop_q_grad:
+        return layer(cond)
+    # layer(cond) with its parameters detached, its operations written out: torch.compile traces this whole, where
+    # torch.func.functional_call broke the graph twice (a parameter dict swapped in and out of the module)
+    t = cond
+    for module in layer.trunk:
+        t = F.linear(t, module.weight.detach(), module.bias.detach()) if isinstance(module, nn.Linear) else module(t)
+    mean_head, log_std_head = layer.mean, layer.log_std
+    return (
+        F.linear(t, mean_head.weight.detach(), mean_head.bias.detach()),
+        F.linear(t, log_std_head.weight.detach(), log_std_head.bias.detach()),
+    )

@@ -399,3 +399,32 @@ def test_ctrl_c_checkpoints_the_fleet_step_under_way_and_resume_loses_nothing(da
     resume_fleet(fleet / MANIFEST_NAME, progress=False)
     for name in ("a", "b"):
         _same_checkpoint(straight / name, fleet / name)
+
+
+def test_graph_bookkeeping_says_what_the_steps_ran_as(monkeypatch):
+    """The graph mode's record, on the CPU: a capture that works (stood in for by an eager replay of the static
+    buffers) is counted and replayed, and the fleet says it ran as graphs; one that fails is counted, the fleet steps
+    eagerly from then on, and says it ran stacked (a check must not pass a graph fleet that never replayed one)."""
+    models = [_model(seed, 1) for seed in range(2)]
+    objectives = [Objective("iwae", 3)] * 2
+
+    def fleet(capture):
+        monkeypatch.setattr(StackedFleet, "_capture", capture)
+        opts = [make_optimizer(m) for m in models]
+        return StackedFleet(models, opts, objectives, [torch.Generator().manual_seed(s) for s in range(2)], graph=True)
+
+    def works(self, x, noise):
+        static_x, static_noise = x.clone(), [eps.clone() for eps in noise]
+        return (lambda: self._update(static_x, static_noise)), static_x, static_noise
+
+    xs = [_data(2)[:5], _data(2)[5:10]]
+    good = fleet(works)
+    for _ in range(3):
+        good.step(xs, [1e-3, 1e-3])
+    assert good.graph_stats == {"captured": 1, "replayed": 3, "failed": 0, "eager_steps": 0}
+    assert good.mode_run == "graph"
+    bad = fleet(lambda self, x, noise: None)
+    for _ in range(3):
+        bad.step(xs, [1e-3, 1e-3])
+    assert bad.graph_stats == {"captured": 0, "replayed": 0, "failed": 1, "eager_steps": 3}
+    assert bad.mode_run == "stacked"

@@ -176,7 +176,9 @@ class StackedFleet(Fleet):
                 return self._update(x, noise)
         if x.shape not in self._graphs:
             captured = self._capture(x, noise)
-            if captured is None:
+            self.graph_stats["failed" if captured is None else "captured"] += 1
+            if captured is None:  # the fleet steps eagerly from here
+                self._graph = False
                 self.graph_stats["eager_steps"] += 1
                 return self._update(x, noise)
             self._graphs[x.shape] = captured
@@ -239,8 +241,6 @@ class StackedFleet(Fleet):
         except RuntimeError as err:  # an operation that cannot be captured: the same update, eagerly
             why = f"the fleet's step could not be captured as a CUDA graph ({err}); it runs eagerly"
             warnings.warn(why, stacklevel=3)
-            self._graph = False
-            self.graph_stats["failed"] += 1
             return None
         finally:
             self.adam.restore(saved)
@@ -249,7 +249,6 @@ class StackedFleet(Fleet):
             graph.replay()
             return static_losses
 
-        self.graph_stats["captured"] += 1
         return replay, static_x, static_noise
 
     @torch.no_grad()

@@ -124,7 +124,8 @@ class StackedFleet(Fleet):
         device = self.flat.device
         self._by_bound = [(obj, torch.tensor(rows, device=device)) for obj, rows in groups] if len(groups) > 1 else []
         self._order = torch.tensor([m for _, rows in groups for m in rows], device=device).argsort()
-        self._graphs: dict[torch.Size, tuple[Callable[[], Tensor], Tensor, list[Tensor]]] = {}  # by batch shape
+        self._graphs: dict[torch.Size, Callable[[], Tensor]] = {}  # by batch shape: replay the captured step
+        self._buffers: dict[torch.Size, tuple[Tensor, list[Tensor]]] = {}  # by batch shape: x and noise, stacked
         self._graph, self._lrs = graph, None
         # What the graph mode did: CUDA graphs captured, steps replayed from one, captures that failed (the fleet
         # then steps eagerly), and steps taken eagerly; a check reads them rather than trusting the mode asked for.
@@ -158,9 +159,19 @@ class StackedFleet(Fleet):
         return losses.detach()
 
     def _draw(self, xs: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """The minibatches stacked and each run's noise from its own generator (as its single step draws it)."""
-        draws = [model.draw_noise(self._n, x.shape[0], gen) for model, x, gen in zip(self.models, xs, self.generators)]
-        return torch.stack(list(xs)), [torch.stack(layer) for layer in zip(*draws)]
+        """The minibatches stacked and each run's noise from its own generator (as its single step draws it),
+        written straight into the fleet's buffers for this batch shape (a graph's static inputs: no copies, no
+        stacks of separate draws; on a GPU, a step's launches are what it costs)."""
+        shape = xs[0].shape
+        if shape not in self._buffers:
+            noise = [torch.empty(len(self), self._n, shape[0], d, device=xs[0].device, dtype=self.flat.dtype)
+                     for d in self._template.latent_dims]  # fmt: skip
+            self._buffers[shape] = (torch.empty(len(self), *shape, device=xs[0].device, dtype=xs[0].dtype), noise)
+        x, noise = self._buffers[shape]
+        torch.stack(list(xs), out=x)
+        for m, (model, gen) in enumerate(zip(self.models, self.generators)):
+            model.draw_noise(self._n, shape[0], gen, out=[layer[m] for layer in noise])
+        return x, noise
 
     def step(self, xs: Sequence[Tensor], lrs: Sequence[float]) -> Tensor:
         if len({x.shape for x in xs}) != 1:  # a short last minibatch in some run: its own steps
@@ -182,10 +193,7 @@ class StackedFleet(Fleet):
                 self.graph_stats["eager_steps"] += 1
                 return self._update(x, noise)
             self._graphs[x.shape] = captured
-        replay, static_x, static_noise = self._graphs[x.shape]
-        static_x.copy_(x)
-        for buf, eps in zip(static_noise, noise):
-            buf.copy_(eps)
+        replay = self._graphs[x.shape]  # its static inputs are the buffers _draw has just filled
         self.graph_stats["replayed"] += 1
         return replay().clone()
 
@@ -222,10 +230,10 @@ class StackedFleet(Fleet):
                 self.adam.load(m, self.optimizers[m], ps)
             self.adam.sync_counts()
 
-    def _capture(self, x: Tensor, noise: list[Tensor]) -> tuple[Callable[[], Tensor], Tensor, list[Tensor]] | None:
-        """Record one update as a CUDA graph on static copies of ``x`` and ``noise`` (warmed up first); None, with
-        a warning, where capture fails (the fleet then steps eagerly)."""
-        static_x, static_noise = x.clone(), [eps.clone() for eps in noise]
+    def _capture(self, x: Tensor, noise: list[Tensor]) -> Callable[[], Tensor] | None:
+        """Record one update as a CUDA graph on the buffers ``x`` and ``noise`` (:meth:`_draw`'s, its static
+        inputs; warmed up first); None, with a warning, where capture fails (the fleet then steps eagerly)."""
+        static_x, static_noise = x, noise
         saved = self.adam.snapshot()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -249,7 +257,7 @@ class StackedFleet(Fleet):
             graph.replay()
             return static_losses
 
-        return replay, static_x, static_noise
+        return replay
 
     @torch.no_grad()
     def sync(self) -> None:

@@ -184,11 +184,16 @@ class IWAE(PrunableUnits):
         """
         return self.forward_samples(x, k).log_w
 
-    def draw_noise(self, k: int, batch: int, generator: torch.Generator | None = None) -> list[Tensor]:
+    def draw_noise(
+        self, k: int, batch: int, generator: torch.Generator | None = None, out: Sequence[Tensor] | None = None
+    ) -> list[Tensor]:
         """Standard-normal draws [eps^1, ..., eps^L], each (k, batch, d_l): the noise :meth:`forward_samples`
-        draws from ``generator`` when it is given none (the same draws, in the same order)."""
+        draws from ``generator`` when it is given none (the same draws, in the same order); written into ``out``
+        (tensors of those shapes, e.g. a fleet's buffers) if given."""
         p = next(self.parameters())
         shapes = [(k, batch, d) for d in self.latent_dims]
+        if out is not None:
+            return [torch.randn(shape, generator=generator, out=o) for shape, o in zip(shapes, out)]
         return [torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype) for shape in shapes]
 
     def forward(self, x: Tensor, k: int, **kwargs) -> LogWeights:

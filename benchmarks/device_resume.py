@@ -73,6 +73,18 @@ def _run(args: list[str], ctx: Context, timeout: float) -> None:
         raise RuntimeError(f"`iwae {args[0]}` exited with status {rc}; its output is in {ctx.out / 'resume.log'}")
 
 
+def _run_here(args: list[str], ctx: Context) -> None:
+    """``iwae ARGS`` in this process: no CUDA context and no data check paid again (the uninterrupted run, which
+    needs no process of its own to be killed)."""
+    from iwae.cli import main
+
+    with open(ctx.out / "resume.log", "ab") as log:
+        log.write(f"$ iwae {' '.join(args)}  (in the check's own process)\n".encode())
+    rc = main(args)
+    if rc != 0:
+        raise RuntimeError(f"`iwae {args[0]}` (in the check's process) exited with status {rc}")
+
+
 def _killed(run: Path, ctx: Context, s: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Start ``iwae train``, SIGKILL it as soon as its first checkpoint exists; what the kill left."""
     cmd, env = _command(_train_args(run, ctx, s), ctx)
@@ -142,7 +154,7 @@ def resume_section(sec: Section, ctx: Context) -> None:
     )
     with tempfile.TemporaryDirectory(prefix="iwae-device-check-") as tmp:
         straight, killed = Path(tmp) / "straight", Path(tmp) / "killed"
-        _run(_train_args(straight, ctx, s), ctx, max(20.0, sec.left()))
+        _run_here(_train_args(straight, ctx, s), ctx)
         kill = _killed(killed, ctx, s, max(20.0, sec.left()))
         sec.record["values"]["kill"] = kill
         if not kill["killed"]:

@@ -82,7 +82,7 @@ LAYERS = {
     2: {"iwae.objectives", "iwae.data", "iwae.evaluate", "iwae.plots"},
     3: {"iwae.config", "iwae.train_step", "iwae.checkpoint", "iwae.rundir", "iwae.train", "iwae.training_state",
         "iwae.fleet", "iwae.fleet_train", "iwae.fleet_runs", "iwae.stacked_adam",
-        "iwae.evaluate_run", "iwae.compare", "iwae.snr", "iwae.distributed"},
+        "iwae.evaluate_run", "iwae.compare", "iwae.snr", "iwae.distributed", "iwae.sharing"},
     4: {"iwae.experiments", "iwae.experiments.seeds"},
     5: {"iwae.cli", "iwae.cli_runs", "iwae.cli_fleet", "iwae.config_cli", "iwae.experiments.cli", "iwae"},
 }  # fmt: skip

@@ -33,6 +33,8 @@ __all__ = [
     "active_units",
     "count_active",
     "prune_inactive",
+    "load_run",
+    "LoadedRun",
 ]
 
 # name -> module holding it (a module itself where the two are the same)
@@ -41,6 +43,7 @@ _LAZY = {
     "objective": "iwae.objectives", "make_train_step": "iwae.train_step", "make_optimizer": "iwae.train_step",
     "KINDS": "iwae.objectives", "ESTIMATORS": "iwae.objectives", "log_likelihood": "iwae.evaluate",
     "active_units": "iwae.evaluate", "count_active": "iwae.evaluate", "prune_inactive": "iwae.evaluate",
+    "load_run": "iwae.sharing", "LoadedRun": "iwae.sharing",
 }  # fmt: skip
 
 

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from iwae.atomic import atomic_path
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "save_weights", "load_weights", "CHECKPOINT_NAME",
+           "WEIGHTS_NAME"]  # fmt: skip
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 _FORMAT = "iwae-checkpoint-2"  # with a checksum; no single flipped bit turns it into the legacy name below
@@ -107,6 +108,42 @@ def load_checkpoint(
         optimizer.load_state_dict({"state": per_param, "param_groups": json.loads(header["param_groups"])})
     extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
     return json.loads(header["state"]), extra
+
+
+WEIGHTS_NAME = "model.safetensors"  # an exported model: its weights alone (iwae export)
+_WEIGHTS_FORMAT = "iwae-weights-1"
+
+
+def save_weights(path: str | Path, model: torch.nn.Module) -> None:
+    """The model's parameters and buffers alone (no optimiser, no position), with a sha256 of them, atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    header = {"format": _WEIGHTS_FORMAT}
+    header["sha256"] = _digest(header, tensors)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+
+
+def load_weights(path: str | Path, model: torch.nn.Module) -> None:
+    """Load :func:`save_weights`' file into ``model``, checked as a checkpoint is (format, sha256, finite, fit).
+
+    :raises CheckpointError: naming the file and the problem.
+    """
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable or truncated weights ({err})") from err
+    if header.get("format") != _WEIGHTS_FORMAT or header.get("sha256") != _digest({"format": _WEIGHTS_FORMAT}, tensors):
+        raise CheckpointError(f"{path}: not iwae weights, or damaged (format or sha256 does not match)")
+    if any(v.is_floating_point() and not torch.isfinite(v).all() for v in tensors.values()):
+        raise CheckpointError(f"{path}: non-finite weights")
+    device = next(model.parameters()).device
+    try:
+        model.load_state_dict({k: v.to(device) for k, v in tensors.items()})
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: does not fit this model ({err})") from err
 
 
 def _check_header(path: Path, header: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:

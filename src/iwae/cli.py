@@ -180,6 +180,14 @@ COMMANDS = {
         "Bernoulli means of the pixels, Appendix E) and write them as a square grid of images, by default into the "
         "run's folder.",
     ),
+    "export": Command(
+        cli_runs.export,
+        cli_runs.export_arguments,
+        "export a trained model to share: its weights, config, numbers and a model card",
+        "Write the evaluated run's weights alone (model.safetensors, with a sha256), its config.json without this "
+        "machine's paths, its metrics and a README model card into a new folder; `iwae evaluate`, `sample` and "
+        "`compare` take that folder, and `iwae.load_run(FOLDER)` loads it in Python.",
+    ),
     "reproduce": Command(
         _reproduce,
         _reproduce_arguments,

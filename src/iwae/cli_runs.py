@@ -14,7 +14,8 @@ from iwae.config import int_list, positive_float, positive_int
 
 __all__ = [
     "RUN_DIR_HELP", "add_progress_and_threads", "report_run", "evaluate_arguments", "evaluate",
-    "compare_arguments", "compare", "sample_arguments", "sample", "status_arguments", "status", "snr_arguments",
+    "compare_arguments", "compare", "sample_arguments", "sample", "export_arguments", "export", "status_arguments",
+    "status", "snr_arguments",
     "snr",
 ]  # fmt: skip
 
@@ -150,6 +151,18 @@ def sample(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image_grid(model.sample(args.n, generator=gen), out)
     print(f"wrote {args.n} samples to {out}")
+
+
+def export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help=f"{RUN_DIR_HELP}, evaluated")
+    p.add_argument("--out", required=True, help="a new folder for the model: weights, config, metrics, model card")
+
+
+def export(args: argparse.Namespace) -> None:
+    from iwae.sharing import export_run
+
+    out = export_run(args.run_dir, args.out)
+    print(f"exported {args.run_dir} to {out}: model.safetensors, config.json, metrics.json, README.md (model card)")
 
 
 def status_arguments(p: argparse.ArgumentParser) -> None:

@@ -244,6 +244,25 @@ def evaluate_run(
     return result
 
 
+def code_version() -> dict[str, str | None]:
+    """The package's version, and the git commit of its source checkout (None where it is installed from a wheel,
+    or git is missing)."""
+    import subprocess
+
+    from iwae import __version__
+
+    root = Path(__file__).resolve().parents[2]
+    commit = None
+    if (root / "src" / "iwae" / "__init__.py").resolve() == Path(__file__).resolve().parent / "__init__.py":
+        try:
+            done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                  timeout=10)  # fmt: skip
+            commit = (done.stdout.strip() or None) if done.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return {"version": __version__, "commit": commit}
+
+
 @contextmanager
 def eval_threads(run_dir: str | Path, device: torch.device, threads: int | None = None) -> Iterator[None]:
     """On a CPU, run the block on the torch threads that the run's ``metrics.json`` was measured on (its
@@ -297,6 +316,7 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "eval_threads": torch.get_num_threads() if device.type == "cpu" else None,
         # which files the data came from (Omniglot: the paper's chardata.mat or the rebuilt archives)
         "data_files": sorted(locate(config.dataset, Path(config.data_dir)) or {}),
+        "code": code_version(),  # the code that evaluated it (and, for a run trained in one go, trained it)
     }  # fmt: skip
     gen = streams.generator(config.seed, "samples", device=device, scheme=config.streams)
     save_image_grid(model.sample(100, generator=gen), run_dir / SAMPLES_NAME, nrow=10)

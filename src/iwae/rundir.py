@@ -35,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 
 from iwae import atomic, streams
 from iwae.atomic import DiskFullError, is_disk_full
-from iwae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from iwae.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, load_weights, save_checkpoint
 from iwae.config import LEGACY, RESUMABLE, TrainConfig, read_config_file
 from iwae.data.resources import resolve_data_dir
 from iwae.model import IWAE
@@ -298,8 +298,12 @@ def clear_results(run_dir: str | Path) -> None:
 
 def load_run(run_dir: str | Path, data_dir: str | None = None) -> tuple[TrainConfig, IWAE, dict[str, Any]]:
     """Config (reading its data as :func:`with_data_dir` says), model (on the config's device) and checkpoint
-    position of a saved run."""
+    position of a saved run; or of an exported model (``iwae export``: its weights alone, no position)."""
     config = with_data_dir(read_config(run_dir), data_dir)
     model = build_model(config).to(resolve_device(config.device))
+    weights = Path(run_dir) / WEIGHTS_NAME
+    if not has_checkpoint(run_dir) and weights.is_file():
+        load_weights(weights, model)
+        return config, model, {}
     position, _ = load_state(run_dir, model)
     return config, model, position

@@ -1,0 +1,56 @@
+"""Loading a trained model in Python and exporting it to share (iwae.sharing, `iwae export`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import read_json
+
+import iwae
+from iwae.checkpoint import CheckpointError
+from iwae.cli import main
+from iwae.rundir import RunError
+from iwae.sharing import export_run
+
+
+def test_an_exported_model_is_its_runs_model_and_replays_its_numbers(tiny_run, tmp_path, capsys):
+    out = tmp_path / "shared"
+    assert main(["export", str(tiny_run), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "config.json", "metrics.json", "metrics.jsonl", "model.safetensors"]  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert config["data_dir"] is None and config["device"] == "auto"  # nothing of this machine
+    metrics = read_json(tiny_run / "metrics.json")
+    card = (out / "README.md").read_text()
+    assert f"Test NLL: {metrics['test_nll']:.2f} ± {metrics['test_nll_sem']:.2f} nats" in card
+    assert f"commit {metrics['code']['commit'] or 'unknown'}" in card
+    # the same model, loaded from the run folder and from the export
+    run, shared = iwae.load_run(tiny_run), iwae.load_run(out)
+    assert shared.metrics == run.metrics == metrics and not shared.model.training
+    for a, b in zip(run.model.state_dict().values(), shared.model.state_dict().values()):
+        assert torch.equal(a, b)
+    # `iwae evaluate`, `compare` and `sample` take the exported folder: the same numbers, exactly
+    from iwae.evaluate_run import evaluate_run
+
+    test = evaluate_run(out, split="test", pruned=True, progress=False)
+    assert (test["nll"], test["nll_sem"], test["nll_pruned"]) == (
+        metrics["test_nll"], metrics["test_nll_sem"], metrics["test_nll_pruned"])  # fmt: skip
+    assert main(["compare", str(tiny_run), str(out), "--quiet"]) == 0
+    assert "| A - B (paired) | +0.000 ± 0.000 |" in capsys.readouterr().out
+    assert main(["sample", str(out), "--n", "4"]) == 0 and (out / "samples-n4-seed0.png").is_file()
+
+
+def test_damaged_weights_an_unevaluated_run_and_a_used_folder_are_refused(tiny_run, tmp_path):
+    out = export_run(tiny_run, tmp_path / "shared")
+    with pytest.raises(RunError, match="exists and is not empty"):
+        export_run(tiny_run, out)
+    blob = bytearray((out / "model.safetensors").read_bytes())
+    blob[-5] ^= 0xFF
+    (out / "model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="damaged"):
+        iwae.load_run(out)
+    (tiny_run / "metrics.json").unlink()
+    with pytest.raises(RunError, match="is not evaluated"):
+        export_run(tiny_run, tmp_path / "other")

@@ -54,3 +54,9 @@ def test_damaged_weights_an_unevaluated_run_and_a_used_folder_are_refused(tiny_r
     (tiny_run / "metrics.json").unlink()
     with pytest.raises(RunError, match="is not evaluated"):
         export_run(tiny_run, tmp_path / "other")
+
+
+def test_the_package_carries_py_typed_for_other_projects_type_checkers():
+    from importlib.resources import files
+
+    assert files("iwae").joinpath("py.typed").is_file()

@@ -68,13 +68,13 @@ def test_reproduce_estimate_measures_the_runs_own_step_and_counts_its_steps(monk
 
     config = TrainConfig(objective="miwae", k=5, m=20, pass_scale=0.01, stages=3, eval_n=2, eval_k=10,
                          flush_denormal=False)  # fmt: skip
-    calls, threads, real_step = [], [], runner.make_train_step
+    calls, threads, real_step = [], [], runner.build_step
 
     def recording_step(*args, **kwargs):
-        calls.append((args[2:], kwargs))
+        calls.append((args[2], kwargs))
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "make_train_step", recording_step)
+    monkeypatch.setattr(runner, "build_step", recording_step)
     monkeypatch.setattr(runner, "_fixed_seconds", lambda c: 7.0)  # the process and the data, measured apart
     monkeypatch.setattr(runner.time, "perf_counter", iter(range(10**6)).__next__)  # each step "takes" 1 s
     monkeypatch.setattr(os, "cpu_count", lambda: 4)  # several threads per job, as on a larger machine
@@ -84,8 +84,9 @@ def test_reproduce_estimate_measures_the_runs_own_step_and_counts_its_steps(monk
         est = runner.estimate_seconds([RunSpec("r", config)], jobs=1)["r"]
     finally:
         real(before)  # not through the patch: only estimate_seconds' calls are recorded
-    ((args, kwargs),) = calls
-    assert args == (5, "miwae", "reparam") and kwargs == {"m": 20, "beta": 0.5, "flush_denormal": False}
+    ((objective, kwargs),) = calls
+    assert (objective.bound, objective.k, objective.estimator, objective.m) == ("miwae", 5, "reparam", 20)
+    assert objective.samples_per_example == 100 and kwargs == {"flush_denormal": False}
     assert threads == [1, before, 1, before]  # each measured on one thread, as training runs, then restored
     steps = sum(max(1, round(s.passes * 59_600 / 20)) for s in schedule(config))
     # 1 step per "second" of the patched clock; 1,000 samples of 8 images in 1 "second": L_10 for 2 test images

@@ -35,7 +35,7 @@ SHORT = {**TINY, "pass_scale": 0.01, "eval_n": 20}
 
 def _hook(setattr: Callable, event: Callable[[str], None]) -> None:
     """Call ``event(kind)`` before each training step, checkpoint write, log line, evaluation and rename."""
-    make_step, save_file, append_log = iwae.train.make_train_step, iwae.checkpoint.save_file, rundir.append_log
+    make_step, save_file, append_log = iwae.train.build_step, iwae.checkpoint.save_file, rundir.append_log
     log_likelihood, replace = iwae.evaluate_run.log_likelihood, atomic.os.replace
 
     def make(*args, **kwargs):
@@ -46,7 +46,7 @@ def _hook(setattr: Callable, event: Callable[[str], None]) -> None:
         event("checkpoint")  # a kill here leaves a half-written temporary file (written by `event`)
         save_file(tensors, filename, metadata=metadata)
 
-    setattr(iwae.train, "make_train_step", make)
+    setattr(iwae.train, "build_step", make)
     setattr(iwae.checkpoint, "save_file", save)
     setattr(rundir, "append_log", lambda *a: (event("log"), append_log(*a))[1])
     setattr(iwae.evaluate_run, "log_likelihood", lambda *a, **k: (event("evaluate"), log_likelihood(*a, **k))[1])

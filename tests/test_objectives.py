@@ -17,24 +17,26 @@ VALID = [
     ("vae", "reparam"), ("vae", "stl"),
     ("iwae", "reparam"), ("iwae", "sample-one"), ("iwae", "stl"), ("iwae", "dreg"),
     ("miwae", "reparam"), ("miwae", "stl"), ("ciwae", "reparam"), ("ciwae", "stl"),
-    ("piwae", "reparam"),
+    ("piwae", "reparam"), ("vr", "reparam"), ("vr", "stl"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        (dict(bound="elbo"), "unknown objective kind 'elbo'; choose one of vae, iwae, miwae, ciwae, piwae$"),
+        (dict(bound="elbo"), "unknown objective kind 'elbo'; choose one of vae, iwae, miwae, ciwae, piwae, vr$"),
         (dict(estimator="reinforce"), "unknown estimator 'reinforce'; choose one of reparam, sample-one, stl, dreg$"),
         (dict(k=0), "k must be a positive integer number of samples, got 0"),
         (dict(k=2.0), "k must be a positive integer number of samples, got 2.0"),
-        (dict(m=0), "m must be a positive integer number of outer samples, got 0"),
+        (dict(m=0), "m must be an integer >= 1, got 0"),
+        (dict(m=2.0), "m must be an integer >= 1, got 2.0"),
+        (dict(bound="vr", alpha=1.0), r"alpha must be a number in \[0, 1\), got 1.0"),
         (dict(bound="vae", estimator="dreg"), "estimator 'dreg' is defined for kind='iwae' only, got kind='vae'"),
         (dict(bound="miwae", estimator="sample-one"), "estimator 'sample-one' is defined for kind='iwae' only"),
         (dict(bound="piwae", estimator="dreg"), "estimator 'dreg' is defined for kind='iwae' only"),
         (dict(bound="piwae", estimator="stl"), "estimator 'stl' is not defined for kind='piwae'; use 'reparam'$"),
-        (dict(bound="ciwae", beta=1.5), r"beta must lie in \[0, 1\] for kind='ciwae', got 1.5"),
-        (dict(bound="ciwae", beta=-0.1), r"beta must lie in \[0, 1\] for kind='ciwae', got -0.1"),
+        (dict(bound="ciwae", beta=1.5), r"beta must be a number in \[0, 1\], got 1.5"),
+        (dict(bound="ciwae", beta=-0.1), r"beta must be a number in \[0, 1\], got -0.1"),
     ],
 )  # fmt: skip
 def test_each_rule_is_refused_at_construction_with_its_message(kw, message):
@@ -48,10 +50,12 @@ def test_each_rule_is_refused_at_construction_with_its_message(kw, message):
 def test_every_other_combination_is_accepted():
     accepted = {(kind, est) for kind in iwae.KINDS for est in iwae.ESTIMATORS if _valid(kind, est)}
     assert accepted == set(VALID)
-    assert iwae.Objective("iwae", beta=7.0).beta == 7.0  # beta is ignored, so unchecked, outside ciwae
     assert iwae.Objective("vae", 5, m=3).samples_per_example == 5  # m is unused outside miwae and piwae,
-    with pytest.raises(ValueError, match="m must be a positive integer"):  # but still a count
+    assert iwae.Objective("vae", 5, m=3).params == {} and iwae.Objective("ciwae", beta=0.2).params == {"beta": 0.2}
+    with pytest.raises(ValueError, match="m must be an integer >= 1"):  # but every parameter is a valid value
         iwae.Objective("vae", m=0)
+    with pytest.raises(ValueError, match="beta must be a number"):
+        iwae.Objective("iwae", beta=7.0)
 
 
 def _valid(kind: str, est: str) -> bool:
@@ -82,7 +86,7 @@ def test_compilable_exactly_for_single_pass_estimators_of_plain_bounds(kind, est
         obj.check_compilable()
     else:
         want = (
-            "compile is available for the reparam and stl estimators of the vae, iwae, miwae and ciwae bounds, "
+            "compile is available for the reparam and stl estimators of the vae, iwae, miwae, ciwae and vr bounds, "
             f"not for estimator='{est}', kind='{kind}'; train without compile"
         )
         with pytest.raises(ValueError, match=f"^{want}$"):

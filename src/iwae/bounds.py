@@ -4,7 +4,8 @@ Every function takes ``log_w`` of shape ``(k, batch)`` (the output of ``IWAE.log
 dimension 0, returning one value per example, shape ``(batch,)``.
 
 References: Burda, Grosse & Salakhutdinov (2016), *Importance Weighted Autoencoders* (Eq. 3, Eq. 8, Theorem 1);
-Rainforth et al. (2018), *Tighter Variational Bounds are Not Necessarily Better* (MIWAE, CIWAE, PIWAE).
+Rainforth et al. (2018), *Tighter Variational Bounds are Not Necessarily Better* (MIWAE, CIWAE, PIWAE); Li & Turner
+(2016), *Rényi Divergence Variational Inference* (the VR bound).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["elbo", "iwae", "miwae", "ciwae"]
+__all__ = ["elbo", "iwae", "miwae", "ciwae", "vr"]
 
 
 def _check(log_w: Tensor) -> int:
@@ -73,3 +74,20 @@ def ciwae(log_w: Tensor, beta: float) -> Tensor:
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must lie in [0, 1], got {beta}")
     return beta * elbo(log_w) + (1.0 - beta) * iwae(log_w)
+
+
+def vr(log_w: Tensor, alpha: float) -> Tensor:
+    r"""The variational Rényi bound (Li & Turner 2016), its k-sample estimate, for 0 <= alpha < 1.
+
+    .. math:: \mathcal{L}_\alpha(x) = \frac{1}{1 - \alpha} \log \frac{1}{k} \sum_{i=1}^{k} w_i^{1 - \alpha}
+
+    alpha = 0 is :func:`iwae` (the same operations, bit for bit); towards alpha = 1 it tends to :func:`elbo` (near 1,
+    float32 loses its digits: the log-sum-exp's rounding is divided by 1 - alpha).
+    Its expectation falls as alpha rises; its gradient weights each :math:`\nabla \log w_i` by
+    :math:`w_i^{1-\alpha} / \sum_j w_j^{1-\alpha}`.
+    """
+    k = _check(log_w)
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must lie in [0, 1), got {alpha}")
+    scale = 1.0 - alpha
+    return (torch.logsumexp(scale * log_w, 0) - math.log(k)) / scale

@@ -23,6 +23,7 @@ from typing import Any
 
 from iwae.data.resources import DATASETS
 from iwae.objectives import ESTIMATORS, KINDS
+from iwae.objectives.names import declare_params
 from iwae.streams import SCHEME, SCHEMES
 
 __all__ = ["TrainConfig", "Stage", "schedule", "RESUMABLE", "LEGACY"]
@@ -106,6 +107,7 @@ def _opt(
 
 # ----------------------------------------------------------------------------- the config
 @dataclass(frozen=True)
+@declare_params(lambda name, param: _opt(param.default, param.help, type=int if param.integer else float))
 class TrainConfig:
     """Everything that determines a training run. Defaults are the paper's protocol (Section 5.1)."""
 
@@ -121,11 +123,11 @@ class TrainConfig:
     q_hidden: list[list[int]] | None = _opt(None, "hidden sizes of each recognition conditional", cli=False)
     p_hidden: list[list[int]] | None = _opt(None, "hidden sizes of each generative conditional", cli=False)
     # objective
-    objective: str = _opt("iwae", "bound to train on: vae (Eq. 7 gradient), iwae (Eq. 14), miwae, ciwae, piwae",
-                          choices=KINDS)  # fmt: skip
+    objective: str = _opt("iwae", "bound to train on: vae (Eq. 7 gradient), iwae (Eq. 14), miwae, ciwae, piwae, "
+                          "vr (Rényi)", choices=KINDS)  # fmt: skip
     k: int = _opt(50, "samples per example (inner samples for miwae/piwae)", type=positive_int)
-    m: int = _opt(1, "outer samples for miwae/piwae", type=positive_int)
-    beta: float = _opt(0.5, "ELBO weight for ciwae", type=float)
+    # (the bounds' parameters, m, beta, alpha..., are fields too: declared once in iwae.objectives.names.PARAMS,
+    # added at the end of the class by @declare_params)
     estimator: str = _opt("reparam", "gradient estimator: reparam, sample-one (Section 3.1), stl, dreg",
                           choices=ESTIMATORS)  # fmt: skip
     # optimisation: Adam (beta1 0.9, beta2 0.999, eps 1e-4), batch 20, 3^i passes at 1e-3 * 10^(-i/7)
@@ -179,7 +181,7 @@ class TrainConfig:
             choices = f.metadata["choices"]
             if choices and getattr(self, f.name) not in choices:
                 errors.append(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of {_listing(choices)}")
-        for name in ("k", "m", "batch_size", "eval_k"):
+        for name in ("k", "batch_size", "eval_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 errors.append(f"{name} must be a positive integer, got {value!r}")
@@ -199,7 +201,7 @@ class TrainConfig:
             raise ValueError("; ".join(errors))
         from iwae.objectives import Objective  # torch, so not at import: the command line parses without it
 
-        objective = Objective(self.objective, self.k, self.estimator, self.m, self.beta)  # checks the combination
+        objective = Objective.from_config(self)  # checks the combination and the bound's parameters
         if self.compile:
             objective.check_compilable()
 

@@ -117,7 +117,7 @@ class StackedFleet(Fleet):
             self.adam.load(m, opt, ps)
         self.adam.sync_counts()
         self._n = self.objectives[0].samples_per_example
-        self._stl = self.objectives[0].estimator == "stl"
+        self._stop_q_grad = self.objectives[0].stop_q_grad  # STL: one estimator per fleet (stackable)
         # The runs of each objective, as device indices (no host data during a CUDA graph capture); a single
         # objective needs none. ``_order`` puts the groups' losses back in run order.
         groups = _group_rows(self.objectives)
@@ -139,7 +139,7 @@ class StackedFleet(Fleet):
 
     def _log_w(self, params: dict[str, Tensor], x: Tensor, noise: list[Tensor]) -> Tensor:
         out = torch.func.functional_call(
-            self._template, params, (x, self._n), {"noise": noise, "stop_q_grad": self._stl}
+            self._template, params, (x, self._n), {"noise": noise, "stop_q_grad": self._stop_q_grad}
         )
         return out.log_w
 

@@ -54,8 +54,7 @@ class FleetRun:
 
     @property
     def objective(self) -> Objective:
-        c = self.config
-        return Objective(c.objective, c.k, c.estimator, c.m, c.beta)
+        return Objective.from_config(self.config)
 
     def next_batch(self) -> tuple[torch.Tensor, bool]:
         """The next minibatch, and whether it starts a pass (the permutation is drawn afresh there)."""

@@ -32,8 +32,9 @@ from iwae.config import TrainConfig, schedule
 from iwae.cpu import flush_subnormals
 from iwae.data.datasets import SPLIT_SIZES
 from iwae.evaluate_run import curve_images, curve_point, finish_run
+from iwae.objectives import Objective
 from iwae.rundir import RunError, build_model, resolve_device
-from iwae.train_step import make_optimizer, make_train_step
+from iwae.train_step import build_step, make_optimizer
 from iwae.training_state import Batches, Generators, Position, Saver
 
 __all__ = [
@@ -146,10 +147,8 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
     pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)
     rundir.drop_pending(run_dir)  # a fleet's checkpoint never committed must not replace this run's own later
     pos.fleet_step = 0  # trained on its own from here: a fleet it was part of must not take it back (fleet_train)
-    step = make_train_step(
-        model, optimizer, config.k, config.objective, config.estimator, m=config.m, beta=config.beta,
-        generator=gens.device, compile=config.compile, flush_denormal=config.flush_denormal,
-    )  # fmt: skip
+    step = build_step(model, optimizer, Objective.from_config(config), generator=gens.device, compile=config.compile,
+                      flush_denormal=config.flush_denormal)  # fmt: skip
     saver = Saver(run_dir, model, optimizer, gens, 60 * config.checkpoint_minutes)
     writer = writer_class(str(run_dir / TENSORBOARD_NAME)) if writer_class else None
     stages, per_pass = schedule(config), batches.per_pass

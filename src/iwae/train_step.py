@@ -65,14 +65,15 @@ def build_step(
 def make_train_step(model: IWAE, optimizer: torch.optim.Optimizer, k: int = 50, kind: str = "iwae",
                     estimator: str = "reparam", *, m: int = 1, beta: float = 0.5,
                     generator: torch.Generator | None = None, compile: bool = False,
-                    flush_denormal: bool = True) -> Callable[[Tensor], Tensor]:  # fmt: skip
-    """:func:`build_step` for ``Objective(kind, k, estimator, m, beta)``: ``loss = step(x_binary_batch)``.
+                    flush_denormal: bool = True, **params: float) -> Callable[[Tensor], Tensor]:  # fmt: skip
+    """:func:`build_step` for ``Objective(kind, k, estimator, m, beta, **params)`` (``params``: the other bounds'
+    parameters, e.g. ``alpha=0.5`` for ``kind="vr"``): ``loss = step(x_binary_batch)``.
 
     Returns the detached loss (minus the batch-mean bound). ``compile=True`` is available for the ``reparam``
     and ``stl`` estimators of the ``vae``, ``iwae``, ``miwae`` and ``ciwae`` bounds, and ``flush_denormal`` (on
     by default) flushes subnormal floats during the step (see :func:`build_step`).
     """
-    objective = Objective(kind, k, estimator, m, beta)
+    objective = Objective(kind, k, estimator, m=m, beta=beta, **params)
     return build_step(model, optimizer, objective, generator=generator, compile=compile, flush_denormal=flush_denormal)
 
 

@@ -51,10 +51,14 @@ def with_seeds(specs: list[RunSpec], seeds: list[int]) -> list[RunSpec]:
 
 def _key(config: TrainConfig) -> tuple:
     """What the runs of one fleet share."""
-    objective = "vae/iwae" if config.objective in ("vae", "iwae") else config.objective
-    samples = config.k * (config.m if config.objective in ("miwae", "piwae") else 1)
+    # what a fleet can share is a property of the objective, not of its name: a looping fleet steps any runs, a
+    # stacked one any whose losses are functions of their log-weights alone (iwae.fleet.stackable), so runs of one
+    # sample count and estimator, whatever their bounds, can share one
+    from iwae.objectives import Objective  # torch: not at import (the command line parses without it)
+
+    samples = Objective.from_config(config).samples_per_example
     return (
-        config.layers, repr(config.latent_dims), repr(config.q_hidden), repr(config.p_hidden), objective, samples,
+        config.layers, repr(config.latent_dims), repr(config.q_hidden), repr(config.p_hidden), samples,
         config.estimator, config.batch_size, config.stages, config.pass_scale, repr(config.custom_schedule),
         config.lr_variant, config.device, config.checkpoint_minutes, config.flush_denormal,
     )  # fmt: skip

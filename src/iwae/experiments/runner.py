@@ -26,9 +26,10 @@ from iwae.evaluate import log_likelihood
 from iwae.experiments.fleets import Unit, pack
 from iwae.experiments.plan import RunSpec
 from iwae.fleet_train import train_fleet_and_evaluate
+from iwae.objectives import Objective
 from iwae.rundir import build_model, status
 from iwae.train import default_threads, train_and_evaluate
-from iwae.train_step import make_optimizer, make_train_step
+from iwae.train_step import build_step, make_optimizer
 
 __all__ = [
     "FAILED_LINE",
@@ -87,8 +88,8 @@ def _steps_per_second(config: TrainConfig, threads: int, seconds: float = 1.0) -
     torch.set_num_threads(threads)
     try:
         model = build_model(config)
-        step = make_train_step(model, make_optimizer(model), config.k, config.objective, config.estimator,
-                               m=config.m, beta=config.beta, flush_denormal=config.flush_denormal)  # fmt: skip
+        step = build_step(model, make_optimizer(model), Objective.from_config(config),
+                          flush_denormal=config.flush_denormal)  # fmt: skip
         x = torch.bernoulli(torch.full((config.batch_size, 784), 0.13))
         for _ in range(3):
             step(x)
@@ -146,7 +147,7 @@ def estimate_seconds(specs: list[RunSpec], jobs: int) -> dict[str, float]:
     out = {}
     for spec in specs:
         c = spec.config
-        key = (c.layers, tuple(c.latent_dims or ()), c.objective, c.k, c.m, c.beta, c.estimator, c.flush_denormal)
+        key = (c.layers, tuple(c.latent_dims or ()), Objective.from_config(c), c.flush_denormal)
         if key not in cache:
             threads = default_threads(c) or share
             cache[key] = (_steps_per_second(c, threads), _seconds_per_sample(c, threads))

@@ -51,18 +51,17 @@ class Estimator(ABC):
 class Bound:
     r"""A lower bound on log p(x) as a training objective sees it.
 
-    :param value: the per-example bound, shape (batch,), from the (n, batch) log-weights, given k and beta; a
-        function of :mod:`iwae.bounds`.
+    :param value: the per-example bound, shape (batch,), from the (n, batch) log-weights, given k and the bound's
+        parameters (a dict: those :data:`iwae.objectives.names.BOUND_PARAMS` names for it); a function of
+        :mod:`iwae.bounds`.
     :param grouped: the bound reads m groups of k samples, n = m k (MIWAE, PIWAE); otherwise n = k, m unused.
-    :param takes_beta: the bound mixes two bounds with weight beta, which must lie in [0, 1] (CIWAE).
     :param estimators: the only estimators it admits; None: every estimator defined for it.
     :param gradient: an estimator of its own that replaces the named one: PIWAE's value is one bound while its
         gradient routes two others to the two networks.
     """
 
-    value: Callable[[Tensor, int, float], Tensor]
+    value: Callable[[Tensor, int, dict[str, float]], Tensor]
     grouped: bool = False
-    takes_beta: bool = False
     estimators: tuple[str, ...] | None = None
     gradient: Estimator | None = None
 

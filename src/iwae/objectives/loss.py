@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from iwae.model import IWAE
 from iwae.objectives.base import Bound, Estimator
+from iwae.objectives.names import BOUND_PARAMS, PARAMS, declare_params
 from iwae.objectives.registry import BOUNDS, ESTIMATORS, ESTIMATORS_BY_NAME, KINDS
 
 __all__ = ["Objective", "objective"]
@@ -26,22 +28,40 @@ def _listed(names: Sequence[str]) -> str:
 
 
 @dataclass(frozen=True)
+@declare_params(lambda name, param: param.default)
 class Objective:
-    """A bound to maximise and the estimator of its gradient, with their sample counts.
+    """A bound to maximise and the estimator of its gradient, with their sample counts and the bounds' parameters.
 
     :param bound: the bound, one of :data:`iwae.KINDS`.
     :param k: samples per example (inner samples for ``miwae``/``piwae``).
     :param estimator: the gradient estimator, one of :data:`iwae.ESTIMATORS`.
-    :param m: outer groups for ``miwae``/``piwae`` (m*k samples in all); ignored otherwise.
-    :param beta: ELBO weight for ``ciwae``; ignored otherwise.
+
+    Then one field per parameter of :data:`iwae.objectives.names.PARAMS`, in its order, each checked against its
+    declared range and read only by the bounds that declare it: ``m`` (outer groups for ``miwae``/``piwae``,
+    m*k samples in all), ``beta`` (ELBO weight for ``ciwae``), ``alpha`` (of the Rényi bound ``vr``).
+
     :raises ValueError: naming the first rule the combination breaks.
     """
 
     bound: str = "iwae"
     k: int = 50
     estimator: str = "reparam"
-    m: int = 1
-    beta: float = 0.5
+
+    @classmethod
+    def from_config(cls, config: Any) -> Objective:
+        """The objective of a :class:`iwae.config.TrainConfig` (its ``objective``, ``k``, ``estimator`` and bound
+        parameters)."""
+        return cls(config.objective, config.k, config.estimator, **{name: getattr(config, name) for name in PARAMS})
+
+    @property
+    def params(self) -> dict[str, float]:
+        """The parameters its bound reads (:data:`~iwae.objectives.names.BOUND_PARAMS`), by name."""
+        return {name: getattr(self, name) for name in BOUND_PARAMS[self.bound]}
+
+    @property
+    def stop_q_grad(self) -> bool:
+        """Whether its estimator reads log q with q's parameters detached (STL)."""
+        return bool(getattr(self._estimator, "stop_q_grad", False))
 
     def __post_init__(self) -> None:
         if self.bound not in BOUNDS:
@@ -50,8 +70,9 @@ class Objective:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         if not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"k must be a positive integer number of samples, got {self.k!r}")
-        if not isinstance(self.m, int) or self.m < 1:
-            raise ValueError(f"m must be a positive integer number of outer samples, got {self.m!r}")
+        for name, param in PARAMS.items():  # every parameter, read by its bound or not, is a valid value
+            if (problem := param.problem(name, getattr(self, name))) is not None:
+                raise ValueError(problem)
         defined_for = ESTIMATORS_BY_NAME[self.estimator].bounds
         if defined_for is not None and self.bound not in defined_for:
             kinds = " or ".join(f"kind={b!r}" for b in defined_for)
@@ -60,8 +81,6 @@ class Objective:
         if admitted is not None and self.estimator not in admitted:
             use = " or ".join(repr(e) for e in admitted)
             raise ValueError(f"estimator {self.estimator!r} is not defined for kind={self.bound!r}; use {use}")
-        if self._spec.takes_beta and not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"beta must lie in [0, 1] for kind={self.bound!r}, got {self.beta}")
 
     @property
     def _spec(self) -> Bound:
@@ -94,7 +113,7 @@ class Objective:
 
     def per_example(self, log_w: Tensor) -> Tensor:
         """The bound per example, shape (batch,), from (samples_per_example, batch) log-weights."""
-        return self._spec.value(log_w, self.k, self.beta)
+        return self._spec.value(log_w, self.k, self.params)
 
     def loss(
         self,
@@ -116,9 +135,10 @@ class Objective:
 
 
 def objective(model: IWAE, x: Tensor, k: int = 50, kind: str = "iwae", estimator: str = "reparam", *, m: int = 1,
-              beta: float = 0.5, generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+              beta: float = 0.5, generator: torch.Generator | None = None, **params: float) -> Tensor:  # fmt: skip
     """Scalar loss to minimise: minus the batch mean of the ``kind`` bound, with ``estimator``'s gradient.
 
-    The same as ``Objective(kind, k, estimator, m, beta).loss(model, x, generator)``; see :class:`Objective`.
+    The same as ``Objective(kind, k, estimator, m, beta, **params).loss(model, x, generator)``, ``params`` being
+    the other bounds' parameters (``alpha=0.5``); see :class:`Objective`.
     """
-    return Objective(kind, k, estimator, m, beta).loss(model, x, generator)
+    return Objective(kind, k, estimator, m=m, beta=beta, **params).loss(model, x, generator)

@@ -1,8 +1,9 @@
 r"""Every bound and every estimator, declared once; :class:`iwae.objectives.Objective` checks against these.
 
-Bounds (``kind``): ``vae`` (Eq. 3, k samples), ``iwae`` (Eq. 8), and Rainforth et al. (2018)'s ``miwae`` (m outer
+Bounds (``kind``): ``vae`` (Eq. 3, k samples), ``iwae`` (Eq. 8), Rainforth et al. (2018)'s ``miwae`` (m outer
 groups of k samples), ``ciwae`` (beta ELBO + (1 - beta) IWAE over k samples) and ``piwae`` (value MIWAE; encoder
-trained on the IWAE bound of all m k samples, decoder on the MIWAE bound).
+trained on the IWAE bound of all m k samples, decoder on the MIWAE bound), and Li & Turner (2016)'s Rényi bound
+``vr`` (alpha 0: IWAE; towards 1: the ELBO). A bound's parameters are declared in :mod:`iwae.objectives.names`.
 
 Estimators: ``reparam`` (Eq. 7, Eq. 14), ``sample-one`` (Section 3.1), ``stl`` (Roeder et al. 2017), ``dreg``
 (Tucker et al. 2018). An estimator states the bounds it is defined for; a bound may admit fewer. Their names,
@@ -17,25 +18,26 @@ from types import MappingProxyType
 from iwae import bounds
 from iwae.objectives.base import Bound, Estimator
 from iwae.objectives.dreg import DReG
-from iwae.objectives.names import ESTIMATORS, KINDS
+from iwae.objectives.names import BOUND_PARAMS, ESTIMATORS, KINDS, PARAMS
 from iwae.objectives.piwae import PIWAERouting
 from iwae.objectives.reparam import Reparam, StickingTheLanding
 from iwae.objectives.sample_one import SampleOne
 
-__all__ = ["BOUNDS", "ESTIMATORS_BY_NAME", "KINDS", "ESTIMATORS"]
+__all__ = ["BOUNDS", "ESTIMATORS_BY_NAME", "KINDS", "ESTIMATORS", "PARAMS", "BOUND_PARAMS"]
 
 BOUNDS: Mapping[str, Bound] = MappingProxyType(
     {
-        "vae": Bound(lambda log_w, k, beta: bounds.elbo(log_w)),
-        "iwae": Bound(lambda log_w, k, beta: bounds.iwae(log_w)),
-        "miwae": Bound(lambda log_w, k, beta: bounds.miwae(log_w, k), grouped=True),
-        "ciwae": Bound(lambda log_w, k, beta: bounds.ciwae(log_w, beta), takes_beta=True),
+        "vae": Bound(lambda log_w, k, p: bounds.elbo(log_w)),
+        "iwae": Bound(lambda log_w, k, p: bounds.iwae(log_w)),
+        "miwae": Bound(lambda log_w, k, p: bounds.miwae(log_w, k), grouped=True),
+        "ciwae": Bound(lambda log_w, k, p: bounds.ciwae(log_w, p["beta"])),
         "piwae": Bound(
-            lambda log_w, k, beta: bounds.miwae(log_w, k),
+            lambda log_w, k, p: bounds.miwae(log_w, k),
             grouped=True,
             estimators=("reparam",),
             gradient=PIWAERouting(),
         ),
+        "vr": Bound(lambda log_w, k, p: bounds.vr(log_w, p["alpha"])),
     }
 )
 

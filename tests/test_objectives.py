@@ -17,7 +17,7 @@ VALID = [
     ("vae", "reparam"), ("vae", "stl"),
     ("iwae", "reparam"), ("iwae", "sample-one"), ("iwae", "stl"), ("iwae", "dreg"),
     ("miwae", "reparam"), ("miwae", "stl"), ("ciwae", "reparam"), ("ciwae", "stl"),
-    ("piwae", "reparam"), ("vr", "reparam"), ("vr", "stl"),
+    ("piwae", "reparam"), ("vr", "reparam"), ("vr", "stl"), ("iwae", "rws"),
 ]  # fmt: skip
 
 
@@ -25,7 +25,8 @@ VALID = [
     ("kw", "message"),
     [
         (dict(bound="elbo"), "unknown objective kind 'elbo'; choose one of vae, iwae, miwae, ciwae, piwae, vr$"),
-        (dict(estimator="reinforce"), "unknown estimator 'reinforce'; choose one of reparam, sample-one, stl, dreg$"),
+        (dict(estimator="reinforce"),
+         "unknown estimator 'reinforce'; choose one of reparam, sample-one, stl, dreg, rws$"),
         (dict(k=0), "k must be a positive integer number of samples, got 0"),
         (dict(k=2.0), "k must be a positive integer number of samples, got 2.0"),
         (dict(m=0), "m must be an integer >= 1, got 0"),

@@ -6,8 +6,9 @@ trained on the IWAE bound of all m k samples, decoder on the MIWAE bound), and L
 ``vr`` (alpha 0: IWAE; towards 1: the ELBO). A bound's parameters are declared in :mod:`iwae.objectives.names`.
 
 Estimators: ``reparam`` (Eq. 7, Eq. 14), ``sample-one`` (Section 3.1), ``stl`` (Roeder et al. 2017), ``dreg``
-(Tucker et al. 2018). An estimator states the bounds it is defined for; a bound may admit fewer. Their names,
-``KINDS`` and ``ESTIMATORS``, are listed in :mod:`iwae.objectives.names` too, for the command line without torch.
+(Tucker et al. 2018), ``rws`` (reweighted wake-sleep, Bornschein & Bengio 2015, with Le et al. 2019's wake-phi).
+An estimator states the bounds it is defined for; a bound may admit fewer. Their names, ``KINDS`` and
+``ESTIMATORS``, are listed in :mod:`iwae.objectives.names` too, for the command line without torch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from iwae.objectives.dreg import DReG
 from iwae.objectives.names import BOUND_PARAMS, ESTIMATORS, KINDS, PARAMS
 from iwae.objectives.piwae import PIWAERouting
 from iwae.objectives.reparam import Reparam, StickingTheLanding
+from iwae.objectives.rws import ReweightedWakeSleep
 from iwae.objectives.sample_one import SampleOne
 
 __all__ = ["BOUNDS", "ESTIMATORS_BY_NAME", "KINDS", "ESTIMATORS", "PARAMS", "BOUND_PARAMS"]
@@ -42,5 +44,11 @@ BOUNDS: Mapping[str, Bound] = MappingProxyType(
 )
 
 ESTIMATORS_BY_NAME: Mapping[str, Estimator] = MappingProxyType(
-    {"reparam": Reparam(), "sample-one": SampleOne(), "stl": StickingTheLanding(), "dreg": DReG()}
+    {
+        "reparam": Reparam(),
+        "sample-one": SampleOne(),
+        "stl": StickingTheLanding(),
+        "dreg": DReG(),
+        "rws": ReweightedWakeSleep(),
+    }  # fmt: skip
 )

@@ -44,7 +44,7 @@ def test_an_exported_model_is_its_runs_model_and_replays_its_numbers(tiny_run, t
 
 def test_damaged_weights_an_unevaluated_run_and_a_used_folder_are_refused(tiny_run, tmp_path):
     out = export_run(tiny_run, tmp_path / "shared")
-    with pytest.raises(RunError, match="exists and is not empty"):
+    with pytest.raises(RunError, match="exists and is not an empty folder"):
         export_run(tiny_run, out)
     blob = bytearray((out / "model.safetensors").read_bytes())
     blob[-5] ^= 0xFF
@@ -60,3 +60,16 @@ def test_the_package_carries_py_typed_for_other_projects_type_checkers():
     from importlib.resources import files
 
     assert files("iwae").joinpath("py.typed").is_file()
+
+
+def test_an_exported_folder_is_not_a_run_to_continue(tiny_run, tmp_path, capsys):
+    from iwae.experiments.status import run_states
+
+    out = export_run(tiny_run, tmp_path / "shared")
+    assert main(["resume", str(out), "--re-evaluate", "--quiet"]) == 1  # training afresh would erase it
+    assert "is an exported model" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "config.json", "metrics.json", "metrics.jsonl", "model.safetensors"]  # fmt: skip
+    assert run_states(out)[0].state == "exported"
+    with pytest.raises(RunError, match="not an empty folder"):
+        export_run(tiny_run, out / "README.md")

@@ -244,23 +244,30 @@ def evaluate_run(
     return result
 
 
-def code_version() -> dict[str, str | None]:
-    """The package's version, and the git commit of its source checkout (None where it is installed from a wheel,
-    or git is missing)."""
+def code_version() -> dict[str, str | bool | None]:
+    """The package's version, and the git commit of its own source checkout with whether the package's files
+    differ from it (None where it is installed from a wheel, lies in another repository, or git is missing)."""
     import subprocess
 
     from iwae import __version__
 
     root = Path(__file__).resolve().parents[2]
-    commit = None
-    if (root / "src" / "iwae" / "__init__.py").resolve() == Path(__file__).resolve().parent / "__init__.py":
+
+    def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                  timeout=10)  # fmt: skip
-            commit = (done.stdout.strip() or None) if done.returncode == 0 else None
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.SubprocessError):
-            commit = None
-    return {"version": __version__, "commit": commit}
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != root:  # not a checkout of this project (a wheel, another repository)
+        return {"version": __version__, "commit": None, "dirty": None}
+    return {
+        "version": __version__,
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "src")),
+    }
 
 
 @contextmanager

@@ -44,7 +44,7 @@ __all__ = [
     "CONFIG_NAME", "LOG_NAME", "CHECKPOINT_NAME", "METRICS_NAME", "SAMPLES_NAME", "ACTIVE_UNITS_NAME",
     "TRAINING_NAME", "LOCK_NAME", "RunError", "locked",
     "resolve_device", "build_model", "create", "read_config", "status", "append_log", "truncate_log",
-    "read_log", "has_checkpoint", "save_state", "load_state", "load_run", "check_new", "update_config",
+    "read_log", "has_checkpoint", "is_exported", "save_state", "load_state", "load_run", "check_new", "update_config",
     "absolute_data_dir", "with_data_dir", "clear_results", "PENDING_NAME", "pending_position", "commit_pending",
     "drop_pending",
 ]  # fmt: skip
@@ -255,6 +255,11 @@ def load_state(
     return load_checkpoint(Path(run_dir) / CHECKPOINT_NAME, model, optimizer)
 
 
+def is_exported(run_dir: str | Path) -> bool:
+    """Whether the folder holds an exported model (``iwae export``: weights alone, no checkpoint)."""
+    return (Path(run_dir) / WEIGHTS_NAME).is_file() and not has_checkpoint(run_dir)
+
+
 def has_checkpoint(run_dir: str | Path) -> bool:
     """Whether the run has saved a checkpoint (a run stopped before its first one starts over)."""
     return (Path(run_dir) / CHECKPOINT_NAME).exists()
@@ -301,9 +306,8 @@ def load_run(run_dir: str | Path, data_dir: str | None = None) -> tuple[TrainCon
     position of a saved run; or of an exported model (``iwae export``: its weights alone, no position)."""
     config = with_data_dir(read_config(run_dir), data_dir)
     model = build_model(config).to(resolve_device(config.device))
-    weights = Path(run_dir) / WEIGHTS_NAME
-    if not has_checkpoint(run_dir) and weights.is_file():
-        load_weights(weights, model)
+    if is_exported(run_dir):
+        load_weights(Path(run_dir) / WEIGHTS_NAME, model)
         return config, model, {}
     position, _ = load_state(run_dir, model)
     return config, model, position

@@ -11,6 +11,8 @@ and buffers, with a sha256 of them), ``config.json`` (without the machine's data
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -55,19 +57,26 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / METRICS_NAME).is_file():
         raise RunError(f"{run_dir} is not evaluated (no {METRICS_NAME}); finish it first: `iwae resume {run_dir}`")
-    if out.exists() and any(out.iterdir()):
-        raise RunError(f"{out} exists and is not empty; export into a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunError(f"{out} exists and is not an empty folder; export into a new folder")
     config = read_config(run_dir)
     _, model, _ = _load(run_dir)
     shared = config.replace(data_dir=None, device="auto", init_from=None)  # nothing of this machine
     metrics = json.loads((run_dir / METRICS_NAME).read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    save_weights(out / WEIGHTS_NAME, model)
-    atomic.write_text(out / CONFIG_NAME, shared.to_json())
-    atomic.write_json(out / METRICS_NAME, metrics)
-    if (run_dir / LOG_NAME).is_file():
-        atomic.write_text(out / LOG_NAME, (run_dir / LOG_NAME).read_text())
-    atomic.write_text(out / MODEL_CARD_NAME, model_card(run_dir.name, shared, metrics, model))
+    card = model_card(run_dir.name, shared, metrics, model)  # before any file: a metrics.json it cannot read stops here
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:  # whole, or nothing
+        staged = Path(tmp) / "export"
+        staged.mkdir()
+        save_weights(staged / WEIGHTS_NAME, model)
+        atomic.write_text(staged / CONFIG_NAME, shared.to_json())
+        atomic.write_json(staged / METRICS_NAME, metrics)
+        if (run_dir / LOG_NAME).is_file():
+            atomic.write_text(staged / LOG_NAME, (run_dir / LOG_NAME).read_text())
+        atomic.write_text(staged / MODEL_CARD_NAME, card)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(staged, out)
     return out
 
 
@@ -78,7 +87,8 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
     units = "+".join(map(str, metrics["active_units"]))
     binarized = "fixed binarization" if config.dataset == "binarized-mnist" else "binarized afresh at every use"
     code = metrics.get("code") or {}
-    made = f"iwae {code.get('version', '?')}, commit {code.get('commit') or 'unknown'}"
+    dirty = " with uncommitted changes" if code.get("dirty") else ""
+    made = f"iwae {code.get('version', '?')}, commit {code.get('commit') or 'unknown'}{dirty}"
     return "\n".join([
         f"# {name}",
         "",

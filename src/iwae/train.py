@@ -91,6 +91,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, th
 def resume(run_dir: str | Path, *, progress: bool = True, threads: int | None = None) -> Path:
     """Continue a run from its last checkpoint (or from the start, if it was stopped before the first one)."""
     run_dir = Path(run_dir)
+    _refuse_exported(run_dir)
     config = rundir.with_data_dir(rundir.read_config(run_dir))
     with cpu_work(config, threads):
         _train(config, run_dir, fresh=not rundir.has_checkpoint(run_dir), progress=progress)
@@ -117,6 +118,8 @@ def train_and_evaluate(
     :param evaluate: whether to evaluate (default: the config's ``evaluate``).
     :raises RunError: another process holds the run folder (:func:`iwae.rundir.locked`), or the disk filled up.
     """
+    if config is None:
+        _refuse_exported(Path(run_dir))  # before the lock: nothing is written into it
     with rundir.locked(run_dir, again=f"iwae resume {run_dir}"):  # one process per run folder, to the end
         if config is None:
             if changes:
@@ -132,6 +135,13 @@ def train_and_evaluate(
         if final.tensorboard:
             _log_final(run_dir, final, metrics)
         return metrics
+
+
+def _refuse_exported(run_dir: Path) -> None:
+    """An exported model (its weights alone) has nothing to continue, and training it afresh would erase it."""
+    if rundir.is_exported(run_dir):
+        raise RunError(f"{run_dir} is an exported model (model.safetensors, no checkpoint): it cannot be trained "
+                       f"further; evaluate it with `iwae evaluate {run_dir}`")  # fmt: skip
 
 
 def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, create: bool = False) -> None:

@@ -56,9 +56,10 @@ def _key(config: TrainConfig) -> tuple:
     # sample count and estimator, whatever their bounds, can share one
     from iwae.objectives import Objective  # torch: not at import (the command line parses without it)
 
-    samples = Objective.from_config(config).samples_per_example
+    objective = Objective.from_config(config)
+    samples, stackable = objective.samples_per_example, objective.compilable  # never a stackable with an unstackable
     return (
-        config.layers, repr(config.latent_dims), repr(config.q_hidden), repr(config.p_hidden), samples,
+        config.layers, repr(config.latent_dims), repr(config.q_hidden), repr(config.p_hidden), samples, stackable,
         config.estimator, config.batch_size, config.stages, config.pass_scale, repr(config.custom_schedule),
         config.lr_variant, config.device, config.checkpoint_minutes, config.flush_denormal,
     )  # fmt: skip

@@ -21,7 +21,7 @@ from typing import NamedTuple
 from iwae.config import schedule
 from iwae.experiments.runner import FAILED_LINE, REQUESTED_NAME
 from iwae.experiments.slurm import JOB_NAME, queue_states
-from iwae.rundir import CONFIG_NAME, LOCK_NAME, RunError, read_config, read_log, status
+from iwae.rundir import CONFIG_NAME, LOCK_NAME, RunError, is_exported, read_config, read_log, status
 
 __all__ = ["RunState", "run_folders", "run_states", "format_states"]
 
@@ -91,6 +91,8 @@ def _tail(path: Path) -> tuple[str, ...]:
 
 
 def _state(run: Path, queue: dict[str, str], reproducing: bool) -> RunState:
+    if is_exported(run):
+        return RunState(run, "exported", "a model's weights alone: iwae evaluate, sample and compare take it")
     if status(run) == "done":
         return RunState(run, "done")
     job = json.loads((run / JOB_NAME).read_text()) if (run / JOB_NAME).is_file() else None

@@ -70,8 +70,15 @@ class Objective:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         if not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"k must be a positive integer number of samples, got {self.k!r}")
-        for name, param in PARAMS.items():  # every parameter, read by its bound or not, is a valid value
-            if (problem := param.problem(name, getattr(self, name))) is not None:
+        for name, param in PARAMS.items():  # its bound's parameters, and every count, in range; the rest typed
+            value = getattr(self, name)
+            if name in BOUND_PARAMS[self.bound] or param.integer:
+                problem = param.problem(name, value)
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                problem = f"{name} must be a number, got {value!r}"
+            else:
+                problem = None
+            if problem is not None:
                 raise ValueError(problem)
         defined_for = ESTIMATORS_BY_NAME[self.estimator].bounds
         if defined_for is not None and self.bound not in defined_for:

@@ -83,22 +83,13 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint here (is this a run folder made by `iwae train`?)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({err}); delete it to start over") from err
+    header, tensors = _read(path, "checkpoint", "; delete it to start over")
     _check_header(path, header, tensors)
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     bad = [k for k, v in model_state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{path}: non-finite values in {bad[:3]}; this checkpoint is unusable")
-    device = next(model.parameters()).device
-    try:
-        model.load_state_dict({k: v.to(device) for k, v in model_state.items()})
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: does not fit this model ({err})") from err
+    device = _load_into(model, model_state, path)
     if optimizer is not None:
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
@@ -129,21 +120,32 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> None:
     :raises CheckpointError: naming the file and the problem.
     """
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable or truncated weights ({err})") from err
+    header, tensors = _read(path, "weights")
     if header.get("format") != _WEIGHTS_FORMAT or header.get("sha256") != _digest({"format": _WEIGHTS_FORMAT}, tensors):
         raise CheckpointError(f"{path}: not iwae weights, or damaged (format or sha256 does not match)")
     if any(v.is_floating_point() and not torch.isfinite(v).all() for v in tensors.values()):
         raise CheckpointError(f"{path}: non-finite weights")
+    _load_into(model, tensors, path)
+
+
+def _read(path: Path, what: str, advice: str = "") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The header and the tensors of a safetensors file, or a CheckpointError naming it."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        return header, load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable or truncated {what} ({err}){advice}") from err
+
+
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> torch.device:
+    """``state`` into ``model``, on the model's device (returned), or a CheckpointError saying it does not fit."""
     device = next(model.parameters()).device
     try:
-        model.load_state_dict({k: v.to(device) for k, v in tensors.items()})
+        model.load_state_dict({k: v.to(device) for k, v in state.items()})
     except RuntimeError as err:
         raise CheckpointError(f"{path}: does not fit this model ({err})") from err
+    return device
 
 
 def _check_header(path: Path, header: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:

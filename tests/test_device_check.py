@@ -27,6 +27,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # every section of the device check in a process of its own: 15-40 s, more on a loaded machine
 def test_quick_cpu_mode_runs_every_section_and_passes_the_cpu_checks(tmp_path):
     data = DATA_DIR or str(tmp_path / "no-data")  # without data the resume section is skipped, not failed
     cmd = [sys.executable, "-m", "benchmarks.device_check", "--out", str(tmp_path), "--device", "cpu", "--quick",

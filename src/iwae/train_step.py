@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -51,8 +52,10 @@ def build_step(
         def loss_fn(x: Tensor) -> Tensor:
             return objective.loss(model, x, generator)
 
+    on_cpu = next(model.parameters()).device.type == "cpu"  # the flag is the CPU's: a GPU step leaves it alone
+
     def step(x: Tensor) -> Tensor:
-        with flush_subnormals(flush_denormal):
+        with flush_subnormals(flush_denormal) if on_cpu else nullcontext():
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(x)
             loss.backward()

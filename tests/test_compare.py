@@ -108,3 +108,33 @@ def test_estimator_results_generator_writes_every_number_from_the_runs(runs, tmp
     assert out["paired_test_nll_differences"] == {"stl - reparam": {"mean": 0.0, "sem": 0.0}}
     with pytest.raises(ValueError, match="differs from .* in more than the estimator: objective"):
         make_results([stl, runs[1]], 20, 50, "cmd")
+
+
+def test_a_finished_runs_per_image_record_is_what_compare_scores_and_pairs_alike(runs, tmp_path):
+    """``test_ll.json``: the final evaluation's L_k of each test image, the values `iwae compare` draws again, so
+    that the runs of one seed are paired from their folders without scoring them again."""
+    from iwae.compare import log_likelihoods
+    from iwae.evaluate_run import finish_run, read_per_image, spread
+
+    runs = (runs[0], shutil.copytree(runs[1], tmp_path / "vae"))
+    finish_run(runs[1], progress=False)
+    records = [read_per_image(run) for run in runs]
+    _, lls = log_likelihoods(runs, progress=False)
+    for record, ll in zip(records, lls):
+        assert record["ll"] == ll.double().tolist() and record["split"] == "test"
+        assert record["index"] == spread(10_000, len(ll)).tolist()
+    stored = paired_difference(*(torch.tensor(r["ll"]) for r in records))
+    assert stored == pytest.approx(compare_runs(*runs, progress=False)["difference"], abs=1e-6)
+
+
+def test_a_damaged_per_image_record_is_refused(runs, tmp_path):
+    from iwae.evaluate_run import read_per_image
+    from iwae.rundir import PER_IMAGE_NAME
+
+    with pytest.raises(FileNotFoundError, match="no per-image record"):
+        read_per_image(tmp_path)
+    record = json.loads((runs[0] / PER_IMAGE_NAME).read_text())
+    record["ll"][3] = float("nan")
+    (tmp_path / PER_IMAGE_NAME).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="damaged per-image record"):
+        read_per_image(tmp_path)

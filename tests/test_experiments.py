@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,9 +14,10 @@ import torch
 
 import iwae
 from iwae.cli import main
+from iwae.config import TrainConfig
 from iwae.experiments.claims import CRITERIA, VAE_GAIN_RATIO, check_claims
 from iwae.experiments.paper_results import TABLE1, TABLE2, TABLE3
-from iwae.experiments.plan import Schedule, plan, table_key
+from iwae.experiments.plan import ESTIMATOR_RUNS, Schedule, plan, table_key
 from iwae.experiments.posteriors import true_posterior_grid
 from iwae.experiments.report import write_report
 from iwae.plots import plot_active_units, plot_training, save_image_grid
@@ -233,3 +235,18 @@ def test_the_omniglot_source_recorded_in_metrics_json_decides_over_the_data_fold
     monkeypatch.setattr("iwae.experiments.report.locate", lambda name, where: None)  # this machine has no data
     report = write_report(tmp_path, ["table1"], Schedule(stages=3, pass_scale=0.1), "c", ("omniglot",)).read_text()
     assert "Rebuilt Omniglot" not in report  # the runs read the paper's file, as they recorded
+
+
+def test_estimators_plan_differs_only_in_the_objective_and_shares_table1s_k5_cells():
+    s = Schedule(stages=2, pass_scale=0.01)
+    runs = {r.name: r.config for r in plan("estimators", s, "ROOT")}
+    table1 = {r.name: r.config for r in plan("table1", s, "ROOT", ("mnist",))}
+    assert list(runs) == list(ESTIMATOR_RUNS) and all(table1[n] == runs[n] for n in runs if n in table1)
+    assert [(c.objective, c.estimator) for c in runs.values()] == [
+        ("vae", "reparam"), ("iwae", "reparam"), ("iwae", "stl"), ("iwae", "dreg"), ("vr", "reparam"), ("iwae", "rws"),
+    ]  # fmt: skip
+    assert runs["mnist-l1-vr0.5-k5"].alpha == 0.5
+    shared = {f.name for f in dataclasses.fields(TrainConfig)} - {"objective", "estimator", "alpha"}
+    first = next(iter(runs.values()))
+    assert all(getattr(c, f) == getattr(first, f) for c in runs.values() for f in shared)
+    assert first.k == 5 and first.layers == 1 and first.dataset == "mnist"

@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from iwae.cpu import flush_subnormals
+from iwae.latent_model import SampledModel
 from iwae.model import IWAE
 
 __all__ = ["LogWeightModel", "LikelihoodEstimate", "log_likelihood", "active_units", "count_active", "prune_inactive"]
@@ -69,8 +70,9 @@ def log_likelihood(
     chunks of at most ``chunk_size`` rows (samples x examples) and combined with a streaming log-sum-exp, so memory
     stays bounded whatever k and the batch size are.
 
-    :param model: any object with ``log_weights(x, k)`` (see the module docstring); an :class:`~iwae.model.IWAE`
-        also takes ``generator``.
+    :param model: any object with ``log_weights(x, k)`` (see the module docstring); a model with
+        ``forward_samples`` (:class:`~iwae.model.IWAE`, :class:`~iwae.latent_model.SampledModel`) also takes
+        ``generator``.
     :param return_stderr: also return the standard error of the estimate, from the delta method:
         :math:`\mathrm{se}^2 \approx \mathrm{Var}(w) / (k\, \bar w^2)`.
     :param progress: show a progress bar of the samples drawn, labelled ``desc`` (default ``L_k``).
@@ -84,8 +86,11 @@ def log_likelihood(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if x.dim() != 2:
         raise ValueError(f"x must have shape (batch, dim), got {tuple(x.shape)}")
-    if generator is not None and not isinstance(model, IWAE):
-        raise ValueError("generator is supported for iwae.IWAE models only; seed torch globally instead")
+    if generator is not None and not hasattr(model, "forward_samples"):
+        raise ValueError(
+            "generator needs a model with forward_samples (iwae.IWAE, or iwae.latent_model's protocol); "
+            "seed torch globally instead"
+        )
     if x.shape[0] == 0:  # no examples: no estimates
         empty = torch.empty(0, dtype=x.dtype if x.dtype.is_floating_point else torch.float32, device=x.device)
         return LikelihoodEstimate(empty, empty.clone()) if return_stderr else empty
@@ -160,7 +165,7 @@ def _check_log_weights(lw: Tensor, k: int, batch: int, finite: Tensor | None) ->
 
 @torch.no_grad()
 def active_units(
-    model: IWAE, x: Tensor, *, batch_size: int = 1000, generator: torch.Generator | None = None
+    model: SampledModel, x: Tensor, *, batch_size: int = 1000, generator: torch.Generator | None = None
 ) -> list[Tensor]:
     r"""The activity statistic per unit and layer (Section 5.2).
 
@@ -175,7 +180,7 @@ def active_units(
 
 
 def _posterior_mean_moments(
-    model: IWAE, x: Tensor, batch_size: int, generator: torch.Generator | None
+    model: SampledModel, x: Tensor, batch_size: int, generator: torch.Generator | None
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Mean and population variance over x of E_q[h^l], per layer, accumulated in float64."""
     if x.shape[0] < 2:

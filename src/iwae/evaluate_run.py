@@ -11,6 +11,7 @@ twice gives the same numbers.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from iwae.data.resources import locate
 from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
 from iwae.model import IWAE
 from iwae.plots import plot_active_units, plot_training, save_image_grid
-from iwae.rundir import ACTIVE_UNITS_NAME, METRICS_NAME, SAMPLES_NAME, TRAINING_NAME, load_run, read_log
+from iwae.rundir import ACTIVE_UNITS_NAME, METRICS_NAME, PER_IMAGE_NAME, SAMPLES_NAME, TRAINING_NAME, load_run, read_log
 
 __all__ = [
     "STREAMS",
@@ -43,6 +44,8 @@ __all__ = [
     "summarize",
     "activity",
     "measure",
+    "per_image_record",
+    "read_per_image",
     "evaluate_run",
     "curve_images",
     "curve_point",
@@ -163,17 +166,19 @@ def measure(
 
     With ``pruned``, also ``nll_pruned``: the NLL of the model without its inactive units (Section 5.2), on the
     same images and the same noise stream as ``nll``, and ``units_pruned``. With no inactive unit that model is
-    the model itself, so ``nll_pruned`` is ``nll``, not measured again. Returns the numbers and the A_u tensors
-    (for the figure). The samples are counted on ``bar`` if given (a bar over a longer evaluation). ``active``:
-    :func:`activity`'s result for the same n, when the caller has it already (it does not depend on ``split``).
+    the model itself, so ``nll_pruned`` is ``nll``, not measured again. Returns the numbers, the A_u tensors
+    (for the figure) and the per-example L_k behind ``nll``. The samples are counted on ``bar`` if given (a bar
+    over a longer evaluation). ``active``: :func:`activity`'s result for the same n, when the caller has it
+    already (it does not depend on ``split``).
     """
     device, flush = next(model.parameters()).device, config.flush_denormal
     x = eval_images(config, split, n, device, config.seed)
     A, x_active = active if active is not None else activity(config, model, n)
     desc = f"{split} NLL, L_{k}, {x.shape[0]} images"
+    gen = stream(config, device, split, "nll")
+    ll = log_likelihood(model, x, k, generator=gen, progress=progress, desc=desc, bar=bar, flush_denormal=flush)
     result = {
-        "split": split, "eval_k": k,
-        **nll(model, x, k, stream(config, device, split, "nll"), progress, desc=desc, bar=bar, flush_denormal=flush),
+        "split": split, "eval_k": k, **summarize(ll),
         "active_units": count_active(A, config.active_threshold), "active_units_split": ACTIVE_SPLIT,
         "active_units_n": x_active.shape[0], "active_threshold": config.active_threshold,
     }  # fmt: skip
@@ -188,7 +193,7 @@ def measure(
             desc = f"{split} NLL without {result['units_pruned']} inactive units, L_{k}, {x.shape[0]} images"
             gen = stream(config, device, split, "nll")
             result["nll_pruned"] = nll(smaller, x, k, gen, progress, desc=desc, bar=bar, flush_denormal=flush)["nll"]
-    return result, A
+    return result, A, ll
 
 
 def curve_images(config: TrainConfig, device: torch.device) -> torch.Tensor:
@@ -239,7 +244,7 @@ def evaluate_run(
         raise ValueError(f"k must be a positive number of importance samples, got {k}")
     model.eval()
     with flush_subnormals(config.flush_denormal), eval_threads(run_dir, next(model.parameters()).device, threads):
-        result, _ = measure(config, model, split, k, n or config.eval_n, pruned=pruned, progress=progress)
+        result, _, _ = measure(config, model, split, k, n or config.eval_n, pruned=pruned, progress=progress)
     write_json(Path(run_dir) / f"eval-{split}-k{k}-n{result['n']}.json", result)
     return result
 
@@ -307,9 +312,9 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     k, device = config.eval_k, next(model.parameters()).device
     with flush_subnormals(config.flush_denormal), _evaluation_bar(config, progress) as bar:
         active = activity(config, model, config.eval_n)  # A_u once, for both splits' records
-        test, A = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress, bar=bar,
-                          active=active)  # fmt: skip
-        train, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar, active=active)
+        test, A, test_ll = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress, bar=bar,
+                                   active=active)  # fmt: skip
+        train, _, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar, active=active)
     log = read_log(run_dir)
     metrics = {
         "dataset": config.dataset, "layers": len(model.latent_dims), "objective": config.objective,
@@ -334,5 +339,28 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     label = f"test NLL (L_{points[-1]['curve_k']}, {points[-1]['curve_n']} images)" if points else ""
     passes, bounds = [r["pass"] for r in log], [r["train_bound"] for r in log]
     plot_training(passes, bounds, run_dir / TRAINING_NAME, title, curve, label)
+    index = spread(SPLIT_SIZES[config.dataset]["test"], config.eval_n)
+    write_json(run_dir / PER_IMAGE_NAME, per_image_record(config, k, index, test_ll))
     write_json(run_dir / METRICS_NAME, metrics)
     return metrics
+
+
+def per_image_record(config: TrainConfig, k: int, index: torch.Tensor, ll: torch.Tensor) -> dict[str, Any]:
+    """The per-image L_k behind a test NLL (``test_ll.json``): which images (indices into the test split), on which
+    evaluation streams (the seed and scheme), so that two runs' records are paired when these agree."""
+    return {
+        "split": "test", "eval_k": k, "seed": config.seed, "streams": config.streams, "dataset": config.dataset,
+        "index": index.tolist(), "ll": ll.double().tolist(),
+    }  # fmt: skip
+
+
+def read_per_image(run_dir: str | Path) -> dict[str, Any]:
+    """A run's ``test_ll.json`` (:func:`per_image_record`), checked: as many finite values as indices."""
+    path = Path(run_dir) / PER_IMAGE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no per-image record; `iwae evaluate` a finished run to score it again")
+    record = json.loads(path.read_text())
+    ll = record.get("ll")
+    if not isinstance(ll, list) or len(ll) != len(record.get("index", ())) or not all(map(math.isfinite, ll)):
+        raise ValueError(f"{path}: damaged per-image record (values missing, non-finite or not one per index)")
+    return record

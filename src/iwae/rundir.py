@@ -6,6 +6,7 @@
 | ``metrics.jsonl`` | at the end of each pass | stage, lr, passes, training bound, timing; test NLL at stage ends |
 | ``checkpoint.safetensors`` | every few minutes, at the end of each stage | model, Adam, position, RNG states |
 | ``metrics.json``, ``samples.png``, ``active_units.png``, ``training.png`` | by the final evaluation | results |
+| ``test_ll.json`` | by the final evaluation | each scored test image's index and L_k, for paired comparisons |
 
 Every file is written whole or not at all (:mod:`iwae.atomic`), but for ``metrics.jsonl``, which grows a line at a
 time: on resume it is cut back, atomically, to the lines of the checkpoint's position (:func:`truncate_log`).
@@ -42,7 +43,7 @@ from iwae.model import IWAE
 
 __all__ = [
     "CONFIG_NAME", "LOG_NAME", "CHECKPOINT_NAME", "METRICS_NAME", "SAMPLES_NAME", "ACTIVE_UNITS_NAME",
-    "TRAINING_NAME", "LOCK_NAME", "RunError", "locked",
+    "TRAINING_NAME", "PER_IMAGE_NAME", "LOCK_NAME", "RunError", "locked",
     "resolve_device", "build_model", "create", "read_config", "status", "append_log", "truncate_log",
     "read_log", "has_checkpoint", "is_exported", "save_state", "load_state", "load_run", "check_new", "update_config",
     "absolute_data_dir", "with_data_dir", "clear_results", "PENDING_NAME", "pending_position", "commit_pending",
@@ -55,6 +56,7 @@ LOG_NAME = "metrics.jsonl"
 METRICS_NAME = "metrics.json"
 LOCK_NAME = ".lock"  # held (flock) by the process working in the folder; holds its PID
 SAMPLES_NAME, ACTIVE_UNITS_NAME, TRAINING_NAME = "samples.png", "active_units.png", "training.png"  # the figures
+PER_IMAGE_NAME = "test_ll.json"  # the final evaluation's L_k of each test image it scored
 
 
 class RunError(RuntimeError):
@@ -293,9 +295,10 @@ def update_config(run_dir: str | Path, changes: dict[str, Any]) -> TrainConfig:
 
 
 def clear_results(run_dir: str | Path) -> None:
-    """Remove what an evaluation wrote (``metrics.json``, the figures, ``eval-*.json``): the run starts over."""
+    """Remove what an evaluation wrote (``metrics.json``, the figures, ``test_ll.json``, ``eval-*.json``): the run
+    starts over."""
     run_dir = Path(run_dir)
-    for path in [run_dir / n for n in (METRICS_NAME, SAMPLES_NAME, ACTIVE_UNITS_NAME, TRAINING_NAME)]:
+    for path in [run_dir / n for n in (METRICS_NAME, SAMPLES_NAME, ACTIVE_UNITS_NAME, TRAINING_NAME, PER_IMAGE_NAME)]:
         path.unlink(missing_ok=True)
     for path in run_dir.glob("eval-*.json"):
         path.unlink()

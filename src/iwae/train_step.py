@@ -14,14 +14,14 @@ import torch
 from torch import Tensor, nn
 
 from iwae.cpu import flush_subnormals
-from iwae.model import IWAE
+from iwae.latent_model import SampledModel
 from iwae.objectives import Objective
 
 __all__ = ["build_step", "make_train_step", "make_optimizer"]
 
 
 def build_step(
-    model: IWAE,
+    model: SampledModel,
     optimizer: torch.optim.Optimizer,
     objective: Objective,
     *,
@@ -65,7 +65,7 @@ def build_step(
     return step
 
 
-def make_train_step(model: IWAE, optimizer: torch.optim.Optimizer, k: int = 50, kind: str = "iwae",
+def make_train_step(model: SampledModel, optimizer: torch.optim.Optimizer, k: int = 50, kind: str = "iwae",
                     estimator: str = "reparam", *, m: int = 1, beta: float = 0.5,
                     generator: torch.Generator | None = None, compile: bool = False,
                     flush_denormal: bool = True, **params: float) -> Callable[[Tensor], Tensor]:  # fmt: skip
@@ -80,7 +80,9 @@ def make_train_step(model: IWAE, optimizer: torch.optim.Optimizer, k: int = 50, 
     return build_step(model, optimizer, objective, generator=generator, compile=compile, flush_denormal=flush_denormal)
 
 
-def _compiled_loss(model: IWAE, objective: Objective, generator: torch.Generator | None) -> Callable[[Tensor], Tensor]:
+def _compiled_loss(
+    model: SampledModel, objective: Objective, generator: torch.Generator | None
+) -> Callable[[Tensor], Tensor]:
     """The objective's loss through ``torch.compile``, its noise drawn eagerly from ``generator``."""
     n = objective.samples_per_example
 

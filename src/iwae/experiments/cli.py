@@ -13,7 +13,7 @@ from iwae.config import seed_list
 from iwae.config_cli import add_config_options, overrides_from_args
 from iwae.data.resources import DATASETS
 from iwae.experiments.fleets import PACKINGS, with_seeds
-from iwae.experiments.plan import EXPERIMENTS, Schedule, plan
+from iwae.experiments.plan import EXPERIMENTS, PAPER_EXPERIMENTS, Schedule, plan
 from iwae.experiments.slurm import add_executor_arguments
 
 __all__ = ["add_reproduce_arguments", "reproduce"]
@@ -24,7 +24,8 @@ SHARED = [f.name for f in dataclasses.fields(Schedule)]
 def add_reproduce_arguments(r: argparse.ArgumentParser) -> None:
     """The arguments of ``iwae reproduce``."""
     names = ", ".join((*EXPERIMENTS, "all"))
-    r.add_argument("experiment", nargs="*", help=f"what to reproduce, one or more of {names}")
+    r.add_argument("experiment", nargs="*", help=f"what to reproduce, one or more of {names} (all: the paper's "
+                   f"{', '.join(PAPER_EXPERIMENTS)})")  # fmt: skip
     r.add_argument("--out", help="output folder: DIR/runs/<run>/, DIR/report.md, DIR/results.json (required)")
     r.add_argument("--report-only", metavar="DIR",
                    help="only rewrite DIR/report.md and DIR/results.json from the runs finished so far")  # fmt: skip
@@ -84,7 +85,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     schedule = Schedule(**overrides_from_args(args, SHARED))
     out = Path(args.out)
     root = out / "runs"
-    experiments = list(EXPERIMENTS) if "all" in args.experiment else list(dict.fromkeys(args.experiment))
+    experiments = list(dict.fromkeys(e for a in args.experiment for e in (PAPER_EXPERIMENTS if a == "all" else (a,))))
     specs = list({s.name: s for e in experiments for s in plan(e, schedule, str(root), datasets)}.values())
     if args.seeds:
         specs = with_seeds(specs, args.seeds)

@@ -13,13 +13,15 @@ import torch
 
 from iwae.atomic import write_json, write_text
 from iwae.data.resources import locate
+from iwae.evaluate_run import read_per_image
 from iwae.experiments.claims import CRITERIA, SPREAD_RULE, Claim, check_claims
+from iwae.experiments.head_to_head import estimators_section
 from iwae.experiments.paper_results import TABLE1, TABLE2, TABLE3
-from iwae.experiments.plan import Schedule, table_key
+from iwae.experiments.plan import ESTIMATOR_RUNS, Schedule, table_key
 from iwae.experiments.runner import read_metrics, seed_dirs, seed_number
 from iwae.experiments.seeds import SEEDS_NOTE, combine, fmt_active, fmt_nll, fmt_value, mean_curve, n_seeds, restrict
 from iwae.plots import plot_curves
-from iwae.rundir import METRICS_NAME, read_config, read_log, with_data_dir
+from iwae.rundir import METRICS_NAME, PER_IMAGE_NAME, read_config, read_log, with_data_dir
 
 __all__ = ["read_cell", "write_report", "rewrite_report"]
 
@@ -250,6 +252,24 @@ def _tables_md(
     return lines
 
 
+def _records(path: Path) -> dict[int, dict]:
+    """The per-image test records of a plan run's evaluated folders, by seed."""
+    found = [read_per_image(d) for d in _evaluated(path) if (d / PER_IMAGE_NAME).is_file()]
+    return {r["seed"]: r for r in found}
+
+
+def _settings(path: Path) -> dict | None:
+    dirs = _evaluated(path)
+    return read_config(dirs[0]).__dict__ if dirs else None
+
+
+def _estimators_md(root: Path, results: dict) -> list[str]:
+    lines, entry = estimators_section(root, list(ESTIMATOR_RUNS), read_cell, _records, _settings)
+    if entry:
+        results["estimators"] = entry
+    return lines
+
+
 def write_report(
     out: Path, experiments: list[str], schedule: Schedule, command: str, datasets: tuple[str, ...]
 ) -> Path:
@@ -259,12 +279,19 @@ def write_report(
     seeded = any(n_seeds(m) > 1 for m in runs.values())
     claims: list[Claim] = []
     tables = _tables_md(root, experiments, schedule, datasets, claims)
+    results: dict = {"schedule": dict(schedule.__dict__), "command": command, "runs": runs}
+    if "estimators" in experiments:
+        tables += _estimators_md(root, results)
+    paper = any(e != "estimators" for e in experiments)
     lines = [
-        "# Reproduction of Burda, Grosse & Salakhutdinov (2016), *Importance Weighted Autoencoders*",
+        "# Reproduction of Burda, Grosse & Salakhutdinov (2016), *Importance Weighted Autoencoders*"
+        if paper
+        else "# Gradient estimators and multi-sample bounds for the IWAE model of Burda et al. (2016)",
         "",
         f"Schedule: **{schedule.describe()}**.",
         "",
-        "Cells read *ours (paper, ours minus paper)*. NLL in nats, lower is better; active units per layer."
+        ("Cells read *ours (paper, ours minus paper)*. " if paper else "")
+        + "NLL in nats, lower is better; active units per layer."
         + (f" {SEEDS_NOTE}" if seeded else ""),
         "",
         *(_criteria() if claims else []),
@@ -277,7 +304,6 @@ def write_report(
                   "![posteriors](posteriors.png)", ""]  # fmt: skip
     lines += ["## Appendix C and E: samples (Bernoulli means) and histograms of log A_u", ""]
     lines += [*_figures(root, sorted(runs)), "", *_made_md(command)]
-    results: dict = {"schedule": dict(schedule.__dict__), "command": command, "runs": runs}
     results["experiments"], results["datasets"] = list(experiments), list(datasets)
     if claims:
         results["criteria"] = CRITERIA

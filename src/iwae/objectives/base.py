@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
-from iwae.model import IWAE
+from iwae.latent_model import SampledModel
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
@@ -39,7 +39,9 @@ class Estimator(ABC):
     compilable: ClassVar[bool] = False
 
     @abstractmethod
-    def loss(self, model: IWAE, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None) -> Tensor:
+    def loss(
+        self, model: SampledModel, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None
+    ) -> Tensor:
         """Scalar surrogate loss on the (batch, x_dim) data ``x``.
 
         :param noise: standard-normal draws [eps^1, ..., eps^L], each (samples, batch, d_l), to use instead of

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from iwae import bounds
-from iwae.model import IWAE
+from iwae.latent_model import SampledModel
 from iwae.objectives.base import RNG, Estimator, Noise, with_value
 
 if TYPE_CHECKING:
@@ -38,7 +38,9 @@ class DReG(Estimator):
 
     bounds: ClassVar[tuple[str, ...] | None] = ("iwae",)
 
-    def loss(self, model: IWAE, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None) -> Tensor:
+    def loss(
+        self, model: SampledModel, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None
+    ) -> Tensor:
         weights: list[Tensor] = []  # filled once the forward pass has computed w~; read during backward
 
         def reweight(h: Tensor) -> Tensor:

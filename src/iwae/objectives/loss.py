@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from iwae.model import IWAE
+from iwae.latent_model import SampledModel
 from iwae.objectives.base import Bound, Estimator
 from iwae.objectives.names import BOUND_PARAMS, PARAMS, declare_params
 from iwae.objectives.registry import BOUNDS, ESTIMATORS, ESTIMATORS_BY_NAME, KINDS
@@ -124,7 +124,7 @@ class Objective:
 
     def loss(
         self,
-        model: IWAE,
+        model: SampledModel,
         x: Tensor,
         generator: torch.Generator | None = None,
         *,
@@ -132,7 +132,7 @@ class Objective:
     ) -> Tensor:
         """Scalar loss to minimise: minus the batch mean of the bound, with the estimator's gradient.
 
-        :param model: an :class:`~iwae.model.IWAE`.
+        :param model: an :class:`~iwae.model.IWAE`, or any model of :class:`~iwae.latent_model.SampledModel`'s protocol.
         :param x: (batch, x_dim) binary (or real, for a Gaussian visible layer) data.
         :param generator: source of the reparameterisation noise (and of any other draw the estimator makes).
         :param noise: standard-normal draws [eps^1, ..., eps^L], each (samples_per_example, batch, d_l), to use
@@ -141,8 +141,9 @@ class Objective:
         return self._estimator.loss(model, x, self, generator, noise)
 
 
-def objective(model: IWAE, x: Tensor, k: int = 50, kind: str = "iwae", estimator: str = "reparam", *, m: int = 1,
-              beta: float = 0.5, generator: torch.Generator | None = None, **params: float) -> Tensor:  # fmt: skip
+def objective(model: SampledModel, x: Tensor, k: int = 50, kind: str = "iwae", estimator: str = "reparam", *,
+              m: int = 1, beta: float = 0.5, generator: torch.Generator | None = None,
+              **params: float) -> Tensor:  # fmt: skip
     """Scalar loss to minimise: minus the batch mean of the ``kind`` bound, with ``estimator``'s gradient.
 
     The same as ``Objective(kind, k, estimator, m, beta, **params).loss(model, x, generator)``, ``params`` being

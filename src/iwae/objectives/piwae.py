@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from iwae import bounds
-from iwae.model import IWAE
+from iwae.latent_model import SampledModel
 from iwae.objectives.base import RNG, Estimator, Noise, with_value
 
 if TYPE_CHECKING:
@@ -29,7 +29,9 @@ __all__ = ["PIWAERouting"]
 class PIWAERouting(Estimator):
     """Encoder on IWAE over all m*k samples, decoder on MIWAE(m, k); the value is MIWAE(m, k)."""
 
-    def loss(self, model: IWAE, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None) -> Tensor:
+    def loss(
+        self, model: SampledModel, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None
+    ) -> Tensor:
         n, k = objective.samples_per_example, objective.k
         if noise is None:
             with torch.no_grad():

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor
 
-from iwae.model import IWAE
+from iwae.latent_model import SampledModel
 from iwae.objectives.base import RNG, Estimator, Noise
 
 if TYPE_CHECKING:
@@ -37,7 +37,9 @@ class Reparam(Estimator):
     compilable: ClassVar[bool] = True
     stop_q_grad: ClassVar[bool] = False  # log q with q's parameters detached (STL)
 
-    def loss(self, model: IWAE, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None) -> Tensor:
+    def loss(
+        self, model: SampledModel, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None
+    ) -> Tensor:
         n = objective.samples_per_example
         out = model.forward_samples(x, n, noise=noise, generator=generator, stop_q_grad=self.stop_q_grad)
         return -objective.per_example(out.log_w).mean()

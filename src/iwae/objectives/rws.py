@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from iwae import bounds
-from iwae.model import IWAE
+from iwae.latent_model import SampledModel
 from iwae.objectives.base import RNG, Estimator, Noise, with_value
 
 if TYPE_CHECKING:
@@ -39,7 +39,9 @@ class ReweightedWakeSleep(Estimator):
 
     bounds: ClassVar[tuple[str, ...] | None] = ("iwae",)
 
-    def loss(self, model: IWAE, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None) -> Tensor:
+    def loss(
+        self, model: SampledModel, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None
+    ) -> Tensor:
         n = objective.samples_per_example
         noise = list(model.draw_noise(n, x.shape[0], generator) if noise is None else noise)
         # generative network: q's parameters and the samples detached, so log w moves theta only

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from iwae import bounds
-from iwae.model import IWAE
+from iwae.latent_model import SampledModel
 from iwae.objectives.base import RNG, Estimator, Noise, with_value
 
 if TYPE_CHECKING:
@@ -30,7 +30,9 @@ class SampleOne(Estimator):
 
     bounds: ClassVar[tuple[str, ...] | None] = ("iwae",)
 
-    def loss(self, model: IWAE, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None) -> Tensor:
+    def loss(
+        self, model: SampledModel, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None
+    ) -> Tensor:
         k = objective.k
         with torch.no_grad():  # k forward passes, no graph kept
             out = model.forward_samples(x, k, noise=noise, generator=generator)

@@ -1,0 +1,116 @@
+"""Your own model: GaussianLatentModel fulfils the protocol the objectives, the train step and log_likelihood read."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import iwae
+from iwae.latent_model import GaussianLatentModel, SampledModel
+from iwae.objectives import Objective
+
+OBJECTIVES = [("vae", "reparam"), ("iwae", "reparam"), ("iwae", "stl"), ("iwae", "dreg"), ("iwae", "sample-one"),
+              ("iwae", "rws"), ("vr", "reparam"), ("miwae", "reparam"), ("piwae", "reparam")]  # fmt: skip
+
+
+def _pair(seed: int = 0) -> tuple[iwae.IWAE, GaussianLatentModel]:
+    """A small 1-layer IWAE and the same networks (its own layer objects) as a GaussianLatentModel."""
+    paper = iwae.IWAE(
+        x_dim=12, latent_dims=[3], q_hidden=[[8]], p_hidden=[[8]], generator=torch.Generator().manual_seed(seed)
+    )
+    return paper, GaussianLatentModel(paper.encoder[0], paper.decoder[-1], latent_dim=3, x_dim=12)
+
+
+def test_both_models_fulfil_the_protocol():
+    paper, own = _pair()
+    assert isinstance(paper, SampledModel) and isinstance(own, SampledModel)
+    assert not isinstance(nn.Linear(2, 2), SampledModel)
+
+
+@pytest.mark.parametrize("kind,estimator", OBJECTIVES)
+def test_every_objective_gives_the_iwae_models_loss_and_gradient_for_the_same_networks(kind, estimator):
+    """Same networks, same noise: the loss and every parameter's gradient agree with the paper model's (whose
+    estimators are checked against per-sample autograd and closed forms elsewhere)."""
+    paper, own = _pair()
+    x = torch.bernoulli(torch.full((6, 12), 0.4), generator=torch.Generator().manual_seed(1))
+    objective = Objective(kind, 4, estimator, m=2)
+    grads = []
+    for model in (paper, own):
+        model.zero_grad()
+        loss = objective.loss(model, x, torch.Generator().manual_seed(2))
+        loss.backward()
+        grads.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_a, grad_a), (loss_b, grad_b) = grads
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    names = {n.replace("encoder.0.", "encoder.").replace("decoder.0.", "decoder."): g for n, g in grad_a.items()}
+    assert set(grad_b) == set(names)
+    for n, g in grad_b.items():
+        torch.testing.assert_close(g, names[n], rtol=1e-4, atol=1e-5)
+
+
+def test_log_likelihood_scores_it_with_a_generator_as_it_scores_the_paper_model():
+    paper, own = _pair()
+    x = torch.bernoulli(torch.full((5, 12), 0.4), generator=torch.Generator().manual_seed(1))
+    a, b = (
+        iwae.log_likelihood(m, x, 300, generator=torch.Generator().manual_seed(3), progress=False) for m in (paper, own)
+    )
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert [t.shape for t in iwae.active_units(own, x)] == [torch.Size([3])]
+
+
+def test_l_k_of_a_1d_latent_model_approaches_its_exact_log_likelihood():
+    """log p(x) = log of the integral over h of N(h; 0, 1) prod_j Bernoulli(x_j; sigmoid(a_j h + b_j)), on a grid."""
+    torch.manual_seed(0)
+    decoder = nn.Linear(1, 4).double()
+
+    class Encoder(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # q wider than the prior: the weights are bounded, so L_k's error is a few standard errors at most
+            return torch.zeros_like(x[:, :1]), torch.full((x.shape[0], 1), math.log(1.5), dtype=x.dtype)
+
+    model = GaussianLatentModel(Encoder(), decoder, latent_dim=1, x_dim=4).double()
+    x = torch.tensor([[1.0, 0, 1, 1], [0, 0, 0, 1], [1, 1, 1, 1]], dtype=torch.float64)
+    h = torch.linspace(-12, 12, 200_001, dtype=torch.float64).unsqueeze(-1)
+    logits = decoder(h)  # (grid, 4)
+    with torch.no_grad():
+        log_joint = (
+            (x.unsqueeze(1) * logits - nn.functional.softplus(logits)).sum(-1)
+            - 0.5 * h.T.square()
+            - 0.5 * math.log(2 * math.pi)
+        )
+        exact = torch.logsumexp(log_joint, 1) + math.log(h[1, 0] - h[0, 0])
+    torch.manual_seed(1)
+    estimate, stderr = iwae.log_likelihood(model, x, 20_000, progress=False, return_stderr=True)
+    assert (stderr < 0.01).all() and ((estimate - exact).abs() < 4 * stderr).all()
+    elbo = iwae.bounds.elbo(model.log_weights(x, 20_000).detach())
+    assert (elbo < exact - 1e-3).all()  # Theorem 1: L_1 <= L_k <= log p(x)
+
+
+def test_a_wrongly_shaped_encoder_or_decoder_is_named():
+    class Bad(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :3]
+
+    model = GaussianLatentModel(Bad(), nn.Linear(3, 12), latent_dim=3, x_dim=12)
+    with pytest.raises(TypeError, match=r"encoder must return \(mean, log_std\)"):
+        model.log_weights(torch.zeros(2, 12), 4)
+    _, own = _pair()
+    own.decoder = nn.Linear(3, 11)
+    with pytest.raises(ValueError, match=r"decoder returned \(4, 2, 11\)"):
+        own.log_weights(torch.zeros(2, 12), 4)
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 12\)"):
+        own.log_weights(torch.zeros(2, 10), 4)
+
+
+def test_the_train_step_trains_it():
+    torch.manual_seed(0)
+    _, own = _pair()
+    x = torch.bernoulli(torch.full((40, 12), 0.2), generator=torch.Generator().manual_seed(1))
+    step = iwae.make_train_step(own, iwae.make_optimizer(own, lr=1e-2), k=5, estimator="dreg")
+    first = [step(x).item() for _ in range(5)]
+    last = [step(x).item() for _ in range(100)][-5:]
+    assert sum(last) / 5 < sum(first) / 5 - 0.5
+    assert own.sample(7).shape == (7, 12)

@@ -21,10 +21,10 @@ from torch import Tensor
 from benchmarks import measure
 from benchmarks.device_check import NEEDS_CUDA, Context, Section, Skip
 from iwae.evaluate import log_likelihood
-from iwae.fleet import make_fleet
-from iwae.model import IWAE
+from iwae.fleets.fleet import make_fleet
+from iwae.models.model import IWAE
 from iwae.objectives import Objective
-from iwae.train_step import build_step, make_optimizer
+from iwae.runs.train_step import build_step, make_optimizer
 
 # (loss relative, parameter absolute) tolerances of a comparison after up to 20 Adam steps at lr <= 1e-3. In float32
 # a gradient near zero carries a rounding error of about 1e-6 that Adam (eps 1e-4) turns into a step of about lr/100:
@@ -92,7 +92,7 @@ def fleet_trajectory(
     mode: str, s: dict[str, Any], device: torch.device, dtype: torch.dtype, stats: dict | None = None
 ) -> tuple[Tensor, Tensor]:
     """Losses (steps, runs) and final parameters (runs, P) of ``make_fleet(..., mode)``; the fleet's graph
-    bookkeeping (:attr:`iwae.fleet.StackedFleet.graph_stats`, and the mode it ran in) into ``stats``."""
+    bookkeeping (:attr:`iwae.fleets.fleet.StackedFleet.graph_stats`, and the mode it ran in) into ``stats``."""
     models, opts, gens, objectives, greys = _setup(s, device, dtype)
     fleet = make_fleet(models, opts, objectives, gens, s["batch"], mode)
     losses = []

@@ -27,9 +27,9 @@ ONE_MODEL_TARGET_S, PROTOCOL_TARGET_H = 1.2, 4.0
 
 def plan_units() -> list[dict[str, Any]]:
     """Tables 1-3's runs packed as on a GPU: per unit its name, layers, k and each run's number of steps."""
-    from iwae.config import schedule
     from iwae.experiments.fleets import pack
     from iwae.experiments.plan import Schedule, plan
+    from iwae.runs.config import schedule
 
     specs = {}
     for experiment in ("table1", "table2", "table3"):

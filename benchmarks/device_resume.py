@@ -23,7 +23,7 @@ import torch
 from benchmarks.device_check import Context, Section, Skip
 from benchmarks.device_env import ROOT
 
-CHECKPOINT = "checkpoint.safetensors"  # iwae.rundir.CHECKPOINT_NAME
+CHECKPOINT = "checkpoint.safetensors"  # iwae.runs.rundir.CHECKPOINT_NAME
 
 
 def _command(args: list[str], ctx: Context) -> tuple[list[str], dict[str, str]]:
@@ -177,10 +177,10 @@ def resume_section(sec: Section, ctx: Context) -> None:
 
 
 def _fleet(sec: Section, ctx: Context, s: dict[str, Any], tmp: Path, straight: Path) -> None:
-    """iwae.fleet_train.train_fleet with seeds 0 and 1 on the device: it trains and checkpoints each run's folder;
-    its seed-0 run draws what the single run of seed 0 draws."""
-    from iwae.config import TrainConfig
-    from iwae.fleet_train import MANIFEST_NAME, read_manifest, train_fleet
+    """iwae.fleets.fleet_train.train_fleet with seeds 0 and 1 on the device: it trains and checkpoints each run's
+    folder; its seed-0 run draws what the single run of seed 0 draws."""
+    from iwae.fleets.fleet_train import MANIFEST_NAME, read_manifest, train_fleet
+    from iwae.runs.config import TrainConfig
 
     mode = "graph" if ctx.cuda else "stacked"
     base = dict(

@@ -19,10 +19,10 @@ from benchmarks import gpu, measure
 from benchmarks.device_check import NEEDS_CUDA, Context, Section
 from benchmarks.device_correct import grey, mnist
 from iwae.evaluate import log_likelihood
-from iwae.fleet import make_fleet
-from iwae.model import IWAE
+from iwae.fleets.fleet import make_fleet
+from iwae.models.model import IWAE
 from iwae.objectives import Objective
-from iwae.train_step import build_step, make_optimizer
+from iwae.runs.train_step import build_step, make_optimizer
 
 BATCH = 20
 MNIST_STEPS = 3000  # steps of batch 20 in a pass over 60,000 images (the project trains on 59,600: 2,980)
@@ -61,7 +61,7 @@ def fleet_step_time(
     layers: int, k: int, runs: int, mode: str, s: dict[str, Any], device: torch.device
 ) -> tuple[float, str]:
     """Seconds per step of a fleet of ``runs`` paper models (IWAE, k samples), each run's minibatch gathered
-    from its own order of the images and binarised from its own generator, as ``iwae.fleet_train`` does; and the
+    from its own order of the images and binarised from its own generator, as ``iwae.fleets.fleet_train`` does; and the
     mode its steps actually ran in (a failed graph capture steps eagerly)."""
     if device.type == "cuda":  # the memory of the fleets timed before, their CUDA graphs' pools included
         gc.collect()

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 
 from benchmarks import report
 from benchmarks.peer_nll import machine
-from iwae.config import schedule
 from iwae.evaluate import log_likelihood
-from iwae.evaluate_run import eval_images
-from iwae.model import IWAE
-from iwae.rundir import load_run
+from iwae.models.model import IWAE
+from iwae.runs.config import schedule
+from iwae.runs.evaluate_run import eval_images
+from iwae.runs.rundir import load_run
 
 KS = (1, 50, 5000)
 

@@ -1,4 +1,4 @@
-"""Fleets on a CPU (:mod:`iwae.fleet`): M runs of one architecture stepped as one stacked computation, as M
+"""Fleets on a CPU (:mod:`iwae.fleets.fleet`): M runs of one architecture stepped as one stacked computation, as M
 ordinary steps one after another, and as ``make_fleet``'s automatic choice; examples per second per core, side by
 side in one process; writes benchmarks/results/fleet.{json,md}.
 
@@ -25,10 +25,10 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
 import torch
 
 from benchmarks import report
-from iwae.fleet import StackedFleet, make_fleet
-from iwae.model import IWAE
+from iwae.fleets.fleet import StackedFleet, make_fleet
+from iwae.models.model import IWAE
 from iwae.objectives import Objective
-from iwae.train_step import make_optimizer
+from iwae.runs.train_step import make_optimizer
 
 RESULTS = Path(__file__).parent / "results"
 BATCH = 20

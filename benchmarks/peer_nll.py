@@ -1,10 +1,10 @@
-"""An independent peer on the same budget: Pyro's ``RenyiELBO(alpha=0)`` against ``iwae.train``, one evaluator.
+"""An independent peer on the same budget: Pyro's ``RenyiELBO(alpha=0)`` against ``iwae.runs.train``, one evaluator.
 
     python -m benchmarks.peer_nll --k 5 --seeds 0,1,2 --out results/fidelity/peer-k5.json
 
-For each seed, in one process on one thread: ``iwae.train`` trains the paper's 1-layer MNIST model with IWAE (Eq. 14)
-on the given schedule (default: the committed CPU reproduction's, 8 stages at 0.003 of the paper's passes); Pyro's
-``RenyiELBO(alpha=0, num_particles=k, vectorize_particles=True)`` trains the same networks
+For each seed, in one process on one thread: ``iwae.runs.train`` trains the paper's 1-layer MNIST model with IWAE
+(Eq. 14) on the given schedule (default: the committed CPU reproduction's, 8 stages at 0.003 of the paper's passes);
+Pyro's ``RenyiELBO(alpha=0, num_particles=k, vectorize_particles=True)`` trains the same networks
 (:class:`benchmarks.peers.PyroIWAE`) from the very same initial weights (the project's initialisation for that seed),
 for the same steps at the same learning rates, on minibatches of 20 of the same 59,600 training images, shuffled
 every pass and binarized afresh at every use. Pyro's Adam sees the gradient of the batch's *sum* of L_k where the
@@ -30,18 +30,19 @@ import torch
 
 from benchmarks import report
 from benchmarks.peers import PyroIWAE
-from iwae import data, rundir
-from iwae.config import TrainConfig, schedule
+from iwae import data
 from iwae.evaluate import log_likelihood
-from iwae.evaluate_run import eval_images
-from iwae.train import train
+from iwae.runs import rundir
+from iwae.runs.config import TrainConfig, schedule
+from iwae.runs.evaluate_run import eval_images
+from iwae.runs.train import train
 
 BATCH = 20
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-4
 
 
 def stage_steps(config: TrainConfig, per_pass: int) -> list[tuple[int, float]]:
-    """(steps, learning rate) of each stage, as ``iwae.train`` counts them (at least one step a stage)."""
+    """(steps, learning rate) of each stage, as ``iwae.runs.train`` counts them (at least one step a stage)."""
     return [(max(1, round(s.passes * per_pass)), s.lr) for s in schedule(config)]
 
 
@@ -67,7 +68,7 @@ def train_pyro(config: TrainConfig, x_train: torch.Tensor) -> tuple[PyroIWAE, fl
                 group["lr"] = lr
         start = time.monotonic()
         for t in range(total):
-            if t % per_pass == 0:  # a new pass (each stage starts one, as in iwae.train)
+            if t % per_pass == 0:  # a new pass (each stage starts one, as in iwae.runs.train)
                 perm = torch.randperm(x_train.shape[0], generator=shuffle)
             xb = data.binarize(x_train[perm[(t % per_pass) * BATCH : (t % per_pass + 1) * BATCH]], generator=noise)
             loss += svi.step(xb)
@@ -88,7 +89,7 @@ def _project_init(config: TrainConfig, x_train: torch.Tensor) -> dict[str, torch
 
 
 def train_project(config: TrainConfig, folder: Path, x_train: torch.Tensor) -> tuple[torch.nn.Module, float, int]:
-    """``iwae.train`` on ``config`` in ``folder``: (model, seconds in passes, steps)."""
+    """``iwae.runs.train`` on ``config`` in ``folder``: (model, seconds in passes, steps)."""
     train(config, folder, progress=False)
     _, model, position = rundir.load_run(folder)
     steps = sum(n for n, _ in stage_steps(config, math.ceil(x_train.shape[0] / BATCH)))

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from benchmarks import report
-from iwae.atomic import write_json, write_text
 from iwae.experiments.paper_results import TABLE1
 from iwae.experiments.plan import table_key
 from iwae.plots import plot_curves
-from iwae.rundir import read_config, read_log
+from iwae.runs.rundir import read_config, read_log
+from iwae.util.atomic import write_json, write_text
 
 
 def summarize(run: Path, reproduction: dict) -> dict:

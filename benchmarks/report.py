@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy
 import torch
 
-from iwae.atomic import write_json, write_text
+from iwae.util.atomic import write_json, write_text
 
 # The project's reparam training steps: iwae.make_train_step eager, and with compile=True.
 PROJECT_REPARAM = ("project", "project compiled")

@@ -1,4 +1,4 @@
-"""L_5000 of a trained MNIST model sharded over 1 and 2 gloo processes (:mod:`iwae.distributed`): wall time,
+"""L_5000 of a trained MNIST model sharded over 1 and 2 gloo processes (:mod:`iwae.analysis.distributed`): wall time,
 speed-up and the agreement of the results; writes benchmarks/results/sharded_eval.{json,md}.
 
     python -m benchmarks.sharded_eval [--run RUN] [--n 1000] [--k 5000]
@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from benchmarks import report
-from iwae.atomic import write_json, write_text
-from iwae.config import TrainConfig
-from iwae.distributed import evaluate_sharded
-from iwae.train import train_and_evaluate
+from iwae.analysis.distributed import evaluate_sharded
+from iwae.runs.config import TrainConfig
+from iwae.runs.train import train_and_evaluate
+from iwae.util.atomic import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results"
 

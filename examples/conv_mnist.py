@@ -3,7 +3,7 @@
     python examples/conv_mnist.py [--steps 6000] [--k 5] [--eval-k 5000] [--eval-n 1000] [--data-dir DIR]
     python examples/conv_mnist.py --smoke     # a few steps and a small evaluation: under a minute on a CPU
 
-Your networks go into :class:`iwae.latent_model.GaussianLatentModel` (one Gaussian latent layer, prior N(0, I),
+Your networks go into :class:`iwae.GaussianLatentModel` (one Gaussian latent layer, prior N(0, I),
 Bernoulli pixels): the encoder returns the mean and log standard deviation of q(h | x), the decoder the logits of
 p(x | h). Every bound and gradient estimator of the library then trains it, and ``iwae.log_likelihood`` scores it
 with the paper's L_k (Eq. 8). MNIST is read from ``--data-dir``, else ``$IWAE_DATA_DIR`` (``iwae download mnist``
@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 import iwae
-from iwae.latent_model import GaussianLatentModel
 
 
 class ConvEncoder(nn.Module):
@@ -76,7 +75,7 @@ def main() -> None:
 
     train = iwae.data.load("mnist", "train", args.data_dir)
     test = iwae.data.load("mnist", "test", args.data_dir)
-    model = GaussianLatentModel(ConvEncoder(args.latent_dim), ConvDecoder(args.latent_dim), args.latent_dim)
+    model = iwae.GaussianLatentModel(ConvEncoder(args.latent_dim), ConvDecoder(args.latent_dim), args.latent_dim)
     optimizer = iwae.make_optimizer(model)  # Adam with the paper's settings, lr 1e-3
     step = iwae.make_train_step(model, optimizer, k=args.k, kind="iwae", estimator=args.estimator, generator=gen)
 

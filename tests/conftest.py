@@ -74,7 +74,7 @@ def data_dir() -> str:
 @pytest.fixture(scope="session")
 def tiny_config(data_dir):
     """The TINY run's TrainConfig on the data directory."""
-    from iwae.config import TrainConfig
+    from iwae.runs.config import TrainConfig
 
     return TrainConfig(data_dir=data_dir, **TINY)
 
@@ -82,7 +82,7 @@ def tiny_config(data_dir):
 @pytest.fixture(scope="session")
 def _trained_tiny_run(tiny_config, tmp_path_factory) -> Path:
     """The TINY run, trained once per session and evaluated (``iwae train``'s result); never handed out itself."""
-    from iwae.train import train_and_evaluate
+    from iwae.runs.train import train_and_evaluate
 
     run = tmp_path_factory.mktemp("tiny") / "run"
     train_and_evaluate(run, tiny_config, progress=False)

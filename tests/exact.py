@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import iwae
-from iwae._ops import gaussian_terms
+from iwae.models._ops import gaussian_terms
 
 
 def _log_px_given_h1(model: iwae.IWAE, h1: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ imports from a layer below its own, and there is no import cycle."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import iwae
@@ -75,28 +76,46 @@ def _graph() -> dict[str, set[str]]:
     return {m: {d for d in deps if not (m.startswith(d + ".") and d in graph)} for m, deps in graph.items()}
 
 
-# ARCHITECTURE.md's layers: a module imports from its own layer or the layers above it only.
-LAYERS = {
-    1: {"iwae._ops", "iwae.layers", "iwae.pruning", "iwae.model", "iwae.bounds", "iwae.atomic",
-        "iwae.cpu", "iwae.streams", "iwae.latent_model"},
-    2: {"iwae.objectives", "iwae.data", "iwae.evaluate", "iwae.plots"},
-    3: {"iwae.config", "iwae.train_step", "iwae.checkpoint", "iwae.rundir", "iwae.train", "iwae.training_state",
-        "iwae.fleet", "iwae.fleet_train", "iwae.fleet_runs", "iwae.stacked_adam",
-        "iwae.evaluate_run", "iwae.compare", "iwae.snr", "iwae.distributed", "iwae.sharing"},
-    4: {"iwae.experiments", "iwae.experiments.seeds"},
-    5: {"iwae.cli", "iwae.cli_runs", "iwae.cli_fleet", "iwae.config_cli", "iwae.experiments.cli", "iwae"},
-}  # fmt: skip
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "ARCHITECTURE.md"
+
+
+def _table(heading: str) -> list[list[str]]:
+    """The body rows of the first markdown table under ``heading`` in ARCHITECTURE.md, as lists of cells."""
+    lines = ARCHITECTURE.read_text().split(heading, 1)[1].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = [line for line in lines[first:] if line.startswith("|")]
+    rows = rows[: next((i for i, line in enumerate(lines[first:]) if not line.startswith("|")), len(rows))]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
+
+
+def _to_module(entry: str) -> str:
+    """A path of the tables (`runs/`, `bounds.py`, `data/readers.py`, `__init__.py`) as a module name."""
+    path = entry.strip("`").removesuffix(".py").removesuffix("/").removesuffix("__init__").rstrip("/")
+    return ".".join(["iwae", *path.split("/")]) if path else "iwae"
+
+
+def _layers() -> dict[str, int]:
+    """Package or module prefix -> layer, from the layer table ("| 3. runs | `runs/`, `fleets/` | ... |")."""
+    found = {}
+    for cells in _table("# Architecture"):
+        layer = int(cells[0].split(".")[0])
+        for entry in re.findall(r"`([^`]+)`", cells[1]):
+            found[_to_module(entry)] = layer
+    return found
+
+
+LAYERS = _layers()
 
 
 def _layer(module: str) -> int:
     """The layer of a module: that of its longest listed prefix (``iwae.data.readers`` is in ``iwae.data``'s)."""
-    best = max((p for ps in LAYERS.values() for p in ps if module == p or module.startswith(p + ".")), key=len)
-    return next(layer for layer, prefixes in LAYERS.items() if best in prefixes)
+    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return LAYERS[best]
 
 
 def test_no_import_cycles_lazy_imports_included():
     graph = _graph()
-    assert "iwae.rundir" in graph["iwae.train"] and "iwae.train" in graph["iwae.experiments.runner"]
+    assert "iwae.runs.rundir" in graph["iwae.runs.train"] and "iwae.runs.train" in graph["iwae.experiments.runner"]
     assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
 
 
@@ -110,12 +129,24 @@ def test_modules_import_only_from_their_layer_or_above():
     upward = sorted(f"{m} (layer {_layer(m)}) imports {d} (layer {_layer(d)})"
                     for m, deps in graph.items() for d in deps if _layer(d) > _layer(m))  # fmt: skip
     assert not upward, "; ".join(upward)
-    assert _layer("iwae.data.readers") == 2 and _layer("iwae.experiments.cli") == 5
+    assert _layer("iwae.data.readers") == 2 and _layer("iwae.cli.reproduce") == 5
 
 
-def test_every_module_is_in_a_layer_of_architecture_md():
-    listed = {p.split(".")[-1] for ps in LAYERS.values() for p in ps if p != "iwae"}
-    text = (Path(__file__).resolve().parents[1] / "ARCHITECTURE.md").read_text()
-    missing = sorted(name for name in listed if f"`{name}.py`" not in text and f"`{name}/`" not in text)
-    assert not missing, f"ARCHITECTURE.md does not place {missing}"
-    assert all(_layer(m) for m in _graph())
+def test_the_layer_table_places_every_package():
+    assert LAYERS["iwae.util"] == 0 and LAYERS["iwae.bounds"] == 1 and LAYERS["iwae.runs"] == 3
+    assert LAYERS["iwae"] == 5 and set(LAYERS.values()) == {0, 1, 2, 3, 4, 5}
+
+
+def test_architecture_md_names_every_module_once_at_its_packages_layer():
+    rows = _table("## Modules")
+    listed = [_to_module(cells[0]) for cells in rows]
+    modules = {_module_name(p) for p in SRC.rglob("*.py")}
+    assert len(listed) == len(set(listed)), "a module is listed twice"
+    assert not modules - set(listed), f"ARCHITECTURE.md does not list {sorted(modules - set(listed))}"
+    assert not set(listed) - modules, f"ARCHITECTURE.md lists missing modules {sorted(set(listed) - modules)}"
+    wrong = [f"{m}: {cells[1]} (its package's row says {_layer(m)})" for m, cells in zip(listed, rows)
+             if int(cells[1]) != _layer(m)]  # fmt: skip
+    assert not wrong, "; ".join(wrong)
+    assert all(cells[2] for cells in rows), "every module says what it holds"
+    top = sorted(p.name for p in SRC.glob("*.py"))
+    assert len(top) <= 12, f"{len(top)} modules at the top of src/iwae: {top}"

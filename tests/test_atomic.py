@@ -1,4 +1,4 @@
-"""iwae.atomic: a file is replaced whole or not at all, no temporary file is left, permissions follow the umask."""
+"""iwae.util.atomic: a file is replaced whole or not at all, no temporary file is left, permissions follow the umask."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from iwae import atomic
+from iwae.util import atomic
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ def test_compile_with_an_estimator_it_does_not_cover_is_one_line(tmp_path, capsy
 
 
 def test_help_documents_every_option():
-    out = subprocess.run([sys.executable, "-m", "iwae.cli", "train", "--help"], capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-m", "iwae", "train", "--help"], capture_output=True, text=True).stdout
     for option in ("--dataset", "--layers", "--objective", "--k", "--out", "--data-dir", "--stages", "--pass-scale",
                    "--eval-k", "--seed", "--device", "--estimator", "--compile"):  # fmt: skip
         assert option in out

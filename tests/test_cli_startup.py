@@ -12,15 +12,15 @@ import time
 import pytest
 import torch
 
-from iwae.cli import COMMANDS, main
+from iwae.cli.commands import COMMANDS, main
 
 
 def test_parsing_the_command_line_does_not_import_torch():
     code = (
-        "import sys, iwae.cli\n"
+        "import sys, iwae.cli.commands\n"
         "for name in ('train', 'resume', 'evaluate', 'compare', 'sample', 'reproduce', 'download', 'snr'):\n"
         "    try:\n"
-        "        iwae.cli.build_parser().parse_args([name, '--help'])\n"
+        "        iwae.cli.commands.build_parser().parse_args([name, '--help'])\n"
         "    except SystemExit:\n"
         "        pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -63,8 +63,8 @@ def test_reproduce_estimate_measures_the_runs_own_step_and_counts_its_steps(monk
     training runs), then counts the schedule's steps and the evaluation's images: checked on recorded calls and a
     fixed rate, not on wall-clock ratios, which depend on the machine's load."""
     import iwae.experiments.runner as runner
-    from iwae.config import TrainConfig, schedule
     from iwae.experiments.plan import RunSpec
+    from iwae.runs.config import TrainConfig, schedule
 
     config = TrainConfig(objective="miwae", k=5, m=20, pass_scale=0.01, stages=3, eval_n=2, eval_k=10,
                          flush_denormal=False)  # fmt: skip

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from iwae.compare import compare_runs, paired_difference
+from iwae.analysis.compare import compare_runs, paired_difference
 
 
 def test_paired_difference_is_the_mean_and_standard_error_of_per_example_differences():
@@ -26,7 +26,7 @@ def test_paired_difference_is_the_mean_and_standard_error_of_per_example_differe
 @pytest.fixture(scope="module")
 def runs(_trained_tiny_run, tiny_config, tmp_path_factory):
     """Two tiny MNIST runs with the same seed: an IWAE (the session's TINY run) and a VAE."""
-    from iwae.train import train
+    from iwae.runs.train import train
 
     root = tmp_path_factory.mktemp("runs")
     a = shutil.copytree(_trained_tiny_run, root / "iwae")
@@ -48,7 +48,7 @@ def test_swapping_the_runs_negates_the_difference(runs):
 
 
 def test_difference_is_that_of_the_two_evaluate_nlls_and_tighter_than_unpaired(runs):
-    from iwae.evaluate_run import evaluate_run
+    from iwae.runs.evaluate_run import evaluate_run
 
     r = compare_runs(*runs, k=30, n=40, progress=False)
     a, b = (evaluate_run(run, k=30, n=40, progress=False) for run in runs)
@@ -93,7 +93,7 @@ def test_estimator_results_generator_writes_every_number_from_the_runs(runs, tmp
     import runpy
     from pathlib import Path
 
-    from iwae.evaluate_run import evaluate_run
+    from iwae.runs.evaluate_run import evaluate_run
 
     script = Path(__file__).resolve().parents[1] / "results" / "estimators" / "make_results.py"
     make_results = runpy.run_path(str(script))["make_results"]
@@ -113,8 +113,8 @@ def test_estimator_results_generator_writes_every_number_from_the_runs(runs, tmp
 def test_a_finished_runs_per_image_record_is_what_compare_scores_and_pairs_alike(runs, tmp_path):
     """``test_ll.json``: the final evaluation's L_k of each test image, the values `iwae compare` draws again, so
     that the runs of one seed are paired from their folders without scoring them again."""
-    from iwae.compare import log_likelihoods
-    from iwae.evaluate_run import finish_run, read_per_image, spread
+    from iwae.analysis.compare import log_likelihoods
+    from iwae.runs.evaluate_run import finish_run, read_per_image, spread
 
     runs = (runs[0], shutil.copytree(runs[1], tmp_path / "vae"))
     finish_run(runs[1], progress=False)
@@ -128,8 +128,8 @@ def test_a_finished_runs_per_image_record_is_what_compare_scores_and_pairs_alike
 
 
 def test_a_damaged_per_image_record_is_refused(runs, tmp_path):
-    from iwae.evaluate_run import read_per_image
-    from iwae.rundir import PER_IMAGE_NAME
+    from iwae.runs.evaluate_run import read_per_image
+    from iwae.runs.rundir import PER_IMAGE_NAME
 
     with pytest.raises(FileNotFoundError, match="no per-image record"):
         read_per_image(tmp_path)

@@ -9,7 +9,7 @@ import torch
 from conftest import binary_batch, tiny_model
 
 import iwae
-from iwae.config import TrainConfig
+from iwae.runs.config import TrainConfig
 
 
 def _steps(model: iwae.IWAE, compile: bool, n: int, **kw) -> tuple[list[float], iwae.IWAE]:
@@ -72,7 +72,7 @@ def test_compile_refuses_estimators_it_does_not_cover():
 @pytest.mark.parametrize("layers", [1, 2])
 def test_the_compiled_loss_traces_whole_without_a_graph_break(estimator, layers):
     """torch.compile's CUDA graphs (reduce-overhead) need one graph: the loss that compile=True traces has none.
-    The 2-layer STL loss had two, from torch.func.functional_call in iwae.layers.q_params."""
+    The 2-layer STL loss had two, from torch.func.functional_call in iwae.models.layers.q_params."""
     from iwae.objectives import Objective
 
     model = iwae.IWAE(6, [3] * layers, [[8]] * layers, [[8]] * layers)

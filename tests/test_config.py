@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from iwae.cli import build_parser
-from iwae.config import TrainConfig
-from iwae.config_cli import config_from_args, options_table
+from iwae.cli.commands import build_parser
+from iwae.cli.options import config_from_args, options_table
+from iwae.runs.config import TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -78,7 +78,7 @@ def test_config_validation_names_each_problem():
 def test_readme_option_table_is_generated_from_the_config():
     text = README.read_text()
     block = text.split("<!-- options: begin -->\n")[1].split("<!-- options: end -->")[0]
-    assert block.strip() == options_table().strip(), "regenerate README's table with `python -m iwae.config_cli`"
+    assert block.strip() == options_table().strip(), "regenerate README's table with `python -m iwae.cli.options`"
 
 
 def test_python_callers_tuples_numpy_numbers_and_paths_are_taken_as_json_would_hold_them():

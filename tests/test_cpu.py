@@ -1,4 +1,4 @@
-"""Subnormal floats flushed for the library's CPU work (iwae.cpu): on during the work, the setting found restored
+"""Subnormal floats flushed for the library's CPU work (iwae.util.cpu): on during the work, the setting found restored
 after it, off when a run says so, and the numbers unchanged by it."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import torch
 from conftest import binary_batch, tiny_model
 
 import iwae
-from iwae.cpu import flush_subnormals, subnormals_flushed
-from iwae.train_step import make_optimizer, make_train_step
+from iwae.runs.train_step import make_optimizer, make_train_step
+from iwae.util.cpu import flush_subnormals, subnormals_flushed
 
 
 def _can_flush() -> bool:
@@ -79,7 +79,7 @@ def test_flushing_moves_no_number_beyond_monte_carlo_noise(data_dir):
 
 
 def test_a_config_turns_flushing_off_and_a_tiny_model_is_unchanged_by_it():
-    from iwae.config import TrainConfig
+    from iwae.runs.config import TrainConfig
 
     assert TrainConfig().flush_denormal and not TrainConfig(flush_denormal=False).flush_denormal
     model = tiny_model(x_dim=4, latent_dims=(2,))

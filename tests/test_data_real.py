@@ -156,8 +156,8 @@ def test_decoded_omniglot_is_cached_in_the_data_dir_or_else_the_user_cache(omnig
 
 def test_binarized_mnist_test_set_is_in_class_order_and_spread_evaluates_all_of_it(data_dir):
     """Its first 1,000 images carry about 30% more ink than the rest (zeros first): evaluating on "the first N"
-    would measure one digit; iwae.evaluate_run.spread takes N examples evenly through the split instead."""
-    from iwae.evaluate_run import spread
+    would measure one digit; iwae.runs.evaluate_run.spread takes N examples evenly through the split instead."""
+    from iwae.runs.evaluate_run import spread
 
     x = data.load("binarized-mnist", "test", data_dir)
     whole = x.mean().item()

@@ -112,7 +112,7 @@ def test_missing_packages_the_check_never_uses_get_stand_ins(tmp_path):
         "from benchmarks import device_env\n"
         "report = device_env.setup()\n"
         "assert all(report[n].startswith('stand-in') for n in device_env.STAND_INS), report\n"
-        "import iwae.train, iwae.fleet_train, iwae.cli, iwae.plots\n"
+        "import iwae.runs.train, iwae.fleets.fleet_train, iwae.cli, iwae.plots\n"
         "from matplotlib.figure import Figure\n"
         "try:\n"
         "    Figure()\n"

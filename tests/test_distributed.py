@@ -1,5 +1,5 @@
-"""The sharded evaluation (:mod:`iwae.distributed`): the same numbers with 1 and 2 gloo processes on the loopback,
-each block of examples drawing its own noise; process 0 alone writes the file."""
+"""The sharded evaluation (:mod:`iwae.analysis.distributed`): the same numbers with 1 and 2 gloo processes on the
+loopback, each block of examples drawing its own noise; process 0 alone writes the file."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from iwae.config import TrainConfig
-from iwae.distributed import BLOCK, active_units_blocks, evaluate_sharded, log_likelihood_blocks, shard
+from iwae.analysis.distributed import BLOCK, active_units_blocks, evaluate_sharded, log_likelihood_blocks, shard
 from iwae.evaluate import active_units
+from iwae.runs.config import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_blocks_are_drawn_independently_of_the_rows_around_them(tiny):
     whole = log_likelihood_blocks(model, x, 20, TrainConfig(seed=5), "test")
     first = log_likelihood_blocks(model, x[:BLOCK], 20, TrainConfig(seed=5), "test")
     assert torch.equal(whole[:BLOCK], first) and whole.dtype == torch.float64
-    # each block its own stream of iwae.streams, of scheme 2 here, of the seed formula for runs made before it
+    # each block its own stream of iwae.util.streams, of scheme 2 here, of the seed formula for runs made before it
     again = log_likelihood_blocks(model, x, 20, TrainConfig(seed=5, streams=1), "test")
     assert not torch.equal(whole, again)
 

@@ -139,7 +139,7 @@ def test_pruning_inactive_units_changes_the_log_likelihood_by_little():
 
 
 def test_spread_takes_every_total_over_n_th_example():
-    from iwae.evaluate_run import spread
+    from iwae.runs.evaluate_run import spread
 
     idx = spread(10_000, 1_000)
     assert torch.equal(idx, torch.arange(0, 10_000, 10))
@@ -150,9 +150,9 @@ def test_spread_takes_every_total_over_n_th_example():
 
 
 def test_every_split_has_its_own_binarize_and_nll_stream():
-    from iwae.config import TrainConfig
     from iwae.data import SPLITS
-    from iwae.evaluate_run import STREAMS, stream
+    from iwae.runs.config import TrainConfig
+    from iwae.runs.evaluate_run import STREAMS, stream
 
     assert all((split, p) in STREAMS for split in SPLITS for p in ("binarize", "nll", "active"))
     for scheme in (1, 2):
@@ -168,7 +168,7 @@ def test_every_split_has_its_own_binarize_and_nll_stream():
 
 
 def test_evaluate_replays_an_evaluation_made_on_several_threads_from_one(tiny_run):
-    from iwae.evaluate_run import evaluate_run, finish_run
+    from iwae.runs.evaluate_run import evaluate_run, finish_run
 
     before = torch.get_num_threads()
     try:
@@ -183,7 +183,7 @@ def test_evaluate_replays_an_evaluation_made_on_several_threads_from_one(tiny_ru
 
 
 def test_evaluate_refuses_unknown_split():
-    from iwae.evaluate_run import evaluate_run
+    from iwae.runs.evaluate_run import evaluate_run
 
     with pytest.raises(ValueError, match="unknown split 'dev'; choose one of train, validation, test"):
         evaluate_run("no-such-run", split="dev")
@@ -192,7 +192,7 @@ def test_evaluate_refuses_unknown_split():
 def test_evaluate_reproduces_every_number_of_metrics_json(tiny_run, capsys):
     """``tiny_run``'s metrics.json was written by finish_run at the end of ``iwae train`` (tests/conftest.py)."""
     from iwae.cli import main
-    from iwae.evaluate_run import evaluate_run
+    from iwae.runs.evaluate_run import evaluate_run
 
     run = tiny_run
     metrics = read_json(run / "metrics.json")

@@ -14,13 +14,13 @@ import torch
 
 import iwae
 from iwae.cli import main
-from iwae.config import TrainConfig
 from iwae.experiments.claims import CRITERIA, VAE_GAIN_RATIO, check_claims
 from iwae.experiments.paper_results import TABLE1, TABLE2, TABLE3
 from iwae.experiments.plan import ESTIMATOR_RUNS, Schedule, plan, table_key
 from iwae.experiments.posteriors import true_posterior_grid
 from iwae.experiments.report import write_report
 from iwae.plots import plot_active_units, plot_training, save_image_grid
+from iwae.runs.config import TrainConfig
 
 
 def test_table1_plan_shares_k1_runs_and_covers_every_cell():
@@ -203,7 +203,7 @@ def test_report_draws_each_tables_runs_with_or_without_curves(tmp_path):
 
 @pytest.mark.parametrize("chardata", [False, True])
 def test_report_marks_omniglot_rebuilt_from_the_archives_as_indicative(tmp_path, monkeypatch, chardata):
-    from iwae.config import TrainConfig
+    from iwae.runs.config import TrainConfig
 
     root = tmp_path / "runs"
     for (dataset, layers, obj, k), (nll, active) in TABLE1.items():
@@ -222,7 +222,7 @@ def test_report_marks_omniglot_rebuilt_from_the_archives_as_indicative(tmp_path,
 
 
 def test_the_omniglot_source_recorded_in_metrics_json_decides_over_the_data_folder(tmp_path, monkeypatch):
-    from iwae.config import TrainConfig
+    from iwae.runs.config import TrainConfig
 
     root = tmp_path / "runs"
     for (dataset, layers, obj, k), (nll, active) in TABLE1.items():

@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 import iwae
-from iwae import _ops
+from iwae.models import _ops
 
 
 @pytest.fixture(params=["fused", "plain"])

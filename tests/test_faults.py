@@ -16,13 +16,14 @@ import torch
 from conftest import read_json, tiny_model
 from safetensors.torch import save_file
 
-import iwae.checkpoint
-import iwae.train
-from iwae import atomic, rundir
-from iwae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from iwae.evaluate_run import evaluate_run
-from iwae.experiments.cli import add_reproduce_arguments, reproduce
-from iwae.rundir import RunError
+import iwae.runs.checkpoint
+import iwae.runs.train
+from iwae.cli.reproduce import add_reproduce_arguments, reproduce
+from iwae.runs import rundir
+from iwae.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from iwae.runs.evaluate_run import evaluate_run
+from iwae.runs.rundir import RunError
+from iwae.util import atomic
 
 
 def _without_timings(record: dict) -> dict:
@@ -34,7 +35,7 @@ def _same_run(a: Path, b: Path) -> None:
     """metrics.json, metrics.jsonl (but timings) and the checkpoint's tensors are identical."""
     assert _without_timings(read_json(a / "metrics.json")) == _without_timings(read_json(b / "metrics.json"))
     assert [_without_timings(r) for r in rundir.read_log(a)] == [_without_timings(r) for r in rundir.read_log(b)]
-    ta, tb = (iwae.checkpoint.load_file(str(r / rundir.CHECKPOINT_NAME)) for r in (a, b))
+    ta, tb = (iwae.runs.checkpoint.load_file(str(r / rundir.CHECKPOINT_NAME)) for r in (a, b))
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
@@ -45,7 +46,7 @@ def _no_temporaries(run: Path) -> None:
 # ----------------------------------------------------------------------------- a full disk
 def test_disk_full_during_checkpoint_keeps_the_previous_one_and_resumes(tiny_run, tiny_config, tmp_path, monkeypatch):
     """The third checkpoint write fills the disk half-way: the second stays, and the run resumes from it."""
-    real, calls = iwae.checkpoint.save_file, {"n": 0}
+    real, calls = iwae.runs.checkpoint.save_file, {"n": 0}
 
     def half_then_full(tensors, filename, metadata=None):
         calls["n"] += 1
@@ -55,16 +56,16 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one_and_resumes(tiny_run
             raise OSError(errno.ENOSPC, "No space left on device")
         real(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(iwae.checkpoint, "save_file", half_then_full)
+    monkeypatch.setattr(iwae.runs.checkpoint, "save_file", half_then_full)
     run = tmp_path / "run"
     message = rf"no space left on device while writing {run}/checkpoint.safetensors .*iwae resume {run}`"
     with pytest.raises(RunError, match=message):
-        iwae.train.train_and_evaluate(run, tiny_config, progress=False)
+        iwae.runs.train.train_and_evaluate(run, tiny_config, progress=False)
     _no_temporaries(run)
     state, _ = load_checkpoint(run / rundir.CHECKPOINT_NAME, rundir.build_model(tiny_config))
     assert (state["stage"], state["step"]) == (1, 0)  # the second checkpoint: the end of stage 1
-    monkeypatch.setattr(iwae.checkpoint, "save_file", real)
-    iwae.train.train_and_evaluate(run, progress=False)
+    monkeypatch.setattr(iwae.runs.checkpoint, "save_file", real)
+    iwae.runs.train.train_and_evaluate(run, progress=False)
     _same_run(tiny_run, run)
 
 
@@ -82,11 +83,11 @@ def test_disk_full_during_the_report_writes_nothing_half_and_resumes(tiny_run, t
 
     monkeypatch.setattr(atomic.os, "fsync", full)
     with pytest.raises(RunError, match=rf"writing {run}/metrics.json .*; free space and run `iwae resume {run}`"):
-        iwae.train.train_and_evaluate(run, progress=False)
+        iwae.runs.train.train_and_evaluate(run, progress=False)
     assert rundir.status(run) == "partial" and not (run / "metrics.json").exists()
     _no_temporaries(run)
     monkeypatch.setattr(atomic.os, "fsync", real_fsync)
-    assert _without_timings(iwae.train.train_and_evaluate(run, progress=False)) == _without_timings(reference)
+    assert _without_timings(iwae.runs.train.train_and_evaluate(run, progress=False)) == _without_timings(reference)
 
 
 def test_disk_full_leaves_the_previous_file_intact(tmp_path, monkeypatch):
@@ -125,13 +126,13 @@ def test_damaged_checkpoint_stops_resume_naming_the_file(tiny_run):
     blob[len(blob) // 2] ^= 0x10  # in the middle of some tensor's bytes
     path.write_bytes(bytes(blob))
     with pytest.raises(CheckpointError, match=f"{path}: damaged on disk .* it was not loaded"):
-        iwae.train.train_and_evaluate(tiny_run, progress=False)
+        iwae.runs.train.train_and_evaluate(tiny_run, progress=False)
 
 
 def test_checkpoint_without_checksum_of_the_first_format_still_loads(tmp_path):
     path = tmp_path / "old.safetensors"
     model, opt = _small_checkpoint(path)
-    tensors = iwae.checkpoint.load_file(str(path))
+    tensors = iwae.runs.checkpoint.load_file(str(path))
     header = {"format": "iwae-checkpoint-1", "state": json.dumps({"stage": 1}), "param_groups": json.dumps([])}
     header["param_groups"] = json.dumps(opt.state_dict()["param_groups"])
     save_file(tensors, str(path), metadata=header)
@@ -140,7 +141,7 @@ def test_checkpoint_without_checksum_of_the_first_format_still_loads(tmp_path):
 
 
 # ----------------------------------------------------------------------------- two processes, one folder
-HOLD = "import sys, time; from iwae.rundir import locked\nwith locked(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(120)"  # noqa: E501
+HOLD = "import sys, time; from iwae.runs.rundir import locked\nwith locked(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(120)"  # noqa: E501
 
 
 def test_second_process_is_refused_and_a_killed_holders_lock_is_taken_over(tiny_run):
@@ -148,7 +149,7 @@ def test_second_process_is_refused_and_a_killed_holders_lock_is_taken_over(tiny_
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunError, match=rf"{tiny_run} is in use by another process \(PID {holder.pid}\)"):
-            iwae.train.train_and_evaluate(tiny_run, progress=False)
+            iwae.runs.train.train_and_evaluate(tiny_run, progress=False)
     finally:
         holder.kill()  # SIGKILL: the kernel drops its lock
         holder.wait()
@@ -196,5 +197,5 @@ def test_pickle_in_place_of_a_run_file_runs_nothing(tiny_run, tmp_path, target, 
     with pytest.raises(error):
         evaluate_run(tiny_run, progress=False)
     with pytest.raises((ValueError, CheckpointError)):
-        iwae.train.train_and_evaluate(tiny_run, progress=False)
+        iwae.runs.train.train_and_evaluate(tiny_run, progress=False)
     assert not marker.exists()

@@ -16,15 +16,15 @@ import pytest
 from conftest import TINY
 from test_faults import _no_temporaries, _same_run
 
-import iwae.checkpoint
 import iwae.data
-import iwae.evaluate_run
-import iwae.fleet_train
-import iwae.train
-from iwae import rundir
+import iwae.fleets.fleet_train
+import iwae.runs.checkpoint
+import iwae.runs.evaluate_run
+import iwae.runs.train
 from iwae.cli import main
-from iwae.config import TrainConfig
-from iwae.fleet_train import MANIFEST_NAME
+from iwae.fleets.fleet_train import MANIFEST_NAME
+from iwae.runs import rundir
+from iwae.runs.config import TrainConfig
 
 # A small model (its checkpoint about 170 kB), two stages, a checkpoint at every check (every 50 steps).
 SMALL = {**TINY, "latent_dims": [2], "q_hidden": [[8]], "p_hidden": [[8]], "pass_scale": 0.01, "eval_n": 20}
@@ -61,7 +61,7 @@ def _fill(fs: Path) -> Path:
 
 def _filled_at(setattr, fs: Path, where: str, n: int) -> list[Path]:
     """Fill ``fs`` just before the n-th ``where`` event: a checkpoint write, or a write of ``metrics.json``."""
-    save_file, write_json, count, fillers = iwae.checkpoint.save_file, iwae.evaluate_run.write_json, [0], []
+    save_file, write_json, count, fillers = iwae.runs.checkpoint.save_file, iwae.runs.evaluate_run.write_json, [0], []
 
     def event(kind: str) -> None:
         if kind == where:
@@ -69,8 +69,8 @@ def _filled_at(setattr, fs: Path, where: str, n: int) -> list[Path]:
             if count[0] == n:
                 fillers.append(_fill(fs))
 
-    setattr(iwae.checkpoint, "save_file", lambda *a, **k: (event("checkpoint"), save_file(*a, **k))[1])
-    setattr(iwae.evaluate_run, "write_json", lambda path, obj: (event(Path(path).name), write_json(path, obj))[1])
+    setattr(iwae.runs.checkpoint, "save_file", lambda *a, **k: (event("checkpoint"), save_file(*a, **k))[1])
+    setattr(iwae.runs.evaluate_run, "write_json", lambda path, obj: (event(Path(path).name), write_json(path, obj))[1])
     return fillers
 
 
@@ -84,11 +84,11 @@ def config(data_dir: str, monkeypatch) -> TrainConfig:
 def test_a_disk_filling_up_stops_the_run_in_one_line_and_resume_ends_with_its_numbers(
     config, small_fs, tmp_path, monkeypatch, capsys, where, n
 ):
-    iwae.train.train_and_evaluate(tmp_path / "straight", config, progress=False)
+    iwae.runs.train.train_and_evaluate(tmp_path / "straight", config, progress=False)
     run = small_fs / "run"
     with monkeypatch.context() as m:
         fillers = _filled_at(m.setattr, small_fs, where, n)
-        m.setattr("iwae.cli.config_from_args", lambda args, path: config)
+        m.setattr("iwae.cli.commands.config_from_args", lambda args, path: config)
         assert main(["train", "--out", str(run), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     written = run / ("checkpoint.safetensors" if where == "checkpoint" else "metrics.json")
@@ -107,16 +107,17 @@ def test_a_fleet_filling_the_disk_in_its_two_phase_checkpoint_resumes_to_the_sam
 ):
     configs = [config.replace(curve_k=0, seed=0), config.replace(curve_k=0, seed=1, objective="vae")]
     straight = [tmp_path / "straight" / f"seed-{c.seed}" for c in configs]
-    iwae.fleet_train.train_fleet_and_evaluate(straight, tmp_path / "straight" / MANIFEST_NAME, configs,
+    iwae.fleets.fleet_train.train_fleet_and_evaluate(straight, tmp_path / "straight" / MANIFEST_NAME, configs,
                                               mode="loop", progress=False)  # fmt: skip
     dirs = [small_fs / "fleet" / f"seed-{c.seed}" for c in configs]
     with monkeypatch.context() as m:
         fillers = _filled_at(m.setattr, small_fs, "checkpoint", 4)  # the second run's pending file, second time
         with pytest.raises(rundir.RunError, match=r"no space left on device while writing .*seed-1/checkpoint\.next"):
-            iwae.fleet_train.train_fleet_and_evaluate(dirs, small_fs / "fleet" / MANIFEST_NAME, configs, mode="loop",
-                                                      progress=False)  # fmt: skip
+            iwae.fleets.fleet_train.train_fleet_and_evaluate(
+                dirs, small_fs / "fleet" / MANIFEST_NAME, configs, mode="loop", progress=False
+            )
     fillers[0].unlink()
-    iwae.fleet_train.train_fleet_and_evaluate(dirs, small_fs / "fleet" / MANIFEST_NAME, None, progress=False)
+    iwae.fleets.fleet_train.train_fleet_and_evaluate(dirs, small_fs / "fleet" / MANIFEST_NAME, None, progress=False)
     for a, b in zip(straight, dirs):
         _same_run(a, b)
 
@@ -125,7 +126,7 @@ def test_a_run_folder_without_room_for_two_checkpoints_is_refused_before_trainin
     config, small_fs, capsys, monkeypatch
 ):
     (small_fs / "filler").write_bytes(b"\0" * (3 * 2**20))  # about 1 MiB left: less than two checkpoints and margin
-    monkeypatch.setattr("iwae.cli.config_from_args", lambda args, path: config)
+    monkeypatch.setattr("iwae.cli.commands.config_from_args", lambda args, path: config)
     run = small_fs / "run"
     assert main(["train", "--out", str(run), "--quiet"]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()

@@ -21,13 +21,14 @@ from conftest import TINY
 from safetensors import safe_open
 from test_faults import _same_run
 
-import iwae.checkpoint
 import iwae.data
-import iwae.evaluate_run
-import iwae.train
-from iwae import atomic, rundir
-from iwae.config import TrainConfig
+import iwae.runs.checkpoint
+import iwae.runs.evaluate_run
+import iwae.runs.train
 from iwae.experiments.status import run_states
+from iwae.runs import rundir
+from iwae.runs.config import TrainConfig
+from iwae.util import atomic
 
 # 120 training steps in two stages, a checkpoint mid-stage and at each stage's end, a small evaluation.
 SHORT = {**TINY, "pass_scale": 0.01, "eval_n": 20}
@@ -35,8 +36,8 @@ SHORT = {**TINY, "pass_scale": 0.01, "eval_n": 20}
 
 def _hook(setattr: Callable, event: Callable[[str], None]) -> None:
     """Call ``event(kind)`` before each training step, checkpoint write, log line, evaluation and rename."""
-    make_step, save_file, append_log = iwae.train.build_step, iwae.checkpoint.save_file, rundir.append_log
-    log_likelihood, replace = iwae.evaluate_run.log_likelihood, atomic.os.replace
+    make_step, save_file, append_log = iwae.runs.train.build_step, iwae.runs.checkpoint.save_file, rundir.append_log
+    log_likelihood, replace = iwae.runs.evaluate_run.log_likelihood, atomic.os.replace
 
     def make(*args, **kwargs):
         step = make_step(*args, **kwargs)
@@ -46,10 +47,10 @@ def _hook(setattr: Callable, event: Callable[[str], None]) -> None:
         event("checkpoint")  # a kill here leaves a half-written temporary file (written by `event`)
         save_file(tensors, filename, metadata=metadata)
 
-    setattr(iwae.train, "build_step", make)
-    setattr(iwae.checkpoint, "save_file", save)
+    setattr(iwae.runs.train, "build_step", make)
+    setattr(iwae.runs.checkpoint, "save_file", save)
     setattr(rundir, "append_log", lambda *a: (event("log"), append_log(*a))[1])
-    setattr(iwae.evaluate_run, "log_likelihood", lambda *a, **k: (event("evaluate"), log_likelihood(*a, **k))[1])
+    setattr(iwae.runs.evaluate_run, "log_likelihood", lambda *a, **k: (event("evaluate"), log_likelihood(*a, **k))[1])
     setattr(atomic.os, "replace", lambda src, dst: (event("rename"), replace(src, dst))[1])
 
 
@@ -67,7 +68,7 @@ def _killed_at(moment: int, run: Path, config: TrainConfig) -> None:
                     os.kill(os.getpid(), signal.SIGKILL)
 
             _hook(setattr, event)
-            iwae.train.train_and_evaluate(run, config, progress=False)
+            iwae.runs.train.train_and_evaluate(run, config, progress=False)
         finally:
             os._exit(3)  # not killed: the moment lay beyond the run's end
     _, status = os.waitpid(pid, 0)
@@ -88,14 +89,14 @@ def _kill_and_continue(n: int, data_dir: str, tmp_path: Path, monkeypatch) -> No
     events: list[str] = []
     with monkeypatch.context() as m:
         _hook(m.setattr, events.append)
-        iwae.train.train_and_evaluate(tmp_path / "straight", config, progress=False)
+        iwae.runs.train.train_and_evaluate(tmp_path / "straight", config, progress=False)
     assert {"step", "checkpoint", "log", "evaluate", "rename"} <= set(events)
     moments = sorted(_moments(events, n, random.Random(0)))
     for moment in moments:
         run = tmp_path / f"killed-{moment}-{events[moment - 1]}"
         _killed_at(moment, run, config)
         # `iwae resume RUN`, or `iwae train` again if the kill came before config.json was in place
-        iwae.train.train_and_evaluate(run, None if rundir.status(run) == "partial" else config, progress=False)
+        iwae.runs.train.train_and_evaluate(run, None if rundir.status(run) == "partial" else config, progress=False)
         _same_run(tmp_path / "straight", run)
 
 
@@ -123,7 +124,7 @@ def _interrupted_at(step: int, run: Path, config: TrainConfig, signals: int) -> 
                         os.kill(os.getpid(), signal.SIGINT)
 
             _hook(setattr, event)
-            iwae.train.train_and_evaluate(run, config, progress=False)
+            iwae.runs.train.train_and_evaluate(run, config, progress=False)
         except KeyboardInterrupt:
             code = 130
         finally:
@@ -135,7 +136,7 @@ def _interrupted_at(step: int, run: Path, config: TrainConfig, signals: int) -> 
 def test_ctrl_c_checkpoints_the_step_under_way_and_resume_loses_nothing(data_dir, tmp_path, monkeypatch):
     config = TrainConfig(**{**SHORT, "data_dir": data_dir, "checkpoint_minutes": 60.0})  # no timed checkpoint
     monkeypatch.setattr(iwae.data, "load", functools.cache(iwae.data.load))
-    iwae.train.train_and_evaluate(tmp_path / "straight", config, progress=False)
+    iwae.runs.train.train_and_evaluate(tmp_path / "straight", config, progress=False)
     run = tmp_path / "interrupted"
     assert _interrupted_at(20, run, config, signals=1) == 130
     with safe_open(str(run / rundir.CHECKPOINT_NAME), framework="pt") as f:
@@ -143,7 +144,7 @@ def test_ctrl_c_checkpoints_the_step_under_way_and_resume_loses_nothing(data_dir
     assert (position["stage"], position["step"]) == (0, 20)  # the step under way finished, then checkpointed
     (state,) = run_states(run)  # `iwae status RUN`: where it stopped and how to go on
     assert state.state == "stopped" and state.detail.endswith(f"passes (0%); continue: iwae resume {run}")
-    iwae.train.train_and_evaluate(run, None, progress=False)
+    iwae.runs.train.train_and_evaluate(run, None, progress=False)
     _same_run(tmp_path / "straight", run)
     # a second Ctrl-C stops at once: no checkpoint of that step
     again = tmp_path / "twice"

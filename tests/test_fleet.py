@@ -1,4 +1,4 @@
-"""Fleets (iwae.fleet, iwae.fleet_train): M runs in one step give each run the trajectory of its own run.
+"""Fleets (iwae.fleets.fleet, iwae.fleets.fleet_train): M runs in one step give each run the trajectory of its own run.
 
 The contract: a stacked fleet equals M single runs to float64 rounding (losses and parameters after a few hundred
 steps), for reparam and stl, 1 and 2 layers, mixed bounds and learning rates; a looping fleet (DReG, sample-one,
@@ -19,19 +19,20 @@ import torch
 from conftest import TINY
 from test_faults import _same_run
 
-import iwae.checkpoint
 import iwae.data
-import iwae.fleet_train
-from iwae import atomic, rundir
+import iwae.fleets.fleet_train
+import iwae.runs.checkpoint
 from iwae.cli import main
-from iwae.config import TrainConfig, seed_list
-from iwae.fleet import LoopFleet, StackedFleet, make_fleet, stackable
-from iwae.fleet_train import MANIFEST_NAME, read_manifest, resume_fleet, train_fleet
-from iwae.model import IWAE
+from iwae.fleets.fleet import LoopFleet, StackedFleet, make_fleet, stackable
+from iwae.fleets.fleet_train import MANIFEST_NAME, read_manifest, resume_fleet, train_fleet
+from iwae.models.model import IWAE
 from iwae.objectives import Objective
-from iwae.rundir import RunError
-from iwae.train import train, train_and_evaluate
-from iwae.train_step import build_step, make_optimizer
+from iwae.runs import rundir
+from iwae.runs.config import TrainConfig, seed_list
+from iwae.runs.rundir import RunError
+from iwae.runs.train import train, train_and_evaluate
+from iwae.runs.train_step import build_step, make_optimizer
+from iwae.util import atomic
 
 SHORT = {**TINY, "pass_scale": 0.01, "eval_n": 20, "curve_n": 10}
 
@@ -158,8 +159,9 @@ def test_a_looping_fleet_writes_exactly_the_runs_of_iwae_train(data_dir, tmp_pat
     for i, c in enumerate(configs):
         train_and_evaluate(tmp_path / f"single-{i}", c, progress=False)
     dirs = [tmp_path / "fleet" / f"seed-{c.seed}" for c in configs]
-    result = iwae.fleet_train.train_fleet_and_evaluate(dirs, tmp_path / "fleet" / MANIFEST_NAME, configs, mode="loop",
-                                                       progress=False)  # fmt: skip
+    result = iwae.fleets.fleet_train.train_fleet_and_evaluate(
+        dirs, tmp_path / "fleet" / MANIFEST_NAME, configs, mode="loop", progress=False
+    )
     assert result["dropped"] == {} and len(result["metrics"]) == 2
     for i, d in enumerate(dirs):
         _same_run(tmp_path / f"single-{i}", d)
@@ -212,12 +214,12 @@ def _same_checkpoint(a: Path, b: Path) -> None:
     assert [{k: v for k, v in r.items() if k not in strip} for r in rundir.read_log(a)] == [
         {k: v for k, v in r.items() if k not in strip} for r in rundir.read_log(b)
     ]
-    ta, tb = (iwae.checkpoint.load_file(str(r / rundir.CHECKPOINT_NAME)) for r in (a, b))
+    ta, tb = (iwae.runs.checkpoint.load_file(str(r / rundir.CHECKPOINT_NAME)) for r in (a, b))
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
 def _hook(setattr, event) -> None:
-    make, save_file, replace = iwae.fleet_train.make_fleet, iwae.checkpoint.save_file, atomic.os.replace
+    make, save_file, replace = iwae.fleets.fleet_train.make_fleet, iwae.runs.checkpoint.save_file, atomic.os.replace
 
     def made(*args, **kwargs):
         fleet = make(*args, **kwargs)
@@ -225,8 +227,8 @@ def _hook(setattr, event) -> None:
         fleet.step = lambda xs, lrs: (event("step"), step(xs, lrs))[1]
         return fleet
 
-    setattr(iwae.fleet_train, "make_fleet", made)
-    setattr(iwae.checkpoint, "save_file", lambda *a, **k: (event("checkpoint"), save_file(*a, **k))[1])
+    setattr(iwae.fleets.fleet_train, "make_fleet", made)
+    setattr(iwae.runs.checkpoint, "save_file", lambda *a, **k: (event("checkpoint"), save_file(*a, **k))[1])
     setattr(atomic.os, "replace", lambda src, dst: (event("rename"), replace(src, dst))[1])
 
 
@@ -293,7 +295,7 @@ def test_a_run_whose_loss_stops_being_finite_leaves_the_fleet_with_its_last_good
     data_dir, tmp_path, cached_data, monkeypatch
 ):
     configs = _configs(data_dir, curve_k=0)
-    make, calls = iwae.fleet_train.make_fleet, {"n": 0}
+    make, calls = iwae.fleets.fleet_train.make_fleet, {"n": 0}
 
     def poisoned(*args, **kwargs):
         fleet = make(*args, **kwargs)
@@ -309,10 +311,11 @@ def test_a_run_whose_loss_stops_being_finite_leaves_the_fleet_with_its_last_good
         fleet.step = poisoning_step
         return fleet
 
-    monkeypatch.setattr(iwae.fleet_train, "make_fleet", poisoned)
+    monkeypatch.setattr(iwae.fleets.fleet_train, "make_fleet", poisoned)
     fleet = tmp_path / "fleet"
-    result = iwae.fleet_train.train_fleet_and_evaluate([fleet / "a", fleet / "b"], fleet / MANIFEST_NAME, configs,
-                                                       mode="stacked", progress=False)  # fmt: skip
+    result = iwae.fleets.fleet_train.train_fleet_and_evaluate(
+        [fleet / "a", fleet / "b"], fleet / MANIFEST_NAME, configs, mode="stacked", progress=False
+    )
     assert list(result["dropped"]) == ["b"] and "non-finite" in result["dropped"]["b"]
     assert list(result["metrics"]) == [str(fleet / "a")] and rundir.status(fleet / "b") == "partial"
     saved, _ = rundir.load_state(fleet / "b", rundir.build_model(configs[1]))
@@ -325,7 +328,7 @@ def test_a_run_whose_loss_stops_being_finite_leaves_the_fleet_with_its_last_good
 def test_stacked_adam_rows_are_torch_adams_of_each_run(same_rate):
     """The same gradients through StackedAdam's rows and through each run's torch.optim.Adam(fused=True): with one
     rate and step count for all rows, torch's own fused kernel (bit for bit); with a rate per row, Adam's formulas."""
-    from iwae.stacked_adam import StackedAdam
+    from iwae.fleets.stacked_adam import StackedAdam
 
     gen = torch.Generator().manual_seed(0)
     rows = [torch.randn(7, 5, generator=gen, dtype=torch.float64) for _ in range(3)]

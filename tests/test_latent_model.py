@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import iwae
-from iwae.latent_model import GaussianLatentModel, SampledModel
+from iwae.models.latent_model import GaussianLatentModel, SampledModel
 from iwae.objectives import Objective
 
 OBJECTIVES = [("vae", "reparam"), ("iwae", "reparam"), ("iwae", "stl"), ("iwae", "dreg"), ("iwae", "sample-one"),

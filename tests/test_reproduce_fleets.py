@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from iwae.cli import main
-from iwae.config import TrainConfig
 from iwae.experiments.fleets import MAX_FLEET, pack, with_seeds
 from iwae.experiments.plan import RunSpec, Schedule, plan
-from iwae.fleet_train import MANIFEST_NAME
+from iwae.fleets.fleet_train import MANIFEST_NAME
+from iwae.runs.config import TrainConfig
 
 
 def _spec(name: str, **changes) -> RunSpec:

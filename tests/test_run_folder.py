@@ -1,4 +1,4 @@
-"""The run folder (iwae.rundir): atomic files, the metrics log cut back on resume, status."""
+"""The run folder (iwae.runs.rundir): atomic files, the metrics log cut back on resume, status."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from iwae import rundir
-from iwae.config import TrainConfig
+from iwae.runs import rundir
+from iwae.runs.config import TrainConfig
 
 
 def test_status_new_partial_done(tmp_path):

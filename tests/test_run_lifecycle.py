@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import TINY, read_json
 
-import iwae.evaluate_run
-import iwae.train
-from iwae import rundir
+import iwae.runs.evaluate_run
+import iwae.runs.train
 from iwae.cli import main
-from iwae.config import TrainConfig
+from iwae.runs import rundir
+from iwae.runs.config import TrainConfig
 
 QUICK = ["--stages", "1", "--pass-scale", "0.01", "--k", "2", "--curve-k", "0", "--quiet"]
 
@@ -98,14 +98,14 @@ def test_nothing_pruned_means_no_second_nll(tiny_run, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the pruned model was built although no unit is inactive")
 
-    monkeypatch.setattr(iwae.evaluate_run, "prune_inactive", refuse)
-    result = iwae.evaluate_run.evaluate_run(tiny_run, pruned=True, progress=False)
+    monkeypatch.setattr(iwae.runs.evaluate_run, "prune_inactive", refuse)
+    result = iwae.runs.evaluate_run.evaluate_run(tiny_run, pruned=True, progress=False)
     assert result["nll_pruned"] == result["nll"] and result["units_pruned"] == 0
-    assert iwae.evaluate_run.finish_run(tiny_run, progress=False)["test_nll_pruned"] == result["nll"]
+    assert iwae.runs.evaluate_run.finish_run(tiny_run, progress=False)["test_nll_pruned"] == result["nll"]
 
 
 def test_evaluation_bars_name_what_they_score(tiny_run, capsys):
-    iwae.evaluate_run.finish_run(tiny_run, progress=True)
+    iwae.runs.evaluate_run.finish_run(tiny_run, progress=True)
     err = capsys.readouterr().err
     assert "test NLL, L_20, 50 images" in err and "train NLL, L_20, 50 images" in err
     assert "final evaluation: L_20 on 50 test and 50 training images" in err
@@ -114,7 +114,7 @@ def test_evaluation_bars_name_what_they_score(tiny_run, capsys):
 def test_a_run_starting_over_loses_its_old_results(tiny_run):
     (tiny_run / rundir.CHECKPOINT_NAME).unlink()  # e.g. a corrupt checkpoint deleted, as its error says
     (tiny_run / "eval-test-k5-n10.json").write_text("{}")
-    iwae.train.resume(tiny_run, progress=False)
+    iwae.runs.train.resume(tiny_run, progress=False)
     left = _files(tiny_run)
     assert rundir.METRICS_NAME not in left and "samples.png" not in left and "eval-test-k5-n10.json" not in left
     assert rundir.has_checkpoint(tiny_run) and len(rundir.read_log(tiny_run)) == 2
@@ -122,7 +122,7 @@ def test_a_run_starting_over_loses_its_old_results(tiny_run):
 
 def test_every_file_of_a_run_has_the_usual_mode(tiny_run):
     """0666 less the umask (0644 under the usual 022), as for any file a program writes; never mkstemp's 0600."""
-    iwae.evaluate_run.evaluate_run(tiny_run, k=2, n=4, progress=False)
+    iwae.runs.evaluate_run.evaluate_run(tiny_run, k=2, n=4, progress=False)
     mask = os.umask(0o022)
     os.umask(mask)
     modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in tiny_run.iterdir()}  # copies keep their modes
@@ -136,14 +136,14 @@ def test_training_on_the_cpu_uses_one_thread_by_default(tiny_config, tmp_path, m
         seen.append(torch.get_num_threads())
         raise InterruptedError  # enough seen: no need to train
 
-    monkeypatch.setattr(iwae.train, "build_step", spy)
+    monkeypatch.setattr(iwae.runs.train, "build_step", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     config = tiny_config.replace(curve_k=0, device="cpu")
     try:
         for run, threads in (("a", None), ("b", 2)):
             with pytest.raises(InterruptedError):
-                iwae.train.train(config, tmp_path / run, progress=False, threads=threads)
+                iwae.runs.train.train(config, tmp_path / run, progress=False, threads=threads)
         assert seen == [1, 2] and torch.get_num_threads() == 2  # restored afterwards
     finally:
         torch.set_num_threads(before)

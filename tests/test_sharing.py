@@ -1,4 +1,4 @@
-"""Loading a trained model in Python and exporting it to share (iwae.sharing, `iwae export`)."""
+"""Loading a trained model in Python and exporting it to share (iwae.runs.sharing, `iwae export`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 from conftest import read_json
 
 import iwae
-from iwae.checkpoint import CheckpointError
 from iwae.cli import main
-from iwae.rundir import RunError
-from iwae.sharing import export_run
+from iwae.runs.checkpoint import CheckpointError
+from iwae.runs.rundir import RunError
+from iwae.runs.sharing import export_run
 
 
 def test_an_exported_model_is_its_runs_model_and_replays_its_numbers(tiny_run, tmp_path, capsys):
@@ -32,7 +32,7 @@ def test_an_exported_model_is_its_runs_model_and_replays_its_numbers(tiny_run, t
     for a, b in zip(run.model.state_dict().values(), shared.model.state_dict().values()):
         assert torch.equal(a, b)
     # `iwae evaluate`, `compare` and `sample` take the exported folder: the same numbers, exactly
-    from iwae.evaluate_run import evaluate_run
+    from iwae.runs.evaluate_run import evaluate_run
 
     test = evaluate_run(out, split="test", pruned=True, progress=False)
     assert (test["nll"], test["nll_sem"], test["nll_pruned"]) == (

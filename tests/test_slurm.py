@@ -88,8 +88,8 @@ def test_reproduction_on_slurm_survives_preemption(tmp_path, data_dir, monkeypat
     states = run_states(out)
     assert [s.state for s in states] == ["done"] * 4, format_states(states)
     # The uninterrupted run of the same config, here.
-    from iwae.config import TrainConfig
-    from iwae.train import train_and_evaluate
+    from iwae.runs.config import TrainConfig
+    from iwae.runs.train import train_and_evaluate
 
     local = train_and_evaluate(tmp_path / "local", TrainConfig.load(run / "config.json"), progress=False)
     resumed = json.loads((run / "metrics.json").read_text())

@@ -10,9 +10,9 @@ import torch
 from conftest import binary_batch, read_json, tiny_model
 
 import iwae
+from iwae.analysis.snr import coordinate_snr, gradient_snr
 from iwae.cli import main
-from iwae.snr import coordinate_snr, gradient_snr
-from iwae.streams import seed_of
+from iwae.util.streams import seed_of
 
 
 def test_coordinate_snr_matches_hand_computed_mean_and_std():
@@ -31,7 +31,7 @@ def test_coordinate_snr_matches_hand_computed_mean_and_std():
 
 
 def _draws_by_hand(model, x, k, estimator, n, seed):
-    """Gradient draws recomputed independently of iwae.snr, on the noise gradient_snr documents (the stream
+    """Gradient draws recomputed independently of iwae.analysis.snr, on the noise gradient_snr documents (the stream
     ("snr", "k", k) of the base seed b)."""
     base = int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(seed)).item())
     gen = torch.Generator().manual_seed(seed_of(base, "snr", "k", k))

@@ -1,5 +1,5 @@
-"""The random streams (iwae.streams): one per seed and purpose, no two alike; scheme 1 keeps the old formulas; every
-generator of the library comes from it; run folders made before scheme 2 resume and evaluate to their numbers."""
+"""The random streams (iwae.util.streams): one per seed and purpose, no two alike; scheme 1 keeps the old formulas;
+every generator of the library comes from it; run folders made before scheme 2 resume and evaluate to their numbers."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import iwae
-from iwae import streams
-from iwae.distributed import BLOCK
-from iwae.streams import PURPOSES, generator, seed_of
+from iwae.analysis.distributed import BLOCK
+from iwae.util import streams
+from iwae.util.streams import PURPOSES, generator, seed_of
 
 SRC = Path(iwae.__file__).parent
 
@@ -76,8 +76,8 @@ def test_every_generator_of_the_library_comes_from_the_stream_function():
 
 
 def test_a_run_records_its_scheme_and_an_old_run_folder_reads_as_scheme_1(tmp_path):
-    from iwae.config import TrainConfig
-    from iwae.rundir import read_config
+    from iwae.runs.config import TrainConfig
+    from iwae.runs.rundir import read_config
 
     assert json.loads(TrainConfig().to_json())["streams"] == streams.SCHEME == 2
     values = json.loads(TrainConfig(seed=2).to_json())
@@ -114,9 +114,9 @@ def _tensor_digests(path: Path) -> dict[str, list]:
 def test_an_old_run_folder_trains_again_and_evaluates_to_exactly_its_numbers(data_dir, tmp_path):
     """The folder of a run the old code trained (its config.json, stopped before its first checkpoint) trains to the
     old run's log, final checkpoint (tensor by tensor) and metrics.json, and `iwae evaluate` replays them."""
-    from iwae.evaluate_run import evaluate_run
-    from iwae.rundir import read_log
-    from iwae.train import train_and_evaluate
+    from iwae.runs.evaluate_run import evaluate_run
+    from iwae.runs.rundir import read_log
+    from iwae.runs.train import train_and_evaluate
 
     run = tmp_path / "old"
     run.mkdir()
@@ -143,9 +143,9 @@ def test_an_old_run_folder_trains_again_and_evaluates_to_exactly_its_numbers(dat
 
 def test_a_reproduction_continues_its_old_partial_runs(tmp_path):
     """A partial run folder made before streams and flush_denormal existed is the run the plan asks for."""
-    from iwae.config import TrainConfig
     from iwae.experiments.plan import RunSpec
     from iwae.experiments.runner import check_compatible
+    from iwae.runs.config import TrainConfig
 
     values = json.loads((OLD_RUN / "config.json").read_text())
     (tmp_path / "run").mkdir()

@@ -12,11 +12,11 @@ import torch
 from conftest import TINY, read_json
 from safetensors.torch import load_file
 
-import iwae.train
-from iwae import rundir
-from iwae.checkpoint import CheckpointError, load_checkpoint
-from iwae.config import TrainConfig, schedule
-from iwae.evaluate_run import evaluate_run
+import iwae.runs.train
+from iwae.runs import rundir
+from iwae.runs.checkpoint import CheckpointError, load_checkpoint
+from iwae.runs.config import TrainConfig, schedule
+from iwae.runs.evaluate_run import evaluate_run
 
 
 def _log_without_timings(run_dir) -> list[dict]:
@@ -33,7 +33,7 @@ def _same_checkpoints(a, b):
 
 def _wrap_steps(monkeypatch, wrap):
     """Make the trainer's step call ``wrap(n, step, x)``, n counting steps from 1 across the whole run."""
-    real = iwae.train.build_step
+    real = iwae.runs.train.build_step
     calls = {"n": 0}
 
     def make(*args, **kwargs):
@@ -45,7 +45,7 @@ def _wrap_steps(monkeypatch, wrap):
 
         return wrapped
 
-    monkeypatch.setattr(iwae.train, "build_step", make)
+    monkeypatch.setattr(iwae.runs.train, "build_step", make)
 
 
 def test_paper_schedule():
@@ -76,13 +76,13 @@ def test_tiny_run_end_to_end(tiny_run, tiny_config):
     b = evaluate_run(run, k=10, n=30, progress=False)
     assert a == b and (run / "eval-test-k10-n30.json").is_file()
     with pytest.raises(rundir.RunError, match="already holds a run"):
-        iwae.train.train(tiny_config, run, progress=False)
+        iwae.runs.train.train(tiny_config, run, progress=False)
 
 
 def test_resume_after_interruption_gives_identical_numbers(tiny_run, tiny_config, tmp_path, monkeypatch):
     """``tiny_run`` is the uninterrupted run of ``tiny_config``."""
     config = tiny_config
-    real = iwae.train.build_step
+    real = iwae.runs.train.build_step
 
     def interrupt(n, step, x):
         if n == 130:  # mid-pass in stage 2; the last checkpoint was at step 100
@@ -91,11 +91,11 @@ def test_resume_after_interruption_gives_identical_numbers(tiny_run, tiny_config
 
     _wrap_steps(monkeypatch, interrupt)
     with pytest.raises(KeyboardInterrupt):
-        iwae.train.train(config, tmp_path / "broken", progress=False)
+        iwae.runs.train.train(config, tmp_path / "broken", progress=False)
     state, _ = load_checkpoint(tmp_path / "broken" / "checkpoint.safetensors", rundir.build_model(config))
     assert (state["stage"], state["step"]) == (1, 50)
-    monkeypatch.setattr(iwae.train, "build_step", real)
-    iwae.train.resume(tmp_path / "broken", progress=False)
+    monkeypatch.setattr(iwae.runs.train, "build_step", real)
+    iwae.runs.train.resume(tmp_path / "broken", progress=False)
     _same_checkpoints(tiny_run, tmp_path / "broken")
     assert _log_without_timings(tmp_path / "broken") == _log_without_timings(tiny_run)
 
@@ -105,9 +105,9 @@ def test_resume_after_kill_9_gives_identical_numbers(data_dir, tmp_path):
     """A real process killed with SIGKILL mid-run resumes to the uninterrupted result."""
     cfg = {**TINY, "stages": 3, "data_dir": data_dir}
     config = TrainConfig(**cfg)
-    iwae.train.train(config, tmp_path / "straight", progress=False)
+    iwae.runs.train.train(config, tmp_path / "straight", progress=False)
     code = (
-        "import sys, iwae.train as t; from iwae.config import TrainConfig; "
+        "import sys, iwae.runs.train as t; from iwae.runs.config import TrainConfig; "
         f"t.train(TrainConfig(**{cfg!r}), sys.argv[1], progress=False)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "killed")])
@@ -120,7 +120,7 @@ def test_resume_after_kill_9_gives_identical_numbers(data_dir, tmp_path):
     killed_at, _ = load_checkpoint(ckpt, rundir.build_model(config))
     end, _ = load_checkpoint(tmp_path / "straight" / "checkpoint.safetensors", rundir.build_model(config))
     assert (killed_at["stage"], killed_at["step"]) != (end["stage"], end["step"]), "killed after the last checkpoint"
-    iwae.train.resume(tmp_path / "killed", progress=False)
+    iwae.runs.train.resume(tmp_path / "killed", progress=False)
     _same_checkpoints(tmp_path / "straight", tmp_path / "killed")
 
 
@@ -136,7 +136,7 @@ def test_learning_curve_is_logged_at_each_stage_end(tiny_run, tiny_config):
 
 def test_learning_curve_leaves_training_unchanged(tiny_run, tiny_config, tmp_path):
     """The curve draws from its own stream: without it the run trains to the very same checkpoint."""
-    iwae.train.train(tiny_config.replace(curve_k=0), tmp_path / "no-curve", progress=False)
+    iwae.runs.train.train(tiny_config.replace(curve_k=0), tmp_path / "no-curve", progress=False)
     _same_checkpoints(tiny_run, tmp_path / "no-curve")
     assert not any("test_nll_curve" in r for r in rundir.read_log(tmp_path / "no-curve"))
     strip = ("test_nll_curve", "test_nll_curve_sem", "curve_k", "curve_n", "curve_seconds")
@@ -155,12 +155,12 @@ def test_kill_between_curve_point_and_stage_checkpoint_neither_loses_nor_doubles
             raise KeyboardInterrupt
         real(run_dir, model, optimizer, position, tensors)
 
-    monkeypatch.setattr(iwae.train.rundir, "save_state", die_at_stage_end)
+    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", die_at_stage_end)
     with pytest.raises(KeyboardInterrupt):
-        iwae.train.train(tiny_config, tmp_path / "broken", progress=False)
+        iwae.runs.train.train(tiny_config, tmp_path / "broken", progress=False)
     assert "test_nll_curve" in rundir.read_log(tmp_path / "broken")[-1]  # written before the checkpoint
-    monkeypatch.setattr(iwae.train.rundir, "save_state", real)
-    iwae.train.resume(tmp_path / "broken", progress=False)
+    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", real)
+    iwae.runs.train.resume(tmp_path / "broken", progress=False)
     _same_checkpoints(tiny_run, tmp_path / "broken")
     assert _log_without_timings(tmp_path / "broken") == _log_without_timings(tiny_run)
 
@@ -172,8 +172,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_p
 
     _wrap_steps(monkeypatch, poison)
     config = tiny_config
-    with pytest.raises(iwae.train.TrainingDiverged, match="non-finite in stage 2, step 50"):
-        iwae.train.train(config, tmp_path / "run", progress=False)
+    with pytest.raises(iwae.runs.train.TrainingDiverged, match="non-finite in stage 2, step 50"):
+        iwae.runs.train.train(config, tmp_path / "run", progress=False)
     state, _ = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors", rundir.build_model(config))
     assert (state["stage"], state["step"]) == (1, 0)  # the end of stage 1: the last finite state
 
@@ -182,14 +182,14 @@ def test_truncated_or_foreign_checkpoint_is_refused(tmp_path):
     model = rundir.build_model(TrainConfig())
     opt = iwae.make_optimizer(model)
     path = tmp_path / "checkpoint.safetensors"
-    iwae.checkpoint.save_checkpoint(path, model, opt, {"stage": 0}, {})
+    iwae.runs.checkpoint.save_checkpoint(path, model, opt, {"stage": 0}, {})
     assert load_checkpoint(path, model, opt)[0]["stage"] == 0
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="unreadable or truncated checkpoint"):
         load_checkpoint(path, model)
     with torch.no_grad():
         model.encoder[0].mean.bias[0] = float("nan")
-    iwae.checkpoint.save_checkpoint(path, model, opt, {"stage": 0}, {})
+    iwae.runs.checkpoint.save_checkpoint(path, model, opt, {"stage": 0}, {})
     with pytest.raises(CheckpointError, match="non-finite values"):
         load_checkpoint(path, model)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.safetensors"]  # no temporary files left
@@ -221,7 +221,7 @@ def test_tensorboard_logs_by_integer_training_step_with_the_rate_and_the_final_e
 ):
     import types
 
-    from iwae.train import train_and_evaluate
+    from iwae.runs.train import train_and_evaluate
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_Writer))
     _Writer.logged = []
@@ -242,7 +242,7 @@ def test_tensorboard_missing_is_refused_before_the_folder_becomes_a_run(tiny_con
     from iwae.cli import main
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails: the package is absent
-    monkeypatch.setattr("iwae.cli.config_from_args", lambda args, path: tiny_config.replace(tensorboard=True))
+    monkeypatch.setattr("iwae.cli.commands.config_from_args", lambda args, path: tiny_config.replace(tensorboard=True))
     run = tmp_path / "tb0"
     assert main(["train", "--out", str(run), "--quiet"]) == 1
     assert "pip install 'iwae[tensorboard]'" in capsys.readouterr().err and not run.exists()  # the retry is free

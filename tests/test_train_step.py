@@ -1,4 +1,4 @@
-"""iwae.train_step: one update per call from an Objective, and the paper's optimiser."""
+"""iwae.runs.train_step: one update per call from an Objective, and the paper's optimiser."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from conftest import binary_batch, tiny_model
 
 import iwae
-from iwae.train_step import build_step
+from iwae.runs.train_step import build_step
 
 
 def test_train_step_updates_parameters_and_returns_loss():

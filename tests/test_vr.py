@@ -12,7 +12,7 @@ from test_estimators import B, K, _assert_grads_close, _objective_grads, _per_sa
 
 import iwae
 from iwae import bounds
-from iwae.train_step import make_optimizer
+from iwae.runs.train_step import make_optimizer
 
 
 def test_closed_forms_alpha_0_is_iwae_bit_for_bit_and_towards_1_the_elbo():
@@ -62,8 +62,8 @@ def _initial(model: iwae.IWAE) -> dict:
 
 
 def test_the_command_line_and_the_config_carry_alpha(tmp_path):
-    from iwae.cli import build_parser
-    from iwae.config_cli import config_from_args
+    from iwae.cli.commands import build_parser
+    from iwae.cli.options import config_from_args
 
     config = config_from_args(build_parser().parse_args(["train", "--objective", "vr", "--alpha", "0.25", "--out",
                                                          str(tmp_path)]))  # fmt: skip

@@ -5,7 +5,7 @@
 For each run (keyed by its gradient estimator): the test NLL (mean -L_k over n test images) and its standard
 error, the active units (on n training images, as in ``metrics.json``), the training bound of the last logged pass
 and the training time. For each pair of runs, in the order given, the paired difference NLL(later) - NLL(earlier)
-on the same images with the same noise (:func:`iwae.compare.log_likelihoods`), so each NLL equals
+on the same images with the same noise (:func:`iwae.analysis.compare.log_likelihoods`), so each NLL equals
 ``iwae evaluate RUN --k K --n N`` and each difference ``iwae compare LATER EARLIER --k K --n N``. The runs must
 differ in their estimator only.
 """
@@ -21,11 +21,11 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from iwae.atomic import write_json
-from iwae.compare import log_likelihoods, paired_difference
+from iwae.analysis.compare import log_likelihoods, paired_difference
 from iwae.evaluate import count_active
-from iwae.evaluate_run import activity, summarize
-from iwae.rundir import load_run
+from iwae.runs.evaluate_run import activity, summarize
+from iwae.runs.rundir import load_run
+from iwae.util.atomic import write_json
 
 # Settings that may differ between the runs without changing what was trained.
 _INCIDENTAL = {"data_dir", "device", "checkpoint_minutes", "tensorboard", "compile"}

@@ -35,15 +35,18 @@ __all__ = [
     "prune_inactive",
     "load_run",
     "LoadedRun",
+    "GaussianLatentModel",
+    "SampledModel",
 ]
 
 # name -> module holding it (a module itself where the two are the same)
 _LAZY = {
-    "IWAE": "iwae.model", "bounds": "iwae.bounds", "data": "iwae.data", "Objective": "iwae.objectives",
-    "objective": "iwae.objectives", "make_train_step": "iwae.train_step", "make_optimizer": "iwae.train_step",
+    "IWAE": "iwae.models.model", "bounds": "iwae.bounds", "data": "iwae.data", "Objective": "iwae.objectives",
+    "objective": "iwae.objectives", "make_train_step": "iwae.runs.train_step", "make_optimizer": "iwae.runs.train_step",
     "KINDS": "iwae.objectives", "ESTIMATORS": "iwae.objectives", "log_likelihood": "iwae.evaluate",
     "active_units": "iwae.evaluate", "count_active": "iwae.evaluate", "prune_inactive": "iwae.evaluate",
-    "load_run": "iwae.sharing", "LoadedRun": "iwae.sharing",
+    "load_run": "iwae.runs.sharing", "LoadedRun": "iwae.runs.sharing",
+    "GaussianLatentModel": "iwae.models.latent_model", "SampledModel": "iwae.models.latent_model",
 }  # fmt: skip
 
 

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from iwae.cpu import flush_subnormals
-from iwae.latent_model import SampledModel
-from iwae.model import IWAE
+from iwae.models.latent_model import SampledModel
+from iwae.models.model import IWAE
+from iwae.util.cpu import flush_subnormals
 
 __all__ = ["LogWeightModel", "LikelihoodEstimate", "log_likelihood", "active_units", "count_active", "prune_inactive"]
 
@@ -71,14 +71,14 @@ def log_likelihood(
     stays bounded whatever k and the batch size are.
 
     :param model: any object with ``log_weights(x, k)`` (see the module docstring); a model with
-        ``forward_samples`` (:class:`~iwae.model.IWAE`, :class:`~iwae.latent_model.SampledModel`) also takes
-        ``generator``.
+        ``forward_samples`` (:class:`~iwae.models.model.IWAE`, :class:`~iwae.models.latent_model.SampledModel`)
+        also takes ``generator``.
     :param return_stderr: also return the standard error of the estimate, from the delta method:
         :math:`\mathrm{se}^2 \approx \mathrm{Var}(w) / (k\, \bar w^2)`.
     :param progress: show a progress bar of the samples drawn, labelled ``desc`` (default ``L_k``).
     :param bar: count the samples on this bar instead (e.g. one bar over a whole evaluation), labelled ``desc``.
     :param flush_denormal: on a CPU, flush subnormal floats to zero while estimating, then restore the setting
-        found (:func:`iwae.cpu.flush_subnormals`).
+        found (:func:`iwae.util.cpu.flush_subnormals`).
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer number of samples, got {k!r}")
@@ -88,7 +88,7 @@ def log_likelihood(
         raise ValueError(f"x must have shape (batch, dim), got {tuple(x.shape)}")
     if generator is not None and not hasattr(model, "forward_samples"):
         raise ValueError(
-            "generator needs a model with forward_samples (iwae.IWAE, or iwae.latent_model's protocol); "
+            "generator needs a model with forward_samples (iwae.IWAE, or iwae.models.latent_model's protocol); "
             "seed torch globally instead"
         )
     if x.shape[0] == 0:  # no examples: no estimates

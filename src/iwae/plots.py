@@ -2,7 +2,7 @@
 
 Figures are drawn with matplotlib's object-oriented API (:class:`matplotlib.figure.Figure`, no pyplot), which
 needs no backend: importing this module leaves the user's matplotlib backend alone. Every file is written
-atomically (:func:`iwae.atomic.atomic_path`).
+atomically (:func:`iwae.util.atomic.atomic_path`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 from PIL import Image
 
-from iwae.atomic import atomic_path
+from iwae.util.atomic import atomic_path
 
 __all__ = [
     "image_grid", "save_image_grid", "save_figure", "plot_active_units", "plot_training", "plot_curves", "plot_snr",

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pooch
 
-from iwae.atomic import is_disk_full
 from iwae.data.resources import (
     DATASETS,
     RESOURCES,
@@ -37,6 +36,7 @@ from iwae.data.resources import (
     missing_error,
     resolve_data_dir,
 )
+from iwae.util.atomic import is_disk_full
 
 __all__ = ["download", "ensure", "fetch", "file_hash", "git_blob_id", "check_local"]
 

@@ -1,4 +1,4 @@
-"""Packing a plan's runs into fleets (:mod:`iwae.fleet_train`): the units of work of ``iwae reproduce``.
+"""Packing a plan's runs into fleets (:mod:`iwae.fleets.fleet_train`): the units of work of ``iwae reproduce``.
 
 Runs that can share a step (same architecture, sample count, estimator, batch size and schedule; any seed, data set
 and, between the VAE and IWAE bounds, objective) are trained as one fleet, in one child process, with its manifest
@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from iwae.config import TrainConfig
 from iwae.experiments.plan import RunSpec
+from iwae.runs.config import TrainConfig
 
 __all__ = ["FLEETS_DIR", "MAX_FLEET", "PACKINGS", "Unit", "pack", "with_seeds"]
 
@@ -52,8 +52,8 @@ def with_seeds(specs: list[RunSpec], seeds: list[int]) -> list[RunSpec]:
 def _key(config: TrainConfig) -> tuple:
     """What the runs of one fleet share."""
     # what a fleet can share is a property of the objective, not of its name: a looping fleet steps any runs, a
-    # stacked one any whose losses are functions of their log-weights alone (iwae.fleet.stackable), so runs of one
-    # sample count and estimator, whatever their bounds, can share one
+    # stacked one any whose losses are functions of their log-weights alone (iwae.fleets.fleet.stackable), so runs
+    # of one sample count and estimator, whatever their bounds, can share one
     from iwae.objectives import Objective  # torch: not at import (the command line parses without it)
 
     objective = Objective.from_config(config)

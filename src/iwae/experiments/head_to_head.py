@@ -100,7 +100,7 @@ def estimators_section(
             delta, read = f"{diff['mean']:+.2f}{se}", reading(diff)
             per_seed = ", ".join(f"{p['mean']:+.2f} ± {p['sem']:.2f}" for p in diff["per_seed"])
         active = cell.get("active_units")
-        units = "/".join(f"{u:g}" for u in active) if isinstance(active, list) else ""
+        units = "/".join(f"{u:.0f}" if u == int(u) else f"{u:.1f}" for u in active) if isinstance(active, list) else ""
         label = _label(config) if config else ""
         n_seeds = len(row["seeds"])
         lines.append(f"| {n} | {label} | {cell['test_nll']:.2f}{sd} (n={n_seeds}) | {units} | {delta} | {per_seed} "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from iwae.config import TrainConfig
+from iwae.runs.config import TrainConfig
 
 __all__ = ["RunSpec", "Schedule", "EXPERIMENTS", "PAPER_EXPERIMENTS", "ESTIMATOR_RUNS", "plan", "table_key"]
 
@@ -40,7 +40,7 @@ ESTIMATOR_RUNS: dict[str, dict] = {
 class Schedule:
     """The config fields that ``iwae reproduce`` sets for every run alike (the length of a run, its evaluation,
     the seed and the system); each field's default, help and command-line option are those of
-    :class:`~iwae.config.TrainConfig`. A plan's runs are override sets over these values."""
+    :class:`~iwae.runs.config.TrainConfig`. A plan's runs are override sets over these values."""
 
     stages: int = TrainConfig.stages
     pass_scale: float = TrainConfig.pass_scale

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from iwae import data, streams
-from iwae.model import IWAE
+from iwae import data
+from iwae.models.model import IWAE
 from iwae.plots import save_figure
-from iwae.rundir import load_run
+from iwae.runs.rundir import load_run
+from iwae.util import streams
 
 __all__ = ["true_posterior_grid", "plot_posteriors"]
 

@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iwae.atomic import write_json, write_text
 from iwae.data.resources import locate
-from iwae.evaluate_run import read_per_image
 from iwae.experiments.claims import CRITERIA, SPREAD_RULE, Claim, check_claims
 from iwae.experiments.head_to_head import estimators_section
 from iwae.experiments.paper_results import TABLE1, TABLE2, TABLE3
@@ -21,7 +19,9 @@ from iwae.experiments.plan import ESTIMATOR_RUNS, Schedule, table_key
 from iwae.experiments.runner import read_metrics, seed_dirs, seed_number
 from iwae.experiments.seeds import SEEDS_NOTE, combine, fmt_active, fmt_nll, fmt_value, mean_curve, n_seeds, restrict
 from iwae.plots import plot_curves
-from iwae.rundir import METRICS_NAME, PER_IMAGE_NAME, read_config, read_log, with_data_dir
+from iwae.runs.evaluate_run import read_per_image
+from iwae.runs.rundir import METRICS_NAME, PER_IMAGE_NAME, read_config, read_log, with_data_dir
+from iwae.util.atomic import write_json, write_text
 
 __all__ = ["read_cell", "write_report", "rewrite_report"]
 

@@ -19,17 +19,19 @@ from pathlib import Path
 
 import torch
 
-from iwae import atomic, data, rundir
-from iwae.config import LEGACY, RESUMABLE, TrainConfig, schedule
+from iwae import data
 from iwae.data.datasets import SPLIT_SIZES
 from iwae.evaluate import log_likelihood
 from iwae.experiments.fleets import Unit, pack
 from iwae.experiments.plan import RunSpec
-from iwae.fleet_train import train_fleet_and_evaluate
+from iwae.fleets.fleet_train import train_fleet_and_evaluate
 from iwae.objectives import Objective
-from iwae.rundir import build_model, status
-from iwae.train import default_threads, train_and_evaluate
-from iwae.train_step import build_step, make_optimizer
+from iwae.runs import rundir
+from iwae.runs.config import LEGACY, RESUMABLE, TrainConfig, schedule
+from iwae.runs.rundir import build_model, status
+from iwae.runs.train import default_threads, train_and_evaluate
+from iwae.runs.train_step import build_step, make_optimizer
+from iwae.util import atomic
 
 __all__ = [
     "FAILED_LINE",
@@ -50,7 +52,7 @@ SEED_PREFIX = "seed-"  # RUN/seed-<S>: the plan's run RUN trained with seed S (`
 
 def check_compatible(spec: RunSpec, run_dir: Path) -> None:
     """A partial run folder must hold the very run the plan asks for (but for the settings a resume may change,
-    :data:`~iwae.config.RESUMABLE`, such as the data directory it recorded); anything else is refused."""
+    :data:`~iwae.runs.config.RESUMABLE`, such as the data directory it recorded); anything else is refused."""
     if status(run_dir) != "partial":
         return
     # A run made before a setting existed keeps the value it was made with (config.LEGACY): the same run still.
@@ -123,7 +125,8 @@ def _fixed_seconds(config: TrainConfig) -> float:
     """A run's costs that do not scale with its steps, measured: a child process that imports the library and
     matplotlib (each run of a reproduction is a process of its own), and reading its training set."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import iwae.train, matplotlib.figure"], check=False, capture_output=True)
+    warm = "import iwae.runs.train, matplotlib.figure"
+    subprocess.run([sys.executable, "-c", warm], check=False, capture_output=True)
     started = time.perf_counter()
     try:
         data.load(config.dataset, "train", config.data_dir)
@@ -138,7 +141,7 @@ def estimate_seconds(specs: list[RunSpec], jobs: int) -> dict[str, float]:
     twice, with and without inactive units, and the training split) and its fixed costs (:func:`_fixed_seconds`:
     the process, the data).
 
-    Measured on the threads the run will use (:func:`iwae.train.default_threads`, else its share of the cores):
+    Measured on the threads the run will use (:func:`iwae.runs.train.default_threads`, else its share of the cores):
     on a busy machine a step on two threads can take ten times as long as on one.
     """
     share = max(1, (os.cpu_count() or 1) // jobs)
@@ -178,7 +181,7 @@ def execute(
 
     :param packing: how runs are packed into fleets (:func:`iwae.experiments.fleets.pack`; "off": one run each).
     With ``durations`` (estimated seconds per run), the longest ready unit starts first. ``threads``: torch's
-    threads in each run (default :func:`iwae.train.default_threads`, else the run's share of the cores).
+    threads in each run (default :func:`iwae.runs.train.default_threads`, else the run's share of the cores).
     """
     root.mkdir(parents=True, exist_ok=True)
     gpus = torch.cuda.device_count()

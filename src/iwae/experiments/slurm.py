@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iwae.config import TrainConfig, positive_int
 from iwae.experiments.plan import RunSpec
+from iwae.runs.config import TrainConfig, positive_int
 
 __all__ = [
     "JOB_NAME", "SlurmOptions", "RunJob", "add_executor_arguments", "options_from_args", "submit", "submit_run",
@@ -44,7 +44,7 @@ class SlurmOptions:
     folder: Path
     partition: str | None = None
     gpus_per_job: int = 0
-    cpus_per_job: int = 1  # training a run uses one thread on the CPU (iwae.train.default_threads)
+    cpus_per_job: int = 1  # training a run uses one thread on the CPU (iwae.runs.train.default_threads)
     time_min: int = 24 * 60
     array_parallelism: int = 64
 
@@ -127,9 +127,9 @@ def _waves(specs: list[RunSpec], done: set[str]) -> list[list[RunSpec]]:
 
 def submit(specs: list[RunSpec], root: Path, options: SlurmOptions, log: Callable[[str], None] = print) -> dict:
     """Submit every run of ``specs`` (folders ``root/<name>``) not yet done; returns name -> Slurm job id."""
-    from iwae import atomic
     from iwae.experiments.runner import REQUESTED_NAME, check_compatible
-    from iwae.rundir import status
+    from iwae.runs.rundir import status
+    from iwae.util import atomic
 
     done = {s.name for s in specs if status(root / s.name) == "done"}
     pending = [s for s in specs if s.name not in done]
@@ -166,7 +166,7 @@ def queue_states(job_ids: list[str]) -> dict[str, str]:
 
 def wait(jobs: dict[str, str], root: Path, poll_seconds: float = 2.0, log: Callable[[str], None] = print) -> dict:
     """Wait until every job has ended; returns name -> "done" or "failed (...)" from the run folders."""
-    from iwae.rundir import status
+    from iwae.runs.rundir import status
 
     left = dict(jobs)
     while left:
@@ -187,7 +187,7 @@ def submit_run(args: argparse.Namespace, config: TrainConfig) -> dict[str, Any] 
 
     :raises RunError: the folder already holds a run, or the job ended without finishing the run.
     """
-    from iwae.rundir import METRICS_NAME, RunError, check_new
+    from iwae.runs.rundir import METRICS_NAME, RunError, check_new
 
     out = Path(args.out).resolve()
     check_new(out)

@@ -2,7 +2,7 @@
 
 A run's state comes from its folder and from whatever works in it:
 
-- done: the run is evaluated (``metrics.json``, :func:`iwae.rundir.status`);
+- done: the run is evaluated (``metrics.json``, :func:`iwae.runs.rundir.status`);
 - running or queued: its Slurm job (``slurm-job.json``) is in Slurm's queue, running or waiting; or, locally, a
   process holds the folder's ``.lock`` (running), or the ``iwae reproduce`` that holds the reproduction's lock will
   still start it (queued);
@@ -18,10 +18,10 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from iwae.config import schedule
 from iwae.experiments.runner import FAILED_LINE, REQUESTED_NAME
 from iwae.experiments.slurm import JOB_NAME, queue_states
-from iwae.rundir import CONFIG_NAME, LOCK_NAME, RunError, is_exported, read_config, read_log, status
+from iwae.runs.config import schedule
+from iwae.runs.rundir import CONFIG_NAME, LOCK_NAME, RunError, is_exported, read_config, read_log, status
 
 __all__ = ["RunState", "run_folders", "run_states", "format_states"]
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
-from iwae.latent_model import SampledModel
+from iwae.models.latent_model import SampledModel
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from iwae.latent_model import SampledModel
+from iwae.models.latent_model import SampledModel
 from iwae.objectives.base import Bound, Estimator
 from iwae.objectives.names import BOUND_PARAMS, PARAMS, declare_params
 from iwae.objectives.registry import BOUNDS, ESTIMATORS, ESTIMATORS_BY_NAME, KINDS
@@ -49,7 +49,7 @@ class Objective:
 
     @classmethod
     def from_config(cls, config: Any) -> Objective:
-        """The objective of a :class:`iwae.config.TrainConfig` (its ``objective``, ``k``, ``estimator`` and bound
+        """The objective of a :class:`iwae.runs.config.TrainConfig` (its ``objective``, ``k``, ``estimator`` and bound
         parameters)."""
         return cls(config.objective, config.k, config.estimator, **{name: getattr(config, name) for name in PARAMS})
 
@@ -132,7 +132,8 @@ class Objective:
     ) -> Tensor:
         """Scalar loss to minimise: minus the batch mean of the bound, with the estimator's gradient.
 
-        :param model: an :class:`~iwae.model.IWAE`, or any model of :class:`~iwae.latent_model.SampledModel`'s protocol.
+        :param model: an :class:`~iwae.models.model.IWAE`, or any model of
+            :class:`~iwae.models.latent_model.SampledModel`'s protocol.
         :param x: (batch, x_dim) binary (or real, for a Gaussian visible layer) data.
         :param generator: source of the reparameterisation noise (and of any other draw the estimator makes).
         :param noise: standard-normal draws [eps^1, ..., eps^L], each (samples_per_example, batch, d_l), to use

@@ -4,7 +4,7 @@ the command line's choices and options, and the run config's fields.
 :mod:`iwae.objectives.registry` declares each bound and estimator (``BOUNDS``, ``ESTIMATORS_BY_NAME``) in this
 order; a test checks that the two agree. A bound's parameter (MIWAE's m, CIWAE's beta, the Rényi bound's alpha) is
 declared once, here, in :data:`PARAMS` with its default, range and help, and named in :data:`BOUND_PARAMS`: from
-there it becomes a field of :class:`iwae.config.TrainConfig`, an option of ``iwae train``, a keyword of
+there it becomes a field of :class:`iwae.runs.config.TrainConfig`, an option of ``iwae train``, a keyword of
 :class:`iwae.objectives.Objective`, ``iwae.objective`` and ``iwae.make_train_step``, and is checked once.
 """
 
@@ -69,7 +69,7 @@ BOUND_PARAMS: dict[str, tuple[str, ...]] = {
 
 def declare_params(field: Callable[[str, Param], Any]) -> Callable[[T], T]:
     """A class decorator, applied before ``@dataclass``, that adds one attribute per :data:`PARAMS` entry, in its
-    order, annotated int or float, with ``field(name, param)`` as its default: how :class:`iwae.config.TrainConfig`
+    order, annotated int or float, with ``field(name, param)`` as its default: how :class:`iwae.runs.config.TrainConfig`
     and :class:`iwae.objectives.Objective` get every bound's parameters from this one declaration."""
 
     def add(cls: T) -> T:

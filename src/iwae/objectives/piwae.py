@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from iwae import bounds
-from iwae.latent_model import SampledModel
+from iwae.models.latent_model import SampledModel
 from iwae.objectives.base import RNG, Estimator, Noise, with_value
 
 if TYPE_CHECKING:

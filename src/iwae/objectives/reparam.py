@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor
 
-from iwae.latent_model import SampledModel
+from iwae.models.latent_model import SampledModel
 from iwae.objectives.base import RNG, Estimator, Noise
 
 if TYPE_CHECKING:

@@ -1,0 +1,304 @@
+"""The ``iwae`` command: train, resume, evaluate, sample, download (and the experiments of the paper).
+
+The arguments are parsed before torch is imported: the parser needs only names (data sets, bounds, estimators),
+and each command imports what it runs, so ``iwae --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, NoReturn
+
+from iwae import data
+from iwae.cli import runs as cli_runs
+from iwae.cli.options import add_config_options, config_from_args, overrides_from_args
+from iwae.cli.runs import RUN_DIR_HELP, add_progress_and_threads, report_run
+from iwae.runs.config import RESUMABLE, seed_list
+
+__all__ = ["main", "build_parser", "Command", "COMMANDS"]
+
+# iwae.fleets.fleet.make_fleet's modes (the parser imports no torch), and off: each seed's run on its own, one after
+# another
+FLEET_MODES = ("auto", "stacked", "graph", "loop", "off")
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_options(p)
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON file of config values (e.g. another run's config.json); flags given here override it",
+    )
+    p.add_argument("--out", required=True, help="run folder to create (with --seeds: the fleet's folder)")
+    p.add_argument(
+        "--seeds",
+        type=seed_list,
+        help="train one run per seed (e.g. 0,1,2 or 0-9) as one fleet, in OUT/seed-N, stepped together "
+        "(overrides --seed; see --fleet)",
+    )
+    p.add_argument(
+        "--fleet",
+        choices=FLEET_MODES,
+        default="auto",
+        help="with --seeds: how the fleet steps: stacked (one vmapped step for all runs), graph (stacked, as one "
+        "CUDA graph), loop (the runs' own steps in turn) or auto (graph on CUDA where the estimator allows; loop "
+        "on a CPU, where stacking is no faster), or off (no fleet: each seed's run trained on its own, one after "
+        "another; resume each OUT/seed-N) (default auto)",
+    )
+    add_progress_and_threads(p)
+    from iwae.experiments.slurm import add_executor_arguments
+
+    add_executor_arguments(p)
+
+
+def _resume_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help=RUN_DIR_HELP + ", or the folder of a fleet (`iwae train --seeds`)")
+    add_config_options(p, RESUMABLE, recorded=True)  # recorded in the run's config.json
+    p.add_argument(
+        "--re-evaluate", action="store_true", help="evaluate a finished run again (with the settings given here)"
+    )
+    add_progress_and_threads(p)
+
+
+def _reproduce_arguments(p: argparse.ArgumentParser) -> None:
+    from iwae.cli.reproduce import add_reproduce_arguments
+
+    add_reproduce_arguments(p)
+
+
+def _download_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", choices=data.DATASETS, help="data set to fetch")
+    p.add_argument("--data-dir", help="data directory (default: $IWAE_DATA_DIR, else the per-user cache)")
+
+
+def _check_out(out: Path, seeds: bool) -> None:
+    """Refuse an --out that is a file, or a folder holding files of the user's own (not a run, not a fleet)."""
+    from iwae.runs.rundir import RunError
+
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    ours = {"config.json", ".lock"} | ({"fleet.json"} | {n for n in names if n.startswith("seed-")} if seeds else set())
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; name a new folder for the run")
+    if names and not ours & names:
+        raise RunError(f"--out {out} holds other files and is not a run folder; name a new or empty folder")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from iwae.runs.train import train_and_evaluate
+
+    _check_out(Path(args.out), bool(args.seeds))
+    config = config_from_args(args, args.config)
+    if args.seeds:
+        from iwae.cli.fleet import train_fleet
+
+        train_fleet(args, config)
+        return
+    if args.executor == "slurm":
+        from iwae.experiments.slurm import submit_run
+
+        if (metrics := submit_run(args, config)) is not None:
+            report_run(metrics, Path(args.out))
+        return
+    report_run(train_and_evaluate(args.out, config, progress=not args.quiet, threads=args.threads), Path(args.out))
+
+
+def _resume(args: argparse.Namespace) -> None:
+    from iwae.runs.rundir import status
+    from iwae.runs.train import train_and_evaluate
+
+    if (Path(args.run_dir) / "fleet.json").exists():
+        from iwae.cli.fleet import resume_fleet
+
+        resume_fleet(args)
+        return
+    if status(args.run_dir) == "done" and not args.re_evaluate:
+        print(f"{args.run_dir} is already finished (trained and evaluated: metrics.json); nothing to do. "
+              f"`iwae resume {args.run_dir} --re-evaluate` evaluates it again.")  # fmt: skip
+        return
+    metrics = train_and_evaluate(
+        args.run_dir, progress=not args.quiet, threads=args.threads, changes=overrides_from_args(args, RESUMABLE),
+        evaluate=True if args.re_evaluate else None,
+    )  # fmt: skip
+    report_run(metrics, Path(args.run_dir))
+
+
+def _download(args: argparse.Namespace) -> None:
+    paths = data.download(args.dataset, args.data_dir)
+    print("\n".join(map(str, paths)) + f"\n{args.dataset}: {len(paths)} files present and verified")
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    from iwae.cli.reproduce import reproduce
+    from iwae.runs.rundir import RunError
+
+    if reproduce(args):
+        raise RunError("some runs failed (listed above); fix the cause and run the same command again to continue")
+
+
+class Command(NamedTuple):
+    """A sub-command: the function it runs, the one that adds its arguments, its help line and description."""
+
+    run: Callable[[argparse.Namespace], None]
+    arguments: Callable[[argparse.ArgumentParser], None]
+    help: str
+    description: str | None = None
+
+
+COMMANDS = {
+    "train": Command(
+        _train,
+        _train_arguments,
+        "train a model and evaluate it",
+        "Train a VAE/IWAE on the paper's protocol (Adam, batch 20, 3^i passes at 1e-3*10^(-i/7)), then evaluate it "
+        "into the run folder.",
+    ),
+    "resume": Command(
+        _resume,
+        _resume_arguments,
+        "continue an interrupted run",
+        "Continue a run from its last checkpoint to the result it would have reached uninterrupted, then evaluate it.",
+    ),
+    "evaluate": Command(cli_runs.evaluate, cli_runs.evaluate_arguments, "NLL and active units of a saved run"),
+    "compare": Command(
+        cli_runs.compare,
+        cli_runs.compare_arguments,
+        "paired NLL difference of two runs on the same images and noise",
+        "Score both runs' models on the same N images of the split with the same importance-sample stream; print "
+        "each run's NLL and the mean per-image difference A - B with its paired standard error, and write them as "
+        "JSON.",
+    ),
+    "sample": Command(
+        cli_runs.sample,
+        cli_runs.sample_arguments,
+        "a grid of samples (Bernoulli means) from a saved run",
+        "Draw N samples from the generative model of a saved run (ancestral sampling, h^L ~ N(0, I) down to the "
+        "Bernoulli means of the pixels, Appendix E) and write them as a square grid of images, by default into the "
+        "run's folder.",
+    ),
+    "export": Command(
+        cli_runs.export,
+        cli_runs.export_arguments,
+        "export a trained model to share: its weights, config, numbers and a model card",
+        "Write the evaluated run's weights alone (model.safetensors, with a sha256), its config.json without this "
+        "machine's paths, its metrics and a README model card into a new folder; `iwae evaluate`, `sample` and "
+        "`compare` take that folder, and `iwae.load_run(FOLDER)` loads it in Python.",
+    ),
+    "reproduce": Command(
+        _reproduce,
+        _reproduce_arguments,
+        "reproduce the paper's tables and figures",
+        "Train every model a table or figure needs (finished runs are skipped, unfinished ones resumed), then write "
+        "DIR/report.md with the paper's numbers beside ours, and DIR/results.json.",
+    ),
+    "status": Command(
+        cli_runs.status,
+        cli_runs.status_arguments,
+        "which runs are done, running, queued or failed",
+        "One line per run folder (local or Slurm runs): done, running, queued, failed (with the last lines of its "
+        "log), stopped (`iwae resume` continues it) or new.",
+    ),
+    "download": Command(_download, _download_arguments, "fetch and verify a data set"),
+    "snr": Command(
+        cli_runs.snr,
+        cli_runs.snr_arguments,
+        "gradient signal-to-noise ratio against k, per estimator",
+        "SNR = |mean|/std of each gradient coordinate over many draws on one minibatch (Rainforth et al. 2018), "
+        "averaged over the encoder's and the decoder's parameters, for each k and estimator of the IWAE bound. "
+        "Writes OUT/snr.png, OUT/snr.md and OUT/snr.json. Without RUN_DIR, first trains the paper's 1-layer MNIST "
+        "model on IWAE k=5 for --train-passes passes (2,980 steps each) into OUT/model, or reuses it.",
+    ),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistyped choice is one line with the nearest choices, not the whole usage first."""
+
+    def error(self, message: str) -> NoReturn:
+        found = re.match(r"argument (\S+): invalid choice: '?(.*?)'? \(choose from (.*)\)$", message)
+        if found is None:
+            super().error(message)
+        option, value, listing = found.groups()
+        choices = re.findall(r"'([^']*)'", listing) or [c.strip() for c in listing.split(",")]
+        near = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+        hint = f"; did you mean {near[0]!r}?" if near else f"; choose one of {', '.join(choices)}"
+        self.exit(2, f"{self.prog}: error: {option}: unknown choice {value!r}{hint}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``iwae`` argument parser: one sub-command per entry of :data:`COMMANDS`, in that order."""
+    parser = Parser(
+        prog="iwae", description="Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, ICLR 2016)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        command.arguments(sub.add_parser(name, help=command.help, description=command.description))
+    return parser
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (e.g. from a job scheduler); raised where the process was, like KeyboardInterrupt."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _stopped(args: argparse.Namespace, what: str) -> str:
+    """The line printed when a command is stopped: what happened, and how to go on from there."""
+    run = {"train": "out", "resume": "run_dir"}.get(args.command)
+    if args.command == "train" and getattr(args, "seeds", None) and getattr(args, "fleet", None) == "off":
+        how = "; run the same command again to continue (finished runs are kept, the stopped one resumed)"
+    elif run is not None:
+        how = f"; continue with `iwae resume {getattr(args, run)}` (it restarts from its last checkpoint)"
+    elif args.command == "reproduce":
+        how = "; run the same command again to continue (finished runs are kept, the others resumed)"
+    else:
+        how = ""
+    return f"iwae: {what}{how}"
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """The errors reported in one line, without a traceback."""
+    from iwae.runs.checkpoint import CheckpointError
+    from iwae.runs.rundir import RunError
+    from iwae.runs.train import TrainingDiverged
+
+    return RunError, TrainingDiverged, CheckpointError, ValueError, OSError, FloatingPointError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        COMMANDS[args.command].run(args)
+    except KeyboardInterrupt:
+        print(_stopped(args, "interrupted"), file=sys.stderr)
+        return 130
+    except Terminated:
+        print(_stopped(args, "terminated (SIGTERM)"), file=sys.stderr)
+        return 143
+    except Exception as err:
+        if not isinstance(err, _expected_errors()):
+            raise
+        print(f"iwae: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

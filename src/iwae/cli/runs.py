@@ -1,0 +1,201 @@
+"""The ``iwae`` commands on saved runs: evaluate, compare, sample, status and snr (their arguments and what they
+run), and the options they share with ``iwae train`` and ``iwae resume``.
+
+As in :mod:`iwae.cli.commands`, the arguments are declared without torch; each command imports what it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from iwae import data
+from iwae.runs.config import int_list, positive_float, positive_int
+
+__all__ = [
+    "RUN_DIR_HELP", "add_progress_and_threads", "report_run", "evaluate_arguments", "evaluate",
+    "compare_arguments", "compare", "sample_arguments", "sample", "export_arguments", "export", "status_arguments",
+    "status", "snr_arguments",
+    "snr",
+]  # fmt: skip
+
+
+RUN_DIR_HELP = "run folder made by `iwae train`"
+
+
+TRAINING_THREADS = (
+    "1 on the CPU for batches of up to 100, which does not slow down when another process holds a core; else "
+    "torch's choice"
+)
+
+
+def add_progress_and_threads(p: argparse.ArgumentParser, default: str = TRAINING_THREADS) -> None:
+    """``--quiet`` and ``--threads``, whose help states the command's own ``default``."""
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=positive_int, help=f"CPU threads for torch (default: {default})")
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data directory (default: the run's, if it exists; else $IWAE_DATA_DIR)")
+
+
+def report_run(metrics: dict | None, run_dir: Path) -> None:
+    """The line printed for a run trained (and evaluated) by `iwae train` or `iwae resume`."""
+    if metrics is None:
+        print(f"{run_dir}: trained, not evaluated (--no-eval); `iwae resume {run_dir} --eval` evaluates it")
+        return
+    active = "+".join(map(str, metrics["active_units"]))
+    print(
+        f"{run_dir}: test NLL {metrics['test_nll']:.2f} nats (mean -L_{metrics['eval_k']} over {metrics['eval_n']} "
+        f"test images), train NLL {metrics['train_nll']:.2f}, active units {active}, "
+        f"NLL with inactive units removed {metrics['test_nll_pruned']:.2f}, trained {metrics['train_seconds']:.0f} s"
+    )
+
+
+def evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
+    p.add_argument("--k", type=positive_int, help="importance samples (default: the run's eval k)")
+    p.add_argument("--split", choices=data.SPLITS, default="test", help="split (default test)")
+    p.add_argument(
+        "--n",
+        "--images",
+        dest="n",
+        type=positive_int,
+        help="use N examples spread evenly through the split (default: the run's eval-n; more than the split: all); "
+        "under torchrun write --images, as torchrun takes --n for one of its own options",
+    )
+    p.add_argument("--pruned", action="store_true", help="also the NLL with inactive units removed (a second L_k)")
+    p.add_argument("--nproc", type=positive_int,
+                   help="shard the examples over N processes here (noise drawn per block of examples: the same "
+                   "numbers for every N; also under torchrun)")  # fmt: skip
+    _add_data_dir(p)
+    add_progress_and_threads(p, "those metrics.json was measured on, so that its numbers come out exactly; else "
+                             "torch's choice")  # fmt: skip
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    import os
+
+    if args.nproc or "WORLD_SIZE" in os.environ:
+        _evaluate_sharded(args)
+        return
+    from iwae.runs.evaluate_run import evaluate_run
+
+    r = evaluate_run(args.run_dir, k=args.k, split=args.split, n=args.n, progress=not args.quiet, pruned=args.pruned,
+                     data_dir=args.data_dir, threads=args.threads)  # fmt: skip
+    pruned = f", NLL with inactive units removed {r['nll_pruned']:.2f}" if args.pruned else ""
+    print(
+        f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} over "
+        f"{r['n']} images){pruned}, active units {'+'.join(map(str, r['active_units']))} (on "
+        f"{r['active_units_n']} {r['active_units_split']} images); eval-{r['split']}-k{r['eval_k']}-n{r['n']}.json"
+    )
+
+
+def _evaluate_sharded(args: argparse.Namespace) -> None:
+    import os
+
+    from iwae.analysis.distributed import evaluate_sharded
+
+    if args.pruned:
+        raise ValueError("--pruned is not sharded; evaluate the pruned model without --nproc or torchrun")
+    r = evaluate_sharded(args.run_dir, args.k, args.split, args.n, nproc=args.nproc, data_dir=args.data_dir)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 alone reports
+        print(f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} "
+              f"over {r['n']} images, noise {r['noise']}), active units {'+'.join(map(str, r['active_units']))} "
+              f"(on {r['active_units_n']} {r['active_units_split']} images); "
+              f"eval-{r['split']}-k{r['eval_k']}-n{r['n']}-blocks.json")  # fmt: skip
+
+
+def compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_a", help=RUN_DIR_HELP)
+    p.add_argument("run_b", help=f"{RUN_DIR_HELP}, of the same data set")
+    p.add_argument("--split", choices=data.SPLITS, default="test", help="split (default test)")
+    p.add_argument("--k", type=positive_int, help="importance samples (default: the runs' eval k, if they agree)")
+    p.add_argument("--n", "--images", dest="n", type=positive_int,
+                   help="N examples spread evenly through the split (default: eval-n)")  # fmt: skip
+    p.add_argument("--seed", type=int, help="seed of the images' binarization and the noise (default: run A's)")
+    p.add_argument("--out", help="JSON file to write (default RUN_A/compare-<A>-<B>-<split>-k<k>-n<n>.json)")
+    _add_data_dir(p)
+    add_progress_and_threads(p, "torch's choice")
+
+
+def compare(args: argparse.Namespace) -> None:
+    from iwae.analysis.compare import compare_runs, format_comparison
+    from iwae.util.atomic import write_json
+
+    r = compare_runs(args.run_a, args.run_b, split=args.split, k=args.k, n=args.n, seed=args.seed,
+                     progress=not args.quiet, data_dir=args.data_dir)  # fmt: skip
+    names = f"{Path(args.run_a).name}-{Path(args.run_b).name}"
+    out = args.out or Path(args.run_a) / f"compare-{names}-{r['split']}-k{r['eval_k']}-n{r['n']}.json"
+    write_json(out, r)
+    print(f"{format_comparison(r)}\n\nwrote {out}")
+
+
+def sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
+    p.add_argument("--n", type=positive_int, default=100, help="number of samples (default 100)")
+    p.add_argument("--out", help="PNG file to write (default RUN_DIR/samples-n<N>-seed<S>.png)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples' noise (default 0)")
+    add_progress_and_threads(p, "torch's choice")
+
+
+def sample(args: argparse.Namespace) -> None:
+    from iwae.plots import save_image_grid
+    from iwae.runs.rundir import load_run
+    from iwae.util import streams
+
+    config, model, _ = load_run(args.run_dir)
+    device = next(model.parameters()).device
+    gen = streams.generator(args.seed, "samples", device=device, scheme=config.streams)
+    out = Path(args.out or Path(args.run_dir) / f"samples-n{args.n}-seed{args.seed}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image_grid(model.sample(args.n, generator=gen), out)
+    print(f"wrote {args.n} samples to {out}")
+
+
+def export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help=f"{RUN_DIR_HELP}, evaluated")
+    p.add_argument("--out", required=True, help="a new folder for the model: weights, config, metrics, model card")
+
+
+def export(args: argparse.Namespace) -> None:
+    from iwae.runs.sharing import export_run
+
+    out = export_run(args.run_dir, args.out)
+    print(f"exported {args.run_dir} to {out}: model.safetensors, config.json, metrics.json, README.md (model card)")
+
+
+def status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a run folder, or a reproduction's --out folder (its runs/), or a folder of runs")
+
+
+def status(args: argparse.Namespace) -> None:
+    from iwae.experiments.status import format_states, run_states
+
+    print(format_states(run_states(args.folder)))
+
+
+def snr_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", nargs="?", help=f"{RUN_DIR_HELP} (default: train a small model)")
+    p.add_argument("--k", type=int_list, default=[1, 5, 50, 500], help="numbers of samples (default 1,5,50,500)")
+    p.add_argument("--estimators", default="reparam,stl,dreg", help="comma-separated (default reparam,stl,dreg)")
+    p.add_argument("--draws", type=positive_int, default=100, help="gradient draws per k and estimator (100)")
+    p.add_argument("--batch", type=positive_int, default=20, help="images in the fixed minibatch (default 20)")
+    p.add_argument("--out", required=True, help="folder for snr.png, snr.md, snr.json (and model/)")
+    p.add_argument("--train-passes", type=positive_float, default=1.0, help="passes for the small model (1)")
+    p.add_argument("--data-dir", help="data directory (default: the run's, else $IWAE_DATA_DIR)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the minibatch, the noise and the small model (0)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the run's device)")
+    add_progress_and_threads(p, "torch's choice; a model trained here: 1 on the CPU")
+
+
+def snr(args: argparse.Namespace) -> None:
+    from iwae.analysis.snr import snr_command
+
+    result = snr_command(
+        args.out, args.run_dir, args.k, args.estimators.split(","), args.draws, args.batch, seed=args.seed,
+        data_dir=args.data_dir, device=args.device, train_passes=args.train_passes, progress=not args.quiet,
+    )  # fmt: skip
+    model = ("trained " if result["model"]["trained_here"] else "") + f"model {result['model']['run_dir']}"
+    print(f"{args.out}: snr.png, snr.md, snr.json ({model}, {result['seconds']:.0f} s)")
+    print((Path(args.out) / "snr.md").read_text().split("\n\n")[-1].rstrip())

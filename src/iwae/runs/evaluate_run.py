@@ -1,0 +1,375 @@
+"""Evaluating a saved run: test/train NLL (mean of -L_5000), active units, NLL with inactive units removed, figures.
+
+:func:`finish_run` writes ``metrics.json`` and ``samples.png``, ``active_units.png``, ``training.png`` into the run
+folder; :func:`evaluate_run` (``iwae evaluate``) measures one split and writes ``eval-<split>-k<k>-n<n>.json``.
+Every draw comes from the stream of the run's seed and one entry of :data:`STREAMS` (:mod:`iwae.util.streams`), and
+both functions measure through :func:`measure` (on the same CPU threads, :func:`eval_threads`), so ``iwae
+evaluate`` on the test and train splits gives every number of ``metrics.json`` exactly, and evaluating the same run
+twice gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from iwae import data
+from iwae.data.datasets import SPLIT_SIZES
+from iwae.data.resources import locate
+from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
+from iwae.models.model import IWAE
+from iwae.plots import plot_active_units, plot_training, save_image_grid
+from iwae.runs.config import TrainConfig
+from iwae.runs.rundir import (
+    ACTIVE_UNITS_NAME,
+    METRICS_NAME,
+    PER_IMAGE_NAME,
+    SAMPLES_NAME,
+    TRAINING_NAME,
+    load_run,
+    read_log,
+)
+from iwae.util import streams
+from iwae.util.atomic import write_json
+from iwae.util.cpu import flush_subnormals
+
+__all__ = [
+    "STREAMS",
+    "ACTIVE_SPLIT",
+    "check_split",
+    "stream",
+    "eval_images",
+    "spread",
+    "nll",
+    "summarize",
+    "activity",
+    "measure",
+    "per_image_record",
+    "read_per_image",
+    "evaluate_run",
+    "curve_images",
+    "curve_point",
+    "finish_run",
+    "eval_threads",
+]
+
+# The evaluation's random streams, (split, purpose): the generator of each is iwae.util.streams' ("eval", split,
+# purpose) of the run's seed.
+# - binarize: the dynamic binarization of the split's images (unused for binarized-mnist, which is fixed);
+# - nll: the importance samples of L_k on that split;
+# - active: the samples of h^(l-1) behind A_u of layers l > 1 (Section 5.2), and the same draws again to decide
+#   which units the pruned model drops, so that it drops exactly the units counted inactive;
+# - curve: the importance samples of the learning curve's L_curve_k (:func:`curve_point`), the same draws at every
+#   stage's end, so that the curve's steps are paired; its images are binarized by the test split's ``binarize``.
+# Each (split, purpose) has its own stream so that no two measurements share noise by accident, and both
+# `finish_run` and `iwae evaluate` draw them from here, so the second replays the first.
+STREAMS: tuple[tuple[str, str], ...] = (
+    *((split, purpose) for split in data.SPLITS for purpose in ("binarize", "nll", "active")),
+    ("test", "curve"),
+)
+
+# The learning curve's split (:func:`curve_point`).
+CURVE_SPLIT = "test"
+
+# A_u is a property of the model, measured on (n examples of) the training data whatever split is scored.
+ACTIVE_SPLIT = "train"
+
+
+def check_split(split: str) -> str:
+    """``split`` if it is one of :data:`iwae.data.SPLITS`, else a ValueError listing them."""
+    if split not in data.SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(data.SPLITS)}")
+    return split
+
+
+def stream(
+    config: TrainConfig, device: torch.device, split: str, purpose: str, seed: int | None = None
+) -> torch.Generator:
+    """A fresh generator for one evaluation stream of :data:`STREAMS`, of ``seed`` (default the run's) under the
+    run's random-stream scheme."""
+    check_split(split)
+    if (split, purpose) not in STREAMS:
+        raise ValueError(f"no evaluation stream for split {split!r} and purpose {purpose!r}; see STREAMS")
+    seed = config.seed if seed is None else seed
+    return streams.generator(seed, "eval", split, purpose, device=device, scheme=config.streams)
+
+
+def spread(total: int, n: int | None) -> torch.Tensor:
+    """Indices of n of ``total`` examples spread evenly through them (every total/n-th), or all of them.
+
+    Evaluating on a subset this way keeps it representative of a split stored in class order: the fixed
+    binarization's test set, for one, begins with about 1,000 zeros (30% more ink than the average image).
+    """
+    if n is None or n >= total:
+        return torch.arange(total)
+    return torch.arange(n) * total // n
+
+
+def eval_images(config: TrainConfig, split: str, n: int | None, device: torch.device, seed: int) -> torch.Tensor:
+    """n examples of the split spread evenly through it (:func:`spread`), on ``device``; dynamic data are binarized
+    afresh with the split's ``binarize`` stream of ``seed``."""
+    x = data.load(config.dataset, check_split(split), config.data_dir)
+    x = x[spread(x.shape[0], n)].to(device)
+    return (
+        x
+        if data.is_binary(config.dataset)
+        else data.binarize(x, generator=stream(config, device, split, "binarize", seed))
+    )
+
+
+def nll(
+    model: IWAE,
+    x: torch.Tensor,
+    k: int,
+    gen: torch.Generator,
+    progress: bool = True,
+    *,
+    desc: str | None = None,
+    bar: tqdm | None = None,
+    flush_denormal: bool = True,
+) -> dict[str, Any]:
+    """Mean of -L_k over the rows of x, with the standard error of that mean (over examples), and n.
+
+    The progress bar (or ``bar``, counting a longer evaluation) is labelled ``desc``; ``flush_denormal`` as in
+    :func:`iwae.evaluate.log_likelihood` (a run's evaluation passes its config's)."""
+    ll = log_likelihood(
+        model, x, k, generator=gen, progress=progress, desc=desc, bar=bar, flush_denormal=flush_denormal
+    )
+    return summarize(ll)
+
+
+def summarize(ll: torch.Tensor) -> dict[str, Any]:
+    """Mean of -L_k over examples from per-example L_k, the standard error of that mean, and n."""
+    return {"nll": -ll.mean().item(), "nll_sem": (ll.std() / ll.numel() ** 0.5).item(), "n": ll.numel()}
+
+
+def activity(config: TrainConfig, model: IWAE, n: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A_u per layer (Section 5.2) on n examples of :data:`ACTIVE_SPLIT`, and those examples."""
+    device = next(model.parameters()).device
+    x = eval_images(config, ACTIVE_SPLIT, n, device, config.seed)
+    return active_units(model, x, generator=stream(config, device, ACTIVE_SPLIT, "active")), x
+
+
+def measure(
+    config: TrainConfig,
+    model: IWAE,
+    split: str,
+    k: int,
+    n: int | None,
+    *,
+    pruned: bool = False,
+    progress: bool = True,
+    bar: tqdm | None = None,
+    active: tuple[list[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """NLL (mean -L_k ± s.e.) of n examples of ``split``, and A_u on n examples of :data:`ACTIVE_SPLIT`.
+
+    With ``pruned``, also ``nll_pruned``: the NLL of the model without its inactive units (Section 5.2), on the
+    same images and the same noise stream as ``nll``, and ``units_pruned``. With no inactive unit that model is
+    the model itself, so ``nll_pruned`` is ``nll``, not measured again. Returns the numbers, the A_u tensors
+    (for the figure) and the per-example L_k behind ``nll``. The samples are counted on ``bar`` if given (a bar
+    over a longer evaluation). ``active``: :func:`activity`'s result for the same n, when the caller has it
+    already (it does not depend on ``split``).
+    """
+    device, flush = next(model.parameters()).device, config.flush_denormal
+    x = eval_images(config, split, n, device, config.seed)
+    A, x_active = active if active is not None else activity(config, model, n)
+    desc = f"{split} NLL, L_{k}, {x.shape[0]} images"
+    gen = stream(config, device, split, "nll")
+    ll = log_likelihood(model, x, k, generator=gen, progress=progress, desc=desc, bar=bar, flush_denormal=flush)
+    result = {
+        "split": split, "eval_k": k, **summarize(ll),
+        "active_units": count_active(A, config.active_threshold), "active_units_split": ACTIVE_SPLIT,
+        "active_units_n": x_active.shape[0], "active_threshold": config.active_threshold,
+    }  # fmt: skip
+    if pruned:
+        result["units_pruned"] = sum(model.latent_dims) - sum(result["active_units"])
+        result["nll_pruned"] = result["nll"]
+        if result["units_pruned"]:
+            gen = stream(config, device, ACTIVE_SPLIT, "active")
+            smaller = prune_inactive(model, x_active, config.active_threshold, generator=gen)
+            if bar is not None:
+                bar.total += k * x.shape[0]
+            desc = f"{split} NLL without {result['units_pruned']} inactive units, L_{k}, {x.shape[0]} images"
+            gen = stream(config, device, split, "nll")
+            result["nll_pruned"] = nll(smaller, x, k, gen, progress, desc=desc, bar=bar, flush_denormal=flush)["nll"]
+    return result, A, ll
+
+
+def curve_images(config: TrainConfig, device: torch.device) -> torch.Tensor:
+    """The learning curve's ``curve_n`` test images, spread through the test set and binarized as in
+    :func:`eval_images`: the same images at every stage."""
+    return eval_images(config, CURVE_SPLIT, config.curve_n, device, config.seed)
+
+
+def curve_point(config: TrainConfig, model: IWAE, x: torch.Tensor) -> dict[str, Any]:
+    """One point of the learning curve: mean -L_curve_k on ``x`` (:func:`curve_images`) with its standard error,
+    k, n and the seconds it took, as the fields of a ``metrics.jsonl`` record.
+
+    The importance samples come from the ``curve`` stream, seeded afresh at each call: the training's generators
+    are not touched, so a run with a curve trains exactly as one without.
+    """
+    start = time.monotonic()
+    gen = stream(config, x.device, CURVE_SPLIT, "curve")
+    result = nll(model, x, config.curve_k, gen, progress=False, flush_denormal=config.flush_denormal)
+    return {
+        "test_nll_curve": result["nll"], "test_nll_curve_sem": result["nll_sem"], "curve_k": config.curve_k,
+        "curve_n": result["n"], "curve_seconds": time.monotonic() - start,
+    }  # fmt: skip
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    k: int | None = None,
+    split: str = "test",
+    n: int | None = None,
+    progress: bool = True,
+    *,
+    pruned: bool = False,
+    data_dir: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """:func:`measure` for a saved run; written to ``eval-<split>-k<k>-n<n>.json`` in the run folder and returned.
+
+    ``k`` and ``n`` default to the run's ``eval_k`` and ``eval_n``, so the test split gives ``metrics.json``'s
+    ``test_nll``, ``test_nll_sem``, ``active_units`` (and with ``pruned``, ``test_nll_pruned``) and the train split
+    its ``train_nll`` and ``train_nll_sem``, exactly, whatever torch's thread settings: on a CPU it measures on the
+    threads ``metrics.json`` was measured on (:func:`eval_threads`), unless ``threads`` says otherwise.
+    ``data_dir`` overrides where the run's data are read (:func:`iwae.runs.rundir.with_data_dir`).
+    """
+    check_split(split)
+    config, model, _ = load_run(run_dir, data_dir)
+    k = k or config.eval_k
+    if k < 1:
+        raise ValueError(f"k must be a positive number of importance samples, got {k}")
+    model.eval()
+    with flush_subnormals(config.flush_denormal), eval_threads(run_dir, next(model.parameters()).device, threads):
+        result, _, _ = measure(config, model, split, k, n or config.eval_n, pruned=pruned, progress=progress)
+    write_json(Path(run_dir) / f"eval-{split}-k{k}-n{result['n']}.json", result)
+    return result
+
+
+def code_version() -> dict[str, str | bool | None]:
+    """The package's version, and the git commit of its own source checkout with whether the package's files
+    differ from it (None where it is installed from a wheel, lies in another repository, or git is missing)."""
+    import subprocess
+
+    from iwae import __version__
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != root:  # not a checkout of this project (a wheel, another repository)
+        return {"version": __version__, "commit": None, "dirty": None}
+    return {
+        "version": __version__,
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "src")),
+    }
+
+
+@contextmanager
+def eval_threads(run_dir: str | Path, device: torch.device, threads: int | None = None) -> Iterator[None]:
+    """On a CPU, run the block on the torch threads that the run's ``metrics.json`` was measured on (its
+    ``eval_threads``), then restore torch's setting: matrix products sum in another order on another number of
+    threads, so the same evaluation on other threads differs in its last digits. Elsewhere, or for a run not yet
+    evaluated (or evaluated before ``eval_threads`` was recorded), the block runs as it is; ``threads``, if given,
+    instead of the recorded ones."""
+    path = Path(run_dir) / METRICS_NAME
+    if threads is None and path.is_file() and device.type == "cpu":
+        threads = json.loads(path.read_text()).get("eval_threads")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _evaluation_bar(config: TrainConfig, progress: bool) -> tqdm:
+    """One progress bar over the whole final evaluation (its time left is the estimate), announced on stderr."""
+    k, sizes = config.eval_k, SPLIT_SIZES[config.dataset]
+    n_test, n_train = (len(spread(sizes[split], config.eval_n)) for split in ("test", "train"))
+    if progress:
+        print(f"final evaluation: L_{k} on {n_test:,} test and {n_train:,} training images (and on the test images "
+              "again without inactive units, if any; --eval-k and --eval-n set the size)", file=sys.stderr)  # fmt: skip
+    return tqdm(total=k * (n_test + n_train), unit="sample", disable=not progress, leave=False)
+
+
+def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """The end-of-training evaluation of Section 5 and Appendix C/E: ``metrics.json`` and the three figures."""
+    run_dir = Path(run_dir)
+    config, model, state = load_run(run_dir)
+    model.eval()
+    k, device = config.eval_k, next(model.parameters()).device
+    with flush_subnormals(config.flush_denormal), _evaluation_bar(config, progress) as bar:
+        active = activity(config, model, config.eval_n)  # A_u once, for both splits' records
+        test, A, test_ll = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress, bar=bar,
+                                   active=active)  # fmt: skip
+        train, _, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar, active=active)
+    log = read_log(run_dir)
+    metrics = {
+        "dataset": config.dataset, "layers": len(model.latent_dims), "objective": config.objective,
+        "estimator": config.estimator, "k": config.k, "eval_k": k, "eval_n": test["n"],
+        "test_nll": test["nll"], "test_nll_sem": test["nll_sem"],
+        "train_nll": train["nll"], "train_nll_sem": train["nll_sem"],
+        "active_units": test["active_units"], "active_units_split": test["active_units_split"],
+        "active_units_n": test["active_units_n"], "active_threshold": config.active_threshold,
+        "test_nll_pruned": test["nll_pruned"], "units_pruned": test["units_pruned"],
+        "train_seconds": state["train_seconds"], "passes": log[-1]["pass"] if log else 0.0,
+        "eval_threads": torch.get_num_threads() if device.type == "cpu" else None,
+        # which files the data came from (Omniglot: the paper's chardata.mat or the rebuilt archives)
+        "data_files": sorted(locate(config.dataset, Path(config.data_dir)) or {}),
+        "code": code_version(),  # the code that evaluated it (and, for a run trained in one go, trained it)
+    }  # fmt: skip
+    gen = streams.generator(config.seed, "samples", device=device, scheme=config.streams)
+    save_image_grid(model.sample(100, generator=gen), run_dir / SAMPLES_NAME, nrow=10)
+    title = f"{config.dataset}, {len(model.latent_dims)} layer(s), {config.objective} k={config.k}"
+    plot_active_units(A, run_dir / ACTIVE_UNITS_NAME, config.active_threshold, title)
+    points = [r for r in log if "test_nll_curve" in r]
+    curve = [(r["pass"], r["test_nll_curve"]) for r in points]
+    label = f"test NLL (L_{points[-1]['curve_k']}, {points[-1]['curve_n']} images)" if points else ""
+    passes, bounds = [r["pass"] for r in log], [r["train_bound"] for r in log]
+    plot_training(passes, bounds, run_dir / TRAINING_NAME, title, curve, label)
+    index = spread(SPLIT_SIZES[config.dataset]["test"], config.eval_n)
+    write_json(run_dir / PER_IMAGE_NAME, per_image_record(config, k, index, test_ll))
+    write_json(run_dir / METRICS_NAME, metrics)
+    return metrics
+
+
+def per_image_record(config: TrainConfig, k: int, index: torch.Tensor, ll: torch.Tensor) -> dict[str, Any]:
+    """The per-image L_k behind a test NLL (``test_ll.json``): which images (indices into the test split), on which
+    evaluation streams (the seed and scheme), so that two runs' records are paired when these agree."""
+    return {
+        "split": "test", "eval_k": k, "seed": config.seed, "streams": config.streams, "dataset": config.dataset,
+        "index": index.tolist(), "ll": ll.double().tolist(),
+    }  # fmt: skip
+
+
+def read_per_image(run_dir: str | Path) -> dict[str, Any]:
+    """A run's ``test_ll.json`` (:func:`per_image_record`), checked: as many finite values as indices."""
+    path = Path(run_dir) / PER_IMAGE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no per-image record; `iwae evaluate` a finished run to score it again")
+    record = json.loads(path.read_text())
+    ll = record.get("ll")
+    if not isinstance(ll, list) or len(ll) != len(record.get("index", ())) or not all(map(math.isfinite, ll)):
+        raise ValueError(f"{path}: damaged per-image record (values missing, non-finite or not one per index)")
+    return record

@@ -1,0 +1,118 @@
+"""Loading a trained model in Python, and exporting one to share: its weights alone, its config, its numbers and a
+model card.
+
+:func:`load_run` opens a run folder (``iwae train``'s) or an exported folder (``iwae export``'s) alike; ``iwae
+evaluate``, ``sample`` and ``compare`` accept either. An exported folder holds ``model.safetensors`` (parameters
+and buffers, with a sha256 of them), ``config.json`` (without the machine's data path, device ``auto``),
+``metrics.json`` and ``metrics.jsonl`` as the run wrote them (so ``iwae evaluate DIR`` replays its numbers), and
+``README.md``, the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from iwae.models.model import IWAE
+from iwae.runs.checkpoint import WEIGHTS_NAME, save_weights
+from iwae.runs.config import TrainConfig, schedule
+from iwae.runs.rundir import CONFIG_NAME, LOG_NAME, METRICS_NAME, RunError, read_config
+from iwae.runs.rundir import load_run as _load
+from iwae.util import atomic
+
+__all__ = ["LoadedRun", "load_run", "export_run", "MODEL_CARD_NAME"]
+
+MODEL_CARD_NAME = "README.md"
+
+
+class LoadedRun(NamedTuple):
+    """A trained model with the config that made it and its final numbers (None before its evaluation)."""
+
+    model: IWAE
+    config: TrainConfig
+    metrics: dict[str, Any] | None
+
+
+def load_run(path: str | Path, data_dir: str | None = None) -> LoadedRun:
+    """The model of a run folder or an exported folder, in eval mode, with its config and ``metrics.json``.
+
+    ``data_dir`` says where the run's data are, for evaluating it (default: as :func:`iwae.runs.rundir.with_data_dir`).
+
+    :raises RunError: ``path`` holds no run.
+    """
+    config, model, _ = _load(path, data_dir)
+    metrics_path = Path(path) / METRICS_NAME
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    return LoadedRun(model.eval(), config, metrics)
+
+
+def export_run(run_dir: str | Path, out: str | Path) -> Path:
+    """Write the evaluated run of ``run_dir`` into the new folder ``out`` (see the module docstring); ``out``.
+
+    :raises RunError: the run is not evaluated yet, or ``out`` exists and is not empty.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / METRICS_NAME).is_file():
+        raise RunError(f"{run_dir} is not evaluated (no {METRICS_NAME}); finish it first: `iwae resume {run_dir}`")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunError(f"{out} exists and is not an empty folder; export into a new folder")
+    config = read_config(run_dir)
+    _, model, _ = _load(run_dir)
+    shared = config.replace(data_dir=None, device="auto", init_from=None)  # nothing of this machine
+    metrics = json.loads((run_dir / METRICS_NAME).read_text())
+    card = model_card(run_dir.name, shared, metrics, model)  # before any file: a metrics.json it cannot read stops here
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:  # whole, or nothing
+        staged = Path(tmp) / "export"
+        staged.mkdir()
+        save_weights(staged / WEIGHTS_NAME, model)
+        atomic.write_text(staged / CONFIG_NAME, shared.to_json())
+        atomic.write_json(staged / METRICS_NAME, metrics)
+        if (run_dir / LOG_NAME).is_file():
+            atomic.write_text(staged / LOG_NAME, (run_dir / LOG_NAME).read_text())
+        atomic.write_text(staged / MODEL_CARD_NAME, card)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(staged, out)
+    return out
+
+
+def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: IWAE) -> str:
+    """The exported folder's README: what the model is, how it was trained and scored, and how to use it."""
+    passes = sum(stage.passes for stage in schedule(config))
+    rates = sorted({stage.lr for stage in schedule(config)}, reverse=True)
+    units = "+".join(map(str, metrics["active_units"]))
+    binarized = "fixed binarization" if config.dataset == "binarized-mnist" else "binarized afresh at every use"
+    code = metrics.get("code") or {}
+    dirty = " with uncommitted changes" if code.get("dirty") else ""
+    made = f"iwae {code.get('version', '?')}, commit {code.get('commit') or 'unknown'}{dirty}"
+    return "\n".join([
+        f"# {name}",
+        "",
+        f"An importance weighted autoencoder (Burda, Grosse & Salakhutdinov, 2016) trained with `iwae`: "
+        f"{len(model.latent_dims)} stochastic layer(s) of {'+'.join(map(str, model.latent_dims))} units, trained on "
+        f"the {config.objective} bound with k = {config.k} ({config.estimator} gradients), seed {config.seed}.",
+        "",
+        f"- Data: {config.dataset}, {binarized}.",
+        f"- Schedule: {passes:,.2f} passes over the training set in {len(schedule(config))} stages (the paper's is "
+        f"3,280 in 8), learning rates {rates[0]:.2e} down to {rates[-1]:.2e}, batch {config.batch_size}, Adam "
+        f"(betas {config.adam_betas}, eps 1e-4).",
+        f"- Test NLL: {metrics['test_nll']:.2f} ± {metrics['test_nll_sem']:.2f} nats (mean -L_{metrics['eval_k']} "
+        f"over {metrics['eval_n']:,} test images, ± one standard error over images); train NLL "
+        f"{metrics['train_nll']:.2f}; active units {units}; NLL without the inactive units "
+        f"{metrics['test_nll_pruned']:.2f}.",
+        f"- Evaluated by: {made}.",
+        "",
+        "```python",
+        "import iwae",
+        "model, config, metrics = iwae.load_run(\"THIS_FOLDER\")",
+        "samples = model.sample(16)",
+        "```",
+        "",
+        "`iwae evaluate THIS_FOLDER` replays the test NLL above (with the data in `IWAE_DATA_DIR`); `iwae sample` and "
+        "`iwae compare` take the folder too.",
+        "",
+    ])  # fmt: skip

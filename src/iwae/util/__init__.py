@@ -1,0 +1,1 @@
+"""Foundations every layer may use: atomic file writes, the CPU's subnormal-float setting, the random streams."""

@@ -294,6 +294,35 @@ def test_estimator_tables_are_results_json_and_snr_json():
         assert f"| {k} | {enc} | {snr['snr']['reparam']['decoder'][i]:.2f} |" in text, k
 
 
+HEAD_TO_HEAD_ROWS = {  # README row label -> run of results/estimators/k5
+    "VAE (k-sample ELBO, Eq. 7)": "mnist-l1-vae-k5", "IWAE (reparam, Eq. 14)": "mnist-l1-iwae-k5",
+    "IWAE, STL (Roeder et al. 2017)": "mnist-l1-iwae-stl-k5",
+    "IWAE, DReG (Tucker et al. 2018)": "mnist-l1-iwae-dreg-k5",
+    "VR, alpha = 0.5 (Li & Turner 2016)": "mnist-l1-vr0.5-k5",
+    "IWAE, RWS (wake-phi; Bornschein & Bengio 2015)": "mnist-l1-iwae-rws-k5",
+}  # fmt: skip
+
+
+def test_estimator_head_to_head_table_is_its_results_json():
+    text = (ESTIMATORS / "README.md").read_text()
+    results = json.loads((ESTIMATORS / "k5" / "results.json").read_text())
+    table = results["estimators"]["runs"]
+    for label, name in HEAD_TO_HEAD_ROWS.items():
+        line = next(s for s in text.splitlines() if s.startswith(f"| {label} |"))
+        cells = [c.strip() for c in line.split("|")[2:-1]]
+        cell = results["runs"][name]
+        assert cells[0] == f"{cell['test_nll']:.2f} ± {cell['test_nll_sd']:.2f}", line
+        assert cells[1] in (f"{sum(cell['active_units']):.1f}", f"{sum(cell['active_units']):.0f}"), line
+        if "vs_reference" in table[name]:
+            d = table[name]["vs_reference"]
+            assert cells[2] == f"{d['mean']:+.2f} ± {d['sem']:.2f}" and len(d["seeds"]) == 3, line
+    pairs = results["estimators"]["pairs"]
+    for pair, phrase in (("mnist-l1-iwae-dreg-k5 - mnist-l1-iwae-stl-k5", "STL against DReG"),
+                         ("mnist-l1-vr0.5-k5 - mnist-l1-iwae-dreg-k5", "VR-0.5 against DReG")):  # fmt: skip
+        d = pairs[pair]
+        assert f"{phrase} {d['mean']:+.2f} ± {d['sem']:.2f}" in " ".join(text.split())
+
+
 FIDELITY = ROOT / "results" / "fidelity"
 
 

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from test_faults import _same_run
 
 import iwae.data
+import iwae.fleets.fleet
 import iwae.runs.checkpoint
 import iwae.runs.evaluate_run
 import iwae.runs.train
@@ -36,7 +37,7 @@ SHORT = {**TINY, "pass_scale": 0.01, "eval_n": 20}
 
 def _hook(setattr: Callable, event: Callable[[str], None]) -> None:
     """Call ``event(kind)`` before each training step, checkpoint write, log line, evaluation and rename."""
-    make_step, save_file, append_log = iwae.runs.train.build_step, iwae.runs.checkpoint.save_file, rundir.append_log
+    make_step, save_file, append_log = iwae.fleets.fleet.build_step, iwae.runs.checkpoint.save_file, rundir.append_log
     log_likelihood, replace = iwae.runs.evaluate_run.log_likelihood, atomic.os.replace
 
     def make(*args, **kwargs):
@@ -47,7 +48,7 @@ def _hook(setattr: Callable, event: Callable[[str], None]) -> None:
         event("checkpoint")  # a kill here leaves a half-written temporary file (written by `event`)
         save_file(tensors, filename, metadata=metadata)
 
-    setattr(iwae.runs.train, "build_step", make)
+    setattr(iwae.fleets.fleet, "build_step", make)  # the step of a run (a fleet of one) and of a looping fleet
     setattr(iwae.runs.checkpoint, "save_file", save)
     setattr(rundir, "append_log", lambda *a: (event("log"), append_log(*a))[1])
     setattr(iwae.runs.evaluate_run, "log_likelihood", lambda *a, **k: (event("evaluate"), log_likelihood(*a, **k))[1])

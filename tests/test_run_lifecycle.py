@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import TINY, read_json
 
+import iwae.fleets.fleet
 import iwae.runs.evaluate_run
 import iwae.runs.train
 from iwae.cli import main
@@ -136,7 +137,7 @@ def test_training_on_the_cpu_uses_one_thread_by_default(tiny_config, tmp_path, m
         seen.append(torch.get_num_threads())
         raise InterruptedError  # enough seen: no need to train
 
-    monkeypatch.setattr(iwae.runs.train, "build_step", spy)
+    monkeypatch.setattr(iwae.fleets.fleet, "build_step", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     config = tiny_config.replace(curve_k=0, device="cpu")

@@ -19,7 +19,7 @@ def test_an_exported_model_is_its_runs_model_and_replays_its_numbers(tiny_run, t
     out = tmp_path / "shared"
     assert main(["export", str(tiny_run), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "config.json", "metrics.json", "metrics.jsonl", "model.safetensors"]  # fmt: skip
+        "README.md", "config.json", "metrics.json", "metrics.jsonl", "model.safetensors", "test_ll.json"]  # fmt: skip
     config = json.loads((out / "config.json").read_text())
     assert config["data_dir"] is None and config["device"] == "auto"  # nothing of this machine
     metrics = read_json(tiny_run / "metrics.json")
@@ -69,7 +69,24 @@ def test_an_exported_folder_is_not_a_run_to_continue(tiny_run, tmp_path, capsys)
     assert main(["resume", str(out), "--re-evaluate", "--quiet"]) == 1  # training afresh would erase it
     assert "is an exported model" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "config.json", "metrics.json", "metrics.jsonl", "model.safetensors"]  # fmt: skip
+        "README.md", "config.json", "metrics.json", "metrics.jsonl", "model.safetensors", "test_ll.json"]  # fmt: skip
     assert run_states(out)[0].state == "exported"
     with pytest.raises(RunError, match="not an empty folder"):
         export_run(tiny_run, out / "README.md")
+
+
+def test_the_code_version_names_this_checkouts_commit():
+    """metrics.json's ``code``: the commit of the checkout the package runs from (this one, a git clone)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from iwae.runs.evaluate_run import code_version
+
+    root = Path(iwae.__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not run from a git checkout")
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    version = code_version()
+    assert version["commit"] == head and isinstance(version["dirty"], bool)
+    assert version["version"] == iwae.__version__

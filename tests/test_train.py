@@ -12,6 +12,7 @@ import torch
 from conftest import TINY, read_json
 from safetensors.torch import load_file
 
+import iwae.fleets.fleet
 import iwae.runs.train
 from iwae.runs import rundir
 from iwae.runs.checkpoint import CheckpointError, load_checkpoint
@@ -33,7 +34,7 @@ def _same_checkpoints(a, b):
 
 def _wrap_steps(monkeypatch, wrap):
     """Make the trainer's step call ``wrap(n, step, x)``, n counting steps from 1 across the whole run."""
-    real = iwae.runs.train.build_step
+    real = iwae.fleets.fleet.build_step
     calls = {"n": 0}
 
     def make(*args, **kwargs):
@@ -45,7 +46,7 @@ def _wrap_steps(monkeypatch, wrap):
 
         return wrapped
 
-    monkeypatch.setattr(iwae.runs.train, "build_step", make)
+    monkeypatch.setattr(iwae.fleets.fleet, "build_step", make)
 
 
 def test_paper_schedule():
@@ -82,7 +83,7 @@ def test_tiny_run_end_to_end(tiny_run, tiny_config):
 def test_resume_after_interruption_gives_identical_numbers(tiny_run, tiny_config, tmp_path, monkeypatch):
     """``tiny_run`` is the uninterrupted run of ``tiny_config``."""
     config = tiny_config
-    real = iwae.runs.train.build_step
+    real = iwae.fleets.fleet.build_step
 
     def interrupt(n, step, x):
         if n == 130:  # mid-pass in stage 2; the last checkpoint was at step 100
@@ -94,7 +95,7 @@ def test_resume_after_interruption_gives_identical_numbers(tiny_run, tiny_config
         iwae.runs.train.train(config, tmp_path / "broken", progress=False)
     state, _ = load_checkpoint(tmp_path / "broken" / "checkpoint.safetensors", rundir.build_model(config))
     assert (state["stage"], state["step"]) == (1, 50)
-    monkeypatch.setattr(iwae.runs.train, "build_step", real)
+    monkeypatch.setattr(iwae.fleets.fleet, "build_step", real)
     iwae.runs.train.resume(tmp_path / "broken", progress=False)
     _same_checkpoints(tiny_run, tmp_path / "broken")
     assert _log_without_timings(tmp_path / "broken") == _log_without_timings(tiny_run)

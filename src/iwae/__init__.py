@@ -37,6 +37,7 @@ __all__ = [
     "LoadedRun",
     "GaussianLatentModel",
     "SampledModel",
+    "pretrained",
 ]
 
 # name -> module holding it (a module itself where the two are the same)
@@ -47,6 +48,7 @@ _LAZY = {
     "active_units": "iwae.evaluate", "count_active": "iwae.evaluate", "prune_inactive": "iwae.evaluate",
     "load_run": "iwae.runs.sharing", "LoadedRun": "iwae.runs.sharing",
     "GaussianLatentModel": "iwae.models.latent_model", "SampledModel": "iwae.models.latent_model",
+    "pretrained": "iwae.pretrained",
 }  # fmt: skip
 
 

@@ -71,12 +71,14 @@ class Fleet(ABC):
 
 
 class LoopFleet(Fleet):
-    """The runs' ordinary steps (:func:`~iwae.runs.train_step.build_step`), one after another."""
+    """The runs' ordinary steps (:func:`~iwae.runs.train_step.build_step`, through ``torch.compile`` with
+    ``compile``), one after another; a single run is a loop fleet of one (:mod:`iwae.runs.train`)."""
 
-    def __init__(self, models, optimizers, objectives, generators, *, flush_denormal: bool = True) -> None:  # noqa: ANN001
+    def __init__(self, models, optimizers, objectives, generators, *, flush_denormal: bool = True,  # noqa: ANN001
+                 compile: bool = False) -> None:  # fmt: skip
         super().__init__(models, optimizers, objectives, generators, flush_denormal=flush_denormal)
         self._steps = [
-            build_step(model, opt, obj, generator=gen, flush_denormal=flush_denormal)
+            build_step(model, opt, obj, generator=gen, compile=compile, flush_denormal=flush_denormal)
             for model, opt, obj, gen in zip(self.models, self.optimizers, self.objectives, self.generators)
         ]
 

@@ -17,29 +17,26 @@ another's.
 from __future__ import annotations
 
 import json
-import math
 import os
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from iwae.fleets.fleet import Fleet, make_fleet
-from iwae.fleets.fleet_runs import FleetRun, SharedData, open_run
 from iwae.runs import rundir
 from iwae.runs.config import TrainConfig
-from iwae.runs.evaluate_run import curve_point, finish_run
+from iwae.runs.evaluate_run import finish_run
+from iwae.runs.loop import step_runs
 from iwae.runs.rundir import RunError, resolve_device
-from iwae.runs.train import StopRequests, _log_pass, _stage_steps, cpu_work
+from iwae.runs.train import cpu_work
+from iwae.runs.training_state import RunState, SharedData, open_run
 from iwae.util.atomic import write_json
 
 __all__ = ["MANIFEST_NAME", "train_fleet", "resume_fleet", "train_fleet_and_evaluate", "read_manifest"]
 
 MANIFEST_NAME = "fleet.json"
-_CHECK_EVERY = 50  # fleet steps between finiteness checks (one host synchronisation each)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -94,7 +91,8 @@ def train_fleet(
     device = _check_fleet(configs)
     with cpu_work(configs[0], threads):
         loaded = SharedData(device)
-        runs = [open_run(c, d, fresh=True, create=True, loaded=loaded) for c, d in zip(configs, run_dirs)]
+        again = f"run `iwae resume {manifest.parent}`"
+        runs = [open_run(c, d, True, True, loaded, again) for c, d in zip(configs, run_dirs)]
         names = [os.path.relpath(d, manifest.parent) for d in run_dirs]
         _write_manifest(manifest, names, mode, 0, {})
         return _loop(runs, manifest, names, mode, {}, progress)
@@ -124,7 +122,8 @@ def resume_fleet(manifest: str | Path, *, progress: bool = True, threads: int | 
             if pending is not None and pending.get("fleet_step") == record["step"]:
                 rundir.commit_pending(d)
             rundir.drop_pending(d)
-            run = open_run(config, d, fresh=not rundir.has_checkpoint(d), create=False, loaded=loaded)
+            again = f"run `iwae resume {manifest.parent}`"
+            run = open_run(config, d, not rundir.has_checkpoint(d), False, loaded, again)
             if not run.done and run.pos.fleet_step != record["step"]:
                 raise RunError(
                     f"{d} is at fleet step {run.pos.fleet_step}, the fleet at {record['step']}: it was trained on its "
@@ -134,97 +133,33 @@ def resume_fleet(manifest: str | Path, *, progress: bool = True, threads: int | 
         return _loop(runs, manifest, names, record["mode"], dropped, progress)
 
 
-def _loop(runs: list[FleetRun], manifest: Path, names: list[str], mode: str, dropped: dict[str, str],
+def _loop(runs: list[RunState], manifest: Path, names: list[str], mode: str, dropped: dict[str, str],
           progress: bool) -> dict[str, str]:  # fmt: skip
-    """Step the fleet until every run has finished its schedule or been dropped; the dropped runs."""
-    active = [r for r in runs if not r.done]
-    step = max((r.pos.fleet_step for r in runs), default=0)
-    remaining = max((_steps_left(r) for r in active), default=0)
+    """Step the fleet (:func:`iwae.runs.loop.step_runs`) until every run has finished its schedule or been dropped;
+    the dropped runs."""
     interval = 60 * min((r.config.checkpoint_minutes for r in runs), default=5.0)
     # A fleet of CUDA graphs resumed on a CPU (--device cpu) steps as auto does there; the manifest keeps its mode.
     step_mode = "auto" if mode == "graph" and runs and runs[0].batches.x.device.type != "cuda" else mode
-    with (
-        StopRequests() as stop,
-        tqdm(
-            total=step + remaining, initial=step, unit="step", disable=not progress, desc=f"fleet of {len(runs)}"
-        ) as bar,
-    ):
-        while active:
-            fleet = make_fleet([r.model for r in active], [r.optimizer for r in active], [r.objective for r in active],
-                               [r.gens.device for r in active], active[0].config.batch_size, step_mode,
-                               flush_denormal=active[0].config.flush_denormal)  # fmt: skip
-            step, left = _stretch(fleet, active, manifest, names, mode, dropped, step, interval, bar, stop)
-            for r, why in left.items():
-                dropped[os.path.relpath(r.run_dir, manifest.parent)] = why
-            kept = [r for r in active if r not in left]  # the finished ones take their last checkpoint here
-            _save_all(fleet, kept, manifest, names, mode, dropped, step)
-            active = [r for r in kept if not r.done]
+
+    def stepper(active: list[RunState]) -> Fleet:
+        return make_fleet([r.model for r in active], [r.optimizer for r in active], [r.objective for r in active],
+                          [r.gens.device for r in active], active[0].config.batch_size, step_mode,
+                          flush_denormal=active[0].config.flush_denormal)  # fmt: skip
+
+    def save(active: list[RunState], step: int) -> None:
+        """The fleet's two-phase checkpoint: every run's pending checkpoint, the manifest's step, then each commit."""
+        for r in active:
+            r.save(step)
+        _write_manifest(manifest, names, mode, step, dropped)
+        for r in active:
+            rundir.commit_pending(r.run_dir)
+
+    def leave(run: RunState, why: str) -> None:
+        dropped[os.path.relpath(run.run_dir, manifest.parent)] = why
+
+    step_runs(runs, stepper, save, leave, interval=interval, progress=progress,
+              describe=lambda active: f"fleet of {len(active)}")  # fmt: skip
     return dropped
-
-
-def _steps_left(run: FleetRun) -> int:
-    per = run.batches.per_pass
-    stages = run.stages[run.pos.stage :]
-    return sum(_stage_steps(s.passes, per) for s in stages) - run.pos.step
-
-
-def _stretch(fleet: Fleet, active: list[FleetRun], manifest: Path, names: list[str], mode: str, dropped: dict[str, str],
-             step: int, interval: float, bar: tqdm, stop: StopRequests) -> tuple[int, dict[FleetRun, str]]:  # fmt: skip
-    """Step ``fleet`` until one of its runs finishes or is dropped; the fleet step reached and the dropped runs.
-    Ctrl-C or SIGTERM: the fleet step under way ends, the fleet checkpoints there, then stops."""
-    sums = torch.tensor([r.pos.pass_loss for r in active], dtype=torch.float64, device=_device(active))
-    last_save = tick = time.monotonic()
-    while True:
-        xs = []
-        for i, r in enumerate(active):
-            x, new_pass = r.next_batch()
-            if new_pass:
-                sums[i] = 0.0
-            xs.append(x)
-        sums += fleet.step(xs, [r.lr for r in active])
-        step += 1
-        bar.update()
-        ends = [r.advance() for r in active]
-        if step % _CHECK_EVERY and not any(p for p, _ in ends) and not stop.requested:
-            continue
-        now = time.monotonic()
-        left = {}
-        for r, loss in zip(active, sums.tolist()):
-            r.pos.pass_loss, r.pos.train_seconds = loss, r.pos.train_seconds + now - tick
-            if not math.isfinite(loss):
-                left[r] = f"the training loss became non-finite in stage {r.pos.stage + 1}, step {r.pos.step}"
-        tick = now
-        if any(stage_end and r.curve_x is not None for r, (_, stage_end) in zip(active, ends)):
-            fleet.sync()  # a curve point reads the run's own model (a checkpoint syncs for itself)
-        for r, (pass_end, stage_end) in zip(active, ends):
-            if pass_end and r not in left:
-                record = r.pass_record(now - r.pass_start)
-                if stage_end and r.curve_x is not None:
-                    record |= curve_point(r.config, r.model, r.curve_x)
-                _log_pass(r.run_dir, r.pos, record, bar, None)
-            if stage_end and r not in left:
-                r.next_stage()
-        if left or any(r.done for r in active):
-            return step, left
-        if any(s for _, s in ends) or now - last_save >= interval or stop.requested:
-            _save_all(fleet, active, manifest, names, mode, dropped, step)
-            last_save = time.monotonic()
-            stop.check()
-
-
-def _device(runs: list[FleetRun]) -> torch.device:
-    return runs[0].batches.x.device
-
-
-def _save_all(fleet: Fleet, runs: list[FleetRun], manifest: Path, names: list[str], mode: str, dropped: dict[str, str],
-              step: int) -> None:  # fmt: skip
-    """The fleet's two-phase checkpoint: every run's pending checkpoint, the manifest's step, then each commit."""
-    fleet.sync()
-    for r in runs:
-        r.save(step)
-    _write_manifest(manifest, names, mode, step, dropped)
-    for r in runs:
-        rundir.commit_pending(r.run_dir)
 
 
 def train_fleet_and_evaluate(

@@ -263,9 +263,10 @@ def code_version() -> dict[str, str | bool | None]:
     differ from it (None where it is installed from a wheel, lies in another repository, or git is missing)."""
     import subprocess
 
-    from iwae import __version__
+    import iwae
 
-    root = Path(__file__).resolve().parents[2]
+    __version__ = iwae.__version__
+    root = Path(iwae.__file__).resolve().parents[2]  # src/iwae/__init__.py -> the checkout's root
 
     def git(*args: str) -> str | None:
         try:

@@ -4,8 +4,8 @@ model card.
 :func:`load_run` opens a run folder (``iwae train``'s) or an exported folder (``iwae export``'s) alike; ``iwae
 evaluate``, ``sample`` and ``compare`` accept either. An exported folder holds ``model.safetensors`` (parameters
 and buffers, with a sha256 of them), ``config.json`` (without the machine's data path, device ``auto``),
-``metrics.json`` and ``metrics.jsonl`` as the run wrote them (so ``iwae evaluate DIR`` replays its numbers), and
-``README.md``, the model card.
+``metrics.json``, ``metrics.jsonl`` and ``test_ll.json`` as the run wrote them (so ``iwae evaluate DIR`` replays
+its numbers, image by image), and ``README.md``, the model card.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from iwae.models.model import IWAE
 from iwae.runs.checkpoint import WEIGHTS_NAME, save_weights
 from iwae.runs.config import TrainConfig, schedule
-from iwae.runs.rundir import CONFIG_NAME, LOG_NAME, METRICS_NAME, RunError, read_config
+from iwae.runs.rundir import CONFIG_NAME, LOG_NAME, METRICS_NAME, PER_IMAGE_NAME, RunError, read_config
 from iwae.runs.rundir import load_run as _load
 from iwae.util import atomic
 
@@ -71,8 +71,9 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
         save_weights(staged / WEIGHTS_NAME, model)
         atomic.write_text(staged / CONFIG_NAME, shared.to_json())
         atomic.write_json(staged / METRICS_NAME, metrics)
-        if (run_dir / LOG_NAME).is_file():
-            atomic.write_text(staged / LOG_NAME, (run_dir / LOG_NAME).read_text())
+        for name in (LOG_NAME, PER_IMAGE_NAME):  # the learning curve; each test image's L_k
+            if (run_dir / name).is_file():
+                atomic.write_text(staged / name, (run_dir / name).read_text())
         atomic.write_text(staged / MODEL_CARD_NAME, card)
         if out.exists():
             out.rmdir()  # empty, checked above

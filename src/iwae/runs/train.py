@@ -10,39 +10,34 @@ reaches exactly the numbers it would have reached uninterrupted. The stage's las
 written before the stage-end checkpoint that counts it: a run killed between the two drops that line on resume and
 measures it again, so no point of the curve is lost or doubled. Ctrl-C or SIGTERM during training finishes the step
 under way, writes a checkpoint there and then stops as the signal would have (a second one stops at once), so
-``iwae resume`` loses nothing. The files of a run folder are :mod:`iwae.runs.rundir`'s.
+``iwae resume`` loses nothing. The loop is :func:`iwae.runs.loop.step_runs`, the one that steps fleets: a single run
+is a fleet of one whose checkpoints are written in place. The files of a run folder are :mod:`iwae.runs.rundir`'s.
 """
 
 from __future__ import annotations
 
 import math
-import signal
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from iwae import data
 from iwae.data.datasets import SPLIT_SIZES
-from iwae.objectives import Objective
+from iwae.fleets.fleet import LoopFleet
 from iwae.runs import rundir
-from iwae.runs.config import TrainConfig, schedule
-from iwae.runs.evaluate_run import curve_images, curve_point, finish_run
-from iwae.runs.rundir import RunError, build_model, resolve_device
-from iwae.runs.train_step import build_step, make_optimizer
-from iwae.runs.training_state import Batches, Generators, Position, Saver
+from iwae.runs.config import TrainConfig
+from iwae.runs.evaluate_run import finish_run
+from iwae.runs.loop import step_runs
+from iwae.runs.rundir import RunError, resolve_device
+from iwae.runs.training_state import RunState, SharedData, open_run
 from iwae.util.cpu import flush_subnormals
 
 __all__ = [
-    "TrainingDiverged", "train", "resume", "train_and_evaluate", "default_threads", "cpu_work", "StopRequests",
+    "TrainingDiverged", "train", "resume", "train_and_evaluate", "default_threads", "cpu_work",
 ]  # fmt: skip
 
-_CHECK_EVERY = 50  # steps between finiteness checks and checkpoint-timer looks (one host sync each)
 TENSORBOARD_NAME = "tensorboard"  # the run folder's TensorBoard log (--tensorboard)
 SMALL_BATCH = 100  # batches up to this size run on one CPU thread unless told otherwise (default_threads)
 
@@ -146,192 +141,29 @@ def _refuse_exported(run_dir: Path) -> None:
 
 
 def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, create: bool = False) -> None:
-    device = resolve_device(config.device)
-    x = data.load(config.dataset, "train", config.data_dir).to(device)
-    batches = Batches(x, config.batch_size, dynamic=not data.is_binary(config.dataset))
-    model = build_model(config, output_bias=x.mean(0)).to(device)
-    optimizer = make_optimizer(model, betas=config.adam_betas)
-    gens = Generators.seeded(config.seed, device, config.streams)
-    curve_x = curve_images(config, device) if config.has_curve else None
-    rundir.check_space(run_dir, model, "start it again" if create else f"run `iwae resume {run_dir}`")
+    """Train one run to the end of its schedule: the loop that steps fleets (:func:`iwae.runs.loop.step_runs`),
+    with one run, its checkpoints written in place."""
     writer_class = _tensorboard() if config.tensorboard else None  # before the folder becomes a run
-    pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)
+    loaded = SharedData(resolve_device(config.device))
+    run = open_run(config, run_dir, fresh, create, loaded, again=f"run `iwae resume {run_dir}`")
     rundir.drop_pending(run_dir)  # a fleet's checkpoint never committed must not replace this run's own later
-    pos.fleet_step = 0  # trained on its own from here: a fleet it was part of must not take it back (fleet_train)
-    step = build_step(model, optimizer, Objective.from_config(config), generator=gens.device, compile=config.compile,
-                      flush_denormal=config.flush_denormal)  # fmt: skip
-    saver = Saver(run_dir, model, optimizer, gens, 60 * config.checkpoint_minutes)
-    writer = writer_class(str(run_dir / TENSORBOARD_NAME)) if writer_class else None
-    stages, per_pass = schedule(config), batches.per_pass
-    passes_done = sum(_stage_steps(s.passes, per_pass) for s in stages[: pos.stage]) / per_pass
-    with StopRequests() as stop, writer or nullcontext():  # the writer is closed however the loop ends
-        while pos.stage < len(stages):
-            stage = stages[pos.stage]
-            total = _stage_steps(stage.passes, per_pass)
-            for group in optimizer.param_groups:
-                group["lr"] = stage.lr
-            desc = f"stage {stage.index + 1}/{len(stages)} lr {stage.lr:.2e}"
-            with tqdm(total=total, initial=pos.step, unit="step", disable=not progress, leave=False, desc=desc) as bar:
-                while pos.step < total:
-                    first = pos.step % per_pass  # not 0 only when resuming mid-pass
-                    if first == 0:  # a new pass: reshuffle
-                        perm, pos.pass_loss = batches.shuffle(gens.shuffle), 0.0
-                    end = min(per_pass, first + total - pos.step)  # a stage's last pass may be cut short
-                    seconds = _run_pass(step, batches, perm, gens.device, range(first, end), pos, saver, bar, stop)
-                    record = {
-                        "stage": stage.index, "lr": stage.lr, "pass": passes_done + pos.step / per_pass,
-                        "train_bound": -pos.pass_loss / end, "seconds": seconds,
-                        "examples_per_s": end * batches.size / max(seconds, 1e-9),
-                    }  # fmt: skip
-                    if pos.step == total and curve_x is not None:  # the stage's last pass: a point of the curve
-                        record |= curve_point(config, model, curve_x)
-                    _log_pass(run_dir, pos, record, bar, writer, step=round(record["pass"] * per_pass))
-                    if pos.step < total and (saver.due() or stop.requested):
-                        saver.save(pos, perm)
-                        stop.check()
-            passes_done += total / per_pass
-            pos = Position(stage=pos.stage + 1, train_seconds=pos.train_seconds, log_lines=pos.log_lines)
-            perm = None
-            saver.save(pos, perm)
-            stop.check()  # a signal during the stage's last pass or its curve point: stopped at this checkpoint
+    run.pos.fleet_step = 0  # trained on its own from here: a fleet it was part of must not take it back (fleet_train)
+    run.writer = writer_class(str(run_dir / TENSORBOARD_NAME)) if writer_class else None
 
+    def stepper(runs: list[RunState]) -> LoopFleet:
+        return LoopFleet([run.model], [run.optimizer], [run.objective], [run.gens.device], compile=config.compile,
+                         flush_denormal=config.flush_denormal)  # fmt: skip
 
-def _start(
-    config: TrainConfig,
-    run_dir: Path,
-    fresh: bool,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    gens: Generators,
-    create: bool,
-) -> tuple[Position, torch.Tensor | None]:
-    """The start of the schedule (from ``init_from``'s model, if given), or the checkpoint's position and pass.
+    def diverged(run: RunState, why: str) -> None:
+        raise TrainingDiverged(f"{why}; the last good checkpoint in {run_dir} is kept (try a lower learning rate "
+                               "or another seed)")  # fmt: skip
 
-    With ``create``, the folder becomes a run here, once everything before has loaded. Lines of ``metrics.jsonl``
-    written after the position are dropped: they will be written again; a run starting over also loses the
-    results of its earlier evaluations.
-    """
-    pos, perm = Position(), None
-    if fresh and config.init_from:
-        _, source, _ = rundir.load_run(config.init_from)
-        model.load_state_dict(source.state_dict())
-    elif not fresh:
-        saved, extra = rundir.load_state(run_dir, model, optimizer)
-        pos, perm = Position(**saved), extra.get("perm")
-        gens.restore(extra)
-    if create:
-        rundir.create(run_dir, config)
-    elif fresh:
-        rundir.clear_results(run_dir)
-    rundir.truncate_log(run_dir, pos.log_lines)
-    return pos, perm
+    def describe(runs: list[RunState]) -> str:
+        return f"stage {run.pos.stage + 1}/{len(run.stages)} lr {run.lr:.2e}" if not run.done else "done"
 
-
-def _run_pass(
-    step: Callable[[torch.Tensor], torch.Tensor],
-    batches: Batches,
-    perm: torch.Tensor,
-    gen: torch.Generator,
-    steps: range,
-    pos: Position,
-    saver: Saver,
-    bar: tqdm,
-    stop: StopRequests,
-) -> float:
-    """Minibatches ``steps`` of the pass over ``perm``, one training step each; the seconds they took.
-
-    Every :data:`_CHECK_EVERY` steps of the stage and after the last: stop if the loss is not finite (the last
-    checkpoint is kept), else record the pass's loss so far and the time in ``pos``; mid-pass, checkpoint if due.
-    After a step during which Ctrl-C or SIGTERM arrived: the same, then a checkpoint, then stop.
-    """
-    loss_sum = torch.tensor(pos.pass_loss, device=batches.x.device, dtype=torch.float64)
-    start = tick = time.monotonic()
-    for t in steps:
-        loss_sum += step(batches.get(perm, t, gen))
-        pos.step += 1
-        bar.update()
-        last = t == steps[-1]
-        if pos.step % _CHECK_EVERY != 0 and not last and not stop.requested:
-            continue
-        if not torch.isfinite(loss_sum):
-            raise TrainingDiverged(
-                f"the training loss became non-finite in stage {pos.stage + 1}, step {pos.step}; the last good "
-                f"checkpoint in {saver.run_dir} is kept (try a lower learning rate or another seed)"
-            )
-        now = time.monotonic()
-        pos.train_seconds, pos.pass_loss, tick = pos.train_seconds + now - tick, float(loss_sum), now
-        if not last and (saver.due() or stop.requested):
-            saver.save(pos, perm)
-            stop.check()
-    return tick - start
-
-
-class StopRequests:
-    """Ctrl-C and SIGTERM while training, held until the step under way is done and checkpointed.
-
-    The first signal is recorded (``requested``); :meth:`check`, called once a checkpoint holds the position,
-    then delivers it to the handler that was in place before (KeyboardInterrupt for Ctrl-C, ``iwae``'s stop for
-    SIGTERM). A second signal before that is delivered at once, and one still held when the block ends (the work
-    is checkpointed by then) as it ends. Outside the main thread nothing is changed, nor are handlers installed
-    outside Python (whose previous handler could not be put back).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequests:
-        if threading.current_thread() is threading.main_thread():
-            caught = [s for s in self.SIGNALS if signal.getsignal(s) not in (signal.SIG_IGN, None)]
-            self._previous = {s: signal.signal(s, self._handle) for s in caught}
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        self._restore()
-        if exc_type is None:
-            self.check()
-
-    def _restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested is not None:  # the second one: stop now
-            self._deliver(signum)
-        self.requested = signum
-
-    def check(self) -> None:
-        """Deliver the signal received, if any (the run is checkpointed at its position)."""
-        if self.requested is not None:
-            self._deliver(self.requested)
-
-    def _deliver(self, signum: int) -> None:
-        self.requested = None
-        self._restore()
-        signal.raise_signal(signum)
-        raise KeyboardInterrupt  # the previous handler ignored it: stop all the same
-
-
-def _log_pass(
-    run_dir: Path, pos: Position, record: dict[str, Any], bar: tqdm, writer: Any, step: int | None = None
-) -> None:
-    """One line of ``metrics.jsonl`` per pass (counted in ``pos``), also shown on the bar and in TensorBoard."""
-    rundir.append_log(run_dir, record)
-    pos.log_lines += 1
-    bar.set_postfix(bound=f"{record['train_bound']:.2f}", ex_s=f"{record['examples_per_s']:.0f}")
-    if writer is not None:  # TensorBoard's steps are integers: the training steps taken (``step``)
-        writer.add_scalar("train/bound", record["train_bound"], step)
-        writer.add_scalar("train/lr", record["lr"], step)
-        if "test_nll_curve" in record:
-            writer.add_scalar("test/nll_curve", record["test_nll_curve"], step)
-
-
-def _stage_steps(passes: float, steps_per_pass: int) -> int:
-    """Steps in a stage of ``passes`` passes (fractional passes allowed, at least one step)."""
-    return max(1, round(passes * steps_per_pass))
+    with run.writer or nullcontext():  # the writer is closed however the loop ends
+        step_runs([run], stepper, lambda runs, _: [r.save() for r in runs], diverged,
+                  interval=60 * config.checkpoint_minutes, progress=progress, describe=describe)  # fmt: skip
 
 
 def _tensorboard() -> Any:

@@ -1,21 +1,28 @@
 """The state of a run in training: its :class:`Position` in the schedule, its random :class:`Generators`, the
-:class:`Batches` of its training set and the :class:`Saver` of its checkpoints (:mod:`iwae.runs.train`'s loop)."""
+:class:`Batches` of its training set, and the :class:`RunState` that holds them with its model and optimiser, as
+:func:`open_run` makes it ready for the loop (:mod:`iwae.runs.loop`) that steps single runs and fleets alike."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from iwae import data
+from iwae.objectives import Objective
 from iwae.runs import rundir
+from iwae.runs.config import Stage, TrainConfig, schedule
+from iwae.runs.evaluate_run import curve_images
+from iwae.runs.rundir import build_model
+from iwae.runs.train_step import make_optimizer
 from iwae.util import streams
 
-__all__ = ["Position", "Generators", "Batches", "Saver"]
+__all__ = ["Position", "Generators", "Batches", "RunState", "SharedData", "open_run", "stage_steps"]
 
 
 @dataclass
@@ -75,24 +82,158 @@ class Batches:
         return data.binarize(xb, generator=gen) if self.dynamic else xb
 
 
-class Saver:
-    """Checkpoints when asked, and reports when the configured interval has passed since the last one."""
+def stage_steps(passes: float, steps_per_pass: int) -> int:
+    """Steps in a stage of ``passes`` passes (fractional passes allowed, at least one step)."""
+    return max(1, round(passes * steps_per_pass))
 
-    def __init__(
-        self,
-        run_dir: Path,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        gens: Generators,
-        interval_s: float,
-    ) -> None:
-        self.run_dir, self.model, self.optimizer, self.gens = run_dir, model, optimizer, gens
-        self.interval_s, self.last = interval_s, time.monotonic()
 
-    def due(self) -> bool:
-        return time.monotonic() - self.last >= self.interval_s
+@dataclass(eq=False)  # compared and hashed by identity
+class RunState:
+    """One run in training, stepped from outside (:func:`iwae.runs.loop.step_runs`): alone or in a fleet."""
 
-    def save(self, pos: Position, perm: torch.Tensor | None) -> None:
-        tensors = self.gens.states() | ({} if perm is None else {"perm": perm})
-        rundir.save_state(self.run_dir, self.model, self.optimizer, dataclasses.asdict(pos), tensors)
-        self.last = time.monotonic()
+    config: TrainConfig
+    run_dir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    gens: Generators
+    batches: Batches
+    pos: Position
+    perm: torch.Tensor | None
+    curve_x: torch.Tensor | None
+    stages: list[Stage] = field(default_factory=list)
+    passes_done: float = 0.0
+    pass_start: float = field(default_factory=time.monotonic)
+    writer: Any = None  # a TensorBoard SummaryWriter (--tensorboard), or None
+
+    @property
+    def done(self) -> bool:
+        return self.pos.stage >= len(self.stages)
+
+    @property
+    def total(self) -> int:
+        """Steps in the current stage."""
+        return stage_steps(self.stages[self.pos.stage].passes, self.batches.per_pass)
+
+    @property
+    def steps_left(self) -> int:
+        per = self.batches.per_pass
+        return sum(stage_steps(s.passes, per) for s in self.stages[self.pos.stage :]) - self.pos.step
+
+    @property
+    def lr(self) -> float:
+        return self.stages[self.pos.stage].lr
+
+    @property
+    def objective(self) -> Objective:
+        return Objective.from_config(self.config)
+
+    def next_batch(self) -> tuple[torch.Tensor, bool]:
+        """The next minibatch, and whether it starts a pass (the permutation is drawn afresh there)."""
+        t = self.pos.step % self.batches.per_pass
+        new_pass = t == 0
+        if new_pass:
+            self.perm, self.pos.pass_loss, self.pass_start = (
+                self.batches.shuffle(self.gens.shuffle),
+                0.0,
+                time.monotonic(),
+            )
+        return self.batches.get(self.perm, t, self.gens.device), new_pass
+
+    def advance(self) -> tuple[bool, bool]:
+        """Count a step; whether it ended a pass (a stage's last pass may be cut short) and whether it ended the
+        stage."""
+        self.pos.step += 1
+        stage_end = self.pos.step == self.total
+        return stage_end or self.pos.step % self.batches.per_pass == 0, stage_end
+
+    def pass_record(self, seconds: float) -> dict[str, Any]:
+        """The ``metrics.jsonl`` line of the pass just ended."""
+        stage, per_pass = self.stages[self.pos.stage], self.batches.per_pass
+        end = (self.pos.step - 1) % per_pass + 1
+        return {
+            "stage": stage.index, "lr": stage.lr, "pass": self.passes_done + self.pos.step / per_pass,
+            "train_bound": -self.pos.pass_loss / end, "seconds": seconds,
+            "examples_per_s": end * self.batches.size / max(seconds, 1e-9),
+        }  # fmt: skip
+
+    def next_stage(self) -> None:
+        self.passes_done += self.total / self.batches.per_pass
+        self.pos = dataclasses.replace(Position(stage=self.pos.stage + 1), train_seconds=self.pos.train_seconds,
+                                       log_lines=self.pos.log_lines, fleet_step=self.pos.fleet_step)  # fmt: skip
+        self.perm = None
+
+    def save(self, fleet_step: int | None = None) -> None:
+        """Checkpoint the run at its position; in a fleet (``fleet_step`` given), as the pending checkpoint of that
+        fleet step (:data:`iwae.runs.rundir.PENDING_NAME`), committed once every run of the fleet has written its."""
+        tensors = self.gens.states() | ({} if self.perm is None else {"perm": self.perm})
+        if fleet_step is None:
+            rundir.save_state(self.run_dir, self.model, self.optimizer, dataclasses.asdict(self.pos), tensors)
+            return
+        self.pos.fleet_step = fleet_step
+        rundir.save_state(self.run_dir, self.model, self.optimizer, dataclasses.asdict(self.pos), tensors, pending=True)
+
+
+class SharedData:
+    """Training sets and learning-curve images, loaded once per data set for every run opened with it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self._train, self._curve = device, {}, {}
+
+    def train(self, config: TrainConfig) -> torch.Tensor:
+        key = (config.dataset, config.data_dir)
+        if key not in self._train:
+            self._train[key] = data.load(config.dataset, "train", config.data_dir).to(self.device)
+        return self._train[key]
+
+    def curve(self, config: TrainConfig) -> torch.Tensor | None:
+        key = (config.dataset, config.data_dir, config.curve_n, config.seed)
+        if config.has_curve and key not in self._curve:
+            self._curve[key] = curve_images(config, self.device)
+        return self._curve.get(key)
+
+
+def open_run(config: TrainConfig, run_dir: Path, fresh: bool, create: bool, loaded: SharedData, again: str) -> RunState:
+    """A run ready to step: its data, model, Adam, generators and position (:func:`_start`); ``again``: the command
+    that continues it, named if its folder lacks room for its checkpoints."""
+    x = loaded.train(config)
+    batches = Batches(x, config.batch_size, dynamic=not data.is_binary(config.dataset))
+    model = build_model(config, output_bias=x.mean(0)).to(loaded.device)
+    optimizer = make_optimizer(model, betas=config.adam_betas)
+    gens = Generators.seeded(config.seed, loaded.device, config.streams)
+    curve_x = loaded.curve(config)
+    rundir.check_space(run_dir, model, "start it again" if create else again)
+    pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)
+    run = RunState(config, run_dir, model, optimizer, gens, batches, pos, perm, curve_x, schedule(config))
+    run.passes_done = sum(stage_steps(s.passes, batches.per_pass) for s in run.stages[: pos.stage]) / batches.per_pass
+    return run
+
+
+def _start(
+    config: TrainConfig,
+    run_dir: Path,
+    fresh: bool,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    gens: Generators,
+    create: bool,
+) -> tuple[Position, torch.Tensor | None]:
+    """The start of the schedule (from ``init_from``'s model, if given), or the checkpoint's position and pass.
+
+    With ``create``, the folder becomes a run here, once everything before has loaded. Lines of ``metrics.jsonl``
+    written after the position are dropped: they will be written again; a run starting over also loses the
+    results of its earlier evaluations.
+    """
+    pos, perm = Position(), None
+    if fresh and config.init_from:
+        _, source, _ = rundir.load_run(config.init_from)
+        model.load_state_dict(source.state_dict())
+    elif not fresh:
+        saved, extra = rundir.load_state(run_dir, model, optimizer)
+        pos, perm = Position(**saved), extra.get("perm")
+        gens.restore(extra)
+    if create:
+        rundir.create(run_dir, config)
+    elif fresh:
+        rundir.clear_results(run_dir)
+    rundir.truncate_log(run_dir, pos.log_lines)
+    return pos, perm

@@ -1,0 +1,54 @@
+"""Models published in the repository, listed and loaded by name, without a network.
+
+A published model is an exported run (:func:`iwae.runs.sharing.export_run`: its weights alone with a sha256, its
+config without machine paths, its metrics and a model card) committed under ``results/<study>/weights/<name>/``;
+its name is that folder's. They come with a source checkout of the repository (``pip install -e .``), not with a
+wheel; elsewhere point ``root`` at a checkout::
+
+    import iwae
+    iwae.pretrained.available()                          # name -> the folder that holds it
+    model, config, metrics = iwae.pretrained.load("mnist-2d-iwae-k5")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from iwae.runs.checkpoint import WEIGHTS_NAME
+from iwae.runs.sharing import LoadedRun, load_run
+
+__all__ = ["available", "load"]
+
+_CHECKOUT = Path(__file__).resolve().parents[2]  # src/iwae/pretrained.py -> the repository's root
+
+
+def available(root: str | Path | None = None) -> dict[str, Path]:
+    """The published models under ``root``'s ``results/`` (default: this checkout's), by name, sorted.
+
+    :raises FileNotFoundError: ``root`` has no ``results/`` folder (an installed wheel carries none).
+    """
+    results = Path(root or _CHECKOUT) / "results"
+    if not results.is_dir():
+        raise FileNotFoundError(
+            f"no results/ folder in {results.parent}: published models come with a source checkout of iwae "
+            "(git clone, then pip install -e .); pass root=CHECKOUT to read another one"
+        )
+    found: dict[str, Path] = {}
+    for weights in sorted(results.glob(f"*/weights/*/{WEIGHTS_NAME}")):
+        name = weights.parent.name
+        if name in found:
+            raise ValueError(f"two published models are named {name!r}: {found[name]} and {weights.parent}")
+        found[name] = weights.parent
+    return found
+
+
+def load(name: str, root: str | Path | None = None, data_dir: str | None = None) -> LoadedRun:
+    """The published model ``name`` (:func:`available`): ``(model, config, metrics)``, the model in eval mode and
+    its weights checked (sha256, finite values); ``data_dir`` as in :func:`iwae.load_run`.
+
+    :raises KeyError: no published model has that name (the message lists those that do).
+    """
+    models = available(root)
+    if name not in models:
+        raise KeyError(f"no published model {name!r}; available: {', '.join(models) or 'none'}")
+    return load_run(models[name], data_dir)

@@ -46,7 +46,7 @@ def main() -> None:
     base, meta = rows[0], report.machine(torch.device("cpu"))
     command = "python -m benchmarks.sharded_eval " + " ".join(sys.argv[1:])
     lines = [
-        f"L_{args.k} on {base['n']} MNIST test images, sharded over gloo processes", "",
+        f"# L_{args.k} on {base['n']} MNIST test images, sharded over gloo processes", "",
         f"- command: `{command}`",
         f"- date: {meta['date']}; {meta['cpu']}, {meta['cores']} cores; torch {meta['torch']}; load average before "
         f"{meta['load_before']} (other work on the machine shares its cores)", "",

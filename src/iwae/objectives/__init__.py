@@ -2,26 +2,31 @@ r"""Training objectives: surrogate losses whose gradients are the paper's estima
 
 An :class:`Objective` pairs a bound (``kind``: its value) with an estimator (its gradient) and is checked once:
 
-=============  ===================================================================================================
-``reparam``    Plain reparameterisation. For ``kind="vae"`` this is Eq. 7 (mean of the log-weight gradients), for
-               ``kind="iwae"`` Eq. 14 (normalised-weight average, :math:`\sum_i \tilde w_i \nabla \log w_i`).
-``sample-one`` Section 3.1: k forward passes without gradient, then one backward pass for one sample per example
-               drawn with probability :math:`\tilde w_i`. Unbiased for Eq. 14's expectation. IWAE only.
-``stl``        Sticking the landing (Roeder et al. 2017): log q is evaluated with q's parameters detached, so the
-               score-function term :math:`-\nabla_\phi \log q_\phi(h)` at fixed h is dropped; the recognition network
-               learns only through the samples. Decoder gradients are those of ``reparam``.
-``dreg``       Doubly reparameterised gradients (Tucker et al. 2018). Decoder: :math:`\sum_i \tilde w_i
-               \nabla_\theta \log w_i`. Encoder: :math:`\sum_i \tilde w_i^2 \frac{\partial \log w_i}{\partial h_i}
-               \frac{\partial h_i}{\partial \phi}` with log q's parameters detached. Unbiased for Eq. 8. IWAE only.
-=============  ===================================================================================================
+==============  ==================================================================================================
+``reparam``     Plain reparameterisation. For ``kind="vae"`` this is Eq. 7 (mean of the log-weight gradients), for
+                ``kind="iwae"`` Eq. 14 (normalised-weight average, :math:`\sum_i \tilde w_i \nabla \log w_i`).
+``sample-one``  Section 3.1: k forward passes without gradient, then one backward pass for one sample per example
+                drawn with probability :math:`\tilde w_i`. Unbiased for Eq. 14's expectation. IWAE only.
+``stl``         Sticking the landing (Roeder et al. 2017): log q is evaluated with q's parameters detached, so the
+                score-function term :math:`-\nabla_\phi \log q_\phi(h)` at fixed h is dropped; the recognition
+                network learns only through the samples. Decoder gradients are those of ``reparam``.
+``dreg``        Doubly reparameterised gradients (Tucker et al. 2018). Decoder: :math:`\sum_i \tilde w_i
+                \nabla_\theta \log w_i`. Encoder: :math:`\sum_i \tilde w_i^2 \frac{\partial \log w_i}{\partial h_i}
+                \frac{\partial h_i}{\partial \phi}` with log q's parameters detached. Unbiased for Eq. 8. IWAE only.
+``rws``         Reweighted wake-sleep (Bornschein & Bengio 2015): the decoder as Eq. 14, the encoder by the wake-phi
+                update :math:`\sum_i \tilde w_i \nabla_\phi \log q_\phi(h_i \mid x)` at the samples held fixed.
+                IWAE only.
+==============  ==================================================================================================
 
 Bounds (``kind``): ``vae`` (Eq. 3, k samples), ``iwae`` (Eq. 8), and Rainforth et al. (2018)'s ``miwae``
 (``m`` outer groups of k samples), ``ciwae`` (``beta`` * ELBO + (1 - beta) * IWAE over k samples) and
-``piwae`` (encoder trained on the IWAE bound of all m*k samples, decoder on the MIWAE bound).
+``piwae`` (encoder trained on the IWAE bound of all m*k samples, decoder on the MIWAE bound), and Li & Turner
+(2016)'s variational Rényi bound ``vr`` (``alpha``).
 
 Layout: :mod:`~iwae.objectives.base` (the :class:`Bound` record and the :class:`Estimator` base class),
 one module per estimator (:mod:`~iwae.objectives.reparam` with STL, :mod:`~iwae.objectives.sample_one`,
-:mod:`~iwae.objectives.dreg`, PIWAE's routing in :mod:`~iwae.objectives.piwae`), every bound and estimator
+:mod:`~iwae.objectives.dreg`, :mod:`~iwae.objectives.rws`, PIWAE's routing in :mod:`~iwae.objectives.piwae`),
+every bound and estimator
 declared once in :mod:`~iwae.objectives.registry`, and :mod:`~iwae.objectives.loss` (:class:`Objective`).
 A new estimator is a module of its own, one entry in the registry and its name in ``names``.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,10 +33,24 @@ def test_the_2d_model_replays_its_recorded_test_nll(data_dir, tmp_path):
     assert result["nll"] == -torch.tensor(record["ll"], dtype=torch.float32).mean().item()  # the same float32 values
 
 
+def test_an_installed_package_finds_them_in_the_current_checkout_and_says_where_to_look_elsewhere(
+    tmp_path, monkeypatch
+):
+    import iwae.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "_CHECKOUT", tmp_path / "site-packages")  # as installed from a wheel
+    checkout = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(checkout)
+    assert "mnist-2d-iwae-k5" in pretrained.available()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="or in the current directory: published models come with a checkout"):
+        pretrained.available()
+
+
 def test_an_unknown_name_lists_the_known_ones_and_a_wheel_install_is_told_where_they_are(tmp_path):
     with pytest.raises(KeyError, match="no published model 'nope'; available: .*mnist-2d-iwae-k5"):
         iwae.pretrained.load("nope")
-    with pytest.raises(FileNotFoundError, match="published models come with a source checkout"):
+    with pytest.raises(FileNotFoundError, match="published models come with a checkout"):
         iwae.pretrained.available(tmp_path)
     source = iwae.pretrained.available()["mnist-2d-iwae-k5"]
     for study in ("a", "b"):

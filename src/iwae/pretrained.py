@@ -2,8 +2,9 @@
 
 A published model is an exported run (:func:`iwae.runs.sharing.export_run`: its weights alone with a sha256, its
 config without machine paths, its metrics and a model card) committed under ``results/<study>/weights/<name>/``;
-its name is that folder's. They come with a source checkout of the repository (``pip install -e .``), not with a
-wheel; elsewhere point ``root`` at a checkout::
+its name is that folder's. They come with a checkout of the repository, not with a wheel: they are found in the
+checkout the package runs from (``pip install -e .``), else in the current directory's (a checkout where ``pip
+install .`` was run), else under ``root``::
 
     import iwae
     iwae.pretrained.available()                          # name -> the folder that holds it
@@ -22,15 +23,28 @@ __all__ = ["available", "load"]
 _CHECKOUT = Path(__file__).resolve().parents[2]  # src/iwae/pretrained.py -> the repository's root
 
 
-def available(root: str | Path | None = None) -> dict[str, Path]:
-    """The published models under ``root``'s ``results/`` (default: this checkout's), by name, sorted.
+def _root() -> Path:
+    """The checkout the package runs from, else the current directory, whichever holds ``results/``."""
+    for candidate in (_CHECKOUT, Path.cwd()):
+        if (candidate / "results").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"no results/ folder in {_CHECKOUT} (where iwae is installed) or in the current directory: published "
+        "models come with a checkout of iwae (git clone, then pip install -e .); run from the checkout or pass "
+        "root=CHECKOUT"
+    )
 
-    :raises FileNotFoundError: ``root`` has no ``results/`` folder (an installed wheel carries none).
+
+def available(root: str | Path | None = None) -> dict[str, Path]:
+    """The published models under ``root``'s ``results/`` (default: this checkout's, else the current directory's),
+    by name, sorted.
+
+    :raises FileNotFoundError: no ``results/`` folder there (an installed wheel carries none).
     """
-    results = Path(root or _CHECKOUT) / "results"
+    results = (Path(root) if root is not None else _root()) / "results"
     if not results.is_dir():
         raise FileNotFoundError(
-            f"no results/ folder in {results.parent}: published models come with a source checkout of iwae "
+            f"no results/ folder in {results.parent}: published models come with a checkout of iwae "
             "(git clone, then pip install -e .); pass root=CHECKOUT to read another one"
         )
     found: dict[str, Path] = {}

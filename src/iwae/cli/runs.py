@@ -162,7 +162,8 @@ def export(args: argparse.Namespace) -> None:
     from iwae.runs.sharing import export_run
 
     out = export_run(args.run_dir, args.out)
-    print(f"exported {args.run_dir} to {out}: model.safetensors, config.json, metrics.json, README.md (model card)")
+    files = ", ".join(sorted(p.name for p in out.iterdir()))
+    print(f"exported {args.run_dir} to {out}: {files} (README.md: the model card)")
 
 
 def status_arguments(p: argparse.ArgumentParser) -> None:

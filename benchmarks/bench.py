@@ -80,7 +80,7 @@ def compiled_step(layers: int, k: int, kind: str, device: torch.device, x: torch
     """The project's step with ``compile=True`` on a fresh model, compiled now (one step on ``x``), outside any
     timed warm-up."""
     model = iwae.IWAE.paper(layers).to(device)
-    step = iwae.make_train_step(model, iwae.make_optimizer(model), k=k, kind=kind, compile=True)
+    step = iwae.make_train_step(model, iwae.make_optimizer(model), k=k, bound=kind, compile=True)
     step(x)
     return step
 
@@ -108,12 +108,12 @@ def train_rows(
 
         return run
 
-    fns["project"] = batches(iwae.make_train_step(model, iwae.make_optimizer(model), k=k, kind=kind))
+    fns["project"] = batches(iwae.make_train_step(model, iwae.make_optimizer(model), k=k, bound=kind))
     if compiled:
         fns["project compiled"] = batches(compiled_step(layers, k, kind, device, data[0]))
     if kind == "iwae":
         other = iwae.IWAE.paper(layers).to(device)
-        one = iwae.make_train_step(other, iwae.make_optimizer(other), k=k, kind=kind, estimator="sample-one")
+        one = iwae.make_train_step(other, iwae.make_optimizer(other), k=k, bound=kind, estimator="sample-one")
         fns["project sample-one"] = batches(one)
     fns["baseline"] = batches(peers.baseline_step(layers, k, kind, device))
     if with_pyro:
@@ -188,7 +188,7 @@ def subnormal_rows(settings: dict, data_dir: str | None, device: torch.device, l
                 for flush in (True, False):
                     own = copy.deepcopy(model).to(device)
                     step = iwae.make_train_step(
-                        own, iwae.make_optimizer(own), k=s["k"], kind=kind, flush_denormal=flush
+                        own, iwae.make_optimizer(own), k=s["k"], bound=kind, flush_denormal=flush
                     )
 
                     fns[(state, kind, flush)] = _cycling(step, test)

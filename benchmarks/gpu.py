@@ -71,7 +71,7 @@ def project_step_cuda(layers: int, k: int, kind: str, estimator: str, grey: torc
     """The project's step on the GPU, graph-captured; returns (step taking grey levels, captured flag)."""
     torch.manual_seed(0)
     model = iwae.IWAE.paper(layers).to(grey.device)
-    step = iwae.make_train_step(model, capturable_optimizer(model), k=k, kind=kind, estimator=estimator)
+    step = iwae.make_train_step(model, capturable_optimizer(model), k=k, bound=kind, estimator=estimator)
     return graphed_step(step, grey)
 
 

@@ -104,7 +104,7 @@ def score(model: torch.nn.Module, x: torch.Tensor, k: int, seed: int) -> torch.T
 
 def run_seed(args: argparse.Namespace, seed: int, x_train: torch.Tensor, x_test: torch.Tensor, root: Path) -> dict:
     """Train both implementations with one seed, score both on ``x_test``; per-image L_k differences paired."""
-    config = TrainConfig(dataset="mnist", layers=1, objective="iwae", k=args.k, stages=args.stages,
+    config = TrainConfig(dataset="mnist", layers=1, bound="iwae", k=args.k, stages=args.stages,
                          pass_scale=args.pass_scale, seed=seed, device="cpu", curve_k=0,
                          checkpoint_minutes=1e6)  # fmt: skip
     ours, ours_seconds, steps = train_project(config, root / f"iwae-seed{seed}", x_train)

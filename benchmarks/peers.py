@@ -170,7 +170,7 @@ def _trace_log_prob(trace) -> Tensor:  # noqa: ANN001 (a pyro Trace)
 
 
 def pyro_step(layers: int, k: int, kind: str, device: torch.device) -> Callable[[Tensor], float]:
-    """One ``SVI.step`` per call: ``RenyiELBO(alpha=0)`` for kind="iwae", ``Trace_ELBO`` for "vae".
+    """One ``SVI.step`` per call: ``RenyiELBO(alpha=0)`` for bound="iwae", ``Trace_ELBO`` for "vae".
 
     Pyro vectorises the k particles as an outer plate, so its recognition network for h^1 also runs once per example.
     """

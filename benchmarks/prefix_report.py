@@ -32,9 +32,9 @@ def summarize(run: Path, reproduction: dict) -> dict:
     config = read_config(run)
     metrics = json.loads((run / "metrics.json").read_text())
     layers = len(config.latent_dims) if config.latent_dims else config.layers
-    name = table_key(config.dataset, layers, config.objective, config.k)
+    name = table_key(config.dataset, layers, config.bound, config.k)
     short = reproduction["runs"][name]
-    paper = TABLE1[(config.dataset, layers, "iwae" if config.k == 1 else config.objective, config.k)][0]
+    paper = TABLE1[(config.dataset, layers, "iwae" if config.k == 1 else config.bound, config.k)][0]
     curve = [(r["pass"], r["test_nll_curve"]) for r in read_log(run) if "test_nll_curve" in r]
     return {
         "run": str(run), "name": name, "stages": config.stages, "passes": metrics["passes"],

@@ -77,7 +77,7 @@ def main() -> None:
     test = iwae.data.load("mnist", "test", args.data_dir)
     model = iwae.GaussianLatentModel(ConvEncoder(args.latent_dim), ConvDecoder(args.latent_dim), args.latent_dim)
     optimizer = iwae.make_optimizer(model)  # Adam with the paper's settings, lr 1e-3
-    step = iwae.make_train_step(model, optimizer, k=args.k, kind="iwae", estimator=args.estimator, generator=gen)
+    step = iwae.make_train_step(model, optimizer, k=args.k, bound="iwae", estimator=args.estimator, generator=gen)
 
     start, order, bounds = time.perf_counter(), torch.randperm(len(train), generator=gen), []
     for i in range(args.steps):

@@ -42,7 +42,7 @@ def test_train_with_dreg_estimator_end_to_end(data_dir, tmp_path, capsys):
     assert main(["train", "--estimator", "dreg", "--out", str(run), "--data-dir", data_dir, *TINY]) == 0
     assert "test NLL" in capsys.readouterr().out
     config, metrics = (read_json(run / name) for name in ("config.json", "metrics.json"))
-    assert config["estimator"] == metrics["estimator"] == "dreg" and config["objective"] == "iwae"
+    assert config["estimator"] == metrics["estimator"] == "dreg" and config["bound"] == "iwae"
     assert 60 < metrics["test_nll"] < 300
 
 
@@ -88,7 +88,7 @@ def test_bad_arguments_are_refused(args, message, capsys):
 
 def test_bad_combination_is_one_line(tmp_path, capsys):
     assert main(["train", "--objective", "vae", "--estimator", "dreg", "--out", str(tmp_path / "r"), *TINY]) == 1
-    assert _error_line(capsys) == "iwae: error: estimator 'dreg' is defined for kind='iwae' only, got kind='vae'"
+    assert _error_line(capsys) == "iwae: error: estimator 'dreg' is defined for bound='iwae' only, got bound='vae'"
 
 
 @pytest.mark.slow

@@ -66,7 +66,7 @@ def test_reproduce_estimate_measures_the_runs_own_step_and_counts_its_steps(monk
     from iwae.experiments.plan import RunSpec
     from iwae.runs.config import TrainConfig, schedule
 
-    config = TrainConfig(objective="miwae", k=5, m=20, pass_scale=0.01, stages=3, eval_n=2, eval_k=10,
+    config = TrainConfig(bound="miwae", k=5, m=20, pass_scale=0.01, stages=3, eval_n=2, eval_k=10,
                          flush_denormal=False)  # fmt: skip
     calls, threads, real_step = [], [], runner.build_step
 

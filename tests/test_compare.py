@@ -30,7 +30,7 @@ def runs(_trained_tiny_run, tiny_config, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("runs")
     a = shutil.copytree(_trained_tiny_run, root / "iwae")
-    b = train(dataclasses.replace(tiny_config, objective="vae"), root / "vae", progress=False)
+    b = train(dataclasses.replace(tiny_config, bound="vae"), root / "vae", progress=False)
     return a, b
 
 
@@ -106,7 +106,7 @@ def test_estimator_results_generator_writes_every_number_from_the_runs(runs, tmp
     assert out["runs"]["reparam"]["test_nll"] == reference["nll"] == out["runs"]["stl"]["test_nll"]
     assert out["runs"]["reparam"]["active_units"] == reference["active_units"]
     assert out["paired_test_nll_differences"] == {"stl - reparam": {"mean": 0.0, "sem": 0.0}}
-    with pytest.raises(ValueError, match="differs from .* in more than the estimator: objective"):
+    with pytest.raises(ValueError, match="differs from .* in more than the estimator: bound"):
         make_results([stl, runs[1]], 20, 50, "cmd")
 
 

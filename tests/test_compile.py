@@ -30,7 +30,7 @@ def _assert_same(a: iwae.IWAE, b: iwae.IWAE) -> None:
 )  # fmt: skip
 def test_compiled_step_matches_eager_on_the_same_noise(estimator, kind, latent_dims):
     model = tiny_model(x_dim=4, latent_dims=latent_dims)
-    kw = dict(k=5, kind=kind, estimator=estimator, m=2)
+    kw = dict(k=5, bound=kind, estimator=estimator, m=2)
     eager_losses, eager = _steps(model, False, 3, **kw)
     compiled_losses, compiled = _steps(model, True, 3, **kw)
     # The same noise stream step after step: the losses differ from step to step but agree between the two.
@@ -63,7 +63,7 @@ def test_compile_refuses_estimators_it_does_not_cover():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for estimator, kind in (("dreg", "iwae"), ("sample-one", "iwae"), ("reparam", "piwae")):
         with pytest.raises(ValueError, match="compile is available for the reparam and stl estimators"):
-            iwae.make_train_step(model, opt, kind=kind, estimator=estimator, compile=True)
+            iwae.make_train_step(model, opt, bound=kind, estimator=estimator, compile=True)
     with pytest.raises(ValueError, match="train without compile"):
         TrainConfig(estimator="dreg", compile=True)
 

@@ -43,9 +43,9 @@ def test_choices_are_refused_by_the_parser(capsys):
 
 def test_config_file_then_flags(tmp_path):
     path = tmp_path / "config.json"
-    path.write_text(TrainConfig(k=5, seed=3, objective="vae").to_json())
+    path.write_text(TrainConfig(k=5, seed=3, bound="vae").to_json())
     config = config_from_args(_train_args("--seed", "4"), path)
-    assert (config.k, config.objective, config.seed) == (5, "vae", 4)  # file, file, flag
+    assert (config.k, config.bound, config.seed) == (5, "vae", 4)  # file, file, flag
     assert config_from_args(_train_args(), path) == TrainConfig.load(path)
 
 

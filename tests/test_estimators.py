@@ -44,25 +44,26 @@ def _assert_grads_close(a, b, names=None, **kw):
 def test_eq14_matches_autograd(latent_dims):
     """The IWAE objective's gradient is the normalised-weight average of the log-weight gradients (Eq. 14)."""
     model, x = tiny_model(x_dim=4, latent_dims=latent_dims), binary_batch(B, 4)
-    got = _objective_grads(model, x, 1, k=K, kind="iwae")
+    got = _objective_grads(model, x, 1, k=K, bound="iwae")
     want = _per_sample_weighted(model, x, 1, lambda lw: torch.softmax(lw, 0))
     _assert_grads_close(got, want)
     # Minus the mean L_k is the loss value.
-    loss = iwae.objective(model, x, k=K, kind="iwae", generator=torch.Generator().manual_seed(1))
+    loss = iwae.objective(model, x, k=K, bound="iwae", generator=torch.Generator().manual_seed(1))
     lw = model.forward_samples(x, K, generator=torch.Generator().manual_seed(1)).log_w
     torch.testing.assert_close(loss, -bounds.iwae(lw).mean())
 
 
 def test_eq7_matches_autograd():
     model, x = tiny_model(x_dim=4, latent_dims=(2,)), binary_batch(B, 4)
-    got = _objective_grads(model, x, 2, k=K, kind="vae")
+    got = _objective_grads(model, x, 2, k=K, bound="vae")
     want = _per_sample_weighted(model, x, 2, lambda lw: torch.full_like(lw, 1.0 / K))
     _assert_grads_close(got, want)
 
 
 def test_iwae_equals_vae_at_k1():
     model, x = tiny_model(x_dim=4, latent_dims=(2, 2)), binary_batch(B, 4)
-    _assert_grads_close(_objective_grads(model, x, 3, k=1, kind="iwae"), _objective_grads(model, x, 3, k=1, kind="vae"))
+    iwae_grads, vae_grads = (_objective_grads(model, x, 3, k=1, bound=bound) for bound in ("iwae", "vae"))
+    _assert_grads_close(iwae_grads, vae_grads)
 
 
 def _decoder_names(model):
@@ -76,8 +77,8 @@ def _encoder_names(model):
 @pytest.mark.parametrize("estimator", ["stl", "dreg"])
 def test_decoder_gradients_equal_reparam_on_the_same_noise(estimator):
     model, x = tiny_model(x_dim=4, latent_dims=(2, 2)), binary_batch(B, 4)
-    got = _objective_grads(model, x, 4, k=K, kind="iwae", estimator=estimator)
-    want = _objective_grads(model, x, 4, k=K, kind="iwae")
+    got = _objective_grads(model, x, 4, k=K, bound="iwae", estimator=estimator)
+    want = _objective_grads(model, x, 4, k=K, bound="iwae")
     _assert_grads_close(got, want, _decoder_names(model))
 
 
@@ -85,41 +86,41 @@ def test_decoder_gradients_equal_reparam_on_the_same_noise(estimator):
 def test_dreg_encoder_gradient_is_squared_weight_path_derivative(latent_dims):
     """DReG's encoder gradient: sum_i w~_i^2 d log w_i / dphi through the samples, log q's parameters fixed."""
     model, x = tiny_model(x_dim=4, latent_dims=latent_dims), binary_batch(B, 4)
-    got = _objective_grads(model, x, 5, k=K, kind="iwae", estimator="dreg")
+    got = _objective_grads(model, x, 5, k=K, bound="iwae", estimator="dreg")
     want = _per_sample_weighted(model, x, 5, lambda lw: torch.softmax(lw, 0) ** 2, stop_q_grad=True)
     _assert_grads_close(got, want, _encoder_names(model))
 
 
 def test_stl_encoder_gradient_is_weighted_path_derivative():
     model, x = tiny_model(x_dim=4, latent_dims=(2, 2)), binary_batch(B, 4)
-    got = _objective_grads(model, x, 6, k=K, kind="iwae", estimator="stl")
+    got = _objective_grads(model, x, 6, k=K, bound="iwae", estimator="stl")
     want = _per_sample_weighted(model, x, 6, lambda lw: torch.softmax(lw, 0), stop_q_grad=True)
     _assert_grads_close(got, want)
     # and it differs from the full reparameterisation gradient (the score term is really dropped)
-    full = _objective_grads(model, x, 6, k=K, kind="iwae")
+    full = _objective_grads(model, x, 6, k=K, bound="iwae")
     assert not torch.allclose(got["encoder.0.log_std.bias"], full["encoder.0.log_std.bias"])
 
 
 def test_piwae_routes_iwae_to_encoder_and_miwae_to_decoder():
     model, x = tiny_model(x_dim=4, latent_dims=(2,)), binary_batch(B, 4)
-    got = _objective_grads(model, x, 7, k=3, m=2, kind="piwae")
-    enc = _objective_grads(model, x, 7, k=6, kind="iwae")
-    dec = _objective_grads(model, x, 7, k=3, m=2, kind="miwae")
+    got = _objective_grads(model, x, 7, k=3, m=2, bound="piwae")
+    enc = _objective_grads(model, x, 7, k=6, bound="iwae")
+    dec = _objective_grads(model, x, 7, k=3, m=2, bound="miwae")
     _assert_grads_close(got, enc, _encoder_names(model))
     _assert_grads_close(got, dec, _decoder_names(model))
 
 
 def test_miwae_and_ciwae_objectives_match_their_bounds():
     model, x = tiny_model(x_dim=4, latent_dims=(2,)), binary_batch(B, 4)
-    _assert_grads_close(_objective_grads(model, x, 8, k=6, m=1, kind="miwae"), _objective_grads(model, x, 8, k=6))
-    _assert_grads_close(_objective_grads(model, x, 8, k=6, kind="ciwae", beta=0.0), _objective_grads(model, x, 8, k=6))
+    _assert_grads_close(_objective_grads(model, x, 8, k=6, m=1, bound="miwae"), _objective_grads(model, x, 8, k=6))
+    _assert_grads_close(_objective_grads(model, x, 8, k=6, bound="ciwae", beta=0.0), _objective_grads(model, x, 8, k=6))
     _assert_grads_close(
-        _objective_grads(model, x, 8, k=6, kind="ciwae", beta=1.0), _objective_grads(model, x, 8, k=6, kind="vae")
+        _objective_grads(model, x, 8, k=6, bound="ciwae", beta=1.0), _objective_grads(model, x, 8, k=6, bound="vae")
     )
 
 
 def _mean_and_se(model, x, estimator, n, seed):
-    gs = [_objective_grads(model, x, seed + r, k=K, kind="iwae", estimator=estimator) for r in range(n)]
+    gs = [_objective_grads(model, x, seed + r, k=K, bound="iwae", estimator=estimator) for r in range(n)]
     flat = torch.stack([torch.cat([g.flatten() for g in d.values()]) for d in gs])
     return flat.mean(0), flat.std(0) / n**0.5
 
@@ -137,5 +138,5 @@ def test_estimator_is_unbiased_for_eq14(estimator):
 
 
 def _objective_grads_mean_vae(model, x):
-    gs = [_objective_grads(model, x, 30_000 + r, k=K, kind="vae") for r in range(1500)]
+    gs = [_objective_grads(model, x, 30_000 + r, k=K, bound="vae") for r in range(1500)]
     return torch.stack([torch.cat([g.flatten() for g in d.values()]) for d in gs]).mean(0)

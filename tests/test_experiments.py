@@ -32,7 +32,7 @@ def test_table1_plan_shares_k1_runs_and_covers_every_cell():
             for obj in ("vae", "iwae"):
                 assert table_key("mnist", layers, obj, k) in names
     by_name = {s.name: s.config for s in specs}
-    assert by_name["mnist-l2-vae-k50"].objective == "vae" and by_name["mnist-l2-vae-k50"].k == 50
+    assert by_name["mnist-l2-vae-k50"].bound == "vae" and by_name["mnist-l2-vae-k50"].k == 50
     assert by_name["mnist-l1-k1"].k == 1
 
 
@@ -242,11 +242,11 @@ def test_estimators_plan_differs_only_in_the_objective_and_shares_table1s_k5_cel
     runs = {r.name: r.config for r in plan("estimators", s, "ROOT")}
     table1 = {r.name: r.config for r in plan("table1", s, "ROOT", ("mnist",))}
     assert list(runs) == list(ESTIMATOR_RUNS) and all(table1[n] == runs[n] for n in runs if n in table1)
-    assert [(c.objective, c.estimator) for c in runs.values()] == [
+    assert [(c.bound, c.estimator) for c in runs.values()] == [
         ("vae", "reparam"), ("iwae", "reparam"), ("iwae", "stl"), ("iwae", "dreg"), ("vr", "reparam"), ("iwae", "rws"),
     ]  # fmt: skip
     assert runs["mnist-l1-vr0.5-k5"].alpha == 0.5
-    shared = {f.name for f in dataclasses.fields(TrainConfig)} - {"objective", "estimator", "alpha"}
+    shared = {f.name for f in dataclasses.fields(TrainConfig)} - {"bound", "estimator", "alpha"}
     first = next(iter(runs.values()))
     assert all(getattr(c, f) == getattr(first, f) for c in runs.values() for f in shared)
     assert first.k == 5 and first.layers == 1 and first.dataset == "mnist"

@@ -105,7 +105,7 @@ def test_a_disk_filling_up_stops_the_run_in_one_line_and_resume_ends_with_its_nu
 def test_a_fleet_filling_the_disk_in_its_two_phase_checkpoint_resumes_to_the_same_numbers(
     config, small_fs, tmp_path, monkeypatch
 ):
-    configs = [config.replace(curve_k=0, seed=0), config.replace(curve_k=0, seed=1, objective="vae")]
+    configs = [config.replace(curve_k=0, seed=0), config.replace(curve_k=0, seed=1, bound="vae")]
     straight = [tmp_path / "straight" / f"seed-{c.seed}" for c in configs]
     iwae.fleets.fleet_train.train_fleet_and_evaluate(straight, tmp_path / "straight" / MANIFEST_NAME, configs,
                                               mode="loop", progress=False)  # fmt: skip

@@ -150,7 +150,7 @@ def cached_data(monkeypatch):
 
 def _configs(data_dir: str, **changes) -> list[TrainConfig]:
     base = TrainConfig(**{**SHORT, "data_dir": data_dir, **changes})
-    return [base.replace(seed=0), base.replace(seed=1, objective="vae")]
+    return [base.replace(seed=0), base.replace(seed=1, bound="vae")]
 
 
 def test_a_looping_fleet_writes_exactly_the_runs_of_iwae_train(data_dir, tmp_path, cached_data):

@@ -57,8 +57,8 @@ def test_section_rows_every_evaluated_run_with_its_difference_from_iwae(tmp_path
     names = [REFERENCE, "mnist-l1-iwae-dreg-k5", "mnist-l1-vr0.5-k5"]
     ll = {REFERENCE: [-90.0, -91.0], "mnist-l1-iwae-dreg-k5": [-89.5, -90.0], "mnist-l1-vr0.5-k5": None}
     cells = {n: ({"test_nll": -sum(v) / 2, "active_units": [20], "seeds": [0]} if v else None) for n, v in ll.items()}
-    configs = {REFERENCE: dict(objective="iwae", estimator="reparam", alpha=0.0),
-               "mnist-l1-iwae-dreg-k5": dict(objective="iwae", estimator="dreg", alpha=0.0)}  # fmt: skip
+    configs = {REFERENCE: dict(bound="iwae", estimator="reparam", alpha=0.0),
+               "mnist-l1-iwae-dreg-k5": dict(bound="iwae", estimator="dreg", alpha=0.0)}  # fmt: skip
     lines, entry = estimators_section(
         tmp_path, names, lambda p: cells[p.name], lambda p: {0: _record(0, ll[p.name])} if ll[p.name] else {},
         lambda p: configs.get(p.name),

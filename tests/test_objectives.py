@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import pytest
@@ -24,7 +25,7 @@ VALID = [
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        (dict(bound="elbo"), "unknown objective kind 'elbo'; choose one of vae, iwae, miwae, ciwae, piwae, vr$"),
+        (dict(bound="elbo"), "unknown bound 'elbo'; choose one of vae, iwae, miwae, ciwae, piwae, vr$"),
         (dict(estimator="reinforce"),
          "unknown estimator 'reinforce'; choose one of reparam, sample-one, stl, dreg, rws$"),
         (dict(k=0), "k must be a positive integer number of samples, got 0"),
@@ -32,10 +33,10 @@ VALID = [
         (dict(m=0), "m must be an integer >= 1, got 0"),
         (dict(m=2.0), "m must be an integer >= 1, got 2.0"),
         (dict(bound="vr", alpha=1.0), r"alpha must be a number in \[0, 1\), got 1.0"),
-        (dict(bound="vae", estimator="dreg"), "estimator 'dreg' is defined for kind='iwae' only, got kind='vae'"),
-        (dict(bound="miwae", estimator="sample-one"), "estimator 'sample-one' is defined for kind='iwae' only"),
-        (dict(bound="piwae", estimator="dreg"), "estimator 'dreg' is defined for kind='iwae' only"),
-        (dict(bound="piwae", estimator="stl"), "estimator 'stl' is not defined for kind='piwae'; use 'reparam'$"),
+        (dict(bound="vae", estimator="dreg"), "estimator 'dreg' is defined for bound='iwae' only, got bound='vae'"),
+        (dict(bound="miwae", estimator="sample-one"), "estimator 'sample-one' is defined for bound='iwae' only"),
+        (dict(bound="piwae", estimator="dreg"), "estimator 'dreg' is defined for bound='iwae' only"),
+        (dict(bound="piwae", estimator="stl"), "estimator 'stl' is not defined for bound='piwae'; use 'reparam'$"),
         (dict(bound="ciwae", beta=1.5), r"beta must be a number in \[0, 1\], got 1.5"),
         (dict(bound="ciwae", beta=-0.1), r"beta must be a number in \[0, 1\], got -0.1"),
     ],
@@ -89,7 +90,7 @@ def test_compilable_exactly_for_single_pass_estimators_of_plain_bounds(kind, est
     else:
         want = (
             "compile is available for the reparam and stl estimators of the vae, iwae, miwae, ciwae and vr bounds, "
-            f"not for estimator='{est}', kind='{kind}'; train without compile"
+            f"not for estimator='{est}', bound='{kind}'; train without compile"
         )
         with pytest.raises(ValueError, match=f"^{want}$"):
             obj.check_compilable()
@@ -137,3 +138,30 @@ def test_the_torch_free_names_are_the_registrys():
     from iwae.objectives import names, registry
 
     assert names.KINDS == tuple(registry.BOUNDS) and names.ESTIMATORS == tuple(registry.ESTIMATORS_BY_NAME)
+
+
+def test_the_bound_has_one_name_and_its_former_names_still_work(tmp_path):
+    """``bound`` everywhere; ``kind=`` (iwae.objective, make_train_step), ``--objective`` and a config file's
+    ``objective`` key are read as it."""
+    from iwae.cli.options import add_config_options, config_from_args
+    from iwae.runs.config import TrainConfig
+
+    model = iwae.IWAE(x_dim=6, latent_dims=[2], q_hidden=[[4]], p_hidden=[[4]])
+    x = torch.bernoulli(torch.full((3, 6), 0.5), generator=torch.Generator().manual_seed(0))
+    by_name = [iwae.objective(model, x, 4, generator=torch.Generator().manual_seed(1), **kw).item()
+               for kw in ({"bound": "vae"}, {"kind": "vae"})]  # fmt: skip
+    assert by_name[0] == by_name[1] != iwae.objective(model, x, 4, generator=torch.Generator().manual_seed(1)).item()
+    with pytest.raises(ValueError, match="bound='vae' and kind='iwae' .* disagree"):
+        iwae.objective(model, x, 4, bound="vae", kind="iwae")
+    step = iwae.make_train_step(model, iwae.make_optimizer(model), k=4, kind="vae")
+    assert step(x).shape == ()
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    for flag in ("--bound", "--objective"):
+        assert config_from_args(parser.parse_args([flag, "vae"])).bound == "vae"
+    old = tmp_path / "old.json"
+    old.write_text('{"objective": "miwae", "m": 2}')
+    assert config_from_args(parser.parse_args([]), old).bound == "miwae"
+    assert TrainConfig.from_dict({"objective": "vae", "bound": "vae"}).bound == "vae"
+    with pytest.raises(ValueError, match="'objective' .* and 'bound' disagree"):
+        TrainConfig.from_dict({"objective": "vae", "bound": "iwae"})

@@ -29,10 +29,10 @@ def test_with_seeds_names_runs_and_their_sources_by_seed():
 
 def test_pack_groups_compatible_new_runs_without_dependencies(tmp_path):
     specs = [
-        _spec("a/seed-0", k=5, objective="iwae", seed=0), _spec("a/seed-1", k=5, objective="iwae", seed=1),
-        _spec("b/seed-0", k=5, objective="vae", dataset="omniglot"),  # VAE and IWAE, two data sets: one fleet
+        _spec("a/seed-0", k=5, bound="iwae", seed=0), _spec("a/seed-1", k=5, bound="iwae", seed=1),
+        _spec("b/seed-0", k=5, bound="vae", dataset="omniglot"),  # VAE and IWAE, two data sets: one fleet
         _spec("c/seed-0", k=50), _spec("c/seed-1", k=50, seed=1),
-        _spec("d/seed-0", k=5, layers=2), _spec("e/seed-0", k=5, objective="miwae", m=2),  # alone in their kind
+        _spec("d/seed-0", k=5, layers=2), _spec("e/seed-0", k=5, bound="miwae", m=2),  # alone in their kind
         RunSpec("f/seed-0", TrainConfig(k=5), after=("a/seed-0",)),  # depends on another run: alone
     ]  # fmt: skip
     units = pack(specs, tmp_path, "stacked")

@@ -15,7 +15,7 @@ from iwae import bounds
 @pytest.mark.parametrize("latent_dims", [(2,), (2, 2)])
 def test_generative_gradient_is_eq14_and_recognition_gradient_is_wake_phi(latent_dims):
     model, x = tiny_model(x_dim=4, latent_dims=latent_dims), binary_batch(B, 4)
-    got = _objective_grads(model, x, 4, k=K, kind="iwae", estimator="rws")
+    got = _objective_grads(model, x, 4, k=K, bound="iwae", estimator="rws")
     decoder = [f"decoder.{n}" for n, _ in model.decoder.named_parameters()]
     encoder = [f"encoder.{n}" for n, _ in model.encoder.named_parameters()]
     # the generative network: Eq. 14, sum_i w~_i grad_theta log w_i (the samples do not depend on theta)
@@ -39,7 +39,7 @@ def test_its_value_is_minus_l_k_and_it_trains(tmp_path):
     loss = iwae.objective(model, x, k=K, estimator="rws", generator=torch.Generator().manual_seed(1))
     lw = model.forward_samples(x, K, generator=torch.Generator().manual_seed(1)).log_w
     torch.testing.assert_close(loss, -bounds.iwae(lw).mean())
-    with pytest.raises(ValueError, match="estimator 'rws' is defined for kind='iwae' only"):
+    with pytest.raises(ValueError, match="estimator 'rws' is defined for bound='iwae' only"):
         iwae.Objective("vae", 5, "rws")
     assert not iwae.Objective("iwae", 5, "rws").compilable
     step = iwae.make_train_step(model.float(), iwae.make_optimizer(model), k=K, estimator="rws",

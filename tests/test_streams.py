@@ -122,6 +122,7 @@ def test_an_old_run_folder_trains_again_and_evaluates_to_exactly_its_numbers(dat
     run.mkdir()
     (run / "config.json").write_text((OLD_RUN / "config.json").read_text())
     recorded = json.loads((OLD_RUN / "metrics.json").read_text())
+    recorded["bound"] = recorded.pop("objective")  # the key's name since 0.2.0 (TrainConfig's field, renamed)
     before = _one_thread()
     try:
         metrics = train_and_evaluate(run, progress=False, changes={"data_dir": data_dir})
@@ -150,6 +151,6 @@ def test_a_reproduction_continues_its_old_partial_runs(tmp_path):
     values = json.loads((OLD_RUN / "config.json").read_text())
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps(values))  # no metrics.json: partial
-    check_compatible(RunSpec("run", TrainConfig(**values)), tmp_path / "run")  # the plan's config: new defaults
+    check_compatible(RunSpec("run", TrainConfig.from_dict(values)), tmp_path / "run")  # the plan's config: new defaults
     with pytest.raises(ValueError, match="another config"):
-        check_compatible(RunSpec("run", TrainConfig(**{**values, "k": 4})), tmp_path / "run")
+        check_compatible(RunSpec("run", TrainConfig.from_dict({**values, "k": 4})), tmp_path / "run")

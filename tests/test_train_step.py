@@ -16,7 +16,7 @@ def test_train_step_updates_parameters_and_returns_loss():
     torch.manual_seed(0)
     model = iwae.IWAE.paper(layers=1)
     opt = iwae.make_optimizer(model)
-    step = iwae.make_train_step(model, opt, k=5, kind="iwae", estimator="sample-one")
+    step = iwae.make_train_step(model, opt, k=5, bound="iwae", estimator="sample-one")
     x = torch.bernoulli(torch.full((20, 784), 0.2))
     before = [p.detach().clone() for p in model.parameters()]
     losses = [step(x).item() for _ in range(30)]
@@ -45,7 +45,7 @@ def test_build_step_with_an_objective_equals_make_train_step(kind, estimator):
 def test_build_step_refuses_compile_for_an_objective_that_cannot_be_compiled():
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="not for estimator='dreg', kind='iwae'; train without compile"):
+    with pytest.raises(ValueError, match="not for estimator='dreg', bound='iwae'; train without compile"):
         build_step(model, opt, iwae.Objective(estimator="dreg"), compile=True)
 
 

@@ -38,7 +38,7 @@ def test_the_bound_falls_as_alpha_rises_between_l_k_and_the_elbo():
 def test_gradient_is_the_tempered_weight_average_of_log_weight_gradients(alpha):
     """grad L_alpha = sum_i w_i^(1-alpha) / sum_j w_j^(1-alpha) grad log w_i, per example."""
     model, x = tiny_model(x_dim=4, latent_dims=(2,)), binary_batch(B, 4)
-    got = _objective_grads(model, x, 3, k=K, kind="vr", alpha=alpha)
+    got = _objective_grads(model, x, 3, k=K, bound="vr", alpha=alpha)
     want = _per_sample_weighted(model, x, 3, lambda lw: torch.softmax((1 - alpha) * lw, 0))
     _assert_grads_close(got, want)
 
@@ -49,7 +49,7 @@ def test_alpha_0_trains_exactly_as_the_iwae_bound():
     for kind in ("iwae", "vr"):
         model = iwae.IWAE(6, [2], [[8]], [[8]])
         model.load_state_dict(_initial(model))
-        step = iwae.make_train_step(model, make_optimizer(model), k=4, kind=kind, alpha=0.0,
+        step = iwae.make_train_step(model, make_optimizer(model), k=4, bound=kind, alpha=0.0,
                                     generator=torch.Generator().manual_seed(0))  # fmt: skip
         losses.append([float(step(x)) for _ in range(20)])
         params.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
@@ -67,6 +67,6 @@ def test_the_command_line_and_the_config_carry_alpha(tmp_path):
 
     config = config_from_args(build_parser().parse_args(["train", "--objective", "vr", "--alpha", "0.25", "--out",
                                                          str(tmp_path)]))  # fmt: skip
-    assert (config.objective, config.alpha) == ("vr", 0.25) and '"alpha": 0.25' in config.to_json()
+    assert (config.bound, config.alpha) == ("vr", 0.25) and '"alpha": 0.25' in config.to_json()
     assert iwae.Objective.from_config(config).params == {"alpha": 0.25}
-    assert math.isclose(iwae.Objective.from_config(config.replace(objective="iwae")).samples_per_example, 50)
+    assert math.isclose(iwae.Objective.from_config(config.replace(bound="iwae")).samples_per_example, 50)

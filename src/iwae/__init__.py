@@ -6,7 +6,7 @@
 >>> log_w = m.log_weights(x, k=50)            # (k, batch) log importance weights (Eq. 4)
 >>> iwae.bounds.iwae(log_w).shape             # L_k per example (Eq. 8)
 torch.Size([20])
->>> loss = iwae.objective(m, x, k=50, kind="iwae")   # gradient = Eq. 14
+>>> loss = iwae.objective(m, x, k=50, bound="iwae")   # gradient = Eq. 14
 >>> iwae.log_likelihood(m, x, k=5000).shape   # the paper's test metric, per example
 torch.Size([20])
 

@@ -173,7 +173,7 @@ def default_model_config(
     the 59,600 training images is 2,980 steps).
     """
     return TrainConfig(
-        dataset="mnist", data_dir=data_dir, layers=1, objective="iwae", k=5, estimator="reparam",
+        dataset="mnist", data_dir=data_dir, layers=1, bound="iwae", k=5, estimator="reparam",
         custom_schedule=[[passes, 1e-3]], seed=seed, device=device, extra={"made_by": "iwae snr"},
     )  # fmt: skip
 
@@ -228,7 +228,7 @@ def snr_command(
         seconds=time.monotonic() - start, seed=seed, slopes=_slopes(result),
         model={
             "run_dir": str(run_dir), "trained_here": trained, "dataset": config.dataset,
-            "latent_dims": model.latent_dims, "objective": config.objective, "k": config.k,
+            "latent_dims": model.latent_dims, "bound": config.bound, "k": config.k,
             "estimator": config.estimator, "passes": log[-1]["pass"] if log else 0.0,
             "train_bound": log[-1]["train_bound"] if log else None,
         },
@@ -265,7 +265,7 @@ def snr_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Gradient signal-to-noise ratio against k",
         "",
-        f"Model: `{m['run_dir']}` ({m['dataset']}, latent dims {m['latent_dims']}, trained on {m['objective']} "
+        f"Model: `{m['run_dir']}` ({m['dataset']}, latent dims {m['latent_dims']}, trained on {m['bound']} "
         f"k={m['k']} with `{m['estimator']}` for {m['passes']:.2f} passes{bound}).",
         f"Minibatch: the first {result['batch']} training images, binarised once (seed {result['seed']}). "
         f"{result['n_draws']} gradient draws of the IWAE bound L_k per (k, estimator), the same noise for every "

@@ -53,7 +53,7 @@ def add_config_options(
             if meta["choices"]:
                 kwargs["choices"] = meta["choices"]
                 kwargs["metavar"] = meta["metavar"] or "{" + ",".join(map(str, meta["choices"])) + "}"
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag, *meta["aliases"], **kwargs)
 
 
 def overrides_from_args(args: argparse.Namespace, names: Iterable[str] | None = None) -> dict[str, Any]:
@@ -68,6 +68,7 @@ def options_table() -> str:
         flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
         default = "" if f.default is None or f.default is False else f"`{f.default}`"
         flags = f"`{flag}`, `--no-{flag[2:]}`" if f.default is True else f"`{flag}`"
+        flags += "".join(f" (formerly `{alias}`)" for alias in f.metadata["aliases"])
         rows.append(f"| {flags} | {default} | {f.metadata['help']} |")
     return "\n".join(rows)
 

@@ -57,7 +57,7 @@ def reading(diff: dict[str, Any]) -> str:
 
 
 def _label(config: dict) -> str:
-    bound = f"VR α={config['alpha']:g}" if config["objective"] == "vr" else config["objective"].upper()
+    bound = f"VR α={config['alpha']:g}" if config["bound"] == "vr" else config["bound"].upper()
     return f"{bound}, {config['estimator']}"
 
 

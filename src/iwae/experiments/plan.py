@@ -27,12 +27,12 @@ KS = (1, 5, 50)
 # Eq. 14) is what the others are compared against.
 ESTIMATOR_K = 5
 ESTIMATOR_RUNS: dict[str, dict] = {
-    f"mnist-l1-vae-k{ESTIMATOR_K}": dict(objective="vae"),
-    f"mnist-l1-iwae-k{ESTIMATOR_K}": dict(objective="iwae"),
-    f"mnist-l1-iwae-stl-k{ESTIMATOR_K}": dict(objective="iwae", estimator="stl"),
-    f"mnist-l1-iwae-dreg-k{ESTIMATOR_K}": dict(objective="iwae", estimator="dreg"),
-    f"mnist-l1-vr0.5-k{ESTIMATOR_K}": dict(objective="vr", alpha=0.5),
-    f"mnist-l1-iwae-rws-k{ESTIMATOR_K}": dict(objective="iwae", estimator="rws"),
+    f"mnist-l1-vae-k{ESTIMATOR_K}": dict(bound="vae"),
+    f"mnist-l1-iwae-k{ESTIMATOR_K}": dict(bound="iwae"),
+    f"mnist-l1-iwae-stl-k{ESTIMATOR_K}": dict(bound="iwae", estimator="stl"),
+    f"mnist-l1-iwae-dreg-k{ESTIMATOR_K}": dict(bound="iwae", estimator="dreg"),
+    f"mnist-l1-vr0.5-k{ESTIMATOR_K}": dict(bound="vr", alpha=0.5),
+    f"mnist-l1-iwae-rws-k{ESTIMATOR_K}": dict(bound="iwae", estimator="rws"),
 }
 
 
@@ -96,7 +96,7 @@ def _table(dataset: str, s: Schedule) -> list[RunSpec]:
                 name = table_key(dataset, layers, objective, k)
                 if name not in runs:
                     # k = 1: trained as IWAE, which is the VAE update (Eq. 14 with one weight)
-                    cfg = _base(s, dataset=dataset, layers=layers, objective="iwae" if k == 1 else objective, k=k)
+                    cfg = _base(s, dataset=dataset, layers=layers, bound="iwae" if k == 1 else objective, k=k)
                     runs[name] = RunSpec(name, cfg)
     return list(runs.values())
 
@@ -123,15 +123,15 @@ def plan(experiment: str, s: Schedule, run_root: str, datasets: tuple[str, ...] 
         return [
             *sources.values(),
             RunSpec("mnist-l1-vae-then-iwae-k50",
-                    _base(second, objective="iwae", k=50, init_from=f"{run_root}/mnist-l1-k1", **cont),
+                    _base(second, bound="iwae", k=50, init_from=f"{run_root}/mnist-l1-k1", **cont),
                     ("mnist-l1-k1",)),
             RunSpec("mnist-l1-iwae-then-vae-k1",
-                    _base(second, objective="vae", k=1, init_from=f"{run_root}/mnist-l1-iwae-k50", **cont),
+                    _base(second, bound="vae", k=1, init_from=f"{run_root}/mnist-l1-iwae-k50", **cont),
                     ("mnist-l1-iwae-k50",)),
         ]  # fmt: skip
     if experiment == "posteriors":
         return [
-            RunSpec(f"mnist-2d-{name}", _base(s, dataset="mnist", latent_dims=[2], objective=obj, k=k))
+            RunSpec(f"mnist-2d-{name}", _base(s, dataset="mnist", latent_dims=[2], bound=obj, k=k))
             for name, obj, k in (("vae", "vae", 1), ("iwae-k5", "iwae", 5), ("iwae-k50", "iwae", 50))
         ]
     if experiment == "estimators":

@@ -3,8 +3,8 @@ r"""Training objectives: surrogate losses whose gradients are the paper's estima
 An :class:`Objective` pairs a bound (``kind``: its value) with an estimator (its gradient) and is checked once:
 
 ==============  ==================================================================================================
-``reparam``     Plain reparameterisation. For ``kind="vae"`` this is Eq. 7 (mean of the log-weight gradients), for
-                ``kind="iwae"`` Eq. 14 (normalised-weight average, :math:`\sum_i \tilde w_i \nabla \log w_i`).
+``reparam``     Plain reparameterisation. For ``bound="vae"`` this is Eq. 7 (mean of the log-weight gradients), for
+                ``bound="iwae"`` Eq. 14 (normalised-weight average, :math:`\sum_i \tilde w_i \nabla \log w_i`).
 ``sample-one``  Section 3.1: k forward passes without gradient, then one backward pass for one sample per example
                 drawn with probability :math:`\tilde w_i`. Unbiased for Eq. 14's expectation. IWAE only.
 ``stl``         Sticking the landing (Roeder et al. 2017): log q is evaluated with q's parameters detached, so the

@@ -19,7 +19,7 @@ from iwae.objectives.base import Bound, Estimator
 from iwae.objectives.names import BOUND_PARAMS, PARAMS, declare_params
 from iwae.objectives.registry import BOUNDS, ESTIMATORS, ESTIMATORS_BY_NAME, KINDS
 
-__all__ = ["Objective", "objective"]
+__all__ = ["Objective", "objective", "resolve_bound"]
 
 
 def _listed(names: Sequence[str]) -> str:
@@ -51,7 +51,7 @@ class Objective:
     def from_config(cls, config: Any) -> Objective:
         """The objective of a :class:`iwae.runs.config.TrainConfig` (its ``objective``, ``k``, ``estimator`` and bound
         parameters)."""
-        return cls(config.objective, config.k, config.estimator, **{name: getattr(config, name) for name in PARAMS})
+        return cls(config.bound, config.k, config.estimator, **{name: getattr(config, name) for name in PARAMS})
 
     @property
     def params(self) -> dict[str, float]:
@@ -65,7 +65,7 @@ class Objective:
 
     def __post_init__(self) -> None:
         if self.bound not in BOUNDS:
-            raise ValueError(f"unknown objective kind {self.bound!r}; choose one of {', '.join(KINDS)}")
+            raise ValueError(f"unknown bound {self.bound!r}; choose one of {', '.join(KINDS)}")
         if self.estimator not in ESTIMATORS_BY_NAME:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         if not isinstance(self.k, int) or self.k < 1:
@@ -82,12 +82,12 @@ class Objective:
                 raise ValueError(problem)
         defined_for = ESTIMATORS_BY_NAME[self.estimator].bounds
         if defined_for is not None and self.bound not in defined_for:
-            kinds = " or ".join(f"kind={b!r}" for b in defined_for)
-            raise ValueError(f"estimator {self.estimator!r} is defined for {kinds} only, got kind={self.bound!r}")
+            bounds = " or ".join(f"bound={b!r}" for b in defined_for)
+            raise ValueError(f"estimator {self.estimator!r} is defined for {bounds} only, got bound={self.bound!r}")
         admitted = self._spec.estimators
         if admitted is not None and self.estimator not in admitted:
             use = " or ".join(repr(e) for e in admitted)
-            raise ValueError(f"estimator {self.estimator!r} is not defined for kind={self.bound!r}; use {use}")
+            raise ValueError(f"estimator {self.estimator!r} is not defined for bound={self.bound!r}; use {use}")
 
     @property
     def _spec(self) -> Bound:
@@ -115,7 +115,7 @@ class Objective:
             kinds = [name for name, spec in BOUNDS.items() if spec.gradient is None]
             raise ValueError(
                 f"compile is available for the {_listed(names)} estimators of the {_listed(kinds)} bounds, "
-                f"not for estimator={self.estimator!r}, kind={self.bound!r}; train without compile"
+                f"not for estimator={self.estimator!r}, bound={self.bound!r}; train without compile"
             )
 
     def per_example(self, log_w: Tensor) -> Tensor:
@@ -142,12 +142,20 @@ class Objective:
         return self._estimator.loss(model, x, self, generator, noise)
 
 
-def objective(model: SampledModel, x: Tensor, k: int = 50, kind: str = "iwae", estimator: str = "reparam", *,
-              m: int = 1, beta: float = 0.5, generator: torch.Generator | None = None,
+def objective(model: SampledModel, x: Tensor, k: int = 50, bound: str | None = None, estimator: str = "reparam", *,
+              m: int = 1, beta: float = 0.5, generator: torch.Generator | None = None, kind: str | None = None,
               **params: float) -> Tensor:  # fmt: skip
-    """Scalar loss to minimise: minus the batch mean of the ``kind`` bound, with ``estimator``'s gradient.
+    """Scalar loss to minimise: minus the batch mean of the ``bound`` (default ``"iwae"``), with ``estimator``'s
+    gradient. ``kind`` is the former name of ``bound``, still accepted.
 
-    The same as ``Objective(kind, k, estimator, m, beta, **params).loss(model, x, generator)``, ``params`` being
+    The same as ``Objective(bound, k, estimator, m, beta, **params).loss(model, x, generator)``, ``params`` being
     the other bounds' parameters (``alpha=0.5``); see :class:`Objective`.
     """
-    return Objective(kind, k, estimator, m=m, beta=beta, **params).loss(model, x, generator)
+    return Objective(resolve_bound(bound, kind), k, estimator, m=m, beta=beta, **params).loss(model, x, generator)
+
+
+def resolve_bound(bound: str | None, kind: str | None) -> str:
+    """The bound named by ``bound`` or by its former keyword ``kind`` (``"iwae"`` if neither is given)."""
+    if bound is not None and kind is not None and bound != kind:
+        raise ValueError(f"bound={bound!r} and kind={kind!r} (the former name of bound) disagree; give bound alone")
+    return bound or kind or "iwae"

@@ -26,7 +26,7 @@ from iwae.objectives import ESTIMATORS, KINDS
 from iwae.objectives.names import declare_params
 from iwae.util.streams import SCHEME, SCHEMES
 
-__all__ = ["TrainConfig", "Stage", "schedule", "RESUMABLE", "LEGACY"]
+__all__ = ["TrainConfig", "Stage", "schedule", "RESUMABLE", "LEGACY", "RENAMED"]
 
 
 # ----------------------------------------------------------------------------- command-line parsers
@@ -96,10 +96,12 @@ def _opt(
     flag: str | None = None,
     metavar: str | None = None,
     cli: bool = True,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
-    """A config field with its command-line declaration (``cli=False``: config files only)."""
+    """A config field with its command-line declaration (``cli=False``: config files only; ``aliases``: the
+    field's former flags, still accepted)."""
     meta = {"help": help, "type": type, "choices": tuple(choices) if choices else None, "flag": flag,
-            "metavar": metavar, "cli": cli}  # fmt: skip
+            "metavar": metavar, "cli": cli, "aliases": aliases}  # fmt: skip
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -122,9 +124,9 @@ class TrainConfig:
                                          "(the 2-D posteriors of Appendix C) or 100,50", type=int_list)  # fmt: skip
     q_hidden: list[list[int]] | None = _opt(None, "hidden sizes of each recognition conditional", cli=False)
     p_hidden: list[list[int]] | None = _opt(None, "hidden sizes of each generative conditional", cli=False)
-    # objective
-    objective: str = _opt("iwae", "bound to train on: vae (Eq. 7 gradient), iwae (Eq. 14), miwae, ciwae, piwae, "
-                          "vr (Rényi)", choices=KINDS)  # fmt: skip
+    # the objective: a bound, its sample count and parameters, and a gradient estimator
+    bound: str = _opt("iwae", "bound to train on: vae (Eq. 7 gradient), iwae (Eq. 14), miwae, ciwae, piwae, "
+                      "vr (Rényi)", choices=KINDS, aliases=("--objective",))  # fmt: skip
     k: int = _opt(50, "samples per example (inner samples for miwae/piwae)", type=positive_int)
     # (the bounds' parameters, m, beta, alpha..., are fields too: declared once in iwae.objectives.names.PARAMS,
     # added at the end of the class by @declare_params)
@@ -210,7 +212,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a dict, refusing unknown keys (a typo must not silently fall back to a default)."""
+        """Build from a dict, refusing unknown keys (a typo must not silently fall back to a default); a key's
+        former name (:data:`RENAMED`, as in run folders made before the rename) is read as the key."""
+        values = dict(values)
+        for old, new in RENAMED.items():
+            if old in values:
+                if new in values and values[new] != values[old]:
+                    raise ValueError(f"config keys {old!r} (the former name of {new!r}) and {new!r} disagree")
+                values[new] = values.pop(old)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -238,6 +247,9 @@ class TrainConfig:
 # The values of settings added since the first runs, for a run folder whose config.json predates them: what those
 # runs were trained and evaluated with (iwae.runs.rundir.read_config), so that they resume and evaluate as they did.
 LEGACY: dict[str, Any] = {"streams": 1, "flush_denormal": False}
+
+# Config keys renamed, former name -> name: config.json files and --config files keep their former names readable.
+RENAMED: dict[str, str] = {"objective": "bound"}
 
 # What `iwae resume` may change in an unfinished run: where it runs, where its data are, and its evaluation.
 # Everything else determines the numbers the run trains to, so a resumed run keeps it.

@@ -327,7 +327,7 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         train, _, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar, active=active)
     log = read_log(run_dir)
     metrics = {
-        "dataset": config.dataset, "layers": len(model.latent_dims), "objective": config.objective,
+        "dataset": config.dataset, "layers": len(model.latent_dims), "bound": config.bound,
         "estimator": config.estimator, "k": config.k, "eval_k": k, "eval_n": test["n"],
         "test_nll": test["nll"], "test_nll_sem": test["nll_sem"],
         "train_nll": train["nll"], "train_nll_sem": train["nll_sem"],
@@ -342,7 +342,7 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     }  # fmt: skip
     gen = streams.generator(config.seed, "samples", device=device, scheme=config.streams)
     save_image_grid(model.sample(100, generator=gen), run_dir / SAMPLES_NAME, nrow=10)
-    title = f"{config.dataset}, {len(model.latent_dims)} layer(s), {config.objective} k={config.k}"
+    title = f"{config.dataset}, {len(model.latent_dims)} layer(s), {config.bound} k={config.k}"
     plot_active_units(A, run_dir / ACTIVE_UNITS_NAME, config.active_threshold, title)
     points = [r for r in log if "test_nll_curve" in r]
     curve = [(r["pass"], r["test_nll_curve"]) for r in points]

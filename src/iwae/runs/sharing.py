@@ -95,7 +95,7 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
         "",
         f"An importance weighted autoencoder (Burda, Grosse & Salakhutdinov, 2016) trained with `iwae`: "
         f"{len(model.latent_dims)} stochastic layer(s) of {'+'.join(map(str, model.latent_dims))} units, trained on "
-        f"the {config.objective} bound with k = {config.k} ({config.estimator} gradients), seed {config.seed}.",
+        f"the {config.bound} bound with k = {config.k} ({config.estimator} gradients), seed {config.seed}.",
         "",
         f"- Data: {config.dataset}, {binarized}.",
         f"- Schedule: {passes:,.2f} passes over the training set in {len(schedule(config))} stages (the paper's is "

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from iwae.models.latent_model import SampledModel
 from iwae.objectives import Objective
+from iwae.objectives.loss import resolve_bound
 from iwae.util.cpu import flush_subnormals
 
 __all__ = ["build_step", "make_train_step", "make_optimizer"]
@@ -65,18 +66,20 @@ def build_step(
     return step
 
 
-def make_train_step(model: SampledModel, optimizer: torch.optim.Optimizer, k: int = 50, kind: str = "iwae",
+def make_train_step(model: SampledModel, optimizer: torch.optim.Optimizer, k: int = 50, bound: str | None = None,
                     estimator: str = "reparam", *, m: int = 1, beta: float = 0.5,
                     generator: torch.Generator | None = None, compile: bool = False,
-                    flush_denormal: bool = True, **params: float) -> Callable[[Tensor], Tensor]:  # fmt: skip
-    """:func:`build_step` for ``Objective(kind, k, estimator, m, beta, **params)`` (``params``: the other bounds'
-    parameters, e.g. ``alpha=0.5`` for ``kind="vr"``): ``loss = step(x_binary_batch)``.
+                    flush_denormal: bool = True, kind: str | None = None,
+                    **params: float) -> Callable[[Tensor], Tensor]:  # fmt: skip
+    """:func:`build_step` for ``Objective(bound, k, estimator, m, beta, **params)`` (``bound`` default ``"iwae"``,
+    ``kind`` its former name; ``params``: the other bounds' parameters, e.g. ``alpha=0.5`` for ``bound="vr"``):
+    ``loss = step(x_binary_batch)``.
 
     Returns the detached loss (minus the batch-mean bound). ``compile=True`` is available for the ``reparam``
     and ``stl`` estimators of the ``vae``, ``iwae``, ``miwae`` and ``ciwae`` bounds, and ``flush_denormal`` (on
     by default) flushes subnormal floats during the step (see :func:`build_step`).
     """
-    objective = Objective(kind, k, estimator, m=m, beta=beta, **params)
+    objective = Objective(resolve_bound(bound, kind), k, estimator, m=m, beta=beta, **params)
     return build_step(model, optimizer, objective, generator=generator, compile=compile, flush_denormal=flush_denormal)
 
 

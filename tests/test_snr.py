@@ -3,6 +3,7 @@ and ``iwae snr`` on a saved run."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -69,6 +70,22 @@ def test_gradient_snr_structure_and_summary_match_stacked_draws():
     assert r["snr"]["dreg"]["encoder"][0] == pytest.approx(r["snr"]["stl"]["encoder"][0], rel=1e-9)
 
 
+def test_gradient_snr_of_another_bound_reads_its_parameters():
+    """The bound is a choice: VR at alpha 0 is L_k itself (the same draws give the same SNR), the ELBO is not, and a
+    parameter out of its range is refused before any draw."""
+    model, x = tiny_model(x_dim=4, latent_dims=(2,)), binary_batch(3, 4)
+    run = functools.partial(gradient_snr, model, x, [1, 4], ["reparam"], n_draws=10)
+    iwae_snr = run(generator=torch.Generator().manual_seed(5))
+    vr0 = run(generator=torch.Generator().manual_seed(5), bound="vr", params={"alpha": 0.0})
+    assert vr0["snr"] == iwae_snr["snr"] and (vr0["bound"], vr0["params"]) == ("vr", {"alpha": 0.0})
+    assert iwae_snr["bound"] == "iwae"
+    vae = run(generator=torch.Generator().manual_seed(5), bound="vae")
+    assert vae["snr"]["reparam"]["encoder"][1] != iwae_snr["snr"]["reparam"]["encoder"][1]
+    assert vae["snr"]["reparam"]["encoder"][0] == iwae_snr["snr"]["reparam"]["encoder"][0]  # k = 1: the same bound
+    with pytest.raises(ValueError, match="alpha"):
+        run(bound="vr", params={"alpha": 1.5})
+
+
 def test_gradient_snr_refuses_bad_requests():
     model, x = tiny_model(), torch.zeros(2, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="n_draws must be at least 2"):
@@ -123,8 +140,13 @@ def test_snr_command_on_a_saved_run(tiny_run, tmp_path, capsys):
         assert all(v > 0 for net in ("encoder", "decoder") for v in result["snr"][est][net])
         assert set(result["slopes"][est]) == {"encoder", "decoder"}
     table = (out / "snr.md").read_text()
-    assert "| 3 | " in table and "slope of log SNR vs log k" in table
+    assert "| 3 | " in table and "slope of log SNR vs log k" in table and "draws of the IWAE bound L_k" in table
     assert (out / "snr.png").stat().st_size > 0
+    vr = tmp_path / "snr-vr"
+    vr_args = [*args[:2], "--estimators", "reparam,stl", *args[4:]]  # DReG is defined for the IWAE bound only
+    assert main(["snr", str(run), *vr_args, "--bound", "vr", "--alpha", "0.5", "--out", str(vr)]) == 0
+    assert (read_json(vr / "snr.json")["bound"], read_json(vr / "snr.json")["params"]) == ("vr", {"alpha": 0.5})
+    assert "draws of the vr bound, alpha = 0.5 per (k, estimator)" in (vr / "snr.md").read_text()
 
 
 def test_snr_command_trains_its_own_model_once(data_dir, tmp_path, capsys):

@@ -10,7 +10,8 @@ and show that for the reparameterised IWAE gradient (Eq. 14) it is :math:`O(\sqr
 signal. Tucker et al. (2018) show that DReG's encoder gradient instead has SNR growing with k.
 
 :func:`gradient_snr` estimates these on one fixed minibatch x: for each k and estimator it draws ``n_draws``
-independent gradients of the minibatch-mean bound (``iwae.objective(model, x, k, "iwae", estimator)``), takes each
+independent gradients of the minibatch-mean bound (``iwae.objective(model, x, k, bound, estimator)``, the IWAE
+bound unless another is asked for, with its parameters), takes each
 coordinate's sample mean and sample standard deviation (ddof 1, in float64), and summarises the per-coordinate
 SNRs of the encoder's parameters and, separately, of the decoder's. The summary is the **mean over coordinates**
 (the median is also returned). A coordinate whose gradient is identical on every draw (std 0: in practice a weight
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 
 from iwae import data
 from iwae.models.model import IWAE
-from iwae.objectives import Objective, objective
+from iwae.objectives import Objective
 from iwae.runs.config import TrainConfig
 from iwae.util import streams
 from iwae.util.cpu import flush_subnormals
@@ -86,24 +87,26 @@ def _summary(snr: Tensor) -> dict[str, float | int]:
     }
 
 
-def _draws(model: IWAE, x: Tensor, k: int, estimator: str, n: int, gen: torch.Generator, bar: tqdm):
+def _draws(model: IWAE, x: Tensor, objective: Objective, n: int, gen: torch.Generator, bar: tqdm):
     """Yield n gradient draws of the bound, each flattened to one vector: encoder coordinates, then decoder's."""
     params = [*model.encoder.parameters(), *model.decoder.parameters()]
     for _ in range(n):
-        loss = objective(model, x, k, "iwae", estimator, generator=gen)
+        loss = objective.loss(model, x, gen)
         grads = torch.autograd.grad(-loss, params, allow_unused=True)  # the bound's gradient; the sign does not matter
         flat = [torch.zeros_like(p).reshape(-1) if g is None else g.reshape(-1) for p, g in zip(params, grads)]
         yield torch.cat(flat)
         bar.update()
 
 
-def _check_request(ks: Sequence[int], estimators: Sequence[str], n_draws: int) -> list[int]:
+def _check_request(
+    ks: Sequence[int], estimators: Sequence[str], n_draws: int, bound: str, params: dict[str, float]
+) -> list[int]:
     """Raise ValueError naming the problem; return ks as ints."""
     if not ks or not estimators:
         raise ValueError("need at least one k and one estimator")
     for est in estimators:
         for k in ks:
-            Objective("iwae", k, est)
+            Objective(bound, k, est, **params)
     if n_draws < 2:
         raise ValueError(f"n_draws must be at least 2 to estimate a standard deviation, got {n_draws}")
     return [int(k) for k in ks]
@@ -119,13 +122,16 @@ def gradient_snr(
     *,
     scheme: int = streams.SCHEME,
     progress: bool = False,
+    bound: str = "iwae",
+    params: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """SNR of the encoder's and the decoder's gradients for each k and estimator (see the module docstring).
 
     :param model: an :class:`~iwae.models.model.IWAE`; its parameters are not changed.
     :param x: (batch, x_dim) the fixed minibatch (binary, for a Bernoulli visible layer).
     :param ks: numbers of importance samples.
-    :param estimators: names from :data:`iwae.ESTIMATORS`, each applied to the IWAE bound.
+    :param estimators: names from :data:`iwae.ESTIMATORS`, each applied to ``bound`` (default the IWAE bound)
+        with its parameters ``params`` (e.g. ``{"alpha": 0.5}`` for ``"vr"``).
     :param n_draws: gradient draws per (k, estimator); at least 2.
     :param generator: source of a base seed b (one ``torch.randint(2**62, (1,))`` draw); at each k every estimator
         draws its noise from the stream ``("snr", "k", k)`` of b (:func:`iwae.util.streams.generator` under
@@ -137,7 +143,8 @@ def gradient_snr(
         |mean| / std; ``snr[estimator][network + "_median"]`` the median, ``[network + "_excluded"]`` the number of
         std-0 coordinates left out. ``network`` is ``"encoder"`` (recognition) or ``"decoder"`` (generative).
     """
-    ks = _check_request(ks, estimators, n_draws)
+    params = dict(params or {})
+    ks = _check_request(ks, estimators, n_draws, bound, params)
     device = next(model.parameters()).device
     n_enc = sum(p.numel() for p in model.encoder.parameters())
     base = int(torch.randint(2**62, (1,), generator=generator).item())
@@ -148,7 +155,8 @@ def gradient_snr(
             for est in estimators:
                 bar.set_description(f"SNR {est} k={k}")
                 gen = streams.generator(base, "snr", "k", k, device=device, scheme=scheme)
-                values = coordinate_snr(_draws(model, x, k, est, n_draws, gen, bar))
+                objective = Objective(bound, k, est, **params)
+                values = coordinate_snr(_draws(model, x, objective, n_draws, gen, bar))
                 for net, part in zip(NETWORKS, (values[:n_enc], values[n_enc:])):
                     s = _summary(part)
                     snr[est][net].append(s["mean"])
@@ -157,7 +165,8 @@ def gradient_snr(
     finally:
         bar.close()
     return {
-        "ks": ks, "estimators": list(estimators), "n_draws": n_draws, "batch": x.shape[0],
+        "ks": ks, "estimators": list(estimators), "bound": bound, "params": params, "n_draws": n_draws,
+        "batch": x.shape[0],
         "coordinates": {"encoder": n_enc, "decoder": sum(p.numel() for p in model.decoder.parameters())},
         "floor": math.sqrt(2 / (math.pi * n_draws)), "snr": snr,
     }  # fmt: skip
@@ -191,8 +200,11 @@ def snr_command(
     device: str | None = None,
     train_passes: float = 1.0,
     progress: bool = True,
+    bound: str = "iwae",
+    params: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """``iwae snr``: SNR against k on a trained model; writes ``snr.json``, ``snr.md`` and ``snr.png`` into ``out``.
+    ``bound`` and its ``params``: the bound whose gradients are measured (:func:`gradient_snr`).
 
     Without ``run_dir`` the model of :func:`default_model_config` is trained into ``out/model`` (or, if that folder
     already holds a run, loaded from it). The minibatch is the first ``batch`` training images of the run's data
@@ -203,7 +215,8 @@ def snr_command(
     from iwae.runs.rundir import load_run, read_log, resolve_device
     from iwae.runs.train import train
 
-    _check_request(ks, estimators, n_draws)  # before minutes of training, not after
+    params = dict(params or {})
+    _check_request(ks, estimators, n_draws, bound, params)  # before minutes of training, not after
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     trained = run_dir is None and not (out / "model" / "config.json").exists()
@@ -222,7 +235,8 @@ def snr_command(
     start = time.monotonic()
     base = streams.generator(seed, "snr", "base", scheme=config.streams)
     with flush_subnormals(config.flush_denormal):
-        result = gradient_snr(model, x, ks, estimators, n_draws, base, scheme=config.streams, progress=progress)
+        result = gradient_snr(model, x, ks, estimators, n_draws, base, scheme=config.streams, progress=progress,
+                              bound=bound, params=params)  # fmt: skip
     log = read_log(run_dir)
     result.update(
         seconds=time.monotonic() - start, seed=seed, slopes=_slopes(result),
@@ -256,6 +270,15 @@ def _slopes(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     return slopes
 
 
+def _bound_text(result: dict[str, Any]) -> str:
+    """The measured bound as the report names it: "IWAE bound L_k" (results made before the bound was chosen hold
+    no ``bound``), else its name with its parameters."""
+    bound, params = result.get("bound", "iwae"), result.get("params") or {}
+    if bound == "iwae":
+        return "IWAE bound L_k"
+    return f"{bound} bound" + "".join(f", {name} = {value:g}" for name, value in params.items())
+
+
 def snr_markdown(result: dict[str, Any]) -> str:
     """The table of ``snr.md``: mean SNR over coordinates, one column per (network, estimator), one row per k."""
     m, ests = result["model"], result["estimators"]
@@ -268,7 +291,7 @@ def snr_markdown(result: dict[str, Any]) -> str:
         f"Model: `{m['run_dir']}` ({m['dataset']}, latent dims {m['latent_dims']}, trained on {m['bound']} "
         f"k={m['k']} with `{m['estimator']}` for {m['passes']:.2f} passes{bound}).",
         f"Minibatch: the first {result['batch']} training images, binarised once (seed {result['seed']}). "
-        f"{result['n_draws']} gradient draws of the IWAE bound L_k per (k, estimator), the same noise for every "
+        f"{result['n_draws']} gradient draws of the {_bound_text(result)} per (k, estimator), the same noise for every "
         f"estimator at a given k.",
         "",
         "SNR = |mean| / std of each parameter coordinate's gradient over the draws (Rainforth et al. 2018), then the "

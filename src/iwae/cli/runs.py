@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 
 from iwae import data
+from iwae.cli.options import add_config_options, overrides_from_args
+from iwae.objectives.names import KINDS, PARAMS
 from iwae.runs.config import int_list, positive_float, positive_int
 
 __all__ = [
@@ -180,6 +182,8 @@ def snr_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", nargs="?", help=f"{RUN_DIR_HELP} (default: train a small model)")
     p.add_argument("--k", type=int_list, default=[1, 5, 50, 500], help="numbers of samples (default 1,5,50,500)")
     p.add_argument("--estimators", default="reparam,stl,dreg", help="comma-separated (default reparam,stl,dreg)")
+    p.add_argument("--bound", default="iwae", choices=KINDS, help="the bound whose gradients are measured (iwae)")
+    add_config_options(p, PARAMS)  # the bounds' parameters (m, beta, alpha), declared once
     p.add_argument("--draws", type=positive_int, default=100, help="gradient draws per k and estimator (100)")
     p.add_argument("--batch", type=positive_int, default=20, help="images in the fixed minibatch (default 20)")
     p.add_argument("--out", required=True, help="folder for snr.png, snr.md, snr.json (and model/)")
@@ -196,6 +200,7 @@ def snr(args: argparse.Namespace) -> None:
     result = snr_command(
         args.out, args.run_dir, args.k, args.estimators.split(","), args.draws, args.batch, seed=args.seed,
         data_dir=args.data_dir, device=args.device, train_passes=args.train_passes, progress=not args.quiet,
+        bound=args.bound, params=overrides_from_args(args, PARAMS),
     )  # fmt: skip
     model = ("trained " if result["model"]["trained_here"] else "") + f"model {result['model']['run_dir']}"
     print(f"{args.out}: snr.png, snr.md, snr.json ({model}, {result['seconds']:.0f} s)")

@@ -186,6 +186,7 @@ def test_a_stacked_fleet_of_two_data_sets_trains_each_run_like_its_own(data_dir,
     assert steps[0] != steps[1]  # each left the fleet when its own schedule ended
 
 
+@pytest.mark.slow  # about 10 s: four kills, each a forked fleet
 def test_a_fleet_killed_between_the_phases_of_its_checkpoint_resumes_to_the_same_numbers(
     data_dir, tmp_path, cached_data
 ):

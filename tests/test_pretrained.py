@@ -20,6 +20,7 @@ def test_the_published_models_are_listed_and_load_checked():
         assert metrics["test_nll"] > 0 and folder.parent.name == "weights"
 
 
+@pytest.mark.slow  # L_1000 on 500 images
 def test_the_2d_model_replays_its_recorded_test_nll(data_dir, tmp_path):
     """The published 2-D latent model (a copy: evaluating writes into the folder), scored again, gives the mean of
     the per-image values its run recorded: the same images, the same importance samples."""

@@ -149,6 +149,7 @@ def test_snr_command_on_a_saved_run(tiny_run, tmp_path, capsys):
     assert "draws of the vr bound, alpha = 0.5 per (k, estimator)" in (vr / "snr.md").read_text()
 
 
+@pytest.mark.slow  # trains a small model (5 s)
 def test_snr_command_trains_its_own_model_once(data_dir, tmp_path, capsys):
     out = tmp_path / "snr"
     args = ["snr", "--k", "1,2", "--estimators", "stl", "--draws", "3", "--batch", "3", "--train-passes", "0.01"]

@@ -151,10 +151,10 @@ def test_kill_between_curve_point_and_stage_checkpoint_neither_loses_nor_doubles
     """The stage's last line (with its curve point) is written, then the run dies before the stage-end checkpoint."""
     real = rundir.save_state
 
-    def die_at_stage_end(run_dir, model, optimizer, position, tensors):
+    def die_at_stage_end(run_dir, model, optimizer, position, tensors, pending=False):
         if (position["stage"], position["step"]) == (1, 0):
             raise KeyboardInterrupt
-        real(run_dir, model, optimizer, position, tensors)
+        real(run_dir, model, optimizer, position, tensors, pending=pending)
 
     monkeypatch.setattr(iwae.runs.train.rundir, "save_state", die_at_stage_end)
     with pytest.raises(KeyboardInterrupt):

@@ -271,12 +271,10 @@ def _slopes(result: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def _bound_text(result: dict[str, Any]) -> str:
-    """The measured bound as the report names it: "IWAE bound L_k" (results made before the bound was chosen hold
-    no ``bound``), else its name with its parameters."""
-    bound, params = result.get("bound", "iwae"), result.get("params") or {}
-    if bound == "iwae":
+    """The measured bound as the report names it: "IWAE bound L_k", else its name with its parameters."""
+    if result["bound"] == "iwae":
         return "IWAE bound L_k"
-    return f"{bound} bound" + "".join(f", {name} = {value:g}" for name, value in params.items())
+    return f"{result['bound']} bound" + "".join(f", {name} = {value:g}" for name, value in result["params"].items())
 
 
 def snr_markdown(result: dict[str, Any]) -> str:

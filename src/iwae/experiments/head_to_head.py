@@ -5,7 +5,7 @@ streams depend on the seed alone), so their per-image L_k (each run's ``test_ll.
 and the reference R (IWAE, Eq. 14): per seed s, d_s = NLL_X - NLL_R = mean over images of (L_R - L_X), with the
 standard error of that mean over images (evaluation noise); over the seeds, the mean of d_s and its standard error
 sd(d_s) / sqrt(n), which also holds the spread between trainings. A difference is read as one when it is at least
-twice its standard error over three seeds or more; with fewer it is "undecided". No torch: plain numbers.
+twice its standard error over three seeds or more; with fewer it is "undecided".
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from iwae.analysis.compare import paired_difference
+
 __all__ = ["REFERENCE", "MIN_SEEDS", "paired_over_seeds", "reading", "estimators_section"]
 
 REFERENCE = "mnist-l1-iwae-k5"  # the run every other is compared with: the IWAE bound, reparameterised (Eq. 14)
@@ -24,12 +28,12 @@ MIN_SEEDS = 3  # a difference is read from 3 seeds or more (seed-to-seed spread 
 
 
 def _paired(a: dict, b: dict) -> dict[str, float]:
-    """NLL_b - NLL_a over the images of two per-image records, with its standard error over images."""
+    """NLL_b - NLL_a over the images of two per-image records, with its standard error over images
+    (:func:`iwae.analysis.compare.paired_difference`)."""
     for key in ("split", "eval_k", "seed", "streams", "dataset", "index"):
         if a[key] != b[key]:
             raise ValueError(f"per-image records differ in {key!r}: not paired, so not compared")
-    d = [x - y for x, y in zip(a["ll"], b["ll"])]
-    return {"mean": statistics.fmean(d), "sem": statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0}
+    return paired_difference(torch.tensor(b["ll"], dtype=torch.float64), torch.tensor(a["ll"], dtype=torch.float64))
 
 
 def paired_over_seeds(ref: dict[int, dict], other: dict[int, dict]) -> dict[str, Any] | None:

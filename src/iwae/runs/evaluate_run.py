@@ -48,6 +48,7 @@ __all__ = [
     "check_split",
     "stream",
     "eval_images",
+    "eval_split",
     "spread",
     "nll",
     "summarize",
@@ -117,13 +118,19 @@ def spread(total: int, n: int | None) -> torch.Tensor:
 def eval_images(config: TrainConfig, split: str, n: int | None, device: torch.device, seed: int) -> torch.Tensor:
     """n examples of the split spread evenly through it (:func:`spread`), on ``device``; dynamic data are binarized
     afresh with the split's ``binarize`` stream of ``seed``."""
+    return eval_split(config, split, n, device, seed)[1]
+
+
+def eval_split(
+    config: TrainConfig, split: str, n: int | None, device: torch.device, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`eval_images` with the indices of those examples in the split, as ``(index, x)``."""
     x = data.load(config.dataset, check_split(split), config.data_dir)
-    x = x[spread(x.shape[0], n)].to(device)
-    return (
-        x
-        if data.is_binary(config.dataset)
-        else data.binarize(x, generator=stream(config, device, split, "binarize", seed))
-    )
+    index = spread(x.shape[0], n)
+    x = x[index].to(device)
+    if not data.is_binary(config.dataset):
+        x = data.binarize(x, generator=stream(config, device, split, "binarize", seed))
+    return index, x
 
 
 def nll(
@@ -170,18 +177,18 @@ def measure(
     progress: bool = True,
     bar: tqdm | None = None,
     active: tuple[list[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[dict[str, Any], list[torch.Tensor]]:
+) -> tuple[dict[str, Any], list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """NLL (mean -L_k ± s.e.) of n examples of ``split``, and A_u on n examples of :data:`ACTIVE_SPLIT`.
 
     With ``pruned``, also ``nll_pruned``: the NLL of the model without its inactive units (Section 5.2), on the
     same images and the same noise stream as ``nll``, and ``units_pruned``. With no inactive unit that model is
     the model itself, so ``nll_pruned`` is ``nll``, not measured again. Returns the numbers, the A_u tensors
-    (for the figure) and the per-example L_k behind ``nll``. The samples are counted on ``bar`` if given (a bar
-    over a longer evaluation). ``active``: :func:`activity`'s result for the same n, when the caller has it
-    already (it does not depend on ``split``).
+    (for the figure) and the per-example ``(index, L_k)`` behind ``nll`` (the examples' indices in the split). The
+    samples are counted on ``bar`` if given (a bar over a longer evaluation). ``active``: :func:`activity`'s
+    result for the same n, when the caller has it already (it does not depend on ``split``).
     """
     device, flush = next(model.parameters()).device, config.flush_denormal
-    x = eval_images(config, split, n, device, config.seed)
+    index, x = eval_split(config, split, n, device, config.seed)
     A, x_active = active if active is not None else activity(config, model, n)
     desc = f"{split} NLL, L_{k}, {x.shape[0]} images"
     gen = stream(config, device, split, "nll")
@@ -202,7 +209,7 @@ def measure(
             desc = f"{split} NLL without {result['units_pruned']} inactive units, L_{k}, {x.shape[0]} images"
             gen = stream(config, device, split, "nll")
             result["nll_pruned"] = nll(smaller, x, k, gen, progress, desc=desc, bar=bar, flush_denormal=flush)["nll"]
-    return result, A, ll
+    return result, A, (index, ll)
 
 
 def curve_images(config: TrainConfig, device: torch.device) -> torch.Tensor:
@@ -322,8 +329,8 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     k, device = config.eval_k, next(model.parameters()).device
     with flush_subnormals(config.flush_denormal), _evaluation_bar(config, progress) as bar:
         active = activity(config, model, config.eval_n)  # A_u once, for both splits' records
-        test, A, test_ll = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress, bar=bar,
-                                   active=active)  # fmt: skip
+        test, A, (index, test_ll) = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress,
+                                            bar=bar, active=active)  # fmt: skip
         train, _, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar, active=active)
     log = read_log(run_dir)
     metrics = {
@@ -349,7 +356,6 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     label = f"test NLL (L_{points[-1]['curve_k']}, {points[-1]['curve_n']} images)" if points else ""
     passes, bounds = [r["pass"] for r in log], [r["train_bound"] for r in log]
     plot_training(passes, bounds, run_dir / TRAINING_NAME, title, curve, label)
-    index = spread(SPLIT_SIZES[config.dataset]["test"], config.eval_n)
     write_json(run_dir / PER_IMAGE_NAME, per_image_record(config, k, index, test_ll))
     write_json(run_dir / METRICS_NAME, metrics)
     return metrics

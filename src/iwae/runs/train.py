@@ -161,9 +161,12 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
     def describe(runs: list[RunState]) -> str:
         return f"stage {run.pos.stage + 1}/{len(run.stages)} lr {run.lr:.2e}" if not run.done else "done"
 
+    def save(runs: list[RunState], step: int) -> None:
+        run.save()  # in place: no fleet, no pending checkpoint
+
     with run.writer or nullcontext():  # the writer is closed however the loop ends
-        step_runs([run], stepper, lambda runs, _: [r.save() for r in runs], diverged,
-                  interval=60 * config.checkpoint_minutes, progress=progress, describe=describe)  # fmt: skip
+        step_runs([run], stepper, save, diverged, interval=60 * config.checkpoint_minutes, progress=progress,
+                  describe=describe)  # fmt: skip
 
 
 def _tensorboard() -> Any:

@@ -165,12 +165,11 @@ class RunState:
     def save(self, fleet_step: int | None = None) -> None:
         """Checkpoint the run at its position; in a fleet (``fleet_step`` given), as the pending checkpoint of that
         fleet step (:data:`iwae.runs.rundir.PENDING_NAME`), committed once every run of the fleet has written its."""
+        if fleet_step is not None:
+            self.pos.fleet_step = fleet_step
         tensors = self.gens.states() | ({} if self.perm is None else {"perm": self.perm})
-        if fleet_step is None:
-            rundir.save_state(self.run_dir, self.model, self.optimizer, dataclasses.asdict(self.pos), tensors)
-            return
-        self.pos.fleet_step = fleet_step
-        rundir.save_state(self.run_dir, self.model, self.optimizer, dataclasses.asdict(self.pos), tensors, pending=True)
+        rundir.save_state(self.run_dir, self.model, self.optimizer, dataclasses.asdict(self.pos), tensors,
+                          pending=fleet_step is not None)  # fmt: skip
 
 
 class SharedData:

@@ -62,3 +62,25 @@ def test_an_unknown_name_lists_the_known_ones_and_a_wheel_install_is_told_where_
         next(iwae.pretrained.load("mnist-2d-iwae-k5").model.parameters()),
         next(iwae.load_run(source).model.parameters()),
     )
+
+
+@pytest.mark.slow  # L_k (k in the thousands) on 64 images of each published model
+@pytest.mark.parametrize("name", sorted(iwae.pretrained.available()))
+def test_each_published_model_scores_its_first_recorded_test_images_again(name, data_dir):
+    """The first 64 images of a published model's ``test_ll.json``, scored again from the committed weights with its
+    evaluation streams, give the recorded per-image L_k: the weights are those that made the published numbers.
+
+    The evaluation binarizes all its images with one draw and scores them 32 at a time (at k >= 64), each block
+    drawing its noise in turn; so the first two blocks of the whole evaluation are replayed exactly."""
+    from iwae.evaluate import log_likelihood
+    from iwae.runs.evaluate_run import eval_split, read_per_image, stream
+
+    model, config, _ = iwae.pretrained.load(name, data_dir=data_dir)
+    record = read_per_image(iwae.pretrained.available()[name])
+    assert record["eval_k"] >= 64 and record["seed"] == config.seed and record["streams"] == config.streams
+    index, x = eval_split(config, "test", len(record["index"]), torch.device("cpu"), config.seed)
+    assert index.tolist() == record["index"]
+    gen = stream(config, torch.device("cpu"), "test", "nll", config.seed)
+    ll = log_likelihood(model, x[:64], record["eval_k"], generator=gen, progress=False)
+    recorded = torch.tensor(record["ll"][:64], dtype=torch.float64)
+    torch.testing.assert_close(ll.double(), recorded, rtol=0, atol=1e-4)

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from iwae.analysis.compare import compare_runs, paired_difference
+from iwae.analysis.compare import compare_runs, paired_difference, paired_records
 
 
 def test_paired_difference_is_the_mean_and_standard_error_of_per_example_differences():
@@ -123,8 +123,12 @@ def test_a_finished_runs_per_image_record_is_what_compare_scores_and_pairs_alike
     for record, ll in zip(records, lls):
         assert record["ll"] == ll.double().tolist() and record["split"] == "test"
         assert record["index"] == spread(10_000, len(ll)).tolist()
-    stored = paired_difference(*(torch.tensor(r["ll"]) for r in records))
+    stored = paired_records(*records)
     assert stored == pytest.approx(compare_runs(*runs, progress=False)["difference"], abs=1e-6)
+    assert stored == paired_difference(*(torch.tensor(r["ll"], dtype=torch.float64) for r in records))
+    for key, other in (("seed", 1), ("index", records[1]["index"][::-1]), ("eval_k", 7)):
+        with pytest.raises(ValueError, match=f"differ in '{key}': not paired"):
+            paired_records(records[0], {**records[1], key: other})
 
 
 def test_a_damaged_per_image_record_is_refused(runs, tmp_path):

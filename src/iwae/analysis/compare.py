@@ -24,7 +24,7 @@ from iwae.evaluate import log_likelihood
 from iwae.runs.evaluate_run import check_split, eval_images, stream, summarize
 from iwae.runs.rundir import load_run
 
-__all__ = ["log_likelihoods", "paired_difference", "compare_runs", "format_comparison"]
+__all__ = ["log_likelihoods", "paired_difference", "paired_records", "compare_runs", "format_comparison"]
 
 
 def _common(what: str, values: Sequence[Any], given: Any, option: str) -> Any:
@@ -88,6 +88,19 @@ def paired_difference(ll_a: torch.Tensor, ll_b: torch.Tensor) -> dict[str, float
         )
     d = ll_b.double() - ll_a.double()  # NLL_A - NLL_B per example
     return {"mean": d.mean().item(), "sem": (d.std() / d.numel() ** 0.5).item()}
+
+
+PAIRING_KEYS = ("split", "eval_k", "seed", "streams", "dataset", "index")  # what two records must share to pair
+
+
+def paired_records(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """NLL_A - NLL_B from two runs' per-image records (``test_ll.json``, :func:`iwae.runs.evaluate_run.read_per_image`),
+    with its paired standard error: no scoring, since runs of one seed were scored on the same images with the same
+    noise. A ValueError when the records differ in any of :data:`PAIRING_KEYS` (then they are not paired)."""
+    for key in PAIRING_KEYS:
+        if a.get(key) != b.get(key):
+            raise ValueError(f"per-image records differ in {key!r}: not paired, so not compared")
+    return paired_difference(torch.tensor(a["ll"], dtype=torch.float64), torch.tensor(b["ll"], dtype=torch.float64))
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, **options: Any) -> dict[str, Any]:

@@ -17,23 +17,12 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from iwae.analysis.compare import paired_difference
+from iwae.analysis.compare import paired_records
 
 __all__ = ["REFERENCE", "MIN_SEEDS", "paired_over_seeds", "reading", "estimators_section"]
 
 REFERENCE = "mnist-l1-iwae-k5"  # the run every other is compared with: the IWAE bound, reparameterised (Eq. 14)
 MIN_SEEDS = 3  # a difference is read from 3 seeds or more (seed-to-seed spread measured), else undecided
-
-
-def _paired(a: dict, b: dict) -> dict[str, float]:
-    """NLL_b - NLL_a over the images of two per-image records, with its standard error over images
-    (:func:`iwae.analysis.compare.paired_difference`)."""
-    for key in ("split", "eval_k", "seed", "streams", "dataset", "index"):
-        if a[key] != b[key]:
-            raise ValueError(f"per-image records differ in {key!r}: not paired, so not compared")
-    return paired_difference(torch.tensor(b["ll"], dtype=torch.float64), torch.tensor(a["ll"], dtype=torch.float64))
 
 
 def paired_over_seeds(ref: dict[int, dict], other: dict[int, dict]) -> dict[str, Any] | None:
@@ -42,7 +31,7 @@ def paired_over_seeds(ref: dict[int, dict], other: dict[int, dict]) -> dict[str,
     seeds = sorted(set(ref) & set(other))
     if not seeds:
         return None
-    per_seed = [_paired(ref[s], other[s]) for s in seeds]
+    per_seed = [paired_records(other[s], ref[s]) for s in seeds]  # NLL(other) - NLL(ref)
     means = [p["mean"] for p in per_seed]
     return {
         "seeds": seeds, "per_seed": per_seed, "mean": statistics.fmean(means),

@@ -1,0 +1,159 @@
+"""The paper's full protocol (3,280 passes): Table 1's cells on the whole test set, beside the paper, the 364-pass
+prefix and the short schedule; the claims of the paper these cells decide, paired; the learning curves in one figure.
+
+    python -m benchmarks.full_protocol FOLDER [FOLDER ...] --reproduction results/reproduction \
+        --prefix results/fidelity/prefix.json --out results/full-protocol/results.json
+
+Each FOLDER is a finished run or its export (``iwae export``: config, metrics and the per-image ``test_ll.json``,
+which is all this reads). A claim compares two cells by the paired difference of their per-image L_5000
+(:func:`iwae.analysis.compare.paired_records`: runs of one seed are scored on the same images with the same
+noise), so its standard error is the evaluation's alone, not the spread between training seeds. Writes the JSON, a
+markdown report beside it (``.md``) and the curves (``-curves.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks import report
+from benchmarks.prefix_report import summarize
+from iwae.analysis.compare import paired_records
+from iwae.experiments.paper_results import TABLE1
+from iwae.plots import plot_curves
+from iwae.runs.evaluate_run import read_per_image
+from iwae.util.atomic import write_json, write_text
+
+GOAL = 0.3  # nats: a cell meets the goal within this of the paper's number, or below it
+
+# (what the paper found, cell A, cell B): each decided by NLL(A) - NLL(B), the paper's own difference beside it.
+CLAIMS = (
+    ("IWAE k=5 beats the VAE k=5", "mnist-l1-vae-k5", "mnist-l1-iwae-k5"),
+    ("the VAE gains little from k=5", "mnist-l1-k1", "mnist-l1-vae-k5"),
+    ("IWAE k=5 beats k=1", "mnist-l1-k1", "mnist-l1-iwae-k5"),
+)
+_PAPER = {"mnist-l1-k1": ("iwae", 1), "mnist-l1-vae-k5": ("vae", 5), "mnist-l1-iwae-k5": ("iwae", 5)}
+
+
+def cell(run: Path, reproduction: dict, prefix: dict) -> dict:
+    """One cell: :func:`benchmarks.prefix_report.summarize`'s numbers, the training set's, the pruned NLL, the
+    paper's active units, the same configuration after the prefix (if it ran), and whether it meets :data:`GOAL`."""
+    row = summarize(run, reproduction)
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    paper_key = ("mnist", 1, *_PAPER[row["name"]]) if row["name"] in _PAPER else None
+    long = next((p for p in prefix.get("runs", []) if p["name"] == row["name"]), None)
+    row.update(
+        train_nll=metrics["train_nll"], train_nll_sem=metrics["train_nll_sem"],
+        train_n=config.get("eval_train_n"), test_nll_pruned=metrics.get("test_nll_pruned"),
+        paper_active_units=TABLE1[paper_key][1] if paper_key else None,
+        prefix_passes=long["passes"] if long else None, prefix_test_nll=long["test_nll"] if long else None,
+        prefix_test_nll_sem=long["test_nll_sem"] if long else None,
+        to_paper=row["test_nll"] - row["paper_test_nll"], meets_goal=row["test_nll"] - row["paper_test_nll"] <= GOAL,
+    )  # fmt: skip
+    return row
+
+
+def claims(records: dict[str, dict]) -> list[dict]:
+    """Each of :data:`CLAIMS` whose two cells are given: NLL(A) - NLL(B) paired over the test images, the paper's
+    difference, and a reading (a difference is one when it is at least twice its standard error)."""
+    out = []
+    for statement, a, b in CLAIMS:
+        paper = TABLE1[("mnist", 1, *_PAPER[a])][0] - TABLE1[("mnist", 1, *_PAPER[b])][0]
+        if a not in records or b not in records:
+            out.append({"claim": statement, "a": a, "b": b, "paper": paper, "difference": None})
+            continue
+        d = paired_records(records[a], records[b])
+        reading = f"{b} better" if d["mean"] >= 2 * d["sem"] else f"{a} better" if -d["mean"] >= 2 * d["sem"] else (
+            "no difference beyond twice the standard error")  # fmt: skip
+        out.append({"claim": statement, "a": a, "b": b, "paper": paper, "difference": d, "reading": reading})
+    return out
+
+
+def _nll(value: float | None, sem: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if sem is None else f"{value:.2f} ± {sem:.2f}"
+
+
+def _units(per_layer: list[int] | None) -> str:
+    return "-" if per_layer is None else "+".join(map(str, per_layer))
+
+
+def markdown(rows: list[dict], found: list[dict], command: str) -> str:
+    meta = report.machine(torch.device("cpu"))
+    lines = [
+        "# The paper's full protocol: Table 1's cells",
+        "",
+        f"- command: `{command}`",
+        f"- written: {meta['date']}; torch {meta['torch']}",
+        "",
+        "Test NLL: the mean of -L_k over the test images scored (k, images), with its standard error over images.",
+        f"Goal: within {GOAL} nats of the paper's number, or below it.",
+        "",
+        "| cell | passes | test NLL (k, images) | paper | to the paper | goal | 364 passes | short schedule (passes) "
+        "| train NLL | pruned test NLL | active units (paper) | training hours |",
+        "| --- | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['passes']:.0f} | {_nll(r['test_nll'], r['test_nll_sem'])} ({r['eval_k']}, "
+            f"{r['eval_n']}) | {r['paper_test_nll']:.2f} | {r['to_paper']:+.2f} | "
+            f"{'met' if r['meets_goal'] else 'missed'} "
+            f"| {_nll(r['prefix_test_nll'], r['prefix_test_nll_sem'])} | {r['short_test_nll']:.2f} "
+            f"({r['short_passes']:.2f}) | {_nll(r['train_nll'], r['train_nll_sem'])} | {_nll(r['test_nll_pruned'])} "
+            f"| {_units(r['active_units'])} ({_units(r['paper_active_units'])}) | {r['train_seconds'] / 3600:.1f} |"
+        )
+    lines += [
+        "",
+        "The paper's claims these cells decide: NLL(A) - NLL(B), paired over the same test images and importance "
+        "samples (one training seed each: the standard error is the evaluation's, not the spread between seeds).",
+        "",
+        "| claim | A | B | NLL(A) - NLL(B) | paper | reading |",
+        "| --- | --- | --- | ---: | ---: | --- |",
+    ]
+    for c in found:
+        d = c["difference"]
+        ours = "pending" if d is None else f"{d['mean']:.3f} ± {d['sem']:.3f}"
+        lines.append(f"| {c['claim']} | {c['a']} | {c['b']} | {ours} | {c['paper']:.2f} | {c.get('reading', '-')} |")
+    lines += ["", "Learning curves (test NLL, -L_k on a fixed spread subset at the end of every stage):", ""]
+    for r in rows:
+        points = ", ".join(f"{p:.0f}: {v:.2f}" for p, v in r["curve"])
+        lines.append(f"- {r['name']} (L_{r['curve_k']}, {r['curve_n']} images), passes: NLL: {points}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="finished full-protocol runs, or their exports")
+    parser.add_argument("--reproduction", type=Path, required=True, help="folder of a reproduction's results.json")
+    parser.add_argument("--prefix", type=Path, required=True, help="benchmarks.prefix_report's JSON")
+    parser.add_argument("--out", type=Path, required=True, help="JSON to write (markdown and figure beside it)")
+    args = parser.parse_args(argv)
+    reproduction = json.loads((args.reproduction / "results.json").read_text())
+    prefix = json.loads(args.prefix.read_text())
+    rows = [cell(run, reproduction, prefix) for run in args.runs]
+    names = [r["name"] for r in rows]
+    if len(set(names)) < len(names):
+        parser.error(f"two folders hold the same cell: {', '.join(names)}")
+    found = claims({r["name"]: read_per_image(run) for r, run in zip(rows, args.runs)})
+    command = "python -m benchmarks.full_protocol " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, {"command": command, "goal": GOAL, "cells": rows, "claims": found})
+    write_text(args.out.with_suffix(".md"), markdown(rows, found, command))
+    series = [
+        {"label": f"{r['name']} ({r['passes']:.0f} passes)", "points": r["curve"], "reference": r["paper_test_nll"],
+         "reference_passes": 3280}
+        for r in rows
+    ]  # fmt: skip
+    plot_curves(series, args.out.with_name(args.out.stem + "-curves.png"), "test NLL against passes; dotted: paper")
+    print(markdown(rows, found, command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -302,7 +302,8 @@ def write_report(
     if "posteriors" in experiments and (out / "posteriors.png").is_file():
         lines += ["## Appendix C: true posteriors (heat maps) and samples of q (dots), 2-D latent", "",
                   "![posteriors](posteriors.png)", ""]  # fmt: skip
-    lines += ["## Appendix C and E: samples (Bernoulli means) and histograms of log A_u", ""]
+    figures = "samples (Bernoulli means) and histograms of log A_u"
+    lines += [f"## Appendix C and E: {figures}" if paper else f"## {figures[0].upper()}{figures[1:]}", ""]
     lines += [*_figures(root, sorted(runs)), "", *_made_md(command)]
     results["experiments"], results["datasets"] = list(experiments), list(datasets)
     if claims:

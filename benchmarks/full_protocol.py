@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import report
-from benchmarks.prefix_report import summarize
+from benchmarks.prefix_report import curve_lines, summarize
 from iwae.analysis.compare import paired_records
 from iwae.experiments.paper_results import TABLE1
 from iwae.plots import plot_curves
@@ -120,11 +120,7 @@ def markdown(rows: list[dict], found: list[dict], command: str) -> str:
         d = c["difference"]
         ours = "pending" if d is None else f"{d['mean']:.3f} ± {d['sem']:.3f}"
         lines.append(f"| {c['claim']} | {c['a']} | {c['b']} | {ours} | {c['paper']:.2f} | {c.get('reading', '-')} |")
-    lines += ["", "Learning curves (test NLL, -L_k on a fixed spread subset at the end of every stage):", ""]
-    for r in rows:
-        points = ", ".join(f"{p:.0f}: {v:.2f}" for p, v in r["curve"])
-        lines.append(f"- {r['name']} (L_{r['curve_k']}, {r['curve_n']} images), passes: NLL: {points}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + curve_lines(rows)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ def cells(tiny_config, tmp_path_factory):
 @pytest.fixture
 def references(tmp_path):
     short = {name: {"passes": 9.84, "test_nll": 100.0 + i} for i, name in enumerate(CELLS)}
+    short["mnist-l1-k1"].update(seeds=[1, 0, 2], test_nll_seeds=[99.0, 98.0, 103.0])  # seed 0: 98, the mean 100
     (tmp_path / "reproduction").mkdir()
     (tmp_path / "reproduction" / "results.json").write_text(json.dumps({"runs": short}))
     prefix = {"runs": [{"name": "mnist-l1-k1", "passes": 364.0, "test_nll": 87.44, "test_nll_sem": 0.74}]}
@@ -51,6 +52,7 @@ def test_each_cell_beside_the_paper_and_each_claim_paired_as_compare_scores_it(c
         assert row["test_nll"] == metrics["test_nll"] and row["train_nll"] == metrics["train_nll"]
         assert row["paper_test_nll"] == paper[name] and row["to_paper"] == pytest.approx(row["test_nll"] - paper[name])
         assert row["meets_goal"] is False  # a tiny run is far from the paper
+    assert rows["mnist-l1-k1"]["short_test_nll"] == 98.0 and rows["mnist-l1-vae-k5"]["short_test_nll"] == 101.0
     assert rows["mnist-l1-k1"]["prefix_test_nll"] == 87.44 and rows["mnist-l1-vae-k5"]["prefix_test_nll"] is None
     assert rows["mnist-l1-iwae-k5"]["paper_active_units"] == [22]
     for claim in result["claims"]:

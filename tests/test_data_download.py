@@ -247,3 +247,23 @@ def test_a_full_disk_during_a_download_is_one_line_naming_the_command(site, monk
         "free space and run `iwae download mnist` again"
     )
     assert files_under(tmp_path) == []
+
+
+def test_an_omniglot_archive_rebuilt_by_its_owner_passes_by_its_decoded_images(data_dir, tmp_path):
+    """An Omniglot zip whose bytes differ from the published one (rezipped) is accepted when its decoded images
+    are the published ones; one image less and it is refused, naming the fingerprint."""
+    import zipfile
+
+    from iwae.data.fetching import check_local
+
+    key = "omniglot/images_evaluation.zip"
+    source = Path(data_dir) / key
+    assert check_local(key, source) is None
+    copy = tmp_path / "images_evaluation.zip"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(copy, "w", zipfile.ZIP_STORED) as dst:
+        names = [n for n in src.namelist() if n.endswith(".png")]
+        for name in src.namelist():
+            if name != names[-1]:
+                dst.writestr(name, src.read(name))
+    problem = check_local(key, copy)
+    assert problem is not None and "expected" in problem

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pooch
 
+from iwae.data.readers import read_omniglot_zip
 from iwae.data.resources import (
     DATASETS,
     RESOURCES,
@@ -74,19 +75,21 @@ def _check_published(key: str, path: Path) -> None:
 def check_local(key: str, path: Path) -> str | None:
     """What is wrong with ``path``, a local copy of resource ``key``, or None if it passes every declared check.
 
-    Under the published name: the published size, git blob id and hash (``known_hash``). Under an alias (e.g. the
-    decompressed idx file): the content fingerprint, the sha256 of the decompressed bytes.
+    Under the published name: the published size, git blob id and hash (``known_hash``), else the content
+    fingerprint (a copy recompressed by its owner). Under an alias (e.g. the decompressed idx file): the content
+    fingerprint (:mod:`iwae.data.resources`: the sha256 of the decompressed bytes, or of an Omniglot archive's
+    decoded images).
     """
     res = RESOURCES[key]
     try:
         if path.name == Path(res.path).name:
             problem = _published_problem(key, path)
             # a copy recompressed by its owner fails the published file's checks but holds the same content
-            if problem is None or (res.fingerprint is not None and _content_sha256(path) == res.fingerprint):
+            if problem is None or (res.fingerprint is not None and _content_fingerprint(path) == res.fingerprint):
                 return None
             return problem
-        if res.fingerprint is not None and (got := _content_sha256(path)) != res.fingerprint:
-            return f"sha256 of the content {got}, expected {res.fingerprint}"
+        if res.fingerprint is not None and (got := _content_fingerprint(path)) != res.fingerprint:
+            return f"content fingerprint {got}, expected {res.fingerprint}"
     except (OSError, EOFError, ValueError) as err:  # unreadable, or a gzip stream cut short
         return str(err)
     return None
@@ -106,8 +109,11 @@ def _published_problem(key: str, path: Path) -> str | None:
     return None
 
 
-def _content_sha256(path: Path) -> str:
-    """sha256 of the bytes of ``path``, decompressed first if it is gzipped (``.gz``)."""
+def _content_fingerprint(path: Path) -> str:
+    """The fingerprint of the content of ``path``: of an Omniglot archive (``.zip``) its decoded images', else the
+    sha256 of its bytes, decompressed first if it is gzipped (``.gz``)."""
+    if path.suffix == ".zip":
+        return read_omniglot_zip(path).fingerprint
     h = hashlib.sha256()
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
         while chunk := f.read(_CHUNK):

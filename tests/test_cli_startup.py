@@ -52,6 +52,31 @@ def test_sample_makes_the_output_folder(tiny_run, tmp_path):
     assert out.stat().st_size > 0
 
 
+def test_version_a_mistyped_option_and_an_abbreviation(capsys):
+    """``--version`` names the package's version; an option the command lacks is one line naming the nearest one;
+    an abbreviation is not taken for an option (``--stage`` is not ``--stages``)."""
+    import iwae
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out == f"iwae {iwae.__version__}\n"
+    for argv, error in (
+        (["train", "--out", "x", "--stage", "3"], "iwae train: error: unrecognized arguments: --stage 3; "
+         "did you mean --stages?"),
+        (["evaluate", "run", "--kk=3"], "iwae evaluate: error: unrecognized arguments: --kk=3; did you mean --k?"),
+        (["sample", "run", "--zzz"], "iwae sample: error: unrecognized arguments: --zzz; "
+         "`iwae sample --help` lists its options"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and capsys.readouterr().err == error + "\n"
+
+
+def test_the_option_table_module_runs_without_a_warning():
+    result = subprocess.run([sys.executable, "-W", "error", "-m", "iwae.cli.options"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "" and result.stdout.startswith("| option |")
+
+
 def test_stages_beyond_the_papers_eight_are_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--stages", "9", "--out", "x"])

@@ -1,5 +1,15 @@
 """The command line: `iwae` and its commands (argparse front ends over the layers below)."""
 
-from iwae.cli.commands import main
+from __future__ import annotations
+
+from collections.abc import Sequence
 
 __all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``iwae`` command (:func:`iwae.cli.commands.main`), imported when called, so that ``python -m
+    iwae.cli.options`` runs its module without the package having imported it first."""
+    from iwae.cli.commands import main as run
+
+    return run(argv)

@@ -218,7 +218,21 @@ COMMANDS = {
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a mistyped choice is one line with the nearest choices, not the whole usage first."""
+    """argparse, but a mistyped choice or option is one line with the nearest ones, not the whole usage first; no
+    option is taken from an abbreviation of it (``--stage`` is not ``--stages``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # what no option of the command takes: name the nearest of its options
+            commands = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+            known = [o for a in commands[parsed.command]._actions for o in a.option_strings] if commands else []
+            near = difflib.get_close_matches(extras[0].split("=")[0], known, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]}?" if near else f"; `iwae {parsed.command} --help` lists its options"
+            self.exit(2, f"{self.prog} {parsed.command}: error: unrecognized arguments: {' '.join(extras)}{hint}\n")
+        return parsed
 
     def error(self, message: str) -> NoReturn:
         found = re.match(r"argument (\S+): invalid choice: '?(.*?)'? \(choose from (.*)\)$", message)
@@ -233,9 +247,12 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``iwae`` argument parser: one sub-command per entry of :data:`COMMANDS`, in that order."""
+    from iwae import __version__
+
     parser = Parser(
         prog="iwae", description="Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, ICLR 2016)."
     )
+    parser.add_argument("--version", action="version", version=f"iwae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         command.arguments(sub.add_parser(name, help=command.help, description=command.description))

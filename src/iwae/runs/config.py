@@ -134,10 +134,10 @@ class TrainConfig:
                           "(reweighted wake-sleep)", choices=ESTIMATORS)  # fmt: skip
     # optimisation: Adam (beta1 0.9, beta2 0.999, eps 1e-4), batch 20, 3^i passes at 1e-3 * 10^(-i/7)
     batch_size: int = _opt(20, "minibatch size", type=positive_int)
-    stages: int = _opt(8, "run stages i = 0..N-1 of the paper's 8 (3^i passes at 1e-3 * 10^(-i/7))", type=int,
-                       choices=range(1, 9))  # fmt: skip
-    pass_scale: float = _opt(1.0, "multiply every stage's passes, fractions allowed (1: the paper's 3,280 passes)",
-                             type=positive_float)  # fmt: skip
+    stages: int = _opt(8, "run stages i = 0..N-1 of the paper's 8 (3^i passes at 1e-3 * 10^(-i/7); --schedule "
+                       "replaces them)", type=int, choices=range(1, 9))  # fmt: skip
+    pass_scale: float = _opt(1.0, "multiply every stage's passes (--schedule's too), fractions allowed (1: the "
+                             "paper's 3,280 passes)", type=positive_float)  # fmt: skip
     # "reference": the authors' code's rounded rates and beta1 = 0.99 (reference-setup facts in README)
     lr_variant: str = _opt("paper", "paper: 1e-3*10^(-i/7), beta1 0.9; reference: the authors' code (rounded "
                            "rates, beta1 0.99)", choices=("paper", "reference"))  # fmt: skip
@@ -149,8 +149,8 @@ class TrainConfig:
     evaluate: bool = _opt(True, "the final evaluation (--no-eval: none; `iwae resume --eval` evaluates later)",
                           flag="--eval")  # fmt: skip
     eval_k: int = _opt(5000, "importance samples for the final NLL (the paper's L_5000)", type=positive_int)
-    eval_n: int | None = _opt(None, "evaluate on N examples of each split, spread evenly through it (default all)",
-                              type=positive_int, metavar="N")  # fmt: skip
+    eval_n: int | None = _opt(None, "evaluate on N examples of the test and of the training split, spread evenly "
+                              "through each (default all)", type=positive_int, metavar="N")  # fmt: skip
     active_threshold: float = _opt(0.01, "A_u above which a unit is active (Section 5.2)", type=positive_float)
     # the learning curve: mean -L_curve_k on curve_n test images, logged at the end of every stage (0: none)
     curve_k: int = _opt(1000, "importance samples of the test-NLL learning curve, measured at the end of every "

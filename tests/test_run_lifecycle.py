@@ -38,6 +38,12 @@ def test_a_failed_start_leaves_no_run_and_the_retry_works(data_dir, tmp_path, ca
     assert rundir.CONFIG_NAME not in _files(run) and "is not a run folder" in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--data-dir", data_dir, "--no-eval", *QUICK]) == 0
     assert rundir.status(run) == "partial" and rundir.has_checkpoint(run)
+    other = tmp_path / "two-layers"  # a model of another architecture to start from: one line, no run
+    assert main(["train", "--out", str(other), "--init-from", str(run), "--layers", "2", "--data-dir", data_dir,
+                 "--no-eval", *QUICK]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"--init-from {run}: that run's model has another architecture (" in err and "Traceback" not in err
+    assert rundir.CONFIG_NAME not in _files(other)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -225,6 +225,7 @@ def _start(
     pos, perm = Position(), None
     if fresh and config.init_from:
         _, source, _ = rundir.load_run(config.init_from)
+        _check_same_architecture(config.init_from, source.state_dict(), model.state_dict())
         model.load_state_dict(source.state_dict())
     elif not fresh:
         saved, extra = rundir.load_state(run_dir, model, optimizer)
@@ -236,3 +237,15 @@ def _start(
         rundir.clear_results(run_dir)
     rundir.truncate_log(run_dir, pos.log_lines)
     return pos, perm
+
+
+def _check_same_architecture(source_dir: str, source: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    """A RunError naming the first parameter whose shape differs when ``init_from``'s model is not this run's."""
+    shapes = [({n: tuple(t.shape) for n, t in d.items()}) for d in (source, own)]
+    for name in sorted(shapes[0].keys() | shapes[1].keys()):
+        theirs, ours = (s.get(name, "absent") for s in shapes)
+        if theirs != ours:
+            raise rundir.RunError(
+                f"--init-from {source_dir}: that run's model has another architecture ({name}: {theirs} there, "
+                f"{ours} here); start from a run of the same data set, --layers and --latent-dims"
+            )

@@ -38,6 +38,10 @@ def test_a_failed_start_leaves_no_run_and_the_retry_works(data_dir, tmp_path, ca
     assert rundir.CONFIG_NAME not in _files(run) and "is not a run folder" in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--data-dir", data_dir, "--no-eval", *QUICK]) == 0
     assert rundir.status(run) == "partial" and rundir.has_checkpoint(run)
+    assert main(["train", "--out", str(tmp_path / "big"), "--batch-size", "70000", "--data-dir", data_dir,
+                 "--no-eval", *QUICK]) == 1  # fmt: skip
+    assert "batch size 70,000 exceeds the 59,600 training images of mnist" in capsys.readouterr().err
+    assert rundir.CONFIG_NAME not in _files(tmp_path / "big")
     other = tmp_path / "two-layers"  # a model of another architecture to start from: one line, no run
     assert main(["train", "--out", str(other), "--init-from", str(run), "--layers", "2", "--data-dir", data_dir,
                  "--no-eval", *QUICK]) == 1  # fmt: skip

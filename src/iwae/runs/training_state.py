@@ -195,6 +195,11 @@ def open_run(config: TrainConfig, run_dir: Path, fresh: bool, create: bool, load
     """A run ready to step: its data, model, Adam, generators and position (:func:`_start`); ``again``: the command
     that continues it, named if its folder lacks room for its checkpoints."""
     x = loaded.train(config)
+    if config.batch_size > x.shape[0]:
+        raise rundir.RunError(
+            f"batch size {config.batch_size:,} exceeds the {x.shape[0]:,} training images of {config.dataset}; "
+            "choose a smaller --batch-size (the paper's is 20)"
+        )
     batches = Batches(x, config.batch_size, dynamic=not data.is_binary(config.dataset))
     model = build_model(config, output_bias=x.mean(0)).to(loaded.device)
     optimizer = make_optimizer(model, betas=config.adam_betas)

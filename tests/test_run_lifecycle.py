@@ -158,3 +158,22 @@ def test_training_on_the_cpu_uses_one_thread_by_default(tiny_config, tmp_path, m
         assert seen == [1, 2] and torch.get_num_threads() == 2  # restored afterwards
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_slurm_submission_that_fails_is_one_line_and_blocks_no_retry(data_dir, tmp_path, monkeypatch, capsys):
+    """sbatch refusing the job (here a stand-in that cannot reach its controller) is reported in one line, and the
+    folder is left as it was, so that the same command can run again once the cluster is back."""
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    refusal = "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"
+    sbatch.write_text(f"#!/bin/sh\necho '{refusal}' >&2\nexit 1\n")
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    run = tmp_path / "run"
+    for _ in range(2):
+        assert main(["train", "--out", str(run), "--executor", "slurm", "--data-dir", data_dir, *QUICK]) == 1
+        err = capsys.readouterr().err
+        assert "Slurm did not take the job(s) of run: " in err and "connect failure" in err, err
+        assert "Traceback" not in err and not run.exists()

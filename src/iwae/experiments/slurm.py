@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -128,7 +129,7 @@ def _waves(specs: list[RunSpec], done: set[str]) -> list[list[RunSpec]]:
 def submit(specs: list[RunSpec], root: Path, options: SlurmOptions, log: Callable[[str], None] = print) -> dict:
     """Submit every run of ``specs`` (folders ``root/<name>``) not yet done; returns name -> Slurm job id."""
     from iwae.experiments.runner import REQUESTED_NAME, check_compatible
-    from iwae.runs.rundir import status
+    from iwae.runs.rundir import RunError, status
     from iwae.util import atomic
 
     done = {s.name for s in specs if status(root / s.name) == "done"}
@@ -143,7 +144,13 @@ def submit(specs: list[RunSpec], root: Path, options: SlurmOptions, log: Callabl
         for spec in wave:
             (root / spec.name).mkdir(parents=True, exist_ok=True)
             atomic.write_text(root / spec.name / REQUESTED_NAME, spec.config.to_json())
-        submitted = executor.map_array(RunJob(), [str((root / s.name).resolve()) for s in wave])
+        try:
+            submitted = executor.map_array(RunJob(), [str((root / s.name).resolve()) for s in wave])
+        except Exception as err:  # sbatch refused (no controller, a bad partition...): submitit's FailedJobError
+            for spec in wave:  # a run folder not submitted keeps no request behind
+                (root / spec.name / REQUESTED_NAME).unlink(missing_ok=True)
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise RunError(f"Slurm did not take the job(s) of {', '.join(s.name for s in wave)}: {reason}") from err
         for spec, job in zip(wave, submitted):
             jobs[spec.name] = job.job_id
             record = {"job_id": job.job_id, "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
@@ -191,7 +198,12 @@ def submit_run(args: argparse.Namespace, config: TrainConfig) -> dict[str, Any] 
 
     out = Path(args.out).resolve()
     check_new(out)
-    jobs = submit([RunSpec(out.name, config)], out.parent, options_from_args(args, out / "slurm"))
+    new = not out.exists()
+    try:
+        jobs = submit([RunSpec(out.name, config)], out.parent, options_from_args(args, out / "slurm"))
+    except RunError:  # nothing submitted: the folder is left as it was found, so the same command can run again
+        shutil.rmtree(out if new else out / "slurm", ignore_errors=True)
+        raise
     if args.no_wait:
         print(f"`iwae status {args.out}` shows its progress")
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import binary_batch, read_json, tiny_model
+from conftest import all_binary, binary_batch, read_json, tiny_model
 
 import iwae
 from iwae import bounds
@@ -233,3 +233,19 @@ def test_log_likelihood_of_no_examples_is_empty():
     assert log_likelihood(model, torch.zeros(0, 6), k=10).shape == (0,)
     ll, se = log_likelihood(model, torch.zeros(0, 6), k=10, return_stderr=True)
     assert ll.shape == se.shape == (0,)
+
+
+def test_a_bernoulli_model_refuses_values_outside_0_1_and_warns_of_grey_levels():
+    """Images not scaled to [0, 1] are refused; grey levels are scored with a warning to binarize (a plausible
+    but meaningless number otherwise); binary images and a Gaussian model's real values pass silently."""
+    import warnings
+
+    model = tiny_model(x_dim=3)
+    with pytest.raises(ValueError, match="values from 0 to 255, but the model's visible layer is Bernoulli"):
+        iwae.log_likelihood(model, torch.tensor([[0.0, 255.0, 3.0]], dtype=torch.float64), 4)
+    with pytest.warns(UserWarning, match="grey levels, not only 0 and 1.*binarize first"):
+        iwae.log_likelihood(model, torch.tensor([[0.0, 0.5, 1.0]], dtype=torch.float64), 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        iwae.log_likelihood(model, all_binary(3), 4)
+        iwae.log_likelihood(tiny_model(x_dim=3, likelihood="gaussian"), torch.tensor([[-2.0, 0.5, 7.0]]).double(), 4)

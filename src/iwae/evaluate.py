@@ -13,6 +13,7 @@ So a user can score their own VAE with the paper's :math:`\mathcal{L}_{5000}` by
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
@@ -91,6 +92,7 @@ def log_likelihood(
             "generator needs a model with forward_samples (iwae.IWAE, or iwae.models.latent_model's protocol); "
             "seed torch globally instead"
         )
+    _check_binary(model, x)
     if x.shape[0] == 0:  # no examples: no estimates
         empty = torch.empty(0, dtype=x.dtype if x.dtype.is_floating_point else torch.float32, device=x.device)
         return LikelihoodEstimate(empty, empty.clone()) if return_stderr else empty
@@ -145,6 +147,25 @@ def log_likelihood(
     if return_stderr:
         return LikelihoodEstimate(ll, se_out.to(ll.dtype))
     return ll
+
+
+def _check_binary(model: LogWeightModel, x: Tensor) -> None:
+    """For a model with a Bernoulli visible layer (``model.likelihood == "bernoulli"``): a ValueError for values
+    outside [0, 1], a warning for grey levels (the paper scores binarized images)."""
+    if getattr(model, "likelihood", None) != "bernoulli" or x.numel() == 0:
+        return
+    lo, hi = (v.item() for v in torch.aminmax(x.float()))
+    if lo < 0 or hi > 1:
+        raise ValueError(
+            f"x holds values from {lo:g} to {hi:g}, but the model's visible layer is Bernoulli: it scores binary "
+            "images; scale them to [0, 1] and binarize them (iwae.data.binarize)"
+        )
+    if not bool(((x == 0) | (x == 1)).all()):
+        warnings.warn(
+            "x holds grey levels, not only 0 and 1: a Bernoulli likelihood of grey levels is not the probability of "
+            "any image, and not what the paper reports; binarize first (iwae.data.binarize)",
+            stacklevel=3,
+        )
 
 
 _NOT_FINITE = "log_weights returned non-finite values (NaN or inf); the model is diverged"

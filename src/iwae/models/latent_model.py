@@ -30,7 +30,7 @@ with the IWAE bound and DReG).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +80,8 @@ class GaussianLatentModel(nn.Module):
     :param latent_dim: the size of h.
     :param x_dim: the size of x (784 for 28x28 images).
     """
+
+    likelihood: ClassVar[str] = "bernoulli"  # of the visible layer, as iwae.IWAE names it
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, x_dim: int = 784) -> None:
         super().__init__()

@@ -54,9 +54,24 @@ def test_missing_data_is_one_clear_line(tmp_path, capsys):
 
 
 def test_not_a_run_folder(tmp_path, capsys):
+    """Each command on a folder that is not a run says what it is instead, and names a next step that works."""
     for command in (["resume", str(tmp_path)], ["evaluate", str(tmp_path)], ["sample", str(tmp_path)]):
         assert main(command) == 1
-        assert "is not a run folder (no config.json)" in _error_line(capsys)
+        assert "is not a run folder (no config.json); make one with `iwae train --out" in _error_line(capsys)
+        assert list(tmp_path.iterdir()) == []  # nothing written into it (no lock file)
+    for command in ("evaluate", "export"):
+        out = ["--out", str(tmp_path / "x")] if command == "export" else []
+        assert main([command, str(tmp_path / "nowhere"), *out]) == 1
+        assert _error_line(capsys) == f"iwae: error: {tmp_path / 'nowhere'}: no such folder; name a run folder (one " \
+            "that `iwae train --out FOLDER` made)"  # fmt: skip
+    (tmp_path / "fleet" / "seed-1").mkdir(parents=True)
+    (tmp_path / "fleet" / "seed-1" / "config.json").write_text("{}")
+    assert main(["evaluate", str(tmp_path / "fleet")]) == 1
+    assert f"holds runs, but is not one: name one of them, e.g. {tmp_path / 'fleet' / 'seed-1'}" in _error_line(capsys)
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["evaluate", str(tmp_path)]) == 1
+    line = _error_line(capsys)
+    assert "is not a run folder (no config.json); name one that `iwae train" in line and "make one" not in line
 
 
 def test_unwritable_output_folder(data_dir, tmp_path, capsys):

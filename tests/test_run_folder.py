@@ -26,7 +26,7 @@ def test_create_writes_config_atomically_and_refuses_an_existing_run(tmp_path):
     assert json.loads((run / rundir.CONFIG_NAME).read_text())["k"] == 50
     with pytest.raises(rundir.RunError, match="already holds a run; continue it with `iwae resume"):
         rundir.create(run, TrainConfig())
-    with pytest.raises(rundir.RunError, match=r"is not a run folder \(no config.json\)"):
+    with pytest.raises(rundir.RunError, match=r"elsewhere: no such folder; name a run folder"):
         rundir.read_config(tmp_path / "elsewhere")
 
 

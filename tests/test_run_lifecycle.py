@@ -35,7 +35,7 @@ def test_a_failed_start_leaves_no_run_and_the_retry_works(data_dir, tmp_path, ca
         assert rundir.CONFIG_NAME not in _files(run)
     assert main(["train", "--out", str(run), "--init-from", str(tmp_path / "nowhere"), "--data-dir", data_dir,
                  "--no-eval", *QUICK]) == 1  # fmt: skip
-    assert rundir.CONFIG_NAME not in _files(run) and "is not a run folder" in capsys.readouterr().err
+    assert rundir.CONFIG_NAME not in _files(run) and "nowhere: no such folder" in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--data-dir", data_dir, "--no-eval", *QUICK]) == 0
     assert rundir.status(run) == "partial" and rundir.has_checkpoint(run)
     assert main(["train", "--out", str(tmp_path / "big"), "--batch-size", "70000", "--data-dir", data_dir,

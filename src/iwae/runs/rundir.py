@@ -190,8 +190,20 @@ def read_config(run_dir: str | Path) -> TrainConfig:
     """The config of the run in ``run_dir``."""
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
-        raise RunError(f"{run_dir} is not a run folder (no {CONFIG_NAME}); make one with `iwae train --out {run_dir}`")
+        raise RunError(_not_a_run(Path(run_dir)))
     return TrainConfig.from_dict(LEGACY | read_config_file(path))
+
+
+def _not_a_run(folder: Path) -> str:
+    """Why ``folder`` is not a run folder, and what to name instead."""
+    if not folder.is_dir():
+        return f"{folder}: no such folder; name a run folder (one that `iwae train --out FOLDER` made)"
+    runs = sorted(p.name for p in folder.iterdir() if (p / CONFIG_NAME).is_file())
+    if runs:  # a fleet's folder (iwae train --seeds), or a folder of runs (iwae reproduce's runs/)
+        return f"{folder} holds runs, but is not one: name one of them, e.g. {folder / runs[0]}"
+    if any(p.name != LOCK_NAME for p in folder.iterdir()):
+        return f"{folder} is not a run folder (no {CONFIG_NAME}); name one that `iwae train --out FOLDER` made"
+    return f"{folder} is not a run folder (no {CONFIG_NAME}); make one with `iwae train --out {folder}`"
 
 
 def append_log(run_dir: str | Path, record: dict[str, Any]) -> None:

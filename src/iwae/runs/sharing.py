@@ -55,11 +55,11 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     :raises RunError: the run is not evaluated yet, or ``out`` exists and is not empty.
     """
     run_dir, out = Path(run_dir), Path(out)
+    config = read_config(run_dir)  # a folder that is no run is named as such
     if not (run_dir / METRICS_NAME).is_file():
         raise RunError(f"{run_dir} is not evaluated (no {METRICS_NAME}); finish it first: `iwae resume {run_dir}`")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunError(f"{out} exists and is not an empty folder; export into a new folder")
-    config = read_config(run_dir)
     _, model, _ = _load(run_dir)
     shared = config.replace(data_dir=None, device="auto", init_from=None)  # nothing of this machine
     metrics = json.loads((run_dir / METRICS_NAME).read_text())

@@ -115,7 +115,8 @@ def train_and_evaluate(
     :raises RunError: another process holds the run folder (:func:`iwae.runs.rundir.locked`), or the disk filled up.
     """
     if config is None:
-        _refuse_exported(Path(run_dir))  # before the lock: nothing is written into it
+        _refuse_exported(Path(run_dir))  # before the lock: nothing is written into a folder that is no run
+        rundir.read_config(run_dir)
     with rundir.locked(run_dir, again=f"iwae resume {run_dir}"):  # one process per run folder, to the end
         if config is None:
             if changes:

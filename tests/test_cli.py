@@ -38,9 +38,14 @@ def test_train_evaluate_sample_resume(data_dir, tmp_path, capsys):
 
 
 def test_train_with_dreg_estimator_end_to_end(data_dir, tmp_path, capsys):
+    """(Also: without --quiet, a run says first what it will do: its training and the evaluation after it.)"""
     run = tmp_path / "run"
-    assert main(["train", "--estimator", "dreg", "--out", str(run), "--data-dir", data_dir, *TINY]) == 0
-    assert "test NLL" in capsys.readouterr().out
+    loud = [a for a in TINY if a != "--quiet"]
+    assert main(["train", "--estimator", "dreg", "--out", str(run), "--data-dir", data_dir, *loud]) == 0
+    out, err = capsys.readouterr()
+    assert "test NLL" in out and "training steps took" in out
+    assert f"{run}: 1 stage(s), 0.02 passes over 59,600 training images in batches of 20, 60 steps to go; then " \
+        "L_10 on 40 test and 40 training images" in err  # fmt: skip
     config, metrics = (read_json(run / name) for name in ("config.json", "metrics.json"))
     assert config["estimator"] == metrics["estimator"] == "dreg" and config["bound"] == "iwae"
     assert 60 < metrics["test_nll"] < 300

@@ -50,7 +50,8 @@ def report_run(metrics: dict | None, run_dir: Path) -> None:
     print(
         f"{run_dir}: test NLL {metrics['test_nll']:.2f} nats (mean -L_{metrics['eval_k']} over {metrics['eval_n']} "
         f"test images), train NLL {metrics['train_nll']:.2f}, active units {active}, "
-        f"NLL with inactive units removed {metrics['test_nll_pruned']:.2f}, trained {metrics['train_seconds']:.0f} s"
+        f"NLL with inactive units removed {metrics['test_nll_pruned']:.2f}; training steps took "
+        f"{metrics['train_seconds']:.0f} s (curve points, checkpoints and the evaluation aside)"
     )
 
 

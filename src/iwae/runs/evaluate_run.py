@@ -311,14 +311,24 @@ def eval_threads(run_dir: str | Path, device: torch.device, threads: int | None 
         torch.set_num_threads(before)
 
 
+def evaluation_sizes(config: TrainConfig) -> tuple[int, int]:
+    """How many test and training images the final evaluation scores."""
+    sizes = SPLIT_SIZES[config.dataset]
+    return len(spread(sizes["test"], config.eval_n)), len(spread(sizes["train"], config.eval_n))
+
+
+def describe_evaluation(config: TrainConfig) -> str:
+    """What the final evaluation computes, in words, and the options that set its size."""
+    n_test, n_train = evaluation_sizes(config)
+    return (f"L_{config.eval_k} on {n_test:,} test and {n_train:,} training images (and on the test images again "
+            "without inactive units, if any; --eval-k and --eval-n set the size)")  # fmt: skip
+
+
 def _evaluation_bar(config: TrainConfig, progress: bool) -> tqdm:
     """One progress bar over the whole final evaluation (its time left is the estimate), announced on stderr."""
-    k, sizes = config.eval_k, SPLIT_SIZES[config.dataset]
-    n_test, n_train = (len(spread(sizes[split], config.eval_n)) for split in ("test", "train"))
     if progress:
-        print(f"final evaluation: L_{k} on {n_test:,} test and {n_train:,} training images (and on the test images "
-              "again without inactive units, if any; --eval-k and --eval-n set the size)", file=sys.stderr)  # fmt: skip
-    return tqdm(total=k * (n_test + n_train), unit="sample", disable=not progress, leave=False)
+        print(f"final evaluation: {describe_evaluation(config)}", file=sys.stderr)
+    return tqdm(total=config.eval_k * sum(evaluation_sizes(config)), unit="sample", disable=not progress, leave=False)
 
 
 def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:

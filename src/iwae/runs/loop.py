@@ -122,6 +122,7 @@ def _stretch(
             if pass_end and r not in left:
                 record = r.pass_record(now - r.pass_start)
                 if stage_end and r.curve_x is not None:
+                    bar.set_description(f"test NLL point: L_{r.config.curve_k} on {r.curve_x.shape[0]} images")
                     record |= curve_point(r.config, r.model, r.curve_x)
                 log_pass(r.run_dir, r.pos, record, bar, r.writer, step=round(record["pass"] * r.batches.per_pass))
             if stage_end and r not in left:

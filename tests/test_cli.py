@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,6 +57,14 @@ def test_missing_data_is_one_clear_line(tmp_path, capsys):
     assert code == 1
     line = _error_line(capsys)
     assert line.startswith("iwae: error:") and "mnist/train-images-idx3-ubyte.gz" in line
+
+
+def test_the_data_sets_own_folder_given_as_the_data_directory_is_named_as_such(data_dir, tmp_path, capsys):
+    inner = Path(data_dir) / "mnist"
+    assert main(["train", "--out", str(tmp_path / "run"), "--data-dir", str(inner), *TINY]) == 1
+    assert _error_line(capsys) == f"iwae: error: data set 'mnist' not found in {inner}, but in the folder above it: " \
+        f"point --data-dir or IWAE_DATA_DIR at {inner.parent}, the folder that holds mnist's folder"  # fmt: skip
+    assert not (tmp_path / "run").exists()
 
 
 def test_not_a_run_folder(tmp_path, capsys):

@@ -247,9 +247,18 @@ def missing_error(
 ) -> DataNotFoundError:
     """The error for data set ``name`` missing from ``data_dir``: which files, where, and how to get them."""
     options = [" and ".join(f"`{k}`" for k in group) for group in SOURCES[name]]
+    above, detail = Path(data_dir).parent, f"\n{detail}" if detail else ""
+    if any(all(_present(above, k) for k in group) for group in SOURCES[name]):  # the data set's own folder given
+        return cls(f"data set {name!r} not found in {data_dir}, but in the folder above it: point --data-dir or "
+                   f"IWAE_DATA_DIR at {above}, the folder that holds {name}'s folder{detail}")  # fmt: skip
     return cls(
         f"data set {name!r} not found in {data_dir}: expected {' or '.join(options)} there. "
         f"Get it with `iwae download {name} --data-dir {data_dir}` (or iwae.data.download({name!r}) / "
-        f"load(..., download=True)), or point --data-dir or IWAE_DATA_DIR at a directory that has it."
-        + (f"\n{detail}" if detail else "")
+        f"load(..., download=True)), or point --data-dir or IWAE_DATA_DIR at a directory that has it.{detail}"
     )
+
+
+def _present(data_dir: Path, key: str) -> bool:
+    """Whether ``data_dir`` holds resource ``key`` under its published name or an alias (unchecked)."""
+    res = RESOURCES[key]
+    return any((data_dir / path).is_file() for path in (res.path, *res.aliases))

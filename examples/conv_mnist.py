@@ -73,7 +73,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    train = iwae.data.load("mnist", "train", args.data_dir)
+    try:
+        train = iwae.data.load("mnist", "train", args.data_dir)
+    except iwae.data.DataNotFoundError as err:  # one line saying where to get it, not a traceback
+        parser.exit(1, f"{parser.prog}: {err}\n")
     test = iwae.data.load("mnist", "test", args.data_dir)
     model = iwae.GaussianLatentModel(ConvEncoder(args.latent_dim), ConvDecoder(args.latent_dim), args.latent_dim)
     optimizer = iwae.make_optimizer(model)  # Adam with the paper's settings, lr 1e-3

@@ -54,7 +54,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    train = iwae.data.load("mnist", "train", args.data_dir)
+    try:
+        train = iwae.data.load("mnist", "train", args.data_dir)
+    except iwae.data.DataNotFoundError as err:  # one line saying where to get it, not a traceback
+        parser.exit(1, f"{parser.prog}: {err}\n")
     model = PlainVAE()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for i in range(args.steps):  # the user's own loop, on the ELBO (k = 1)

@@ -27,3 +27,13 @@ def test_example_runs_in_smoke_mode(script, data_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     nll = re.search(r"^test NLL [^:]*: ([0-9.]+)", done.stdout, re.MULTILINE)
     assert nll and 50 < float(nll.group(1)) < 800, done.stdout  # nats per image: untrained is ~550
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_without_its_data_says_where_to_get_it_in_one_line(script, tmp_path):
+    env = {**os.environ, "IWAE_DATA_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(script), "--smoke"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "iwae download" in done.stderr
+    assert done.stderr.startswith(f"{script.name}: data set 'mnist' not found in {tmp_path}")

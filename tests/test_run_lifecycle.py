@@ -177,3 +177,19 @@ def test_a_slurm_submission_that_fails_is_one_line_and_blocks_no_retry(data_dir,
         err = capsys.readouterr().err
         assert "Slurm did not take the job(s) of run: " in err and "connect failure" in err, err
         assert "Traceback" not in err and not run.exists()
+    # a reproduction's folder whose earlier job (still queued) left its request and logs: both kept as they were
+    from iwae.experiments.plan import RunSpec
+    from iwae.experiments.runner import REQUESTED_NAME
+    from iwae.experiments.slurm import SlurmOptions, submit
+    from iwae.runs.config import TrainConfig
+
+    queued = tmp_path / "runs" / "queued"
+    (queued / "slurm" / "123").mkdir(parents=True)
+    (queued / REQUESTED_NAME).write_text("the earlier request")
+    (queued / "slurm" / "123" / "123_submitted.pkl").write_bytes(b"job")
+    with pytest.raises(rundir.RunError, match="Slurm did not take the job.s. of queued, fresh: .*connect failure"):
+        submit([RunSpec("queued", TrainConfig()), RunSpec("fresh", TrainConfig(seed=1))], tmp_path / "runs",
+               SlurmOptions(folder=tmp_path / "runs" / "slurm-logs"))  # fmt: skip
+    assert (queued / REQUESTED_NAME).read_text() == "the earlier request"
+    assert (queued / "slurm" / "123" / "123_submitted.pkl").read_bytes() == b"job"
+    assert not (tmp_path / "runs" / "fresh" / REQUESTED_NAME).exists()

@@ -137,18 +137,25 @@ def submit(specs: list[RunSpec], root: Path, options: SlurmOptions, log: Callabl
     for spec in pending:
         check_compatible(spec, root / spec.name)
     executor, jobs = _executor(options), {}
+    from submitit.core.utils import FailedJobError  # submitit is there: _executor says how to install it if not
+
     for wave in _waves(pending, done):
         after = sorted({jobs[d] for s in wave for d in s.after if d in jobs})
         extra = {"kill-on-invalid-dep": "yes", **({"dependency": "afterok:" + ":".join(after)} if after else {})}
         executor.update_parameters(slurm_additional_parameters=extra)
-        for spec in wave:
-            (root / spec.name).mkdir(parents=True, exist_ok=True)
-            atomic.write_text(root / spec.name / REQUESTED_NAME, spec.config.to_json())
+        requests = {root / s.name / REQUESTED_NAME: None for s in wave}  # each one's earlier text, if any
+        for spec, path in zip(wave, requests):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            requests[path] = path.read_text() if path.is_file() else None
+            atomic.write_text(path, spec.config.to_json())
         try:
             submitted = executor.map_array(RunJob(), [str((root / s.name).resolve()) for s in wave])
-        except Exception as err:  # sbatch refused (no controller, a bad partition...): submitit's FailedJobError
-            for spec in wave:  # a run folder not submitted keeps no request behind
-                (root / spec.name / REQUESTED_NAME).unlink(missing_ok=True)
+        except (FailedJobError, FileNotFoundError) as err:  # sbatch refused the jobs, or there is no sbatch
+            for path, earlier in requests.items():  # the requests as they were: none new, an earlier job's kept
+                if earlier is None:
+                    path.unlink()
+                else:
+                    atomic.write_text(path, earlier)
             reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             raise RunError(f"Slurm did not take the job(s) of {', '.join(s.name for s in wave)}: {reason}") from err
         for spec, job in zip(wave, submitted):
@@ -198,11 +205,12 @@ def submit_run(args: argparse.Namespace, config: TrainConfig) -> dict[str, Any] 
 
     out = Path(args.out).resolve()
     check_new(out)
-    new = not out.exists()
+    made = out if not out.exists() else out / "slurm" if not (out / "slurm").exists() else None
     try:
         jobs = submit([RunSpec(out.name, config)], out.parent, options_from_args(args, out / "slurm"))
-    except RunError:  # nothing submitted: the folder is left as it was found, so the same command can run again
-        shutil.rmtree(out if new else out / "slurm", ignore_errors=True)
+    except RunError:  # nothing submitted: what this made goes, so that the same command can run again
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
         raise
     if args.no_wait:
         print(f"`iwae status {args.out}` shows its progress")

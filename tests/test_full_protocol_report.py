@@ -32,7 +32,8 @@ def cells(tiny_config, tmp_path_factory):
 @pytest.fixture
 def references(tmp_path):
     short = {name: {"passes": 9.84, "test_nll": 100.0 + i} for i, name in enumerate(CELLS)}
-    short["mnist-l1-k1"].update(seeds=[1, 0, 2], test_nll_seeds=[99.0, 98.0, 103.0])  # seed 0: 98, the mean 100
+    short["mnist-l1-k1"].update(seeds=[1, 0, 2], test_nll_seeds=[99.0, 98.0, 103.0], test_nll_sd=0.3)  # seed 0: 98
+    short["mnist-l1-iwae-k5"].update(test_nll_sd=0.4)
     (tmp_path / "reproduction").mkdir()
     (tmp_path / "reproduction" / "results.json").write_text(json.dumps({"runs": short}))
     prefix = {"runs": [{"name": "mnist-l1-k1", "passes": 364.0, "test_nll": 87.44, "test_nll_sem": 0.74}]}
@@ -62,6 +63,9 @@ def test_each_cell_beside_the_paper_and_each_claim_paired_as_compare_scores_it(c
         nlls = [json.loads((run / "metrics.json").read_text())["test_nll"] for run in (a, b)]
         assert claim["difference"]["mean"] == pytest.approx(nlls[0] - nlls[1], abs=1e-4)
     assert [c["paper"] for c in result["claims"]] == pytest.approx([86.47 - 85.54, 86.76 - 86.47, 86.76 - 85.54])
+    assert [c["seed_spread"] for c in result["claims"]] == [None, None, pytest.approx(0.5)]  # hypot(0.3, 0.4)
+    for claim in result["claims"]:
+        assert claim["reading"] == full_protocol._reading(claim["difference"], claim["paper"])
     report = out.with_suffix(".md").read_text()
     assert "| mnist-l1-vae-k5 | mnist-l1-iwae-k5 |" in report and "missed" in report
     assert out.with_name("results-curves.png").stat().st_size > 0
@@ -78,3 +82,11 @@ def test_a_claim_whose_cell_is_missing_is_pending_and_a_cell_given_twice_is_refu
     assert "| pending |" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         full_protocol.main([two[0], two[0], *references, "--out", str(out)])
+
+
+def test_a_claims_reading_sets_our_difference_against_the_papers():
+    reading = full_protocol._reading
+    assert reading({"mean": 0.0, "sem": 0.0}, 0.93) == "no difference beyond twice the evaluation's standard error"
+    assert reading({"mean": 0.19, "sem": 0.1}, 0.93) == "no difference beyond twice the evaluation's standard error"
+    assert reading({"mean": 1.0, "sem": 0.1}, 0.93) == "as the paper: +0.07 nats from its difference"
+    assert reading({"mean": -0.5, "sem": 0.1}, 0.29) == "opposite to the paper: -0.79 nats from its difference"

@@ -66,6 +66,8 @@ def test_version_a_mistyped_option_and_an_abbreviation(capsys):
         (["evaluate", "run", "--kk=3"], "iwae evaluate: error: unrecognized arguments: --kk=3; did you mean --k?"),
         (["sample", "run", "--zzz"], "iwae sample: error: unrecognized arguments: --zzz; "
          "`iwae sample --help` lists its options"),
+        (["train", "--out", "x", "--", "--k"], "iwae train: error: unrecognized arguments: -- --k; "
+         "`iwae train --help` lists its options"),  # after --, nothing is an option to suggest
     ):  # fmt: skip
         with pytest.raises(SystemExit) as exit_info:
             main(argv)

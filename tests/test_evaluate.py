@@ -243,8 +243,11 @@ def test_a_bernoulli_model_refuses_values_outside_0_1_and_warns_of_grey_levels()
     model = tiny_model(x_dim=3)
     with pytest.raises(ValueError, match="values from 0 to 255, but the model's visible layer is Bernoulli"):
         iwae.log_likelihood(model, torch.tensor([[0.0, 255.0, 3.0]], dtype=torch.float64), 4)
-    with pytest.warns(UserWarning, match="grey levels, not only 0 and 1.*binarize first"):
+    with pytest.warns(UserWarning, match="grey levels, not only 0 and 1.*binarize first") as caught:
         iwae.log_likelihood(model, torch.tensor([[0.0, 0.5, 1.0]], dtype=torch.float64), 4)
+    assert caught[0].filename == __file__  # the warning points at the line that called log_likelihood
+    with pytest.raises(ValueError, match="x holds NaN values"):
+        iwae.log_likelihood(model, torch.tensor([[0.0, float("nan"), 1.0]], dtype=torch.float64), 4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         iwae.log_likelihood(model, all_binary(3), 4)

@@ -282,6 +282,9 @@ def test_iwae_train_seeds_makes_a_fleet_and_resume_continues_it(data_dir, tmp_pa
     assert [rundir.read_config(out / f"seed-{s}").seed for s in (3, 5)] == [3, 5]
     assert main(["resume", str(out), "--quiet"]) == 0  # finished: nothing left to train or evaluate
     assert capsys.readouterr().out.startswith(f"{out} is already finished (each of its 2 runs trained and evaluated)")
+    assert main(["resume", str(out), "--re-evaluate", "--quiet"]) == 1
+    assert f"is a fleet: evaluate its runs again one by one, e.g. `iwae resume {out / 'seed-3'} --re-evaluate`" in (
+        capsys.readouterr().err)  # fmt: skip
     assert main(["train", *flags, "--seeds", "1", "--out", str(out)]) == 1
     assert "already holds a fleet" in capsys.readouterr().err
     # --fleet off, as reproduce offers it: the same runs, each on its own, no fleet

@@ -155,6 +155,8 @@ def _check_binary(model: LogWeightModel, x: Tensor) -> None:
     if getattr(model, "likelihood", None) != "bernoulli" or x.numel() == 0:
         return
     lo, hi = (v.item() for v in torch.aminmax(x.float()))
+    if math.isnan(lo) or math.isnan(hi):
+        raise ValueError("x holds NaN values; score images of 0s and 1s")
     if lo < 0 or hi > 1:
         raise ValueError(
             f"x holds values from {lo:g} to {hi:g}, but the model's visible layer is Bernoulli: it scores binary "
@@ -164,7 +166,7 @@ def _check_binary(model: LogWeightModel, x: Tensor) -> None:
         warnings.warn(
             "x holds grey levels, not only 0 and 1: a Bernoulli likelihood of grey levels is not the probability of "
             "any image, and not what the paper reports; binarize first (iwae.data.binarize)",
-            stacklevel=3,
+            stacklevel=4,  # the caller of log_likelihood (through torch.no_grad's wrapper)
         )
 
 

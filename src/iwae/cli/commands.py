@@ -229,7 +229,8 @@ class Parser(argparse.ArgumentParser):
         if extras:  # what no option of the command takes: name the nearest of its options
             commands = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
             known = [o for a in commands[parsed.command]._actions for o in a.option_strings] if commands else []
-            near = difflib.get_close_matches(extras[0].split("=")[0], known, n=1, cutoff=0.6)
+            first = next((e.split("=")[0] for e in extras if e.startswith("-") and e != "--"), "")
+            near = difflib.get_close_matches(first, known, n=1, cutoff=0.7) if first not in known else []
             hint = f"; did you mean {near[0]}?" if near else f"; `iwae {parsed.command} --help` lists its options"
             self.exit(2, f"{self.prog} {parsed.command}: error: unrecognized arguments: {' '.join(extras)}{hint}\n")
         return parsed

@@ -65,11 +65,14 @@ def _report_fleet(result: dict[str, Any], out: Path) -> None:
 def resume_fleet(args: argparse.Namespace) -> None:
     """``iwae resume FLEET``: continue every run of the fleet from the fleet's last checkpoint, then evaluate."""
     from iwae.fleets.fleet_train import MANIFEST_NAME, read_manifest, train_fleet_and_evaluate
-    from iwae.runs.rundir import status
+    from iwae.runs.rundir import RunError, status
 
     manifest = Path(args.run_dir) / MANIFEST_NAME
     dirs = [manifest.parent / name for name in read_manifest(manifest)["runs"]]
-    if all(status(d) == "done" for d in dirs) and not args.re_evaluate:
+    if args.re_evaluate:
+        raise RunError(f"{args.run_dir} is a fleet: evaluate its runs again one by one, e.g. "
+                       f"`iwae resume {dirs[0]} --re-evaluate`")  # fmt: skip
+    if all(status(d) == "done" for d in dirs):
         print(f"{args.run_dir} is already finished (each of its {len(dirs)} runs trained and evaluated); nothing to "
               "do. `iwae evaluate RUN` scores one of them again.")  # fmt: skip
         return

@@ -197,7 +197,8 @@ def read_config(run_dir: str | Path) -> TrainConfig:
 def _not_a_run(folder: Path) -> str:
     """Why ``folder`` is not a run folder, and what to name instead."""
     if not folder.is_dir():
-        return f"{folder}: no such folder; name a run folder (one that `iwae train --out FOLDER` made)"
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        return f"{folder}: {what}; name a run folder (one that `iwae train --out FOLDER` made)"
     runs = sorted(p.name for p in folder.iterdir() if (p / CONFIG_NAME).is_file())
     if runs:  # a fleet's folder (iwae train --seeds), or a folder of runs (iwae reproduce's runs/)
         return f"{folder} holds runs, but is not one: name one of them, e.g. {folder / runs[0]}"

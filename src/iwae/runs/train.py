@@ -174,7 +174,7 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
 
 
 def _plan(run: RunState) -> str:
-    """What the run will do from here: the training left and the evaluation after it."""
+    """What the run will do: its whole schedule, the steps still to go, and the evaluation after it."""
     config, images = run.config, run.batches.x.shape[0]
     passes = sum(stage.passes for stage in run.stages)
     after = f"then {describe_evaluation(config)}" if config.evaluate else "no final evaluation (--no-eval)"

@@ -117,7 +117,8 @@ def train_and_evaluate(
     """
     if config is None:
         _refuse_exported(Path(run_dir))  # before the lock: nothing is written into a folder that is no run
-        rundir.read_config(run_dir)
+        if not (Path(run_dir) / rundir.LOCK_NAME).exists():  # (with a lock file, the lock says if it is in use)
+            rundir.read_config(run_dir)
     with rundir.locked(run_dir, again=f"iwae resume {run_dir}"):  # one process per run folder, to the end
         if config is None:
             if changes:

@@ -26,6 +26,7 @@ from iwae.runs.rundir import CONFIG_NAME, LOCK_NAME, RunError, is_exported, read
 __all__ = ["RunState", "run_folders", "run_states", "format_states"]
 
 LOG_LINES = 8  # of a failed run's log
+PACE_PASSES = 20  # the time left is estimated at the pace of this many last passes
 
 
 class RunState(NamedTuple):
@@ -123,7 +124,20 @@ def _progress(run: Path) -> str:
     except (OSError, ValueError, RunError):
         return ""
     done = log[-1]["pass"] if log else 0.0
-    return f", {done:,.2f} of {total:,.2f} passes ({min(done / total, 1.0):.0%})"
+    return f", {done:,.2f} of {total:,.2f} passes ({min(done / total, 1.0):.0%}){_time_left(log, total)}"
+
+
+def _time_left(log: list[dict], total: float) -> str:
+    """``; about T of training left at S s a pass``, at the pace of the last :data:`PACE_PASSES` passes logged (the
+    training steps' own time: not the curve points, the checkpoints or the final evaluation), or nothing."""
+    recent = log[-PACE_PASSES:]
+    if not recent or total <= log[-1]["pass"]:
+        return ""
+    span = log[-1]["pass"] - (log[-len(recent) - 1]["pass"] if len(log) > len(recent) else 0.0)
+    per_pass = sum(r["seconds"] for r in recent) / span
+    left = (total - log[-1]["pass"]) * per_pass
+    when = f"{left / 3600:.1f} h" if left >= 3600 else f"{max(left / 60, 1):.0f} min"
+    return f"; about {when} of training left at {per_pass:.1f} s a pass"
 
 
 def run_states(folder: str | Path) -> list[RunState]:

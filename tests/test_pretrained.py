@@ -31,7 +31,8 @@ def test_the_2d_model_replays_its_recorded_test_nll(data_dir, tmp_path):
     folder = shutil.copytree(iwae.pretrained.available()["mnist-2d-iwae-k5"], tmp_path / "model")
     record = json.loads((folder / "test_ll.json").read_text())
     result = evaluate_run(folder, data_dir=data_dir, progress=False)
-    assert result["nll"] == -torch.tensor(record["ll"], dtype=torch.float32).mean().item()  # the same float32 values
+    recorded = -torch.tensor(record["ll"], dtype=torch.float32).mean().item()  # the same float32 values here
+    assert result["nll"] == pytest.approx(recorded, abs=1e-4)  # (on another CPU, its kernels' own rounding)
 
 
 def test_an_installed_package_finds_them_in_the_current_checkout_and_says_where_to_look_elsewhere(
@@ -83,4 +84,6 @@ def test_each_published_model_scores_its_first_recorded_test_images_again(name, 
     gen = stream(config, torch.device("cpu"), "test", "nll", config.seed)
     ll = log_likelihood(model, x[:64], record["eval_k"], generator=gen, progress=False)
     recorded = torch.tensor(record["ll"][:64], dtype=torch.float64)
-    torch.testing.assert_close(ll.double(), recorded, rtol=0, atol=1e-4)
+    # Another CPU's matrix kernels may round otherwise (1e-5 nats or so); other noise moves images by 0.06 nats
+    # (median; measured on the 2-D model at k = 1000) and some by nats.
+    torch.testing.assert_close(ll.double(), recorded, rtol=0, atol=1e-3)

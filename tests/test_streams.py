@@ -111,9 +111,34 @@ def _tensor_digests(path: Path) -> dict[str, list]:
             for name, t in sorted(tensors.items())}  # fmt: skip
 
 
+def _arithmetic_digest() -> str:
+    """sha256 of a probe of the float32 kernels a run's numbers go through (a matrix product, tanh, exp, softplus,
+    log-sum-exp), on the current threads: machines whose kernels round alike replay a run bit for bit; another CPU's
+    (another vector width, another BLAS path) may round its last bits otherwise."""
+    import hashlib
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.tanh(torch.randn(40, 784, generator=g) @ torch.randn(784, 200, generator=g) / 28)
+    probe = [h, torch.exp(h), torch.nn.functional.softplus(4 * h), torch.logsumexp(8 * h, 0)]
+    return hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in probe)).hexdigest()
+
+
+def _close(a: object, b: object) -> bool:
+    """Equal, but for floats within 1e-3 of each other, through lists and dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_close, a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, abs=1e-3)
+    return a == b
+
+
 def test_an_old_run_folder_trains_again_and_evaluates_to_exactly_its_numbers(data_dir, tmp_path):
     """The folder of a run the old code trained (its config.json, stopped before its first checkpoint) trains to the
-    old run's log, final checkpoint (tensor by tensor) and metrics.json, and `iwae evaluate` replays them."""
+    old run's log, final checkpoint (tensor by tensor) and metrics.json, and `iwae evaluate` replays them: bit for
+    bit on a CPU whose kernels round as the recording machine's did (``arithmetic.json``), within 1e-3 nats on
+    another (other random streams would differ by tenths of a nat)."""
     from iwae.runs.evaluate_run import evaluate_run
     from iwae.runs.rundir import read_log
     from iwae.runs.train import train_and_evaluate
@@ -125,20 +150,23 @@ def test_an_old_run_folder_trains_again_and_evaluates_to_exactly_its_numbers(dat
     recorded["bound"] = recorded.pop("objective")  # the key's name since 0.2.0 (TrainConfig's field, renamed)
     before = _one_thread()
     try:
+        exact = _arithmetic_digest() == json.loads((OLD_RUN / "arithmetic.json").read_text())["probe"]
         metrics = train_and_evaluate(run, progress=False, changes={"data_dir": data_dir})
         test = evaluate_run(run, split="test", pruned=True, progress=False, data_dir=data_dir)
         train = evaluate_run(run, split="train", progress=False, data_dir=data_dir)
     finally:
         torch.set_num_threads(before)
     strip = lambda d: {k: v for k, v in d.items() if k not in TIMINGS | {"eval_threads", "data_files", "code"}}  # noqa: E731
-    assert [strip(r) for r in read_log(run)] == [strip(r) for r in read_log(OLD_RUN)]
-    assert strip(metrics) == strip(recorded)
-    assert _tensor_digests(run / "checkpoint.safetensors") == json.loads(
-        (OLD_RUN / "checkpoint-tensors.json").read_text()
-    )
-    assert (test["nll"], test["nll_sem"], test["nll_pruned"]) == (
-        recorded["test_nll"], recorded["test_nll_sem"], recorded["test_nll_pruned"])  # fmt: skip
-    assert (train["nll"], train["nll_sem"]) == (recorded["train_nll"], recorded["train_nll_sem"])
+    same = (lambda a, b: a == b) if exact else _close  # noqa: E731
+    assert same([strip(r) for r in read_log(run)], [strip(r) for r in read_log(OLD_RUN)])
+    assert same(strip(metrics), strip(recorded))
+    if exact:
+        assert _tensor_digests(run / "checkpoint.safetensors") == json.loads(
+            (OLD_RUN / "checkpoint-tensors.json").read_text()
+        )
+    assert same([test["nll"], test["nll_sem"], test["nll_pruned"]],
+                [recorded["test_nll"], recorded["test_nll_sem"], recorded["test_nll_pruned"]])  # fmt: skip
+    assert same([train["nll"], train["nll_sem"]], [recorded["train_nll"], recorded["train_nll_sem"]])
     assert test["active_units"] == recorded["active_units"]
 
 

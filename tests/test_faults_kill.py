@@ -116,6 +116,7 @@ def _interrupted_at(step: int, run: Path, config: TrainConfig, signals: int) -> 
     pid = os.fork()
     if pid == 0:
         code = 3  # not interrupted
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, however pytest was started
         try:
             count = iter(range(1, step + 1))
 

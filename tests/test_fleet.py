@@ -393,6 +393,7 @@ def test_ctrl_c_checkpoints_the_fleet_step_under_way_and_resume_loses_nothing(da
     pid = os.fork()
     if pid == 0:  # the child: Ctrl-C during fleet step 20
         code = 3
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, however pytest was started
         try:
             count = iter(range(1, 21))
             _hook(setattr, lambda what: what == "step" and next(count, None) == 20 and os.kill(os.getpid(), 2))

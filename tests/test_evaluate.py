@@ -252,3 +252,36 @@ def test_a_bernoulli_model_refuses_values_outside_0_1_and_warns_of_grey_levels()
         warnings.simplefilter("error")
         iwae.log_likelihood(model, all_binary(3), 4)
         iwae.log_likelihood(tiny_model(x_dim=3, likelihood="gaussian"), torch.tensor([[-2.0, 0.5, 7.0]]).double(), 4)
+
+
+def test_log_likelihood_takes_binary_images_of_any_dtype_and_names_misuse():
+    """bool and integer 0/1 images are cast to the model's dtype (the same estimates); another floating dtype, a k
+    that is no count, a generator that is none are refused by name; the delta-method error is NaN at k = 1; the
+    model is scored in eval mode and left in the mode it was in."""
+    import numpy as np
+
+    model = tiny_model(x_dim=3)
+    x = all_binary(3)
+    want = iwae.log_likelihood(model, x, 8, generator=torch.Generator().manual_seed(0))
+    for held in (x.bool(), x.to(torch.uint8)):
+        got = iwae.log_likelihood(model, held, np.int64(8), generator=torch.Generator().manual_seed(0))
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="x is torch.float32 but the model's parameters are torch.float64"):
+        iwae.log_likelihood(model, x.float(), 8)
+    for bad in (True, 2.0, 0):
+        with pytest.raises(ValueError, match=f"k must be a positive integer, got {bad!r}"):
+            iwae.log_likelihood(model, x, bad)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator, got int"):
+        iwae.log_likelihood(model, x, 8, generator=0)
+    assert iwae.log_likelihood(model, x, 1, return_stderr=True).stderr.isnan().all()
+    model.train()
+    A = iwae.active_units(model, x)
+    assert model.training and A[0].dtype == torch.float64  # a float64 model's statistic in float64
+
+
+def test_prune_inactive_names_the_model_it_takes():
+    from torch import nn
+
+    model = iwae.GaussianLatentModel(nn.Linear(3, 2), nn.Linear(1, 3), latent_dim=1, x_dim=3)
+    with pytest.raises(TypeError, match="prune_inactive removes units of an iwae.IWAE, got GaussianLatentModel"):
+        iwae.prune_inactive(model, torch.zeros(4, 3))

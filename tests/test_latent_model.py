@@ -15,6 +15,9 @@ from iwae.objectives import Objective
 OBJECTIVES = [("vae", "reparam"), ("iwae", "reparam"), ("iwae", "stl"), ("iwae", "dreg"), ("iwae", "sample-one"),
               ("iwae", "rws"), ("vr", "reparam"), ("miwae", "reparam"), ("piwae", "reparam")]  # fmt: skip
 
+# Every bound is given the parameters of the others on purpose (tests/test_objectives.py checks that this warns).
+pytestmark = pytest.mark.filterwarnings("ignore:.*has no effect on bound")
+
 
 def _pair(seed: int = 0) -> tuple[iwae.IWAE, GaussianLatentModel]:
     """A small 1-layer IWAE and the same networks (its own layer objects) as a GaussianLatentModel."""
@@ -114,3 +117,20 @@ def test_the_train_step_trains_it():
     last = [step(x).item() for _ in range(100)][-5:]
     assert sum(last) / 5 < sum(first) / 5 - 0.5
     assert own.sample(7).shape == (7, 12)
+
+
+def test_sampling_calls_the_decoder_on_samples_shaped_as_in_training():
+    """A decoder written for (k, batch, latent_dim) samples, as the docstring describes them, samples too."""
+
+    class Unpacking(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 5)
+
+        def forward(self, h):
+            k, batch, d = h.shape  # the shape training gives it
+            return self.linear(h.reshape(k * batch, d)).reshape(k, batch, 5)
+
+    model = GaussianLatentModel(nn.Linear(5, 4), Unpacking(), latent_dim=2, x_dim=5)  # (sampling reads no encoder)
+    means = model.sample(7, generator=torch.Generator().manual_seed(0))
+    assert means.shape == (7, 5) and ((means > 0) & (means < 1)).all()

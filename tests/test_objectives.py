@@ -21,6 +21,9 @@ VALID = [
     ("piwae", "reparam"), ("vr", "reparam"), ("vr", "stl"), ("iwae", "rws"),
 ]  # fmt: skip
 
+# Many tests give every bound the parameters of the others on purpose (checked elsewhere to warn).
+pytestmark = pytest.mark.filterwarnings("ignore:.*has no effect on bound")
+
 
 @pytest.mark.parametrize(
     ("kw", "message"),
@@ -44,9 +47,8 @@ VALID = [
 def test_each_rule_is_refused_at_construction_with_its_message(kw, message):
     with pytest.raises(ValueError, match=message):
         iwae.Objective(**kw)
-    args = {"kind" if key == "bound" else key: value for key, value in kw.items()}
     with pytest.raises(ValueError, match=message):  # iwae.objective checks through the same object
-        iwae.objective(tiny_model(x_dim=4), binary_batch(B, 4), **args)
+        iwae.objective(tiny_model(x_dim=4), binary_batch(B, 4), **kw)
 
 
 def test_every_other_combination_is_accepted():
@@ -148,12 +150,14 @@ def test_the_bound_has_one_name_and_its_former_names_still_work(tmp_path):
 
     model = iwae.IWAE(x_dim=6, latent_dims=[2], q_hidden=[[4]], p_hidden=[[4]])
     x = torch.bernoulli(torch.full((3, 6), 0.5), generator=torch.Generator().manual_seed(0))
-    by_name = [iwae.objective(model, x, 4, generator=torch.Generator().manual_seed(1), **kw).item()
-               for kw in ({"bound": "vae"}, {"kind": "vae"})]  # fmt: skip
+    with pytest.warns(DeprecationWarning, match="kind= is the former name of bound="):
+        by_name = [iwae.objective(model, x, 4, generator=torch.Generator().manual_seed(1), **kw).item()
+                   for kw in ({"bound": "vae"}, {"kind": "vae"})]  # fmt: skip
     assert by_name[0] == by_name[1] != iwae.objective(model, x, 4, generator=torch.Generator().manual_seed(1)).item()
     with pytest.raises(ValueError, match="bound='vae' and kind='iwae' .* disagree"):
         iwae.objective(model, x, 4, bound="vae", kind="iwae")
-    step = iwae.make_train_step(model, iwae.make_optimizer(model), k=4, kind="vae")
+    with pytest.warns(DeprecationWarning):
+        step = iwae.make_train_step(model, iwae.make_optimizer(model), k=4, kind="vae")
     assert step(x).shape == ()
     parser = argparse.ArgumentParser()
     add_config_options(parser)
@@ -165,3 +169,28 @@ def test_the_bound_has_one_name_and_its_former_names_still_work(tmp_path):
     assert TrainConfig.from_dict({"objective": "vae", "bound": "vae"}).bound == "vae"
     with pytest.raises(ValueError, match="'objective' .* and 'bound' disagree"):
         TrainConfig.from_dict({"objective": "vae", "bound": "iwae"})
+
+
+def test_misuse_of_the_training_api_is_named():
+    """A k given as a NumPy integer counts; a bound's parameter given to a bound that ignores it is a warning; images
+    of 0..255 are refused at the first step; a model without the protocol training needs is named as such."""
+    import numpy as np
+
+    model = iwae.IWAE(x_dim=6, latent_dims=[2], q_hidden=[[4]], p_hidden=[[4]])
+    assert iwae.Objective("iwae", np.int64(5)).k == 5 and type(iwae.Objective("iwae", np.int64(5)).k) is int
+    with pytest.raises(ValueError, match="k must be a positive integer number of samples, got True"):
+        iwae.Objective("iwae", True)
+    with pytest.warns(UserWarning, match="alpha=0.9 has no effect on bound='iwae': it is read by vr only"):
+        iwae.Objective("iwae", 5, alpha=0.9)
+    step = iwae.make_train_step(model, iwae.make_optimizer(model), k=2)
+    with pytest.raises(ValueError, match="x holds values from 0 to 255"):
+        step(torch.tensor([[0.0, 255.0, 3.0, 0.0, 1.0, 9.0]]))
+
+    class ScoresOnly:
+        def log_weights(self, x, k):
+            return torch.zeros(k, x.shape[0])
+
+    with pytest.raises(TypeError, match="ScoresOnly lacks forward_samples, draw_noise, encoder, decoder, latent_dims"):
+        iwae.objective(ScoresOnly(), torch.zeros(2, 6), 2)
+    with pytest.raises(TypeError, match="lacks posterior_means or latent_dims"):
+        iwae.active_units(ScoresOnly(), torch.zeros(3, 6))

@@ -13,8 +13,10 @@ So a user can score their own VAE with the paper's :math:`\mathcal{L}_{5000}` by
 from __future__ import annotations
 
 import math
+import operator
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple, Protocol
 
 import torch
@@ -25,7 +27,10 @@ from iwae.models.latent_model import SampledModel
 from iwae.models.model import IWAE
 from iwae.util.cpu import flush_subnormals
 
-__all__ = ["LogWeightModel", "LikelihoodEstimate", "log_likelihood", "active_units", "count_active", "prune_inactive"]
+__all__ = [
+    "LogWeightModel", "LikelihoodEstimate", "log_likelihood", "active_units", "count_active", "prune_inactive",
+    "check_bernoulli_images",
+]  # fmt: skip
 
 # Rows (samples x examples) per log_weights call. It bounds the memory (the decoder's logits are 784 floats a row)
 # and sets the cache footprint. Measured on a 2-core CPU: 2048 rows ran 1.5x faster than 4096 or 16384, whose
@@ -75,16 +80,21 @@ def log_likelihood(
         ``forward_samples`` (:class:`~iwae.models.model.IWAE`, :class:`~iwae.models.latent_model.SampledModel`)
         also takes ``generator``.
     :param return_stderr: also return the standard error of the estimate, from the delta method:
-        :math:`\mathrm{se}^2 \approx \mathrm{Var}(w) / (k\, \bar w^2)`.
+        :math:`\mathrm{se}^2 \approx \mathrm{Var}(w) / (k\, \bar w^2)`, the variance estimated from the same k
+        weights; it understates the spread at small k (a few weights miss the rare large ones), and is NaN at k = 1.
     :param progress: show a progress bar of the samples drawn, labelled ``desc`` (default ``L_k``).
     :param bar: count the samples on this bar instead (e.g. one bar over a whole evaluation), labelled ``desc``.
     :param flush_denormal: on a CPU, flush subnormal floats to zero while estimating, then restore the setting
         found (:func:`iwae.util.cpu.flush_subnormals`).
+
+    With a ``generator`` the estimates are reproducible for the same images, k, ``chunk_size`` and order: the
+    noise is drawn block by block (a block of images, a share of the k samples), so another batching of the same
+    images draws other samples for them (the same estimator, other noise).
+    Binary images may come as bool or integer tensors; they are cast to the model's floating dtype.
     """
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer number of samples, got {k!r}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    k, chunk_size = _count("k", k), _count("chunk_size", chunk_size)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if x.dim() != 2:
         raise ValueError(f"x must have shape (batch, dim), got {tuple(x.shape)}")
     if generator is not None and not hasattr(model, "forward_samples"):
@@ -92,13 +102,11 @@ def log_likelihood(
             "generator needs a model with forward_samples (iwae.IWAE, or iwae.models.latent_model's protocol); "
             "seed torch globally instead"
         )
-    _check_binary(model, x)
+    check_bernoulli_images(model, x)
+    x = _as_model_dtype(model, x)
     if x.shape[0] == 0:  # no examples: no estimates
         empty = torch.empty(0, dtype=x.dtype if x.dtype.is_floating_point else torch.float32, device=x.device)
         return LikelihoodEstimate(empty, empty.clone()) if return_stderr else empty
-    training = getattr(model, "training", None)
-    if training:
-        model.eval()
     # Results go straight into preallocated tensors: small tensors kept alive across sub-batches (a list of
     # per-sub-batch results) pin heap memory between the large per-call buffers, and glibc's heap then grows by
     # megabytes per sub-batch instead of reusing them.
@@ -112,7 +120,7 @@ def log_likelihood(
     elif desc:
         bar.set_description(desc)
     finite = None  # on a GPU, whether every log-weight so far was finite, read once at the end (no sync per call)
-    with flush_subnormals(flush_denormal):
+    with flush_subnormals(flush_denormal), _eval_mode(model):
         try:
             for start in range(0, x.shape[0], rows):
                 xb = x[start : start + rows]
@@ -135,23 +143,62 @@ def log_likelihood(
                 # Var(w)/mean(w)^2 = mean(w^2)/mean(w)^2 - 1, computed in log space.
                 rel_var = torch.expm1((lse2 - math.log(k)) - 2 * ll).clamp_min(0)
                 ll_out[start : start + rows] = ll
-                se_out[start : start + rows] = torch.sqrt(rel_var / k)
+                se_out[start : start + rows] = torch.sqrt(rel_var / k) if k > 1 else math.nan  # no spread from one
             if finite is not None and not finite:
                 raise FloatingPointError(_NOT_FINITE)
         finally:
             if own:
                 bar.close()
-            if training:
-                model.train()
     ll = ll_out.to(x.dtype if x.dtype.is_floating_point else torch.float32)
     if return_stderr:
         return LikelihoodEstimate(ll, se_out.to(ll.dtype))
     return ll
 
 
-def _check_binary(model: LogWeightModel, x: Tensor) -> None:
+def _count(name: str, value: object) -> int:
+    """``value`` as a positive int (an int-like NumPy or 0-d tensor value too; a bool or a float refused)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        count = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if count < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return count
+
+
+def _as_model_dtype(model: LogWeightModel, x: Tensor) -> Tensor:
+    """Binary images held as bool or integers, cast to the model's floating dtype; another floating dtype than
+    the model's is refused, naming both (a silent cast would hide a float64 model fed float32 images)."""
+    param = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    if param is None or not param.dtype.is_floating_point:
+        return x if x.dtype.is_floating_point else x.float()
+    if not x.dtype.is_floating_point:
+        return x.to(param.dtype)
+    if x.dtype != param.dtype:
+        raise ValueError(f"x is {x.dtype} but the model's parameters are {param.dtype}; cast one to the other")
+    return x
+
+
+@contextmanager
+def _eval_mode(model: object) -> Iterator[None]:
+    """The block with ``model`` in eval mode (dropout off, batch norm's running statistics), as found after."""
+    training = getattr(model, "training", False)
+    if training:
+        model.eval()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if training:
+            model.train()  # type: ignore[attr-defined]
+
+
+def check_bernoulli_images(model: object, x: Tensor, stacklevel: int = 4) -> None:
     """For a model with a Bernoulli visible layer (``model.likelihood == "bernoulli"``): a ValueError for values
-    outside [0, 1], a warning for grey levels (the paper scores binarized images)."""
+    outside [0, 1] (or NaN), a warning for grey levels (the paper scores binarized images); ``stacklevel`` as
+    :func:`warnings.warn`'s, counted from here (4: the caller of :func:`log_likelihood`, through torch.no_grad's
+    wrapper)."""
     if getattr(model, "likelihood", None) != "bernoulli" or x.numel() == 0:
         return
     lo, hi = (v.item() for v in torch.aminmax(x.float()))
@@ -166,7 +213,7 @@ def _check_binary(model: LogWeightModel, x: Tensor) -> None:
         warnings.warn(
             "x holds grey levels, not only 0 and 1: a Bernoulli likelihood of grey levels is not the probability of "
             "any image, and not what the paper reports; binarize first (iwae.data.binarize)",
-            stacklevel=4,  # the caller of log_likelihood (through torch.no_grad's wrapper)
+            stacklevel=stacklevel,
         )
 
 
@@ -195,7 +242,8 @@ def active_units(
     .. math:: A_u = \mathrm{Cov}_x\big(\mathbb{E}_{u \sim q(u \mid x)}[u]\big)
 
     For layer 1 the mean of q(h^1 | x); for layer l > 1 the mean of q(h^l | h^(l-1)) given one sample of h^(l-1)
-    (as the authors' code does). The covariance is the population variance over the rows of ``x``.
+    (as the authors' code does). The covariance is the population variance over the rows of ``x``, computed with
+    the model in eval mode, in float64 (returned in the model's dtype, float32 or float64).
 
     :returns: one (d_l,) tensor of A_u per stochastic layer. Count the active units with :func:`count_active`.
     """
@@ -206,19 +254,24 @@ def _posterior_mean_moments(
     model: SampledModel, x: Tensor, batch_size: int, generator: torch.Generator | None
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Mean and population variance over x of E_q[h^l], per layer, accumulated in float64."""
+    if not (hasattr(model, "posterior_means") and hasattr(model, "latent_dims")):
+        raise TypeError(f"{type(model).__name__} lacks posterior_means or latent_dims (iwae.SampledModel's protocol), "
+                        "which A_u reads")  # fmt: skip
     if x.shape[0] < 2:
         raise ValueError("active_units needs at least 2 examples to estimate a variance over x")
+    x = _as_model_dtype(model, x)
     sums = [torch.zeros(d, dtype=torch.float64, device=x.device) for d in model.latent_dims]
     squares = [s.clone() for s in sums]
-    for start in range(0, x.shape[0], batch_size):
-        for l, mean in enumerate(model.posterior_means(x[start : start + batch_size], generator=generator)):
-            mean = mean.double()
-            sums[l] += mean.sum(0)
-            squares[l] += mean.square().sum(0)
-    n = x.shape[0]
+    with _eval_mode(model):
+        for start in range(0, x.shape[0], batch_size):
+            for l, mean in enumerate(model.posterior_means(x[start : start + batch_size], generator=generator)):
+                mean = mean.double()
+                sums[l] += mean.sum(0)
+                squares[l] += mean.square().sum(0)
+    n, dtype = x.shape[0], x.dtype if x.dtype == torch.float64 else torch.float32
     means = [s / n for s in sums]
-    variances = [(sq / n - mu.square()).clamp_min(0).float() for sq, mu in zip(squares, means)]
-    return [mu.float() for mu in means], variances
+    variances = [(sq / n - mu.square()).clamp_min(0).to(dtype) for sq, mu in zip(squares, means)]
+    return [mu.to(dtype) for mu in means], variances
 
 
 def count_active(A: Sequence[Tensor], threshold: float = 0.01) -> list[int]:
@@ -235,5 +288,7 @@ def prune_inactive(
     A unit with A_u <= threshold is held at its mean over ``x`` of E_q[u] and drops out of log p and log q.
     The paper reports that this changes the test log-likelihood by less than 0.06 nats.
     """
+    if not isinstance(model, IWAE):
+        raise TypeError(f"prune_inactive removes units of an iwae.IWAE, got {type(model).__name__}")
     means, A = _posterior_mean_moments(model, x, 1000, generator)
     return model.pruned([a > threshold for a in A], means)

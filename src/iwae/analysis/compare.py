@@ -69,6 +69,8 @@ def log_likelihoods(
     seed = configs[0].seed if seed is None else seed  # runs of other seeds too: all scored with the first's streams
     if k < 1:
         raise ValueError(f"k must be a positive number of importance samples, got {k}")
+    if n is not None and n < 2:
+        raise ValueError(f"n must be at least 2 images (a standard error over images), got {n}")
     device = next(loaded[0][1].parameters()).device
     x = eval_images(configs[0], split, n, device, seed)
     lls = []
@@ -86,6 +88,8 @@ def paired_difference(ll_a: torch.Tensor, ll_b: torch.Tensor) -> dict[str, float
         raise ValueError(
             f"need two (n,) tensors of L_k on the same examples, got {tuple(ll_a.shape)}, {tuple(ll_b.shape)}"
         )
+    if ll_a.numel() < 2:
+        raise ValueError(f"a paired standard error needs at least 2 examples, got {ll_a.numel()}")
     d = ll_b.double() - ll_a.double()  # NLL_A - NLL_B per example
     return {"mean": d.mean().item(), "sem": (d.std() / d.numel() ** 0.5).item()}
 

@@ -253,8 +253,8 @@ def missing_error(
                    f"IWAE_DATA_DIR at {above}, the folder that holds {name}'s folder{detail}")  # fmt: skip
     return cls(
         f"data set {name!r} not found in {data_dir}: expected {' or '.join(options)} there. "
-        f"Get it with `iwae download {name} --data-dir {data_dir}` (or iwae.data.download({name!r}) / "
-        f"load(..., download=True)), or point --data-dir or IWAE_DATA_DIR at a directory that has it.{detail}"
+        f"Get it with `iwae download {name} --data-dir {data_dir}` (in Python iwae.data.download({name!r}, "
+        f"{str(data_dir)!r}), or load(..., download=True)), or point --data-dir or IWAE_DATA_DIR at a directory that has it.{detail}"
     )
 
 

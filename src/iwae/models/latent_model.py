@@ -160,5 +160,5 @@ class GaussianLatentModel(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n draws h ~ N(0, I) decoded to the Bernoulli means sigmoid(logits), (n, x_dim)."""
         p = next(self.parameters())
-        h = torch.randn((n, self.latent_dims[0]), generator=generator, device=p.device, dtype=p.dtype)
-        return torch.sigmoid(self.decoder(h))
+        h = torch.randn((1, n, self.latent_dims[0]), generator=generator, device=p.device, dtype=p.dtype)
+        return torch.sigmoid(self.decoder(h))[0]  # the decoder sees (k, batch, latent_dim) samples, as in training

@@ -7,6 +7,8 @@ of the bound and whose *gradient* is the estimator's. :func:`objective` is the s
 
 from __future__ import annotations
 
+import operator
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +51,7 @@ class Objective:
 
     @classmethod
     def from_config(cls, config: Any) -> Objective:
-        """The objective of a :class:`iwae.runs.config.TrainConfig` (its ``objective``, ``k``, ``estimator`` and bound
+        """The objective of a :class:`iwae.runs.config.TrainConfig` (its ``bound``, ``k``, ``estimator`` and bound
         parameters)."""
         return cls(config.bound, config.k, config.estimator, **{name: getattr(config, name) for name in PARAMS})
 
@@ -68,8 +70,13 @@ class Objective:
             raise ValueError(f"unknown bound {self.bound!r}; choose one of {', '.join(KINDS)}")
         if self.estimator not in ESTIMATORS_BY_NAME:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-        if not isinstance(self.k, int) or self.k < 1:
+        try:  # an int, or an int-like NumPy or 0-d tensor value; not a bool or a float
+            k = None if isinstance(self.k, bool) else operator.index(self.k)
+        except TypeError:
+            k = None
+        if k is None or k < 1:
             raise ValueError(f"k must be a positive integer number of samples, got {self.k!r}")
+        object.__setattr__(self, "k", k)
         for name, param in PARAMS.items():  # its bound's parameters, and every count, in range; the rest typed
             value = getattr(self, name)
             if name in BOUND_PARAMS[self.bound] or param.integer:
@@ -80,6 +87,10 @@ class Objective:
                 problem = None
             if problem is not None:
                 raise ValueError(problem)
+            readers = [b for b, names in BOUND_PARAMS.items() if name in names]
+            if name not in BOUND_PARAMS[self.bound] and value != param.default:
+                warnings.warn(f"{name}={value!r} has no effect on bound={self.bound!r}: it is read by "
+                              f"{' and '.join(readers)} only", stacklevel=3)  # fmt: skip
         defined_for = ESTIMATORS_BY_NAME[self.estimator].bounds
         if defined_for is not None and self.bound not in defined_for:
             bounds = " or ".join(f"bound={b!r}" for b in defined_for)
@@ -151,11 +162,28 @@ def objective(model: SampledModel, x: Tensor, k: int = 50, bound: str | None = N
     The same as ``Objective(bound, k, estimator, m, beta, **params).loss(model, x, generator)``, ``params`` being
     the other bounds' parameters (``alpha=0.5``); see :class:`Objective`.
     """
+    check_sampled_model(model)
     return Objective(resolve_bound(bound, kind), k, estimator, m=m, beta=beta, **params).loss(model, x, generator)
+
+
+_PROTOCOL = ("forward_samples", "draw_noise", "encoder", "decoder", "latent_dims")  # what training reads of a model
+
+
+def check_sampled_model(model: object) -> None:
+    """A TypeError naming what ``model`` lacks of :class:`~iwae.models.latent_model.SampledModel`'s protocol, which
+    training needs (scoring with :func:`iwae.log_likelihood` needs ``log_weights`` alone)."""
+    missing = [name for name in _PROTOCOL if not hasattr(model, name)]
+    if missing:
+        raise TypeError(
+            f"{type(model).__name__} lacks {', '.join(missing)} of the iwae.SampledModel protocol that training needs "
+            "(iwae.GaussianLatentModel wraps an encoder and a decoder of your own into it)"
+        )
 
 
 def resolve_bound(bound: str | None, kind: str | None) -> str:
     """The bound named by ``bound`` or by its former keyword ``kind`` (``"iwae"`` if neither is given)."""
     if bound is not None and kind is not None and bound != kind:
         raise ValueError(f"bound={bound!r} and kind={kind!r} (the former name of bound) disagree; give bound alone")
+    if kind is not None:
+        warnings.warn("kind= is the former name of bound=; write bound=", DeprecationWarning, stacklevel=3)
     return bound or kind or "iwae"

@@ -13,9 +13,10 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from iwae.evaluate import check_bernoulli_images
 from iwae.models.latent_model import SampledModel
 from iwae.objectives import Objective
-from iwae.objectives.loss import resolve_bound
+from iwae.objectives.loss import check_sampled_model, resolve_bound
 from iwae.util.cpu import flush_subnormals
 
 __all__ = ["build_step", "make_train_step", "make_optimizer"]
@@ -77,10 +78,22 @@ def make_train_step(model: SampledModel, optimizer: torch.optim.Optimizer, k: in
 
     Returns the detached loss (minus the batch-mean bound). ``compile=True`` is available for the ``reparam``
     and ``stl`` estimators of the ``vae``, ``iwae``, ``miwae`` and ``ciwae`` bounds, and ``flush_denormal`` (on
-    by default) flushes subnormal floats during the step (see :func:`build_step`).
+    by default) flushes subnormal floats during the step (see :func:`build_step`). The first batch is checked as
+    :func:`iwae.evaluate.check_bernoulli_images` checks images (refused outside [0, 1], a warning for grey levels).
     """
+    check_sampled_model(model)
     objective = Objective(resolve_bound(bound, kind), k, estimator, m=m, beta=beta, **params)
-    return build_step(model, optimizer, objective, generator=generator, compile=compile, flush_denormal=flush_denormal)
+    step = build_step(model, optimizer, objective, generator=generator, compile=compile, flush_denormal=flush_denormal)
+    checked = False
+
+    def checked_step(x: Tensor) -> Tensor:
+        nonlocal checked
+        if not checked:  # the first batch: images of 0..255, or NaNs, would train on nonsense without a word
+            check_bernoulli_images(model, x, stacklevel=3)
+            checked = True
+        return step(x)
+
+    return checked_step
 
 
 def _compiled_loss(

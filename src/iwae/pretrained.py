@@ -56,7 +56,7 @@ def available(root: str | Path | None = None) -> dict[str, Path]:
     return found
 
 
-def load(name: str, root: str | Path | None = None, data_dir: str | None = None) -> LoadedRun:
+def load(name: str, root: str | Path | None = None, data_dir: str | Path | None = None) -> LoadedRun:
     """The published model ``name`` (:func:`available`): ``(model, config, metrics)``, the model in eval mode and
     its weights checked (sha256, finite values); ``data_dir`` as in :func:`iwae.load_run`.
 

@@ -280,13 +280,13 @@ def has_checkpoint(run_dir: str | Path) -> bool:
     return (Path(run_dir) / CHECKPOINT_NAME).exists()
 
 
-def absolute_data_dir(data_dir: str | None) -> str:
+def absolute_data_dir(data_dir: str | Path | None) -> str:
     """The data directory ``data_dir`` names (:func:`iwae.data.resolve_data_dir`: else ``$IWAE_DATA_DIR``, else
     the per-user cache), as the absolute path a run records."""
     return str(resolve_data_dir(data_dir).resolve())
 
 
-def with_data_dir(config: TrainConfig, override: str | None = None) -> TrainConfig:
+def with_data_dir(config: TrainConfig, override: str | Path | None = None) -> TrainConfig:
     """The run's config reading its data from ``override`` if given, else from the recorded directory if it
     exists, else from ``$IWAE_DATA_DIR`` (else the per-user cache)."""
     recorded = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
@@ -317,7 +317,7 @@ def clear_results(run_dir: str | Path) -> None:
         path.unlink()
 
 
-def load_run(run_dir: str | Path, data_dir: str | None = None) -> tuple[TrainConfig, IWAE, dict[str, Any]]:
+def load_run(run_dir: str | Path, data_dir: str | Path | None = None) -> tuple[TrainConfig, IWAE, dict[str, Any]]:
     """Config (reading its data as :func:`with_data_dir` says), model (on the config's device) and checkpoint
     position of a saved run; or of an exported model (``iwae export``: its weights alone, no position)."""
     config = with_data_dir(read_config(run_dir), data_dir)

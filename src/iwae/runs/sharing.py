@@ -36,7 +36,7 @@ class LoadedRun(NamedTuple):
     metrics: dict[str, Any] | None
 
 
-def load_run(path: str | Path, data_dir: str | None = None) -> LoadedRun:
+def load_run(path: str | Path, data_dir: str | Path | None = None) -> LoadedRun:
     """The model of a run folder or an exported folder, in eval mode, with its config and ``metrics.json``.
 
     ``data_dir`` says where the run's data are, for evaluating it (default: as :func:`iwae.runs.rundir.with_data_dir`).

@@ -254,7 +254,8 @@ def missing_error(
     return cls(
         f"data set {name!r} not found in {data_dir}: expected {' or '.join(options)} there. "
         f"Get it with `iwae download {name} --data-dir {data_dir}` (in Python iwae.data.download({name!r}, "
-        f"{str(data_dir)!r}), or load(..., download=True)), or point --data-dir or IWAE_DATA_DIR at a directory that has it.{detail}"
+        f"{str(data_dir)!r}), or load(..., download=True)), or point --data-dir or IWAE_DATA_DIR at a directory "
+        f"that has it.{detail}"
     )
 
 

@@ -17,7 +17,7 @@ import operator
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol, overload
 
 import torch
 from torch import Tensor
@@ -54,6 +54,34 @@ class LikelihoodEstimate(NamedTuple):
     stderr: Tensor
 
 
+@overload
+def log_likelihood(
+    model: LogWeightModel,
+    x: Tensor,
+    k: int = ...,
+    *,
+    chunk_size: int = ...,
+    generator: torch.Generator | None = ...,
+    return_stderr: Literal[False] = ...,
+    progress: bool = ...,
+    desc: str | None = ...,
+    bar: tqdm | None = ...,
+    flush_denormal: bool = ...,
+) -> Tensor: ...
+@overload
+def log_likelihood(
+    model: LogWeightModel,
+    x: Tensor,
+    k: int = ...,
+    *,
+    chunk_size: int = ...,
+    generator: torch.Generator | None = ...,
+    return_stderr: Literal[True],
+    progress: bool = ...,
+    desc: str | None = ...,
+    bar: tqdm | None = ...,
+    flush_denormal: bool = ...,
+) -> LikelihoodEstimate: ...
 @torch.no_grad()
 def log_likelihood(
     model: LogWeightModel,

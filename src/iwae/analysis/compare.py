@@ -64,8 +64,8 @@ def log_likelihoods(
     if len(set(datasets)) > 1:
         runs = ", ".join(f"{run} ({name})" for run, name in zip(run_dirs, datasets))
         raise ValueError(f"cannot compare runs of different data sets: {runs}")
-    k = _common("eval_k", [c.eval_k for c in configs], k, "--k")
-    n = _common("eval_n", [c.eval_n for c in configs], n, "--n")
+    k = _common("eval_k", [c.eval_k for c in configs], k, "k= (--k)")
+    n = _common("eval_n", [c.eval_n for c in configs], n, "n= (--n)")
     seed = configs[0].seed if seed is None else seed  # runs of other seeds too: all scored with the first's streams
     if k < 1:
         raise ValueError(f"k must be a positive number of importance samples, got {k}")

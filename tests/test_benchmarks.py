@@ -92,6 +92,7 @@ def test_floor_gemms_are_the_minimum_step_flops_less_the_unneeded_input_gradient
     assert len(gemms) == 3 * sum(isinstance(m, torch.nn.Linear) for m in model.modules()) - 1
 
 
+@pytest.mark.slow  # a fresh process per measurement
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the RSS peak")
 def test_log_likelihood_memory_does_not_grow_with_the_number_of_images():
     """6,000 images in ~190 sub-batches: results kept per sub-batch once pinned heap and grew RSS by ~3 MiB each."""
@@ -124,6 +125,7 @@ def test_targets_take_the_faster_project_step_and_say_which():
     assert got["k=50 1L IWAE step vs Pyro"]["value"] is None and got["k=50 1L IWAE step vs Pyro"]["met"] is None
 
 
+@pytest.mark.slow  # a process each
 @pytest.mark.parametrize("args", [["benchmarks.peer_nll"], ["benchmarks.exact_ll", "some-run"]])
 def test_an_out_folder_that_does_not_exist_is_refused_before_any_work(args, tmp_path):
     out = tmp_path / "missing" / "x.json"

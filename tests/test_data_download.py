@@ -249,6 +249,7 @@ def test_a_full_disk_during_a_download_is_one_line_naming_the_command(site, monk
     assert files_under(tmp_path) == []
 
 
+@pytest.mark.slow  # decodes an archive twice
 def test_an_omniglot_archive_rebuilt_by_its_owner_passes_by_its_decoded_images(data_dir, tmp_path):
     """An Omniglot zip whose bytes differ from the published one (rezipped) is accepted when its decoded images
     are the published ones; one image less and it is refused, saying what it expected."""

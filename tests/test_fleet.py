@@ -275,9 +275,11 @@ def test_iwae_train_seeds_makes_a_fleet_and_resume_continues_it(data_dir, tmp_pa
     out = tmp_path / "fleet"
     flags = ["--dataset", "mnist", "--k", "3", "--stages", "2", "--pass-scale", "0.01", "--eval-k", "10",
              "--eval-n", "10", "--curve-k", "0", "--data-dir", data_dir, "--quiet"]  # fmt: skip
-    assert main(["train", *flags, "--seeds", "3,5", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    assert main(["train", *[f for f in flags if f != "--quiet"], "--seeds", "3,5", "--out", str(out)]) == 0
+    printed, err = capsys.readouterr()
     assert "seed-3: test NLL" in printed and "mean ± sd over 2 runs" in printed
+    for seed in (3, 5):  # each run of the fleet says first what it will do
+        assert f"{out / f'seed-{seed}'}: 2 stage(s), 0.04 passes over 59,600 training images in batches of 20" in err
     assert read_manifest(out / MANIFEST_NAME)["runs"] == ["seed-3", "seed-5"]
     assert [rundir.read_config(out / f"seed-{s}").seed for s in (3, 5)] == [3, 5]
     assert main(["resume", str(out), "--quiet"]) == 0  # finished: nothing left to train or evaluate

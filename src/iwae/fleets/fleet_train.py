@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,9 @@ def _loop(runs: list[RunState], manifest: Path, names: list[str], mode: str, dro
     def leave(run: RunState, why: str) -> None:
         dropped[os.path.relpath(run.run_dir, manifest.parent)] = why
 
+    plans = [r.plan() for r in runs if not r.done]
+    if progress and plans:
+        print("\n".join(plans), file=sys.stderr)
     step_runs(runs, stepper, save, leave, interval=interval, progress=progress,
               describe=lambda active: f"fleet of {len(active)}")  # fmt: skip
     return dropped

@@ -29,7 +29,7 @@ from iwae.data.datasets import SPLIT_SIZES
 from iwae.fleets.fleet import LoopFleet
 from iwae.runs import rundir
 from iwae.runs.config import TrainConfig
-from iwae.runs.evaluate_run import describe_evaluation, finish_run
+from iwae.runs.evaluate_run import finish_run
 from iwae.runs.loop import step_runs
 from iwae.runs.rundir import RunError, resolve_device
 from iwae.runs.training_state import RunState, SharedData, open_run
@@ -153,7 +153,7 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
     run.pos.fleet_step = 0  # trained on its own from here: a fleet it was part of must not take it back (fleet_train)
     run.writer = writer_class(str(run_dir / TENSORBOARD_NAME)) if writer_class else None
     if progress:
-        print(_plan(run), file=sys.stderr)
+        print(run.plan(), file=sys.stderr)
 
     def stepper(runs: list[RunState]) -> LoopFleet:
         return LoopFleet([run.model], [run.optimizer], [run.objective], [run.gens.device], compile=config.compile,
@@ -172,15 +172,6 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
     with run.writer or nullcontext():  # the writer is closed however the loop ends
         step_runs([run], stepper, save, diverged, interval=60 * config.checkpoint_minutes, progress=progress,
                   describe=describe)  # fmt: skip
-
-
-def _plan(run: RunState) -> str:
-    """What the run will do: its whole schedule, the steps still to go, and the evaluation after it."""
-    config, images = run.config, run.batches.x.shape[0]
-    passes = sum(stage.passes for stage in run.stages)
-    after = f"then {describe_evaluation(config)}" if config.evaluate else "no final evaluation (--no-eval)"
-    return (f"{run.run_dir}: {len(run.stages)} stage(s), {passes:,.6g} passes over {images:,} training images in "
-            f"batches of {config.batch_size}, {run.steps_left:,} steps to go; {after}")  # fmt: skip
 
 
 def _tensorboard() -> Any:

@@ -17,7 +17,7 @@ from iwae import data
 from iwae.objectives import Objective
 from iwae.runs import rundir
 from iwae.runs.config import Stage, TrainConfig, schedule
-from iwae.runs.evaluate_run import curve_images
+from iwae.runs.evaluate_run import curve_images, describe_evaluation
 from iwae.runs.rundir import build_model
 from iwae.runs.train_step import make_optimizer
 from iwae.util import streams
@@ -145,6 +145,14 @@ class RunState:
         self.pos.step += 1
         stage_end = self.pos.step == self.total
         return stage_end or self.pos.step % self.batches.per_pass == 0, stage_end
+
+    def plan(self) -> str:
+        """What the run will do, in a line: its whole schedule, the steps still to go, and the evaluation after."""
+        config, images = self.config, self.batches.x.shape[0]
+        passes = sum(stage.passes for stage in self.stages)
+        after = f"then {describe_evaluation(config)}" if config.evaluate else "no final evaluation (--no-eval)"
+        return (f"{self.run_dir}: {len(self.stages)} stage(s), {passes:,.6g} passes over {images:,} training images "
+                f"in batches of {config.batch_size}, {self.steps_left:,} steps to go; {after}")  # fmt: skip
 
     def pass_record(self, seconds: float) -> dict[str, Any]:
         """The ``metrics.jsonl`` line of the pass just ended."""

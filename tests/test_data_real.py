@@ -63,6 +63,7 @@ def test_mnist_digits_are_upright(mnist, data_dir):
     assert six[14:].sum() > 1.3 * six[:14].sum()  # loop at the bottom
 
 
+@pytest.mark.slow  # a few seconds: the default run stays under 3 minutes
 def test_binarized_mnist_is_fixed_binary_and_aligned_with_mnist(mnist, data_dir):
     x = {s: data.load("binarized-mnist", s, data_dir) for s in data.SPLITS}
     assert {s: tuple(v.shape) for s, v in x.items()} == {

@@ -69,6 +69,7 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one_and_resumes(tiny_run
     _same_run(tiny_run, run)
 
 
+@pytest.mark.slow  # a few seconds: the default run stays under 3 minutes
 def test_disk_full_during_the_report_writes_nothing_half_and_resumes(tiny_run, tmp_path, monkeypatch):
     """metrics.json fails at fsync: no half file is left, status stays partial, `iwae resume` writes it."""
     run = Path(tiny_run)

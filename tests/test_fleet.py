@@ -153,6 +153,7 @@ def _configs(data_dir: str, **changes) -> list[TrainConfig]:
     return [base.replace(seed=0), base.replace(seed=1, bound="vae")]
 
 
+@pytest.mark.slow  # a few seconds: the default run stays under 3 minutes
 def test_a_looping_fleet_writes_exactly_the_runs_of_iwae_train(data_dir, tmp_path, cached_data):
     """Log lines (learning-curve points included), checkpoints and results equal the single runs' bit for bit."""
     configs = _configs(data_dir)
@@ -169,6 +170,7 @@ def test_a_looping_fleet_writes_exactly_the_runs_of_iwae_train(data_dir, tmp_pat
     assert read_manifest(tmp_path / "fleet" / MANIFEST_NAME)["mode"] == "loop"
 
 
+@pytest.mark.slow  # a few seconds: the default run stays under 3 minutes
 def test_a_stacked_fleet_of_two_data_sets_trains_each_run_like_its_own(data_dir, tmp_path, cached_data):
     """MNIST (dynamic binarization) and the fixed binarization differ in size: the runs' stages end at different
     steps, and the shorter one leaves the fleet first; each ends close to its single run (float32 rounding)."""

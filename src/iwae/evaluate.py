@@ -13,7 +13,6 @@ So a user can score their own VAE with the paper's :math:`\mathcal{L}_{5000}` by
 from __future__ import annotations
 
 import math
-import operator
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 
 from iwae.models.latent_model import SampledModel
 from iwae.models.model import IWAE
+from iwae.objectives.names import as_count
 from iwae.util.cpu import flush_subnormals
 
 __all__ = [
@@ -184,14 +184,8 @@ def log_likelihood(
 
 
 def _count(name: str, value: object) -> int:
-    """``value`` as a positive int (an int-like NumPy or 0-d tensor value too; a bool or a float refused)."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        count = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if count < 1:
+    """``value`` as a positive int (:func:`iwae.objectives.names.as_count`), else a ValueError naming it."""
+    if (count := as_count(value)) is None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return count
 

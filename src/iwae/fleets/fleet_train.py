@@ -158,8 +158,7 @@ def _loop(runs: list[RunState], manifest: Path, names: list[str], mode: str, dro
     def leave(run: RunState, why: str) -> None:
         dropped[os.path.relpath(run.run_dir, manifest.parent)] = why
 
-    plans = [r.plan() for r in runs if not r.done]
-    if progress and plans:
+    if progress and (plans := [r.plan() for r in runs if not r.done]):
         print("\n".join(plans), file=sys.stderr)
     step_runs(runs, stepper, save, leave, interval=interval, progress=progress,
               describe=lambda active: f"fleet of {len(active)}")  # fmt: skip

@@ -7,7 +7,6 @@ of the bound and whose *gradient* is the estimator's. :func:`objective` is the s
 
 from __future__ import annotations
 
-import operator
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from torch import Tensor
 
 from iwae.models.latent_model import SampledModel
 from iwae.objectives.base import Bound, Estimator
-from iwae.objectives.names import BOUND_PARAMS, PARAMS, declare_params
+from iwae.objectives.names import BOUND_PARAMS, PARAMS, as_count, declare_params
 from iwae.objectives.registry import BOUNDS, ESTIMATORS, ESTIMATORS_BY_NAME, KINDS
 
 __all__ = ["Objective", "objective", "resolve_bound"]
@@ -70,11 +69,7 @@ class Objective:
             raise ValueError(f"unknown bound {self.bound!r}; choose one of {', '.join(KINDS)}")
         if self.estimator not in ESTIMATORS_BY_NAME:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-        try:  # an int, or an int-like NumPy or 0-d tensor value; not a bool or a float
-            k = None if isinstance(self.k, bool) else operator.index(self.k)
-        except TypeError:
-            k = None
-        if k is None or k < 1:
+        if (k := as_count(self.k)) is None:
             raise ValueError(f"k must be a positive integer number of samples, got {self.k!r}")
         object.__setattr__(self, "k", k)
         for name, param in PARAMS.items():  # its bound's parameters, and every count, in range; the rest typed
@@ -87,8 +82,8 @@ class Objective:
                 problem = None
             if problem is not None:
                 raise ValueError(problem)
-            readers = [b for b, names in BOUND_PARAMS.items() if name in names]
             if name not in BOUND_PARAMS[self.bound] and value != param.default:
+                readers = [b for b, names in BOUND_PARAMS.items() if name in names]
                 warnings.warn(f"{name}={value!r} has no effect on bound={self.bound!r}: it is read by "
                               f"{' and '.join(readers)} only", stacklevel=3)  # fmt: skip
         defined_for = ESTIMATORS_BY_NAME[self.estimator].bounds

@@ -11,16 +11,29 @@ there it becomes a field of :class:`iwae.runs.config.TrainConfig`, an option of 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["KINDS", "ESTIMATORS", "Param", "PARAMS", "BOUND_PARAMS", "declare_params"]
+__all__ = ["KINDS", "ESTIMATORS", "Param", "PARAMS", "BOUND_PARAMS", "declare_params", "as_count"]
 
 T = TypeVar("T", bound=type)
 
 KINDS: tuple[str, ...] = ("vae", "iwae", "miwae", "ciwae", "piwae", "vr")
 ESTIMATORS: tuple[str, ...] = ("reparam", "sample-one", "stl", "dreg", "rws")
+
+
+def as_count(value: object) -> int | None:
+    """``value`` as a positive int (an int-like NumPy or 0-d tensor value too), or None for anything else: a bool,
+    a float, zero or less."""
+    if isinstance(value, bool):
+        return None
+    try:
+        count = operator.index(value)
+    except TypeError:
+        return None
+    return count if count >= 1 else None
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from iwae.util.cpu import flush_subnormals
 
 __all__ = [
     "LogWeightModel", "LikelihoodEstimate", "log_likelihood", "active_units", "count_active", "prune_inactive",
-    "check_bernoulli_images",
+    "check_bernoulli_images", "log_likelihood_blocks",
 ]  # fmt: skip
 
 # Rows (samples x examples) per log_weights call. It bounds the memory (the decoder's logits are 784 floats a row)
@@ -120,6 +120,71 @@ def log_likelihood(
     images draws other samples for them (the same estimator, other noise).
     Binary images may come as bool or integer tensors; they are cast to the model's floating dtype.
     """
+    x, k, chunk_size = _checked_input(model, x, k, chunk_size, generator)
+    if x.shape[0] == 0:  # no examples: no estimates
+        empty = torch.empty(0, dtype=x.dtype, device=x.device)
+        return LikelihoodEstimate(empty, empty.clone()) if return_stderr else empty
+    # Results go straight into preallocated tensors: small tensors kept alive across sub-batches (a list of
+    # per-sub-batch results) pin heap memory between the large per-call buffers, and glibc's heap then grows by
+    # megabytes per sub-batch instead of reusing them.
+    ll_out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    se_out = torch.empty_like(ll_out)
+    own = bar is None
+    if own:
+        bar = tqdm(total=x.shape[0] * k, desc=desc or f"L_{k}", unit="sample", disable=not progress, leave=False)
+    elif desc:
+        bar.set_description(desc)
+    try:
+        for start, (ll, se) in _blocks(model, x, k, chunk_size, generator, 0, bar, flush_denormal):
+            ll_out[start : start + ll.shape[0]] = ll
+            se_out[start : start + ll.shape[0]] = se
+    finally:
+        if own:
+            bar.close()
+    ll = ll_out.to(x.dtype)
+    if return_stderr:
+        return LikelihoodEstimate(ll, se_out.to(ll.dtype))
+    return ll
+
+
+@torch.no_grad()
+def log_likelihood_blocks(
+    model: LogWeightModel,
+    x: Tensor,
+    k: int = 5000,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    generator: torch.Generator | None = None,
+    start: int = 0,
+    bar: tqdm | None = None,
+    flush_denormal: bool = True,
+) -> Iterator[tuple[int, LikelihoodEstimate]]:
+    """:func:`log_likelihood`'s estimates block of images by block, as ``(first row, estimate)`` pairs in float64:
+    for a long evaluation that saves its progress between blocks and continues later where it stopped.
+
+    The blocks, and the noise each draws from ``generator``, are those of :func:`log_likelihood` with the same
+    arguments, so the blocks together give its estimates exactly. To continue, pass as ``start`` the row after the
+    last block done, with ``generator`` in the state it was in when that block was yielded
+    (``generator.get_state()`` then, ``set_state`` now). The model stays in eval mode, and subnormals flushed,
+    while the iteration is under way.
+    """
+    x, k, chunk_size = _checked_input(model, x, k, chunk_size, generator)
+    rows = _rows(x.shape[0], k, chunk_size)
+    if not 0 <= start <= x.shape[0] or (start % max(rows, 1) and start != x.shape[0]):
+        raise ValueError(f"start must be 0 or the row after a block (a multiple of {rows}), got {start}")
+    return _blocks(model, x, k, chunk_size, generator, start, bar, flush_denormal)
+
+
+def _rows(n: int, k: int, chunk_size: int) -> int:
+    """Examples per block: at most ``chunk_size`` rows of samples x examples, and at least
+    :data:`_MIN_SAMPLES_PER_CALL` samples of each per call where that leaves :data:`_MIN_ROWS` examples."""
+    return min(n, chunk_size, max(_MIN_ROWS, chunk_size // min(k, _MIN_SAMPLES_PER_CALL)))
+
+
+def _checked_input(
+    model: LogWeightModel, x: Tensor, k: object, chunk_size: object, generator: torch.Generator | None
+) -> tuple[Tensor, int, int]:
+    """``x`` checked for ``model`` and cast to its dtype, with k and chunk_size as ints; generator checked."""
     k, chunk_size = _count("k", k), _count("chunk_size", chunk_size)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -130,57 +195,51 @@ def log_likelihood(
             "generator needs a model with forward_samples (iwae.IWAE, or iwae.models.latent_model's protocol); "
             "seed torch globally instead"
         )
-    check_bernoulli_images(model, x)
-    x = _as_model_dtype(model, x)
-    if x.shape[0] == 0:  # no examples: no estimates
-        empty = torch.empty(0, dtype=x.dtype if x.dtype.is_floating_point else torch.float32, device=x.device)
-        return LikelihoodEstimate(empty, empty.clone()) if return_stderr else empty
-    # Results go straight into preallocated tensors: small tensors kept alive across sub-batches (a list of
-    # per-sub-batch results) pin heap memory between the large per-call buffers, and glibc's heap then grows by
-    # megabytes per sub-batch instead of reusing them.
-    ll_out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
-    se_out = torch.empty_like(ll_out)
-    rows = min(x.shape[0], chunk_size, max(_MIN_ROWS, chunk_size // min(k, _MIN_SAMPLES_PER_CALL)))  # examples
-    per_call = max(1, chunk_size // rows)  # samples per log_weights call
-    own = bar is None
-    if own:
-        bar = tqdm(total=x.shape[0] * k, desc=desc or f"L_{k}", unit="sample", disable=not progress, leave=False)
-    elif desc:
-        bar.set_description(desc)
+    check_bernoulli_images(model, x, stacklevel=5)
+    return _as_model_dtype(model, x), k, chunk_size
+
+
+@torch.no_grad()
+def _blocks(
+    model: LogWeightModel,
+    x: Tensor,
+    k: int,
+    chunk_size: int,
+    generator: torch.Generator | None,
+    start: int,
+    bar: tqdm | None,
+    flush_denormal: bool,
+) -> Iterator[tuple[int, LikelihoodEstimate]]:
+    """The estimates of :func:`log_likelihood_blocks`, from row ``start`` on (x already checked)."""
+    rows = _rows(x.shape[0], k, chunk_size)
+    per_call = max(1, chunk_size // max(rows, 1))  # samples per log_weights call
     finite = None  # on a GPU, whether every log-weight so far was finite, read once at the end (no sync per call)
     with flush_subnormals(flush_denormal), _eval_mode(model):
-        try:
-            for start in range(0, x.shape[0], rows):
-                xb = x[start : start + rows]
-                lse1 = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
-                lse2 = lse1.clone()
-                done = 0
-                while done < k:
-                    n = min(per_call, k - done)
-                    if generator is None:
-                        lw = model.log_weights(xb, n)
-                    else:
-                        lw = model.forward_samples(xb, n, generator=generator).log_w
-                    finite = _check_log_weights(lw, n, xb.shape[0], finite)
-                    lw = lw.double()
-                    lse1 = torch.logaddexp(lse1, torch.logsumexp(lw, 0))
-                    lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
-                    done += n
+        for first in range(start, x.shape[0], rows):
+            xb = x[first : first + rows]
+            lse1 = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+            lse2 = lse1.clone()
+            done = 0
+            while done < k:
+                n = min(per_call, k - done)
+                if generator is None:
+                    lw = model.log_weights(xb, n)
+                else:
+                    lw = model.forward_samples(xb, n, generator=generator).log_w
+                finite = _check_log_weights(lw, n, xb.shape[0], finite)
+                lw = lw.double()
+                lse1 = torch.logaddexp(lse1, torch.logsumexp(lw, 0))
+                lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
+                done += n
+                if bar is not None:
                     bar.update(n * xb.shape[0])
-                ll = lse1 - math.log(k)
-                # Var(w)/mean(w)^2 = mean(w^2)/mean(w)^2 - 1, computed in log space.
-                rel_var = torch.expm1((lse2 - math.log(k)) - 2 * ll).clamp_min(0)
-                ll_out[start : start + rows] = ll
-                se_out[start : start + rows] = torch.sqrt(rel_var / k) if k > 1 else math.nan  # no spread from one
-            if finite is not None and not finite:
-                raise FloatingPointError(_NOT_FINITE)
-        finally:
-            if own:
-                bar.close()
-    ll = ll_out.to(x.dtype if x.dtype.is_floating_point else torch.float32)
-    if return_stderr:
-        return LikelihoodEstimate(ll, se_out.to(ll.dtype))
-    return ll
+            ll = lse1 - math.log(k)
+            # Var(w)/mean(w)^2 = mean(w^2)/mean(w)^2 - 1, computed in log space.
+            rel_var = torch.expm1((lse2 - math.log(k)) - 2 * ll).clamp_min(0)
+            se = torch.sqrt(rel_var / k) if k > 1 else torch.full_like(ll, math.nan)  # no spread from one weight
+            yield first, LikelihoodEstimate(ll, se)
+        if finite is not None and not finite:
+            raise FloatingPointError(_NOT_FINITE)
 
 
 def _count(name: str, value: object) -> int:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from iwae.util.atomic import atomic_path
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "save_weights", "load_weights", "CHECKPOINT_NAME",
-           "WEIGHTS_NAME"]  # fmt: skip
+           "WEIGHTS_NAME", "content_digest"]  # fmt: skip
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 _FORMAT = "iwae-checkpoint-2"  # with a checksum; no single flipped bit turns it into the legacy name below
@@ -34,7 +34,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, damaged, of another format, or holds non-finite parameters."""
 
 
-def _digest(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
+def content_digest(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
     """sha256 of the header's entries (but the checksum itself) and of each tensor's name, dtype, shape and bytes."""
     h = hashlib.sha256(json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(tensors):
@@ -68,7 +68,7 @@ def save_checkpoint(
         "state": json.dumps(state),
         "param_groups": json.dumps(opt["param_groups"]),
     }
-    header["sha256"] = _digest(header, out)
+    header["sha256"] = content_digest(header, out)
     with atomic_path(path) as tmp:
         save_file(out, str(tmp), metadata=header)
 
@@ -109,7 +109,7 @@ def save_weights(path: str | Path, model: torch.nn.Module) -> None:
     """The model's parameters and buffers alone (no optimiser, no position), with a sha256 of them, atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     header = {"format": _WEIGHTS_FORMAT}
-    header["sha256"] = _digest(header, tensors)
+    header["sha256"] = content_digest(header, tensors)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
 
@@ -121,7 +121,8 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> None:
     """
     path = Path(path)
     header, tensors = _read(path, "weights")
-    if header.get("format") != _WEIGHTS_FORMAT or header.get("sha256") != _digest({"format": _WEIGHTS_FORMAT}, tensors):
+    expected = content_digest({"format": _WEIGHTS_FORMAT}, tensors)
+    if header.get("format") != _WEIGHTS_FORMAT or header.get("sha256") != expected:
         raise CheckpointError(f"{path}: not iwae weights, or damaged (format or sha256 does not match)")
     if any(v.is_floating_point() and not torch.isfinite(v).all() for v in tensors.values()):
         raise CheckpointError(f"{path}: non-finite weights")
@@ -155,7 +156,7 @@ def _check_header(path: Path, header: dict[str, str], tensors: dict[str, torch.T
         return
     if fmt != _FORMAT:
         raise CheckpointError(f"{path}: not an iwae checkpoint (format {fmt!r})")
-    if set(header) != _HEADER_KEYS or header["sha256"] != _digest(header, tensors):
+    if set(header) != _HEADER_KEYS or header["sha256"] != content_digest(header, tensors):
         raise CheckpointError(
             f"{path}: damaged on disk (its content does not match the sha256 stored with it); it was not loaded. "
             "Restore it from a backup, or delete it to train the run again from the start"

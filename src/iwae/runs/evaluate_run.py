@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from iwae.data.resources import locate
 from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
 from iwae.models.model import IWAE
 from iwae.plots import plot_active_units, plot_training, save_image_grid
+from iwae.runs.checkpoint import content_digest
 from iwae.runs.config import TrainConfig
+from iwae.runs.eval_progress import model_digest, progress_path, resumable_log_likelihood
 from iwae.runs.rundir import (
     ACTIVE_UNITS_NAME,
     METRICS_NAME,
@@ -54,6 +57,7 @@ __all__ = [
     "summarize",
     "activity",
     "measure",
+    "progress_paths",
     "per_image_record",
     "read_per_image",
     "evaluate_run",
@@ -177,6 +181,7 @@ def measure(
     progress: bool = True,
     bar: tqdm | None = None,
     active: tuple[list[torch.Tensor], torch.Tensor] | None = None,
+    keep: Path | None = None,
 ) -> tuple[dict[str, Any], list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """NLL (mean -L_k ± s.e.) of n examples of ``split``, and A_u on n examples of :data:`ACTIVE_SPLIT`.
 
@@ -185,14 +190,16 @@ def measure(
     the model itself, so ``nll_pruned`` is ``nll``, not measured again. Returns the numbers, the A_u tensors
     (for the figure) and the per-example ``(index, L_k)`` behind ``nll`` (the examples' indices in the split). The
     samples are counted on ``bar`` if given (a bar over a longer evaluation). ``active``: :func:`activity`'s
-    result for the same n, when the caller has it already (it does not depend on ``split``).
+    result for the same n, when the caller has it already (it does not depend on ``split``). ``keep``: a run
+    folder in which to keep the progress of each L_k (:func:`progress_paths`), so that a stopped measurement goes on
+    where it stopped, with the same numbers (:mod:`iwae.runs.eval_progress`).
     """
-    device, flush = next(model.parameters()).device, config.flush_denormal
+    device = next(model.parameters()).device
     index, x = eval_split(config, split, n, device, config.seed)
     A, x_active = active if active is not None else activity(config, model, n)
     desc = f"{split} NLL, L_{k}, {x.shape[0]} images"
-    gen = stream(config, device, split, "nll")
-    ll = log_likelihood(model, x, k, generator=gen, progress=progress, desc=desc, bar=bar, flush_denormal=flush)
+    score = _Scorer(config, split, x, k, keep, progress, bar)
+    ll = score(model, "nll", desc)
     result = {
         "split": split, "eval_k": k, **summarize(ll),
         "active_units": count_active(A, config.active_threshold), "active_units_split": ACTIVE_SPLIT,
@@ -207,9 +214,48 @@ def measure(
             if bar is not None:
                 bar.total += k * x.shape[0]
             desc = f"{split} NLL without {result['units_pruned']} inactive units, L_{k}, {x.shape[0]} images"
-            gen = stream(config, device, split, "nll")
-            result["nll_pruned"] = nll(smaller, x, k, gen, progress, desc=desc, bar=bar, flush_denormal=flush)["nll"]
+            result["nll_pruned"] = summarize(score(smaller, "nll_pruned", desc))["nll"]
     return result, A, (index, ll)
+
+
+@dataclass
+class _Scorer:
+    """L_k of one split's images ``x`` with its ``nll`` stream, afresh for each model measured; with ``keep``,
+    through :func:`iwae.runs.eval_progress.resumable_log_likelihood`, its progress kept in that run folder."""
+
+    config: TrainConfig
+    split: str
+    x: torch.Tensor
+    k: int
+    keep: Path | None
+    progress: bool
+    bar: tqdm | None
+
+    def __call__(self, model: IWAE, what: str, desc: str) -> torch.Tensor:
+        config, x, k, flush = self.config, self.x, self.k, self.config.flush_denormal
+        gen = stream(config, x.device, self.split, "nll")
+        if self.keep is None:
+            return log_likelihood(
+                model, x, k, generator=gen, progress=self.progress, desc=desc, bar=self.bar, flush_denormal=flush
+            )
+        identity = {
+            "split": self.split, "what": what, "k": k, "n": x.shape[0], "images": content_digest({}, {"x": x.cpu()}),
+            "model": model_digest(model), "seed": config.seed, "streams": config.streams, "device": x.device.type,
+            "threads": torch.get_num_threads() if x.device.type == "cpu" else None, "flush": flush,
+        }  # fmt: skip
+        path = progress_path(self.keep, self.split, k, x.shape[0], what)
+        bar = self.bar or tqdm(total=k * x.shape[0], unit="sample", disable=not self.progress, leave=False)
+        bar.set_description(desc)
+        try:
+            return resumable_log_likelihood(model, x, k, gen, path, identity, bar=bar, flush_denormal=flush)
+        finally:
+            if self.bar is None:
+                bar.close()
+
+
+def progress_paths(run_dir: str | Path, split: str, k: int, n: int) -> list[Path]:
+    """The files in which :func:`measure` keeps the progress of its L_k on n images of ``split``."""
+    return [progress_path(run_dir, split, k, n, what) for what in ("nll", "nll_pruned")]
 
 
 def curve_images(config: TrainConfig, device: torch.device) -> torch.Tensor:
@@ -260,8 +306,11 @@ def evaluate_run(
         raise ValueError(f"k must be a positive number of importance samples, got {k}")
     model.eval()
     with flush_subnormals(config.flush_denormal), eval_threads(run_dir, next(model.parameters()).device, threads):
-        result, _, _ = measure(config, model, split, k, n or config.eval_n, pruned=pruned, progress=progress)
+        result, _, _ = measure(config, model, split, k, n or config.eval_n, pruned=pruned, progress=progress,
+                               keep=Path(run_dir))  # fmt: skip
     write_json(Path(run_dir) / f"eval-{split}-k{k}-n{result['n']}.json", result)
+    for path in progress_paths(run_dir, split, k, result["n"]):
+        path.unlink(missing_ok=True)
     return result
 
 
@@ -340,8 +389,9 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     with flush_subnormals(config.flush_denormal), _evaluation_bar(config, progress) as bar:
         active = activity(config, model, config.eval_n)  # A_u once, for both splits' records
         test, A, (index, test_ll) = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress,
-                                            bar=bar, active=active)  # fmt: skip
-        train, _, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar, active=active)
+                                            bar=bar, active=active, keep=run_dir)  # fmt: skip
+        train, _, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar, active=active,
+                              keep=run_dir)  # fmt: skip
     log = read_log(run_dir)
     metrics = {
         "dataset": config.dataset, "layers": len(model.latent_dims), "bound": config.bound,
@@ -368,6 +418,8 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     plot_training(passes, bounds, run_dir / TRAINING_NAME, title, curve, label)
     write_json(run_dir / PER_IMAGE_NAME, per_image_record(config, k, index, test_ll))
     write_json(run_dir / METRICS_NAME, metrics)
+    for path in progress_paths(run_dir, "test", k, test["n"]) + progress_paths(run_dir, "train", k, train["n"]):
+        path.unlink(missing_ok=True)
     return metrics
 
 

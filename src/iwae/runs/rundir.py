@@ -308,12 +308,12 @@ def update_config(run_dir: str | Path, changes: dict[str, Any]) -> TrainConfig:
 
 
 def clear_results(run_dir: str | Path) -> None:
-    """Remove what an evaluation wrote (``metrics.json``, the figures, ``test_ll.json``, ``eval-*.json``): the run
-    starts over."""
+    """Remove what an evaluation wrote (``metrics.json``, the figures, ``test_ll.json``, ``eval-*.json`` and the
+    progress of one under way): the run starts over."""
     run_dir = Path(run_dir)
     for path in [run_dir / n for n in (METRICS_NAME, SAMPLES_NAME, ACTIVE_UNITS_NAME, TRAINING_NAME, PER_IMAGE_NAME)]:
         path.unlink(missing_ok=True)
-    for path in run_dir.glob("eval-*.json"):
+    for path in [*run_dir.glob("eval-*.json"), *run_dir.glob("eval-*.progress.safetensors")]:
         path.unlink()
 
 

@@ -1,5 +1,6 @@
 """A stopped evaluation goes on where it stopped, with the numbers of one that never stopped."""
 
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,7 +10,7 @@ import torch
 from conftest import binary_batch, read_json, tiny_model
 
 import iwae
-from iwae.evaluate import log_likelihood, log_likelihood_blocks
+from iwae.evaluate import iter_log_likelihood, log_likelihood
 from iwae.runs import eval_progress
 from iwae.runs.eval_progress import progress_path, resumable_log_likelihood
 
@@ -27,7 +28,7 @@ def test_blocks_give_log_likelihood_exactly_and_continue_from_a_saved_generator(
                            return_stderr=True)  # fmt: skip
     gen = torch.Generator().manual_seed(5)
     blocks, states = [], []
-    for first, estimate in log_likelihood_blocks(model, x, K, generator=gen):
+    for first, estimate in iter_log_likelihood(model, x, K, generator=gen):
         blocks.append((first, estimate))
         states.append(gen.get_state())
     assert [(first, e.ll.shape[0], e.ll.dtype) for first, e in blocks] == [
@@ -37,17 +38,48 @@ def test_blocks_give_log_likelihood_exactly_and_continue_from_a_saved_generator(
     assert torch.equal(torch.cat([e.stderr for _, e in blocks]).to(x.dtype), whole.stderr)
     # from the row after the first block, with the generator as it was then: the remaining blocks again
     gen.set_state(states[0])
-    rest = list(log_likelihood_blocks(model, x, K, generator=gen, start=32))
+    rest = list(iter_log_likelihood(model, x, K, generator=gen, start=32))
     assert [first for first, _ in rest] == [32, 64]
     assert all(torch.equal(a.ll, b.ll) for (_, a), (_, b) in zip(rest, blocks[1:]))
-    assert list(log_likelihood_blocks(model, x, K, generator=gen, start=N)) == []
+    assert list(iter_log_likelihood(model, x, K, generator=gen, start=N)) == []
     with pytest.raises(ValueError, match="start must be 0 or the row after a block \\(a multiple of 32\\), got 5"):
-        log_likelihood_blocks(model, x, K, generator=gen, start=5)
+        iter_log_likelihood(model, x, K, generator=gen, start=5)
 
 
 def test_blocks_stderr_is_nan_at_k_1():
-    ((_, estimate),) = log_likelihood_blocks(tiny_model(), _images(10), 1, generator=torch.Generator().manual_seed(0))
+    ((_, estimate),) = iter_log_likelihood(tiny_model(), _images(10), 1, generator=torch.Generator().manual_seed(0))
     assert estimate.stderr.isnan().all() and estimate.ll.isfinite().all()
+
+
+def test_blocks_hold_back_a_block_with_a_non_finite_log_weight_where_the_check_is_deferred(monkeypatch):
+    """On a GPU the finite check is folded over the calls (no sync per call); it is read before each block is
+    yielded, so a saved block never holds an estimate from a non-finite log-weight."""
+    import iwae.evaluate as evaluate
+
+    def deferred(lw, k, batch, finite):  # the GPU path of _check_log_weights, on the CPU
+        all_finite = torch.isfinite(lw).all()
+        return all_finite if finite is None else finite & all_finite
+
+    class Overflowing:  # finite log-weights in the first block (two calls), +inf in the second
+        calls = 0
+
+        def log_weights(self, x, k):
+            self.calls += 1
+            lw = torch.zeros(k, x.shape[0])
+            lw[0, 0] = torch.inf if self.calls > 2 else 0.0
+            return lw
+
+    monkeypatch.setattr(evaluate, "_check_log_weights", deferred)
+    blocks = iter_log_likelihood(Overflowing(), _images(), K)
+    assert next(blocks)[0] == 0
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        next(blocks)
+
+
+def test_blocks_of_no_images_and_of_integer_images():
+    assert list(iter_log_likelihood(tiny_model(), _images()[:0], K)) == []
+    with pytest.raises(TypeError, match="cast the images to the model's floating dtype"):
+        resumable_log_likelihood(tiny_model(), _images().long(), K, torch.Generator(), "p", {})
 
 
 class _Stop(Exception):
@@ -61,14 +93,14 @@ def _stopping_after(blocks: int) -> Iterator[list[int]]:
     scored: list[int] = []
 
     def wrapped(*args, **kwargs):
-        for first, estimate in log_likelihood_blocks(*args, **kwargs):
+        for first, estimate in iter_log_likelihood(*args, **kwargs):
             if len(scored) == blocks:
                 raise _Stop
             scored.append(first)
             yield first, estimate
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(eval_progress, "log_likelihood_blocks", wrapped)
+        patch.setattr(eval_progress, "iter_log_likelihood", wrapped)
         yield scored
 
 
@@ -98,6 +130,15 @@ def test_a_stopped_measurement_continues_exactly(tmp_path, saves_every_block, ca
     with _stopping_after(0) as scored:
         again = _measure(tmp_path, {"what": "nll"})
     assert scored == [] and torch.equal(again, ll)
+
+
+def test_progress_that_ends_inside_a_block_is_not_used(tmp_path, capsys):
+    key = json.dumps({"what": "nll", **eval_progress._computation(torch.device("cpu"))}, sort_keys=True)
+    gen = torch.Generator().manual_seed(99)
+    eval_progress._save(tmp_path / "p.safetensors", key, torch.zeros(5, dtype=torch.float64), gen)
+    ll = _measure(tmp_path, {"what": "nll"})
+    assert "p.safetensors is not used: its estimates end inside a block" in capsys.readouterr().err
+    assert torch.equal(ll, _whole())
 
 
 @pytest.mark.parametrize("damage", ["identity", "truncated", "flipped", "foreign"])
@@ -136,8 +177,11 @@ def test_a_stopped_final_evaluation_continues_with_the_same_numbers(tiny_run, sa
         finish_run(tiny_run, progress=False)
     assert (tiny_run / "eval-test-k64-n100-nll.progress.safetensors").is_file()
     assert not (tiny_run / "metrics.json").exists()
+    stray = tiny_run / "eval-x.progress.safetensors"  # not one of ours: ignored
+    stray.write_bytes(b"")
     (state,) = run_states(tiny_run)  # `iwae status RUN` says how far the evaluation got
     assert state.state == "stopped" and "final evaluation so far: test nll 100 of 100 images, " in state.detail
+    stray.unlink()
     with _stopping_after(10**6) as scored:
         metrics = finish_run(tiny_run, progress=False)
     assert len(scored) == (12 if expected["units_pruned"] else 8) - 6  # only the blocks not scored before the stop

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Literal, NamedTuple, Protocol, overload
 
 import torch
@@ -29,7 +29,7 @@ from iwae.util.cpu import flush_subnormals
 
 __all__ = [
     "LogWeightModel", "LikelihoodEstimate", "log_likelihood", "active_units", "count_active", "prune_inactive",
-    "check_bernoulli_images", "log_likelihood_blocks",
+    "check_bernoulli_images", "iter_log_likelihood",
 ]  # fmt: skip
 
 # Rows (samples x examples) per log_weights call. It bounds the memory (the decoder's logits are 784 floats a row)
@@ -135,9 +135,10 @@ def log_likelihood(
     elif desc:
         bar.set_description(desc)
     try:
-        for start, (ll, se) in _blocks(model, x, k, chunk_size, generator, 0, bar, flush_denormal):
-            ll_out[start : start + ll.shape[0]] = ll
-            se_out[start : start + ll.shape[0]] = se
+        with closing(_blocks(model, x, k, chunk_size, generator, 0, bar, flush_denormal)) as blocks:
+            for start, (ll, se) in blocks:
+                ll_out[start : start + ll.shape[0]] = ll
+                se_out[start : start + ll.shape[0]] = se
     finally:
         if own:
             bar.close()
@@ -148,7 +149,7 @@ def log_likelihood(
 
 
 @torch.no_grad()
-def log_likelihood_blocks(
+def iter_log_likelihood(
     model: LogWeightModel,
     x: Tensor,
     k: int = 5000,
@@ -165,13 +166,16 @@ def log_likelihood_blocks(
     The blocks, and the noise each draws from ``generator``, are those of :func:`log_likelihood` with the same
     arguments, so the blocks together give its estimates exactly. To continue, pass as ``start`` the row after the
     last block done, with ``generator`` in the state it was in when that block was yielded
-    (``generator.get_state()`` then, ``set_state`` now). The model stays in eval mode, and subnormals flushed,
-    while the iteration is under way.
+    (``generator.get_state()`` then, ``set_state`` now). No block is yielded that holds a non-finite log-weight
+    (a FloatingPointError instead). The model stays in eval mode, and subnormals flushed, until the iteration ends
+    or is closed: iterate it inside ``contextlib.closing`` when the loop may stop early.
     """
     x, k, chunk_size = _checked_input(model, x, k, chunk_size, generator)
     rows = _rows(x.shape[0], k, chunk_size)
     if not 0 <= start <= x.shape[0] or (start % max(rows, 1) and start != x.shape[0]):
         raise ValueError(f"start must be 0 or the row after a block (a multiple of {rows}), got {start}")
+    if x.shape[0] == 0:
+        return iter(())
     return _blocks(model, x, k, chunk_size, generator, start, bar, flush_denormal)
 
 
@@ -210,10 +214,10 @@ def _blocks(
     bar: tqdm | None,
     flush_denormal: bool,
 ) -> Iterator[tuple[int, LikelihoodEstimate]]:
-    """The estimates of :func:`log_likelihood_blocks`, from row ``start`` on (x already checked)."""
+    """The estimates of :func:`iter_log_likelihood`, from row ``start`` on (x already checked)."""
     rows = _rows(x.shape[0], k, chunk_size)
     per_call = max(1, chunk_size // max(rows, 1))  # samples per log_weights call
-    finite = None  # on a GPU, whether every log-weight so far was finite, read once at the end (no sync per call)
+    finite = None  # on a GPU, whether every log-weight so far was finite, read once a block (no sync per call)
     with flush_subnormals(flush_denormal), _eval_mode(model):
         for first in range(start, x.shape[0], rows):
             xb = x[first : first + rows]
@@ -237,9 +241,9 @@ def _blocks(
             # Var(w)/mean(w)^2 = mean(w^2)/mean(w)^2 - 1, computed in log space.
             rel_var = torch.expm1((lse2 - math.log(k)) - 2 * ll).clamp_min(0)
             se = torch.sqrt(rel_var / k) if k > 1 else torch.full_like(ll, math.nan)  # no spread from one weight
+            if finite is not None and not finite:  # before a caller keeps the block
+                raise FloatingPointError(_NOT_FINITE)
             yield first, LikelihoodEstimate(ll, se)
-        if finite is not None and not finite:
-            raise FloatingPointError(_NOT_FINITE)
 
 
 def _count(name: str, value: object) -> int:

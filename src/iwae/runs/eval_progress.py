@@ -1,7 +1,7 @@
 """A long evaluation's progress on disk, so that one stopped (SIGTERM, Ctrl-C, a lost machine) goes on where it was.
 
 L_5000 on MNIST's 59,600 training images takes most of an hour of one CPU core. :func:`resumable_log_likelihood`
-scores the images block by block (:func:`iwae.evaluate.log_likelihood_blocks`) and, every :data:`SAVE_EVERY`
+scores the images block by block (:func:`iwae.evaluate.iter_log_likelihood`) and, every :data:`SAVE_EVERY`
 seconds and at its end, writes the estimates so far with the state of the noise generator to one file, atomically
 (:func:`progress_path`). A later call for the same measurement (the same model, images, k, noise stream, device and
 threads: its ``identity``) reads that file, puts the generator back where it was and scores only the rest, so its
@@ -12,8 +12,11 @@ one, is not used: the call says why and measures from the start.
 from __future__ import annotations
 
 import json
+import platform
+import re
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from iwae.evaluate import DEFAULT_CHUNK, LogWeightModel, log_likelihood_blocks
+from iwae.evaluate import DEFAULT_CHUNK, LogWeightModel, iter_log_likelihood
 from iwae.runs.checkpoint import content_digest
 from iwae.util.atomic import atomic_path
 
@@ -47,13 +50,14 @@ def describe_saved(run_dir: str | Path) -> str:
     or nothing."""
     parts = []
     for path in sorted(Path(run_dir).glob(f"eval-*{PROGRESS_SUFFIX}")):
-        _, split, _, n, what = path.name.removesuffix(PROGRESS_SUFFIX).split("-", 4)
+        name = re.fullmatch(r"eval-(\w+)-k\d+-n(\d+)-(\w+)", path.name.removesuffix(PROGRESS_SUFFIX))
         try:
             with safe_open(str(path), framework="pt") as f:
                 done = f.get_slice("ll").get_shape()[0]
         except (SafetensorError, OSError, ValueError, KeyError):
             continue
-        parts.append(f"{split} {what} {done:,} of {int(n[1:]):,} images")
+        if name:
+            parts.append(f"{name[1]} {name[3]} {done:,} of {int(name[2]):,} images")
     return ", ".join(parts)
 
 
@@ -73,31 +77,63 @@ def resumable_log_likelihood(
     bar: tqdm | None = None,
     flush_denormal: bool = True,
 ) -> torch.Tensor:
-    """:func:`iwae.evaluate.log_likelihood` of ``x`` with ``generator`` (in x's dtype), its progress kept in
-    ``path``: continued from there when the file holds the same ``identity`` (a JSON-able description of the
-    measurement: what was measured, on which model, images, stream, device and threads).
+    """:func:`iwae.evaluate.log_likelihood` of ``x`` (floating, the model's dtype) with ``generator``, its progress
+    kept in ``path``: continued from there when the file holds the same ``identity`` (a JSON-able description of
+    the measurement: what was measured, on which model, images and stream, on how many threads) and was written by
+    the same code on the same kind of machine (the torch version, the CPU or GPU model and the block size are added
+    to ``identity``: another would sum in another order).
 
     The samples are counted on ``bar`` (those scored before the stop too). The file stays when the estimates are
     complete (a caller that stops before using them finds them there); the caller removes it once their result is
     written.
     """
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"x is {x.dtype}; cast the images to the model's floating dtype first")
     path = Path(path)
-    key = json.dumps(identity, sort_keys=True)
+    key = json.dumps({**identity, **_computation(x.device)}, sort_keys=True)
     ll = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    initial = generator.get_state()
     start = _restore(path, key, ll, generator)
+    options: dict[str, Any] = {"generator": generator, "bar": bar, "flush_denormal": flush_denormal}
+    try:
+        scored = iter_log_likelihood(model, x, k, start=start, **options)
+    except ValueError:  # the saved estimates end inside a block of this code's layout
+        if not start:
+            raise
+        generator.set_state(initial)
+        start = _discard(path, "its estimates end inside a block")
+        scored = iter_log_likelihood(model, x, k, **options)
     if bar is not None and start:
         bar.update(start * k)
     saved = time.monotonic()
-    blocks = log_likelihood_blocks(
-        model, x, k, chunk_size=DEFAULT_CHUNK, generator=generator, start=start, bar=bar, flush_denormal=flush_denormal
-    )
-    for first, estimate in blocks:
-        stop = first + estimate.ll.shape[0]
-        ll[first:stop] = estimate.ll
-        if stop == x.shape[0] or time.monotonic() - saved >= SAVE_EVERY:
-            _save(path, key, ll[:stop], generator)
-            saved = time.monotonic()
+    with closing(scored):
+        for first, estimate in scored:
+            stop = first + estimate.ll.shape[0]
+            ll[first:stop] = estimate.ll
+            if stop == x.shape[0] or time.monotonic() - saved >= SAVE_EVERY:
+                _save(path, key, ll[:stop], generator)
+                saved = time.monotonic()
     return ll.to(x.dtype)
+
+
+def _computation(device: torch.device) -> dict[str, Any]:
+    """What besides the measurement fixes its last digits: torch, the block size and the processor's model."""
+    if device.type == "cuda":
+        processor = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    else:
+        processor = f"{_cpu_model()}, {torch.backends.cpu.get_cpu_capability()}"
+    return {"torch": torch.__version__, "chunk_size": DEFAULT_CHUNK, "processor": processor}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), or the platform's processor string elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _save(path: Path, key: str, ll: torch.Tensor, generator: torch.Generator) -> None:
@@ -130,7 +166,7 @@ def _restore(path: Path, key: str, ll: torch.Tensor, generator: torch.Generator)
         return _discard(path, f"it is another measurement's ({_difference(header.get('identity'), key)})")
     saved = tensors["ll"]
     if saved.dtype != torch.float64 or saved.dim() != 1 or saved.shape[0] > ll.shape[0]:
-        return _discard(path, "it holds more estimates than there are images")
+        return _discard(path, "its estimates are not one float64 per image")
     generator.set_state(tensors["generator"])
     ll[: saved.shape[0]] = saved.to(ll.device)
     print(f"{path.name}: continuing from {saved.shape[0]:,} of {ll.shape[0]:,} images scored", file=sys.stderr)

@@ -191,3 +191,36 @@ def test_help_states_each_commands_own_defaults(capsys):
             assert "(default 5000)" not in text and "(default all)" not in text and "auto: cuda" not in text
         if argv[0] == "evaluate":
             assert "(default: those metrics.json was measured on" in text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 8 GiB\n"),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you "
+            "tried to allocate 2147483648 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+    ],  # fmt: skip
+    ids=["cuda", "cpu"],
+)
+def test_out_of_memory_in_training_is_one_line_and_the_run_resumes(data_dir, tmp_path, capsys, monkeypatch, error):
+    from iwae.models.model import IWAE
+
+    run, calls, forward_samples = tmp_path / "run", [], IWAE.forward_samples
+
+    def running_out(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 30:  # in the middle of the run's 60 steps
+            raise error
+        return forward_samples(self, *args, **kwargs)
+
+    monkeypatch.setattr(IWAE, "forward_samples", running_out)
+    assert main(["train", "--out", str(run), "--data-dir", data_dir, *TINY]) == 1
+    line = _error_line(capsys)
+    first = str(error).splitlines()[0]
+    assert line.startswith(f"iwae: error: out of memory ({first}); the run keeps its last checkpoint")
+    assert f"continue with `iwae resume {run}`" in line and "a smaller --k or --batch-size needs a new run" in line
+    monkeypatch.undo()
+    assert main(["resume", str(run), "--quiet"]) == 0
+    assert read_json(run / "metrics.json")["passes"] == pytest.approx(0.02, rel=0.01)  # trained to its end

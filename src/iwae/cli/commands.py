@@ -291,6 +291,31 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return RunError, TrainingDiverged, CheckpointError, ValueError, OSError, FloatingPointError
 
 
+def _is_out_of_memory(err: BaseException) -> bool:
+    """A GPU's or the host's memory ran out (torch's CPU allocator says so in a RuntimeError)."""
+    import torch
+
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(err)
+
+
+def _out_of_memory(args: argparse.Namespace, err: BaseException) -> str:
+    """The line printed when memory ran out: torch's first line, what is kept, and what to change."""
+    what = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if args.command in ("train", "resume"):
+        run = args.out if args.command == "train" else args.run_dir
+        fix = (
+            "the run keeps its last checkpoint: free the memory (other processes on the device) and continue with "
+            f"`iwae resume {run}` (--device moves it); a smaller --k or --batch-size needs a new run"
+        )
+        if getattr(args, "seeds", None):
+            fix += ", fewer --seeds at once, or --fleet off (the runs one after another)"
+    elif args.command == "reproduce":
+        fix = "free the memory and run the same command again (finished runs are kept), or --fleet off"
+    else:
+        fix = "free the memory (other processes on the device) and run it again"
+    return f"iwae: error: out of memory ({what}); {fix}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
@@ -308,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_stopped(args, "terminated (SIGTERM)"), file=sys.stderr)
         return 143
     except Exception as err:
+        if _is_out_of_memory(err):
+            print(_out_of_memory(args, err), file=sys.stderr)
+            return 1
         if not isinstance(err, _expected_errors()):
             raise
         print(f"iwae: error: {err}", file=sys.stderr)

@@ -134,3 +134,14 @@ def test_sampling_calls_the_decoder_on_samples_shaped_as_in_training():
     model = GaussianLatentModel(nn.Linear(5, 4), Unpacking(), latent_dim=2, x_dim=5)  # (sampling reads no encoder)
     means = model.sample(7, generator=torch.Generator().manual_seed(0))
     assert means.shape == (7, 5) and ((means > 0) & (means < 1)).all()
+
+
+@pytest.mark.parametrize("bound,estimator", [("iwae", "rws"), ("piwae", "reparam")])
+def test_routing_estimators_refuse_a_parameter_outside_encoder_and_decoder(bound, estimator):
+    """RWS and PIWAE give model.encoder and model.decoder each its own gradient: a parameter of neither (a learnable
+    prior on the model itself) would get a wrong one, silently; it is named instead."""
+    _, own = _pair()
+    own.prior_log_std = nn.Parameter(torch.zeros(3))
+    x = torch.bernoulli(torch.full((4, 12), 0.5))
+    with pytest.raises(ValueError, match="prior_log_std belong to neither; move them into one"):
+        iwae.objective(own, x, k=2, m=2, bound=bound, estimator=estimator)

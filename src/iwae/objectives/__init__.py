@@ -9,7 +9,9 @@ An :class:`Objective` pairs a bound (``kind``: its value) with an estimator (its
                 drawn with probability :math:`\tilde w_i`. Unbiased for Eq. 14's expectation. IWAE only.
 ``stl``         Sticking the landing (Roeder et al. 2017): log q is evaluated with q's parameters detached, so the
                 score-function term :math:`-\nabla_\phi \log q_\phi(h)` at fixed h is dropped; the recognition
-                network learns only through the samples. Decoder gradients are those of ``reparam``.
+                network learns only through the samples. Decoder gradients are those of ``reparam``. For the IWAE
+                bound with k > 1 the dropped term's expectation is not zero: STL is biased there (Tucker et al.
+                2018), which ``dreg`` corrects.
 ``dreg``        Doubly reparameterised gradients (Tucker et al. 2018). Decoder: :math:`\sum_i \tilde w_i
                 \nabla_\theta \log w_i`. Encoder: :math:`\sum_i \tilde w_i^2 \frac{\partial \log w_i}{\partial h_i}
                 \frac{\partial h_i}{\partial \phi}` with log q's parameters detached. Unbiased for Eq. 8. IWAE only.
@@ -20,7 +22,7 @@ An :class:`Objective` pairs a bound (``kind``: its value) with an estimator (its
 
 Bounds (``kind``): ``vae`` (Eq. 3, k samples), ``iwae`` (Eq. 8), and Rainforth et al. (2018)'s ``miwae``
 (``m`` outer groups of k samples), ``ciwae`` (``beta`` * ELBO + (1 - beta) * IWAE over k samples) and
-``piwae`` (encoder trained on the IWAE bound of all m*k samples, decoder on the MIWAE bound), and Li & Turner
+``piwae`` (decoder trained on the IWAE bound of all m*k samples, encoder on the MIWAE bound), and Li & Turner
 (2016)'s variational Rényi bound ``vr`` (``alpha``).
 
 Layout: :mod:`~iwae.objectives.base` (the :class:`Bound` record and the :class:`Estimator` base class),

@@ -20,7 +20,7 @@ from iwae.models.latent_model import SampledModel
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
 
-__all__ = ["Bound", "Estimator", "Noise", "RNG", "with_value"]
+__all__ = ["Bound", "Estimator", "Noise", "RNG", "with_value", "detached_networks"]
 
 Noise = Sequence[Tensor] | None  # standard-normal draws [eps^1, ..., eps^L] given from outside; None: draw them
 RNG = torch.Generator | None  # source of the noise and of any other draw an estimator makes
@@ -76,3 +76,18 @@ def with_value(surrogate: Tensor, value: Tensor) -> Tensor:
     """``value`` in the forward pass, ``surrogate``'s gradient in the backward pass."""
     # Detached: the difference only shifts the forward value; no gradient may flow through ``value``.
     return surrogate + (value - surrogate).detach()
+
+
+def detached_networks(model: SampledModel, estimator: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Detached copies of the recognition and the generative network's parameters, by their names in ``model``
+    (``encoder.*`` and ``decoder.*``), for an estimator that routes a gradient to each network apart (RWS, PIWAE);
+    a ValueError names any parameter outside both, which such routing would give the wrong gradient."""
+    encoder = {f"encoder.{name}": p.detach() for name, p in model.encoder.named_parameters()}
+    decoder = {f"decoder.{name}": p.detach() for name, p in model.decoder.named_parameters()}
+    if len(encoder) + len(decoder) != sum(1 for _ in model.parameters()):
+        other = [name for name, _ in model.named_parameters() if name not in encoder and name not in decoder]
+        raise ValueError(
+            f"{estimator} routes gradients to model.encoder and model.decoder apart, but {', '.join(other[:3])} "
+            "belong to neither; move them into one (a learnable prior into the decoder, say)"
+        )
+    return encoder, decoder

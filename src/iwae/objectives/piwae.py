@@ -1,9 +1,12 @@
 r"""PIWAE's gradient routing (Rainforth et al. 2018): each network trains on the bound that suits it.
 
-The value is the MIWAE bound :math:`\mathcal{L}_{M,K}` over m groups of k samples; the recognition network
-:math:`\phi` follows the IWAE bound of all m k samples and the generative network :math:`\theta` the MIWAE bound:
+A tighter bound helps the generative network but lowers the signal-to-noise ratio of the recognition network's
+gradient (the paper's argument), so the generative network :math:`\theta` ascends the IWAE bound of all m k
+samples and the recognition network :math:`\phi` the MIWAE bound :math:`\mathcal{L}_{M,K}` of m groups of k:
 
-.. math:: \nabla_\phi = \nabla_\phi \mathcal{L}_{MK} , \qquad \nabla_\theta = \nabla_\theta \mathcal{L}_{M,K} .
+.. math:: \nabla_\theta = \nabla_\theta \mathcal{L}_{MK} , \qquad \nabla_\phi = \nabla_\phi \mathcal{L}_{M,K} .
+
+The value is the IWAE bound of all m k samples, the generative network's target and the tighter of the two.
 
 Two forward passes on the same noise route the two bounds' reparameterisation gradients to the two networks: one
 with the generative parameters detached, one with the recognition parameters detached.
@@ -18,7 +21,7 @@ from torch import Tensor
 
 from iwae import bounds
 from iwae.models.latent_model import SampledModel
-from iwae.objectives.base import RNG, Estimator, Noise, with_value
+from iwae.objectives.base import RNG, Estimator, Noise, detached_networks, with_value
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
@@ -27,7 +30,7 @@ __all__ = ["PIWAERouting"]
 
 
 class PIWAERouting(Estimator):
-    """Encoder on IWAE over all m*k samples, decoder on MIWAE(m, k); the value is MIWAE(m, k)."""
+    """Decoder on IWAE over all m*k samples, encoder on MIWAE(m, k); the value is IWAE over all m*k samples."""
 
     def loss(
         self, model: SampledModel, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None
@@ -37,11 +40,10 @@ class PIWAERouting(Estimator):
             with torch.no_grad():
                 noise = model.forward_samples(x, n, generator=generator).noise
         # Detached copies: each pass differentiates one network only.
-        decoder = {f"decoder.{name}": p.detach() for name, p in model.decoder.named_parameters()}
-        encoder = {f"encoder.{name}": p.detach() for name, p in model.encoder.named_parameters()}
+        encoder, decoder = detached_networks(model, "piwae")
         call = torch.func.functional_call
         log_w_enc = call(model, decoder, (x, n), {"noise": noise}, strict=False).log_w
         log_w_dec = call(model, encoder, (x, n), {"noise": noise}, strict=False).log_w
-        surrogate = -(bounds.iwae(log_w_enc) + bounds.miwae(log_w_dec, k)).mean()
+        surrogate = -(bounds.miwae(log_w_enc, k) + bounds.iwae(log_w_dec)).mean()
         # Detached: the value only; the gradient is the surrogate's.
-        return with_value(surrogate, -bounds.miwae(log_w_dec.detach(), k).mean())
+        return with_value(surrogate, -bounds.iwae(log_w_dec.detach()).mean())

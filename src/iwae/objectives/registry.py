@@ -1,9 +1,10 @@
 r"""Every bound and every estimator, declared once; :class:`iwae.objectives.Objective` checks against these.
 
 Bounds (``kind``): ``vae`` (Eq. 3, k samples), ``iwae`` (Eq. 8), Rainforth et al. (2018)'s ``miwae`` (m outer
-groups of k samples), ``ciwae`` (beta ELBO + (1 - beta) IWAE over k samples) and ``piwae`` (value MIWAE; encoder
-trained on the IWAE bound of all m k samples, decoder on the MIWAE bound), and Li & Turner (2016)'s Rényi bound
-``vr`` (alpha 0: IWAE; towards 1: the ELBO). A bound's parameters are declared in :mod:`iwae.objectives.names`.
+groups of k samples), ``ciwae`` (beta ELBO + (1 - beta) IWAE over k samples) and ``piwae`` (value IWAE of all m k
+samples; decoder trained on that IWAE bound, encoder on the MIWAE bound of m groups of k), and Li & Turner
+(2016)'s Rényi bound ``vr`` (alpha 0: IWAE; towards 1: the ELBO). A bound's parameters are declared in
+:mod:`iwae.objectives.names`.
 
 Estimators: ``reparam`` (Eq. 7, Eq. 14), ``sample-one`` (Section 3.1), ``stl`` (Roeder et al. 2017), ``dreg``
 (Tucker et al. 2018), ``rws`` (reweighted wake-sleep, Bornschein & Bengio 2015, with Le et al. 2019's wake-phi).
@@ -34,7 +35,7 @@ BOUNDS: Mapping[str, Bound] = MappingProxyType(
         "miwae": Bound(lambda log_w, k, p: bounds.miwae(log_w, k), grouped=True),
         "ciwae": Bound(lambda log_w, k, p: bounds.ciwae(log_w, p["beta"])),
         "piwae": Bound(
-            lambda log_w, k, p: bounds.miwae(log_w, k),
+            lambda log_w, k, p: bounds.iwae(log_w),
             grouped=True,
             estimators=("reparam",),
             gradient=PIWAERouting(),

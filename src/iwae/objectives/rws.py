@@ -22,7 +22,7 @@ from torch import Tensor
 
 from iwae import bounds
 from iwae.models.latent_model import SampledModel
-from iwae.objectives.base import RNG, Estimator, Noise, with_value
+from iwae.objectives.base import RNG, Estimator, Noise, detached_networks, with_value
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
@@ -48,7 +48,7 @@ class ReweightedWakeSleep(Estimator):
         wake = model.forward_samples(x, n, noise=noise, stop_q_grad=True, sample_hook=_held).log_w
         w_tilde = torch.softmax(wake.detach(), 0)  # (n, batch); a coefficient, not a path
         # recognition network: p's parameters and the samples detached, so -log w = log q moves phi only
-        decoder = {f"decoder.{name}": p.detach() for name, p in model.decoder.named_parameters()}
+        _, decoder = detached_networks(model, "rws")
         call = torch.func.functional_call
         recog = call(model, decoder, (x, n), {"noise": noise, "sample_hook": _held}, strict=False).log_w
         surrogate = -(w_tilde * (wake - recog)).sum(0).mean()

@@ -147,7 +147,7 @@ def subnormal_lines(result: dict) -> list[str]:
         "## Subnormal floats: trained models, with and without flushing",
         "",
         f"Steps at batch 20, k={sub['k']}, on the paper's model fresh and after {sub['train_steps']:,} steps of IWAE "
-        f"k={sub['train_k']} on MNIST (one pass is 3,000 steps), where IWAE's normalised weights and the "
+        f"k={sub['train_k']} on MNIST (one pass is 2,980 steps), where IWAE's normalised weights and the "
         "saturating decoder's gradients underflow into subnormal floats; `flush` is the library's default "
         "(`flush_denormal`), `keep` leaves them. Median ms per step; `/ floor` is the step over the measured floor "
         "of its GEMMs and Adam.",

@@ -52,7 +52,7 @@ def default_threads(config: TrainConfig) -> int | None:
     :data:`SMALL_BATCH`, else None (torch's own choice).
 
     One thread is about as fast as two for the paper's batch of 20 on an idle two-core machine, and does not slow
-    down when another process holds a core, where two threads wait on each other: 17x slower steps measured.
+    down when another process holds a core, where two threads wait on each other and steps take many times longer.
     """
     return 1 if resolve_device(config.device).type == "cpu" and config.batch_size <= SMALL_BATCH else None
 

@@ -120,12 +120,13 @@ def _state(run: Path, queue: dict[str, str], reproducing: bool) -> RunState:
 def _progress(run: Path) -> str:
     """``, P of T passes`` (P from the last line of metrics.jsonl, T from the run's schedule), or nothing."""
     try:
-        log = read_log(run)
-        total = sum(stage.passes for stage in schedule(read_config(run)))
+        log, config = read_log(run), read_config(run)
+        total = sum(stage.passes for stage in schedule(config))
     except (OSError, ValueError, RunError):
         return ""
     done = log[-1]["pass"] if log else 0.0
-    saved = f"; final evaluation so far: {scored}" if done >= total and (scored := describe_saved(run)) else ""
+    scored = describe_saved(run, config.eval_k) if done >= total else ""
+    saved = f"; final evaluation so far: {scored}" if scored else ""
     return f", {done:,.2f} of {total:,.2f} passes ({min(done / total, 1.0):.0%}){_time_left(log, total)}{saved}"
 
 

@@ -45,11 +45,11 @@ def progress_path(run_dir: str | Path, split: str, k: int, n: int, what: str) ->
     return Path(run_dir) / f"eval-{split}-k{k}-n{n}-{what}{PROGRESS_SUFFIX}"
 
 
-def describe_saved(run_dir: str | Path) -> str:
-    """The progress kept in a run folder, e.g. ``test nll 10,000 of 10,000 images, train nll 2,048 of 59,600``,
-    or nothing."""
+def describe_saved(run_dir: str | Path, k: int) -> str:
+    """The progress of L_k measurements kept in a run folder, e.g. ``test nll 10,000 of 10,000 images, train nll
+    2,048 of 59,600``, or nothing."""
     parts = []
-    for path in sorted(Path(run_dir).glob(f"eval-*{PROGRESS_SUFFIX}")):
+    for path in sorted(Path(run_dir).glob(f"eval-*-k{k}-*{PROGRESS_SUFFIX}")):
         name = re.fullmatch(r"eval-(\w+)-k\d+-n(\d+)-(\w+)", path.name.removesuffix(PROGRESS_SUFFIX))
         try:
             with safe_open(str(path), framework="pt") as f:

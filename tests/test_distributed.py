@@ -61,3 +61,36 @@ def test_torchrun_runs_iwae_evaluate_sharded(tiny_run, data_dir):
     (written,) = [json.loads(p.read_text()) for p in tiny_run.glob("eval-test-k30-n40-blocks.json")]
     assert written["world_size"] == 2 and f"NLL {written['nll']:.2f} +- " in out.stdout
     assert f"(on {written['active_units_n']} train images)" in out.stdout
+
+
+def test_a_stopped_sharded_evaluation_continues_with_its_saved_blocks(tiny_run, data_dir, monkeypatch, tmp_path):
+    """Stopped after its first block, the evaluation takes that block from its progress file and scores only the
+    second: the numbers of one that never stopped; the progress files are gone once the result is written."""
+    import shutil
+
+    import iwae.analysis.distributed as distributed
+    from iwae.runs import eval_progress
+
+    monkeypatch.setattr(eval_progress, "SAVE_EVERY", 0.0)
+    other = shutil.copytree(tiny_run, tmp_path / "never-stopped")
+    expected = evaluate_sharded(other, k=30, n=N, data_dir=data_dir)
+    scored, log_likelihood = [], distributed.log_likelihood
+
+    def counting(model, x, *args, stop_after=None, **kwargs):
+        if len(scored) == stop_after:
+            raise KeyboardInterrupt
+        scored.append(x.shape[0])
+        return log_likelihood(model, x, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(distributed, "log_likelihood", lambda *a, **kw: counting(*a, stop_after=1, **kw))
+        evaluate_sharded(tiny_run, k=30, n=N, data_dir=data_dir)
+    kept = [p.name for p in tiny_run.glob("*.progress.safetensors")]
+    assert kept == [f"eval-test-k30-n{N}-blocks-part0.progress.safetensors"]
+    scored.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(distributed, "log_likelihood", counting)
+        result = evaluate_sharded(tiny_run, k=30, n=N, data_dir=data_dir)
+    assert scored == [N - BLOCK]  # the second block only
+    assert (result["nll"], result["nll_sem"]) == (expected["nll"], expected["nll_sem"])
+    assert list(tiny_run.glob("*.progress.safetensors")) == []

@@ -6,7 +6,8 @@ a contiguous range of blocks. The importance samples of block ``b`` (and the sam
 come from a stream of their own, the evaluation stream's block ``b`` (:mod:`iwae.util.streams`), so every example sees
 the same noise whatever the number of processes: the result is the same for every world size, to the order of
 float64 sums. Per-example L_k values and the A_u moments are summed across processes (``all_reduce``); process 0
-alone writes the file.
+alone writes the file. Each process keeps the blocks it has scored (:class:`iwae.runs.eval_progress.BlockProgress`),
+so an evaluation stopped and started again, with any number of processes, scores only the blocks missing.
 
 This is another draw of the noise than the single stream of ``iwae evaluate`` without ``--nproc`` (the one every
 ``metrics.json`` was computed with), so its numbers differ from ``metrics.json``'s by Monte Carlo noise of the
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from iwae.evaluate import count_active, log_likelihood
 from iwae.models.model import IWAE
 from iwae.runs.config import TrainConfig
+from iwae.runs.eval_progress import BlockProgress, measurement
 from iwae.runs.evaluate_run import ACTIVE_SPLIT, check_split, eval_images, summarize
 from iwae.runs.rundir import load_run
 from iwae.util import streams
@@ -56,13 +58,27 @@ def _sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def log_likelihood_blocks(model: IWAE, x: torch.Tensor, k: int, config: TrainConfig, split: str) -> torch.Tensor:
-    """Per-example L_k of every row of x (float64, on every process), each block drawn by its own generator."""
+def log_likelihood_blocks(
+    model: IWAE, x: torch.Tensor, k: int, config: TrainConfig, split: str, progress: BlockProgress | None = None
+) -> torch.Tensor:
+    """Per-example L_k of every row of x (float64, on every process), each block drawn by its own generator; with
+    ``progress``, the blocks saved by an evaluation that stopped are taken from there, and this process's are
+    saved as it goes."""
     ll = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    saved = progress.load() if progress is not None else {}
+    mine: dict[int, torch.Tensor] = {}
     for b in shard(x.shape[0]):
         rows = slice(b * BLOCK, (b + 1) * BLOCK)
-        gen = block_generator(config, split, "nll", b, x.device)
-        ll[rows] = log_likelihood(model, x[rows], k, generator=gen, flush_denormal=config.flush_denormal).double()
+        if b in saved and saved[b].shape[0] == ll[rows].shape[0]:
+            mine[b] = saved[b].to(x.device)
+        else:
+            gen = block_generator(config, split, "nll", b, x.device)
+            mine[b] = log_likelihood(model, x[rows], k, generator=gen, flush_denormal=config.flush_denormal).double()
+            if progress is not None:
+                progress.save(mine)
+        ll[rows] = mine[b]
+    if progress is not None:
+        progress.save(mine, force=True)
     return _sum(ll)
 
 
@@ -86,17 +102,22 @@ def _evaluate(run_dir: str, k: int | None, split: str, n: int | None, data_dir: 
     k, n, device, seed = k or config.eval_k, n or config.eval_n, next(model.parameters()).device, config.seed
     x = eval_images(config, check_split(split), n, device, seed)
     x_active = eval_images(config, ACTIVE_SPLIT, n, device, seed)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    stem = f"eval-{split}-k{k}-n{x.shape[0]}-blocks"
+    # (its threads left out: the processes' blocks are summed, however many there were and on how many threads)
+    progress = BlockProgress(run_dir, stem, {**measurement(config, model, x, split, "nll", k), "threads": None}, rank)
     with flush_subnormals(config.flush_denormal):
         A = active_units_blocks(model, x_active, config)
-        ll = log_likelihood_blocks(model, x, k, config, split)
+        ll = log_likelihood_blocks(model, x, k, config, split, progress)
     result = {
         "split": split, "eval_k": k, **summarize(ll), "active_units": count_active(A, config.active_threshold),
         "active_units_split": ACTIVE_SPLIT, "active_units_n": x_active.shape[0],
         "active_threshold": config.active_threshold, "noise": f"per block of {BLOCK} examples",
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
     }  # fmt: skip
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        write_json(Path(run_dir) / f"eval-{split}-k{k}-n{result['n']}-blocks.json", result)
+    if rank == 0:
+        write_json(Path(run_dir) / f"{stem}.json", result)
+        progress.remove()  # after the all_reduce of log_likelihood_blocks: every process's blocks are in
     return result
 
 

@@ -27,10 +27,12 @@ from tqdm.auto import tqdm
 
 from iwae.evaluate import DEFAULT_CHUNK, LogWeightModel, iter_log_likelihood
 from iwae.runs.checkpoint import content_digest
+from iwae.runs.config import TrainConfig
 from iwae.util.atomic import atomic_path
 
 __all__ = [
-    "SAVE_EVERY", "PROGRESS_SUFFIX", "progress_path", "model_digest", "resumable_log_likelihood", "describe_saved",
+    "SAVE_EVERY", "PROGRESS_SUFFIX", "progress_path", "model_digest", "measurement", "resumable_log_likelihood",
+    "describe_saved", "BlockProgress",
 ]  # fmt: skip
 
 # Seconds of evaluation between two saves of its progress: a stop loses at most this much work (and one block).
@@ -64,6 +66,68 @@ def describe_saved(run_dir: str | Path, k: int) -> str:
 def model_digest(model: torch.nn.Module) -> str:
     """sha256 of a model's parameters and buffers (names, dtypes, shapes and bytes): which model was measured."""
     return content_digest({}, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+def measurement(
+    config: TrainConfig, model: torch.nn.Module, x: torch.Tensor, split: str, what: str, k: int
+) -> dict[str, Any]:
+    """The identity of one L_k measurement of a run: what is measured, on which model, images and noise stream,
+    on how many CPU threads."""
+    return {
+        "split": split, "what": what, "k": k, "n": x.shape[0], "images": content_digest({}, {"x": x.cpu()}),
+        "model": model_digest(model), "seed": config.seed, "streams": config.streams, "device": x.device.type,
+        "threads": torch.get_num_threads() if x.device.type == "cpu" else None, "flush": config.flush_denormal,
+    }  # fmt: skip
+
+
+class BlockProgress:
+    """The progress of an evaluation whose blocks draw their noise from generators of their own (the sharded one,
+    :mod:`iwae.analysis.distributed`): block estimates by block index, kept by each process in a file of its own,
+    ``<stem>-part<rank>.progress.safetensors``, and read back by every process, whatever the number of processes
+    that wrote them. No generator state is needed: a block's noise depends on its index alone."""
+
+    def __init__(self, run_dir: str | Path, stem: str, identity: dict[str, Any], rank: int = 0) -> None:
+        self.folder, self.stem, self.rank = Path(run_dir), stem, rank
+        self.key = json.dumps({**identity, **_computation(torch.device(identity["device"]))}, sort_keys=True)
+        self.saved_at = time.monotonic()
+
+    def files(self) -> list[Path]:
+        return sorted(self.folder.glob(f"{self.stem}-part*{PROGRESS_SUFFIX}"))
+
+    def load(self) -> dict[int, torch.Tensor]:
+        """Every saved block of this measurement, from every process's file (another's files are ignored)."""
+        blocks: dict[int, torch.Tensor] = {}
+        for path in self.files():
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    header = f.metadata() or {}
+                tensors = load_file(str(path))
+            except (SafetensorError, OSError, ValueError) as err:
+                _discard(path, f"it is unreadable or truncated ({err})")
+                continue
+            check = content_digest({k: v for k, v in header.items() if k != "sha256"}, tensors)
+            if header.get("format") != _FORMAT or header.get("sha256") != check or header.get("identity") != self.key:
+                _discard(path, "it is another measurement's, or damaged")
+                continue
+            blocks.update({int(name.removeprefix("block.")): value for name, value in tensors.items()})
+        return blocks
+
+    def save(self, blocks: dict[int, torch.Tensor], force: bool = False) -> None:
+        """This process's blocks, every :data:`SAVE_EVERY` seconds (or now with ``force``)."""
+        if not blocks or not (force or time.monotonic() - self.saved_at >= SAVE_EVERY):
+            return
+        tensors = {f"block.{b}": v.detach().cpu().double().contiguous() for b, v in blocks.items()}
+        if not all(bool(torch.isfinite(v).all()) for v in tensors.values()):
+            raise FloatingPointError("non-finite log-likelihood estimates; the model is diverged")
+        header = {"format": _FORMAT, "identity": self.key}
+        header["sha256"] = content_digest(header, tensors)
+        with atomic_path(self.folder / f"{self.stem}-part{self.rank}{PROGRESS_SUFFIX}") as tmp:
+            save_file(tensors, str(tmp), metadata=header)
+        self.saved_at = time.monotonic()
+
+    def remove(self) -> None:
+        for path in self.files():
+            path.unlink(missing_ok=True)
 
 
 def resumable_log_likelihood(

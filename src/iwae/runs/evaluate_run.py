@@ -29,9 +29,8 @@ from iwae.data.resources import locate
 from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
 from iwae.models.model import IWAE
 from iwae.plots import plot_active_units, plot_training, save_image_grid
-from iwae.runs.checkpoint import content_digest
 from iwae.runs.config import TrainConfig
-from iwae.runs.eval_progress import model_digest, progress_path, resumable_log_likelihood
+from iwae.runs.eval_progress import measurement, progress_path, resumable_log_likelihood
 from iwae.runs.rundir import (
     ACTIVE_UNITS_NAME,
     METRICS_NAME,
@@ -238,11 +237,7 @@ class _Scorer:
             return log_likelihood(
                 model, x, k, generator=gen, progress=self.progress, desc=desc, bar=self.bar, flush_denormal=flush
             )
-        identity = {
-            "split": self.split, "what": what, "k": k, "n": x.shape[0], "images": content_digest({}, {"x": x.cpu()}),
-            "model": model_digest(model), "seed": config.seed, "streams": config.streams, "device": x.device.type,
-            "threads": torch.get_num_threads() if x.device.type == "cpu" else None, "flush": flush,
-        }  # fmt: skip
+        identity = measurement(config, model, x, self.split, what, k)
         path = progress_path(self.keep, self.split, k, x.shape[0], what)
         bar = self.bar or tqdm(total=k * x.shape[0], unit="sample", disable=not self.progress, leave=False)
         bar.set_description(desc)

@@ -206,3 +206,20 @@ def test_evaluate_keeps_its_progress_and_clear_results_removes_it(tiny_run, save
     rundir.clear_results(tiny_run)
     assert not path.exists()
     assert evaluate_run(tiny_run, k=64, n=100, split="train", progress=False) == expected
+
+
+def test_block_progress_is_read_by_any_process_and_refused_for_another_measurement(tmp_path, capsys):
+    from iwae.runs.eval_progress import BlockProgress
+
+    identity = {"what": "nll", "device": "cpu"}
+    blocks = {0: torch.arange(4.0), 3: torch.ones(2)}
+    BlockProgress(tmp_path, "eval-test-k5-n9-blocks", identity, rank=1).save(blocks, force=True)
+    BlockProgress(tmp_path, "eval-test-k5-n9-blocks", identity, rank=0).save({1: torch.zeros(4)}, force=True)
+    loaded = BlockProgress(tmp_path, "eval-test-k5-n9-blocks", identity).load()  # by one process: every file
+    assert sorted(loaded) == [0, 1, 3] and torch.equal(loaded[0], blocks[0].double())
+    assert BlockProgress(tmp_path, "eval-test-k5-n9-blocks", {**identity, "what": "other"}).load() == {}
+    assert capsys.readouterr().err.count("is another measurement's, or damaged; its blocks are scored again") == 2
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        BlockProgress(tmp_path, "x", identity).save({0: torch.tensor([float("nan")])}, force=True)
+    BlockProgress(tmp_path, "eval-test-k5-n9-blocks", identity).remove()
+    assert list(tmp_path.iterdir()) == []

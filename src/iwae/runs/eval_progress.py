@@ -103,11 +103,11 @@ class BlockProgress:
                     header = f.metadata() or {}
                 tensors = load_file(str(path))
             except (SafetensorError, OSError, ValueError) as err:
-                _discard(path, f"it is unreadable or truncated ({err})")
+                _discard(path, f"it is unreadable or truncated ({err})", "its blocks are scored again")
                 continue
             check = content_digest({k: v for k, v in header.items() if k != "sha256"}, tensors)
             if header.get("format") != _FORMAT or header.get("sha256") != check or header.get("identity") != self.key:
-                _discard(path, "it is another measurement's, or damaged")
+                _discard(path, "it is another measurement's, or damaged", "its blocks are scored again")
                 continue
             blocks.update({int(name.removeprefix("block.")): value for name, value in tensors.items()})
         return blocks
@@ -237,8 +237,8 @@ def _restore(path: Path, key: str, ll: torch.Tensor, generator: torch.Generator)
     return saved.shape[0]
 
 
-def _discard(path: Path, why: str) -> int:
-    print(f"{path.name} is not used: {why}; measuring from the start", file=sys.stderr)
+def _discard(path: Path, why: str, then: str = "measuring from the start") -> int:
+    print(f"{path.name} is not used: {why}; {then}", file=sys.stderr)
     return 0
 
 

@@ -224,3 +224,17 @@ def test_out_of_memory_in_training_is_one_line_and_the_run_resumes(data_dir, tmp
     monkeypatch.undo()
     assert main(["resume", str(run), "--quiet"]) == 0
     assert read_json(run / "metrics.json")["passes"] == pytest.approx(0.02, rel=0.01)  # trained to its end
+
+
+def test_out_of_memory_advice_follows_the_command():
+    from argparse import Namespace
+
+    from iwae.cli.commands import _out_of_memory
+
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    fleet = _out_of_memory(Namespace(command="train", out="runs/f", seeds="0-3", fleet="auto"), oom)
+    assert "`iwae resume runs/f`" in fleet and "fewer --seeds at once, or --fleet off" in fleet
+    one_by_one = _out_of_memory(Namespace(command="train", out="runs/f", seeds="0-3", fleet="off"), oom)
+    assert "run the same command again" in one_by_one and "--fleet off" not in one_by_one
+    assert "run the same command again" in _out_of_memory(Namespace(command="reproduce"), oom)
+    assert _out_of_memory(Namespace(command="evaluate"), MemoryError()).startswith("iwae: error: out of memory (")

@@ -94,3 +94,22 @@ def test_a_stopped_sharded_evaluation_continues_with_its_saved_blocks(tiny_run, 
     assert scored == [N - BLOCK]  # the second block only
     assert (result["nll"], result["nll_sem"]) == (expected["nll"], expected["nll_sem"])
     assert list(tiny_run.glob("*.progress.safetensors")) == []
+
+
+def test_a_process_keeps_the_saved_blocks_of_other_shards_in_its_file(tiny, tmp_path, monkeypatch):
+    """Started again with more processes, a process rewrites its file with every block it read, not only its own
+    shard's: a block saved by an earlier start is never lost to a process that has not read it yet."""
+    import iwae.analysis.distributed as distributed
+    from iwae.runs.eval_progress import BlockProgress
+
+    model = tiny(x_dim=6, latent_dims=(3,)).float()
+    x = torch.bernoulli(torch.full((N, 6), 0.4), generator=torch.Generator().manual_seed(0))
+    whole = log_likelihood_blocks(model, x, 20, TrainConfig(seed=5), "test")
+    identity = {"what": "nll", "device": "cpu"}
+    earlier = BlockProgress(tmp_path, "p", identity, rank=0)  # one process scored both blocks, then stopped
+    earlier.save({0: whole[:BLOCK], 1: whole[BLOCK:]}, force=True)
+    monkeypatch.setattr(distributed, "shard", lambda n: range(1, 2))  # now process 1 of 2: block 1
+    again = log_likelihood_blocks(model, x, 20, TrainConfig(seed=5), "test", BlockProgress(tmp_path, "p", identity, 1))
+    assert torch.equal(again[BLOCK:], whole[BLOCK:]) and again[:BLOCK].eq(0).all()  # (the other block: process 0's)
+    earlier.files()[0].unlink()  # part0
+    assert sorted(BlockProgress(tmp_path, "p", identity).load()) == [0, 1]  # both in part1

@@ -133,7 +133,8 @@ def test_a_stopped_measurement_continues_exactly(tmp_path, saves_every_block, ca
 
 
 def test_progress_that_ends_inside_a_block_is_not_used(tmp_path, capsys):
-    key = json.dumps({"what": "nll", **eval_progress._computation(torch.device("cpu"))}, sort_keys=True)
+    layout = {"rows": 32, **eval_progress._computation(torch.device("cpu"))}
+    key = json.dumps({"what": "nll", **layout}, sort_keys=True)
     gen = torch.Generator().manual_seed(99)
     eval_progress._save(tmp_path / "p.safetensors", key, torch.zeros(5, dtype=torch.float64), gen)
     ll = _measure(tmp_path, {"what": "nll"})

@@ -145,3 +145,11 @@ def test_routing_estimators_refuse_a_parameter_outside_encoder_and_decoder(bound
     x = torch.bernoulli(torch.full((4, 12), 0.5))
     with pytest.raises(ValueError, match="prior_log_std belong to neither; move them into one"):
         iwae.objective(own, x, k=2, m=2, bound=bound, estimator=estimator)
+
+
+def test_routing_estimators_refuse_networks_that_share_parameters():
+    _, own = _pair()
+    own.decoder.shared = next(own.encoder.parameters())  # one tensor in both networks
+    x = torch.bernoulli(torch.full((4, 12), 0.5))
+    with pytest.raises(ValueError, match="rws routes gradients to model.encoder and model.decoder apart, but they"):
+        iwae.objective(own, x, k=2, bound="iwae", estimator="rws")

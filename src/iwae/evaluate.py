@@ -29,7 +29,7 @@ from iwae.util.cpu import flush_subnormals
 
 __all__ = [
     "LogWeightModel", "LikelihoodEstimate", "log_likelihood", "active_units", "count_active", "prune_inactive",
-    "check_bernoulli_images", "iter_log_likelihood",
+    "check_bernoulli_images", "iter_log_likelihood", "block_rows",
 ]  # fmt: skip
 
 # Rows (samples x examples) per log_weights call. It bounds the memory (the decoder's logits are 784 floats a row)
@@ -171,7 +171,7 @@ def iter_log_likelihood(
     or is closed: iterate it inside ``contextlib.closing`` when the loop may stop early.
     """
     x, k, chunk_size = _checked_input(model, x, k, chunk_size, generator)
-    rows = _rows(x.shape[0], k, chunk_size)
+    rows = block_rows(x.shape[0], k, chunk_size)
     if not 0 <= start <= x.shape[0] or (start % max(rows, 1) and start != x.shape[0]):
         raise ValueError(f"start must be 0 or the row after a block (a multiple of {rows}), got {start}")
     if x.shape[0] == 0:
@@ -179,9 +179,10 @@ def iter_log_likelihood(
     return _blocks(model, x, k, chunk_size, generator, start, bar, flush_denormal)
 
 
-def _rows(n: int, k: int, chunk_size: int) -> int:
-    """Examples per block: at most ``chunk_size`` rows of samples x examples, and at least
-    :data:`_MIN_SAMPLES_PER_CALL` samples of each per call where that leaves :data:`_MIN_ROWS` examples."""
+def block_rows(n: int, k: int, chunk_size: int = DEFAULT_CHUNK) -> int:
+    """Images per block of :func:`log_likelihood` and :func:`iter_log_likelihood` for n images and k samples: at
+    most ``chunk_size`` rows of samples x images, and at least :data:`_MIN_SAMPLES_PER_CALL` samples of each per
+    call where that leaves :data:`_MIN_ROWS` images."""
     return min(n, chunk_size, max(_MIN_ROWS, chunk_size // min(k, _MIN_SAMPLES_PER_CALL)))
 
 
@@ -215,7 +216,7 @@ def _blocks(
     flush_denormal: bool,
 ) -> Iterator[tuple[int, LikelihoodEstimate]]:
     """The estimates of :func:`iter_log_likelihood`, from row ``start`` on (x already checked)."""
-    rows = _rows(x.shape[0], k, chunk_size)
+    rows = block_rows(x.shape[0], k, chunk_size)
     per_call = max(1, chunk_size // max(rows, 1))  # samples per log_weights call
     finite = None  # on a GPU, whether every log-weight so far was finite, read once a block (no sync per call)
     with flush_subnormals(flush_denormal), _eval_mode(model):

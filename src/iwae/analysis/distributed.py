@@ -65,12 +65,12 @@ def log_likelihood_blocks(
     ``progress``, the blocks saved by an evaluation that stopped are taken from there, and this process's are
     saved as it goes."""
     ll = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    saved = progress.load() if progress is not None else {}
-    mine: dict[int, torch.Tensor] = {}
+    # every block read is kept in this process's file too: processes of an earlier start may have held them
+    mine = progress.load() if progress is not None else {}
     for b in shard(x.shape[0]):
         rows = slice(b * BLOCK, (b + 1) * BLOCK)
-        if b in saved and saved[b].shape[0] == ll[rows].shape[0]:
-            mine[b] = saved[b].to(x.device)
+        if b in mine and mine[b].shape[0] == ll[rows].shape[0]:
+            mine[b] = mine[b].to(x.device)
         else:
             gen = block_generator(config, split, "nll", b, x.device)
             mine[b] = log_likelihood(model, x[rows], k, generator=gen, flush_denormal=config.flush_denormal).double()
@@ -105,7 +105,8 @@ def _evaluate(run_dir: str, k: int | None, split: str, n: int | None, data_dir: 
     rank = dist.get_rank() if dist.is_initialized() else 0
     stem = f"eval-{split}-k{k}-n{x.shape[0]}-blocks"
     # (its threads left out: the processes' blocks are summed, however many there were and on how many threads)
-    progress = BlockProgress(run_dir, stem, {**measurement(config, model, x, split, "nll", k), "threads": None}, rank)
+    identity = {**measurement(config, model, x, split, "nll", k), "threads": None, "block": BLOCK}
+    progress = BlockProgress(run_dir, stem, identity, rank)
     with flush_subnormals(config.flush_denormal):
         A = active_units_blocks(model, x_active, config)
         ll = log_likelihood_blocks(model, x, k, config, split, progress)

@@ -307,7 +307,9 @@ def _out_of_memory(args: argparse.Namespace, err: BaseException) -> str:
             "the run keeps its last checkpoint: free the memory (other processes on the device) and continue with "
             f"`iwae resume {run}` (--device moves it); a smaller --k or --batch-size needs a new run"
         )
-        if getattr(args, "seeds", None):
+        if getattr(args, "seeds", None) and args.fleet == "off":  # a run per seed, one after another
+            fix = "free the memory and run the same command again (finished runs are kept, the stopped one resumed)"
+        elif getattr(args, "seeds", None):
             fix += ", fewer --seeds at once, or --fleet off (the runs one after another)"
     elif args.command == "reproduce":
         fix = "free the memory and run the same command again (finished runs are kept), or --fleet off"

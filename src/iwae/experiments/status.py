@@ -22,6 +22,7 @@ from iwae.experiments.runner import FAILED_LINE, REQUESTED_NAME
 from iwae.experiments.slurm import JOB_NAME, queue_states
 from iwae.runs.config import schedule
 from iwae.runs.eval_progress import describe_saved
+from iwae.runs.evaluate_run import evaluation_sizes
 from iwae.runs.rundir import CONFIG_NAME, LOCK_NAME, RunError, is_exported, read_config, read_log, status
 
 __all__ = ["RunState", "run_folders", "run_states", "format_states"]
@@ -125,7 +126,7 @@ def _progress(run: Path) -> str:
     except (OSError, ValueError, RunError):
         return ""
     done = log[-1]["pass"] if log else 0.0
-    scored = describe_saved(run, config.eval_k) if done >= total else ""
+    scored = describe_saved(run, config.eval_k, evaluation_sizes(config)) if done >= total else ""
     saved = f"; final evaluation so far: {scored}" if scored else ""
     return f", {done:,.2f} of {total:,.2f} passes ({min(done / total, 1.0):.0%}){_time_left(log, total)}{saved}"
 

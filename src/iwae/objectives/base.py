@@ -86,8 +86,11 @@ def detached_networks(model: SampledModel, estimator: str) -> tuple[dict[str, Te
     decoder = {f"decoder.{name}": p.detach() for name, p in model.decoder.named_parameters()}
     if len(encoder) + len(decoder) != sum(1 for _ in model.parameters()):
         other = [name for name, _ in model.named_parameters() if name not in encoder and name not in decoder]
-        raise ValueError(
-            f"{estimator} routes gradients to model.encoder and model.decoder apart, but {', '.join(other[:3])} "
-            "belong to neither; move them into one (a learnable prior into the decoder, say)"
-        )
+        if other:
+            raise ValueError(
+                f"{estimator} routes gradients to model.encoder and model.decoder apart, but {', '.join(other[:3])} "
+                "belong to neither; move them into one (a learnable prior into the decoder, say)"
+            )
+        raise ValueError(f"{estimator} routes gradients to model.encoder and model.decoder apart, but they share "
+                         "parameters; give each network its own")  # fmt: skip
     return encoder, decoder

@@ -1,6 +1,6 @@
 """A long evaluation's progress on disk, so that one stopped (SIGTERM, Ctrl-C, a lost machine) goes on where it was.
 
-L_5000 on MNIST's 59,600 training images takes most of an hour of one CPU core. :func:`resumable_log_likelihood`
+L_5000 on MNIST's 59,600 training images takes about half an hour of a CPU core. :func:`resumable_log_likelihood`
 scores the images block by block (:func:`iwae.evaluate.iter_log_likelihood`) and, every :data:`SAVE_EVERY`
 seconds and at its end, writes the estimates so far with the state of the noise generator to one file, atomically
 (:func:`progress_path`). A later call for the same measurement (the same model, images, k, noise stream, device and
@@ -25,7 +25,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from iwae.evaluate import DEFAULT_CHUNK, LogWeightModel, iter_log_likelihood
+from iwae import __version__
+from iwae.evaluate import DEFAULT_CHUNK, LogWeightModel, block_rows, iter_log_likelihood
 from iwae.runs.checkpoint import content_digest
 from iwae.runs.config import TrainConfig
 from iwae.util.atomic import atomic_path
@@ -47,9 +48,9 @@ def progress_path(run_dir: str | Path, split: str, k: int, n: int, what: str) ->
     return Path(run_dir) / f"eval-{split}-k{k}-n{n}-{what}{PROGRESS_SUFFIX}"
 
 
-def describe_saved(run_dir: str | Path, k: int) -> str:
-    """The progress of L_k measurements kept in a run folder, e.g. ``test nll 10,000 of 10,000 images, train nll
-    2,048 of 59,600``, or nothing."""
+def describe_saved(run_dir: str | Path, k: int, sizes: tuple[int, ...]) -> str:
+    """The progress of L_k measurements of one of ``sizes`` images kept in a run folder, e.g. ``test nll 10,000 of
+    10,000 images, train nll 2,048 of 59,600``, or nothing."""
     parts = []
     for path in sorted(Path(run_dir).glob(f"eval-*-k{k}-*{PROGRESS_SUFFIX}")):
         name = re.fullmatch(r"eval-(\w+)-k\d+-n(\d+)-(\w+)", path.name.removesuffix(PROGRESS_SUFFIX))
@@ -58,7 +59,7 @@ def describe_saved(run_dir: str | Path, k: int) -> str:
                 done = f.get_slice("ll").get_shape()[0]
         except (SafetensorError, OSError, ValueError, KeyError):
             continue
-        if name:
+        if name and int(name[2]) in sizes:
             parts.append(f"{name[1]} {name[3]} {done:,} of {int(name[2]):,} images")
     return ", ".join(parts)
 
@@ -92,6 +93,7 @@ class BlockProgress:
         self.saved_at = time.monotonic()
 
     def files(self) -> list[Path]:
+        """The progress files of this measurement, of every process."""
         return sorted(self.folder.glob(f"{self.stem}-part*{PROGRESS_SUFFIX}"))
 
     def load(self) -> dict[int, torch.Tensor]:
@@ -126,6 +128,7 @@ class BlockProgress:
         self.saved_at = time.monotonic()
 
     def remove(self) -> None:
+        """Remove every process's file (once the result is written)."""
         for path in self.files():
             path.unlink(missing_ok=True)
 
@@ -144,8 +147,8 @@ def resumable_log_likelihood(
     """:func:`iwae.evaluate.log_likelihood` of ``x`` (floating, the model's dtype) with ``generator``, its progress
     kept in ``path``: continued from there when the file holds the same ``identity`` (a JSON-able description of
     the measurement: what was measured, on which model, images and stream, on how many threads) and was written by
-    the same code on the same kind of machine (the torch version, the CPU or GPU model and the block size are added
-    to ``identity``: another would sum in another order).
+    the same code on the same kind of machine (the versions of iwae and torch, the CPU or GPU model and the blocks'
+    layout are added to ``identity``: another would draw or sum in another order).
 
     The samples are counted on ``bar`` (those scored before the stop too). The file stays when the estimates are
     complete (a caller that stops before using them finds them there); the caller removes it once their result is
@@ -154,19 +157,15 @@ def resumable_log_likelihood(
     if not x.dtype.is_floating_point:
         raise TypeError(f"x is {x.dtype}; cast the images to the model's floating dtype first")
     path = Path(path)
-    key = json.dumps({**identity, **_computation(x.device)}, sort_keys=True)
+    layout = {"rows": block_rows(x.shape[0], k)}
+    key = json.dumps({**identity, **layout, **_computation(x.device)}, sort_keys=True)
     ll = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     initial = generator.get_state()
     start = _restore(path, key, ll, generator)
-    options: dict[str, Any] = {"generator": generator, "bar": bar, "flush_denormal": flush_denormal}
-    try:
-        scored = iter_log_likelihood(model, x, k, start=start, **options)
-    except ValueError:  # the saved estimates end inside a block of this code's layout
-        if not start:
-            raise
+    if start % max(block_rows(x.shape[0], k), 1) and start != x.shape[0]:  # not where one of this layout's blocks ends
         generator.set_state(initial)
         start = _discard(path, "its estimates end inside a block")
-        scored = iter_log_likelihood(model, x, k, **options)
+    scored = iter_log_likelihood(model, x, k, generator=generator, start=start, bar=bar, flush_denormal=flush_denormal)
     if bar is not None and start:
         bar.update(start * k)
     saved = time.monotonic()
@@ -181,12 +180,12 @@ def resumable_log_likelihood(
 
 
 def _computation(device: torch.device) -> dict[str, Any]:
-    """What besides the measurement fixes its last digits: torch, the block size and the processor's model."""
+    """What besides the measurement fixes its last digits: the code, torch, the chunk size and the processor."""
     if device.type == "cuda":
         processor = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
     else:
         processor = f"{_cpu_model()}, {torch.backends.cpu.get_cpu_capability()}"
-    return {"torch": torch.__version__, "chunk_size": DEFAULT_CHUNK, "processor": processor}
+    return {"iwae": __version__, "torch": torch.__version__, "chunk_size": DEFAULT_CHUNK, "processor": processor}
 
 
 def _cpu_model() -> str:

@@ -239,7 +239,8 @@ class _Scorer:
             )
         identity = measurement(config, model, x, self.split, what, k)
         path = progress_path(self.keep, self.split, k, x.shape[0], what)
-        bar = self.bar or tqdm(total=k * x.shape[0], unit="sample", disable=not self.progress, leave=False)
+        bar = self.bar if self.bar is not None else tqdm(total=k * x.shape[0], unit="sample", disable=not self.progress,
+                                                        leave=False)  # fmt: skip
         bar.set_description(desc)
         try:
             return resumable_log_likelihood(model, x, k, gen, path, identity, bar=bar, flush_denormal=flush)

@@ -20,7 +20,6 @@ import argparse
 import math
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from datetime import date
@@ -36,6 +35,7 @@ from iwae.runs import rundir
 from iwae.runs.config import TrainConfig, schedule
 from iwae.runs.evaluate_run import eval_images
 from iwae.runs.train import train
+from iwae.util.machine import cpu_model
 
 BATCH = 20
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-4
@@ -145,9 +145,7 @@ def machine() -> str:
         pyro_version = f", pyro {pyro.__version__}"
     except ImportError:
         pyro_version = ""
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
-    return (f"{model}, {os.cpu_count()} cores, one torch thread; torch {torch.__version__}{pyro_version}, "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, one torch thread; torch {torch.__version__}{pyro_version}, "
             f"Python {platform.python_version()}")  # fmt: skip
 
 

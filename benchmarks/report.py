@@ -7,13 +7,13 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 from pathlib import Path
 
 import numpy
 import torch
 
 from iwae.util.atomic import write_json, write_text
+from iwae.util.machine import cpu_model
 
 # The project's reparam training steps: iwae.make_train_step eager, and with compile=True.
 PROJECT_REPARAM = ("project", "project compiled")
@@ -37,17 +37,6 @@ def load_average() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(device: torch.device) -> dict:

@@ -87,3 +87,13 @@ def test_a_config_turns_flushing_off_and_a_tiny_model_is_unchanged_by_it():
     a = iwae.log_likelihood(model, x, k=50, generator=torch.Generator().manual_seed(0), flush_denormal=True)
     b = iwae.log_likelihood(model, x, k=50, generator=torch.Generator().manual_seed(0), flush_denormal=False)
     assert torch.equal(a, b)  # float64, values far from the subnormal range
+
+
+def test_the_machine_is_described_in_one_line():
+    import platform
+
+    from iwae.util import machine
+
+    line = machine.describe()
+    assert machine.cpu_model() and line.startswith(machine.cpu_model())
+    assert f"torch {torch.__version__}, Python {platform.python_version()}" in line and "\n" not in line

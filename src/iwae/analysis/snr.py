@@ -32,7 +32,7 @@ Tucker, Lawson, Gu & Maddison (2018), *Doubly Reparameterized Gradient Estimator
 
 from __future__ import annotations
 
-import json
+import datetime
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -47,7 +47,8 @@ from iwae import data
 from iwae.models.model import IWAE
 from iwae.objectives import Objective
 from iwae.runs.config import TrainConfig
-from iwae.util import streams
+from iwae.util import machine, streams
+from iwae.util.atomic import write_json, write_text
 from iwae.util.cpu import flush_subnormals
 
 __all__ = ["NETWORKS", "gradient_snr", "coordinate_snr", "snr_command", "default_model_config"]
@@ -240,6 +241,7 @@ def snr_command(
     log = read_log(run_dir)
     result.update(
         seconds=time.monotonic() - start, seed=seed, slopes=_slopes(result),
+        made={"date": datetime.date.today().isoformat(), "machine": machine.describe(dev)},
         model={
             "run_dir": str(run_dir), "trained_here": trained, "dataset": config.dataset,
             "latent_dims": model.latent_dims, "bound": config.bound, "k": config.k,
@@ -247,8 +249,8 @@ def snr_command(
             "train_bound": log[-1]["train_bound"] if log else None,
         },
     )  # fmt: skip
-    (out / "snr.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "snr.md").write_text(snr_markdown(result))
+    write_json(out / "snr.json", result)
+    write_text(out / "snr.md", snr_markdown(result))
     plot_snr(result, out / "snr.png")
     return result
 
@@ -296,7 +298,8 @@ def snr_markdown(result: dict[str, Any]) -> str:
         f"mean over the encoder's {result['coordinates']['encoder']:,} coordinates and the decoder's "
         f"{result['coordinates']['decoder']:,}; coordinates with std 0 are left out (at most "
         f"{excluded['encoder']:,} encoder, {excluded['decoder']:,} decoder). A coordinate whose true mean gradient "
-        f"is 0 shows about {result['floor']:.3f} (sqrt(2/(pi n))). {result['seconds']:.0f} s.",
+        f"is 0 shows about {result['floor']:.3f} (sqrt(2/(pi n))). {result['seconds']:.0f} s"
+        + (f" on {made['machine']}, {made['date']}." if (made := result.get("made")) else "."),
         "",
         "| k | " + " | ".join(f"{net}: {e}" for net, e in cols) + " |",
         "|---:|" + "---:|" * len(cols),

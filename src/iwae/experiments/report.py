@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import platform
 import sys
 from datetime import date
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from iwae.data.resources import locate
 from iwae.experiments.claims import CRITERIA, SPREAD_RULE, Claim, check_claims
@@ -21,6 +19,7 @@ from iwae.experiments.seeds import SEEDS_NOTE, combine, fmt_active, fmt_nll, fmt
 from iwae.plots import plot_curves
 from iwae.runs.evaluate_run import read_per_image
 from iwae.runs.rundir import METRICS_NAME, PER_IMAGE_NAME, read_config, read_log, with_data_dir
+from iwae.util import machine
 from iwae.util.atomic import write_json, write_text
 
 __all__ = ["read_cell", "write_report", "rewrite_report"]
@@ -160,10 +159,7 @@ def _made_md(command: str) -> list[str]:
         "## How this was made",
         "",
         f"- Command: `{command}`",
-        f"- Report written: {date.today().isoformat()}; machine: {platform.machine()}, "
-        f"{platform.processor() or 'cpu'}, torch {torch.__version__} "
-        f"({'CUDA ' + torch.version.cuda if torch.cuda.is_available() else 'CPU'}), "
-        f"numpy {np.__version__}, Python {sys.version.split()[0]}",
+        f"- Report written: {date.today().isoformat()}; machine: {machine.describe()}, numpy {np.__version__}",
         "- Evaluation: binarization and importance samples from generators seeded by the run's seed, so "
         "`iwae evaluate` reproduces every number; `results.json` holds them all.",
     ]

@@ -12,7 +12,6 @@ one, is not used: the call says why and measures from the start.
 from __future__ import annotations
 
 import json
-import platform
 import re
 import sys
 import time
@@ -30,6 +29,7 @@ from iwae.evaluate import DEFAULT_CHUNK, LogWeightModel, block_rows, iter_log_li
 from iwae.runs.checkpoint import content_digest
 from iwae.runs.config import TrainConfig
 from iwae.util.atomic import atomic_path
+from iwae.util.machine import cpu_model
 
 __all__ = [
     "SAVE_EVERY", "PROGRESS_SUFFIX", "progress_path", "model_digest", "measurement", "resumable_log_likelihood",
@@ -184,19 +184,8 @@ def _computation(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         processor = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
     else:
-        processor = f"{_cpu_model()}, {torch.backends.cpu.get_cpu_capability()}"
+        processor = f"{cpu_model()}, {torch.backends.cpu.get_cpu_capability()}"
     return {"iwae": __version__, "torch": torch.__version__, "chunk_size": DEFAULT_CHUNK, "processor": processor}
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo), or the platform's processor string elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _save(path: Path, key: str, ll: torch.Tensor, generator: torch.Generator) -> None:

@@ -197,9 +197,12 @@ def test_help_states_each_commands_own_defaults(capsys):
     "error",
     [
         torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 8 GiB\n"),
-        RuntimeError(
-            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you "
-            "tried to allocate 2147483648 bytes. Error code 12 (Cannot allocate memory)"
+        pytest.param(
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you "
+                "tried to allocate 2147483648 bytes. Error code 12 (Cannot allocate memory)"
+            ),
+            marks=pytest.mark.slow,
         ),
     ],  # fmt: skip
     ids=["cuda", "cpu"],

@@ -247,3 +247,28 @@ def test_tensorboard_missing_is_refused_before_the_folder_becomes_a_run(tiny_con
     run = tmp_path / "tb0"
     assert main(["train", "--out", str(run), "--quiet"]) == 1
     assert "pip install 'iwae[tensorboard]'" in capsys.readouterr().err and not run.exists()  # the retry is free
+
+
+def test_non_finite_parameters_after_a_finite_loss_are_never_checkpointed(tiny_config, tmp_path, monkeypatch):
+    """A step whose loss is finite may leave non-finite parameters (its gradient was not): at the stage end that
+    follows, the run stops before its curve point and its checkpoint, and the last good checkpoint still loads."""
+    real, models = iwae.fleets.fleet.build_step, []
+
+    def make(model, *args, **kwargs):
+        models.append(model)
+        return real(model, *args, **kwargs)
+
+    def poison_at_stage_end(n, step, x):
+        loss = step(x)
+        if n == 60:  # stage 1's last step (0.02 of 2,980 steps)
+            with torch.no_grad():
+                next(models[0].parameters())[0] = float("nan")
+        return loss
+
+    monkeypatch.setattr(iwae.fleets.fleet, "build_step", make)
+    _wrap_steps(monkeypatch, poison_at_stage_end)
+    with pytest.raises(iwae.runs.train.TrainingDiverged, match="parameters became non-finite in stage 1, step 60"):
+        iwae.runs.train.train(tiny_config, tmp_path / "run", progress=False)
+    state, _ = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors", rundir.build_model(tiny_config))
+    assert (state["stage"], state["step"]) == (0, 50)  # the last check before: finite, and it loads
+    assert all("test_nll_curve" not in line for line in rundir.read_log(tmp_path / "run"))

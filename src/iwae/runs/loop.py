@@ -4,7 +4,8 @@ For each step: every run takes its next minibatch (a new pass reshuffles), one s
 :class:`~iwae.fleets.fleet.Fleet`; a single run is a fleet of one) updates them all, and each run counts its step.
 Every :data:`CHECK_EVERY` steps of a run's stage, at the end of any run's pass and when a signal arrived:
 
-- a run whose loss is not finite leaves the loop (its last good checkpoint is kept);
+- a run whose loss is not finite leaves the loop (its last good checkpoint is kept), and so does one whose
+  parameters are not, found before a curve point or a checkpoint;
 - at the end of a pass a run logs its line to ``metrics.jsonl``, at the end of a stage with its learning-curve
   point (:func:`iwae.runs.evaluate_run.curve_point`), and moves on to its next stage;
 - the runs are checkpointed (``save``) at a stage's end, when the interval has passed, or when Ctrl-C or SIGTERM
@@ -116,8 +117,15 @@ def _stretch(
             r.pos.pass_loss, r.pos.train_seconds = loss, r.pos.train_seconds + now - tick
             if not math.isfinite(loss):
                 left[r] = f"the training loss became non-finite in stage {r.pos.stage + 1}, step {r.pos.step}"
-        if any(stage_end and r.curve_x is not None for r, (_, stage_end) in zip(active, ends)):
-            stepper.sync()  # a curve point reads the run's own model (a checkpoint syncs for itself)
+        saving = any(s for _, s in ends) or now - last_save >= interval or stop.requested
+        synced = saving or any(stage_end and r.curve_x is not None for r, (_, stage_end) in zip(active, ends))
+        if synced:
+            stepper.sync()  # a curve point reads the run's own model, a checkpoint its state
+            # A finite loss may still leave non-finite parameters behind (a step's non-finite gradient): such a
+            # run leaves before its state is measured or saved over its last good checkpoint.
+            for r in active:
+                if r not in left and not _finite(r.model):
+                    left[r] = f"the model's parameters became non-finite in stage {r.pos.stage + 1}, step {r.pos.step}"
         for r, (pass_end, stage_end) in zip(active, ends):
             if pass_end and r not in left:
                 record = r.pass_record(now - r.pass_start)
@@ -130,12 +138,18 @@ def _stretch(
                 bar.set_description(describe(active))
         if left or any(r.done for r in active):
             return step, left
-        if any(s for _, s in ends) or now - last_save >= interval or stop.requested:
-            stepper.sync()
+        if saving or stop.requested:  # (a signal may have come while the lines were written)
+            if not synced:
+                stepper.sync()
             save(active, step)
             last_save = time.monotonic()
             stop.check()
         tick = time.monotonic()  # training time: the steps', not the curve points' or the checkpoints'
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter of ``model`` is finite (one host synchronisation)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
 def log_pass(

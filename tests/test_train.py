@@ -272,3 +272,26 @@ def test_non_finite_parameters_after_a_finite_loss_are_never_checkpointed(tiny_c
     state, _ = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors", rundir.build_model(tiny_config))
     assert (state["stage"], state["step"]) == (0, 50)  # the last check before: finite, and it loads
     assert all("test_nll_curve" not in line for line in rundir.read_log(tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_a_run_resumed_after_two_stages_logs_the_passes_of_one_never_stopped(tiny_config, tmp_path, monkeypatch):
+    """A pass is counted from steps, so a run resumed in its third stage logs the very same ``pass`` values (a sum
+    of fractional stage lengths and one division differ in their last bit)."""
+    # 74, 224 and 670 steps: 74/2980 + 224/2980 + 670/2980 is not 298/2980 + 670/2980 in float64's last bit
+    config = tiny_config.replace(stages=3, pass_scale=0.025, curve_n=0)
+    iwae.runs.train.train(config, tmp_path / "whole", progress=False)
+    real = rundir.save_state
+
+    def stop_in_stage_3(run_dir, model, optimizer, position, tensors, pending=False):
+        real(run_dir, model, optimizer, position, tensors, pending=pending)
+        if position["stage"] == 2 and position["step"] >= 100:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", stop_in_stage_3)
+    with pytest.raises(KeyboardInterrupt):
+        iwae.runs.train.train(config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", real)
+    iwae.runs.train.resume(tmp_path / "resumed", progress=False)
+    assert _log_without_timings(tmp_path / "resumed") == _log_without_timings(tmp_path / "whole")
+    assert rundir.read_log(tmp_path / "whole")[-1]["pass"] != round(rundir.read_log(tmp_path / "whole")[-1]["pass"])

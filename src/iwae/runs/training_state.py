@@ -101,7 +101,7 @@ class RunState:
     perm: torch.Tensor | None
     curve_x: torch.Tensor | None
     stages: list[Stage] = field(default_factory=list)
-    passes_done: float = 0.0
+    steps_done: int = 0  # the steps of the stages finished (a pass is counted from steps: the same after a resume)
     pass_start: float = field(default_factory=time.monotonic)
     writer: Any = None  # a TensorBoard SummaryWriter (--tensorboard), or None
 
@@ -159,13 +159,13 @@ class RunState:
         stage, per_pass = self.stages[self.pos.stage], self.batches.per_pass
         end = (self.pos.step - 1) % per_pass + 1
         return {
-            "stage": stage.index, "lr": stage.lr, "pass": self.passes_done + self.pos.step / per_pass,
+            "stage": stage.index, "lr": stage.lr, "pass": (self.steps_done + self.pos.step) / per_pass,
             "train_bound": -self.pos.pass_loss / end, "seconds": seconds,
             "examples_per_s": end * self.batches.size / max(seconds, 1e-9),
         }  # fmt: skip
 
     def next_stage(self) -> None:
-        self.passes_done += self.total / self.batches.per_pass
+        self.steps_done += self.total
         self.pos = dataclasses.replace(Position(stage=self.pos.stage + 1), train_seconds=self.pos.train_seconds,
                                        log_lines=self.pos.log_lines, fleet_step=self.pos.fleet_step)  # fmt: skip
         self.perm = None
@@ -216,7 +216,7 @@ def open_run(config: TrainConfig, run_dir: Path, fresh: bool, create: bool, load
     rundir.check_space(run_dir, model, "start it again" if create else again)
     pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)
     run = RunState(config, run_dir, model, optimizer, gens, batches, pos, perm, curve_x, schedule(config))
-    run.passes_done = sum(stage_steps(s.passes, batches.per_pass) for s in run.stages[: pos.stage]) / batches.per_pass
+    run.steps_done = sum(stage_steps(s.passes, batches.per_pass) for s in run.stages[: pos.stage])
     return run
 
 

@@ -417,7 +417,8 @@ def test_ctrl_c_checkpoints_the_fleet_step_under_way_and_resume_loses_nothing(da
 def test_graph_bookkeeping_says_what_the_steps_ran_as(monkeypatch):
     """The graph mode's record, on the CPU: a capture that works (stood in for by an eager replay of the static
     buffers) is counted and replayed, and the fleet says it ran as graphs; one that fails is counted, the fleet steps
-    eagerly from then on, and says it ran stacked (a check must not pass a graph fleet that never replayed one)."""
+    eagerly from then on, and says it ran stacked (a check must not pass a graph fleet that never replayed one); so
+    does one that stepped runs of two batch sizes apart."""
     models = [_model(seed, 1) for seed in range(2)]
     objectives = [Objective("iwae", 3)] * 2
 
@@ -435,6 +436,8 @@ def test_graph_bookkeeping_says_what_the_steps_ran_as(monkeypatch):
         good.step(xs, [1e-3, 1e-3])
     assert good.graph_stats == {"captured": 1, "replayed": 3, "failed": 0, "eager_steps": 0}
     assert good.mode_run == "graph"
+    good.step([xs[0], xs[1][:3]], [1e-3, 1e-3])  # minibatches of two sizes (a pass's last): stepped apart, eagerly
+    assert good.graph_stats["eager_steps"] == 1 and good.mode_run == "stacked"
     bad = fleet(lambda self, x, noise: None)
     for _ in range(3):
         bad.step(xs, [1e-3, 1e-3])

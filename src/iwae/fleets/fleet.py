@@ -206,7 +206,8 @@ class StackedFleet(Fleet):
         return "graph" if stats["replayed"] and not stats["failed"] and not stats["eager_steps"] else "stacked"
 
     def _ragged(self, xs: Sequence[Tensor], lrs: Sequence[float]) -> Tensor:
-        """Runs whose minibatches differ in size: step them apart (stack, split, restack), exactly."""
+        """Runs whose minibatches differ in size: step them apart (stack, split, restack), exactly; eager steps."""
+        self.graph_stats["eager_steps"] += 1
         self.sync()
         losses = [self._single(m, x, lr) for m, (x, lr) in enumerate(zip(xs, lrs))]
         self._reload()

@@ -295,3 +295,25 @@ def test_a_run_resumed_after_two_stages_logs_the_passes_of_one_never_stopped(tin
     iwae.runs.train.resume(tmp_path / "resumed", progress=False)
     assert _log_without_timings(tmp_path / "resumed") == _log_without_timings(tmp_path / "whole")
     assert rundir.read_log(tmp_path / "whole")[-1]["pass"] != round(rundir.read_log(tmp_path / "whole")[-1]["pass"])
+
+
+def test_a_log_that_lost_lines_is_said_and_the_run_goes_on_counting_what_is_there(tiny_config, tiny_run, tmp_path,
+                                                                                  monkeypatch):  # fmt: skip
+    real = rundir.save_state
+
+    def stop_after_stage_1(run_dir, model, optimizer, position, tensors, pending=False):
+        real(run_dir, model, optimizer, position, tensors, pending=pending)
+        if (position["stage"], position["step"]) == (1, 0):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", stop_after_stage_1)
+    with pytest.raises(KeyboardInterrupt):
+        iwae.runs.train.train(tiny_config, tmp_path / "run", progress=False)
+    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", real)
+    log = tmp_path / "run" / "metrics.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:-1]))  # the machine crashed before stage 1's last line reached the disk
+    with pytest.warns(UserWarning, match="holds 0 lines but the checkpoint counts 1: the lines of 1 pass"):
+        iwae.runs.train.resume(tmp_path / "run", progress=False)
+    assert _log_without_timings(tmp_path / "run") == _log_without_timings(tiny_run)[1:]  # the rest as it was
+    _same_checkpoints(tiny_run, tmp_path / "run")

@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -208,16 +209,27 @@ def _not_a_run(folder: Path) -> str:
 
 
 def append_log(run_dir: str | Path, record: dict[str, Any]) -> None:
-    """Add one line (one pass) to ``metrics.jsonl``."""
+    """Add one line (one pass) to ``metrics.jsonl``, on disk before the checkpoint that counts it is written."""
     with open(Path(run_dir) / LOG_NAME, "a") as f:
         f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def truncate_log(run_dir: str | Path, n: int) -> None:
-    """Keep the first ``n`` lines: those written after the checkpoint we resume from will be written again."""
+def truncate_log(run_dir: str | Path, n: int) -> int:
+    """Keep the first ``n`` lines: those written after the checkpoint we resume from will be written again.
+
+    Returns the lines kept: fewer than ``n`` where the file lost lines the checkpoint counts (a machine that
+    crashed before they reached the disk), said in a warning; the run counts from what is there.
+    """
     path = Path(run_dir) / LOG_NAME
     lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    if len(lines) < n:
+        warnings.warn(f"{path} holds {len(lines)} lines but the checkpoint counts {n}: the lines of {n - len(lines)} "
+                      "pass(es) were lost (a crash before they reached the disk?); the run goes on without them",
+                      stacklevel=2)  # fmt: skip
     atomic.write_text(path, "".join(lines[:n]))
+    return min(n, len(lines))
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -248,7 +248,7 @@ def _start(
         rundir.create(run_dir, config)
     elif fresh:
         rundir.clear_results(run_dir)
-    rundir.truncate_log(run_dir, pos.log_lines)
+    pos.log_lines = rundir.truncate_log(run_dir, pos.log_lines)
     return pos, perm
 
 

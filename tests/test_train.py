@@ -317,3 +317,21 @@ def test_a_log_that_lost_lines_is_said_and_the_run_goes_on_counting_what_is_ther
         iwae.runs.train.resume(tmp_path / "run", progress=False)
     assert _log_without_timings(tmp_path / "run") == _log_without_timings(tiny_run)[1:]  # the rest as it was
     _same_checkpoints(tiny_run, tmp_path / "run")
+
+
+def test_a_pass_resumed_in_its_middle_counts_the_seconds_it_had_taken(tiny_config, tmp_path, monkeypatch):
+    real, saved = rundir.save_state, {}
+
+    def stop_mid_pass(run_dir, model, optimizer, position, tensors, pending=False):
+        real(run_dir, model, optimizer, position, tensors, pending=pending)
+        if (position["stage"], position["step"]) == (0, 50):  # 50 of the pass's 60 steps
+            saved.update(position)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", stop_mid_pass)
+    with pytest.raises(KeyboardInterrupt):
+        iwae.runs.train.train(tiny_config, tmp_path / "run", progress=False)
+    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", real)
+    iwae.runs.train.resume(tmp_path / "run", progress=False)
+    assert saved["pass_seconds"] > 0
+    assert rundir.read_log(tmp_path / "run")[0]["seconds"] >= saved["pass_seconds"]  # its first 50 steps' time too

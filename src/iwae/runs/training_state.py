@@ -35,6 +35,7 @@ class Position:
     log_lines: int = 0  # lines of metrics.jsonl that belong to this position
     pass_loss: float = 0.0  # sum of the current pass's losses so far (float64, so exact in JSON)
     fleet_step: int = 0  # steps of the fleet the run trains in (iwae.fleets.fleet_train), 0 for a run of its own
+    pass_seconds: float = 0.0  # seconds the pass under way had taken when the position was saved
 
 
 @dataclass
@@ -175,6 +176,7 @@ class RunState:
         fleet step (:data:`iwae.runs.rundir.PENDING_NAME`), committed once every run of the fleet has written its."""
         if fleet_step is not None:
             self.pos.fleet_step = fleet_step
+        self.pos.pass_seconds = time.monotonic() - self.pass_start
         tensors = self.gens.states() | ({} if self.perm is None else {"perm": self.perm})
         rundir.save_state(self.run_dir, self.model, self.optimizer, dataclasses.asdict(self.pos), tensors,
                           pending=fleet_step is not None)  # fmt: skip
@@ -217,6 +219,7 @@ def open_run(config: TrainConfig, run_dir: Path, fresh: bool, create: bool, load
     pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)
     run = RunState(config, run_dir, model, optimizer, gens, batches, pos, perm, curve_x, schedule(config))
     run.steps_done = sum(stage_steps(s.passes, batches.per_pass) for s in run.stages[: pos.stage])
+    run.pass_start -= pos.pass_seconds  # a pass resumed in its middle counts the seconds it had taken before
     return run
 
 

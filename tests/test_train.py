@@ -49,6 +49,23 @@ def _wrap_steps(monkeypatch, wrap):
     monkeypatch.setattr(iwae.fleets.fleet, "build_step", make)
 
 
+def _stop_after_checkpoint(config, run_dir, when) -> dict:
+    """Train ``config`` into ``run_dir`` until the first checkpoint whose position satisfies ``when``, written, then
+    stop as Ctrl-C does; that position is returned."""
+    real, saved = rundir.save_state, {}
+
+    def save(run_dir, model, optimizer, position, tensors, pending=False):
+        real(run_dir, model, optimizer, position, tensors, pending=pending)
+        if when(position):
+            saved.update(position)
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(iwae.runs.train.rundir, "save_state", save)
+        iwae.runs.train.train(config, run_dir, progress=False)
+    return saved
+
+
 def test_paper_schedule():
     stages = schedule(TrainConfig())
     assert [s.passes for s in stages] == [1, 3, 9, 27, 81, 243, 729, 2187] and sum(s.passes for s in stages) == 3280
@@ -275,41 +292,20 @@ def test_non_finite_parameters_after_a_finite_loss_are_never_checkpointed(tiny_c
 
 
 @pytest.mark.slow
-def test_a_run_resumed_after_two_stages_logs_the_passes_of_one_never_stopped(tiny_config, tmp_path, monkeypatch):
+def test_a_run_resumed_after_two_stages_logs_the_passes_of_one_never_stopped(tiny_config, tmp_path):
     """A pass is counted from steps, so a run resumed in its third stage logs the very same ``pass`` values (a sum
     of fractional stage lengths and one division differ in their last bit)."""
     # 74, 224 and 670 steps: 74/2980 + 224/2980 + 670/2980 is not 298/2980 + 670/2980 in float64's last bit
     config = tiny_config.replace(stages=3, pass_scale=0.025, curve_n=0)
     iwae.runs.train.train(config, tmp_path / "whole", progress=False)
-    real = rundir.save_state
-
-    def stop_in_stage_3(run_dir, model, optimizer, position, tensors, pending=False):
-        real(run_dir, model, optimizer, position, tensors, pending=pending)
-        if position["stage"] == 2 and position["step"] >= 100:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", stop_in_stage_3)
-    with pytest.raises(KeyboardInterrupt):
-        iwae.runs.train.train(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", real)
+    _stop_after_checkpoint(config, tmp_path / "resumed", lambda p: p["stage"] == 2 and p["step"] >= 100)
     iwae.runs.train.resume(tmp_path / "resumed", progress=False)
     assert _log_without_timings(tmp_path / "resumed") == _log_without_timings(tmp_path / "whole")
     assert rundir.read_log(tmp_path / "whole")[-1]["pass"] != round(rundir.read_log(tmp_path / "whole")[-1]["pass"])
 
 
-def test_a_log_that_lost_lines_is_said_and_the_run_goes_on_counting_what_is_there(tiny_config, tiny_run, tmp_path,
-                                                                                  monkeypatch):  # fmt: skip
-    real = rundir.save_state
-
-    def stop_after_stage_1(run_dir, model, optimizer, position, tensors, pending=False):
-        real(run_dir, model, optimizer, position, tensors, pending=pending)
-        if (position["stage"], position["step"]) == (1, 0):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", stop_after_stage_1)
-    with pytest.raises(KeyboardInterrupt):
-        iwae.runs.train.train(tiny_config, tmp_path / "run", progress=False)
-    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", real)
+def test_a_log_that_lost_lines_is_said_and_the_run_goes_on_counting_what_is_there(tiny_config, tiny_run, tmp_path):
+    _stop_after_checkpoint(tiny_config, tmp_path / "run", lambda p: (p["stage"], p["step"]) == (1, 0))
     log = tmp_path / "run" / "metrics.jsonl"
     lines = log.read_text().splitlines(keepends=True)
     log.write_text("".join(lines[:-1]))  # the machine crashed before stage 1's last line reached the disk
@@ -319,19 +315,8 @@ def test_a_log_that_lost_lines_is_said_and_the_run_goes_on_counting_what_is_ther
     _same_checkpoints(tiny_run, tmp_path / "run")
 
 
-def test_a_pass_resumed_in_its_middle_counts_the_seconds_it_had_taken(tiny_config, tmp_path, monkeypatch):
-    real, saved = rundir.save_state, {}
-
-    def stop_mid_pass(run_dir, model, optimizer, position, tensors, pending=False):
-        real(run_dir, model, optimizer, position, tensors, pending=pending)
-        if (position["stage"], position["step"]) == (0, 50):  # 50 of the pass's 60 steps
-            saved.update(position)
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", stop_mid_pass)
-    with pytest.raises(KeyboardInterrupt):
-        iwae.runs.train.train(tiny_config, tmp_path / "run", progress=False)
-    monkeypatch.setattr(iwae.runs.train.rundir, "save_state", real)
+def test_a_pass_resumed_in_its_middle_counts_the_seconds_it_had_taken(tiny_config, tmp_path):
+    saved = _stop_after_checkpoint(tiny_config, tmp_path / "run", lambda p: (p["stage"], p["step"]) == (0, 50))
     iwae.runs.train.resume(tmp_path / "run", progress=False)
     assert saved["pass_seconds"] > 0
     assert rundir.read_log(tmp_path / "run")[0]["seconds"] >= saved["pass_seconds"]  # its first 50 steps' time too

@@ -136,7 +136,9 @@ def test_progress_that_ends_inside_a_block_is_not_used(tmp_path, capsys):
     layout = {"rows": 32, **eval_progress._computation(torch.device("cpu"))}
     key = json.dumps({"what": "nll", **layout}, sort_keys=True)
     gen = torch.Generator().manual_seed(99)
-    eval_progress._save(tmp_path / "p.safetensors", key, torch.zeros(5, dtype=torch.float64), gen)
+    eval_progress._write(
+        tmp_path / "p.safetensors", key, {"ll": torch.zeros(5, dtype=torch.float64), "generator": gen.get_state()}
+    )
     ll = _measure(tmp_path, {"what": "nll"})
     assert "p.safetensors is not used: its estimates end inside a block" in capsys.readouterr().err
     assert torch.equal(ll, _whole())

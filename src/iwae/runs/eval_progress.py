@@ -100,16 +100,11 @@ class BlockProgress:
         """Every saved block of this measurement, from every process's file (another's files are ignored)."""
         blocks: dict[int, torch.Tensor] = {}
         for path in self.files():
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    header = f.metadata() or {}
-                tensors = load_file(str(path))
-            except (SafetensorError, OSError, ValueError) as err:
-                _discard(path, f"it is unreadable or truncated ({err})", "its blocks are scored again")
-                continue
-            check = content_digest({k: v for k, v in header.items() if k != "sha256"}, tensors)
-            if header.get("format") != _FORMAT or header.get("sha256") != check or header.get("identity") != self.key:
-                _discard(path, "it is another measurement's, or damaged", "its blocks are scored again")
+            header, tensors, unreadable = _read(path)
+            if unreadable is None and (not _sealed(header, tensors) or header.get("identity") != self.key):
+                unreadable = "it is another measurement's, or damaged"
+            if unreadable is not None:
+                _discard(path, unreadable, "its blocks are scored again")
                 continue
             blocks.update({int(name.removeprefix("block.")): value for name, value in tensors.items()})
         return blocks
@@ -118,13 +113,8 @@ class BlockProgress:
         """This process's blocks, every :data:`SAVE_EVERY` seconds (or now with ``force``)."""
         if not blocks or not (force or time.monotonic() - self.saved_at >= SAVE_EVERY):
             return
-        tensors = {f"block.{b}": v.detach().cpu().double().contiguous() for b, v in blocks.items()}
-        if not all(bool(torch.isfinite(v).all()) for v in tensors.values()):
-            raise FloatingPointError("non-finite log-likelihood estimates; the model is diverged")
-        header = {"format": _FORMAT, "identity": self.key}
-        header["sha256"] = content_digest(header, tensors)
-        with atomic_path(self.folder / f"{self.stem}-part{self.rank}{PROGRESS_SUFFIX}") as tmp:
-            save_file(tensors, str(tmp), metadata=header)
+        tensors = {f"block.{b}": v.double() for b, v in blocks.items()}
+        _write(self.folder / f"{self.stem}-part{self.rank}{PROGRESS_SUFFIX}", self.key, tensors)
         self.saved_at = time.monotonic()
 
     def remove(self) -> None:
@@ -157,12 +147,12 @@ def resumable_log_likelihood(
     if not x.dtype.is_floating_point:
         raise TypeError(f"x is {x.dtype}; cast the images to the model's floating dtype first")
     path = Path(path)
-    layout = {"rows": block_rows(x.shape[0], k)}
-    key = json.dumps({**identity, **layout, **_computation(x.device)}, sort_keys=True)
+    rows = block_rows(x.shape[0], k)
+    key = json.dumps({**identity, "rows": rows, **_computation(x.device)}, sort_keys=True)
     ll = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     initial = generator.get_state()
     start = _restore(path, key, ll, generator)
-    if start % max(block_rows(x.shape[0], k), 1) and start != x.shape[0]:  # not where one of this layout's blocks ends
+    if start % max(rows, 1) and start != x.shape[0]:  # not where one of this layout's blocks ends
         generator.set_state(initial)
         start = _discard(path, "its estimates end inside a block")
     scored = iter_log_likelihood(model, x, k, generator=generator, start=start, bar=bar, flush_denormal=flush_denormal)
@@ -174,7 +164,7 @@ def resumable_log_likelihood(
             stop = first + estimate.ll.shape[0]
             ll[first:stop] = estimate.ll
             if stop == x.shape[0] or time.monotonic() - saved >= SAVE_EVERY:
-                _save(path, key, ll[:stop], generator)
+                _write(path, key, {"ll": ll[:stop], "generator": generator.get_state()})
                 saved = time.monotonic()
     return ll.to(x.dtype)
 
@@ -188,15 +178,32 @@ def _computation(device: torch.device) -> dict[str, Any]:
     return {"iwae": __version__, "torch": torch.__version__, "chunk_size": DEFAULT_CHUNK, "processor": processor}
 
 
-def _save(path: Path, key: str, ll: torch.Tensor, generator: torch.Generator) -> None:
-    """The estimates so far and the generator's state, with the measurement's identity and a sha256 of all."""
-    if not bool(torch.isfinite(ll).all()):
+def _write(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Estimates (and a generator's state), with the measurement's identity and a sha256 of all, atomically; the
+    float estimates must be finite."""
+    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
         raise FloatingPointError("non-finite log-likelihood estimates; the model is diverged")
-    tensors = {"ll": ll.detach().cpu().contiguous(), "generator": generator.get_state().contiguous()}
     header = {"format": _FORMAT, "identity": key}
     header["sha256"] = content_digest(header, tensors)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], str | None]:
+    """A progress file's header and tensors, or why it cannot be read (None: it was read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        return header, load_file(str(path)), None
+    except (SafetensorError, OSError, ValueError) as err:
+        return {}, {}, f"it is unreadable or truncated ({err})"
+
+
+def _sealed(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether a file read is of this format and its content matches its sha256 (:func:`_write`)."""
+    check = content_digest({k: v for k, v in header.items() if k != "sha256"}, tensors)
+    return header.get("format") == _FORMAT and header.get("sha256") == check
 
 
 def _restore(path: Path, key: str, ll: torch.Tensor, generator: torch.Generator) -> int:
@@ -204,15 +211,12 @@ def _restore(path: Path, key: str, ll: torch.Tensor, generator: torch.Generator)
     the progress of this very measurement; return how many examples it held (0: measure from the start)."""
     if not path.is_file():
         return 0
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        return _discard(path, f"it is unreadable or truncated ({err})")
+    header, tensors, unreadable = _read(path)
+    if unreadable is not None:
+        return _discard(path, unreadable)
     if header.get("format") != _FORMAT or set(tensors) != {"ll", "generator"}:
         return _discard(path, "it is not an evaluation's progress")
-    if header.get("sha256") != content_digest({k: v for k, v in header.items() if k != "sha256"}, tensors):
+    if not _sealed(header, tensors):
         return _discard(path, "it is damaged (its content does not match its sha256)")
     if header.get("identity") != key:
         return _discard(path, f"it is another measurement's ({_difference(header.get('identity'), key)})")

@@ -74,8 +74,16 @@ class LoopFleet(Fleet):
     """The runs' ordinary steps (:func:`~iwae.runs.train_step.build_step`, through ``torch.compile`` with
     ``compile``), one after another; a single run is a loop fleet of one (:mod:`iwae.runs.train`)."""
 
-    def __init__(self, models, optimizers, objectives, generators, *, flush_denormal: bool = True,  # noqa: ANN001
-                 compile: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        models: Sequence[IWAE],
+        optimizers: Sequence[torch.optim.Optimizer],
+        objectives: Sequence[Objective],
+        generators: Sequence[torch.Generator],
+        *,
+        flush_denormal: bool = True,
+        compile: bool = False,
+    ) -> None:
         super().__init__(models, optimizers, objectives, generators, flush_denormal=flush_denormal)
         self._steps = [
             build_step(model, opt, obj, generator=gen, compile=compile, flush_denormal=flush_denormal)
@@ -103,8 +111,16 @@ class StackedFleet(Fleet):
     from the runs' own generators, are copied into its static inputs.
     """
 
-    def __init__(self, models, optimizers, objectives, generators, *, graph: bool = False,  # noqa: ANN001
-                 flush_denormal: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        models: Sequence[IWAE],
+        optimizers: Sequence[torch.optim.Optimizer],
+        objectives: Sequence[Objective],
+        generators: Sequence[torch.Generator],
+        *,
+        graph: bool = False,
+        flush_denormal: bool = True,
+    ) -> None:
         super().__init__(models, optimizers, objectives, generators, flush_denormal=flush_denormal)
         why = stackable(self.models, self.objectives) or _adam_differs(self.optimizers)
         if why:

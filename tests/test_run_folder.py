@@ -51,15 +51,17 @@ def test_a_run_starting_over_gets_an_empty_metrics_log(tmp_path):
 def test_status_of_a_stopped_run_says_its_passes_and_the_training_time_left_at_its_pace(tmp_path):
     """`iwae status`: passes done of the schedule's, and the time left at the pace of the last passes logged (their
     own seconds, whatever else the process did between them)."""
-    from iwae.experiments.status import PACE_PASSES, run_states
+    from iwae.experiments.status import PACE_PASSES, _passes, run_states
+
+    assert (_passes(3280.0), _passes(9.84)) == ("3,280", "9.84")  # whole passes without decimals
 
     run = tmp_path / "run"
     rundir.create(run, TrainConfig(stages=3))  # 1 + 3 + 9 = 13 passes
     (state,) = run_states(run)
-    assert state.detail == f"0.00 of 13.00 passes (0%); continue: iwae resume {run}"  # nothing logged: no pace
+    assert state.detail == f"0 of 13 passes (0%); continue: iwae resume {run}"  # nothing logged: no pace
     for p in range(1, PACE_PASSES + 3):  # the early passes slower: only the last PACE_PASSES set the pace
         rundir.append_log(run, {"pass": p / 2, "seconds": 9000.0 if p <= 2 else 1800.0, "train_bound": -100.0})
     (state,) = run_states(run)
     done = (PACE_PASSES + 2) / 2  # 11 passes, 20 half-passes of 1,800 s: 3,600 s a pass, 2 passes left
-    assert state.detail == f"{done:,.2f} of 13.00 passes ({done / 13:.0%}); about 2.0 h of training left at " \
+    assert state.detail == f"11 of 13 passes ({done / 13:.0%}); about 2.0 h of training left at " \
         f"3600.0 s a pass; continue: iwae resume {run}"  # fmt: skip

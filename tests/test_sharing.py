@@ -19,13 +19,17 @@ def test_an_exported_model_is_its_runs_model_and_replays_its_numbers(tiny_run, t
     out = tmp_path / "shared"
     assert main(["export", str(tiny_run), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "config.json", "metrics.json", "metrics.jsonl", "model.safetensors", "test_ll.json"]  # fmt: skip
+        "README.md", "active_units.png", "config.json", "metrics.json", "metrics.jsonl", "model.safetensors",
+        "samples.png", "test_ll.json", "training.png"]  # fmt: skip
     config = json.loads((out / "config.json").read_text())
     assert config["data_dir"] is None and config["device"] == "auto"  # nothing of this machine
     metrics = read_json(tiny_run / "metrics.json")
     card = (out / "README.md").read_text()
     assert f"Test NLL: {metrics['test_nll']:.2f} ± {metrics['test_nll_sem']:.2f} nats" in card
     assert f"commit {metrics['code']['commit'] or 'unknown'}" in card
+    from iwae.util.machine import describe
+
+    assert f"hours on {describe()} (100%)." in card  # where the training time went
     # the same model, loaded from the run folder and from the export
     run, shared = iwae.load_run(tiny_run), iwae.load_run(out)
     assert shared.metrics == run.metrics == metrics and not shared.model.training
@@ -40,6 +44,18 @@ def test_an_exported_model_is_its_runs_model_and_replays_its_numbers(tiny_run, t
     assert main(["compare", str(tiny_run), str(out), "--quiet"]) == 0
     assert "| A - B (paired) | +0.000 ± 0.000 |" in capsys.readouterr().out
     assert main(["sample", str(out), "--n", "4"]) == 0 and (out / "samples-n4-seed0.png").is_file()
+
+
+def test_the_training_time_is_told_by_machine_and_time_before_machines_were_kept_is_not_hidden():
+    from iwae.runs.evaluate_run import train_machines
+    from iwae.runs.sharing import _machines
+
+    assert train_machines({"train_seconds": 30.0, "train_machines": {"A": 20.0, "B": 10.0}}) == {"A": 20.0, "B": 10.0}
+    resumed = train_machines({"train_seconds": 100.0, "train_machines": {"B": 25.0}})  # an older checkpoint resumed
+    assert resumed == {"B": 25.0, "not recorded": 75.0}
+    assert train_machines({"train_seconds": 100.0}) == {"not recorded": 100.0}
+    assert _machines({"train_seconds": 100.0, "train_machines": resumed}) == "machines not recorded (75%) and B (25%)"
+    assert _machines({"train_seconds": 100.0}) == "machines not recorded (100%)"  # a metrics.json made before
 
 
 def test_damaged_weights_an_unevaluated_run_and_a_used_folder_are_refused(tiny_run, tmp_path):
@@ -69,7 +85,8 @@ def test_an_exported_folder_is_not_a_run_to_continue(tiny_run, tmp_path, capsys)
     assert main(["resume", str(out), "--re-evaluate", "--quiet"]) == 1  # training afresh would erase it
     assert "is an exported model" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "config.json", "metrics.json", "metrics.jsonl", "model.safetensors", "test_ll.json"]  # fmt: skip
+        "README.md", "active_units.png", "config.json", "metrics.json", "metrics.jsonl", "model.safetensors",
+        "samples.png", "test_ll.json", "training.png"]  # fmt: skip
     assert run_states(out)[0].state == "exported"
     with pytest.raises(RunError, match="not an empty folder"):
         export_run(tiny_run, out / "README.md")

@@ -84,6 +84,12 @@ def test_tiny_run_end_to_end(tiny_run, tiny_config):
     for key in ("test_nll", "train_nll", "eval_k", "active_units", "test_nll_pruned", "train_seconds"):
         assert key in metrics
     assert 60 < metrics["test_nll"] < 300 and len(metrics["active_units"]) == 1
+    # A_u of each unit, whose count above the threshold is active_units; the training time by machine
+    threshold = metrics["active_threshold"]
+    assert [sum(a > threshold for a in layer) for layer in metrics["activity"]] == metrics["active_units"]
+    assert [len(layer) for layer in metrics["activity"]] == [50]  # the paper's 1-layer architecture
+    (machine,) = metrics["train_machines"]  # all of it on this machine, as evaluated
+    assert machine == metrics["eval_machine"] and metrics["train_machines"][machine] == metrics["train_seconds"]
     for name in ("samples.png", "active_units.png", "training.png", "config.json", "metrics.json"):
         assert (run / name).is_file()
     log = rundir.read_log(run)

@@ -43,6 +43,7 @@ from iwae.runs.rundir import (
 from iwae.util import streams
 from iwae.util.atomic import write_json
 from iwae.util.cpu import flush_subnormals
+from iwae.util.machine import describe
 
 __all__ = [
     "STREAMS",
@@ -62,6 +63,7 @@ __all__ = [
     "evaluate_run",
     "curve_images",
     "curve_point",
+    "train_machines",
     "finish_run",
     "eval_threads",
 ]
@@ -376,6 +378,16 @@ def _evaluation_bar(config: TrainConfig, progress: bool) -> tqdm:
     return tqdm(total=config.eval_k * sum(evaluation_sizes(config)), unit="sample", disable=not progress, leave=False)
 
 
+def train_machines(state: dict[str, Any]) -> dict[str, float]:
+    """A checkpoint's training seconds by machine; those its run spent before machines were kept (an older
+    checkpoint resumed) under ``"not recorded"``."""
+    machines = dict(state.get("train_machines", {}))
+    unrecorded = state["train_seconds"] - sum(machines.values())
+    if unrecorded > 1.0:
+        machines["not recorded"] = unrecorded
+    return machines
+
+
 def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """The end-of-training evaluation of Section 5 and Appendix C/E: ``metrics.json`` and the three figures."""
     run_dir = Path(run_dir)
@@ -396,9 +408,11 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "train_nll": train["nll"], "train_nll_sem": train["nll_sem"],
         "active_units": test["active_units"], "active_units_split": test["active_units_split"],
         "active_units_n": test["active_units_n"], "active_threshold": config.active_threshold,
+        "activity": [[round(a, 6) for a in layer.tolist()] for layer in A],  # A_u of each unit (Section 5.2)
         "test_nll_pruned": test["nll_pruned"], "units_pruned": test["units_pruned"],
-        "train_seconds": state["train_seconds"], "passes": log[-1]["pass"] if log else 0.0,
-        "eval_threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "train_seconds": state["train_seconds"], "train_machines": train_machines(state),
+        "passes": log[-1]["pass"] if log else 0.0,
+        "eval_threads": torch.get_num_threads() if device.type == "cpu" else None, "eval_machine": describe(device),
         # which files the data came from (Omniglot: the paper's chardata.mat or the rebuilt archives)
         "data_files": sorted(locate(config.dataset, Path(config.data_dir)) or {}),
         "code": code_version(),  # the code that evaluated it (and, for a run trained in one go, trained it)

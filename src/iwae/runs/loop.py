@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from iwae.runs import rundir
 from iwae.runs.evaluate_run import curve_point
 from iwae.runs.training_state import Position, RunState
+from iwae.util.machine import describe as describe_machine
 
 __all__ = ["CHECK_EVERY", "Stepper", "StopRequests", "step_runs", "log_pass"]
 
@@ -96,6 +97,7 @@ def _stretch(
 ) -> tuple[int, dict[RunState, str]]:
     """Step until one of the runs finishes or leaves; the loop's step reached and the runs that left."""
     sums = torch.tensor([r.pos.pass_loss for r in active], dtype=torch.float64, device=active[0].batches.x.device)
+    machine = describe_machine(active[0].batches.x.device)
     last_save = tick = time.monotonic()
     while True:
         xs = []
@@ -114,7 +116,8 @@ def _stretch(
         now = time.monotonic()
         left = {}
         for r, loss in zip(active, sums.tolist()):
-            r.pos.pass_loss, r.pos.train_seconds = loss, r.pos.train_seconds + now - tick
+            r.pos.pass_loss = loss
+            r.pos.spend(now - tick, machine)
             if not math.isfinite(loss):
                 left[r] = f"the training loss became non-finite in stage {r.pos.stage + 1}, step {r.pos.step}"
         saving = any(s for _, s in ends) or now - last_save >= interval or stop.requested

@@ -5,13 +5,15 @@ model card.
 evaluate``, ``sample`` and ``compare`` accept either. An exported folder holds ``model.safetensors`` (parameters
 and buffers, with a sha256 of them), ``config.json`` (without the machine's data path, device ``auto``),
 ``metrics.json``, ``metrics.jsonl`` and ``test_ll.json`` as the run wrote them (so ``iwae evaluate DIR`` replays
-its numbers, image by image), and ``README.md``, the model card.
+its numbers, image by image), the run's figures (samples, active units, training curve), and ``README.md``, the model
+card.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,7 +21,17 @@ from typing import Any, NamedTuple
 from iwae.models.model import IWAE
 from iwae.runs.checkpoint import WEIGHTS_NAME, save_weights
 from iwae.runs.config import TrainConfig, schedule
-from iwae.runs.rundir import CONFIG_NAME, LOG_NAME, METRICS_NAME, PER_IMAGE_NAME, RunError, read_config
+from iwae.runs.rundir import (
+    ACTIVE_UNITS_NAME,
+    CONFIG_NAME,
+    LOG_NAME,
+    METRICS_NAME,
+    PER_IMAGE_NAME,
+    SAMPLES_NAME,
+    TRAINING_NAME,
+    RunError,
+    read_config,
+)
 from iwae.runs.rundir import load_run as _load
 from iwae.util import atomic
 
@@ -71,9 +83,10 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
         save_weights(staged / WEIGHTS_NAME, model)
         atomic.write_text(staged / CONFIG_NAME, shared.to_json())
         atomic.write_json(staged / METRICS_NAME, metrics)
-        for name in (LOG_NAME, PER_IMAGE_NAME):  # the learning curve; each test image's L_k
+        # the learning curve, each test image's L_k, the figures
+        for name in (LOG_NAME, PER_IMAGE_NAME, SAMPLES_NAME, ACTIVE_UNITS_NAME, TRAINING_NAME):
             if (run_dir / name).is_file():
-                atomic.write_text(staged / name, (run_dir / name).read_text())
+                shutil.copyfile(run_dir / name, staged / name)  # (the staged folder is renamed whole at the end)
         atomic.write_text(staged / MODEL_CARD_NAME, card)
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -105,6 +118,7 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
         f"over {metrics['eval_n']:,} test images, ± one standard error over images); train NLL "
         f"{metrics['train_nll']:.2f}; active units {units}; NLL without the inactive units "
         f"{metrics['test_nll_pruned']:.2f}.",
+        f"- Trained for {metrics['train_seconds'] / 3600:,.1f} hours on {_machines(metrics)}.",
         f"- Evaluated by: {made}.",
         "",
         "```python",
@@ -117,3 +131,12 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
         "`iwae compare` take the folder too.",
         "",
     ])  # fmt: skip
+
+
+def _machines(metrics: dict[str, Any]) -> str:
+    """Where the training time went (``metrics.json``'s ``train_machines``), largest share first."""
+    machines = metrics.get("train_machines") or {"not recorded": metrics["train_seconds"]}
+    total = sum(machines.values()) or 1.0
+    shares = sorted(machines.items(), key=lambda item: -item[1])
+    named = {"not recorded": "machines not recorded"}
+    return " and ".join(f"{named.get(name, name)} ({seconds / total:.0%})" for name, seconds in shares)

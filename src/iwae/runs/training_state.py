@@ -36,6 +36,14 @@ class Position:
     pass_loss: float = 0.0  # sum of the current pass's losses so far (float64, so exact in JSON)
     fleet_step: int = 0  # steps of the fleet the run trains in (iwae.fleets.fleet_train), 0 for a run of its own
     pass_seconds: float = 0.0  # seconds the pass under way had taken when the position was saved
+    # train_seconds by the machine that spent them (iwae.util.machine.describe): a run resumed elsewhere says where
+    # its time went; seconds of checkpoints written before this was kept are in train_seconds alone
+    train_machines: dict[str, float] = field(default_factory=dict)
+
+    def spend(self, seconds: float, machine: str) -> None:
+        """Count ``seconds`` of training, spent on ``machine``."""
+        self.train_seconds += seconds
+        self.train_machines[machine] = self.train_machines.get(machine, 0.0) + seconds
 
 
 @dataclass
@@ -168,7 +176,8 @@ class RunState:
     def next_stage(self) -> None:
         self.steps_done += self.total
         self.pos = dataclasses.replace(Position(stage=self.pos.stage + 1), train_seconds=self.pos.train_seconds,
-                                       log_lines=self.pos.log_lines, fleet_step=self.pos.fleet_step)  # fmt: skip
+                                       log_lines=self.pos.log_lines, fleet_step=self.pos.fleet_step,
+                                       train_machines=self.pos.train_machines)  # fmt: skip
         self.perm = None
 
     def save(self, fleet_step: int | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ import torch
 __all__ = ["cpu_model", "describe"]
 
 
+@cache  # one lscpu a process: the CPU does not change under it
 def cpu_model() -> str:
     """The CPU's model name (``lscpu``, else Linux's /proc/cpuinfo), else the platform's processor string."""
     try:

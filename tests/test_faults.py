@@ -27,7 +27,7 @@ from iwae.util import atomic
 
 
 def _without_timings(record: dict) -> dict:
-    """The record but its timings (``seconds``, ``train_seconds``, ``examples_per_s``, ``train_machines`` ...), which differ run to run."""
+    """The record but its timings (``seconds``, ``examples_per_s``, ``train_machines`` ...), which differ run to run."""
     return {k: v for k, v in record.items() if not k.endswith(("seconds", "_per_s", "_machines"))}
 
 

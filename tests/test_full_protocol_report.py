@@ -36,7 +36,8 @@ def references(tmp_path):
     short["mnist-l1-iwae-k5"].update(test_nll_sd=0.4)
     (tmp_path / "reproduction").mkdir()
     (tmp_path / "reproduction" / "results.json").write_text(json.dumps({"runs": short}))
-    prefix = {"runs": [{"name": "mnist-l1-k1", "passes": 364.0, "test_nll": 87.44, "test_nll_sem": 0.74}]}
+    prefix = {"runs": [{"name": "mnist-l1-k1", "passes": 364.0, "test_nll": 87.44, "test_nll_sem": 0.74,
+                        "eval_k": 5000, "eval_n": 1000, "active_units": [19]}]}  # fmt: skip
     (tmp_path / "prefix.json").write_text(json.dumps(prefix))
     return ["--reproduction", str(tmp_path / "reproduction"), "--prefix", str(tmp_path / "prefix.json")]
 
@@ -68,6 +69,13 @@ def test_each_cell_beside_the_paper_and_each_claim_paired_as_compare_scores_it(c
         assert claim["reading"] == full_protocol._reading(claim["difference"], claim["paper"])
     report = out.with_suffix(".md").read_text()
     assert "| mnist-l1-vae-k5 | mnist-l1-iwae-k5 |" in report and "missed" in report
+    # the references say how they were scored; the machines that trained and evaluated each cell
+    assert "| 87.44 ± 0.74 (L_5000, 1,000 images) | 98.00 (9.84) |" in report
+    k1 = rows["mnist-l1-k1"]
+    assert f"| {k1['active_units'][0]} / 19 (19) |" in report
+    from iwae.util.machine import describe
+
+    assert f"- mnist-l1-k1: trained 0.0 h on {describe()}; evaluated on {describe()}." in report
     assert out.with_name("results-curves.png").stat().st_size > 0
     assert "python -m benchmarks.full_protocol" in capsys.readouterr().out
 

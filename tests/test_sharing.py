@@ -92,8 +92,9 @@ def test_an_exported_folder_is_not_a_run_to_continue(tiny_run, tmp_path, capsys)
         export_run(tiny_run, out / "README.md")
 
 
-def test_the_code_version_names_this_checkouts_commit():
-    """metrics.json's ``code``: the commit of the checkout the package runs from (this one, a git clone)."""
+def test_the_code_version_names_this_checkouts_commit(monkeypatch):
+    """metrics.json's ``code``: the commit of the checkout the package runs from (this one, a git clone), read once
+    a process: a run that trains for days records the code it loaded, not the commit the checkout reached since."""
     import shutil
     import subprocess
     from pathlib import Path
@@ -107,3 +108,9 @@ def test_the_code_version_names_this_checkouts_commit():
     version = code_version()
     assert version["commit"] == head and isinstance(version["dirty"], bool)
     assert version["version"] == iwae.__version__
+
+    def no_git(*args, **kwargs):
+        raise AssertionError("git read again")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert code_version() is version

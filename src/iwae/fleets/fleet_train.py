@@ -28,7 +28,7 @@ import torch
 from iwae.fleets.fleet import Fleet, make_fleet
 from iwae.runs import rundir
 from iwae.runs.config import TrainConfig
-from iwae.runs.evaluate_run import finish_run
+from iwae.runs.evaluate_run import code_version, finish_run
 from iwae.runs.loop import step_runs
 from iwae.runs.rundir import RunError, resolve_device
 from iwae.runs.train import cpu_work
@@ -186,6 +186,7 @@ def train_fleet_and_evaluate(
     with ExitStack() as stack:
         for d in run_dirs:
             stack.enter_context(rundir.locked(d, again=f"iwae resume {Path(manifest).parent}"))
+        code_version()  # the code this process runs, read before the checkout can move on (metrics.json's "code")
         if configs is None:
             for d in run_dirs if changes else ():  # settings of RESUMABLE, changed once every run is locked
                 if (d / rundir.CONFIG_NAME).exists():

@@ -10,6 +10,7 @@ twice gives the same numbers.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -312,9 +313,11 @@ def evaluate_run(
     return result
 
 
+@functools.cache  # read once a process: the checkout may move on while a long run trains from the code it loaded
 def code_version() -> dict[str, str | bool | None]:
     """The package's version, and the git commit of its own source checkout with whether the package's files
-    differ from it (None where it is installed from a wheel, lies in another repository, or git is missing)."""
+    differ from it (None where it is installed from a wheel, lies in another repository, or git is missing); read
+    at its first call in the process (training calls it as it starts)."""
     import subprocess
 
     import iwae

@@ -29,7 +29,7 @@ from iwae.data.datasets import SPLIT_SIZES
 from iwae.fleets.fleet import LoopFleet
 from iwae.runs import rundir
 from iwae.runs.config import TrainConfig
-from iwae.runs.evaluate_run import finish_run
+from iwae.runs.evaluate_run import code_version, finish_run
 from iwae.runs.loop import step_runs
 from iwae.runs.rundir import RunError, resolve_device
 from iwae.runs.training_state import RunState, SharedData, open_run
@@ -120,6 +120,7 @@ def train_and_evaluate(
         if not (Path(run_dir) / rundir.LOCK_NAME).exists():  # (with a lock file, the lock says if it is in use)
             rundir.read_config(run_dir)
     with rundir.locked(run_dir, again=f"iwae resume {run_dir}"):  # one process per run folder, to the end
+        code_version()  # the code this process runs, read before the checkout can move on (metrics.json's "code")
         if config is None:
             if changes:
                 rundir.update_config(run_dir, changes)

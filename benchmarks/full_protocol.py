@@ -27,7 +27,7 @@ from benchmarks.prefix_report import curve_lines, summarize
 from iwae.analysis.compare import paired_records
 from iwae.experiments.paper_results import TABLE1
 from iwae.plots import plot_curves
-from iwae.runs.evaluate_run import evaluation_sizes, read_per_image
+from iwae.runs.evaluate_run import evaluation_sizes, machines_text, read_per_image
 from iwae.runs.rundir import read_config
 from iwae.util.atomic import write_json, write_text
 
@@ -114,10 +114,10 @@ def machine_lines(rows: list[dict]) -> list[str]:
     """Where each cell trained (its hours by machine, ``metrics.json``'s ``train_machines``) and was evaluated."""
     lines = ["", "Machines (a run resumed on another machine lists each, with its share of the training time):", ""]
     for r in rows:
-        machines = r["train_machines"] or {"not recorded": r["train_seconds"]}
-        where = "; ".join(f"{s / 3600:.1f} h on {m if m != 'not recorded' else 'machines not recorded'}"
-                          for m, s in sorted(machines.items(), key=lambda item: -item[1]))  # fmt: skip
-        lines.append(f"- {r['name']}: trained {where}; evaluated on {r['eval_machine'] or 'a machine not recorded'}.")
+        where = machines_text({k: r[k] for k in ("train_machines", "train_seconds")})
+        lines.append(
+            f"- {r['name']}: trained on {where}; evaluated on {r['eval_machine'] or 'a machine not recorded'}."
+        )
     return lines
 
 

@@ -32,8 +32,9 @@ CONFIGS = {
     "piwae-l1": ["--layers", "1", "--objective", "piwae", "--k", "2", "--m", "2"],
     "ciwae-omniglot": ["--dataset", "omniglot", "--objective", "ciwae", "--k", "3", "--beta", "0.3"],
 }
-_TIMING = {"seconds", "examples_per_s", "train_seconds", "curve_seconds"}
-_PROVENANCE = {"code"}  # which code evaluated the run (an exported revision has no git commit): not a result
+_TIMING = {"seconds", "examples_per_s", "train_seconds", "train_machines", "curve_seconds"}
+# which code evaluated the run (an exported revision has no git commit), and on which machine: not results
+_PROVENANCE = {"code", "eval_machine"}
 
 
 def _export(rev: str, folder: Path) -> Path:

@@ -49,6 +49,14 @@ def test_a_cell_of_seeds_holds_their_mean_and_spread_and_one_seed_reads_as_befor
     assert cell["test_nll"] == pytest.approx(91.1666667) and cell["test_nll_sd"] == pytest.approx(1.2583057)  # ddof=1
     assert cell["active_units"] == [11.0, 3] and cell["active_units_seeds"][2] == [12, 3]
     assert fmt_nll(cell, 90.0) == "91.17 ± 1.26 (n=3) (90.00, +1.17)"
+    # each unit's A_u per seed only; training seconds by machine averaged machine by machine; machines named once
+    a, b = "AMD EPYC, 2 cores", "Intel Xeon, 2 cores"
+    cell = combine([{"train_seconds": 30.0, "train_machines": {a: 30.0}, "eval_machine": a, "activity": [[0.5, 0.0]]},
+                    {"train_seconds": 50.0, "train_machines": {a: 10.0, b: 40.0}, "eval_machine": b,
+                     "activity": [[0.2, 0.9]]}], [0, 1])  # fmt: skip
+    assert cell["train_machines"] == {a: 20.0, b: 20.0} and cell["train_seconds"] == 40.0
+    assert cell["eval_machine"] == f"{a}; {b}" and "activity" not in cell
+    assert cell["activity_seeds"] == [[[0.5, 0.0]], [[0.2, 0.9]]]
     one = combine([{"test_nll": 90.0, "active_units": [10]}], [7])
     assert fmt_nll(one, 90.5) == "90.00 (90.50, -0.50)" and "test_nll_sd" not in one and one["seeds"] == [7]
     assert fmt_nll(None, 90.5) == "–"

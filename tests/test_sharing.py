@@ -29,7 +29,7 @@ def test_an_exported_model_is_its_runs_model_and_replays_its_numbers(tiny_run, t
     assert f"commit {metrics['code']['commit'] or 'unknown'}" in card
     from iwae.util.machine import describe
 
-    assert f"hours on {describe()} (100%)." in card  # where the training time went
+    assert f"hours on {describe()} (100%, 0.0 h)." in card  # where the training time went
     # the same model, loaded from the run folder and from the export
     run, shared = iwae.load_run(tiny_run), iwae.load_run(out)
     assert shared.metrics == run.metrics == metrics and not shared.model.training
@@ -47,15 +47,15 @@ def test_an_exported_model_is_its_runs_model_and_replays_its_numbers(tiny_run, t
 
 
 def test_the_training_time_is_told_by_machine_and_time_before_machines_were_kept_is_not_hidden():
-    from iwae.runs.evaluate_run import train_machines
-    from iwae.runs.sharing import _machines
+    from iwae.runs.evaluate_run import machines_text, train_machines
 
     assert train_machines({"train_seconds": 30.0, "train_machines": {"A": 20.0, "B": 10.0}}) == {"A": 20.0, "B": 10.0}
     resumed = train_machines({"train_seconds": 100.0, "train_machines": {"B": 25.0}})  # an older checkpoint resumed
     assert resumed == {"B": 25.0, "not recorded": 75.0}
     assert train_machines({"train_seconds": 100.0}) == {"not recorded": 100.0}
-    assert _machines({"train_seconds": 100.0, "train_machines": resumed}) == "machines not recorded (75%) and B (25%)"
-    assert _machines({"train_seconds": 100.0}) == "machines not recorded (100%)"  # a metrics.json made before
+    hours = {"train_seconds": 3600.0, "train_machines": {"B": 900.0, "not recorded": 2700.0}}
+    assert machines_text(hours) == "machines not recorded (75%, 0.8 h) and B (25%, 0.2 h)"
+    assert machines_text({"train_seconds": 7200.0}) == "machines not recorded (100%, 2.0 h)"  # an older metrics.json
 
 
 def test_damaged_weights_an_unevaluated_run_and_a_used_folder_are_refused(tiny_run, tmp_path):
@@ -113,4 +113,6 @@ def test_the_code_version_names_this_checkouts_commit(monkeypatch):
         raise AssertionError("git read again")
 
     monkeypatch.setattr(subprocess, "run", no_git)
-    assert code_version() is version
+    assert code_version() == version
+    version["commit"] = "changed by a caller"
+    assert code_version()["commit"] == head  # each caller gets its own copy

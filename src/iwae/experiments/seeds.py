@@ -1,9 +1,11 @@
 """A plan run trained with several seeds (`RUN/seed-<S>/`, `iwae reproduce --seeds`) as one cell of the report.
 
 A cell is a run's ``metrics.json`` as it was, or, for the seed folders, the seeds' metrics combined: every number
-their mean (a value all seeds share kept as it is), so that a reader of one run's metrics reads a cell alike, and
+their mean (a value all seeds share kept as it is; the training seconds by machine, machine by machine; the
+machines that evaluated them, each named once), so that a reader of one run's metrics reads a cell alike, and
 beside it ``seeds``, ``test_nll_seeds`` and ``train_nll_seeds`` (one value per seed, in seed order),
-``active_units_seeds``, and with two seeds or more ``test_nll_sd`` and ``train_nll_sd``, the sample standard
+``active_units_seeds`` and ``activity_seeds`` (each unit's A_u: a unit of one seed is no unit of another, so these
+are not averaged), and with two seeds or more ``test_nll_sd`` and ``train_nll_sd``, the sample standard
 deviations (ddof=1). Pure functions: no torch, no files.
 """
 
@@ -30,6 +32,7 @@ SEEDS_NOTE = (
     "deviation (active units: the mean per layer)."
 )
 SPREAD_KEYS = ("test_nll", "train_nll")  # the numbers a cell keeps per seed, with their standard deviation
+PER_SEED_KEYS = ("active_units", "activity")  # kept per seed (``<key>_seeds``) beside or instead of a mean
 
 
 def _is_number(value: object) -> bool:
@@ -37,13 +40,19 @@ def _is_number(value: object) -> bool:
 
 
 def _mean_value(values: list) -> object:
-    """The seeds' common value, else the mean of numbers (per position for lists), else the first seed's."""
+    """The seeds' common value, else the mean of numbers (per position for lists, per key for dicts of numbers, a
+    key a seed lacks counting 0 there), else the distinct strings joined, else the first seed's."""
     if all(v == values[0] for v in values):
         return values[0]
     if all(_is_number(v) for v in values):
         return statistics.fmean(values)
     if all(isinstance(v, list) and len(v) == len(values[0]) and all(map(_is_number, v)) for v in values):
         return [statistics.fmean(column) for column in zip(*values)]
+    if all(isinstance(v, dict) and all(map(_is_number, v.values())) for v in values):
+        keys = dict.fromkeys(key for v in values for key in v)
+        return {key: statistics.fmean(v.get(key, 0.0) for v in values) for key in keys}
+    if all(isinstance(v, str) for v in values):
+        return "; ".join(dict.fromkeys(values))
     return values[0]
 
 
@@ -58,8 +67,10 @@ def combine(metrics: Sequence[dict], seeds: Sequence[int]) -> dict:
             out[f"{key}_seeds"] = values
             if len(values) > 1:
                 out[f"{key}_sd"] = statistics.stdev(values)
-    if all("active_units" in m for m in metrics):
-        out["active_units_seeds"] = [m["active_units"] for m in metrics]
+    for key in PER_SEED_KEYS:
+        if all(key in m for m in metrics):
+            out[f"{key}_seeds"] = [m[key] for m in metrics]
+    out.pop("activity", None)  # per unit: kept per seed only
     return out
 
 

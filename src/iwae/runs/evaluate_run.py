@@ -64,7 +64,9 @@ __all__ = [
     "evaluate_run",
     "curve_images",
     "curve_point",
+    "NOT_RECORDED",
     "train_machines",
+    "machines_text",
     "finish_run",
     "eval_threads",
 ]
@@ -313,11 +315,15 @@ def evaluate_run(
     return result
 
 
-@functools.cache  # read once a process: the checkout may move on while a long run trains from the code it loaded
 def code_version() -> dict[str, str | bool | None]:
     """The package's version, and the git commit of its own source checkout with whether the package's files
     differ from it (None where it is installed from a wheel, lies in another repository, or git is missing); read
     at its first call in the process (training calls it as it starts)."""
+    return dict(_code_version())  # a copy: callers may change theirs
+
+
+@functools.cache  # read once a process: the checkout may move on while a long run trains from the code it loaded
+def _code_version() -> dict[str, str | bool | None]:
     import subprocess
 
     import iwae
@@ -381,13 +387,27 @@ def _evaluation_bar(config: TrainConfig, progress: bool) -> tqdm:
     return tqdm(total=config.eval_k * sum(evaluation_sizes(config)), unit="sample", disable=not progress, leave=False)
 
 
+NOT_RECORDED = "not recorded"  # train_machines' key for seconds whose machine no checkpoint kept
+
+
+def machines_text(metrics: dict[str, Any]) -> str:
+    """Where a run's training time went (``metrics.json``'s ``train_machines``), largest share first, in words."""
+    machines = metrics.get("train_machines") or {NOT_RECORDED: metrics["train_seconds"]}
+    total = sum(machines.values()) or 1.0
+    shares = sorted(machines.items(), key=lambda item: -item[1])
+    return " and ".join(
+        f"{'machines not recorded' if name == NOT_RECORDED else name} ({seconds / total:.0%}, {seconds / 3600:,.1f} h)"
+        for name, seconds in shares
+    )
+
+
 def train_machines(state: dict[str, Any]) -> dict[str, float]:
     """A checkpoint's training seconds by machine; those its run spent before machines were kept (an older
-    checkpoint resumed) under ``"not recorded"``."""
+    checkpoint resumed) under :data:`NOT_RECORDED` (a remainder under a second is the sums' rounding, dropped)."""
     machines = dict(state.get("train_machines", {}))
     unrecorded = state["train_seconds"] - sum(machines.values())
     if unrecorded > 1.0:
-        machines["not recorded"] = unrecorded
+        machines[NOT_RECORDED] = unrecorded
     return machines
 
 
@@ -411,7 +431,7 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "train_nll": train["nll"], "train_nll_sem": train["nll_sem"],
         "active_units": test["active_units"], "active_units_split": test["active_units_split"],
         "active_units_n": test["active_units_n"], "active_threshold": config.active_threshold,
-        "activity": [[round(a, 6) for a in layer.tolist()] for layer in A],  # A_u of each unit (Section 5.2)
+        "activity": [layer.tolist() for layer in A],  # A_u of each unit (Section 5.2), inactive ones' too
         "test_nll_pruned": test["nll_pruned"], "units_pruned": test["units_pruned"],
         "train_seconds": state["train_seconds"], "train_machines": train_machines(state),
         "passes": log[-1]["pass"] if log else 0.0,

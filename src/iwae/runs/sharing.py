@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from iwae.models.model import IWAE
 from iwae.runs.checkpoint import WEIGHTS_NAME, save_weights
 from iwae.runs.config import TrainConfig, schedule
+from iwae.runs.evaluate_run import machines_text
 from iwae.runs.rundir import (
     ACTIVE_UNITS_NAME,
     CONFIG_NAME,
@@ -118,7 +119,7 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
         f"over {metrics['eval_n']:,} test images, ± one standard error over images); train NLL "
         f"{metrics['train_nll']:.2f}; active units {units}; NLL without the inactive units "
         f"{metrics['test_nll_pruned']:.2f}.",
-        f"- Trained for {metrics['train_seconds'] / 3600:,.1f} hours on {_machines(metrics)}.",
+        f"- Trained for {metrics['train_seconds'] / 3600:,.1f} hours on {machines_text(metrics)}.",
         f"- Evaluated by: {made}.",
         "",
         "```python",
@@ -131,12 +132,3 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
         "`iwae compare` take the folder too.",
         "",
     ])  # fmt: skip
-
-
-def _machines(metrics: dict[str, Any]) -> str:
-    """Where the training time went (``metrics.json``'s ``train_machines``), largest share first."""
-    machines = metrics.get("train_machines") or {"not recorded": metrics["train_seconds"]}
-    total = sum(machines.values()) or 1.0
-    shares = sorted(machines.items(), key=lambda item: -item[1])
-    named = {"not recorded": "machines not recorded"}
-    return " and ".join(f"{named.get(name, name)} ({seconds / total:.0%})" for name, seconds in shares)

@@ -119,9 +119,16 @@ def test_resume_after_interruption_gives_identical_numbers(tiny_run, tiny_config
     state, _ = load_checkpoint(tmp_path / "broken" / "checkpoint.safetensors", rundir.build_model(config))
     assert (state["stage"], state["step"]) == (1, 50)
     monkeypatch.setattr(iwae.fleets.fleet, "build_step", real)
+    monkeypatch.setattr(iwae.runs.loop, "describe_machine", lambda device: "another machine")  # resumed elsewhere
     iwae.runs.train.resume(tmp_path / "broken", progress=False)
     _same_checkpoints(tiny_run, tmp_path / "broken")
     assert _log_without_timings(tmp_path / "broken") == _log_without_timings(tiny_run)
+    # its training time by machine, through a stop, a resume and a stage's end: each part on its own machine
+    state, _ = load_checkpoint(tmp_path / "broken" / "checkpoint.safetensors", rundir.build_model(config))
+    from iwae.util.machine import describe
+
+    assert set(state["train_machines"]) == {describe(), "another machine"}
+    assert sum(state["train_machines"].values()) == pytest.approx(state["train_seconds"], abs=1e-9)
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from benchmarks.prefix_report import curve_lines, summarize
 from iwae.analysis.compare import paired_records
 from iwae.experiments.paper_results import TABLE1
 from iwae.plots import plot_curves
+from iwae.runs.config import passes_text
 from iwae.runs.evaluate_run import evaluation_sizes, machines_text, read_per_image
 from iwae.runs.rundir import read_config
 from iwae.util.atomic import write_json, write_text
@@ -103,11 +104,12 @@ def _units(per_layer: list[int] | None) -> str:
     return "-" if per_layer is None else "+".join(map(str, per_layer))
 
 
-def _scored(k_n: tuple[int | None, int | None] | None) -> str:
-    """`` (L_k, n images)`` where a reference number says how it was scored."""
-    if not k_n or None in k_n:
-        return ""
-    return f" (L_{k_n[0]}, {k_n[1]:,} images)"
+def _scored(k_n: tuple[int | None, int | None] | None, before: str = "") -> str:
+    """`` (before; L_k, n images)``: how a number was scored, where its record says."""
+    said = [before] if before else []
+    if k_n and None not in k_n:
+        said.append(f"L_{k_n[0]}, {k_n[1]:,} images")
+    return f" ({'; '.join(said)})" if said else ""
 
 
 def machine_lines(rows: list[dict]) -> list[str]:
@@ -127,27 +129,32 @@ def markdown(rows: list[dict], found: list[dict], command: str) -> str:
         "# The paper's full protocol: Table 1's cells",
         "",
         f"- command: `{command}`",
-        f"- written: {meta['date']}; torch {meta['torch']}",
+        f"- written: {meta['date']}; {meta['cpu']}, {meta['cores']} cores; torch {meta['torch']} (each cell's training "
+        "and evaluating machines: below)",
         "",
-        "Test NLL: the mean of -L_k over the test images scored (k, images), with its standard error over images.",
+        "Test and train NLL: the mean of -L_k over the images scored (k and images beside it), ± its standard error "
+        "over images.",
         f"Goal: within {GOAL} nats of the paper's number, or below it.",
         "",
         "Beside each cell, the same configuration (and seed) trained on the paper's first 6 stages (364 passes) and on "
         "the short schedule of the reproduction; those were scored on fewer test images, as said beside them. Active "
         "units: at 3,280 passes, at 364, and the paper's.",
         "",
-        "| cell | passes | test NLL (k, images) | paper | to the paper | goal | 364 passes | short schedule (passes) "
+        "| cell | passes | test NLL | paper | to the paper | goal | 364 passes | short schedule "
         "| train NLL | pruned test NLL | active units: 3,280 / 364 (paper) | training hours |",
         "| --- | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
+        short_passes = f"{passes_text(r['short_passes'])} passes"
         lines.append(
-            f"| {r['name']} | {r['passes']:.0f} | {_nll(r['test_nll'], r['test_nll_sem'])} ({r['eval_k']}, "
-            f"{r['eval_n']}) | {r['paper_test_nll']:.2f} | {r['to_paper']:+.2f} | "
+            f"| {r['name']} | {passes_text(r['passes'])} "
+            f"| {_nll(r['test_nll'], r['test_nll_sem'])}{_scored((r['eval_k'], r['eval_n']))} "
+            f"| {r['paper_test_nll']:.2f} | {r['to_paper']:+.2f} | "
             f"{'met' if r['meets_goal'] else 'missed'} "
             f"| {_nll(r['prefix_test_nll'], r['prefix_test_nll_sem'])}{_scored(r['prefix_eval'])} "
-            f"| {r['short_test_nll']:.2f}{_scored(r['short_eval'])} ({r['short_passes']:.2f}) "
-            f"| {_nll(r['train_nll'], r['train_nll_sem'])} | {_nll(r['test_nll_pruned'])} "
+            f"| {r['short_test_nll']:.2f}{_scored(r['short_eval'], short_passes)} "
+            f"| {_nll(r['train_nll'], r['train_nll_sem'])}{_scored((r['eval_k'], r['train_n']))} "
+            f"| {_nll(r['test_nll_pruned'])} "
             f"| {_units(r['active_units'])} / {_units(r['prefix_active_units'])} ({_units(r['paper_active_units'])}) "
             f"| {r['train_seconds'] / 3600:.1f} |"
         )
@@ -188,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, {"command": command, "goal": GOAL, "cells": rows, "claims": found})
     write_text(args.out.with_suffix(".md"), markdown(rows, found, command))
     series = [
-        {"label": f"{r['name']} ({r['passes']:.0f} passes)", "points": r["curve"], "reference": r["paper_test_nll"],
-         "reference_passes": 3280}
+        {"label": f"{r['name']} ({passes_text(r['passes'])} passes)", "points": r["curve"],
+         "reference": r["paper_test_nll"], "reference_passes": 3280}
         for r in rows
     ]  # fmt: skip
     plot_curves(series, args.out.with_name(args.out.stem + "-curves.png"), "test NLL against passes; dotted: paper")

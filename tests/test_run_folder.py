@@ -51,9 +51,10 @@ def test_a_run_starting_over_gets_an_empty_metrics_log(tmp_path):
 def test_status_of_a_stopped_run_says_its_passes_and_the_training_time_left_at_its_pace(tmp_path):
     """`iwae status`: passes done of the schedule's, and the time left at the pace of the last passes logged (their
     own seconds, whatever else the process did between them)."""
-    from iwae.experiments.status import PACE_PASSES, _passes, run_states
+    from iwae.experiments.status import PACE_PASSES, run_states
+    from iwae.runs.config import passes_text
 
-    assert (_passes(3280.0), _passes(9.84)) == ("3,280", "9.84")  # whole passes without decimals
+    assert (passes_text(3280.0), passes_text(9.84)) == ("3,280", "9.84")  # whole passes without decimals
 
     run = tmp_path / "run"
     rundir.create(run, TrainConfig(stages=3))  # 1 + 3 + 9 = 13 passes

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from iwae.experiments.runner import FAILED_LINE, REQUESTED_NAME
 from iwae.experiments.slurm import JOB_NAME, queue_states
-from iwae.runs.config import schedule
+from iwae.runs.config import passes_text, schedule
 from iwae.runs.eval_progress import describe_saved
 from iwae.runs.evaluate_run import evaluation_sizes
 from iwae.runs.rundir import CONFIG_NAME, LOCK_NAME, RunError, is_exported, read_config, read_log, status
@@ -128,7 +128,8 @@ def _progress(run: Path) -> str:
     done = log[-1]["pass"] if log else 0.0
     scored = describe_saved(run, config.eval_k, evaluation_sizes(config)) if done >= total else ""
     saved = f"; final evaluation so far: {scored}" if scored else ""
-    return f", {_passes(done)} of {_passes(total)} passes ({min(done / total, 1.0):.0%}){_time_left(log, total)}{saved}"
+    share = f"{min(done / total, 1.0):.0%}"
+    return f", {passes_text(done)} of {passes_text(total)} passes ({share}){_time_left(log, total)}{saved}"
 
 
 def _time_left(log: list[dict], total: float) -> str:
@@ -165,8 +166,3 @@ def format_states(states: list[RunState]) -> str:
     for s in states:
         counts[s.state] = counts.get(s.state, 0) + 1
     return "\n".join(lines + [", ".join(f"{n} {state}" for state, n in counts.items())])
-
-
-def _passes(n: float) -> str:
-    """A pass count as read: whole passes without decimals (3,280), fractions to two (9.84)."""
-    return f"{n:,.0f}" if float(n).is_integer() else f"{n:,.2f}"

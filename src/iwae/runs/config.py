@@ -26,7 +26,7 @@ from iwae.objectives import ESTIMATORS, KINDS
 from iwae.objectives.names import declare_params
 from iwae.util.streams import SCHEME, SCHEMES
 
-__all__ = ["TrainConfig", "Stage", "schedule", "RESUMABLE", "LEGACY", "RENAMED"]
+__all__ = ["TrainConfig", "Stage", "schedule", "passes_text", "RESUMABLE", "LEGACY", "RENAMED"]
 
 
 # ----------------------------------------------------------------------------- command-line parsers
@@ -360,3 +360,8 @@ def schedule(config: TrainConfig) -> list[Stage]:
             lr = 1e-3 * 10 ** (-i / 7)
         stages.append(Stage(i, 3**i * config.pass_scale, lr))
     return stages
+
+
+def passes_text(passes: float) -> str:
+    """A pass count as read: whole passes without decimals (3,280), fractions to two (9.84)."""
+    return f"{passes:,.0f}" if float(passes).is_integer() else f"{passes:,.2f}"

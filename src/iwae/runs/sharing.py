@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from iwae.models.model import IWAE
 from iwae.runs.checkpoint import WEIGHTS_NAME, save_weights
-from iwae.runs.config import TrainConfig, schedule
+from iwae.runs.config import TrainConfig, passes_text, schedule
 from iwae.runs.evaluate_run import machines_text
 from iwae.runs.rundir import (
     ACTIVE_UNITS_NAME,
@@ -112,9 +112,9 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
         f"the {config.bound} bound with k = {config.k} ({config.estimator} gradients), seed {config.seed}.",
         "",
         f"- Data: {config.dataset}, {binarized}.",
-        f"- Schedule: {passes:,.2f} passes over the training set in {len(schedule(config))} stages (the paper's is "
-        f"3,280 in 8), learning rates {rates[0]:.2e} down to {rates[-1]:.2e}, batch {config.batch_size}, Adam "
-        f"(betas {config.adam_betas}, eps 1e-4).",
+        f"- Schedule: {passes_text(passes)} passes over the training set in {len(schedule(config))} stages (the "
+        f"paper's is 3,280 in 8), learning rates {rates[0]:.2e} down to {rates[-1]:.2e}, batch {config.batch_size}, "
+        f"Adam (betas {config.adam_betas}, eps 1e-4).",
         f"- Test NLL: {metrics['test_nll']:.2f} ± {metrics['test_nll_sem']:.2f} nats (mean -L_{metrics['eval_k']} "
         f"over {metrics['eval_n']:,} test images, ± one standard error over images); train NLL "
         f"{metrics['train_nll']:.2f}; active units {units}; NLL without the inactive units "

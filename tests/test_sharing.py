@@ -1,18 +1,26 @@
-"""Loading a trained model in Python and exporting it to share (iwae.runs.sharing, `iwae export`)."""
+"""Loading a trained model in Python, exporting it to share (iwae.runs.sharing, `iwae export`), and copying an
+unfinished run to continue elsewhere (`iwae snapshot`)."""
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 
 import pytest
 import torch
 from conftest import read_json
+from safetensors import safe_open
+from test_faults import _same_run
 
 import iwae
+import iwae.runs.checkpoint
+import iwae.runs.train
 from iwae.cli import main
+from iwae.runs import rundir
 from iwae.runs.checkpoint import CheckpointError
 from iwae.runs.rundir import RunError
-from iwae.runs.sharing import export_run
+from iwae.runs.sharing import SNAPSHOT_FILES, export_run, snapshot_run
 
 
 def test_an_exported_model_is_its_runs_model_and_replays_its_numbers(tiny_run, tmp_path, capsys):
@@ -116,3 +124,49 @@ def test_the_code_version_names_this_checkouts_commit(monkeypatch):
     assert code_version() == version
     version["commit"] = "changed by a caller"
     assert code_version()["commit"] == head  # each caller gets its own copy
+
+
+def test_a_snapshot_of_an_unfinished_run_continues_elsewhere_exactly(tiny_run, tiny_config, tmp_path, monkeypatch,
+                                                                     capsys):  # fmt: skip
+    """A run stopped mid-way (the checkpoint of its second pass's end fails, its log line written) is copied as its
+    checkpoint stands, then continued from the copy alone: the same run as one trained straight through."""
+    real = iwae.runs.checkpoint.save_file
+
+    def full_at_the_second_pass_end(tensors, filename, metadata=None):
+        if json.loads(metadata["state"])["log_lines"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(iwae.runs.checkpoint, "save_file", full_at_the_second_pass_end)
+    run, out = tmp_path / "run", tmp_path / "elsewhere" / "run"
+    with pytest.raises(RunError):
+        iwae.runs.train.train_and_evaluate(run, tiny_config, progress=False)
+    monkeypatch.setattr(iwae.runs.checkpoint, "save_file", real)
+    with safe_open(str(run / "checkpoint.safetensors"), "pt") as f:
+        counted = json.loads(f.metadata()["state"])
+    assert 0 < counted["log_lines"] < len(rundir.read_log(run))  # the log ran ahead of the checkpoint
+    assert main(["snapshot", str(run), "--out", str(out)]) == 0
+    assert f"continue: iwae resume {out}" in capsys.readouterr().out
+    assert main(["snapshot", str(run), "--out", str(out)]) == 0  # an earlier snapshot is replaced in place
+    assert sorted(p.name for p in out.iterdir()) == sorted(SNAPSHOT_FILES)
+    assert read_json(out / "config.json")["data_dir"] is None  # nothing of this machine
+    assert rundir.read_log(out) == rundir.read_log(run)[: counted["log_lines"]]
+    shutil.rmtree(run)  # the copy alone goes on
+    iwae.runs.train.train_and_evaluate(out, progress=False)  # data from $IWAE_DATA_DIR, as on another machine
+    _same_run(tiny_run, out)
+    # a finished run, a folder holding other files and a damaged checkpoint are refused, naming what to do
+    with pytest.raises(RunError, match="is finished; share its model with `iwae export"):
+        snapshot_run(tiny_run, tmp_path / "new")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    (partial / "metrics.json").unlink()
+    with pytest.raises(RunError, match="holds files other than an earlier snapshot's"):
+        snapshot_run(partial, tmp_path / "used")
+    data = bytearray((partial / "checkpoint.safetensors").read_bytes())
+    data[-1] ^= 1
+    (partial / "checkpoint.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError):
+        snapshot_run(partial, tmp_path / "new")
+    assert not (tmp_path / "new").exists() and (tmp_path / "used" / "notes.txt").read_text() == "mine"

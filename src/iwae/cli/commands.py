@@ -190,6 +190,14 @@ COMMANDS = {
         "machine's paths, its metrics and a README model card into a new folder; `iwae evaluate`, `sample` and "
         "`compare` take that folder, and `iwae.load_run(FOLDER)` loads it in Python.",
     ),
+    "snapshot": Command(
+        cli_runs.snapshot,
+        cli_runs.snapshot_arguments,
+        "copy an unfinished run, to continue it on another machine",
+        "Copy the run's config.json (without this machine's paths), its checkpoint (checked whole) and the lines of "
+        "metrics.jsonl the checkpoint counts into OUT, replacing an earlier snapshot there; `iwae resume OUT` goes "
+        "on exactly where the checkpoint stands. The run may be training meanwhile.",
+    ),
     "reproduce": Command(
         _reproduce,
         _reproduce_arguments,

@@ -1,5 +1,5 @@
-"""The ``iwae`` commands on saved runs: evaluate, compare, sample, status and snr (their arguments and what they
-run), and the options they share with ``iwae train`` and ``iwae resume``.
+"""The ``iwae`` commands on saved runs: evaluate, compare, sample, export, snapshot, status and snr (their
+arguments and what they run), and the options they share with ``iwae train`` and ``iwae resume``.
 
 As in :mod:`iwae.cli.commands`, the arguments are declared without torch; each command imports what it runs.
 """
@@ -16,7 +16,8 @@ from iwae.runs.config import int_list, positive_float, positive_int
 
 __all__ = [
     "RUN_DIR_HELP", "add_progress_and_threads", "report_run", "evaluate_arguments", "evaluate",
-    "compare_arguments", "compare", "sample_arguments", "sample", "export_arguments", "export", "status_arguments",
+    "compare_arguments", "compare", "sample_arguments", "sample", "export_arguments", "export",
+    "snapshot_arguments", "snapshot", "status_arguments",
     "status", "snr_arguments",
     "snr",
 ]  # fmt: skip
@@ -167,6 +168,22 @@ def export(args: argparse.Namespace) -> None:
     out = export_run(args.run_dir, args.out)
     files = ", ".join(sorted(p.name for p in out.iterdir()))
     print(f"exported {args.run_dir} to {out}: {files} (README.md: the model card)")
+
+
+def snapshot_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help=f"{RUN_DIR_HELP}, unfinished (it may be training meanwhile)")
+    p.add_argument("--out", required=True, help="a new folder, or an earlier snapshot's to replace")
+
+
+def snapshot(args: argparse.Namespace) -> None:
+    from iwae.runs.config import passes_text
+    from iwae.runs.rundir import read_log
+    from iwae.runs.sharing import snapshot_run
+
+    out = snapshot_run(args.run_dir, args.out)
+    log = read_log(out)
+    done = passes_text(log[-1]["pass"]) if log else "0"
+    print(f"copied {args.run_dir} to {out} as its checkpoint stands ({done} passes); continue: iwae resume {out}")
 
 
 def status_arguments(p: argparse.ArgumentParser) -> None:

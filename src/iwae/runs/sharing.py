@@ -7,6 +7,11 @@ and buffers, with a sha256 of them), ``config.json`` (without the machine's data
 ``metrics.json``, ``metrics.jsonl`` and ``test_ll.json`` as the run wrote them (so ``iwae evaluate DIR`` replays
 its numbers, image by image), the run's figures (samples, active units, training curve), and ``README.md``, the model
 card.
+
+:func:`snapshot_run` copies an unfinished run instead, to be continued on another machine: its config (without the
+machine's data path), its checkpoint (model, Adam, position and random streams, checked whole) and the lines of
+``metrics.jsonl`` that checkpoint counts, so that ``iwae resume`` on the copy goes on exactly where the checkpoint
+stands. A final evaluation under way is not carried: it starts again there.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from iwae.models.model import IWAE
-from iwae.runs.checkpoint import WEIGHTS_NAME, save_weights
+from iwae.runs.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, save_weights
 from iwae.runs.config import TrainConfig, passes_text, schedule
 from iwae.runs.evaluate_run import machines_text
 from iwae.runs.rundir import (
@@ -31,12 +36,13 @@ from iwae.runs.rundir import (
     SAMPLES_NAME,
     TRAINING_NAME,
     RunError,
+    build_model,
     read_config,
 )
 from iwae.runs.rundir import load_run as _load
 from iwae.util import atomic
 
-__all__ = ["LoadedRun", "load_run", "export_run", "MODEL_CARD_NAME"]
+__all__ = ["LoadedRun", "load_run", "export_run", "snapshot_run", "SNAPSHOT_FILES", "MODEL_CARD_NAME"]
 
 MODEL_CARD_NAME = "README.md"
 
@@ -91,6 +97,47 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
         atomic.write_text(staged / MODEL_CARD_NAME, card)
         if out.exists():
             out.rmdir()  # empty, checked above
+        os.replace(staged, out)
+    return out
+
+
+SNAPSHOT_FILES = (CONFIG_NAME, LOG_NAME, CHECKPOINT_NAME)  # all that a snapshot holds
+
+
+def snapshot_run(run_dir: str | Path, out: str | Path) -> Path:
+    """Copy the unfinished run of ``run_dir`` into ``out``, a folder ``iwae resume`` continues (the module docstring).
+
+    The run may be training meanwhile: its checkpoint is copied first, then the log, cut back to the checkpoint's
+    lines. ``out`` is replaced if it holds an earlier snapshot (nothing but :data:`SNAPSHOT_FILES`); ``out``.
+
+    :raises RunError: the run is finished (export it instead) or has no checkpoint yet, or ``out`` holds other files.
+    :raises CheckpointError: the checkpoint is damaged.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    config = read_config(run_dir)
+    if (run_dir / METRICS_NAME).is_file():
+        raise RunError(f"{run_dir} is finished; share its model with `iwae export {run_dir} --out FOLDER`")
+    if not (run_dir / CHECKPOINT_NAME).is_file():
+        raise RunError(f"{run_dir} has no checkpoint yet: nothing to continue from; snapshot it once it has trained")
+    if out.exists() and (not out.is_dir() or any(p.name not in SNAPSHOT_FILES for p in out.iterdir())):
+        raise RunError(f"{out} holds files other than an earlier snapshot's ({', '.join(SNAPSHOT_FILES)}); "
+                       "snapshot into a new folder")  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:  # whole, or nothing
+        staged = Path(tmp) / "snapshot"
+        staged.mkdir()
+        shutil.copyfile(run_dir / CHECKPOINT_NAME, staged / CHECKPOINT_NAME)  # one file, replaced whole by the run
+        state, _ = load_checkpoint(staged / CHECKPOINT_NAME, build_model(config))  # its sha256 and finite values
+        log = run_dir / LOG_NAME  # each line written before the checkpoint that counts it
+        lines = [line for line in log.read_text().splitlines(keepends=True) if line.strip()] if log.is_file() else []
+        if len(lines) < state["log_lines"]:
+            raise RunError(f"{log} has {len(lines)} lines, fewer than its checkpoint's {state['log_lines']}: "
+                           "the log was cut, and the copy would lose its learning curve")  # fmt: skip
+        atomic.write_text(staged / LOG_NAME, "".join(lines[: state["log_lines"]]))
+        atomic.write_text(staged / CONFIG_NAME, config.replace(data_dir=None, init_from=None).to_json())
+        old = Path(tmp) / "old"
+        if out.exists():
+            os.replace(out, old)  # the earlier snapshot, checked above; removed with the temporary folder
         os.replace(staged, out)
     return out
 

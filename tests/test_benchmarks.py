@@ -133,3 +133,20 @@ def test_an_out_folder_that_does_not_exist_is_refused_before_any_work(args, tmp_
     done = subprocess.run([sys.executable, "-m", *args, "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env=env)  # fmt: skip
     assert done.returncode == 2 and f"the folder {out.parent} does not exist" in done.stderr
+
+
+def test_same_log_finds_where_two_logs_part_and_ignores_timings(tmp_path, capsys):
+    from benchmarks.same_log import main as same_log
+
+    log = [{"stage": 0, "pass": float(i), "train_bound": -100.0 - i, "seconds": 1.0} for i in range(1, 6)]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in log))
+    slower = [{**r, "seconds": 9.0} for r in log[:4]]  # the same passes, shorter and slower
+    b.write_text("".join(json.dumps(r) + "\n" for r in slower))
+    assert same_log([str(a), str(b)]) == 0
+    assert "identical in the first 4 records, to pass 4 (all but their timings" in capsys.readouterr().out
+    slower[2]["train_bound"] += 1e-12
+    b.write_text("".join(json.dumps(r) + "\n" for r in slower))
+    assert same_log([str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "identical in the first 2 records, to pass 2; record 3 differs in train_bound:" in out

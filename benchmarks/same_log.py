@@ -1,0 +1,56 @@
+"""How far two training logs agree bit for bit: the passes, from the first, whose ``metrics.jsonl`` records are
+equal, their timings aside.
+
+    python -m benchmarks.same_log FIRST/metrics.jsonl SECOND/metrics.jsonl
+
+A run started again from its config repeats its first try's log exactly where the arithmetic is deterministic (the
+same torch build, one thread, the same kind of CPU); the script names the first pass that differs, if any, and
+exits non-zero then. Only the passes both logs hold are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from benchmarks.regress import TIMING
+
+
+def records(path: Path) -> list[dict]:
+    """The log's records without their timings."""
+    lines = [json.loads(s) for s in path.read_text().splitlines() if s.strip()]
+    return [{k: v for k, v in d.items() if k not in TIMING} for d in lines]
+
+
+def agreement(a: list[dict], b: list[dict]) -> tuple[int, dict | None, dict | None]:
+    """The number of leading records ``a`` and ``b`` share, and the first pair that differs (None, None if none)."""
+    for i, (ra, rb) in enumerate(zip(a, b)):
+        if ra != rb:
+            return i, ra, rb
+    return min(len(a), len(b)), None, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("first", type=Path, help="a metrics.jsonl")
+    parser.add_argument("second", type=Path, help="the metrics.jsonl of the same config trained again")
+    args = parser.parse_args(argv)
+    a, b = records(args.first), records(args.second)
+    same, ra, rb = agreement(a, b)
+    print(f"{args.first}: {len(a):,} records (passes); {args.second}: {len(b):,}")
+    through = f"the first {same:,} records, to pass {a[same - 1]['pass']:,.6g}" if same else "no record"
+    if ra is None:
+        curve = sum("test_nll_curve" in r for r in a[:same])
+        print(f"identical in {through} (all but their timings; {curve} learning-curve points among them)")
+        return 0
+    keys = sorted(k for k in ra.keys() | rb.keys() if ra.get(k) != rb.get(k))
+    print(f"identical in {through}; record {same + 1:,} differs in {', '.join(keys)}:")
+    for k in keys:
+        print(f"  {k}: {ra.get(k)} against {rb.get(k)}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,6 +62,7 @@ def cell(run: Path, reproduction: dict, prefix: dict) -> dict:
         prefix_active_units=long.get("active_units") if long else None,
         short_eval=(short.get("eval_k"), short.get("eval_n")),
         train_machines=metrics.get("train_machines"), eval_machine=metrics.get("eval_machine"),
+        eval_seconds=metrics.get("eval_seconds"),  # absent from runs evaluated before it was recorded
         to_paper=row["test_nll"] - row["paper_test_nll"], meets_goal=row["test_nll"] - row["paper_test_nll"] <= GOAL,
     )  # fmt: skip
     return row
@@ -117,8 +118,9 @@ def machine_lines(rows: list[dict]) -> list[str]:
     lines = ["", "Machines (a run resumed on another machine lists each, with its share of the training time):", ""]
     for r in rows:
         where = machines_text({k: r[k] for k in ("train_machines", "train_seconds")})
+        took = "" if r.get("eval_seconds") is None else f" in {r['eval_seconds'] / 3600:.1f} hours"
         lines.append(
-            f"- {r['name']}: trained on {where}; evaluated on {r['eval_machine'] or 'a machine not recorded'}."
+            f"- {r['name']}: trained on {where}; evaluated on {r['eval_machine'] or 'a machine not recorded'}{took}."
         )
     return lines
 

@@ -32,7 +32,7 @@ CONFIGS = {
     "piwae-l1": ["--layers", "1", "--objective", "piwae", "--k", "2", "--m", "2"],
     "ciwae-omniglot": ["--dataset", "omniglot", "--objective", "ciwae", "--k", "3", "--beta", "0.3"],
 }
-TIMING = {"seconds", "examples_per_s", "train_seconds", "train_machines", "curve_seconds"}
+TIMING = {"seconds", "examples_per_s", "train_seconds", "train_machines", "curve_seconds", "eval_seconds"}
 # which code evaluated the run (an exported revision has no git commit), and on which machine: not results
 PROVENANCE = {"code", "eval_machine"}
 

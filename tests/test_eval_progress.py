@@ -4,6 +4,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -132,6 +133,28 @@ def test_a_stopped_measurement_continues_exactly(tmp_path, saves_every_block, ca
     assert scored == [] and torch.equal(again, ll)
 
 
+def test_the_seconds_of_a_stopped_measurement_are_kept_and_added_to_on_resume(tmp_path, saves_every_block,
+                                                                              monkeypatch):  # fmt: skip
+    """The first process is slow (100 s a clock reading), the second fast (1 s): the file ends with the seconds of
+    both, and not the idle time between them."""
+    now, step = [0.0], [100.0]
+
+    def clock() -> float:
+        now[0] += step[0]
+        return now[0]
+
+    monkeypatch.setattr(eval_progress, "time", SimpleNamespace(monotonic=clock))
+    path = tmp_path / "p.safetensors"
+    assert eval_progress.saved_seconds(path) == 0.0  # no file yet
+    with _stopping_after(1), pytest.raises(_Stop):
+        _measure(tmp_path, {"what": "nll"})
+    first = eval_progress.saved_seconds(path)
+    assert first >= 100.0
+    now[0], step[0] = now[0] + 10**6, 1.0  # a day later, another process
+    assert torch.equal(_measure(tmp_path, {"what": "nll"}), _whole())
+    assert first < eval_progress.saved_seconds(path) < first + 100.0
+
+
 def test_progress_that_ends_inside_a_block_is_not_used(tmp_path, capsys):
     layout = {"rows": 32, **eval_progress._computation(torch.device("cpu"))}
     key = json.dumps({"what": "nll", **layout}, sort_keys=True)
@@ -192,6 +215,7 @@ def test_a_stopped_final_evaluation_continues_with_the_same_numbers(tiny_run, sa
     assert {key: metrics[key] for key in same} == {key: expected[key] for key in same}
     assert read_json(tiny_run / "test_ll.json") == read_json(other / "test_ll.json")
     assert list(tiny_run.glob("*.progress.safetensors")) == []  # gone once metrics.json is written
+    assert 0 < expected["eval_seconds"] and 0 < metrics["eval_seconds"]  # the second: both processes' seconds
 
 
 def test_evaluate_keeps_its_progress_and_clear_results_removes_it(tiny_run, saves_every_block):

@@ -6,7 +6,8 @@ seconds and at its end, writes the estimates so far with the state of the noise 
 (:func:`progress_path`). A later call for the same measurement (the same model, images, k, noise stream, device and
 threads: its ``identity``) reads that file, puts the generator back where it was and scores only the rest, so its
 numbers are those of an evaluation that never stopped, bit for bit. A file of another measurement, or a damaged
-one, is not used: the call says why and measures from the start.
+one, is not used: the call says why and measures from the start. The file also keeps the seconds spent on the
+measurement so far, over every process that worked on it (:func:`saved_seconds`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from iwae.util.machine import cpu_model
 
 __all__ = [
     "SAVE_EVERY", "PROGRESS_SUFFIX", "progress_path", "model_digest", "measurement", "resumable_log_likelihood",
-    "describe_saved", "BlockProgress",
+    "describe_saved", "saved_seconds", "BlockProgress",
 ]  # fmt: skip
 
 # Seconds of evaluation between two saves of its progress: a stop loses at most this much work (and one block).
@@ -62,6 +63,16 @@ def describe_saved(run_dir: str | Path, k: int, sizes: tuple[int, ...]) -> str:
         if name and int(name[2]) in sizes:
             parts.append(f"{name[1]} {name[3]} {done:,} of {int(name[2]):,} images")
     return ", ".join(parts)
+
+
+def saved_seconds(path: str | Path) -> float:
+    """The seconds spent so far on the measurement whose progress ``path`` keeps (0 for no file, an unreadable one,
+    or one written before the seconds were kept)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return float((f.metadata() or {}).get("seconds", 0.0))
+    except (SafetensorError, OSError, ValueError):
+        return 0.0
 
 
 def model_digest(model: torch.nn.Module) -> str:
@@ -150,11 +161,12 @@ def resumable_log_likelihood(
     rows = block_rows(x.shape[0], k)
     key = json.dumps({**identity, "rows": rows, **_computation(x.device)}, sort_keys=True)
     ll = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
-    initial = generator.get_state()
+    initial, began = generator.get_state(), time.monotonic()
     start = _restore(path, key, ll, generator)
+    before = saved_seconds(path) if start else 0.0  # spent on it by the processes before this one
     if start % max(rows, 1) and start != x.shape[0]:  # not where one of this layout's blocks ends
         generator.set_state(initial)
-        start = _discard(path, "its estimates end inside a block")
+        start, before = _discard(path, "its estimates end inside a block"), 0.0
     scored = iter_log_likelihood(model, x, k, generator=generator, start=start, bar=bar, flush_denormal=flush_denormal)
     if bar is not None and start:
         bar.update(start * k)
@@ -164,7 +176,8 @@ def resumable_log_likelihood(
             stop = first + estimate.ll.shape[0]
             ll[first:stop] = estimate.ll
             if stop == x.shape[0] or time.monotonic() - saved >= SAVE_EVERY:
-                _write(path, key, {"ll": ll[:stop], "generator": generator.get_state()})
+                seconds = before + time.monotonic() - began
+                _write(path, key, {"ll": ll[:stop], "generator": generator.get_state()}, seconds)
                 saved = time.monotonic()
     return ll.to(x.dtype)
 
@@ -178,13 +191,15 @@ def _computation(device: torch.device) -> dict[str, Any]:
     return {"iwae": __version__, "torch": torch.__version__, "chunk_size": DEFAULT_CHUNK, "processor": processor}
 
 
-def _write(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
-    """Estimates (and a generator's state), with the measurement's identity and a sha256 of all, atomically; the
-    float estimates must be finite."""
+def _write(path: Path, key: str, tensors: dict[str, torch.Tensor], seconds: float | None = None) -> None:
+    """Estimates (and a generator's state), with the measurement's identity, the ``seconds`` spent on it so far if
+    given, and a sha256 of all, atomically; the float estimates must be finite."""
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
         raise FloatingPointError("non-finite log-likelihood estimates; the model is diverged")
     header = {"format": _FORMAT, "identity": key}
+    if seconds is not None:
+        header["seconds"] = repr(float(seconds))
     header["sha256"] = content_digest(header, tensors)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)

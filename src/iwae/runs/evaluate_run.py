@@ -31,7 +31,7 @@ from iwae.evaluate import active_units, count_active, log_likelihood, prune_inac
 from iwae.models.model import IWAE
 from iwae.plots import plot_active_units, plot_training, save_image_grid
 from iwae.runs.config import TrainConfig
-from iwae.runs.eval_progress import measurement, progress_path, resumable_log_likelihood
+from iwae.runs.eval_progress import measurement, progress_path, resumable_log_likelihood, saved_seconds
 from iwae.runs.rundir import (
     ACTIVE_UNITS_NAME,
     METRICS_NAME,
@@ -418,12 +418,15 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     model.eval()
     k, device = config.eval_k, next(model.parameters()).device
     with flush_subnormals(config.flush_denormal), _evaluation_bar(config, progress) as bar:
+        began = time.monotonic()
         active = activity(config, model, config.eval_n)  # A_u once, for both splits' records
+        active_seconds = time.monotonic() - began
         test, A, (index, test_ll) = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress,
                                             bar=bar, active=active, keep=run_dir)  # fmt: skip
         train, _, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar, active=active,
                               keep=run_dir)  # fmt: skip
     log = read_log(run_dir)
+    kept = progress_paths(run_dir, "test", k, test["n"]) + progress_paths(run_dir, "train", k, train["n"])
     metrics = {
         "dataset": config.dataset, "layers": len(model.latent_dims), "bound": config.bound,
         "estimator": config.estimator, "k": config.k, "eval_k": k, "eval_n": test["n"],
@@ -435,6 +438,8 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "test_nll_pruned": test["nll_pruned"], "units_pruned": test["units_pruned"],
         "train_seconds": state["train_seconds"], "train_machines": train_machines(state),
         "passes": log[-1]["pass"] if log else 0.0,
+        # the L_k measurements' seconds over every stop and resume (their progress files keep them), and A_u's
+        "eval_seconds": active_seconds + sum(saved_seconds(path) for path in kept),
         "eval_threads": torch.get_num_threads() if device.type == "cpu" else None, "eval_machine": describe(device),
         # which files the data came from (Omniglot: the paper's chardata.mat or the rebuilt archives)
         "data_files": sorted(locate(config.dataset, Path(config.data_dir)) or {}),
@@ -451,7 +456,7 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     plot_training(passes, bounds, run_dir / TRAINING_NAME, title, curve, label)
     write_json(run_dir / PER_IMAGE_NAME, per_image_record(config, k, index, test_ll))
     write_json(run_dir / METRICS_NAME, metrics)
-    for path in progress_paths(run_dir, "test", k, test["n"]) + progress_paths(run_dir, "train", k, train["n"]):
+    for path in kept:
         path.unlink(missing_ok=True)
     return metrics
 

@@ -151,6 +151,9 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
     code = metrics.get("code") or {}
     dirty = " with uncommitted changes" if code.get("dirty") else ""
     made = f"iwae {code.get('version', '?')}, commit {code.get('commit') or 'unknown'}{dirty}"
+    evaluator = metrics.get("eval_machine") or "a machine not recorded"
+    seconds = metrics.get("eval_seconds")  # absent from runs evaluated before it was recorded
+    evaluated = "" if seconds is None else f" Evaluated in {seconds / 3600:,.2f} hours on {evaluator}."
     return "\n".join([
         f"# {name}",
         "",
@@ -166,7 +169,7 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
         f"over {metrics['eval_n']:,} test images, ± one standard error over images); train NLL "
         f"{metrics['train_nll']:.2f}; active units {units}; NLL without the inactive units "
         f"{metrics['test_nll_pruned']:.2f}.",
-        f"- Trained for {metrics['train_seconds'] / 3600:,.1f} hours on {machines_text(metrics)}.",
+        f"- Trained for {metrics['train_seconds'] / 3600:,.1f} hours on {machines_text(metrics)}.{evaluated}",
         f"- Evaluated by: {made}.",
         "",
         "```python",

@@ -5,7 +5,7 @@ equal, their timings aside.
 
 A run started again from its config repeats its first try's log exactly where the arithmetic is deterministic (the
 same torch build, one thread, the same kind of CPU); the script names the first pass that differs, if any, and
-exits non-zero then. Only the passes both logs hold are compared.
+exits non-zero then (and when a log is empty). Only the passes both logs hold are compared.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     same, ra, rb = agreement(a, b)
     print(f"{args.first}: {len(a):,} records (passes); {args.second}: {len(b):,}")
     through = f"the first {same:,} records, to pass {a[same - 1]['pass']:,.6g}" if same else "no record"
+    if ra is None and not same:
+        print("nothing to compare: a log holds no record")
+        return 1
     if ra is None:
         curve = sum("test_nll_curve" in r for r in a[:same])
         print(f"identical in {through} (all but their timings; {curve} learning-curve points among them)")

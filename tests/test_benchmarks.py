@@ -150,3 +150,5 @@ def test_same_log_finds_where_two_logs_part_and_ignores_timings(tmp_path, capsys
     assert same_log([str(a), str(b)]) == 1
     out = capsys.readouterr().out
     assert "identical in the first 2 records, to pass 2; record 3 differs in train_bound:" in out
+    b.write_text("")
+    assert same_log([str(a), str(b)]) == 1 and "nothing to compare" in capsys.readouterr().out

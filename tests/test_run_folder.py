@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from iwae.runs import rundir
 from iwae.runs.config import TrainConfig
@@ -66,3 +67,15 @@ def test_status_of_a_stopped_run_says_its_passes_and_the_training_time_left_at_i
     done = (PACE_PASSES + 2) / 2  # 11 passes, 20 half-passes of 1,800 s: 3,600 s a pass, 2 passes left
     assert state.detail == f"11 of 13 passes ({done / 13:.0%}); about 2.0 h of training left at " \
         f"3600.0 s a pass; continue: iwae resume {run}"  # fmt: skip
+
+
+def test_a_noise_stream_of_another_device_type_is_refused_naming_the_device_to_resume_on():
+    """A CUDA generator's state (16 bytes: seed and offset) cannot continue a CPU generator's stream: one clear
+    error, not torch's."""
+    from iwae.runs.training_state import Generators
+
+    gens = Generators.seeded(0, torch.device("cpu"), scheme=2)
+    saved = gens.states()
+    gens.restore(saved)  # its own states: fine
+    with pytest.raises(rundir.RunError, match="drew its noise on a CUDA device.*resume it with --device cuda"):
+        gens.restore({**saved, "rng_device": torch.zeros(16, dtype=torch.uint8)})

@@ -169,9 +169,16 @@ def test_a_slurm_submission_that_fails_is_one_line_and_blocks_no_retry(data_dir,
     sbatch = bin_dir / "sbatch"
     refusal = "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"
     sbatch.write_text(f"#!/bin/sh\necho '{refusal}' >&2\nexit 1\n")
-    sbatch.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    run = tmp_path / "run"
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # present, as on any cluster node; never called here
+    for tool in (sbatch, bin_dir / "srun"):
+        tool.chmod(0o755)
+    run, path = tmp_path / "run", os.environ["PATH"]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # a machine without Slurm: one line, nothing made
+    assert main(["train", "--out", str(run), "--executor", "slurm", "--data-dir", data_dir, *QUICK]) == 1
+    err = capsys.readouterr().err
+    assert "--executor slurm needs Slurm's sbatch and srun on PATH" in err and "Traceback" not in err
+    assert not run.exists()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{path}")
     for _ in range(2):
         assert main(["train", "--out", str(run), "--executor", "slurm", "--data-dir", data_dir, *QUICK]) == 1
         err = capsys.readouterr().err

@@ -129,7 +129,8 @@ def test_the_code_version_names_this_checkouts_commit(monkeypatch):
 def test_a_snapshot_of_an_unfinished_run_continues_elsewhere_exactly(tiny_run, tiny_config, tmp_path, monkeypatch,
                                                                      capsys):  # fmt: skip
     """A run stopped mid-way (the checkpoint of its second pass's end fails, its log line written) is copied as its
-    checkpoint stands, then continued from the copy alone: the same run as one trained straight through."""
+    checkpoint stands, then continued from the copy alone: the same run as one trained straight through. A later
+    snapshot replaces the earlier one."""
     real = iwae.runs.checkpoint.save_file
 
     def full_at_the_second_pass_end(tensors, filename, metadata=None):
@@ -147,26 +148,35 @@ def test_a_snapshot_of_an_unfinished_run_continues_elsewhere_exactly(tiny_run, t
     assert 0 < counted["log_lines"] < len(rundir.read_log(run))  # the log ran ahead of the checkpoint
     assert main(["snapshot", str(run), "--out", str(out)]) == 0
     assert f"continue: iwae resume {out}" in capsys.readouterr().out
-    assert main(["snapshot", str(run), "--out", str(out)]) == 0  # an earlier snapshot is replaced in place
     assert sorted(p.name for p in out.iterdir()) == sorted(SNAPSHOT_FILES)
     assert read_json(out / "config.json")["data_dir"] is None  # nothing of this machine
     assert rundir.read_log(out) == rundir.read_log(run)[: counted["log_lines"]]
-    shutil.rmtree(run)  # the copy alone goes on
-    iwae.runs.train.train_and_evaluate(out, progress=False)  # data from $IWAE_DATA_DIR, as on another machine
-    _same_run(tiny_run, out)
-    # a finished run, a folder holding other files and a damaged checkpoint are refused, naming what to do
+    midway = tmp_path / "midway"
+    shutil.copytree(out, midway)
+    # the run goes on (its training finished, not evaluated): a second snapshot replaces the first in place
+    rundir.update_config(run, {"evaluate": False})
+    iwae.runs.train.train_and_evaluate(run, progress=False)
+    assert main(["snapshot", str(run), "--out", str(out)]) == 0
+    assert rundir.read_log(out) == rundir.read_log(run) and len(rundir.read_log(out)) > counted["log_lines"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(SNAPSHOT_FILES)
+    shutil.rmtree(run)  # the mid-way copy alone goes on
+    iwae.runs.train.train_and_evaluate(midway, progress=False)  # data from $IWAE_DATA_DIR, as on another machine
+    _same_run(tiny_run, midway)
+    # refused, naming what to do: a finished run, a folder inside the run's, a snapshot since resumed (a run of its
+    # own now), a folder holding other files, and a damaged checkpoint
     with pytest.raises(RunError, match="is finished; share its model with `iwae export"):
         snapshot_run(tiny_run, tmp_path / "new")
+    with pytest.raises(RunError, match="lies in the run's own folder"):
+        snapshot_run(out, out / "snapshot")
+    with pytest.raises(RunError, match="was resumed .it holds a .lock.: it is a run of its own now"):
+        snapshot_run(out, midway)
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "notes.txt").write_text("mine")
-    partial = tmp_path / "partial"
-    shutil.copytree(out, partial)
-    (partial / "metrics.json").unlink()
     with pytest.raises(RunError, match="holds files other than an earlier snapshot's"):
-        snapshot_run(partial, tmp_path / "used")
-    data = bytearray((partial / "checkpoint.safetensors").read_bytes())
+        snapshot_run(out, tmp_path / "used")
+    data = bytearray((out / "checkpoint.safetensors").read_bytes())
     data[-1] ^= 1
-    (partial / "checkpoint.safetensors").write_bytes(bytes(data))
-    with pytest.raises(CheckpointError):
-        snapshot_run(partial, tmp_path / "new")
+    (out / "checkpoint.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{out}/checkpoint.safetensors is damaged .*nothing was copied"):
+        snapshot_run(out, tmp_path / "new")
     assert not (tmp_path / "new").exists() and (tmp_path / "used" / "notes.txt").read_text() == "mine"

@@ -90,7 +90,7 @@ def test_a_run_records_its_scheme_and_an_old_run_folder_reads_as_scheme_1(tmp_pa
 
 
 OLD_RUN = Path(__file__).parent / "data" / "scheme1-run"  # trained by the code before scheme 2 (no streams key)
-TIMINGS = {"seconds", "examples_per_s", "train_seconds", "curve_seconds", "pass_seconds"}
+TIMINGS = {"seconds", "examples_per_s", "train_seconds", "curve_seconds", "pass_seconds", "eval_seconds"}
 
 
 def _one_thread():

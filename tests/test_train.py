@@ -98,6 +98,7 @@ def test_tiny_run_end_to_end(tiny_run, tiny_config):
     # evaluate is deterministic and writes its own file
     a = evaluate_run(run, k=10, n=30, progress=False)
     b = evaluate_run(run, k=10, n=30, progress=False)
+    assert a.pop("seconds") > 0 and b.pop("seconds") > 0  # its time, which differs
     assert a == b and (run / "eval-test-k10-n30.json").is_file()
     with pytest.raises(rundir.RunError, match="already holds a run"):
         iwae.runs.train.train(tiny_config, run, progress=False)

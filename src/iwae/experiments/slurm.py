@@ -100,10 +100,18 @@ class RunJob:
 
 
 def _executor(options: SlurmOptions) -> Any:
+    from iwae.runs.rundir import RunError
+
     try:
         import submitit
     except ImportError as err:
-        raise RuntimeError("--executor slurm needs submitit: pip install 'iwae[slurm]'") from err
+        raise RunError("--executor slurm needs submitit: pip install 'iwae[slurm]'") from err
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]  # submitit calls both
+    if missing:
+        raise RunError(
+            f"--executor slurm needs Slurm's {' and '.join(missing)} on PATH, and this machine has "
+            "none: run the command on the cluster's login node, or train here without --executor slurm"
+        )
     executor = submitit.AutoExecutor(folder=options.folder / "%j", cluster="slurm", slurm_max_num_timeout=1000)
     executor.update_parameters(
         timeout_min=options.time_min, cpus_per_task=options.cpus_per_job, gpus_per_node=options.gpus_per_job,

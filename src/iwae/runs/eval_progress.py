@@ -7,7 +7,8 @@ seconds and at its end, writes the estimates so far with the state of the noise 
 threads: its ``identity``) reads that file, puts the generator back where it was and scores only the rest, so its
 numbers are those of an evaluation that never stopped, bit for bit. A file of another measurement, or a damaged
 one, is not used: the call says why and measures from the start. The file also keeps the seconds spent on the
-measurement so far, over every process that worked on it (:func:`saved_seconds`).
+measurement's kept work, over every process that worked on it (:func:`saved_seconds`; work lost at a stop, since the
+last save, is not counted; the sharded evaluation's :class:`BlockProgress` keeps no seconds).
 """
 
 from __future__ import annotations

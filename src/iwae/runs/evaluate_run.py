@@ -187,7 +187,8 @@ def measure(
     active: tuple[list[torch.Tensor], torch.Tensor] | None = None,
     keep: Path | None = None,
 ) -> tuple[dict[str, Any], list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """NLL (mean -L_k ± s.e.) of n examples of ``split``, and A_u on n examples of :data:`ACTIVE_SPLIT`.
+    """NLL (mean -L_k ± s.e.) of n examples of ``split``, and A_u on n examples of :data:`ACTIVE_SPLIT`; ``seconds``:
+    the time its L_k took (with ``keep``, over every process that worked on them).
 
     With ``pruned``, also ``nll_pruned``: the NLL of the model without its inactive units (Section 5.2), on the
     same images and the same noise stream as ``nll``, and ``units_pruned``. With no inactive unit that model is
@@ -219,13 +220,15 @@ def measure(
                 bar.total += k * x.shape[0]
             desc = f"{split} NLL without {result['units_pruned']} inactive units, L_{k}, {x.shape[0]} images"
             result["nll_pruned"] = summarize(score(smaller, "nll_pruned", desc))["nll"]
+    result["seconds"] = score.seconds
     return result, A, (index, ll)
 
 
 @dataclass
 class _Scorer:
     """L_k of one split's images ``x`` with its ``nll`` stream, afresh for each model measured; with ``keep``,
-    through :func:`iwae.runs.eval_progress.resumable_log_likelihood`, its progress kept in that run folder."""
+    through :func:`iwae.runs.eval_progress.resumable_log_likelihood`, its progress kept in that run folder. Counts
+    the ``seconds`` of the measurements (those of the processes before a stop too, which their progress keeps)."""
 
     config: TrainConfig
     split: str
@@ -234,21 +237,27 @@ class _Scorer:
     keep: Path | None
     progress: bool
     bar: tqdm | None
+    seconds: float = 0.0
 
     def __call__(self, model: IWAE, what: str, desc: str) -> torch.Tensor:
         config, x, k, flush = self.config, self.x, self.k, self.config.flush_denormal
         gen = stream(config, x.device, self.split, "nll")
         if self.keep is None:
-            return log_likelihood(
+            began = time.monotonic()
+            ll = log_likelihood(
                 model, x, k, generator=gen, progress=self.progress, desc=desc, bar=self.bar, flush_denormal=flush
             )
+            self.seconds += time.monotonic() - began
+            return ll
         identity = measurement(config, model, x, self.split, what, k)
         path = progress_path(self.keep, self.split, k, x.shape[0], what)
         bar = self.bar if self.bar is not None else tqdm(total=k * x.shape[0], unit="sample", disable=not self.progress,
                                                         leave=False)  # fmt: skip
         bar.set_description(desc)
         try:
-            return resumable_log_likelihood(model, x, k, gen, path, identity, bar=bar, flush_denormal=flush)
+            ll = resumable_log_likelihood(model, x, k, gen, path, identity, bar=bar, flush_denormal=flush)
+            self.seconds += saved_seconds(path)  # the file of this very measurement, complete
+            return ll
         finally:
             if self.bar is None:
                 bar.close()
@@ -439,7 +448,7 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "train_seconds": state["train_seconds"], "train_machines": train_machines(state),
         "passes": log[-1]["pass"] if log else 0.0,
         # the L_k measurements' seconds over every stop and resume (their progress files keep them), and A_u's
-        "eval_seconds": active_seconds + sum(saved_seconds(path) for path in kept),
+        "eval_seconds": active_seconds + test["seconds"] + train["seconds"],
         "eval_threads": torch.get_num_threads() if device.type == "cpu" else None, "eval_machine": describe(device),
         # which files the data came from (Omniglot: the paper's chardata.mat or the rebuilt archives)
         "data_files": sorted(locate(config.dataset, Path(config.data_dir)) or {}),

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from iwae.models.model import IWAE
-from iwae.runs.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, save_weights
+from iwae.runs.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, CheckpointError, load_checkpoint, save_weights
 from iwae.runs.config import TrainConfig, passes_text, schedule
 from iwae.runs.evaluate_run import machines_text
 from iwae.runs.rundir import (
     ACTIVE_UNITS_NAME,
     CONFIG_NAME,
+    LOCK_NAME,
     LOG_NAME,
     METRICS_NAME,
     PER_IMAGE_NAME,
@@ -109,8 +110,10 @@ def snapshot_run(run_dir: str | Path, out: str | Path) -> Path:
 
     The run may be training meanwhile: its checkpoint is copied first, then the log, cut back to the checkpoint's
     lines. ``out`` is replaced if it holds an earlier snapshot (nothing but :data:`SNAPSHOT_FILES`); ``out``.
+    ``init_from`` stays in the config (a run with a checkpoint never reads it; a reproduction compares it).
 
-    :raises RunError: the run is finished (export it instead) or has no checkpoint yet, or ``out`` holds other files.
+    :raises RunError: the run is finished (export it instead) or has no checkpoint yet, or ``out`` lies in the run's
+        folder, was resumed, or holds other files.
     :raises CheckpointError: the checkpoint is damaged.
     """
     run_dir, out = Path(run_dir), Path(out)
@@ -119,22 +122,36 @@ def snapshot_run(run_dir: str | Path, out: str | Path) -> Path:
         raise RunError(f"{run_dir} is finished; share its model with `iwae export {run_dir} --out FOLDER`")
     if not (run_dir / CHECKPOINT_NAME).is_file():
         raise RunError(f"{run_dir} has no checkpoint yet: nothing to continue from; snapshot it once it has trained")
-    if out.exists() and (not out.is_dir() or any(p.name not in SNAPSHOT_FILES for p in out.iterdir())):
-        raise RunError(f"{out} holds files other than an earlier snapshot's ({', '.join(SNAPSHOT_FILES)}); "
-                       "snapshot into a new folder")  # fmt: skip
+    if out.resolve().is_relative_to(run_dir.resolve()):
+        raise RunError(f"{out} lies in the run's own folder {run_dir}; snapshot into a folder outside it")
+    if out.exists():
+        if (out / LOCK_NAME).exists():
+            raise RunError(f"{out} was resumed (it holds a {LOCK_NAME}): it is a run of its own now; delete it, or "
+                           "snapshot into a new folder")  # fmt: skip
+        if not out.is_dir() or any(p.name not in SNAPSHOT_FILES for p in out.iterdir()):
+            raise RunError(f"{out} holds files other than an earlier snapshot's ({', '.join(SNAPSHOT_FILES)}); "
+                           "snapshot into a new folder")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:  # whole, or nothing
         staged = Path(tmp) / "snapshot"
         staged.mkdir()
-        shutil.copyfile(run_dir / CHECKPOINT_NAME, staged / CHECKPOINT_NAME)  # one file, replaced whole by the run
-        state, _ = load_checkpoint(staged / CHECKPOINT_NAME, build_model(config))  # its sha256 and finite values
+        # one file, which the run replaces whole: the copy is one checkpoint, never two halves
+        atomic.write_bytes(staged / CHECKPOINT_NAME, (run_dir / CHECKPOINT_NAME).read_bytes())
+        try:
+            state, _ = load_checkpoint(staged / CHECKPOINT_NAME, build_model(config))  # its sha256, finite values
+        except CheckpointError as err:
+            why = str(err).split(": ", 1)[-1].split(";")[0]  # the problem, without the file's name and advice
+            raise CheckpointError(f"{run_dir / CHECKPOINT_NAME} is damaged ({why}); "
+                                  "nothing was copied: snapshot the run again after its next checkpoint, or "
+                                  "resume it from a copy of its own") from err  # fmt: skip
         log = run_dir / LOG_NAME  # each line written before the checkpoint that counts it
         lines = [line for line in log.read_text().splitlines(keepends=True) if line.strip()] if log.is_file() else []
         if len(lines) < state["log_lines"]:
-            raise RunError(f"{log} has {len(lines)} lines, fewer than its checkpoint's {state['log_lines']}: "
-                           "the log was cut, and the copy would lose its learning curve")  # fmt: skip
+            raise RunError(f"{log} has {len(lines)} lines, fewer than its checkpoint's {state['log_lines']}: the log "
+                           f"was cut; `iwae resume {run_dir}` makes its next checkpoint count the lines there, and "
+                           "a snapshot after it works")  # fmt: skip
         atomic.write_text(staged / LOG_NAME, "".join(lines[: state["log_lines"]]))
-        atomic.write_text(staged / CONFIG_NAME, config.replace(data_dir=None, init_from=None).to_json())
+        atomic.write_text(staged / CONFIG_NAME, config.replace(data_dir=None).to_json())  # no path of this machine
         old = Path(tmp) / "old"
         if out.exists():
             os.replace(out, old)  # the earlier snapshot, checked above; removed with the temporary folder

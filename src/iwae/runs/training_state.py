@@ -65,8 +65,16 @@ class Generators:
         return {"rng_shuffle": self.shuffle.get_state(), "rng_device": self.device.get_state()}
 
     def restore(self, states: dict[str, torch.Tensor]) -> None:
+        """Put both streams where a checkpoint left them; a RunError if its noise stream is another device type's
+        (a CPU generator's state and a CUDA one's differ in size: the stream cannot go on there)."""
         self.shuffle.set_state(states["rng_shuffle"])
         on_cpu = self.device.device.type == "cpu"
+        if states["rng_device"].numel() != self.device.get_state().numel():
+            other = "a CUDA device" if on_cpu else "the CPU"
+            raise rundir.RunError(
+                f"this run drew its noise on {other}, and its random stream cannot go on on {self.device.device.type}; "
+                f"resume it with --device {'cuda' if on_cpu else 'cpu'}"
+            )
         self.device.set_state(states["rng_device"].cpu() if on_cpu else states["rng_device"])
 
 

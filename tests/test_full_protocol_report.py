@@ -75,7 +75,7 @@ def test_each_cell_beside_the_paper_and_each_claim_paired_as_compare_scores_it(c
     assert f"| {k1['active_units'][0]} / 19 (19) |" in report
     from iwae.util.machine import describe
 
-    assert f"- mnist-l1-k1: trained on {describe()} (100%, 0.0 h); evaluated on {describe()}." in report
+    assert f"- mnist-l1-k1: trained on {describe()} (100%, 0.0 h); evaluated on {describe()} in 0.0 hours." in report
     assert out.with_name("results-curves.png").stat().st_size > 0
     assert "python -m benchmarks.full_protocol" in capsys.readouterr().out
 

@@ -18,7 +18,7 @@ VALID = [
     ("vae", "reparam"), ("vae", "stl"),
     ("iwae", "reparam"), ("iwae", "sample-one"), ("iwae", "stl"), ("iwae", "dreg"),
     ("miwae", "reparam"), ("miwae", "stl"), ("ciwae", "reparam"), ("ciwae", "stl"),
-    ("piwae", "reparam"), ("vr", "reparam"), ("vr", "stl"), ("iwae", "rws"),
+    ("piwae", "reparam"), ("vr", "reparam"), ("vr", "stl"), ("iwae", "rws"), ("iwae", "rws-dreg"),
 ]  # fmt: skip
 
 # Many tests give every bound the parameters of the others on purpose (checked elsewhere to warn).
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*has no effect on bound")
     [
         (dict(bound="elbo"), "unknown bound 'elbo'; choose one of vae, iwae, miwae, ciwae, piwae, vr$"),
         (dict(estimator="reinforce"),
-         "unknown estimator 'reinforce'; choose one of reparam, sample-one, stl, dreg, rws$"),
+         "unknown estimator 'reinforce'; choose one of reparam, sample-one, stl, dreg, rws, rws-dreg$"),
         (dict(k=0), "k must be a positive integer number of samples, got 0"),
         (dict(k=2.0), "k must be a positive integer number of samples, got 2.0"),
         (dict(m=0), "m must be an integer >= 1, got 0"),

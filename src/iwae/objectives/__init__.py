@@ -18,6 +18,10 @@ An :class:`Objective` pairs a bound (``kind``: its value) with an estimator (its
 ``rws``         Reweighted wake-sleep (Bornschein & Bengio 2015): the decoder as Eq. 14, the encoder by the wake-phi
                 update :math:`\sum_i \tilde w_i \nabla_\phi \log q_\phi(h_i \mid x)` at the samples held fixed.
                 IWAE only.
+``rws-dreg``    RWS with the wake-phi update doubly reparameterised (Tucker et al. 2018): the encoder by
+                :math:`\sum_i (\tilde w_i - \tilde w_i^2) \frac{\partial \log w_i}{\partial h_i}
+                \frac{\partial h_i}{\partial \phi}`, the same expectation as ``rws``'s with lower variance; the
+                decoder as Eq. 14. IWAE only.
 ==============  ==================================================================================================
 
 Bounds (``kind``): ``vae`` (Eq. 3, k samples), ``iwae`` (Eq. 8), and Rainforth et al. (2018)'s ``miwae``

@@ -21,7 +21,7 @@ __all__ = ["KINDS", "ESTIMATORS", "Param", "PARAMS", "BOUND_PARAMS", "declare_pa
 T = TypeVar("T", bound=type)
 
 KINDS: tuple[str, ...] = ("vae", "iwae", "miwae", "ciwae", "piwae", "vr")
-ESTIMATORS: tuple[str, ...] = ("reparam", "sample-one", "stl", "dreg", "rws")
+ESTIMATORS: tuple[str, ...] = ("reparam", "sample-one", "stl", "dreg", "rws", "rws-dreg")
 
 
 def as_count(value: object) -> int | None:

@@ -7,7 +7,8 @@ samples; decoder trained on that IWAE bound, encoder on the MIWAE bound of m gro
 :mod:`iwae.objectives.names`.
 
 Estimators: ``reparam`` (Eq. 7, Eq. 14), ``sample-one`` (Section 3.1), ``stl`` (Roeder et al. 2017), ``dreg``
-(Tucker et al. 2018), ``rws`` (reweighted wake-sleep, Bornschein & Bengio 2015, with Le et al. 2019's wake-phi).
+(Tucker et al. 2018), ``rws`` (reweighted wake-sleep, Bornschein & Bengio 2015, with Le et al. 2019's wake-phi),
+``rws-dreg`` (RWS with Tucker et al. 2018's doubly reparameterised wake-phi update).
 An estimator states the bounds it is defined for; a bound may admit fewer. Their names, ``KINDS`` and
 ``ESTIMATORS``, are listed in :mod:`iwae.objectives.names` too, for the command line without torch.
 """
@@ -19,7 +20,7 @@ from types import MappingProxyType
 
 from iwae import bounds
 from iwae.objectives.base import Bound, Estimator
-from iwae.objectives.dreg import DReG
+from iwae.objectives.dreg import DReG, RWSDReG
 from iwae.objectives.names import BOUND_PARAMS, ESTIMATORS, KINDS, PARAMS
 from iwae.objectives.piwae import PIWAERouting
 from iwae.objectives.reparam import Reparam, StickingTheLanding
@@ -51,5 +52,6 @@ ESTIMATORS_BY_NAME: Mapping[str, Estimator] = MappingProxyType(
         "stl": StickingTheLanding(),
         "dreg": DReG(),
         "rws": ReweightedWakeSleep(),
+        "rws-dreg": RWSDReG(),
     }  # fmt: skip
 )

@@ -131,7 +131,8 @@ class TrainConfig:
     # (the bounds' parameters, m, beta, alpha..., are fields too: declared once in iwae.objectives.names.PARAMS,
     # added at the end of the class by @declare_params)
     estimator: str = _opt("reparam", "gradient estimator: reparam, sample-one (Section 3.1), stl, dreg, rws "
-                          "(reweighted wake-sleep)", choices=ESTIMATORS)  # fmt: skip
+                          "(reweighted wake-sleep), rws-dreg (its wake-phi update doubly reparameterised)",
+                          choices=ESTIMATORS)  # fmt: skip
     # optimisation: Adam (beta1 0.9, beta2 0.999, eps 1e-4), batch 20, 3^i passes at 1e-3 * 10^(-i/7)
     batch_size: int = _opt(20, "minibatch size", type=positive_int)
     stages: int = _opt(8, "run stages i = 0..N-1 of the paper's 8 (3^i passes at 1e-3 * 10^(-i/7); --schedule "

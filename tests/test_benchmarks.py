@@ -152,3 +152,16 @@ def test_same_log_finds_where_two_logs_part_and_ignores_timings(tmp_path, capsys
     assert "identical in the first 2 records, to pass 2; record 3 differs in train_bound:" in out
     b.write_text("")
     assert same_log([str(a), str(b)]) == 1 and "nothing to compare" in capsys.readouterr().out
+
+
+def test_progress_table_gives_passes_hours_and_the_curve_at_each_stage_end(tiny_run, tmp_path, capsys):
+    from benchmarks.progress_table import main as progress_table
+    from iwae.runs import rundir
+
+    log = rundir.read_log(tiny_run)
+    curve = [r["test_nll_curve"] for r in log if "test_nll_curve" in r]
+    assert len(curve) == 2  # TINY: two stages, a curve point at each end
+    assert progress_table([str(tiny_run)]) == 0
+    out = capsys.readouterr().out
+    assert "| run | passes | training hours | test NLL (L_20, 30 images) after passes " in out
+    assert f"| tiny-run | 0.08 of 0.08 | 0.0 | {curve[0]:.2f}, {curve[1]:.2f} |" in out

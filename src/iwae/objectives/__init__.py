@@ -20,8 +20,8 @@ An :class:`Objective` pairs a bound (``kind``: its value) with an estimator (its
                 IWAE only.
 ``rws-dreg``    RWS with the wake-phi update doubly reparameterised (Tucker et al. 2018): the encoder by
                 :math:`\sum_i (\tilde w_i - \tilde w_i^2) \frac{\partial \log w_i}{\partial h_i}
-                \frac{\partial h_i}{\partial \phi}`, the same expectation as ``rws``'s with lower variance; the
-                decoder as Eq. 14. IWAE only.
+                \frac{\partial h_i}{\partial \phi}`, the same expectation as ``rws``'s, typically with lower
+                variance; the decoder as Eq. 14. IWAE only.
 ==============  ==================================================================================================
 
 Bounds (``kind``): ``vae`` (Eq. 3, k samples), ``iwae`` (Eq. 8), and Rainforth et al. (2018)'s ``miwae``

@@ -1,4 +1,5 @@
-r"""Doubly reparameterised gradients for the IWAE bound (Tucker et al. 2018), in one backward pass.
+r"""Doubly reparameterised gradients (Tucker et al. 2018), in one backward pass: for the IWAE bound, and for
+reweighted wake-sleep's wake-phi update.
 
 Generative parameters :math:`\theta` get Eq. 14's gradient; recognition parameters :math:`\phi` get the squared
 normalised weights on the path derivative, log q's parameters held fixed:
@@ -81,8 +82,8 @@ class RWSDReG(DReG):
 
     The decoder's gradient is Eq. 14's at the samples drawn, as :class:`~iwae.objectives.rws.ReweightedWakeSleep`
     gives it; the encoder's, sum_i (w~_i - w~_i^2) d log w_i/dh_i dh_i/dphi, has the expectation of RWS's wake-phi
-    update with lower variance. At k = 1 the encoder gets no gradient: the wake-phi update's expectation is zero
-    there too. The value is minus L_k.
+    update, typically with lower variance (Tucker et al. 2018). At k = 1 the encoder gets no gradient: the
+    wake-phi update's expectation is zero there too. The value is minus L_k.
     """
 
     def encoder_factor(self, w_tilde: Tensor) -> Tensor:

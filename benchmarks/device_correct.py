@@ -94,7 +94,7 @@ def fleet_trajectory(
     """Losses (steps, runs) and final parameters (runs, P) of ``make_fleet(..., mode)``; the fleet's graph
     bookkeeping (:attr:`iwae.fleets.fleet.StackedFleet.graph_stats`, and the mode it ran in) into ``stats``."""
     models, opts, gens, objectives, greys = _setup(s, device, dtype)
-    fleet = make_fleet(models, opts, objectives, gens, s["batch"], mode)
+    fleet = make_fleet(models, opts, objectives, gens, mode)
     losses = []
     for t in range(s["steps"]):
         xs = [_minibatch(g, t, s["batch"], gen) for g, gen in zip(greys, gens)]

@@ -69,7 +69,7 @@ def fleet_step_time(
     models = [IWAE.paper(layers, generator=torch.Generator().manual_seed(m)).to(device) for m in range(runs)]
     gens = [torch.Generator(device=device).manual_seed(100 + m) for m in range(runs)]
     opts = [make_optimizer(model) for model in models]
-    fleet = make_fleet(models, opts, [Objective("iwae", k)] * runs, gens, BATCH, mode)
+    fleet = make_fleet(models, opts, [Objective("iwae", k)] * runs, gens, mode)
     images = grey(s["images"], device, 2)
     orders = [torch.randperm(s["images"], generator=torch.Generator().manual_seed(m)).to(device) for m in range(runs)]
     starts, lrs = itertools.cycle(range(0, s["images"] - BATCH + 1, BATCH)), [1e-3] * runs

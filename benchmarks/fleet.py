@@ -57,7 +57,7 @@ def build(layers: int, bound: str, k: int, runs: int, mode: str):
     models = [IWAE.paper(layers, generator=torch.Generator().manual_seed(m)) for m in range(runs)]
     gens = [torch.Generator().manual_seed(100 + m) for m in range(runs)]
     objectives = [Objective(bound, k)] * runs
-    fleet = make_fleet(models, [make_optimizer(model) for model in models], objectives, gens, BATCH, mode)
+    fleet = make_fleet(models, [make_optimizer(model) for model in models], objectives, gens, mode)
     data, lrs, position = [intensities(1000 + m) for m in range(runs)], [1e-3] * runs, [0]
     per_pass = data[0].shape[0] // BATCH
 

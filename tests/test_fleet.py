@@ -66,7 +66,7 @@ def _fleet(objectives, lrs, layers, steps, mode):
     models = [_model(m, layers) for m in range(len(objectives))]
     opts = [make_optimizer(model) for model in models]
     gens = [torch.Generator().manual_seed(100 + m) for m in range(len(objectives))]
-    fleet = make_fleet(models, opts, objectives, gens, batch_size=10, mode=mode)
+    fleet = make_fleet(models, opts, objectives, gens, mode=mode)
     datas = [
         torch.rand(200, 20, generator=torch.Generator().manual_seed(50 + m), dtype=torch.float64) for m in range(3)
     ]
@@ -126,7 +126,7 @@ def test_what_cannot_be_stacked_is_refused_with_the_reason():
     assert "architecture" in stackable([one, two], [Objective("iwae", 3)] * 2)
     assert "samples" in stackable([one, one], [Objective("iwae", 3), Objective("iwae", 5)])
     assert "log-weights alone" in stackable([one], [Objective("iwae", 3, "dreg")])
-    args = ([one], [make_optimizer(one)], [Objective("iwae", 3, "dreg")], [torch.Generator()], 10)
+    args = ([one], [make_optimizer(one)], [Objective("iwae", 3, "dreg")], [torch.Generator()])
     with pytest.raises(ValueError, match="cannot be stacked"):
         make_fleet(*args, mode="stacked")
     with pytest.raises(ValueError, match="needs --device cuda"):
@@ -377,7 +377,7 @@ def test_review_fixes_stale_pending_adam_settings_all_dropped(data_dir, tmp_path
     assert not (fleet / "b" / rundir.PENDING_NAME).exists()
     models = [_model(0, 1), _model(1, 1)]
     opts = [make_optimizer(models[0]), make_optimizer(models[1], betas=(0.99, 0.999))]
-    args = (models, opts, [Objective("iwae", 3)] * 2, [torch.Generator(), torch.Generator()], 10)
+    args = (models, opts, [Objective("iwae", 3)] * 2, [torch.Generator(), torch.Generator()])
     assert isinstance(make_fleet(*args, mode="auto"), LoopFleet)
     with pytest.raises(ValueError, match="betas or eps"):
         make_fleet(*args, mode="stacked")

@@ -326,7 +326,6 @@ def make_fleet(
     optimizers: Sequence[torch.optim.Optimizer],
     objectives: Sequence[Objective],
     generators: Sequence[torch.Generator],
-    batch_size: int,
     mode: str = "auto",
     *,
     flush_denormal: bool = True,

@@ -144,7 +144,7 @@ def _loop(runs: list[RunState], manifest: Path, names: list[str], mode: str, dro
 
     def stepper(active: list[RunState]) -> Fleet:
         return make_fleet([r.model for r in active], [r.optimizer for r in active], [r.objective for r in active],
-                          [r.gens.device for r in active], active[0].config.batch_size, step_mode,
+                          [r.gens.device for r in active], step_mode,
                           flush_denormal=active[0].config.flush_denormal)  # fmt: skip
 
     def save(active: list[RunState], step: int) -> None:

@@ -75,6 +75,16 @@ def test_no_eval_is_saved_and_a_finished_run_is_left_alone(data_dir, tmp_path, c
     assert read_json(run / rundir.CONFIG_NAME)["evaluate"] is False
     assert main(["resume", str(run), "--quiet"]) == 0
     assert rundir.status(run) == "partial"  # trained, and not evaluated: the run asked for no evaluation
+    from iwae.experiments.status import run_states
+    from iwae.runs.sharing import export_run
+
+    (state,) = run_states(run)  # what to run to evaluate it, not a resume that does nothing
+    assert (state.state, state.detail) == (
+        "trained",
+        f"not evaluated (--no-eval); evaluate it: iwae resume {run} --eval",
+    )
+    with pytest.raises(rundir.RunError, match=f"finish it first: `iwae resume {run} --eval`"):
+        export_run(run, tmp_path / "export")
     assert main(["resume", str(run), "--eval", "--eval-k", "4", "--eval-n", "10", "--quiet"]) == 0
     assert read_json(run / rundir.METRICS_NAME)["eval_k"] == 4 and read_json(run / rundir.CONFIG_NAME)["evaluate"]
     capsys.readouterr()

@@ -92,6 +92,13 @@ def test_an_exported_folder_is_not_a_run_to_continue(tiny_run, tmp_path, capsys)
     out = export_run(tiny_run, tmp_path / "shared")
     assert main(["resume", str(out), "--re-evaluate", "--quiet"]) == 1  # training afresh would erase it
     assert "is an exported model" in capsys.readouterr().err
+    assert main(["resume", str(out), "--quiet"]) == 1  # nothing to continue, and no hint that cannot work
+    err = capsys.readouterr().err
+    assert "is an exported model" in err and f"`iwae evaluate {out}`" in err and "--re-evaluate" not in err
+    assert main(["train", "--out", str(out), "--quiet"]) == 1
+    assert f"{out} holds an exported model; pick another --out" in capsys.readouterr().err
+    with pytest.raises(RunError, match="is an exported model .its weights alone.: there is no training to continue"):
+        snapshot_run(out, tmp_path / "snapshot")
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md", "active_units.png", "config.json", "metrics.json", "metrics.jsonl", "model.safetensors",
         "samples.png", "test_ll.json", "training.png"]  # fmt: skip
@@ -168,7 +175,7 @@ def test_a_snapshot_of_an_unfinished_run_continues_elsewhere_exactly(tiny_run, t
         snapshot_run(tiny_run, tmp_path / "new")
     with pytest.raises(RunError, match="lies in the run's own folder"):
         snapshot_run(out, out / "snapshot")
-    with pytest.raises(RunError, match="was resumed .it holds a .lock.: it is a run of its own now"):
+    with pytest.raises(RunError, match="is a run folder of its own .it holds a .lock: something trained there."):
         snapshot_run(out, midway)
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "notes.txt").write_text("mine")

@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
@@ -110,7 +111,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _resume(args: argparse.Namespace) -> None:
-    from iwae.runs.rundir import status
+    from iwae.runs.rundir import is_exported, status
     from iwae.runs.train import train_and_evaluate
 
     if (Path(args.run_dir) / "fleet.json").exists():
@@ -118,7 +119,7 @@ def _resume(args: argparse.Namespace) -> None:
 
         resume_fleet(args)
         return
-    if status(args.run_dir) == "done" and not args.re_evaluate:
+    if status(args.run_dir) == "done" and not args.re_evaluate and not is_exported(args.run_dir):  # (refused below)
         print(f"{args.run_dir} is already finished (trained and evaluated: metrics.json); nothing to do. "
               f"`iwae resume {args.run_dir} --re-evaluate` evaluates it again.")  # fmt: skip
         return
@@ -226,8 +227,8 @@ COMMANDS = {
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a mistyped choice or option is one line with the nearest ones, not the whole usage first; no
-    option is taken from an abbreviation of it (``--stage`` is not ``--stages``)."""
+    """argparse, but every error is one line, without the whole usage first: a mistyped choice or option with the
+    nearest ones; no option is taken from an abbreviation of it (``--stage`` is not ``--stages``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, allow_abbrev=False, **kwargs)
@@ -245,8 +246,8 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         found = re.match(r"argument (\S+): invalid choice: '?(.*?)'? \(choose from (.*)\)$", message)
-        if found is None:
-            super().error(message)
+        if found is None:  # a bad value, a missing option: the message and where to look, without the usage
+            self.exit(2, f"{self.prog}: error: {message}; `{self.prog} --help` lists the options\n")
         option, value, listing = found.groups()
         choices = re.findall(r"'([^']*)'", listing) or [c.strip() for c in listing.split(",")]
         near = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
@@ -326,6 +327,20 @@ def _out_of_memory(args: argparse.Namespace, err: BaseException) -> str:
     return f"iwae: error: out of memory ({what}); {fix}"
 
 
+def _warning_line() -> Callable[..., None]:
+    """``warnings.showwarning`` for the command line: each warning once, in one line, without its source line."""
+    shown: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        text = str(message)
+        if text not in shown:
+            shown.add(text)
+            kind = "warning" if category is UserWarning else category.__name__
+            print(f"iwae: {kind}: {text}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
@@ -335,7 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
-        COMMANDS[args.command].run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line()
+            COMMANDS[args.command].run(args)
     except KeyboardInterrupt:
         print(_stopped(args, "interrupted"), file=sys.stderr)
         return 130

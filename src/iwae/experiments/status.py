@@ -112,10 +112,21 @@ def _state(run: Path, queue: dict[str, str], reproducing: bool) -> RunState:
     if reproducing:
         return RunState(run, "queued", "waits for `iwae reproduce`")
     if status(run) == "partial":
+        if _trained_without_evaluation(run):
+            return RunState(run, "trained", f"not evaluated (--no-eval); evaluate it: iwae resume {run} --eval")
         return RunState(
             run, "stopped", f"{_progress(run).removeprefix(', ')}; continue: iwae resume {run}".lstrip("; ")
         )
     return RunState(run, "new")
+
+
+def _trained_without_evaluation(run: Path) -> bool:
+    """Whether the run asked for no final evaluation (``--no-eval``) and has trained every pass of its schedule."""
+    try:
+        log, config = read_log(run), read_config(run)
+    except (OSError, ValueError, RunError):
+        return False
+    return not config.evaluate and bool(log) and log[-1]["pass"] >= sum(stage.passes for stage in schedule(config))
 
 
 def _progress(run: Path) -> str:
@@ -141,7 +152,7 @@ def _time_left(log: list[dict], total: float) -> str:
     span = log[-1]["pass"] - (log[-len(recent) - 1]["pass"] if len(log) > len(recent) else 0.0)
     per_pass = sum(r["seconds"] for r in recent) / span
     left = (total - log[-1]["pass"]) * per_pass
-    when = f"{left / 3600:.1f} h" if left >= 3600 else f"{max(left / 60, 1):.0f} min"
+    when = f"{left / 3600:.1f} h" if left >= 3600 else f"{left / 60:.0f} min" if left >= 60 else f"{left:.0f} s"
     return f"; about {when} of training left at {per_pass:.1f} s a pass"
 
 

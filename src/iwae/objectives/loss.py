@@ -89,7 +89,8 @@ class Objective:
         defined_for = ESTIMATORS_BY_NAME[self.estimator].bounds
         if defined_for is not None and self.bound not in defined_for:
             bounds = " or ".join(f"bound={b!r}" for b in defined_for)
-            raise ValueError(f"estimator {self.estimator!r} is defined for {bounds} only, got bound={self.bound!r}")
+            raise ValueError(f"estimator {self.estimator!r} is defined for {bounds} only, got bound={self.bound!r}; "
+                             f"use that bound, or an estimator defined for {self.bound!r} (reparam is)")  # fmt: skip
         admitted = self._spec.estimators
         if admitted is not None and self.estimator not in admitted:
             use = " or ".join(repr(e) for e in admitted)

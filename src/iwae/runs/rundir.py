@@ -172,6 +172,8 @@ def status(run_dir: str | Path) -> str:
 
 def check_new(run_dir: str | Path) -> None:
     """Refuse a folder that already holds a run."""
+    if is_exported(run_dir):
+        raise RunError(f"{run_dir} holds an exported model; pick another --out")
     if (Path(run_dir) / CONFIG_NAME).exists():
         raise RunError(f"{run_dir} already holds a run; continue it with `iwae resume {run_dir}` or pick another --out")
 

@@ -38,6 +38,7 @@ from iwae.runs.rundir import (
     TRAINING_NAME,
     RunError,
     build_model,
+    is_exported,
     read_config,
 )
 from iwae.runs.rundir import load_run as _load
@@ -77,7 +78,9 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     run_dir, out = Path(run_dir), Path(out)
     config = read_config(run_dir)  # a folder that is no run is named as such
     if not (run_dir / METRICS_NAME).is_file():
-        raise RunError(f"{run_dir} is not evaluated (no {METRICS_NAME}); finish it first: `iwae resume {run_dir}`")
+        evaluate = "" if config.evaluate else " --eval"  # a run trained with --no-eval is evaluated on request
+        raise RunError(f"{run_dir} is not evaluated (no {METRICS_NAME}); finish it first: "
+                       f"`iwae resume {run_dir}{evaluate}`")  # fmt: skip
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunError(f"{out} exists and is not an empty folder; export into a new folder")
     _, model, _ = _load(run_dir)
@@ -118,6 +121,8 @@ def snapshot_run(run_dir: str | Path, out: str | Path) -> Path:
     """
     run_dir, out = Path(run_dir), Path(out)
     config = read_config(run_dir)
+    if is_exported(run_dir):
+        raise RunError(f"{run_dir} is an exported model (its weights alone): there is no training to continue")
     if (run_dir / METRICS_NAME).is_file():
         raise RunError(f"{run_dir} is finished; share its model with `iwae export {run_dir} --out FOLDER`")
     if not (run_dir / CHECKPOINT_NAME).is_file():
@@ -126,8 +131,8 @@ def snapshot_run(run_dir: str | Path, out: str | Path) -> Path:
         raise RunError(f"{out} lies in the run's own folder {run_dir}; snapshot into a folder outside it")
     if out.exists():
         if (out / LOCK_NAME).exists():
-            raise RunError(f"{out} was resumed (it holds a {LOCK_NAME}): it is a run of its own now; delete it, or "
-                           "snapshot into a new folder")  # fmt: skip
+            raise RunError(f"{out} is a run folder of its own (it holds a {LOCK_NAME}: something trained there); "
+                           "delete it, or snapshot into a new folder")  # fmt: skip
         if not out.is_dir() or any(p.name not in SNAPSHOT_FILES for p in out.iterdir()):
             raise RunError(f"{out} holds files other than an earlier snapshot's ({', '.join(SNAPSHOT_FILES)}); "
                            "snapshot into a new folder")  # fmt: skip
@@ -163,6 +168,8 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
     """The exported folder's README: what the model is, how it was trained and scored, and how to use it."""
     passes = sum(stage.passes for stage in schedule(config))
     rates = sorted({stage.lr for stage in schedule(config)}, reverse=True)
+    n_stages = len(schedule(config))
+    stages = f"{n_stages} stage{'s' if n_stages > 1 else ''}"
     units = "+".join(map(str, metrics["active_units"]))
     binarized = "fixed binarization" if config.dataset == "binarized-mnist" else "binarized afresh at every use"
     code = metrics.get("code") or {}
@@ -179,7 +186,7 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
         f"the {config.bound} bound with k = {config.k} ({config.estimator} gradients), seed {config.seed}.",
         "",
         f"- Data: {config.dataset}, {binarized}.",
-        f"- Schedule: {passes_text(passes)} passes over the training set in {len(schedule(config))} stages (the "
+        f"- Schedule: {passes_text(passes)} passes over the training set in {stages} (the "
         f"paper's is 3,280 in 8), learning rates {rates[0]:.2e} down to {rates[-1]:.2e}, batch {config.batch_size}, "
         f"Adam (betas {config.adam_betas}, eps 1e-4).",
         f"- Test NLL: {metrics['test_nll']:.2f} ± {metrics['test_nll_sem']:.2f} nats (mean -L_{metrics['eval_k']} "

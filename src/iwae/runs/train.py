@@ -119,6 +119,8 @@ def train_and_evaluate(
         _refuse_exported(Path(run_dir))  # before the lock: nothing is written into a folder that is no run
         if not (Path(run_dir) / rundir.LOCK_NAME).exists():  # (with a lock file, the lock says if it is in use)
             rundir.read_config(run_dir)
+    else:
+        rundir.check_new(run_dir)  # before the lock too: nothing is written into a folder that holds a run
     with rundir.locked(run_dir, again=f"iwae resume {run_dir}"):  # one process per run folder, to the end
         code_version()  # the code this process runs, read before the checkout can move on (metrics.json's "code")
         if config is None:

@@ -170,3 +170,45 @@ def test_estimator_is_unbiased_for_eq14(estimator, latent_dims):
 def _objective_grads_mean_vae(model, x):
     gs = [_objective_grads(model, x, 30_000 + r, k=K, bound="vae") for r in range(1500)]
     return torch.stack([torch.cat([g.flatten() for g in d.values()]) for d in gs]).mean(0)
+
+
+def _miwae_grads(model, x, seed, estimator, m=2):
+    return _objective_grads(model, x, seed, k=K, bound="miwae", m=m, estimator=estimator)
+
+
+@pytest.mark.parametrize("latent_dims", [(2,), (2, 2)])
+def test_dreg_on_miwae_is_dreg_within_each_group_averaged_over_the_groups(latent_dims):
+    """MIWAE(m, k) with DReG: the decoder as reparam's on the same noise; the encoder sum over groups g and samples
+    i of w~_gi^2 d log w_gi / dphi through the samples, / m, with w~ normalised within each group of k."""
+    m, n = 2, 2 * K
+    model, x = tiny_model(x_dim=4, latent_dims=latent_dims), binary_batch(B, 4)
+    got = _miwae_grads(model, x, 7, "dreg", m)
+    _assert_grads_close(got, _miwae_grads(model, x, 7, "reparam", m), _decoder_names(model))
+    out = model.forward_samples(x, n, generator=torch.Generator().manual_seed(7), stop_q_grad=True)
+    c = torch.softmax(out.log_w.detach().reshape(m, K, B), 1).reshape(n, B) ** 2 / m
+    want = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    for i in range(n):
+        for b in range(B):
+            for name, g in _grads(model, out.log_w[i, b], retain_graph=True).items():
+                want[name] += c[i, b] * g / B
+    _assert_grads_close(got, want, _encoder_names(model))
+    value = iwae.objective(
+        model, x, k=K, bound="miwae", m=m, estimator="dreg", generator=torch.Generator().manual_seed(7)
+    )
+    torch.testing.assert_close(value, -bounds.miwae(out.log_w.detach(), K).mean())
+
+
+@pytest.mark.slow  # two sets of 1,500 gradient draws
+def test_dreg_on_miwae_is_unbiased_for_the_miwae_gradient():
+    model, x = tiny_model(x_dim=3, latent_dims=(1,), seed=3), binary_batch(B, 3)
+
+    def mean_and_se(estimator, seed):
+        gs = [_miwae_grads(model, x, seed + r, estimator) for r in range(1500)]
+        flat = torch.stack([torch.cat([g.flatten() for g in d.values()]) for d in gs])
+        return flat.mean(0), flat.std(0) / 1500**0.5
+
+    (m1, se1), (m2, se2) = mean_and_se("dreg", 40_000), mean_and_se("reparam", 50_000)
+    assert ((m1 - m2) / torch.sqrt(se1**2 + se2**2 + 1e-12)).abs().max() < 4.5
+    # power: STL, biased for a bound of more than one sample per group, fails it
+    m3, se3 = mean_and_se("stl", 60_000)
+    assert ((m3 - m2).abs() / torch.sqrt(se3**2 + se2**2 + 1e-12)).max() > 4.5

@@ -14,7 +14,8 @@ An :class:`Objective` pairs a bound (``kind``: its value) with an estimator (its
                 2018), which ``dreg`` corrects.
 ``dreg``        Doubly reparameterised gradients (Tucker et al. 2018). Decoder: :math:`\sum_i \tilde w_i
                 \nabla_\theta \log w_i`. Encoder: :math:`\sum_i \tilde w_i^2 \frac{\partial \log w_i}{\partial h_i}
-                \frac{\partial h_i}{\partial \phi}` with log q's parameters detached. Unbiased for Eq. 8. IWAE only.
+                \frac{\partial h_i}{\partial \phi}` with log q's parameters detached. Unbiased for Eq. 8. IWAE,
+                and MIWAE (within each group of k, averaged over the m groups).
 ``rws``         Reweighted wake-sleep (Bornschein & Bengio 2015): the decoder as Eq. 14, the encoder by the wake-phi
                 update :math:`\sum_i \tilde w_i \nabla_\phi \log q_\phi(h_i \mid x)` at the samples held fixed.
                 IWAE only.

@@ -9,7 +9,9 @@ normalised weights on the path derivative, log q's parameters held fixed:
     \frac{\partial h_i}{\partial \phi} .
 
 Unbiased for the gradient of Eq. 8. With L stochastic layers the factor :math:`\tilde w_i` multiplies the gradient
-flowing into the recognition network through every sample :math:`h^l_i`. At k = 1 it equals STL.
+flowing into the recognition network through every sample :math:`h^l_i`. At k = 1 it equals STL. For Rainforth et
+al. (2018)'s MIWAE bound, the mean of m IWAE bounds of k samples each, it applies to each group: the weights are
+normalised within their group, and the surrogate is averaged over the m groups.
 
 The same construction gives reweighted wake-sleep's recognition update a reparameterised estimator (Tucker et al.
 2018's RWS-DReG): the wake-phi update :math:`\sum_i \tilde w_i \nabla_\phi \log q_\phi(h_i \mid x)` at held samples
@@ -46,10 +48,11 @@ class DReG(Estimator):
 
     The surrogate gives the decoder its Eq. 14 gradient and the encoder sum_i w~_i d log w_i/dh_i dh_i/dphi; a
     gradient hook on every sample multiplies the part that flows into the encoder by another factor,
-    :meth:`encoder_factor` (w~_i: w~_i^2 in all).
+    :meth:`encoder_factor` (w~_i: w~_i^2 in all). For MIWAE, w~ is normalised within each group of k and the sums
+    are averaged over the m groups.
     """
 
-    bounds: ClassVar[tuple[str, ...] | None] = ("iwae",)
+    bounds: ClassVar[tuple[str, ...] | None] = ("iwae", "miwae")
 
     def encoder_factor(self, w_tilde: Tensor) -> Tensor:
         """The factor on sample i's gradient into the recognition network, beside the surrogate's w~_i."""
@@ -67,14 +70,18 @@ class DReG(Estimator):
             h.register_hook(lambda g: g * factors[0].unsqueeze(-1))
             return h
 
-        out = model.forward_samples(
-            x, objective.k, noise=noise, generator=generator, stop_q_grad=True, sample_hook=reweight
-        )
-        w_tilde = torch.softmax(out.log_w.detach(), 0)  # (k, batch); detached: a coefficient, not a path
+        n, k = objective.samples_per_example, objective.k  # n = m k samples in m groups of k (one group: IWAE)
+        out = model.forward_samples(x, n, noise=noise, generator=generator, stop_q_grad=True, sample_hook=reweight)
+        log_w = out.log_w.detach()
+        if n == k:
+            w_tilde = torch.softmax(log_w, 0)  # (k, batch); detached: a coefficient, not a path
+            surrogate, value = -(w_tilde * out.log_w).sum(0).mean(), bounds.iwae(log_w)
+        else:  # MIWAE: group g holds rows g k .. g k + k - 1 (bounds.miwae)
+            w_tilde = torch.softmax(log_w.reshape(n // k, k, -1), 1).reshape(n, -1)
+            surrogate, value = -(w_tilde * out.log_w).sum(0).mean() * (k / n), bounds.miwae(log_w, k)
         factors.append(self.encoder_factor(w_tilde))
-        surrogate = -(w_tilde * out.log_w).sum(0).mean()
         # Detached: the value only; the gradient is the surrogate's.
-        return with_value(surrogate, -bounds.iwae(out.log_w.detach()).mean())
+        return with_value(surrogate, -value.mean())
 
 
 class RWSDReG(DReG):
@@ -85,6 +92,8 @@ class RWSDReG(DReG):
     update, typically with lower variance (Tucker et al. 2018). At k = 1 the encoder gets no gradient: the
     wake-phi update's expectation is zero there too. The value is minus L_k.
     """
+
+    bounds: ClassVar[tuple[str, ...] | None] = ("iwae",)
 
     def encoder_factor(self, w_tilde: Tensor) -> Tensor:
         return 1 - w_tilde  # times the surrogate's w~_i: w~_i - w~_i^2

@@ -159,7 +159,8 @@ def snapshot_run(run_dir: str | Path, out: str | Path) -> Path:
         atomic.write_text(staged / CONFIG_NAME, config.replace(data_dir=None).to_json())  # no path of this machine
         old = Path(tmp) / "old"
         if out.exists():
-            os.replace(out, old)  # the earlier snapshot, checked above; removed with the temporary folder
+            os.replace(out, old)  # the earlier snapshot, checked above: removed with the temporary folder (a
+            # process killed before the next line leaves no OUT, and the earlier snapshot in that folder)
         os.replace(staged, out)
     return out
 

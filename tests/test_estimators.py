@@ -147,8 +147,11 @@ def test_miwae_and_ciwae_objectives_match_their_bounds():
     )
 
 
-def _mean_and_se(model, x, estimator, n, seed):
-    gs = [_objective_grads(model, x, seed + r, k=K, bound="iwae", estimator=estimator) for r in range(n)]
+def _mean_and_se(model, x, estimator, n, seed, **kw):
+    """The mean gradient over n draws (seeds seed, seed + 1, ...) and its standard error; the IWAE bound unless
+    ``kw`` names another (with its parameters)."""
+    kw = {"k": K, "bound": "iwae", **kw}
+    gs = [_objective_grads(model, x, seed + r, estimator=estimator, **kw) for r in range(n)]
     flat = torch.stack([torch.cat([g.flatten() for g in d.values()]) for d in gs])
     return flat.mean(0), flat.std(0) / n**0.5
 
@@ -203,12 +206,42 @@ def test_dreg_on_miwae_is_unbiased_for_the_miwae_gradient():
     model, x = tiny_model(x_dim=3, latent_dims=(1,), seed=3), binary_batch(B, 3)
 
     def mean_and_se(estimator, seed):
-        gs = [_miwae_grads(model, x, seed + r, estimator) for r in range(1500)]
-        flat = torch.stack([torch.cat([g.flatten() for g in d.values()]) for d in gs])
-        return flat.mean(0), flat.std(0) / 1500**0.5
+        return _mean_and_se(model, x, estimator, 1500, seed, bound="miwae", m=2)
 
     (m1, se1), (m2, se2) = mean_and_se("dreg", 40_000), mean_and_se("reparam", 50_000)
     assert ((m1 - m2) / torch.sqrt(se1**2 + se2**2 + 1e-12)).abs().max() < 4.5
     # power: STL, biased for a bound of more than one sample per group, fails it
     m3, se3 = mean_and_se("stl", 60_000)
+    assert ((m3 - m2).abs() / torch.sqrt(se3**2 + se2**2 + 1e-12)).max() > 4.5
+
+
+# DReG for the other bounds of log-weights: the encoder's path weight c_i - dc_i/d log w_i in closed form
+_PATH_WEIGHT = {
+    "vr": (dict(alpha=0.5), lambda lw: (c := torch.softmax(0.5 * lw, 0)) * (0.5 + 0.5 * c)),
+    "ciwae": (dict(beta=0.3), lambda lw: 0.3 / K + 0.7 * torch.softmax(lw, 0) ** 2),
+}
+
+
+@pytest.mark.parametrize("bound", list(_PATH_WEIGHT))
+def test_dreg_on_the_renyi_and_ciwae_bounds_is_the_path_derivative_with_their_weights(bound):
+    params, weight = _PATH_WEIGHT[bound]
+    model, x = tiny_model(x_dim=4, latent_dims=(2, 2)), binary_batch(B, 4)
+    got = _objective_grads(model, x, 8, k=K, bound=bound, estimator="dreg", **params)
+    _assert_grads_close(got, _objective_grads(model, x, 8, k=K, bound=bound, **params), _decoder_names(model))
+    want = _per_sample_weighted(model, x, 8, weight, stop_q_grad=True)
+    _assert_grads_close(got, want, _encoder_names(model))
+
+
+@pytest.mark.slow  # 1,500 gradient draws of three estimators for each bound
+@pytest.mark.parametrize("bound", list(_PATH_WEIGHT))
+def test_dreg_on_the_renyi_and_ciwae_bounds_is_unbiased(bound):
+    params = _PATH_WEIGHT[bound][0]
+    model, x = tiny_model(x_dim=3, latent_dims=(1,), seed=3), binary_batch(B, 3)
+
+    def mean_and_se(estimator, seed):
+        return _mean_and_se(model, x, estimator, 1500, seed, bound=bound, **params)
+
+    (m1, se1), (m2, se2) = mean_and_se("dreg", 70_000), mean_and_se("reparam", 80_000)
+    assert ((m1 - m2) / torch.sqrt(se1**2 + se2**2 + 1e-12)).abs().max() < 4.5
+    m3, se3 = mean_and_se("stl", 90_000)  # power: STL drops a score term whose mean is not zero for these bounds
     assert ((m3 - m2).abs() / torch.sqrt(se3**2 + se2**2 + 1e-12)).max() > 4.5

@@ -1,5 +1,5 @@
-r"""Doubly reparameterised gradients (Tucker et al. 2018), in one backward pass: for the IWAE bound, and for
-reweighted wake-sleep's wake-phi update.
+r"""Doubly reparameterised gradients (Tucker et al. 2018), in one backward pass: for the IWAE bound and the other
+bounds of log-weights, and for reweighted wake-sleep's wake-phi update.
 
 Generative parameters :math:`\theta` get Eq. 14's gradient; recognition parameters :math:`\phi` get the squared
 normalised weights on the path derivative, log q's parameters held fixed:
@@ -9,20 +9,25 @@ normalised weights on the path derivative, log q's parameters held fixed:
     \frac{\partial h_i}{\partial \phi} .
 
 Unbiased for the gradient of Eq. 8. With L stochastic layers the factor :math:`\tilde w_i` multiplies the gradient
-flowing into the recognition network through every sample :math:`h^l_i`. At k = 1 it equals STL. For Rainforth et
-al. (2018)'s MIWAE bound, the mean of m IWAE bounds of k samples each, it applies to each group: the weights are
-normalised within their group, and the surrogate is averaged over the m groups.
+flowing into the recognition network through every sample :math:`h^l_i`. At k = 1 it equals STL.
 
-The same construction gives reweighted wake-sleep's recognition update a reparameterised estimator (Tucker et al.
-2018's RWS-DReG): the wake-phi update :math:`\sum_i \tilde w_i \nabla_\phi \log q_\phi(h_i \mid x)` at held samples
-has the expectation of
+The same holds for any bound :math:`\mathcal{L}(\log w_1, \dots, \log w_k)` of the log-weights. With
+:math:`c_i = \partial \mathcal{L} / \partial \log w_i`, the reparameterisation gradient is
+:math:`\sum_i c_i (\text{path}_i - \nabla_\phi \log q_\phi(h_i))`, and the score term's expectation is that of a path
+term, :math:`\mathbb{E}_q[f(h) \nabla_\phi \log q_\phi(h)] = \mathbb{E}_\epsilon[\nabla_h f \, \partial h / \partial
+\phi]` for :math:`f = c_i` (log q's parameters held), so the recognition network may take
 
-.. math:: \sum_{i=1}^{k} (\tilde w_i - \tilde w_i^2) \frac{\partial \log w_i}{\partial h_i}
-    \frac{\partial h_i}{\partial \phi} ,
+.. math:: \nabla_\phi = \sum_{i=1}^{k} \Big(c_i - \frac{\partial c_i}{\partial \log w_i}\Big)
+    \frac{\partial \log w_i}{\partial h_i} \frac{\partial h_i}{\partial \phi} ,
 
-since :math:`\mathbb{E}_q[f(h) \nabla_\phi \log q_\phi(h)] = \mathbb{E}_\epsilon[\nabla_h f \,
-\partial h / \partial \phi]` for :math:`f = \tilde w_i` (log q's parameters held), and :math:`\partial \tilde w_i /
-\partial h_i = \tilde w_i (1 - \tilde w_i) \, \partial \log w_i / \partial h_i`. Its generative network gets Eq. 14's
+in closed form for each bound (:meth:`DReG.weights`): IWAE :math:`\tilde w_i^2`; MIWAE the same within each group of
+k, over m; CIWAE :math:`\beta / k + (1 - \beta) \tilde w_i^2`; the Rényi bound, with :math:`c_i \propto
+w_i^{1-\alpha}`, :math:`c_i (\alpha + (1 - \alpha) c_i)` (at alpha = 0 IWAE's, towards 1 the ELBO's STL).
+
+Reweighted wake-sleep's recognition update gets a reparameterised estimator the same way (Tucker et al. 2018's
+RWS-DReG): the wake-phi update :math:`\sum_i \tilde w_i \nabla_\phi \log q_\phi(h_i \mid x)` at held samples has the
+expectation of :math:`\sum_i (\tilde w_i - \tilde w_i^2) \frac{\partial \log w_i}{\partial h_i} \frac{\partial
+h_i}{\partial \phi}`, by the same identity with :math:`f = \tilde w_i`. Its generative network gets Eq. 14's
 gradient, as RWS's does.
 """
 
@@ -44,24 +49,39 @@ __all__ = ["DReG", "RWSDReG"]
 
 
 class DReG(Estimator):
-    """DReG: the surrogate sum_i sg(w~_i) log w_i with log q's parameters detached, plus a hook per sample.
+    """DReG: the surrogate sum_i sg(c_i) log w_i with log q's parameters detached, plus a hook per sample.
 
-    The surrogate gives the decoder its Eq. 14 gradient and the encoder sum_i w~_i d log w_i/dh_i dh_i/dphi; a
-    gradient hook on every sample multiplies the part that flows into the encoder by another factor,
-    :meth:`encoder_factor` (w~_i: w~_i^2 in all). For MIWAE, w~ is normalised within each group of k and the sums
-    are averaged over the m groups.
+    The surrogate gives the decoder the bound's gradient and the encoder sum_i c_i d log w_i/dh_i dh_i/dphi; a
+    gradient hook on every sample multiplies the part that flows into the encoder by a factor f_i, so that it gets
+    c_i f_i (:meth:`weights`; IWAE: c_i = f_i = w~_i).
     """
 
-    bounds: ClassVar[tuple[str, ...] | None] = ("iwae", "miwae")
+    bounds: ClassVar[tuple[str, ...] | None] = ("iwae", "miwae", "ciwae", "vr")
 
-    def encoder_factor(self, w_tilde: Tensor) -> Tensor:
-        """The factor on sample i's gradient into the recognition network, beside the surrogate's w~_i."""
-        return w_tilde
+    def weights(self, objective: Objective, log_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(c, f, value)`` for the (n, batch) log-weights: c_i = dL/d log w_i (the decoder's weights), f_i the
+        factor on sample i's path into the encoder beside c_i (c_i f_i = c_i - dc_i/d log w_i), and the bound."""
+        n, k = log_w.shape[0], objective.k
+        if objective.bound == "iwae":
+            w_tilde = torch.softmax(log_w, 0)  # (k, batch)
+            return w_tilde, w_tilde, bounds.iwae(log_w)
+        if objective.bound == "miwae":  # group g holds rows g k .. g k + k - 1 (bounds.miwae)
+            w_tilde = torch.softmax(log_w.reshape(n // k, k, -1), 1).reshape(n, -1)
+            return w_tilde * (k / n), w_tilde, bounds.miwae(log_w, k)
+        if objective.bound == "vr":
+            alpha = objective.params["alpha"]
+            c = torch.softmax((1 - alpha) * log_w, 0)  # dc_i/d log w_i = (1 - alpha) c_i (1 - c_i)
+            return c, alpha + (1 - alpha) * c, bounds.vr(log_w, alpha)
+        beta = objective.params["beta"]  # ciwae: beta ELBO + (1 - beta) IWAE, the two parts' weights added
+        w_tilde = torch.softmax(log_w, 0)
+        c = beta / k + (1 - beta) * w_tilde
+        path = beta / k + (1 - beta) * w_tilde**2
+        return c, torch.where(c > 0, path / c, 0.0), bounds.ciwae(log_w, beta)
 
     def loss(
         self, model: SampledModel, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None
     ) -> Tensor:
-        factors: list[Tensor] = []  # filled once the forward pass has computed w~; read during backward
+        factors: list[Tensor] = []  # filled once the forward pass has computed the weights; read during backward
 
         def reweight(h: Tensor) -> Tensor:
             if not h.requires_grad:
@@ -70,16 +90,11 @@ class DReG(Estimator):
             h.register_hook(lambda g: g * factors[0].unsqueeze(-1))
             return h
 
-        n, k = objective.samples_per_example, objective.k  # n = m k samples in m groups of k (one group: IWAE)
+        n = objective.samples_per_example  # m k for MIWAE, else k
         out = model.forward_samples(x, n, noise=noise, generator=generator, stop_q_grad=True, sample_hook=reweight)
-        log_w = out.log_w.detach()
-        if n == k:
-            w_tilde = torch.softmax(log_w, 0)  # (k, batch); detached: a coefficient, not a path
-            surrogate, value = -(w_tilde * out.log_w).sum(0).mean(), bounds.iwae(log_w)
-        else:  # MIWAE: group g holds rows g k .. g k + k - 1 (bounds.miwae)
-            w_tilde = torch.softmax(log_w.reshape(n // k, k, -1), 1).reshape(n, -1)
-            surrogate, value = -(w_tilde * out.log_w).sum(0).mean() * (k / n), bounds.miwae(log_w, k)
-        factors.append(self.encoder_factor(w_tilde))
+        c, factor, value = self.weights(objective, out.log_w.detach())  # detached: coefficients, not paths
+        factors.append(factor)
+        surrogate = -(c * out.log_w).sum(0).mean()
         # Detached: the value only; the gradient is the surrogate's.
         return with_value(surrogate, -value.mean())
 
@@ -95,5 +110,6 @@ class RWSDReG(DReG):
 
     bounds: ClassVar[tuple[str, ...] | None] = ("iwae",)
 
-    def encoder_factor(self, w_tilde: Tensor) -> Tensor:
-        return 1 - w_tilde  # times the surrogate's w~_i: w~_i - w~_i^2
+    def weights(self, objective: Objective, log_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        w_tilde = torch.softmax(log_w, 0)
+        return w_tilde, 1 - w_tilde, bounds.iwae(log_w)  # times the surrogate's w~_i: w~_i - w~_i^2

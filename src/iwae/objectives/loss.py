@@ -88,9 +88,12 @@ class Objective:
                               f"{' and '.join(readers)} only", stacklevel=3)  # fmt: skip
         defined_for = ESTIMATORS_BY_NAME[self.estimator].bounds
         if defined_for is not None and self.bound not in defined_for:
-            bounds = " or ".join(f"bound={b!r}" for b in defined_for)
-            raise ValueError(f"estimator {self.estimator!r} is defined for {bounds} only, got bound={self.bound!r}; "
-                             f"use that bound, or an estimator defined for {self.bound!r} (reparam is)")  # fmt: skip
+            names = [repr(b) for b in defined_for]
+            listing = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+            those = "that bound" if len(names) == 1 else "one of those bounds"
+            raise ValueError(f"estimator {self.estimator!r} is defined for bound={listing} only, got "
+                             f"bound={self.bound!r}; use {those}, or an estimator defined for {self.bound!r} (reparam "
+                             "is)")  # fmt: skip
         admitted = self._spec.estimators
         if admitted is not None and self.estimator not in admitted:
             use = " or ".join(repr(e) for e in admitted)

@@ -7,8 +7,8 @@ samples; decoder trained on that IWAE bound, encoder on the MIWAE bound of m gro
 :mod:`iwae.objectives.names`.
 
 Estimators: ``reparam`` (Eq. 7, Eq. 14), ``sample-one`` (Section 3.1), ``stl`` (Roeder et al. 2017), ``dreg``
-(Tucker et al. 2018), ``rws`` (reweighted wake-sleep, Bornschein & Bengio 2015, with Le et al. 2019's wake-phi),
-``rws-dreg`` (RWS with Tucker et al. 2018's doubly reparameterised wake-phi update).
+(Tucker et al. 2018; iwae, miwae, ciwae, vr), ``rws`` (reweighted wake-sleep, Bornschein & Bengio 2015, with Le et
+al. 2019's wake-phi), ``rws-dreg`` (RWS with Tucker et al. 2018's doubly reparameterised wake-phi update).
 An estimator states the bounds it is defined for; a bound may admit fewer. Their names, ``KINDS`` and
 ``ESTIMATORS``, are listed in :mod:`iwae.objectives.names` too, for the command line without torch.
 """

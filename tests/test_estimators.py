@@ -217,7 +217,7 @@ def test_dreg_on_miwae_is_unbiased_for_the_miwae_gradient():
 
 # DReG for the other bounds of log-weights: the encoder's path weight c_i - dc_i/d log w_i in closed form
 _PATH_WEIGHT = {
-    "vr": (dict(alpha=0.5), lambda lw: (c := torch.softmax(0.5 * lw, 0)) * (0.5 + 0.5 * c)),
+    "vr": (dict(alpha=0.2), lambda lw: (c := torch.softmax(0.8 * lw, 0)) * (0.2 + 0.8 * c)),  # alpha != 1 - alpha
     "ciwae": (dict(beta=0.3), lambda lw: 0.3 / K + 0.7 * torch.softmax(lw, 0) ** 2),
 }
 

@@ -34,7 +34,7 @@ CONFIGS = {
 }
 TIMING = {"seconds", "examples_per_s", "train_seconds", "train_machines", "curve_seconds", "eval_seconds"}
 # which code evaluated the run (an exported revision has no git commit), and on which machine: not results
-PROVENANCE = {"code", "eval_machine"}
+_PROVENANCE = {"code", "eval_machine"}
 
 
 def _export(rev: str, folder: Path) -> Path:
@@ -53,7 +53,7 @@ def _train(src: Path, args: list[str], out: Path, data_dir: str) -> None:
 
 def _metrics(run: Path) -> tuple[list[dict], dict]:
     lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if s.strip()]
-    strip = lambda d: {k: v for k, v in d.items() if k not in TIMING | PROVENANCE}  # noqa: E731
+    strip = lambda d: {k: v for k, v in d.items() if k not in TIMING | _PROVENANCE}  # noqa: E731
     return [strip(d) for d in lines], strip(json.loads((run / "metrics.json").read_text()))
 
 

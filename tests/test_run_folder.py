@@ -77,5 +77,7 @@ def test_a_noise_stream_of_another_device_type_is_refused_naming_the_device_to_r
     gens = Generators.seeded(0, torch.device("cpu"), scheme=2)
     saved = gens.states()
     gens.restore(saved)  # its own states: fine
-    with pytest.raises(rundir.RunError, match="drew its noise on a CUDA device.*resume it with --device cuda"):
+    with pytest.raises(
+        rundir.RunError, match="drew its noise on a CUDA device.*resume it on a machine with a GPU .--device cuda."
+    ):
         gens.restore({**saved, "rng_device": torch.zeros(16, dtype=torch.uint8)})

@@ -1,4 +1,4 @@
-"""``iwae status DIR``: which runs are done, running, queued or failed, for local and Slurm runs alike.
+"""``iwae status DIR``: which runs are done, running, queued, failed or stopped, for local and Slurm runs alike.
 
 A run's state comes from its folder and from whatever works in it:
 
@@ -8,7 +8,9 @@ A run's state comes from its folder and from whatever works in it:
   still start it (queued);
 - failed: its Slurm job ended and left the run unfinished, or the local child process said so in ``log.txt``;
   the last lines of the job's log are shown;
-- stopped (created, unfinished, nothing working on it: ``iwae resume`` continues it) or new.
+- stopped (created, unfinished, nothing working on it: ``iwae resume`` continues it), trained (every pass trained,
+  not evaluated as it asked: ``iwae resume RUN --eval`` evaluates it), exported (``iwae export``'s weights alone) or
+  new.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def snapshot_run(run_dir: str | Path, out: str | Path) -> Path:
     """Copy the unfinished run of ``run_dir`` into ``out``, a folder ``iwae resume`` continues (the module docstring).
 
     The run may be training meanwhile: its checkpoint is copied first, then the log, cut back to the checkpoint's
-    lines. ``out`` is replaced if it holds an earlier snapshot (nothing but :data:`SNAPSHOT_FILES`); ``out``.
+    lines. ``out`` is replaced if it holds an earlier snapshot (nothing but :data:`SNAPSHOT_FILES`). Returns ``out``.
     ``init_from`` stays in the config (a run with a checkpoint never reads it; a reproduction compares it).
 
     :raises RunError: the run is finished (export it instead) or has no checkpoint yet, or ``out`` lies in the run's
@@ -178,7 +178,7 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
     made = f"iwae {code.get('version', '?')}, commit {code.get('commit') or 'unknown'}{dirty}"
     evaluator = metrics.get("eval_machine") or "a machine not recorded"
     seconds = metrics.get("eval_seconds")  # absent from runs evaluated before it was recorded
-    evaluated = "" if seconds is None else f" Evaluated in {seconds / 3600:,.2f} hours on {evaluator}."
+    evaluated = "" if seconds is None else f" Evaluated in {seconds / 3600:,.1f} hours on {evaluator}."
     return "\n".join([
         f"# {name}",
         "",

@@ -70,10 +70,14 @@ class Generators:
         self.shuffle.set_state(states["rng_shuffle"])
         on_cpu = self.device.device.type == "cpu"
         if states["rng_device"].numel() != self.device.get_state().numel():
-            other = "a CUDA device" if on_cpu else "the CPU"
+            other, there = (
+                ("a CUDA device", "on a machine with a GPU (--device cuda)")
+                if on_cpu
+                else ("the CPU", "with --device cpu")
+            )
             raise rundir.RunError(
-                f"this run drew its noise on {other}, and its random stream cannot go on on {self.device.device.type}; "
-                f"resume it with --device {'cuda' if on_cpu else 'cpu'}"
+                f"this run drew its noise on {other}, and that random stream cannot continue on "
+                f"{self.device.device.type}; resume it {there}, or train it again here from its config.json"
             )
         self.device.set_state(states["rng_device"].cpu() if on_cpu else states["rng_device"])
 

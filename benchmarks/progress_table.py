@@ -2,34 +2,28 @@
 
     python -m benchmarks.progress_table results/full-protocol/in-progress/mnist-l1-iwae-k5 ...
 
-Each folder is a run folder or its snapshot (``iwae snapshot``): ``config.json``, ``metrics.jsonl`` and the
-checkpoint, whose position gives the training time. The curve is ``metrics.jsonl``'s ``test_nll_curve`` (mean
+Each folder is a run folder or its snapshot (``iwae snapshot``): ``config.json`` and ``metrics.jsonl`` are read, whose
+passes' seconds add up to the training time. The curve is ``metrics.jsonl``'s ``test_nll_curve`` (mean
 -L_k on the run's fixed spread subset of test images) at each stage's end, with the schedule's passes as columns.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from safetensors import safe_open
-
 from iwae.runs.config import passes_text, schedule
-from iwae.runs.rundir import CHECKPOINT_NAME, read_config, read_log
+from iwae.runs.rundir import read_config, read_log
 
 
 def row(run: Path) -> dict:
-    """One run's passes done and in all, its training seconds (from the checkpoint), and its curve by stage."""
+    """One run's passes done and in all, its training seconds (its passes' own), and its curve by stage."""
     config, log = read_config(run), read_log(run)
     stage_ends = []
     for stage in schedule(config):
         stage_ends.append((stage_ends[-1] if stage_ends else 0.0) + stage.passes)
-    seconds = None
-    if (run / CHECKPOINT_NAME).is_file():
-        with safe_open(str(run / CHECKPOINT_NAME), framework="pt") as f:
-            seconds = json.loads(f.metadata()["state"])["train_seconds"]
+    seconds = sum(r["seconds"] for r in log)  # each pass's training steps, as the checkpoint counts them
     curve = {r["stage"]: r["test_nll_curve"] for r in log if "test_nll_curve" in r}  # logged at each stage's end
     k_n = next(((r["curve_k"], r["curve_n"]) for r in log if "curve_k" in r), (config.curve_k, config.curve_n))
     return {"name": run.name, "passes": log[-1]["pass"] if log else 0.0, "total": stage_ends[-1] if stage_ends else 0.0,
@@ -46,7 +40,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         points = [r["curve"].get(stage) for stage in range(len(ends))]
         shown = ", ".join(f"{v:.2f}" for v in points if v is not None) or "-"
-        hours = "-" if r["train_seconds"] is None else f"{r['train_seconds'] / 3600:.1f}"
+        hours = f"{r['train_seconds'] / 3600:.1f}"
         lines.append(f"| {r['name']} | {passes_text(r['passes'])} of {passes_text(r['total'])} | {hours} | {shown} |")
     return "\n".join(lines) + "\n"
 

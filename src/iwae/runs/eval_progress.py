@@ -163,8 +163,7 @@ def resumable_log_likelihood(
     key = json.dumps({**identity, "rows": rows, **_computation(x.device)}, sort_keys=True)
     ll = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     initial, began = generator.get_state(), time.monotonic()
-    start = _restore(path, key, ll, generator)
-    before = saved_seconds(path) if start else 0.0  # spent on it by the processes before this one
+    start, before = _restore(path, key, ll, generator)  # before: the seconds of the processes before this one
     if start % max(rows, 1) and start != x.shape[0]:  # not where one of this layout's blocks ends
         generator.set_state(initial)
         start, before = _discard(path, "its estimates end inside a block"), 0.0
@@ -222,27 +221,28 @@ def _sealed(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> bool:
     return header.get("format") == _FORMAT and header.get("sha256") == check
 
 
-def _restore(path: Path, key: str, ll: torch.Tensor, generator: torch.Generator) -> int:
+def _restore(path: Path, key: str, ll: torch.Tensor, generator: torch.Generator) -> tuple[int, float]:
     """Fill the start of ``ll`` from ``path`` and set ``generator`` to the state saved with it, if the file holds
-    the progress of this very measurement; return how many examples it held (0: measure from the start)."""
+    the progress of this very measurement; return how many examples it held (0: measure from the start) and the
+    seconds spent on them."""
     if not path.is_file():
-        return 0
+        return 0, 0.0
     header, tensors, unreadable = _read(path)
     if unreadable is not None:
-        return _discard(path, unreadable)
+        return _discard(path, unreadable), 0.0
     if header.get("format") != _FORMAT or set(tensors) != {"ll", "generator"}:
-        return _discard(path, "it is not an evaluation's progress")
+        return _discard(path, "it is not an evaluation's progress"), 0.0
     if not _sealed(header, tensors):
-        return _discard(path, "it is damaged (its content does not match its sha256)")
+        return _discard(path, "it is damaged (its content does not match its sha256)"), 0.0
     if header.get("identity") != key:
-        return _discard(path, f"it is another measurement's ({_difference(header.get('identity'), key)})")
+        return _discard(path, f"it is another measurement's ({_difference(header.get('identity'), key)})"), 0.0
     saved = tensors["ll"]
     if saved.dtype != torch.float64 or saved.dim() != 1 or saved.shape[0] > ll.shape[0]:
-        return _discard(path, "its estimates are not one float64 per image")
+        return _discard(path, "its estimates are not one float64 per image"), 0.0
     generator.set_state(tensors["generator"])
     ll[: saved.shape[0]] = saved.to(ll.device)
     print(f"{path.name}: continuing from {saved.shape[0]:,} of {ll.shape[0]:,} images scored", file=sys.stderr)
-    return saved.shape[0]
+    return saved.shape[0], float(header.get("seconds", 0.0))
 
 
 def _discard(path: Path, why: str, then: str = "measuring from the start") -> int:

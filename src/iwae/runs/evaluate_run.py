@@ -435,7 +435,6 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         train, _, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar, active=active,
                               keep=run_dir)  # fmt: skip
     log = read_log(run_dir)
-    kept = progress_paths(run_dir, "test", k, test["n"]) + progress_paths(run_dir, "train", k, train["n"])
     metrics = {
         "dataset": config.dataset, "layers": len(model.latent_dims), "bound": config.bound,
         "estimator": config.estimator, "k": config.k, "eval_k": k, "eval_n": test["n"],
@@ -465,7 +464,7 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     plot_training(passes, bounds, run_dir / TRAINING_NAME, title, curve, label)
     write_json(run_dir / PER_IMAGE_NAME, per_image_record(config, k, index, test_ll))
     write_json(run_dir / METRICS_NAME, metrics)
-    for path in kept:
+    for path in progress_paths(run_dir, "test", k, test["n"]) + progress_paths(run_dir, "train", k, train["n"]):
         path.unlink(missing_ok=True)
     return metrics
 

@@ -1,4 +1,7 @@
-"""The compiled training step (``make_train_step(..., compile=True)``) against the eager one on the same noise."""
+"""The compiled training step (``make_train_step(..., compile=True)``) against the eager one on the same noise.
+
+Compiling is slow where inductor's cache is cold (a fresh machine or checkout: 10-20 s a test), so the tests that
+compile are marked slow; the default run checks that the loss traces whole."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ def _assert_same(a: iwae.IWAE, b: iwae.IWAE) -> None:
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("estimator", "kind", "latent_dims"), [("reparam", "iwae", (2,)), ("stl", "miwae", (2, 2))]
 )  # fmt: skip
@@ -39,6 +43,7 @@ def test_compiled_step_matches_eager_on_the_same_noise(estimator, kind, latent_d
     _assert_same(compiled, eager)
 
 
+@pytest.mark.slow
 def test_compiled_step_follows_pruning_of_the_same_model():
     """Loading a state with pruned units into the model must change the compiled loss as it changes the eager one."""
     model = tiny_model(x_dim=4, latent_dims=(3,))

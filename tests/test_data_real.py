@@ -106,6 +106,7 @@ def has_chardata(data_dir: str) -> bool:
     return (Path(data_dir) / "omniglot/chardata.mat").is_file()
 
 
+@pytest.mark.slow  # the real archives' decode takes ~9 s; tests/test_data_omniglot.py decodes small ones
 def test_omniglot_splits(omniglot, data_dir):
     n_test = 8_070 if has_chardata(data_dir) else 8_115
     assert {s: tuple(x.shape) for s, x in omniglot.items()} == {
@@ -117,11 +118,13 @@ def test_omniglot_splits(omniglot, data_dir):
     assert 0.02 < omniglot["train"].mean().item() < 0.25  # ink = 1 is the minority
 
 
+@pytest.mark.slow  # the real archives' decode takes ~9 s; tests/test_data_omniglot.py decodes small ones
 def test_omniglot_ink_is_centred(omniglot):
     mean = omniglot["train"].mean(0).reshape(28, 28)
     assert mean[10:18, 10:18].mean() > 3 * mean[:4].mean() and mean[10:18, 10:18].mean() > 3 * mean[:, :4].mean()
 
 
+@pytest.mark.slow  # the real archives' decode takes ~9 s; tests/test_data_omniglot.py decodes small ones
 def test_omniglot_matches_the_lossless_originals(omniglot, data_dir):
     """Test image (c, d) is drawing 16 + d of character c: compare with the README's npz arrays of the 105x105
     originals, inverted and area-averaged independently (repeat 4x4, average 15x15 blocks)."""
@@ -138,6 +141,7 @@ def test_omniglot_matches_the_lossless_originals(omniglot, data_dir):
             np.testing.assert_allclose(test[offset + c, d], ink.ravel(), atol=1e-6)
 
 
+@pytest.mark.slow  # the real archives' decode takes ~9 s; tests/test_data_omniglot.py decodes small ones
 def test_decoded_omniglot_is_cached_in_the_data_dir_or_else_the_user_cache(omniglot, data_dir, user_cache):
     """The decoded archives are cached beside them where the data dir is writable, else in the user cache dir
     (never written into a read-only data dir); chardata.mat needs no cache at all."""

@@ -79,7 +79,9 @@ def test_fused_bernoulli_log_prob_matches_formula(grad, path):
     got = _ops.bernoulli_log_prob(logits, x)
     torch.testing.assert_close(got, want)
     if grad:
-        assert torch.autograd.gradcheck(lambda l: _ops.bernoulli_log_prob(l, x), (logits[:2],))
+        # finite differences over a 20-pixel slice: the fused kernel is elementwise, and 7,840 inputs cost seconds
+        part = logits[:2, :, :20].detach().requires_grad_()
+        assert torch.autograd.gradcheck(lambda l: _ops.bernoulli_log_prob(l, x[:, :20]), (part,))
 
 
 @pytest.mark.parametrize("layers", [1, 2])

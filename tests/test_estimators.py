@@ -10,6 +10,8 @@ from conftest import binary_batch, tiny_model
 
 import iwae
 from iwae import bounds
+from iwae.objectives.names import BOUND_PARAMS
+from iwae.objectives.registry import BOUNDS, ESTIMATORS_BY_NAME
 
 K, B = 6, 3
 
@@ -252,3 +254,31 @@ def test_dreg_on_the_renyi_and_ciwae_bounds_is_unbiased(bound):
     assert ((m1 - m2) / torch.sqrt(se1**2 + se2**2 + 1e-12)).abs().max() < 4.5
     m3, se3 = mean_and_se("stl", 90_000)  # power: STL drops a score term whose mean is not zero for these bounds
     assert ((m3 - m2).abs() / torch.sqrt(se3**2 + se2**2 + 1e-12)).max() > 4.5
+
+
+# Every bound that declares path weights (iwae.objectives.registry), a new one too: c_i and c_i f_i against autograd
+# of the bound's value, c_i = dL/d log w_i and c_i f_i = c_i - dc_i/d log w_i (iwae.objectives.dreg's docstring).
+_DECLARED = [name for name, spec in BOUNDS.items() if spec.path_weights is not None]
+_OFF_DEFAULT = {"m": 3, "beta": 0.3, "alpha": 0.2}  # parameters away from their special values (beta 0, alpha 0.5)
+
+
+def test_dreg_is_defined_for_exactly_the_bounds_that_declare_path_weights():
+    assert _DECLARED == ["iwae", "miwae", "ciwae", "vr"]
+    dreg = ESTIMATORS_BY_NAME["dreg"]
+    assert [name for name, spec in BOUNDS.items() if dreg.defined_for(name, spec)] == _DECLARED
+    with pytest.raises(ValueError, match="estimator 'dreg' is defined for bound='iwae', 'miwae', 'ciwae' or 'vr'"):
+        iwae.Objective("piwae", 2, "dreg", m=2)
+
+
+@pytest.mark.parametrize("bound", _DECLARED)
+def test_each_declared_path_weight_is_c_minus_its_own_derivative(bound):
+    params = {name: _OFF_DEFAULT[name] for name in BOUND_PARAMS[bound]}
+    objective = iwae.Objective(bound, 4, "dreg", **params)
+    n = objective.samples_per_example
+    log_w = (3 * torch.randn(n, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))).requires_grad_()
+    (c_auto,) = torch.autograd.grad(objective.per_example(log_w).sum(), log_w, create_graph=True)
+    # examples are independent, so row i of the gradient of sum_b c_ib is dc_ib/d log w_ib
+    own = torch.stack([torch.autograd.grad(c_auto[i].sum(), log_w, retain_graph=True)[0][i] for i in range(n)])
+    c, f = objective.path_weights(log_w.detach())
+    torch.testing.assert_close(c, c_auto.detach())
+    torch.testing.assert_close(c * f, (c_auto - own).detach())

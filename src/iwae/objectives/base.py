@@ -38,6 +38,11 @@ class Estimator(ABC):
     # One forward pass on noise given from outside, no gradient hooks and no second pass: torch.compile traces it.
     compilable: ClassVar[bool] = False
 
+    def defined_for(self, name: str, bound: Bound) -> bool:
+        """Whether it is defined for ``bound``, registered as ``name``: by default, whether :attr:`bounds` lists it.
+        An estimator that needs something of the bound's declaration (DReG: its path weights) asks that instead."""
+        return self.bounds is None or name in self.bounds
+
     @abstractmethod
     def loss(
         self, model: SampledModel, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None
@@ -60,12 +65,17 @@ class Bound:
     :param estimators: the only estimators it admits; None: every estimator defined for it.
     :param gradient: an estimator of its own that replaces the named one: PIWAE's value is one bound while its
         gradient routes two others to the two networks.
+    :param path_weights: ``(c, f)`` from the same arguments as ``value``, each (n, batch), for the doubly
+        reparameterised estimator (:mod:`iwae.objectives.dreg`): c_i = dL/d log w_i, the weight of grad log w_i,
+        and f_i, the factor on sample i's path into the recognition network beside it (c_i f_i = c_i - dc_i/d log
+        w_i). None: DReG is not defined for the bound.
     """
 
     value: Callable[[Tensor, int, dict[str, float]], Tensor]
     grouped: bool = False
     estimators: tuple[str, ...] | None = None
     gradient: Estimator | None = None
+    path_weights: Callable[[Tensor, int, dict[str, float]], tuple[Tensor, Tensor]] | None = None
 
     def samples(self, k: int, m: int) -> int:
         """Samples per example: m groups of k for a grouped bound, else k."""

@@ -20,9 +20,10 @@ term, :math:`\mathbb{E}_q[f(h) \nabla_\phi \log q_\phi(h)] = \mathbb{E}_\epsilon
 .. math:: \nabla_\phi = \sum_{i=1}^{k} \Big(c_i - \frac{\partial c_i}{\partial \log w_i}\Big)
     \frac{\partial \log w_i}{\partial h_i} \frac{\partial h_i}{\partial \phi} ,
 
-in closed form for each bound (:meth:`DReG.weights`): IWAE :math:`\tilde w_i^2`; MIWAE the same within each group of
-k, over m; CIWAE :math:`\beta / k + (1 - \beta) \tilde w_i^2`; the Rényi bound, with :math:`c_i \propto
-w_i^{1-\alpha}`, :math:`c_i (\alpha + (1 - \alpha) c_i)` (at alpha = 0 IWAE's, towards 1 the ELBO's STL).
+in closed form for each bound, declared with it in :mod:`iwae.objectives.registry` (:func:`iwae_path_weights` and
+the others): IWAE :math:`\tilde w_i^2`; MIWAE the same within each group of k, over m; CIWAE :math:`\beta / k + (1 -
+\beta) \tilde w_i^2`; the Rényi bound, with :math:`c_i \propto w_i^{1-\alpha}`, :math:`c_i (\alpha + (1 - \alpha)
+c_i)` (at alpha = 0 IWAE's, towards 1 the ELBO's STL). A bound without them has no DReG.
 
 Reweighted wake-sleep's recognition update gets a reparameterised estimator the same way (Tucker et al. 2018's
 RWS-DReG): the wake-phi update :math:`\sum_i \tilde w_i \nabla_\phi \log q_\phi(h_i \mid x)` at held samples has the
@@ -33,6 +34,7 @@ gradient, as RWS's does.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -40,43 +42,59 @@ from torch import Tensor
 
 from iwae import bounds
 from iwae.models.latent_model import SampledModel
-from iwae.objectives.base import RNG, Estimator, Noise, with_value
+from iwae.objectives.base import RNG, Bound, Estimator, Noise, with_value
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
 
-__all__ = ["DReG", "RWSDReG"]
+__all__ = ["DReG", "RWSDReG", "iwae_path_weights", "miwae_path_weights", "ciwae_path_weights", "vr_path_weights"]
 
 
-class DReG(Estimator):
-    """DReG: the surrogate sum_i sg(c_i) log w_i with log q's parameters detached, plus a hook per sample.
+# Each bound's (c, f), declared with the bound in iwae.objectives.registry: c_i = dL/d log w_i, and f_i with
+# c_i f_i = c_i - dc_i/d log w_i (module docstring), from the (n, batch) log-weights, k and the bound's parameters.
 
-    The surrogate gives the decoder the bound's gradient and the encoder sum_i c_i d log w_i/dh_i dh_i/dphi; a
-    gradient hook on every sample multiplies the part that flows into the encoder by a factor f_i, so that it gets
-    c_i f_i (:meth:`weights`; IWAE: c_i = f_i = w~_i).
+
+def iwae_path_weights(log_w: Tensor, k: int, params: dict[str, float]) -> tuple[Tensor, Tensor]:
+    """L_k: c_i = f_i = w~_i, so the encoder's weight is w~_i^2."""
+    w_tilde = torch.softmax(log_w, 0)
+    return w_tilde, w_tilde
+
+
+def miwae_path_weights(log_w: Tensor, k: int, params: dict[str, float]) -> tuple[Tensor, Tensor]:
+    """MIWAE: IWAE's within each group of k (rows g k .. g k + k - 1, as :func:`iwae.bounds.miwae`), over m."""
+    n = log_w.shape[0]
+    w_tilde = torch.softmax(log_w.reshape(n // k, k, -1), 1).reshape(n, -1)
+    return w_tilde * (k / n), w_tilde
+
+
+def ciwae_path_weights(log_w: Tensor, k: int, params: dict[str, float]) -> tuple[Tensor, Tensor]:
+    """CIWAE, beta ELBO + (1 - beta) IWAE: the two parts' weights added, c_i = beta / k + (1 - beta) w~_i."""
+    beta = params["beta"]
+    w_tilde = torch.softmax(log_w, 0)
+    c = beta / k + (1 - beta) * w_tilde
+    path = beta / k + (1 - beta) * w_tilde**2
+    return c, torch.where(c > 0, path / c, 0.0)
+
+
+def vr_path_weights(log_w: Tensor, k: int, params: dict[str, float]) -> tuple[Tensor, Tensor]:
+    """The Rényi bound: c_i = softmax((1 - alpha) log w)_i, dc_i/d log w_i = (1 - alpha) c_i (1 - c_i)."""
+    alpha = params["alpha"]
+    c = torch.softmax((1 - alpha) * log_w, 0)
+    return c, alpha + (1 - alpha) * c
+
+
+class _PathReweighted(Estimator):
+    """The surrogate sum_i sg(c_i) log w_i with log q's parameters detached, plus a hook per sample.
+
+    The surrogate gives the decoder the gradient with weights c_i and the encoder sum_i c_i d log w_i/dh_i
+    dh_i/dphi; a gradient hook on every sample multiplies the part that flows into the encoder by a factor f_i, so
+    that it gets c_i f_i (:meth:`weights`).
     """
 
-    bounds: ClassVar[tuple[str, ...] | None] = ("iwae", "miwae", "ciwae", "vr")
-
+    @abstractmethod
     def weights(self, objective: Objective, log_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(c, f, value)`` for the (n, batch) log-weights: c_i = dL/d log w_i (the decoder's weights), f_i the
-        factor on sample i's path into the encoder beside c_i (c_i f_i = c_i - dc_i/d log w_i), and the bound."""
-        n, k = log_w.shape[0], objective.k
-        if objective.bound == "iwae":
-            w_tilde = torch.softmax(log_w, 0)  # (k, batch)
-            return w_tilde, w_tilde, bounds.iwae(log_w)
-        if objective.bound == "miwae":  # group g holds rows g k .. g k + k - 1 (bounds.miwae)
-            w_tilde = torch.softmax(log_w.reshape(n // k, k, -1), 1).reshape(n, -1)
-            return w_tilde * (k / n), w_tilde, bounds.miwae(log_w, k)
-        if objective.bound == "vr":
-            alpha = objective.params["alpha"]
-            c = torch.softmax((1 - alpha) * log_w, 0)  # dc_i/d log w_i = (1 - alpha) c_i (1 - c_i)
-            return c, alpha + (1 - alpha) * c, bounds.vr(log_w, alpha)
-        beta = objective.params["beta"]  # ciwae: beta ELBO + (1 - beta) IWAE, the two parts' weights added
-        w_tilde = torch.softmax(log_w, 0)
-        c = beta / k + (1 - beta) * w_tilde
-        path = beta / k + (1 - beta) * w_tilde**2
-        return c, torch.where(c > 0, path / c, 0.0), bounds.ciwae(log_w, beta)
+        """``(c, f, value)`` for the (n, batch) log-weights: the decoder's weights c_i, the factor f_i on sample
+        i's path into the encoder beside c_i, and the bound per example."""
 
     def loss(
         self, model: SampledModel, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None
@@ -99,7 +117,21 @@ class DReG(Estimator):
         return with_value(surrogate, -value.mean())
 
 
-class RWSDReG(DReG):
+class DReG(_PathReweighted):
+    """DReG: the decoder gets the bound's gradient, the encoder c_i - dc_i/d log w_i on each sample's path.
+
+    Defined for every bound that declares its ``path_weights`` (:class:`~iwae.objectives.base.Bound`): L_k, MIWAE,
+    CIWAE and the Rényi bound.
+    """
+
+    def defined_for(self, name: str, bound: Bound) -> bool:
+        return bound.path_weights is not None
+
+    def weights(self, objective: Objective, log_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return *objective.path_weights(log_w), objective.per_example(log_w)
+
+
+class RWSDReG(_PathReweighted):
     """RWS-DReG: reweighted wake-sleep whose recognition update is doubly reparameterised (module docstring).
 
     The decoder's gradient is Eq. 14's at the samples drawn, as :class:`~iwae.objectives.rws.ReweightedWakeSleep`

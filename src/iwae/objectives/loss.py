@@ -86,8 +86,9 @@ class Objective:
                 readers = [b for b, names in BOUND_PARAMS.items() if name in names]
                 warnings.warn(f"{name}={value!r} has no effect on bound={self.bound!r}: it is read by "
                               f"{' and '.join(readers)} only", stacklevel=3)  # fmt: skip
-        defined_for = ESTIMATORS_BY_NAME[self.estimator].bounds
-        if defined_for is not None and self.bound not in defined_for:
+        estimator = ESTIMATORS_BY_NAME[self.estimator]
+        defined_for = [name for name, spec in BOUNDS.items() if estimator.defined_for(name, spec)]
+        if self.bound not in defined_for:
             names = [repr(b) for b in defined_for]
             listing = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
             those = "that bound" if len(names) == 1 else "one of those bounds"
@@ -131,6 +132,13 @@ class Objective:
     def per_example(self, log_w: Tensor) -> Tensor:
         """The bound per example, shape (batch,), from (samples_per_example, batch) log-weights."""
         return self._spec.value(log_w, self.k, self.params)
+
+    def path_weights(self, log_w: Tensor) -> tuple[Tensor, Tensor]:
+        """Its bound's DReG weights ``(c, f)`` (:class:`~iwae.objectives.base.Bound`'s ``path_weights``) from
+        (samples_per_example, batch) log-weights."""
+        if self._spec.path_weights is None:
+            raise ValueError(f"bound={self.bound!r} declares no path weights: DReG is not defined for it")
+        return self._spec.path_weights(log_w, self.k, self.params)
 
     def loss(
         self,

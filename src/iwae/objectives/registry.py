@@ -7,9 +7,10 @@ samples; decoder trained on that IWAE bound, encoder on the MIWAE bound of m gro
 :mod:`iwae.objectives.names`.
 
 Estimators: ``reparam`` (Eq. 7, Eq. 14), ``sample-one`` (Section 3.1), ``stl`` (Roeder et al. 2017), ``dreg``
-(Tucker et al. 2018; iwae, miwae, ciwae, vr), ``rws`` (reweighted wake-sleep, Bornschein & Bengio 2015, with Le et
-al. 2019's wake-phi), ``rws-dreg`` (RWS with Tucker et al. 2018's doubly reparameterised wake-phi update).
-An estimator states the bounds it is defined for; a bound may admit fewer. Their names, ``KINDS`` and
+(Tucker et al. 2018; for each bound that declares its ``path_weights``: iwae, miwae, ciwae, vr), ``rws``
+(reweighted wake-sleep, Bornschein & Bengio 2015, with Le et al. 2019's wake-phi), ``rws-dreg`` (RWS with Tucker et
+al. 2018's doubly reparameterised wake-phi update). An estimator states the bounds it is defined for; a bound may
+admit fewer. Their names, ``KINDS`` and
 ``ESTIMATORS``, are listed in :mod:`iwae.objectives.names` too, for the command line without torch.
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from iwae import bounds
+from iwae.objectives import dreg
 from iwae.objectives.base import Bound, Estimator
 from iwae.objectives.dreg import DReG, RWSDReG
 from iwae.objectives.names import BOUND_PARAMS, ESTIMATORS, KINDS, PARAMS
@@ -32,16 +34,16 @@ __all__ = ["BOUNDS", "ESTIMATORS_BY_NAME", "KINDS", "ESTIMATORS", "PARAMS", "BOU
 BOUNDS: Mapping[str, Bound] = MappingProxyType(
     {
         "vae": Bound(lambda log_w, k, p: bounds.elbo(log_w)),
-        "iwae": Bound(lambda log_w, k, p: bounds.iwae(log_w)),
-        "miwae": Bound(lambda log_w, k, p: bounds.miwae(log_w, k), grouped=True),
-        "ciwae": Bound(lambda log_w, k, p: bounds.ciwae(log_w, p["beta"])),
+        "iwae": Bound(lambda log_w, k, p: bounds.iwae(log_w), path_weights=dreg.iwae_path_weights),
+        "miwae": Bound(lambda log_w, k, p: bounds.miwae(log_w, k), grouped=True, path_weights=dreg.miwae_path_weights),
+        "ciwae": Bound(lambda log_w, k, p: bounds.ciwae(log_w, p["beta"]), path_weights=dreg.ciwae_path_weights),
         "piwae": Bound(
             lambda log_w, k, p: bounds.iwae(log_w),
             grouped=True,
             estimators=("reparam",),
             gradient=PIWAERouting(),
         ),
-        "vr": Bound(lambda log_w, k, p: bounds.vr(log_w, p["alpha"])),
+        "vr": Bound(lambda log_w, k, p: bounds.vr(log_w, p["alpha"]), path_weights=dreg.vr_path_weights),
     }
 )
 

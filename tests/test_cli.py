@@ -119,8 +119,8 @@ def test_bad_arguments_are_refused(args, message, capsys):
 def test_bad_combination_is_one_line(tmp_path, capsys):
     assert main(["train", "--objective", "vae", "--estimator", "dreg", "--out", str(tmp_path / "r"), *TINY]) == 1
     assert _error_line(capsys) == (
-        "iwae: error: estimator 'dreg' is defined for bound='iwae', 'miwae', 'ciwae' or 'vr' only, got bound='vae'; "
-        "use one of those bounds, or an estimator defined for 'vae' (reparam is)"
+        "iwae: error: estimator 'dreg' is defined for bound='iwae', 'miwae', 'ciwae', 'piwae' or 'vr' only, got "
+        "bound='vae'; use one of those bounds, or an estimator defined for 'vae' (reparam is)"
     )
 
 

@@ -142,6 +142,24 @@ def test_piwae_routes_miwae_to_encoder_and_iwae_to_decoder():
     assert value.item() == pytest.approx(want, rel=1e-12)  # (the surrogate's value, replaced: last bits differ)
 
 
+@pytest.mark.parametrize("latent_dims", [(2,), (2, 2)])
+def test_piwae_with_dreg_gives_the_encoder_miwaes_dreg_gradient_and_the_decoder_iwaes(latent_dims):
+    """PIWAE's routing with DReG: the generative network's gradient as with reparam (IWAE of all m*k samples), the
+    recognition network's MIWAE(m, k)'s DReG gradient on the same noise; the value unchanged."""
+    model, x = tiny_model(x_dim=4, latent_dims=latent_dims), binary_batch(B, 4)
+    got = _objective_grads(model, x, 7, k=3, m=2, bound="piwae", estimator="dreg")
+    _assert_grads_close(got, _objective_grads(model, x, 7, k=3, m=2, bound="piwae"), _decoder_names(model))
+    enc = _objective_grads(model, x, 7, k=3, m=2, bound="miwae", estimator="dreg")
+    _assert_grads_close(got, enc, _encoder_names(model))
+    reparam = _objective_grads(model, x, 7, k=3, m=2, bound="miwae")
+    assert not torch.allclose(enc["encoder.0.mean.weight"], reparam["encoder.0.mean.weight"])  # DReG's differs
+    value = iwae.objective(
+        model, x, k=3, m=2, bound="piwae", estimator="dreg", generator=torch.Generator().manual_seed(7)
+    )
+    want = iwae.objective(model, x, k=6, generator=torch.Generator().manual_seed(7)).item()
+    assert value.item() == pytest.approx(want, rel=1e-12)
+
+
 def test_miwae_and_ciwae_objectives_match_their_bounds():
     model, x = tiny_model(x_dim=4, latent_dims=(2,)), binary_batch(B, 4)
     _assert_grads_close(_objective_grads(model, x, 8, k=6, m=1, bound="miwae"), _objective_grads(model, x, 8, k=6))
@@ -241,6 +259,14 @@ def test_dreg_on_the_renyi_and_ciwae_bounds_is_the_path_derivative_with_their_we
     _assert_grads_close(got, want, _encoder_names(model))
 
 
+@pytest.mark.slow  # 1,500 gradient draws of two estimators
+def test_piwae_with_dreg_is_unbiased_for_piwaes_gradient():
+    model, x = tiny_model(x_dim=3, latent_dims=(1,), seed=3), binary_batch(B, 3)
+    m1, se1 = _mean_and_se(model, x, "dreg", 1500, 40_000, k=2, bound="piwae", m=2)
+    m2, se2 = _mean_and_se(model, x, "reparam", 1500, 50_000, k=2, bound="piwae", m=2)
+    assert ((m1 - m2) / torch.sqrt(se1**2 + se2**2 + 1e-12)).abs().max() < 4.5
+
+
 @pytest.mark.slow  # 1,500 gradient draws of three estimators for each bound
 @pytest.mark.parametrize("bound", list(_PATH_WEIGHT))
 def test_dreg_on_the_renyi_and_ciwae_bounds_is_unbiased(bound):
@@ -262,12 +288,14 @@ _DECLARED = [name for name, spec in BOUNDS.items() if spec.path_weights is not N
 _OFF_DEFAULT = {"m": 3, "beta": 0.3, "alpha": 0.2}  # parameters away from their special values (beta 0, alpha 0.5)
 
 
-def test_dreg_is_defined_for_exactly_the_bounds_that_declare_path_weights():
+def test_dreg_is_defined_for_exactly_the_bounds_that_declare_path_weights_and_piwae():
     assert _DECLARED == ["iwae", "miwae", "ciwae", "vr"]
     dreg = ESTIMATORS_BY_NAME["dreg"]
     assert [name for name, spec in BOUNDS.items() if dreg.defined_for(name, spec)] == _DECLARED
-    with pytest.raises(ValueError, match="estimator 'dreg' is defined for bound='iwae', 'miwae', 'ciwae' or 'vr'"):
-        iwae.Objective("piwae", 2, "dreg", m=2)
+    # PIWAE's own routing lists dreg (its encoder's MIWAE gradient; tested below)
+    pattern = "estimator 'dreg' is defined for bound='iwae', 'miwae', 'ciwae', 'piwae' or 'vr' only, got bound='vae'"
+    with pytest.raises(ValueError, match=pattern):
+        iwae.Objective("vae", 2, "dreg")
 
 
 @pytest.mark.parametrize("bound", _DECLARED)

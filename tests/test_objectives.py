@@ -19,7 +19,8 @@ VALID = [
     ("iwae", "reparam"), ("iwae", "sample-one"), ("iwae", "stl"), ("iwae", "dreg"),
     ("miwae", "reparam"), ("miwae", "stl"), ("miwae", "dreg"),
     ("ciwae", "reparam"), ("ciwae", "stl"), ("ciwae", "dreg"),
-    ("piwae", "reparam"), ("vr", "reparam"), ("vr", "stl"), ("vr", "dreg"), ("iwae", "rws"), ("iwae", "rws-dreg"),
+    ("piwae", "reparam"), ("piwae", "dreg"),
+    ("vr", "reparam"), ("vr", "stl"), ("vr", "dreg"), ("iwae", "rws"), ("iwae", "rws-dreg"),
 ]  # fmt: skip
 
 # Many tests give every bound the parameters of the others on purpose (checked elsewhere to warn).
@@ -38,11 +39,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*has no effect on bound")
         (dict(m=2.0), "m must be an integer >= 1, got 2.0"),
         (dict(bound="vr", alpha=1.0), r"alpha must be a number in \[0, 1\), got 1.0"),
         (dict(bound="vae", estimator="dreg"),
-         "estimator 'dreg' is defined for bound='iwae', 'miwae', 'ciwae' or 'vr' only, got bound='vae'"),
+         "estimator 'dreg' is defined for bound='iwae', 'miwae', 'ciwae', 'piwae' or 'vr' only, got bound='vae'"),
         (dict(bound="miwae", estimator="sample-one"), "estimator 'sample-one' is defined for bound='iwae' only"),
-        (dict(bound="piwae", estimator="dreg"),
-         "estimator 'dreg' is defined for bound='iwae', 'miwae', 'ciwae' or 'vr' only"),
-        (dict(bound="piwae", estimator="stl"), "estimator 'stl' is not defined for bound='piwae'; use 'reparam'$"),
+        (dict(bound="piwae", estimator="rws"),
+         "estimator 'rws' is not defined for bound='piwae'; use 'reparam' or 'dreg'$"),
+        (dict(bound="piwae", estimator="stl"),
+         "estimator 'stl' is not defined for bound='piwae'; use 'reparam' or 'dreg'$"),
         (dict(bound="ciwae", beta=1.5), r"beta must be a number in \[0, 1\], got 1.5"),
         (dict(bound="ciwae", beta=-0.1), r"beta must be a number in \[0, 1\], got -0.1"),
     ],

@@ -17,7 +17,8 @@ An :class:`Objective` pairs a bound (``kind``: its value) with an estimator (its
                 \frac{\partial h_i}{\partial \phi}` with log q's parameters detached. Unbiased for Eq. 8. Also for
                 ``miwae`` (within each group of k), ``ciwae`` and ``vr``: the encoder's weight is
                 :math:`c_i - \partial c_i / \partial \log w_i`, :math:`c_i` the bound's weight on
-                :math:`\nabla \log w_i` (:mod:`~iwae.objectives.dreg`).
+                :math:`\nabla \log w_i` (:mod:`~iwae.objectives.dreg`); and ``piwae``, whose encoder gets
+                MIWAE's DReG gradient (:mod:`~iwae.objectives.piwae`).
 ``rws``         Reweighted wake-sleep (Bornschein & Bengio 2015): the decoder as Eq. 14, the encoder by the wake-phi
                 update :math:`\sum_i \tilde w_i \nabla_\phi \log q_\phi(h_i \mid x)` at the samples held fixed.
                 IWAE only.

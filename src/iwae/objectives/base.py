@@ -64,7 +64,8 @@ class Bound:
     :param grouped: the bound reads m groups of k samples, n = m k (MIWAE, PIWAE); otherwise n = k, m unused.
     :param estimators: the only estimators it admits; None: every estimator defined for it.
     :param gradient: an estimator of its own that replaces the named one: PIWAE's value is one bound while its
-        gradient routes two others to the two networks.
+        gradient routes two others to the two networks. It implements the ``estimators`` the bound lists (reading
+        ``objective.estimator``), which are then admitted whatever the named estimators are defined for.
     :param path_weights: ``(c, f)`` from the same arguments as ``value``, each (n, batch), for the doubly
         reparameterised estimator (:mod:`iwae.objectives.dreg`): c_i = dL/d log w_i, the weight of grad log w_i,
         and f_i, the factor on sample i's path into the recognition network beside it (c_i f_i = c_i - dc_i/d log

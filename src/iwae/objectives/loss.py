@@ -28,6 +28,16 @@ def _listed(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
+def _bounds_for(estimator: str) -> list[str]:
+    """The bounds ``estimator`` can train: those it is defined for, and those whose own gradient routing lists it."""
+    named = ESTIMATORS_BY_NAME[estimator]
+    return [
+        name
+        for name, spec in BOUNDS.items()
+        if (estimator in (spec.estimators or ()) if spec.gradient is not None else named.defined_for(name, spec))
+    ]
+
+
 @dataclass(frozen=True)
 @declare_params(lambda name, param: param.default)
 class Objective:
@@ -86,8 +96,11 @@ class Objective:
                 readers = [b for b, names in BOUND_PARAMS.items() if name in names]
                 warnings.warn(f"{name}={value!r} has no effect on bound={self.bound!r}: it is read by "
                               f"{' and '.join(readers)} only", stacklevel=3)  # fmt: skip
-        estimator = ESTIMATORS_BY_NAME[self.estimator]
-        defined_for = [name for name, spec in BOUNDS.items() if estimator.defined_for(name, spec)]
+        admitted = self._spec.estimators  # the bound's own list first: it names the way out for that bound
+        if admitted is not None and self.estimator not in admitted:
+            use = " or ".join(repr(e) for e in admitted)
+            raise ValueError(f"estimator {self.estimator!r} is not defined for bound={self.bound!r}; use {use}")
+        defined_for = _bounds_for(self.estimator)
         if self.bound not in defined_for:
             names = [repr(b) for b in defined_for]
             listing = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
@@ -95,10 +108,6 @@ class Objective:
             raise ValueError(f"estimator {self.estimator!r} is defined for bound={listing} only, got "
                              f"bound={self.bound!r}; use {those}, or an estimator defined for {self.bound!r} (reparam "
                              "is)")  # fmt: skip
-        admitted = self._spec.estimators
-        if admitted is not None and self.estimator not in admitted:
-            use = " or ".join(repr(e) for e in admitted)
-            raise ValueError(f"estimator {self.estimator!r} is not defined for bound={self.bound!r}; use {use}")
 
     @property
     def _spec(self) -> Bound:

@@ -10,6 +10,11 @@ The value is the IWAE bound of all m k samples, the generative network's target 
 
 Two forward passes on the same noise route the two bounds' reparameterisation gradients to the two networks: one
 with the generative parameters detached, one with the recognition parameters detached.
+
+With ``estimator="dreg"`` the recognition network's MIWAE gradient is doubly reparameterised (Tucker et al. 2018;
+:mod:`iwae.objectives.dreg`): its pass holds log q's parameters too, and weights each log w_i by w~_gi^2 / m, the
+squared weight normalised within its group, so that the gradient flows only through the samples. The generative
+network's gradient is unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torch import Tensor
 from iwae import bounds
 from iwae.models.latent_model import SampledModel
 from iwae.objectives.base import RNG, Estimator, Noise, detached_networks, with_value
+from iwae.objectives.dreg import miwae_path_weights
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
@@ -30,7 +36,8 @@ __all__ = ["PIWAERouting"]
 
 
 class PIWAERouting(Estimator):
-    """Decoder on IWAE over all m*k samples, encoder on MIWAE(m, k); the value is IWAE over all m*k samples."""
+    """Decoder on IWAE over all m*k samples, encoder on MIWAE(m, k); the value is IWAE over all m*k samples. The
+    encoder's gradient is the reparameterisation gradient, or with ``estimator="dreg"`` DReG's."""
 
     def loss(
         self, model: SampledModel, x: Tensor, objective: Objective, generator: RNG = None, noise: Noise = None
@@ -42,8 +49,14 @@ class PIWAERouting(Estimator):
         # Detached copies: each pass differentiates one network only.
         encoder, decoder = detached_networks(model, "piwae")
         call = torch.func.functional_call
-        log_w_enc = call(model, decoder, (x, n), {"noise": noise}, strict=False).log_w
+        dreg = objective.estimator == "dreg"
+        log_w_enc = call(model, decoder, (x, n), {"noise": noise, "stop_q_grad": dreg}, strict=False).log_w
         log_w_dec = call(model, encoder, (x, n), {"noise": noise}, strict=False).log_w
-        surrogate = -(bounds.miwae(log_w_enc, k) + bounds.iwae(log_w_dec)).mean()
+        if dreg:  # MIWAE's DReG weights c_i f_i = w~_gi^2 / m on the path derivative (q's parameters held)
+            c, f = miwae_path_weights(log_w_enc.detach(), k, objective.params)
+            encoder_target = (c * f * log_w_enc).sum(0)
+        else:
+            encoder_target = bounds.miwae(log_w_enc, k)
+        surrogate = -(encoder_target + bounds.iwae(log_w_dec)).mean()
         # Detached: the value only; the gradient is the surrogate's.
         return with_value(surrogate, -bounds.iwae(log_w_dec.detach()).mean())

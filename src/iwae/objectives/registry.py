@@ -7,7 +7,8 @@ samples; decoder trained on that IWAE bound, encoder on the MIWAE bound of m gro
 :mod:`iwae.objectives.names`.
 
 Estimators: ``reparam`` (Eq. 7, Eq. 14), ``sample-one`` (Section 3.1), ``stl`` (Roeder et al. 2017), ``dreg``
-(Tucker et al. 2018; for each bound that declares its ``path_weights``: iwae, miwae, ciwae, vr), ``rws``
+(Tucker et al. 2018; for each bound that declares its ``path_weights``: iwae, miwae, ciwae, vr; and piwae, whose
+routing gives its encoder MIWAE's), ``rws``
 (reweighted wake-sleep, Bornschein & Bengio 2015, with Le et al. 2019's wake-phi), ``rws-dreg`` (RWS with Tucker et
 al. 2018's doubly reparameterised wake-phi update). An estimator states the bounds it is defined for; a bound may
 admit fewer. Their names, ``KINDS`` and
@@ -40,7 +41,7 @@ BOUNDS: Mapping[str, Bound] = MappingProxyType(
         "piwae": Bound(
             lambda log_w, k, p: bounds.iwae(log_w),
             grouped=True,
-            estimators=("reparam",),
+            estimators=("reparam", "dreg"),
             gradient=PIWAERouting(),
         ),
         "vr": Bound(lambda log_w, k, p: bounds.vr(log_w, p["alpha"]), path_weights=dreg.vr_path_weights),

@@ -265,6 +265,9 @@ def test_piwae_with_dreg_is_unbiased_for_piwaes_gradient():
     m1, se1 = _mean_and_se(model, x, "dreg", 1500, 40_000, k=2, bound="piwae", m=2)
     m2, se2 = _mean_and_se(model, x, "reparam", 1500, 50_000, k=2, bound="piwae", m=2)
     assert ((m1 - m2) / torch.sqrt(se1**2 + se2**2 + 1e-12)).abs().max() < 4.5
+    # power: IWAE-DReG over all four samples has the same decoder gradient but another encoder target
+    m3, se3 = _mean_and_se(model, x, "dreg", 1500, 60_000, k=4, bound="iwae")
+    assert ((m3 - m2).abs() / torch.sqrt(se3**2 + se2**2 + 1e-12)).max() > 4.5
 
 
 @pytest.mark.slow  # 1,500 gradient draws of three estimators for each bound
@@ -292,6 +295,11 @@ def test_dreg_is_defined_for_exactly_the_bounds_that_declare_path_weights_and_pi
     assert _DECLARED == ["iwae", "miwae", "ciwae", "vr"]
     dreg = ESTIMATORS_BY_NAME["dreg"]
     assert [name for name, spec in BOUNDS.items() if dreg.defined_for(name, spec)] == _DECLARED
+
+    class IWAEOnly(type(dreg)):  # a variant that names its bounds is restricted to those
+        bounds = ("iwae",)
+
+    assert [name for name, spec in BOUNDS.items() if IWAEOnly().defined_for(name, spec)] == ["iwae"]
     # PIWAE's own routing lists dreg (its encoder's MIWAE gradient; tested below)
     pattern = "estimator 'dreg' is defined for bound='iwae', 'miwae', 'ciwae', 'piwae' or 'vr' only, got bound='vae'"
     with pytest.raises(ValueError, match=pattern):

@@ -14,7 +14,7 @@ from iwae.objectives import Objective
 
 OBJECTIVES = [("vae", "reparam"), ("iwae", "reparam"), ("iwae", "stl"), ("iwae", "dreg"), ("iwae", "sample-one"),
               ("iwae", "rws"), ("iwae", "rws-dreg"), ("vr", "reparam"), ("miwae", "reparam"),
-              ("piwae", "reparam")]  # fmt: skip
+              ("piwae", "reparam"), ("piwae", "dreg")]  # fmt: skip
 
 # Every bound is given the parameters of the others on purpose (tests/test_objectives.py checks that this warns).
 pytestmark = pytest.mark.filterwarnings("ignore:.*has no effect on bound")

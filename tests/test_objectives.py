@@ -199,3 +199,11 @@ def test_misuse_of_the_training_api_is_named():
         iwae.objective(ScoresOnly(), torch.zeros(2, 6), 2)
     with pytest.raises(TypeError, match="lacks posterior_means or latent_dims"):
         iwae.active_units(ScoresOnly(), torch.zeros(3, 6))
+
+
+def test_a_bound_that_routes_its_gradient_must_list_the_estimators_it_implements():
+    from iwae.objectives.base import Bound
+    from iwae.objectives.piwae import PIWAERouting
+
+    with pytest.raises(ValueError, match="must list the estimators it implements"):
+        Bound(lambda log_w, k, p: log_w.mean(0), gradient=PIWAERouting())

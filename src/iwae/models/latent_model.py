@@ -10,7 +10,9 @@ that fulfils it for any encoder and decoder with one Gaussian latent layer.
   fixes the samples. The two keywords the path-derivative estimators need: ``stop_q_grad`` evaluates log q with
   q's distribution parameters detached, so that log q passes gradient only through the samples (STL, DReG,
   reweighted wake-sleep); ``sample_hook`` is applied to each sample wherever the log-weight reads it (in log p
-  and as log q's argument), so that DReG can reweight the gradient that reaches the encoder through it.
+  and as log q's argument), so that DReG can reweight the gradient that reaches the encoder through it; with
+  several latent layers, the recognition layer that draws the next sample reads the raw sample, so that every
+  gradient path from log w_i into the encoder crosses one hooked sample exactly once.
 - ``draw_noise(k, batch, generator=None, out=None) -> list[Tensor]``: the standard-normal draws, one
   (k, batch, d_l) tensor per latent layer.
 - ``encoder`` and ``decoder``: the recognition and the generative network as submodules, for the estimators that

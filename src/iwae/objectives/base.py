@@ -34,7 +34,8 @@ class Estimator(ABC):
     can trace its loss.
     """
 
-    bounds: ClassVar[tuple[str, ...] | None] = None  # the bounds (kinds) it is defined for; None: every bound
+    # The bounds (kinds) it is defined for; None: every bound that :meth:`defined_for` admits (by default, all).
+    bounds: ClassVar[tuple[str, ...] | None] = None
     # One forward pass on noise given from outside, no gradient hooks and no second pass: torch.compile traces it.
     compilable: ClassVar[bool] = False
 
@@ -64,8 +65,8 @@ class Bound:
     :param grouped: the bound reads m groups of k samples, n = m k (MIWAE, PIWAE); otherwise n = k, m unused.
     :param estimators: the only estimators it admits; None: every estimator defined for it.
     :param gradient: an estimator of its own that replaces the named one: PIWAE's value is one bound while its
-        gradient routes two others to the two networks. It implements the ``estimators`` the bound lists (reading
-        ``objective.estimator``), which are then admitted whatever the named estimators are defined for.
+        gradient routes two others to the two networks. It implements the ``estimators`` the bound must then list
+        (reading ``objective.estimator``), which are admitted whatever the named estimators are defined for.
     :param path_weights: ``(c, f)`` from the same arguments as ``value``, each (n, batch), for the doubly
         reparameterised estimator (:mod:`iwae.objectives.dreg`): c_i = dL/d log w_i, the weight of grad log w_i,
         and f_i, the factor on sample i's path into the recognition network beside it (c_i f_i = c_i - dc_i/d log
@@ -77,6 +78,10 @@ class Bound:
     estimators: tuple[str, ...] | None = None
     gradient: Estimator | None = None
     path_weights: Callable[[Tensor, int, dict[str, float]], tuple[Tensor, Tensor]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.gradient is not None and not self.estimators:
+            raise ValueError("a bound that routes its gradient itself must list the estimators it implements")
 
     def samples(self, k: int, m: int) -> int:
         """Samples per example: m groups of k for a grouped bound, else k."""

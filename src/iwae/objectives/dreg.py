@@ -23,7 +23,8 @@ term, :math:`\mathbb{E}_q[f(h) \nabla_\phi \log q_\phi(h)] = \mathbb{E}_\epsilon
 in closed form for each bound, declared with it in :mod:`iwae.objectives.registry` (:func:`iwae_path_weights` and
 the others): IWAE :math:`\tilde w_i^2`; MIWAE the same within each group of k, over m; CIWAE :math:`\beta / k + (1 -
 \beta) \tilde w_i^2`; the Rényi bound, with :math:`c_i \propto w_i^{1-\alpha}`, :math:`c_i (\alpha + (1 - \alpha)
-c_i)` (at alpha = 0 IWAE's, towards 1 the ELBO's STL). A bound without them has no DReG.
+c_i)` (at alpha = 0 IWAE's, towards 1 the ELBO's STL). A bound without them has no DReG, unless its own gradient
+routing implements one (PIWAE's encoder takes MIWAE's, :mod:`iwae.objectives.piwae`).
 
 Reweighted wake-sleep's recognition update gets a reparameterised estimator the same way (Tucker et al. 2018's
 RWS-DReG): the wake-phi update :math:`\sum_i \tilde w_i \nabla_\phi \log q_\phi(h_i \mid x)` at held samples has the
@@ -125,7 +126,7 @@ class DReG(_PathReweighted):
     """
 
     def defined_for(self, name: str, bound: Bound) -> bool:
-        return bound.path_weights is not None
+        return super().defined_for(name, bound) and bound.path_weights is not None
 
     def weights(self, objective: Objective, log_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return *objective.path_weights(log_w), objective.per_example(log_w)

@@ -146,7 +146,7 @@ class Objective:
         """Its bound's DReG weights ``(c, f)`` (:class:`~iwae.objectives.base.Bound`'s ``path_weights``) from
         (samples_per_example, batch) log-weights."""
         if self._spec.path_weights is None:
-            raise ValueError(f"bound={self.bound!r} declares no path weights: DReG is not defined for it")
+            raise ValueError(f"bound={self.bound!r} declares no path weights")
         return self._spec.path_weights(log_w, self.k, self.params)
 
     def loss(

@@ -12,9 +12,11 @@ Two forward passes on the same noise route the two bounds' reparameterisation gr
 with the generative parameters detached, one with the recognition parameters detached.
 
 With ``estimator="dreg"`` the recognition network's MIWAE gradient is doubly reparameterised (Tucker et al. 2018;
-:mod:`iwae.objectives.dreg`): its pass holds log q's parameters too, and weights each log w_i by w~_gi^2 / m, the
-squared weight normalised within its group, so that the gradient flows only through the samples. The generative
-network's gradient is unchanged.
+:mod:`iwae.objectives.dreg`): its pass holds log q's parameters too, so that the gradient flows only through the
+samples, and weights each log w_i by w~_gi^2 / m, the squared weight normalised within its group. Every gradient
+path from log w_i into the recognition network crosses one of its samples once (the protocol of
+:mod:`iwae.models.latent_model`), so this weight gives what DReG's hooks give. The generative network's gradient is
+unchanged.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class PIWAERouting(Estimator):
         encoder, decoder = detached_networks(model, "piwae")
         call = torch.func.functional_call
         dreg = objective.estimator == "dreg"
-        log_w_enc = call(model, decoder, (x, n), {"noise": noise, "stop_q_grad": dreg}, strict=False).log_w
+        held = {"stop_q_grad": True} if dreg else {}  # a model of one's own may lack the keyword for reparam
+        log_w_enc = call(model, decoder, (x, n), {"noise": noise, **held}, strict=False).log_w
         log_w_dec = call(model, encoder, (x, n), {"noise": noise}, strict=False).log_w
         if dreg:  # MIWAE's DReG weights c_i f_i = w~_gi^2 / m on the path derivative (q's parameters held)
             c, f = miwae_path_weights(log_w_enc.detach(), k, objective.params)

@@ -11,7 +11,7 @@ Estimators: ``reparam`` (Eq. 7, Eq. 14), ``sample-one`` (Section 3.1), ``stl`` (
 routing gives its encoder MIWAE's), ``rws``
 (reweighted wake-sleep, Bornschein & Bengio 2015, with Le et al. 2019's wake-phi), ``rws-dreg`` (RWS with Tucker et
 al. 2018's doubly reparameterised wake-phi update). An estimator states the bounds it is defined for; a bound may
-admit fewer. Their names, ``KINDS`` and
+admit fewer, or, routing its gradient itself (PIWAE), implement the estimators it lists. Their names, ``KINDS`` and
 ``ESTIMATORS``, are listed in :mod:`iwae.objectives.names` too, for the command line without torch.
 """
 

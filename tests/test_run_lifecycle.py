@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import TINY, read_json
 
+import iwae
 import iwae.fleets.fleet
 import iwae.runs.evaluate_run
 import iwae.runs.train
@@ -210,3 +211,20 @@ def test_a_slurm_submission_that_fails_is_one_line_and_blocks_no_retry(data_dir,
     assert (queued / REQUESTED_NAME).read_text() == "the earlier request"
     assert (queued / "slurm" / "123" / "123_submitted.pkl").read_bytes() == b"job"
     assert not (tmp_path / "runs" / "fresh" / REQUESTED_NAME).exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_run_trained_on_a_gpu_is_evaluated_sampled_compared_and_exported_without_one(tiny_run, tmp_path, capsys):
+    rundir.update_config(tiny_run, {"device": "cuda"})  # as `iwae train --device cuda` on another machine leaves it
+    assert main(["evaluate", str(tiny_run), "--quiet"]) == 1
+    assert "CUDA is not available; use --device cpu" in capsys.readouterr().err
+    small = ["--k", "5", "--n", "10", "--quiet"]
+    assert main(["evaluate", str(tiny_run), "--device", "cpu", *small]) == 0
+    assert main(["sample", str(tiny_run), "--device", "cpu", "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    out = tmp_path / "c.json"
+    assert main(["compare", str(tiny_run), str(tiny_run), "--device", "cpu", *small, "--out", str(out)]) == 0
+    assert read_json(out)["difference"]["mean"] == 0.0  # one model, one noise stream
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "export")]) == 0  # weights only: no device asked
+    assert read_json(tmp_path / "export" / rundir.CONFIG_NAME)["device"] == "auto"
+    model, config, _ = iwae.load_run(tiny_run, device="cpu")
+    assert next(model.parameters()).device.type == "cpu" and config.device == "cuda"

@@ -22,7 +22,7 @@ import torch
 
 from iwae.evaluate import log_likelihood
 from iwae.runs.evaluate_run import check_split, eval_images, stream, summarize
-from iwae.runs.rundir import load_run
+from iwae.runs.rundir import load_run, read_config
 
 __all__ = ["log_likelihoods", "paired_difference", "paired_records", "compare_runs", "format_comparison"]
 
@@ -45,20 +45,22 @@ def log_likelihoods(
     seed: int | None = None,
     progress: bool = True,
     data_dir: str | None = None,
+    device: str | None = None,
 ) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """Per-example L_k of each run's model on the same n images of ``split`` with the same noise stream.
 
     ``k`` and ``n`` default to the value the runs share (their ``eval_k`` and ``eval_n``); a ValueError asks for
     one when they differ. ``seed`` defaults to the first run's: runs of different seeds (a fleet's) are scored on
     the images and the noise of that seed's evaluation streams, under the first run's random-stream scheme. All
-    models are scored on the first run's device (the noise depends on the device). Runs of different data sets are
-    refused. The images are read from ``data_dir`` if given, else as the first run says
+    models are scored on the first run's device, or on ``device`` (the noise depends on the device). Runs of
+    different data sets are refused. The images are read from ``data_dir`` if given, else as the first run says
     (:func:`iwae.runs.rundir.with_data_dir`).
 
     :returns: the settings used (split, eval_k, n, seed, dataset) and one (n,) tensor of L_k per run.
     """
     check_split(split)
-    loaded = [load_run(run_dir, data_dir) for run_dir in run_dirs]
+    first = device or read_config(run_dirs[0]).device  # every model where the first is: one noise stream
+    loaded = [load_run(run_dir, data_dir, first) for run_dir in run_dirs]
     configs = [config for config, _, _ in loaded]
     datasets = [config.dataset for config in configs]
     if len(set(datasets)) > 1:
@@ -111,7 +113,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, **options: Any) -> dict[s
     """Paired comparison of two runs (:func:`log_likelihoods`, :func:`paired_difference`).
 
     :param options: :func:`log_likelihoods`'s keywords (``split``, ``k``, ``n``, ``seed``, ``progress``,
-        ``data_dir``), with its defaults.
+        ``data_dir``, ``device``), with its defaults.
     :returns: the settings, ``a`` and ``b`` (run folder, NLL, its standard error over images) and
         ``difference``: ``{"mean", "sem"}`` of NLL(A) - NLL(B), negative when A scores better.
     """

@@ -213,7 +213,7 @@ def snr_command(
     ``seed`` too (see :func:`gradient_snr`).
     """
     from iwae.plots import plot_snr
-    from iwae.runs.rundir import load_run, read_log, resolve_device
+    from iwae.runs.rundir import load_run, read_log
     from iwae.runs.train import train
 
     params = dict(params or {})
@@ -225,9 +225,7 @@ def snr_command(
         run_dir = out / "model"
         if trained:
             train(default_model_config(data_dir, seed, device or "auto", train_passes), run_dir, progress=progress)
-    config, model, _ = load_run(run_dir)
-    if device is not None:
-        model = model.to(resolve_device(device))
+    config, model, _ = load_run(run_dir, device=device)
     dev = next(model.parameters()).device
     gen = streams.generator(seed, "snr", "data", device=dev, scheme=config.streams)
     x = data.load(config.dataset, "train", data_dir or config.data_dir)[:batch].to(dev)

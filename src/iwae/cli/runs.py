@@ -42,6 +42,11 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory (default: the run's, if it exists; else $IWAE_DATA_DIR)")
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the run's device; the noise is drawn there, so "
+                   "another kind of device gives other draws)")  # fmt: skip
+
+
 def report_run(metrics: dict | None, run_dir: Path) -> None:
     """The line printed for a run trained (and evaluated) by `iwae train` or `iwae resume`."""
     if metrics is None:
@@ -73,6 +78,7 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="shard the examples over N processes here (noise drawn per block of examples: the same "
                    "numbers for every N; also under torchrun)")  # fmt: skip
     _add_data_dir(p)
+    _add_device(p)
     add_progress_and_threads(p, "those metrics.json was measured on, so that its numbers come out exactly; else "
                              "torch's choice")  # fmt: skip
 
@@ -86,7 +92,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from iwae.runs.evaluate_run import evaluate_run
 
     r = evaluate_run(args.run_dir, k=args.k, split=args.split, n=args.n, progress=not args.quiet, pruned=args.pruned,
-                     data_dir=args.data_dir, threads=args.threads)  # fmt: skip
+                     data_dir=args.data_dir, threads=args.threads, device=args.device)  # fmt: skip
     pruned = f", NLL with inactive units removed {r['nll_pruned']:.2f}" if args.pruned else ""
     print(
         f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} over "
@@ -120,6 +126,7 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the images' binarization and the noise (default: run A's)")
     p.add_argument("--out", help="JSON file to write (default RUN_A/compare-<A>-<B>-<split>-k<k>-n<n>.json)")
     _add_data_dir(p)
+    _add_device(p)
     add_progress_and_threads(p, "torch's choice")
 
 
@@ -128,7 +135,7 @@ def compare(args: argparse.Namespace) -> None:
     from iwae.util.atomic import write_json
 
     r = compare_runs(args.run_a, args.run_b, split=args.split, k=args.k, n=args.n, seed=args.seed,
-                     progress=not args.quiet, data_dir=args.data_dir)  # fmt: skip
+                     progress=not args.quiet, data_dir=args.data_dir, device=args.device)  # fmt: skip
     names = f"{Path(args.run_a).name}-{Path(args.run_b).name}"
     out = args.out or Path(args.run_a) / f"compare-{names}-{r['split']}-k{r['eval_k']}-n{r['n']}.json"
     write_json(out, r)
@@ -140,6 +147,7 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=positive_int, default=100, help="number of samples (default 100)")
     p.add_argument("--out", help="PNG file to write (default RUN_DIR/samples-n<N>-seed<S>.png)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples' noise (default 0)")
+    _add_device(p)
     add_progress_and_threads(p, "torch's choice")
 
 
@@ -148,7 +156,7 @@ def sample(args: argparse.Namespace) -> None:
     from iwae.runs.rundir import load_run
     from iwae.util import streams
 
-    config, model, _ = load_run(args.run_dir)
+    config, model, _ = load_run(args.run_dir, device=args.device)
     device = next(model.parameters()).device
     gen = streams.generator(args.seed, "samples", device=device, scheme=config.streams)
     out = Path(args.out or Path(args.run_dir) / f"samples-n{args.n}-seed{args.seed}.png")

@@ -300,6 +300,7 @@ def evaluate_run(
     pruned: bool = False,
     data_dir: str | None = None,
     threads: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """:func:`measure` for a saved run; written to ``eval-<split>-k<k>-n<n>.json`` in the run folder and returned.
 
@@ -307,10 +308,12 @@ def evaluate_run(
     ``test_nll``, ``test_nll_sem``, ``active_units`` (and with ``pruned``, ``test_nll_pruned``) and the train split
     its ``train_nll`` and ``train_nll_sem``, exactly, whatever torch's thread settings: on a CPU it measures on the
     threads ``metrics.json`` was measured on (:func:`eval_threads`), unless ``threads`` says otherwise.
-    ``data_dir`` overrides where the run's data are read (:func:`iwae.runs.rundir.with_data_dir`).
+    ``data_dir`` overrides where the run's data are read (:func:`iwae.runs.rundir.with_data_dir`). ``device``
+    overrides the run's device: the noise is drawn there, so another kind of device gives another estimate (the
+    same within Monte Carlo error, not the recorded numbers exactly).
     """
     check_split(split)
-    config, model, _ = load_run(run_dir, data_dir)
+    config, model, _ = load_run(run_dir, data_dir, device)
     k = k or config.eval_k
     if k < 1:
         raise ValueError(f"k must be a positive number of importance samples, got {k}")

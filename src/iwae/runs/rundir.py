@@ -142,7 +142,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise RunError(f"device {name!r} requested but CUDA is not available; use --device cpu (device='cpu' in "
+                       "Python)")  # fmt: skip
     try:
         return torch.device(name)
     except RuntimeError as err:
@@ -331,11 +332,14 @@ def clear_results(run_dir: str | Path) -> None:
         path.unlink()
 
 
-def load_run(run_dir: str | Path, data_dir: str | Path | None = None) -> tuple[TrainConfig, IWAE, dict[str, Any]]:
-    """Config (reading its data as :func:`with_data_dir` says), model (on the config's device) and checkpoint
-    position of a saved run; or of an exported model (``iwae export``: its weights alone, no position)."""
+def load_run(
+    run_dir: str | Path, data_dir: str | Path | None = None, device: str | None = None
+) -> tuple[TrainConfig, IWAE, dict[str, Any]]:
+    """Config (reading its data as :func:`with_data_dir` says), model (on ``device``, default the config's: ``cpu``
+    for a run trained on a GPU, on a machine without one) and checkpoint position of a saved run; or of an exported
+    model (``iwae export``: its weights alone, no position)."""
     config = with_data_dir(read_config(run_dir), data_dir)
-    model = build_model(config).to(resolve_device(config.device))
+    model = build_model(config).to(resolve_device(device or config.device))
     if is_exported(run_dir):
         load_weights(Path(run_dir) / WEIGHTS_NAME, model)
         return config, model, {}

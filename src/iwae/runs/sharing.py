@@ -57,14 +57,16 @@ class LoadedRun(NamedTuple):
     metrics: dict[str, Any] | None
 
 
-def load_run(path: str | Path, data_dir: str | Path | None = None) -> LoadedRun:
+def load_run(path: str | Path, data_dir: str | Path | None = None, device: str | None = None) -> LoadedRun:
     """The model of a run folder or an exported folder, in eval mode, with its config and ``metrics.json``.
 
     ``data_dir`` says where the run's data are, for evaluating it (default: as :func:`iwae.runs.rundir.with_data_dir`).
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``) is where the model is put: default the run's own device
+    (a run trained with ``--device cuda`` loads on a machine without CUDA with ``device="cpu"``).
 
     :raises RunError: ``path`` holds no run.
     """
-    config, model, _ = _load(path, data_dir)
+    config, model, _ = _load(path, data_dir, device)
     metrics_path = Path(path) / METRICS_NAME
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
     return LoadedRun(model.eval(), config, metrics)
@@ -83,7 +85,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
                        f"`iwae resume {run_dir}{evaluate}`")  # fmt: skip
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunError(f"{out} exists and is not an empty folder; export into a new folder")
-    _, model, _ = _load(run_dir)
+    _, model, _ = _load(run_dir, device="cpu")  # its weights only: where it trained does not matter
     shared = config.replace(data_dir=None, device="auto", init_from=None)  # nothing of this machine
     metrics = json.loads((run_dir / METRICS_NAME).read_text())
     card = model_card(run_dir.name, shared, metrics, model)  # before any file: a metrics.json it cannot read stops here

@@ -73,6 +73,10 @@ def test_config_validation_names_each_problem():
         TrainConfig(k=0)
     with pytest.raises(ValueError, match=r"unknown config keys \['learning_rate'\]"):
         TrainConfig.from_dict({"learning_rate": 0.1})
+    with pytest.raises(ValueError, match=r"layers=2 and latent_dims=\[10\] disagree: latent_dims gives the archi"):
+        TrainConfig(layers=2, latent_dims=[10])
+    assert TrainConfig(layers=2, latent_dims=[20, 10]).latent_dims == [20, 10]  # agreeing, or layers left at 1
+    assert TrainConfig(latent_dims=[20, 10]).layers == 1
 
 
 def test_readme_option_table_is_generated_from_the_config():

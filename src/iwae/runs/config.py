@@ -196,6 +196,10 @@ class TrainConfig:
                 errors.append(f"{name} must be a non-negative integer (0: no learning curve), got {value!r}")
         if self.eval_n is not None and self.eval_n < 2:
             errors.append(f"eval_n must be at least 2, got {self.eval_n}")
+        if self.latent_dims is not None and self.layers not in (1, len(self.latent_dims)):  # 1: the default
+            errors.append(f"layers={self.layers} and latent_dims={self.latent_dims} disagree: latent_dims gives the "
+                          f"architecture, {len(self.latent_dims)} stochastic layer(s); leave layers out, or give "
+                          f"{self.layers} latent sizes")  # fmt: skip
         if self.custom_schedule is not None and not all(
             len(s) == 2 and all(v > 0 and math.isfinite(v) for v in s) for s in self.custom_schedule
         ):

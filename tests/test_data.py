@@ -256,6 +256,14 @@ def test_binarize_carries_no_gradient():
     assert not data.binarize(x).requires_grad
 
 
+def test_binarize_names_raw_pixels():
+    pixels = torch.tensor([[0, 128, 255]], dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"got torch.uint8; for 0..255 pixels pass x.float\(\) / 255"):
+        data.binarize(pixels)
+    with pytest.raises(ValueError, match="got values from 0 to 255; scale them first"):
+        data.binarize(pixels.float())
+
+
 # ---- data directory and errors ---------------------------------------------------------------------------
 
 

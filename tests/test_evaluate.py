@@ -91,6 +91,8 @@ def test_active_units_on_a_model_with_known_active_set():
     torch.testing.assert_close(A[0], torch.tensor([0.25, 1.0, 0.0625, 0.000625, 0.0]), atol=0.01, rtol=0.05)
     assert iwae.count_active(A) == [3, 1]
     assert iwae.count_active(A, threshold=0.1) == [2, 1]
+    with pytest.raises(TypeError, match="for one layer pass \\[A_u\\]"):
+        iwae.count_active(A[0])
     # Layer 2 sees a sample of h1: Var(h1_0) = Var(x_0) + Var(noise) ~= 0.25
     assert A[1][0].item() == pytest.approx(0.25, rel=0.1)
     assert (A[1][1:] == 0).all()

@@ -201,6 +201,27 @@ def test_misuse_of_the_training_api_is_named():
         iwae.active_units(ScoresOnly(), torch.zeros(3, 6))
 
 
+def test_the_loss_function_and_the_train_step_check_what_they_are_given():
+    """iwae.objective checks images as the train step and log_likelihood do; bool or integer images are cast to the
+    model's dtype; an empty batch and an optimizer of another model are refused."""
+    model = iwae.IWAE(x_dim=6, latent_dims=[2], q_hidden=[[4]], p_hidden=[[4]])
+    x = torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]])
+    with pytest.raises(ValueError, match="x holds values from 0 to 255"):
+        iwae.objective(model, x * 255, k=2)
+    with pytest.raises(ValueError, match=r"at least one example, got \(0, 6\)"):
+        iwae.objective(model, x[:0], k=2)
+    with pytest.raises(ValueError, match="x is torch.float64 but the model's parameters are torch.float32"):
+        iwae.objective(model, x.double(), k=2)
+    as_bool = iwae.objective(model, x.bool(), k=2, generator=torch.Generator().manual_seed(0))
+    assert as_bool == iwae.objective(model, x, k=2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="the optimizer holds none of the model's parameters"):
+        iwae.make_train_step(model, iwae.make_optimizer(iwae.IWAE(6, [2], [[4]], [[4]])), k=2)
+    step = iwae.make_train_step(model, iwae.make_optimizer(model), k=2)
+    assert torch.isfinite(step(x)) and torch.isfinite(step(x.to(torch.uint8)))  # later batches are cast too
+    with pytest.raises(ValueError, match="at least one example"):
+        step(x[:0])
+
+
 def test_a_bound_that_routes_its_gradient_must_list_the_estimators_it_implements():
     from iwae.objectives.base import Bound
     from iwae.objectives.piwae import PIWAERouting

@@ -29,7 +29,7 @@ from iwae.util.cpu import flush_subnormals
 
 __all__ = [
     "LogWeightModel", "LikelihoodEstimate", "log_likelihood", "active_units", "count_active", "prune_inactive",
-    "check_bernoulli_images", "iter_log_likelihood", "block_rows",
+    "check_bernoulli_images", "checked_batch", "iter_log_likelihood", "block_rows",
 ]  # fmt: skip
 
 # Rows (samples x examples) per log_weights call. It bounds the memory (the decoder's logits are 784 floats a row)
@@ -254,6 +254,16 @@ def _count(name: str, value: object) -> int:
     return count
 
 
+def checked_batch(model: object, x: Tensor, stacklevel: int = 3) -> Tensor:
+    """A training batch as ``model`` reads it: (batch, dim) with at least one example, checked as
+    :func:`check_bernoulli_images` checks it (``stacklevel`` as there), and cast to the model's dtype where it holds
+    bool or integer values (another floating dtype is refused, naming both)."""
+    if x.dim() != 2 or x.shape[0] == 0:
+        raise ValueError(f"x must have shape (batch, dim) with at least one example, got {tuple(x.shape)}")
+    check_bernoulli_images(model, x, stacklevel=stacklevel + 1)
+    return _as_model_dtype(model, x)
+
+
 def _as_model_dtype(model: LogWeightModel, x: Tensor) -> Tensor:
     """Binary images held as bool or integers, cast to the model's floating dtype; another floating dtype than
     the model's is refused, naming both (a silent cast would hide a float64 model fed float32 images)."""
@@ -362,6 +372,9 @@ def _posterior_mean_moments(
 
 def count_active(A: Sequence[Tensor], threshold: float = 0.01) -> list[int]:
     """Number of units with A_u > threshold in each layer (the paper's threshold is 1e-2)."""
+    if isinstance(A, Tensor):
+        raise TypeError("count_active takes the list of per-layer A_u tensors that active_units returns, got one "
+                        "tensor; for one layer pass [A_u]")  # fmt: skip
     return [int((a > threshold).sum()) for a in A]
 
 

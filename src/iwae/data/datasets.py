@@ -103,8 +103,21 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
     :param generator: source of randomness on ``x``'s device (seed it for reproducible draws); default the
         global generator.
     :returns: 0/1 tensor of ``x``'s shape, dtype and device.
+    :raises TypeError: integer pixels (``uint8`` 0..255); :raises ValueError: values outside [0, 1].
     """
-    return torch.bernoulli(x.detach(), generator=generator)
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"binarize takes intensities in [0, 1] as floats, got {x.dtype}; for 0..255 pixels pass "
+                        "x.float() / 255")  # fmt: skip
+    try:
+        return torch.bernoulli(x.detach(), generator=generator)
+    except RuntimeError as err:
+        if "p_in" not in str(err):  # not torch's range check: not ours to rename
+            raise
+        lo, hi = (v.item() for v in torch.aminmax(x.detach()))
+        raise ValueError(
+            f"binarize takes intensities in [0, 1], got values from {lo:g} to {hi:g}; scale them "
+            "first (0..255 pixels: x / 255)"
+        ) from None
 
 
 def _verify_content(key: str, path: Path, data: bytes, name: str) -> None:

@@ -178,7 +178,10 @@ def objective(model: SampledModel, x: Tensor, k: int = 50, bound: str | None = N
     The same as ``Objective(bound, k, estimator, m, beta, **params).loss(model, x, generator)``, ``params`` being
     the other bounds' parameters (``alpha=0.5``); see :class:`Objective`.
     """
+    from iwae.evaluate import checked_batch  # (evaluate imports this package's names: not at import time)
+
     check_sampled_model(model)
+    x = checked_batch(model, x, stacklevel=3)
     return Objective(resolve_bound(bound, kind), k, estimator, m=m, beta=beta, **params).loss(model, x, generator)
 
 

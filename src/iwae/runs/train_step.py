@@ -13,7 +13,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
-from iwae.evaluate import check_bernoulli_images
+from iwae.evaluate import checked_batch
 from iwae.models.latent_model import SampledModel
 from iwae.objectives import Objective
 from iwae.objectives.loss import check_sampled_model, resolve_bound
@@ -79,9 +79,11 @@ def make_train_step(model: SampledModel, optimizer: torch.optim.Optimizer, k: in
     Returns the detached loss (minus the batch-mean bound). ``compile=True`` is available for the ``reparam``
     and ``stl`` estimators of the ``vae``, ``iwae``, ``miwae`` and ``ciwae`` bounds, and ``flush_denormal`` (on
     by default) flushes subnormal floats during the step (see :func:`build_step`). The first batch is checked as
-    :func:`iwae.evaluate.check_bernoulli_images` checks images (refused outside [0, 1], a warning for grey levels).
+    :func:`iwae.evaluate.checked_batch` checks images (refused outside [0, 1], a warning for grey levels; bool or
+    integer images cast to the model's dtype, as on every batch, and an empty batch refused).
     """
     check_sampled_model(model)
+    _check_optimizer(model, optimizer)
     objective = Objective(resolve_bound(bound, kind), k, estimator, m=m, beta=beta, **params)
     step = build_step(model, optimizer, objective, generator=generator, compile=compile, flush_denormal=flush_denormal)
     checked = False
@@ -89,11 +91,21 @@ def make_train_step(model: SampledModel, optimizer: torch.optim.Optimizer, k: in
     def checked_step(x: Tensor) -> Tensor:
         nonlocal checked
         if not checked:  # the first batch: images of 0..255, or NaNs, would train on nonsense without a word
-            check_bernoulli_images(model, x, stacklevel=3)
+            x = checked_batch(model, x, stacklevel=3)
             checked = True
+        elif x.shape[0] == 0 or not x.dtype.is_floating_point:  # cheap checks on every batch
+            x = checked_batch(model, x, stacklevel=3)
         return step(x)
 
     return checked_step
+
+
+def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """A ValueError when ``optimizer`` updates none of ``model``'s parameters (one made for another model)."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not any(id(p) in held for p in model.parameters()):
+        raise ValueError("the optimizer holds none of the model's parameters, so training would not change it; make "
+                         "it from this model: iwae.make_optimizer(model)")  # fmt: skip
 
 
 def _compiled_loss(

@@ -150,3 +150,12 @@ def test_architecture_md_names_every_module_once_at_its_packages_layer():
     assert all(cells[2] for cells in rows), "every module says what it holds"
     top = sorted(p.name for p in SRC.glob("*.py"))
     assert len(top) <= 12, f"{len(top)} modules at the top of src/iwae: {top}"
+
+
+def test_dir_of_the_package_is_its_public_api_and_each_name_resolves():
+    import iwae
+
+    names = dir(iwae)
+    assert "load_run" in names and "__version__" in names
+    assert not {"Any", "import_module", "annotations"} & set(names)  # the package's own imports are not its API
+    assert all(getattr(iwae, name) is not None for name in names)

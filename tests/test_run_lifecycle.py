@@ -228,3 +228,14 @@ def test_a_run_trained_on_a_gpu_is_evaluated_sampled_compared_and_exported_witho
     assert read_json(tmp_path / "export" / rundir.CONFIG_NAME)["device"] == "auto"
     model, config, _ = iwae.load_run(tiny_run, device="cpu")
     assert next(model.parameters()).device.type == "cpu" and config.device == "cuda"
+
+
+def test_a_parameter_its_bound_ignores_is_said_when_the_run_is_made_not_at_each_read(tmp_path):
+    import warnings
+
+    with pytest.warns(UserWarning, match="alpha=0.3 has no effect on bound='iwae'"):
+        config = TrainConfig(**TINY, alpha=0.3)
+    rundir.create(tmp_path / "run", config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rundir.read_config(tmp_path / "run").alpha == 0.3

@@ -195,7 +195,9 @@ def read_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise RunError(_not_a_run(Path(run_dir)))
-    return TrainConfig.from_dict(LEGACY | read_config_file(path))
+    with warnings.catch_warnings():  # a parameter its bound ignores was said when the run was made, not each read
+        warnings.filterwarnings("ignore", message=".* has no effect on bound")
+        return TrainConfig.from_dict(LEGACY | read_config_file(path))
 
 
 def _not_a_run(folder: Path) -> str:

@@ -107,8 +107,11 @@ def test_the_data_directory_is_recorded_and_may_be_overridden(data_dir, tmp_path
         TrainConfig.from_dict({**config, "data_dir": str(tmp_path / "moved")}).to_json()
     )
     assert main(["evaluate", str(run), "--k", "2", "--n", "4", "--quiet", "--data-dir", data_dir]) == 0
-    monkeypatch.setenv("IWAE_DATA_DIR", data_dir)  # the recorded one is gone: $IWAE_DATA_DIR is used
+    capsys.readouterr()
+    monkeypatch.setenv("IWAE_DATA_DIR", data_dir)  # the recorded one is gone: $IWAE_DATA_DIR is used, and said
     assert main(["evaluate", str(run), "--k", "2", "--n", "4", "--quiet"]) == 0
+    assert f"the run's data directory {tmp_path / 'moved'} no longer exists; its data are read from " in (
+        capsys.readouterr().err)  # fmt: skip
     assert main(["compare", str(run), str(run), "--k", "2", "--n", "4", "--quiet", "--data-dir", data_dir,
                  "--out", str(tmp_path / "c.json")]) == 0  # fmt: skip
 

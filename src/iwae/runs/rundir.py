@@ -307,7 +307,12 @@ def with_data_dir(config: TrainConfig, override: str | Path | None = None) -> Tr
     """The run's config reading its data from ``override`` if given, else from the recorded directory if it
     exists, else from ``$IWAE_DATA_DIR`` (else the per-user cache)."""
     recorded = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
-    return config.replace(data_dir=absolute_data_dir(override if override is not None else recorded))
+    data_dir = absolute_data_dir(override if override is not None else recorded)
+    if override is None and config.data_dir and recorded is None:  # a run moved from another machine, say
+        warnings.warn(f"the run's data directory {config.data_dir} no longer exists; its data are read from "
+                      f"{data_dir} instead ($IWAE_DATA_DIR, else the per-user cache; --data-dir names another)",
+                      stacklevel=2)  # fmt: skip
+    return config.replace(data_dir=data_dir)
 
 
 def update_config(run_dir: str | Path, changes: dict[str, Any]) -> TrainConfig:

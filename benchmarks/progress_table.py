@@ -1,10 +1,12 @@
 """Where unfinished runs stand: passes, training hours and the learning curve so far, one markdown row a run.
 
-    python -m benchmarks.progress_table results/full-protocol/in-progress/mnist-l1-iwae-k5 ...
+    python -m benchmarks.progress_table results/full-protocol/in-progress/mnist-l1-iwae-k5 ... [--figure PNG]
 
 Each folder is a run folder or its snapshot (``iwae snapshot``): ``config.json`` and ``metrics.jsonl`` are read, whose
 passes' seconds add up to the training time. The curve is ``metrics.jsonl``'s ``test_nll_curve`` (mean
 -L_k on the run's fixed spread subset of test images) at each stage's end, with the schedule's passes as columns.
+``--figure`` draws the curves against passes, each with the paper's final number for its cell (Table 1) where
+it has one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from iwae.experiments.paper_results import TABLE1
+from iwae.plots import plot_curves
 from iwae.runs.config import passes_text, schedule
 from iwae.runs.rundir import read_config, read_log
 
@@ -26,8 +30,10 @@ def row(run: Path) -> dict:
     seconds = sum(r["seconds"] for r in log)  # each pass's training steps, as the checkpoint counts them
     curve = {r["stage"]: r["test_nll_curve"] for r in log if "test_nll_curve" in r}  # logged at each stage's end
     k_n = next(((r["curve_k"], r["curve_n"]) for r in log if "curve_k" in r), (config.curve_k, config.curve_n))
+    paper = (config.dataset, config.layers, config.bound, config.k) if config.latent_dims is None else None
     return {"name": run.name, "passes": log[-1]["pass"] if log else 0.0, "total": stage_ends[-1] if stage_ends else 0.0,
-            "stage_ends": stage_ends, "train_seconds": seconds, "curve": curve, "curve_k_n": k_n}  # fmt: skip
+            "stage_ends": stage_ends, "train_seconds": seconds, "curve": curve, "curve_k_n": k_n,
+            "paper_test_nll": TABLE1[paper][0] if paper in TABLE1 else None}  # fmt: skip
 
 
 def markdown(rows: list[dict]) -> str:
@@ -48,8 +54,19 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders or their snapshots")
+    parser.add_argument("--figure", type=Path, help="PNG of the learning curves so far, with the paper's numbers")
     args = parser.parse_args(argv)
-    print(markdown([row(run) for run in args.runs]), end="")
+    rows = [row(run) for run in args.runs]
+    print(markdown(rows), end="")
+    if args.figure:
+        k, n = rows[0]["curve_k_n"]
+        series = [
+            {"label": f"{r['name']} ({passes_text(r['passes'])} passes)",
+             "points": [(r["stage_ends"][stage], v) for stage, v in sorted(r["curve"].items())],
+             "reference": r["paper_test_nll"], "reference_passes": r["total"]}
+            for r in rows if r["curve"]
+        ]  # fmt: skip
+        plot_curves(series, args.figure, f"test NLL (L_{k}, {n} images) so far; dotted: the paper's final L_5000")
     return 0
 
 

@@ -165,3 +165,17 @@ def test_progress_table_gives_passes_hours_and_the_curve_at_each_stage_end(tiny_
     out = capsys.readouterr().out
     assert "| run | passes | training hours | test NLL (L_20, 30 images) after passes " in out
     assert f"| tiny-run | 0.08 of 0.08 | 0.0 | {curve[0]:.2f}, {curve[1]:.2f} |" in out
+    assert progress_table([str(tiny_run), "--figure", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_progress_table_finds_the_papers_number_for_a_table_1_cell(tiny_run):
+    from benchmarks.progress_table import row
+    from iwae.runs import rundir
+
+    assert row(tiny_run)["paper_test_nll"] is None  # k = 3: no cell of Table 1
+    config = rundir.read_config(tiny_run)
+    (tiny_run / rundir.CONFIG_NAME).write_text(config.replace(k=5).to_json())
+    assert row(tiny_run)["paper_test_nll"] == 85.54  # 1 layer, IWAE, k = 5
+    (tiny_run / rundir.CONFIG_NAME).write_text(config.replace(k=5, bound="vae").to_json())
+    assert row(tiny_run)["paper_test_nll"] == 86.47

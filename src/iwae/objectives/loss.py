@@ -31,11 +31,13 @@ def _listed(names: Sequence[str]) -> str:
 def _bounds_for(estimator: str) -> list[str]:
     """The bounds ``estimator`` can train: those it is defined for, and those whose own gradient routing lists it."""
     named = ESTIMATORS_BY_NAME[estimator]
-    return [
-        name
-        for name, spec in BOUNDS.items()
-        if (estimator in (spec.estimators or ()) if spec.gradient is not None else named.defined_for(name, spec))
-    ]
+
+    def trains(name: str, spec: Bound) -> bool:
+        if spec.gradient is not None:  # its own routing implements the estimators it lists (Bound checks the list)
+            return estimator in (spec.estimators or ())
+        return named.defined_for(name, spec)
+
+    return [name for name, spec in BOUNDS.items() if trains(name, spec)]
 
 
 @dataclass(frozen=True)

@@ -245,3 +245,12 @@ def test_out_of_memory_advice_follows_the_command():
     assert "run the same command again" in one_by_one and "--fleet off" not in one_by_one
     assert "run the same command again" in _out_of_memory(Namespace(command="reproduce"), oom)
     assert _out_of_memory(Namespace(command="evaluate"), MemoryError()).startswith("iwae: error: out of memory (")
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [(["--pruned"], "--pruned is not sharded"), (["--device", "cpu"], "--device is not for a sharded evaluation")],
+)
+def test_a_sharded_evaluation_refuses_what_it_does_not_shard(tiny_run, capsys, flag, message):
+    assert main(["evaluate", str(tiny_run), "--nproc", "2", *flag, "--quiet"]) == 1
+    assert message in capsys.readouterr().err

@@ -108,6 +108,9 @@ def _evaluate_sharded(args: argparse.Namespace) -> None:
 
     if args.pruned:
         raise ValueError("--pruned is not sharded; evaluate the pruned model without --nproc or torchrun")
+    if args.device:  # each process takes its own device
+        raise ValueError("--device is not for a sharded evaluation (each process takes its own); leave it out, or "
+                         "evaluate without --nproc or torchrun")  # fmt: skip
     r = evaluate_sharded(args.run_dir, args.k, args.split, args.n, nproc=args.nproc, data_dir=args.data_dir)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 alone reports
         print(f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} "

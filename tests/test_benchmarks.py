@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -179,3 +180,13 @@ def test_progress_table_finds_the_papers_number_for_a_table_1_cell(tiny_run):
     assert row(tiny_run)["paper_test_nll"] == 85.54  # 1 layer, IWAE, k = 5
     (tiny_run / rundir.CONFIG_NAME).write_text(config.replace(k=5, bound="vae").to_json())
     assert row(tiny_run)["paper_test_nll"] == 86.47
+
+
+def test_ais_gap_writes_l5000_and_each_annealing_beside_it(data_dir, tmp_path, capsys):
+    from benchmarks.ais_gap import main as ais_gap
+
+    assert ais_gap(["--n", "3", "--steps", "2,3", "--chains", "2", "--out", str(tmp_path / "gap")]) == 0
+    result = json.loads((tmp_path / "gap.json").read_text())
+    assert [r["estimate"] for r in result["rows"]] == ["L_5000", "AIS, 2 steps x 2 chains", "AIS, 3 steps x 2 chains"]
+    assert result["n"] == 3 and all(math.isfinite(r["mean"]) for r in result["rows"])
+    assert "| AIS, 3 steps x 2 chains |" in (tmp_path / "gap.md").read_text()

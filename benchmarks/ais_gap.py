@@ -1,0 +1,82 @@
+"""How loose L_5000 is: annealed importance sampling (:mod:`iwae.ais`) against L_5000 on the same test images of a
+published model; writes benchmarks/results/ais_gap.{json,md}.
+
+    python -m benchmarks.ais_gap [--model mnist-l1-k1] [--n 100] [--steps 100,500] [--chains 8]
+
+The images are the first ``n`` of the model's own evaluation (spread through the test set, binarized by its
+evaluation stream); L_5000 is drawn from that stream too. Each AIS estimate is a stochastic lower bound on log p(x),
+as L_5000 is: the larger one is the tighter. The gap is paired over images, with its standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import iwae
+from iwae.ais import ais_log_likelihood
+from iwae.analysis.compare import paired_difference
+from iwae.runs.evaluate_run import eval_images, stream
+from iwae.util.atomic import write_json, write_text
+from iwae.util.machine import describe
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="mnist-l1-k1", help="a published model (iwae.pretrained.available())")
+    p.add_argument("--n", type=int, default=100, help="test images (default 100)")
+    p.add_argument("--steps", default="100,500", help="annealing steps, comma-separated (default 100,500)")
+    p.add_argument("--chains", type=int, default=8, help="AIS chains per image (default 8)")
+    p.add_argument("--out", type=Path, default=RESULTS / "ais_gap", help="path without suffix for .json and .md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    model, config, _ = iwae.pretrained.load(args.model)
+    device = next(model.parameters()).device
+    x = eval_images(config, "test", args.n, device, config.seed)
+    start = time.perf_counter()
+    l5000 = iwae.log_likelihood(model, x, 5000, generator=stream(config, device, "test", "nll", config.seed))
+    rows = [{"estimate": "L_5000", "mean": l5000.mean().item(), "seconds": time.perf_counter() - start}]
+    for steps in (int(s) for s in args.steps.split(",")):
+        start = time.perf_counter()
+        gen = torch.Generator(device).manual_seed(config.seed)
+        ais = ais_log_likelihood(model, x, steps=steps, chains=args.chains, generator=gen)
+        gap = paired_difference(l5000, ais)  # -L_5000 - (-AIS): how much higher AIS is
+        rows.append({"estimate": f"AIS, {steps} steps x {args.chains} chains", "mean": ais.mean().item(),
+                     "gap": gap, "above": (ais > l5000).float().mean().item(),
+                     "seconds": time.perf_counter() - start})  # fmt: skip
+    command = "python -m benchmarks.ais_gap " + " ".join(argv if argv is not None else sys.argv[1:])
+    result = {"command": command.strip(), "model": args.model, "n": x.shape[0], "machine": describe(device),
+              "date": datetime.date.today().isoformat(), "rows": rows}  # fmt: skip
+    write_json(args.out.with_suffix(".json"), result)
+    write_text(args.out.with_suffix(".md"), markdown(result))
+    print(markdown(result))
+    return 0
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# L_5000 against annealed importance sampling: {result['model']}, {result['n']} test images",
+        "",
+        f"`{result['command']}` on {result['machine']}, {result['date']}. Mean log p(x) estimate per image (nats); "
+        "the gap is AIS minus L_5000 on the same images, with its paired standard error; 'above': the share of "
+        "images where AIS is the higher (tighter) bound.",
+        "",
+        "| estimate | mean log p(x) | AIS - L_5000 | above | seconds |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        gap = f"{r['gap']['mean']:.3f} ± {r['gap']['sem']:.3f}" if "gap" in r else "-"
+        above = f"{r['above']:.0%}" if "above" in r else "-"
+        lines.append(f"| {r['estimate']} | {r['mean']:.3f} | {gap} | {above} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

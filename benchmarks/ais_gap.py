@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"estimate": "L_5000", "mean": l5000.mean().item(), "seconds": time.perf_counter() - start}]
     for steps in (int(s) for s in args.steps.split(",")):
         start = time.perf_counter()
-        gen = torch.Generator(device).manual_seed(config.seed)
+        gen = stream(config, device, "test", "ais", config.seed)
         ais = ais_log_likelihood(model, x, steps=steps, chains=args.chains, generator=gen)
         gap = paired_difference(l5000, ais)  # -L_5000 - (-AIS): how much higher AIS is
         rows.append({"estimate": f"AIS, {steps} steps x {args.chains} chains", "mean": ais.mean().item(),

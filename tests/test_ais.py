@@ -64,3 +64,18 @@ def test_bad_settings_are_named():
         ais_log_likelihood(model, x, step_size=0.0)
     with pytest.raises(ValueError, match="x holds values from 0 to 255"):
         ais_log_likelihood(model, x * 255)
+
+
+def test_iwae_ais_scores_a_saved_run_and_says_so(tiny_run, capsys):
+    from conftest import read_json
+
+    from iwae.cli import main
+
+    assert main(["ais", str(tiny_run), "--steps", "3", "--chains", "2", "--n", "4", "--quiet"]) == 0
+    result = read_json(tiny_run / "ais-test-s3-c2-n4.json")
+    assert (result["steps"], result["chains"], result["n"], len(result["ll"])) == (3, 2, 4, 4)
+    assert result["nll"] == pytest.approx(-sum(result["ll"]) / 4)
+    assert f"test NLL {result['nll']:.2f} +- {result['nll_sem']:.2f} nats (AIS, 3 steps x 2 chains, over 4 images" in (
+        capsys.readouterr().out)  # fmt: skip
+    assert main(["ais", str(tiny_run), "--steps", "3", "--chains", "2", "--n", "4", "--quiet"]) == 0
+    assert read_json(tiny_run / "ais-test-s3-c2-n4.json")["ll"] == result["ll"]  # its own stream: the same again

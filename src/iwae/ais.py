@@ -28,6 +28,7 @@ import math
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from iwae.evaluate import _eval_mode, checked_batch
 from iwae.util.cpu import flush_subnormals
@@ -66,6 +67,7 @@ def ais_log_likelihood(
     target_accept: float = 0.65,
     generator: torch.Generator | None = None,
     flush_denormal: bool = True,
+    progress: bool = False,
 ) -> Tensor:
     r"""AIS estimates of log p(x) per example, shape (batch,) (module docstring).
 
@@ -79,6 +81,7 @@ def ais_log_likelihood(
         Wu et al. (2017) adapt it.
     :param generator: source of the initial noise, the momenta and the acceptance draws.
     :param flush_denormal: on a CPU, flush subnormal floats to zero meanwhile (as :func:`iwae.log_likelihood`).
+    :param progress: a progress bar over the annealing steps.
 
     Its cost is ``steps * (leapfrog + 1)`` forward and backward passes of ``chains`` samples per example: meant for
     a subset of the test set, or a GPU. The model is evaluated in eval mode, and restored as found.
@@ -94,7 +97,7 @@ def ais_log_likelihood(
         delta = torch.full((1, x.shape[0], 1), float(step_size), dtype=x.dtype, device=x.device)  # per example
         log_w, grad = _log_w_and_grad(model, x, eps)
         log_weight = torch.zeros_like(log_w, dtype=torch.float64)
-        for t in range(1, steps + 1):
+        for t in tqdm(range(1, steps + 1), desc="AIS", unit="step", disable=not progress, leave=False):
             log_weight += (betas[t] - betas[t - 1]) * log_w.double()
             eps, log_w, grad, accepted = _hmc(model, x, eps, log_w, grad, betas[t], delta, leapfrog, generator)
             if adapt:

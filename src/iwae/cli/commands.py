@@ -167,6 +167,15 @@ COMMANDS = {
         "Continue a run from its last checkpoint to the result it would have reached uninterrupted, then evaluate it.",
     ),
     "evaluate": Command(cli_runs.evaluate, cli_runs.evaluate_arguments, "NLL and active units of a saved run"),
+    "ais": Command(
+        cli_runs.ais,
+        cli_runs.ais_arguments,
+        "NLL of a saved run by annealed importance sampling (tighter than L_5000)",
+        "Anneal from the recognition model's proposal to the posterior with HMC moves in the noise space (Wu et al. "
+        "2017) on N images of the run's evaluation, and print the mean NLL with its standard error; writes "
+        "ais-<split>-s<steps>-c<chains>-n<N>.json into the run folder. Costs steps x 11 forward and backward passes "
+        "of the chains: meant for a subset of the test set, or a GPU.",
+    ),
     "compare": Command(
         cli_runs.compare,
         cli_runs.compare_arguments,

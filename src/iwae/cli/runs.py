@@ -145,6 +145,29 @@ def compare(args: argparse.Namespace) -> None:
     print(f"{format_comparison(r)}\n\nwrote {out}")
 
 
+def ais_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
+    p.add_argument("--steps", type=positive_int, default=500, help="annealing steps (default 500)")
+    p.add_argument("--chains", type=positive_int, default=16, help="chains per image (default 16)")
+    p.add_argument("--split", choices=data.SPLITS, default="test", help="split (default test)")
+    p.add_argument("--n", "--images", dest="n", type=positive_int, default=100,
+                   help="N examples spread evenly through the split, as `iwae evaluate --n N` takes them "
+                   "(default 100)")  # fmt: skip
+    _add_data_dir(p)
+    _add_device(p)
+    add_progress_and_threads(p, "torch's choice")
+
+
+def ais(args: argparse.Namespace) -> None:
+    from iwae.analysis.ais_run import ais_run
+
+    r = ais_run(args.run_dir, args.steps, args.chains, args.split, args.n, data_dir=args.data_dir, device=args.device,
+                progress=not args.quiet)  # fmt: skip
+    print(f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (AIS, {r['steps']} steps x "
+          f"{r['chains']} chains, over {r['n']} images; {r['seconds']:.0f} s); "
+          f"ais-{r['split']}-s{r['steps']}-c{r['chains']}-n{r['n']}.json")  # fmt: skip
+
+
 def sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--n", type=positive_int, default=100, help="number of samples (default 100)")

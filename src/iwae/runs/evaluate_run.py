@@ -82,7 +82,7 @@ __all__ = [
 # Each (split, purpose) has its own stream so that no two measurements share noise by accident, and both
 # `finish_run` and `iwae evaluate` draw them from here, so the second replays the first.
 STREAMS: tuple[tuple[str, str], ...] = (
-    *((split, purpose) for split in data.SPLITS for purpose in ("binarize", "nll", "active")),
+    *((split, purpose) for split in data.SPLITS for purpose in ("binarize", "nll", "active", "ais")),
     ("test", "curve"),
 )
 

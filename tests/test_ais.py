@@ -10,7 +10,9 @@ from conftest import binary_batch, tiny_model
 from exact import exact_log_px
 
 import iwae
-from iwae.ais import ais_log_likelihood, sigmoid_schedule
+from iwae.ais import _hmc, _log_w_and_grad, ais_log_likelihood, sigmoid_schedule
+from iwae.models import _ops
+from iwae.models.model import LogWeights
 
 
 def test_the_schedule_runs_from_zero_to_one_and_rises():
@@ -58,10 +60,14 @@ def test_a_model_of_ones_own_is_annealed_through_its_noise():
 
 def test_bad_settings_are_named():
     model, x = tiny_model(), binary_batch(2, 3)
-    with pytest.raises(ValueError, match="steps, chains and leapfrog must be positive integers"):
+    with pytest.raises(ValueError, match="steps, chains, leapfrog and block must be positive integers"):
         ais_log_likelihood(model, x, chains=0)
-    with pytest.raises(ValueError, match="step_size must be positive"):
+    with pytest.raises(ValueError, match="step_size must be positive and target_accept in"):
         ais_log_likelihood(model, x, step_size=0.0)
+    with pytest.raises(ValueError, match="pilots must be a positive integer when the step size adapts"):
+        ais_log_likelihood(model, x, pilots=0)
+    with pytest.raises(RuntimeError, match="outside torch.inference_mode"), torch.inference_mode():
+        ais_log_likelihood(model, x)
     with pytest.raises(ValueError, match="x holds values from 0 to 255"):
         ais_log_likelihood(model, x * 255)
 
@@ -79,3 +85,65 @@ def test_iwae_ais_scores_a_saved_run_and_says_so(tiny_run, capsys):
         capsys.readouterr().out)  # fmt: skip
     assert main(["ais", str(tiny_run), "--steps", "3", "--chains", "2", "--n", "4", "--quiet"]) == 0
     assert read_json(tiny_run / "ais-test-s3-c2-n4.json")["ll"] == result["ll"]  # its own stream: the same again
+
+
+class GaussianWeights:
+    """A stub whose log-weight is -a |eps|^2 / 2 in d noise dimensions: the target N(eps) w(eps)^beta is
+    N(0, 1 / (1 + a beta)) in each dimension, and p(x) = (1 + a)^(-d/2) exactly, whatever x is."""
+
+    def __init__(self, a: float = 3.0, d: int = 4) -> None:
+        self.a, self.d = a, d
+
+    def draw_noise(self, k, batch, generator=None):
+        return [torch.randn(k, batch, self.d, dtype=torch.float64, generator=generator)]
+
+    def forward_samples(self, x, k, noise):
+        return LogWeights(-0.5 * self.a * noise[0].square().sum(-1), [noise[0]], noise)
+
+
+def test_one_hmc_transition_leaves_the_annealed_target_invariant():
+    """Draws from N(0, 1 / (1 + a beta)) stay so distributed after a transition that accepts most proposals."""
+    stub, beta, n = GaussianWeights(), 0.5, 40_000
+    gen = torch.Generator().manual_seed(0)
+    eps = [torch.randn(n, 1, stub.d, dtype=torch.float64, generator=gen) / (1 + stub.a * beta) ** 0.5]
+    x = torch.zeros(1, 1, dtype=torch.float64)
+    log_w, grad = _log_w_and_grad(stub, x, eps)
+    delta = torch.full((1, 1, 1), 0.4, dtype=torch.float64)
+    (moved,), _, _, accepted = _hmc(stub, x, eps, log_w, grad, beta, delta, 10, gen)
+    assert 0.5 < accepted.double().mean() < 0.99  # the Metropolis test has work to do
+    second_moment = moved.square().mean(0).squeeze()  # per dimension; target 1 / (1 + a beta) = 0.4
+    torch.testing.assert_close(second_moment, torch.full((stub.d,), 0.4, dtype=torch.float64), atol=0.012, rtol=0)
+
+
+@pytest.mark.parametrize("adapt", [False, True])
+def test_each_chains_weight_is_unbiased_for_p_x(adapt):
+    """E[W] = p(x) = (1 + a)^(-d/2) for one chain per replicate (the batch holds 40,000 replicates), with a fixed
+    step size and with one adapted on pilot chains: a kernel steered by the chain's own past would miss."""
+    stub = GaussianWeights()
+    x = torch.zeros(40_000, 1, dtype=torch.float64)
+    est = ais_log_likelihood(stub, x, steps=20, chains=1, leapfrog=5, step_size=0.5, adapt=adapt, pilots=1,
+                             block=40_000, generator=torch.Generator().manual_seed(1))  # fmt: skip
+    w = (est - math.log((1 + stub.a) ** (-stub.d / 2))).exp()  # W / p(x) per replicate
+    assert abs(w.mean().item() - 1) < 4 * w.std().item() / len(w) ** 0.5 + 1e-3, (w.mean(), w.std())
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_gradient_of_log_w_in_the_noise_is_autograds_against_finite_differences(monkeypatch, fused):
+    """Two latent layers, with the fused kernels and in-place tanh taken (fused) or not, and one unit pruned."""
+    monkeypatch.setattr(_ops, "FUSE_MIN", 1 if fused else 10**12)
+    monkeypatch.setattr(_ops, "INPLACE_MIN", 1 if fused else 10**12)
+    model, x = tiny_model(x_dim=4, latent_dims=(2, 2), seed=2), binary_batch(3, 4)
+    means = [torch.tensor([0.0, 0.3], dtype=torch.float64), torch.zeros(2, dtype=torch.float64)]
+    model = model.pruned([torch.tensor([True, False]), torch.tensor([True, True])], means)
+    eps = model.draw_noise(2, 3, torch.Generator().manual_seed(0))
+    _, grad = _log_w_and_grad(model, x, eps)
+    for layer in range(2):
+        for unit in range(2):
+            step = torch.zeros_like(eps[layer])
+            step[..., unit] = 1e-6
+            up = [e + step if i == layer else e for i, e in enumerate(eps)]
+            down = [e - step if i == layer else e for i, e in enumerate(eps)]
+            with torch.no_grad():
+                log_w_up, log_w_down = (model.forward_samples(x, 2, noise=n).log_w for n in (up, down))
+            fd = (log_w_up - log_w_down) / 2e-6
+            torch.testing.assert_close(grad[layer][..., unit], fd, rtol=1e-6, atol=1e-7)

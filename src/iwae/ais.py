@@ -14,7 +14,9 @@ from the recognition model's own proposal (:math:`\beta = 0`) to the posterior, 
 (\beta_t - \beta_{t-1}) \log w(\epsilon_{t-1})` and moving :math:`\epsilon` by an HMC transition that leaves
 :math:`f_{\beta_t}` invariant after each increment. Every chain's :math:`W` is an unbiased estimate of p(x), and the
 mean over C chains, :math:`\log \frac{1}{C} \sum_c W_c`, a stochastic lower bound on log p(x) that tightens with T.
-With T = 1 (no move) it is :math:`\mathcal{L}_C` on the same noise. The recognition model preconditions the chain:
+With T = 1 (no move) it is :math:`\mathcal{L}_C` on the same noise. The step size may adapt, steered by pilot
+chains that are left out of the estimate, so that no estimating chain's kernel depends on its own past (which would
+bias its weight). The recognition model preconditions the chain:
 the closer q is to the posterior, the closer the target is to :math:`\mathcal{N}(0, I)` and the fewer steps it
 needs.
 
@@ -64,7 +66,9 @@ def ais_log_likelihood(
     leapfrog: int = 10,
     step_size: float = 0.1,
     adapt: bool = True,
+    pilots: int = 4,
     target_accept: float = 0.65,
+    block: int = 256,
     generator: torch.Generator | None = None,
     flush_denormal: bool = True,
     progress: bool = False,
@@ -73,37 +77,72 @@ def ais_log_likelihood(
 
     :param model: an :class:`iwae.IWAE` or any model with ``forward_samples(x, k, noise=...)`` and ``draw_noise``.
     :param x: (batch, x_dim) binary images (checked as training checks them).
-    :param steps: annealing steps T on :func:`sigmoid_schedule`; each is one HMC transition.
+    :param steps: annealing steps T on :func:`sigmoid_schedule`; an HMC transition follows each but the last.
     :param chains: chains per example (C): the estimate is log of their mean weight.
     :param leapfrog: leapfrog steps per HMC transition.
     :param step_size: the leapfrog step size at the start; with ``adapt``, each example's is multiplied by 1.02
-        after a transition whose acceptance (the mean over its chains) exceeds ``target_accept``, else by 0.98, as
-        Wu et al. (2017) adapt it.
+        after a transition whose acceptance exceeds ``target_accept``, else by 0.98 (as Wu et al. 2017 adapt it).
+    :param pilots: with ``adapt``, the chains per example whose acceptance alone steers the step size, run beside
+        the C chains and left out of the estimate: a kernel that adapted to the estimating chains' own past would
+        bias their weights, and one steered by other chains does not.
+    :param block: examples annealed at a time (memory: ``block * (chains + pilots)`` samples a pass).
     :param generator: source of the initial noise, the momenta and the acceptance draws.
     :param flush_denormal: on a CPU, flush subnormal floats to zero meanwhile (as :func:`iwae.log_likelihood`).
     :param progress: a progress bar over the annealing steps.
 
-    Its cost is ``steps * (leapfrog + 1)`` forward and backward passes of ``chains`` samples per example: meant for
-    a subset of the test set, or a GPU. The model is evaluated in eval mode, and restored as found.
+    It costs ``(steps - 1) * leapfrog + 1`` forward and backward passes of ``chains + pilots`` samples per example:
+    meant for a subset of the test set, or a GPU. The model is evaluated in eval mode, and restored as found.
     """
-    if steps < 1 or chains < 1 or leapfrog < 1:
-        raise ValueError(f"steps, chains and leapfrog must be positive integers, got {steps}, {chains}, {leapfrog}")
-    if not step_size > 0:
-        raise ValueError(f"step_size must be positive, got {step_size}")
+    counts = {"steps": steps, "chains": chains, "leapfrog": leapfrog, "block": block}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in counts.values()):
+        raise ValueError(f"steps, chains, leapfrog and block must be positive integers, got {counts}")
+    if not (isinstance(pilots, int) and pilots >= (1 if adapt else 0)):
+        raise ValueError(f"pilots must be a positive integer when the step size adapts, got {pilots!r}")
+    if not step_size > 0 or not 0 < target_accept < 1:
+        raise ValueError(f"step_size must be positive and target_accept in (0, 1), got {step_size}, {target_accept}")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("ais_log_likelihood follows the gradient of log w: call it outside torch.inference_mode()")
     x = checked_batch(model, x)
-    betas = sigmoid_schedule(steps).tolist()
     with flush_subnormals(flush_denormal and x.device.type == "cpu"), _eval_mode(model):
-        eps = list(model.draw_noise(chains, x.shape[0], generator))
-        delta = torch.full((1, x.shape[0], 1), float(step_size), dtype=x.dtype, device=x.device)  # per example
-        log_w, grad = _log_w_and_grad(model, x, eps)
-        log_weight = torch.zeros_like(log_w, dtype=torch.float64)
-        for t in tqdm(range(1, steps + 1), desc="AIS", unit="step", disable=not progress, leave=False):
-            log_weight += (betas[t] - betas[t - 1]) * log_w.double()
+        bar = tqdm(total=steps * x.shape[0], desc="AIS", unit="step", disable=not progress, leave=False)
+        parts = [
+            _anneal(model, x[i : i + block], steps, chains, pilots if adapt else 0, leapfrog, step_size,
+                    target_accept, generator, bar)
+            for i in range(0, x.shape[0], block)
+        ]  # fmt: skip
+        bar.close()
+    return torch.cat(parts)
+
+
+def _anneal(
+    model: object,
+    x: Tensor,
+    steps: int,
+    chains: int,
+    pilots: int,
+    leapfrog: int,
+    step_size: float,
+    target_accept: float,
+    generator: torch.Generator | None,
+    bar: tqdm,
+) -> Tensor:
+    """:func:`ais_log_likelihood` of one block of examples; ``pilots`` > 0: adapt the step size on those."""
+    betas = sigmoid_schedule(steps).tolist()
+    eps = list(model.draw_noise(chains, x.shape[0], generator))
+    if pilots:  # drawn after the estimating chains' noise, which is then the same with or without them
+        eps = [torch.cat([e, p]) for e, p in zip(eps, model.draw_noise(pilots, x.shape[0], generator))]
+    delta = torch.full((1, x.shape[0], 1), float(step_size), dtype=x.dtype, device=x.device)  # per example
+    log_w, grad = _log_w_and_grad(model, x, eps)
+    log_weight = torch.zeros_like(log_w, dtype=torch.float64)
+    for t in range(1, steps + 1):
+        log_weight += (betas[t] - betas[t - 1]) * log_w.double()
+        if t < steps:  # a transition after the last increment would change nothing
             eps, log_w, grad, accepted = _hmc(model, x, eps, log_w, grad, betas[t], delta, leapfrog, generator)
-            if adapt:
-                rate = accepted.float().mean(0, keepdim=True).unsqueeze(-1)  # (1, batch, 1)
+            if pilots:
+                rate = accepted[chains:].float().mean(0, keepdim=True).unsqueeze(-1)  # (1, batch, 1)
                 delta = torch.where(rate > target_accept, delta * 1.02, delta * 0.98)
-    return torch.logsumexp(log_weight, 0) - math.log(chains)
+        bar.update(x.shape[0])
+    return torch.logsumexp(log_weight[:chains], 0) - math.log(chains)
 
 
 def _hmc(

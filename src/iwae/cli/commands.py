@@ -173,8 +173,9 @@ COMMANDS = {
         "NLL of a saved run by annealed importance sampling (tighter than L_5000)",
         "Anneal from the recognition model's proposal to the posterior with HMC moves in the noise space (Wu et al. "
         "2017) on N images of the run's evaluation, and print the mean NLL with its standard error; writes "
-        "ais-<split>-s<steps>-c<chains>-n<N>.json into the run folder. Costs steps x 11 forward and backward passes "
-        "of the chains: meant for a subset of the test set, or a GPU.",
+        "ais-<split>-s<steps>-c<chains>-n<N>.json into the run folder. Costs about steps x 10 forward and backward "
+        "passes of the chains (and 4 pilot chains that adapt the step size): meant for a subset of the test set, or "
+        "a GPU.",
     ),
     "compare": Command(
         cli_runs.compare,

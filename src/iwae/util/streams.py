@@ -13,8 +13,9 @@ Purposes (:data:`PURPOSES`; ``split`` is train, validation or test):
 
 - ``("init",)`` the initial weights; ``("shuffle",)`` the permutation of each pass; ``("noise",)`` the training
   minibatches' binarization and the reparameterisation noise, on the model's device;
-- ``("eval", split, "binarize" | "nll" | "active")``, ``("eval", "test", "curve")``: the evaluation streams of
-  :mod:`iwae.runs.evaluate_run`; ``(..., "block", b)`` the block ``b`` of one of them in a sharded evaluation;
+- ``("eval", split, "binarize" | "nll" | "active" | "ais")``, ``("eval", "test", "curve")``: the evaluation
+  streams of :mod:`iwae.runs.evaluate_run` (``ais``: the chains of ``iwae ais``); ``(..., "block", b)`` the block
+  ``b`` of one of them in a sharded evaluation;
 - ``("samples",)`` the figure of samples; ``("snr", "data" | "base")`` the gradient-SNR measurement's
   minibatch and the base seed of its noise, ``("snr", "k", k)`` the noise at k under that base seed;
   ``("posteriors",)`` the posterior figure's examples and samples.
@@ -37,7 +38,7 @@ SCHEMES = (1, 2)
 # The purposes of the library, without their block numbers: what the collision test enumerates.
 PURPOSES: tuple[tuple[str, ...], ...] = (
     ("init",), ("shuffle",), ("noise",), ("samples",), ("snr", "data"), ("snr", "base"), ("posteriors",),
-    *(("eval", split, p) for split in ("test", "train", "validation") for p in ("binarize", "nll", "active")),
+    *(("eval", split, p) for split in ("test", "train", "validation") for p in ("binarize", "nll", "active", "ais")),
     ("eval", "test", "curve"),
 )  # fmt: skip
 
@@ -46,6 +47,8 @@ _SALTS_V1 = {
     ("test", "binarize"): 0, ("train", "binarize"): 1, ("validation", "binarize"): 2,
     ("test", "nll"): 99, ("train", "nll"): 98, ("validation", "nll"): 97,
     ("test", "active"): 7, ("train", "active"): 7, ("validation", "active"): 7, ("test", "curve"): 96,
+    # annealed importance sampling came after scheme 2: salts clear of the others, for old runs scored with it
+    ("test", "ais"): 95, ("train", "ais"): 94, ("validation", "ais"): 93,
 }  # fmt: skip
 
 

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, where benchmarks/ lives
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from benchmarks import fleet  # noqa: E402
 
 
+@pytest.mark.slow  # seconds: the default run stays under 3 minutes
 def test_quick_fleet_benchmark_writes_rows_with_positive_rates(tmp_path):
     threads = torch.get_num_threads()
     out = tmp_path / "fleet.json"

@@ -60,6 +60,7 @@ def test_the_train_step_and_log_likelihood_flush_while_they_run_and_restore_afte
     assert set(seen) == {flush} and not subnormals_flushed()
 
 
+@pytest.mark.slow  # seconds: the default run stays under 3 minutes
 def test_flushing_moves_no_number_beyond_monte_carlo_noise(data_dir):
     """A 1-layer IWAE k=20 on MNIST, 150 steps with and without flushing: the training bound and L_200 agree."""
     x = iwae.data.load("mnist", "train", data_dir)[:3000]

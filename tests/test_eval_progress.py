@@ -229,6 +229,7 @@ def test_a_stopped_final_evaluation_continues_with_the_same_numbers(tiny_run, sa
     assert 0 < expected["eval_seconds"] and 1000 <= before < metrics["eval_seconds"]
 
 
+@pytest.mark.slow  # seconds: the default run stays under 3 minutes
 def test_evaluate_keeps_its_progress_and_clear_results_removes_it(tiny_run, saves_every_block):
     from iwae.runs import rundir
     from iwae.runs.evaluate_run import evaluate_run

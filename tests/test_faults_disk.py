@@ -102,6 +102,7 @@ def test_a_disk_filling_up_stops_the_run_in_one_line_and_resume_ends_with_its_nu
     _same_run(tmp_path / "straight", run)
 
 
+@pytest.mark.slow  # seconds: the default run stays under 3 minutes
 def test_a_fleet_filling_the_disk_in_its_two_phase_checkpoint_resumes_to_the_same_numbers(
     config, small_fs, tmp_path, monkeypatch
 ):

@@ -300,6 +300,7 @@ def test_iwae_train_seeds_makes_a_fleet_and_resume_continues_it(data_dir, tmp_pa
     assert main(["train", *flags, "--seeds", "3,5", "--fleet", "off", "--out", str(alone)]) == 0  # all done: kept
 
 
+@pytest.mark.slow  # seconds: the default run stays under 3 minutes
 def test_a_run_whose_loss_stops_being_finite_leaves_the_fleet_with_its_last_good_checkpoint(
     data_dir, tmp_path, cached_data, monkeypatch
 ):

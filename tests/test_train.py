@@ -248,6 +248,7 @@ class _Writer:
         pass
 
 
+@pytest.mark.slow  # seconds: the default run stays under 3 minutes
 def test_tensorboard_logs_by_integer_training_step_with_the_rate_and_the_final_evaluation(
     tiny_config, tmp_path, monkeypatch
 ):

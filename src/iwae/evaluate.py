@@ -254,13 +254,14 @@ def _count(name: str, value: object) -> int:
     return count
 
 
-def checked_batch(model: object, x: Tensor, stacklevel: int = 3) -> Tensor:
-    """A training batch as ``model`` reads it: (batch, dim) with at least one example, checked as
-    :func:`check_bernoulli_images` checks it (``stacklevel`` as there), and cast to the model's dtype where it holds
-    bool or integer values (another floating dtype is refused, naming both)."""
+def checked_batch(model: object, x: Tensor, stacklevel: int = 3, values: bool = True) -> Tensor:
+    """A training batch as ``model`` reads it: (batch, dim) with at least one example, its ``values`` checked as
+    :func:`check_bernoulli_images` checks them (``stacklevel`` as there), and cast to the model's dtype where it
+    holds bool or integer values (another floating dtype is refused, naming both)."""
     if x.dim() != 2 or x.shape[0] == 0:
         raise ValueError(f"x must have shape (batch, dim) with at least one example, got {tuple(x.shape)}")
-    check_bernoulli_images(model, x, stacklevel=stacklevel + 1)
+    if values:
+        check_bernoulli_images(model, x, stacklevel=stacklevel + 1)
     return _as_model_dtype(model, x)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from iwae.evaluate import log_likelihood
 from iwae.runs.evaluate_run import check_split, eval_images, stream, summarize
-from iwae.runs.rundir import load_run, read_config
+from iwae.runs.rundir import load_run
 
 __all__ = ["log_likelihoods", "paired_difference", "paired_records", "compare_runs", "format_comparison"]
 
@@ -59,8 +59,9 @@ def log_likelihoods(
     :returns: the settings used (split, eval_k, n, seed, dataset) and one (n,) tensor of L_k per run.
     """
     check_split(split)
-    first = device or read_config(run_dirs[0]).device  # every model where the first is: one noise stream
-    loaded = [load_run(run_dir, data_dir, first) for run_dir in run_dirs]
+    first = load_run(run_dirs[0], data_dir, device)
+    where = next(first[1].parameters()).device  # every model where the first is: one noise stream
+    loaded = [first, *(load_run(run_dir, data_dir, str(where)) for run_dir in run_dirs[1:])]
     configs = [config for config, _, _ in loaded]
     datasets = [config.dataset for config in configs]
     if len(set(datasets)) > 1:
@@ -73,12 +74,11 @@ def log_likelihoods(
         raise ValueError(f"k must be a positive number of importance samples, got {k}")
     if n is not None and n < 2:
         raise ValueError(f"n must be at least 2 images (a standard error over images), got {n}")
-    device = next(loaded[0][1].parameters()).device
-    x = eval_images(configs[0], split, n, device, seed)
+    x = eval_images(configs[0], split, n, where, seed)
     lls = []
     for config, model, _ in loaded:
-        model = model.to(device).eval()
-        gen = stream(configs[0], device, split, "nll", seed)
+        model = model.eval()
+        gen = stream(configs[0], where, split, "nll", seed)
         lls.append(log_likelihood(model, x, k, generator=gen, progress=progress, flush_denormal=config.flush_denormal))
     settings = {"split": split, "eval_k": k, "n": x.shape[0], "seed": seed, "dataset": datasets[0]}
     return settings, lls

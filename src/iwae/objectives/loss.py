@@ -178,12 +178,14 @@ def objective(model: SampledModel, x: Tensor, k: int = 50, bound: str | None = N
     gradient. ``kind`` is the former name of ``bound``, still accepted.
 
     The same as ``Objective(bound, k, estimator, m, beta, **params).loss(model, x, generator)``, ``params`` being
-    the other bounds' parameters (``alpha=0.5``); see :class:`Objective`.
+    the other bounds' parameters (``alpha=0.5``); see :class:`Objective`. ``x`` is checked first
+    (:func:`iwae.evaluate.checked_batch`; its values where it lies on the CPU).
     """
     from iwae.evaluate import checked_batch  # (evaluate imports this package's names: not at import time)
 
     check_sampled_model(model)
-    x = checked_batch(model, x, stacklevel=3)
+    # the values on the CPU only: reading them on a GPU would make every call of a training loop wait for it
+    x = checked_batch(model, x, stacklevel=3, values=x.device.type == "cpu")
     return Objective(resolve_bound(bound, kind), k, estimator, m=m, beta=beta, **params).loss(model, x, generator)
 
 

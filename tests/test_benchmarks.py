@@ -187,6 +187,10 @@ def test_ais_gap_writes_l5000_and_each_annealing_beside_it(data_dir, tmp_path, c
 
     assert ais_gap(["--n", "3", "--steps", "2,3", "--chains", "2", "--out", str(tmp_path / "gap")]) == 0
     result = json.loads((tmp_path / "gap.json").read_text())
-    assert [r["estimate"] for r in result["rows"]] == ["L_5000", "AIS, 2 steps x 2 chains", "AIS, 3 steps x 2 chains"]
-    assert result["n"] == 3 and all(math.isfinite(r["mean"]) for r in result["rows"])
+    annealed = [f"{kind}, {steps} steps x 2 chains" for kind in ("AIS", "BDMC") for steps in (2, 3)]
+    assert [r["estimate"] for r in result["rows"]] == ["L_5000", *annealed]
+    assert result["n"] == 3 and all(math.isfinite(r["mean"]) for r in result["rows"][:3])
+    for r in result["rows"][3:]:
+        assert r["bdmc_gap"]["mean"] == pytest.approx(r["upper"] - r["lower"])
     assert "| AIS, 3 steps x 2 chains |" in (tmp_path / "gap.md").read_text()
+    assert "| BDMC, 3 steps x 2 chains |" in (tmp_path / "gap.md").read_text()

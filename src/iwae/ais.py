@@ -22,11 +22,20 @@ needs.
 
 The model is read through :meth:`forward_samples(x, C, noise=...)` alone (:class:`iwae.SampledModel`'s protocol), so
 any model of one's own is evaluated the same way.
+
+**How close AIS comes** is measured by bidirectional Monte Carlo (Grosse et al. 2015; Wu et al. 2017), :func:`bdmc`,
+on data simulated from the model, where an exact posterior draw is known: the latent that generated x. Annealing
+in reverse from it, :math:`\beta` from 1 to 0, accumulates :math:`\log W' = \sum_t (\beta_{t-1} - \beta_t) \log
+w(\epsilon_t)`, and :math:`W'` is an unbiased estimate of 1/p(x); so :math:`-\log \frac{1}{C} \sum_c W'_c` is a
+stochastic upper bound on log p(x), and forward AIS on the same x a stochastic lower one. The two close in on
+log p(x) as T grows: their difference bounds the error of forward AIS with the same settings on such data.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -35,7 +44,7 @@ from tqdm.auto import tqdm
 from iwae.evaluate import _eval_mode, checked_batch
 from iwae.util.cpu import flush_subnormals
 
-__all__ = ["ais_log_likelihood", "sigmoid_schedule"]
+__all__ = ["ais_log_likelihood", "bdmc", "BDMC", "sigmoid_schedule"]
 
 
 def sigmoid_schedule(steps: int, sharpness: float = 4.0) -> Tensor:
@@ -93,6 +102,97 @@ def ais_log_likelihood(
     It costs ``(steps - 1) * leapfrog + 1`` forward and backward passes of ``chains + pilots`` samples per example:
     meant for a subset of the test set, or a GPU. The model is evaluated in eval mode, and restored as found.
     """
+    _check_settings(steps, chains, leapfrog, block, adapt, pilots, step_size, target_accept)
+    x = checked_batch(model, x)
+
+    start = _from_proposal(model, chains, pilots if adapt else 0, generator)
+    settings = (chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block, generator)
+    with flush_subnormals(flush_denormal and x.device.type == "cpu"), _eval_mode(model):
+        bar = tqdm(total=steps * x.shape[0], desc="AIS", unit="step", disable=not progress, leave=False)
+        log_weight, _ = _blocks(model, x, sigmoid_schedule(steps).tolist(), start, settings, bar)
+        bar.close()
+    return torch.logsumexp(log_weight, 0) - math.log(chains)
+
+
+class BDMC(NamedTuple):
+    """Output of :func:`bdmc`: ``x`` (n, x_dim) simulated data, and per example the stochastic ``lower`` bound on
+    log p(x) by forward AIS and the stochastic ``upper`` bound by reverse AIS from the exact posterior draw."""
+
+    x: Tensor
+    lower: Tensor
+    upper: Tensor
+
+
+def bdmc(
+    model: object,
+    n: int,
+    steps: int = 500,
+    chains: int = 16,
+    *,
+    leapfrog: int = 10,
+    step_size: float = 0.1,
+    adapt: bool = True,
+    pilots: int = 4,
+    target_accept: float = 0.65,
+    block: int = 256,
+    generator: torch.Generator | None = None,
+    flush_denormal: bool = True,
+    progress: bool = False,
+) -> BDMC:
+    """Bidirectional Monte Carlo (module docstring): n data simulated from the model, each annealed forward from the
+    recognition model's proposal (as :func:`ais_log_likelihood`) and in reverse from the latent that generated it.
+
+    ``upper - lower`` bounds, in expectation, how far forward AIS with these settings falls short of log p(x) on
+    data like the model's own. The settings are :func:`ais_log_likelihood`'s. The reverse chains of an example all
+    start from its one exact draw and take, at each temperature, the step size that the forward pilots reached
+    there: pilots of their own would start from that same draw, and a kernel steered by it would bias the chains'
+    weights. The model needs, beside the protocol, ``simulate(n, generator) -> Simulated``
+    (:meth:`iwae.IWAE.simulate`): the data with the noise of their latents. It costs about twice
+    :func:`ais_log_likelihood` on the n simulated data.
+    """
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        raise ValueError(f"n must be a positive number of simulated data, got {n!r}")
+    if not callable(getattr(model, "simulate", None)):
+        raise TypeError(f"{type(model).__name__} has no simulate(n, generator): bidirectional Monte Carlo needs data "
+                        "drawn from the model with the noise of their latents (see iwae.IWAE.simulate)")  # fmt: skip
+    _check_settings(steps, chains, leapfrog, block, adapt, pilots, step_size, target_accept)
+    with _eval_mode(model):
+        simulated = model.simulate(n, generator)
+    x = checked_batch(model, simulated.x)
+
+    def reverse(i: int, part: Tensor) -> list[Tensor]:  # every chain of an example at its exact posterior draw
+        return [e[:, i : i + part.shape[0]].expand(chains, -1, -1).clone() for e in simulated.noise]
+
+    betas = sigmoid_schedule(steps).tolist()
+    settings = (chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block, generator)
+    with flush_subnormals(flush_denormal and x.device.type == "cpu"), _eval_mode(model):
+        bar = tqdm(total=2 * steps * n, desc="BDMC", unit="step", disable=not progress, leave=False)
+        log_weight, deltas = _blocks(model, x, betas, _from_proposal(model, *settings[:2], generator), settings, bar)
+        lower = torch.logsumexp(log_weight, 0) - math.log(chains)
+        back = [d[::-1] for d in deltas]  # reverse step t runs at forward step T - t's temperature
+        log_weight, _ = _blocks(model, x, betas[::-1], reverse, (chains, 0, *settings[2:]), bar, back)  # 1 -> 0
+        bar.close()
+    return BDMC(x, lower, math.log(chains) - torch.logsumexp(log_weight, 0))  # W' estimates 1 / p(x)
+
+
+def _from_proposal(
+    model: object, chains: int, pilots: int, generator: torch.Generator | None
+) -> Callable[[int, Tensor], list[Tensor]]:
+    """Forward annealing's start: the chains' noise, then the pilots' (so the chains start the same with or without
+    pilots)."""
+
+    def start(i: int, part: Tensor) -> list[Tensor]:
+        eps = list(model.draw_noise(chains, part.shape[0], generator))
+        if pilots:
+            eps = [torch.cat([e, p]) for e, p in zip(eps, model.draw_noise(pilots, part.shape[0], generator))]
+        return eps
+
+    return start
+
+
+def _check_settings(
+    steps: int, chains: int, leapfrog: int, block: int, adapt: bool, pilots: int, step_size: float, target_accept: float
+) -> None:
     counts = {"steps": steps, "chains": chains, "leapfrog": leapfrog, "block": block}
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in counts.values()):
         raise ValueError(f"steps, chains, leapfrog and block must be positive integers, got {counts}")
@@ -101,23 +201,35 @@ def ais_log_likelihood(
     if not step_size > 0 or not 0 < target_accept < 1:
         raise ValueError(f"step_size must be positive and target_accept in (0, 1), got {step_size}, {target_accept}")
     if torch.is_inference_mode_enabled():
-        raise RuntimeError("ais_log_likelihood follows the gradient of log w: call it outside torch.inference_mode()")
-    x = checked_batch(model, x)
-    with flush_subnormals(flush_denormal and x.device.type == "cpu"), _eval_mode(model):
-        bar = tqdm(total=steps * x.shape[0], desc="AIS", unit="step", disable=not progress, leave=False)
-        parts = [
-            _anneal(model, x[i : i + block], steps, chains, pilots if adapt else 0, leapfrog, step_size,
-                    target_accept, generator, bar)
-            for i in range(0, x.shape[0], block)
-        ]  # fmt: skip
-        bar.close()
-    return torch.cat(parts)
+        raise RuntimeError("AIS follows the gradient of log w: call it outside torch.inference_mode()")
+
+
+def _blocks(
+    model: object,
+    x: Tensor,
+    betas: list[float],
+    start: Callable[[int, Tensor], list[Tensor]],
+    settings: tuple,
+    bar: tqdm,
+    deltas: list[list[Tensor]] | None = None,
+) -> tuple[Tensor, list[list[Tensor]]]:
+    """The (chains, batch) log AIS weights along ``betas``, ``block`` examples at a time, and each block's step sizes
+    (:func:`_anneal`); ``start(i, part)`` gives the initial noise of the examples from i on (chains, then pilots),
+    ``deltas`` each block's step sizes to take instead of adapting."""
+    chains, pilots, leapfrog, step_size, target_accept, block, generator = settings
+    parts = [
+        _anneal(model, x[i : i + block], betas, start(i, x[i : i + block]), chains, pilots, leapfrog, step_size,
+                target_accept, generator, bar, None if deltas is None else deltas[b])
+        for b, i in enumerate(range(0, x.shape[0], block))
+    ]  # fmt: skip
+    return torch.cat([w for w, _ in parts], 1), [d for _, d in parts]
 
 
 def _anneal(
     model: object,
     x: Tensor,
-    steps: int,
+    betas: list[float],
+    eps: list[Tensor],
     chains: int,
     pilots: int,
     leapfrog: int,
@@ -125,24 +237,26 @@ def _anneal(
     target_accept: float,
     generator: torch.Generator | None,
     bar: tqdm,
-) -> Tensor:
-    """:func:`ais_log_likelihood` of one block of examples; ``pilots`` > 0: adapt the step size on those."""
-    betas = sigmoid_schedule(steps).tolist()
-    eps = list(model.draw_noise(chains, x.shape[0], generator))
-    if pilots:  # drawn after the estimating chains' noise, which is then the same with or without them
-        eps = [torch.cat([e, p]) for e, p in zip(eps, model.draw_noise(pilots, x.shape[0], generator))]
+    deltas: list[Tensor] | None = None,
+) -> tuple[Tensor, list[Tensor]]:
+    """One block of examples from the noise ``eps`` (chains + pilots, batch, d): the (chains, batch) log weights
+    sum_t (beta_t - beta_(t-1)) log w(eps_(t-1)), and the step sizes (1, batch, 1) of the transitions; ``pilots`` >
+    0: adapt the step size on those; ``deltas``: take these step sizes instead."""
     delta = torch.full((1, x.shape[0], 1), float(step_size), dtype=x.dtype, device=x.device)  # per example
     log_w, grad = _log_w_and_grad(model, x, eps)
     log_weight = torch.zeros_like(log_w, dtype=torch.float64)
+    steps, used = len(betas) - 1, []
     for t in range(1, steps + 1):
         log_weight += (betas[t] - betas[t - 1]) * log_w.double()
         if t < steps:  # a transition after the last increment would change nothing
+            delta = delta if deltas is None else deltas[t - 1]
+            used.append(delta)
             eps, log_w, grad, accepted = _hmc(model, x, eps, log_w, grad, betas[t], delta, leapfrog, generator)
             if pilots:
                 rate = accepted[chains:].float().mean(0, keepdim=True).unsqueeze(-1)  # (1, batch, 1)
                 delta = torch.where(rate > target_accept, delta * 1.02, delta * 0.98)
         bar.update(x.shape[0])
-    return torch.logsumexp(log_weight[:chains], 0) - math.log(chains)
+    return log_weight[:chains], used
 
 
 def _hmc(

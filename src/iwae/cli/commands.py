@@ -175,7 +175,8 @@ COMMANDS = {
         "2017) on N images of the run's evaluation, and print the mean NLL with its standard error; writes "
         "ais-<split>-s<steps>-c<chains>-n<N>.json into the run folder. Costs about steps x 10 forward and backward "
         "passes of the chains (and 4 pilot chains that adapt the step size): meant for a subset of the test set, or "
-        "a GPU.",
+        "a GPU. With --simulated, bidirectional Monte Carlo measures how close that AIS comes to log p(x): AIS "
+        "forward and in reverse from the exact latent, on N data simulated from the model (Grosse et al. 2015).",
     ),
     "compare": Command(
         cli_runs.compare,

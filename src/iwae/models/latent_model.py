@@ -20,7 +20,9 @@ that fulfils it for any encoder and decoder with one Gaussian latent layer.
 - ``latent_dims`` (sizes of the latent layers) and ``posterior_means(x, generator=None)`` (E_q[h^l] per layer)
   for the active-units statistic A_u (Section 5.2).
 
-:func:`iwae.log_likelihood` needs less: ``log_weights(x, k)`` alone (its module docstring).
+:func:`iwae.log_likelihood` needs less: ``log_weights(x, k)`` alone (its module docstring). :func:`iwae.bdmc` needs
+one method more, ``simulate(n, generator=None) -> Simulated``: data drawn from the model with the noise that
+reproduces their latents.
 
 **The base class** (:class:`GaussianLatentModel`): give it an encoder ``x -> (mean, log_std)`` of q(h | x), each
 (batch, d), and a decoder ``h -> logits`` of the Bernoulli p(x | h), from (..., d) to (..., x_dim); the prior is
@@ -38,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from iwae.models._ops import bernoulli_log_prob, gaussian_log_q, standard_normal_log_prob
-from iwae.models.model import LogWeights
+from iwae.models.model import LogWeights, Simulated
 
 __all__ = ["SampledModel", "GaussianLatentModel"]
 
@@ -164,3 +166,13 @@ class GaussianLatentModel(nn.Module):
         p = next(self.parameters())
         h = torch.randn((1, n, self.latent_dims[0]), generator=generator, device=p.device, dtype=p.dtype)
         return torch.sigmoid(self.decoder(h))[0]  # the decoder sees (k, batch, latent_dim) samples, as in training
+
+    @torch.no_grad()
+    def simulate(self, n: int, generator: torch.Generator | None = None) -> Simulated:
+        """n draws h ~ N(0, I), x ~ p(x | h), with the noise eps = (h - mu_q(x)) / sigma_q(x) that reproduces h
+        (as :meth:`iwae.IWAE.simulate`: the start of reverse annealing in :func:`iwae.bdmc`)."""
+        p = next(self.parameters())
+        h = torch.randn((1, n, self.latent_dims[0]), generator=generator, device=p.device, dtype=p.dtype)
+        x = torch.bernoulli(torch.sigmoid(self.decoder(h))[0], generator=generator)
+        mean, log_std = self._q(x)
+        return Simulated(x, [h[0]], [(h - mean) * torch.exp(-log_std)])

@@ -25,7 +25,7 @@ from iwae.models._ops import bernoulli_log_prob, gaussian_log_prob, gaussian_log
 from iwae.models.layers import BernoulliLayer, GaussianLayer, q_params
 from iwae.models.pruning import PrunableUnits, hold
 
-__all__ = ["GaussianLayer", "BernoulliLayer", "IWAE", "LogWeights"]
+__all__ = ["GaussianLayer", "BernoulliLayer", "IWAE", "LogWeights", "Simulated"]
 
 # The paper's architectures (Section 5.1, Appendix C): latent sizes bottom-up for 1 and 2 stochastic layers, and
 # the hidden sizes of every conditional, two tanh layers of 200 units next to x and two of 100 between latent layers.
@@ -42,6 +42,19 @@ class LogWeights(NamedTuple):
     """
 
     log_w: Tensor
+    samples: list[Tensor]
+    noise: list[Tensor]
+
+
+class Simulated(NamedTuple):
+    """Output of :meth:`IWAE.simulate`: data drawn from the generative model with the latents that made them.
+
+    ``x``: (n, x_dim) data; ``samples``: [h^1, ..., h^L], each (n, d_l), drawn from p(h) (so each is an exact
+    draw from the posterior p(h | x) of its x); ``noise``: [eps^1, ..., eps^L], each (1, n, d_l), the noise that
+    the recognition model turns into those samples, ``forward_samples(x, 1, noise=noise)``.
+    """
+
+    x: Tensor
     samples: list[Tensor]
     noise: list[Tensor]
 
@@ -278,17 +291,48 @@ class IWAE(PrunableUnits):
         For the Bernoulli visible layer these are the pixel probabilities sigmoid(logits) (Appendix E). Pruned
         units are held at their fill value in every layer drawn, as in :meth:`forward_samples`.
         """
+        return self.visible_means(self._ancestral(n, generator)[0])
+
+    def _randn(self, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
         p = next(self.parameters())
+        return torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype)
+
+    def _ancestral(self, n: int, generator: torch.Generator | None) -> list[Tensor]:
+        """[h^1, ..., h^L], each (n, d_l), drawn from the prior top-down, pruned units held at their fill value."""
         masks = self._unit_masks()
-
-        def randn(shape: Sequence[int]) -> Tensor:
-            return torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype)
-
-        h = hold(randn((n, self.latent_dims[-1])), masks, self.n_layers - 1)
+        h = hold(self._randn((n, self.latent_dims[-1]), generator), masks, self.n_layers - 1)
+        samples = [h]
         for j, layer in enumerate(self.decoder[:-1]):
             mean, log_std = layer(h)  # p(h^l | h^(l+1)) with l = n_layers - 1 - j
-            h = hold(mean + torch.exp(log_std) * randn(mean.shape), masks, self.n_layers - 2 - j)
-        return self.visible_means(h)
+            h = hold(mean + torch.exp(log_std) * self._randn(mean.shape, generator), masks, self.n_layers - 2 - j)
+            samples.insert(0, h)
+        return samples
+
+    @torch.no_grad()
+    def simulate(self, n: int, generator: torch.Generator | None = None) -> Simulated:
+        """n data drawn from the model, x ~ p(x | h^1) after h ~ p(h), with the recognition noise that reproduces
+        their latents (:class:`Simulated`): each latent is an exact posterior draw for its x, the start that
+        reverse annealing needs (bidirectional Monte Carlo, :func:`iwae.bdmc`).
+
+        The noise inverts the reparameterisation layer by layer, eps^l = (h^l - mu_q) / sigma_q given h^(l-1).
+        A pruned unit's noise, which no log-weight reads, is drawn from N(0, 1): its posterior.
+        """
+        samples = self._ancestral(n, generator)
+        if self.likelihood == "bernoulli":
+            x = torch.bernoulli(self.visible_means(samples[0]), generator=generator)
+        else:
+            mean, log_std = self.decoder[-1](samples[0])
+            x = mean + torch.exp(log_std) * self._randn(mean.shape, generator)
+        masks = self._unit_masks()
+        noise, inp = [], x
+        for l, (layer, h) in enumerate(zip(self.encoder, samples)):
+            mean, log_std = layer(inp)
+            eps = (h - mean) * torch.exp(-log_std)
+            if masks is not None:
+                eps = torch.where(masks[l][0], eps, self._randn(eps.shape, generator))
+            noise.append(eps.unsqueeze(0))
+            inp = h
+        return Simulated(x, samples, noise)
 
     def visible_means(self, h1: Tensor) -> Tensor:
         """Means of p(x | h^1) for samples h^1 (..., d_1): Bernoulli probabilities or Gaussian means."""

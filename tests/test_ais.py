@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 from conftest import binary_batch, tiny_model
-from exact import exact_log_px
+from exact import _log_px_given_h1, exact_log_px
 
 import iwae
+import iwae.ais as ais
 from iwae.ais import _hmc, _log_w_and_grad, ais_log_likelihood, bdmc, sigmoid_schedule
 from iwae.models import _ops
 from iwae.models.model import LogWeights, Simulated
@@ -214,6 +215,8 @@ def test_bdmc_names_what_it_needs():
     model = tiny_model()
     with pytest.raises(TypeError, match="has no simulate"):
         bdmc(GaussianWeightsWithoutSimulate(), 3)
+    with pytest.raises(ValueError, match=r"gave noise of shapes \[\(3, 4\)\]; each must be \(1, 3, d_l\)"):
+        bdmc(GaussianWeightsWithFlatNoise(), 3)
     with pytest.raises(ValueError, match="n must be a positive number of simulated data"):
         bdmc(model, 0)
     with pytest.raises(ValueError, match="steps, chains, leapfrog and block must be positive integers"):
@@ -222,6 +225,12 @@ def test_bdmc_names_what_it_needs():
 
 class GaussianWeightsWithoutSimulate(GaussianWeights):
     simulate = None
+
+
+class GaussianWeightsWithFlatNoise(GaussianWeights):
+    def simulate(self, n, generator=None):
+        x, samples, noise = super().simulate(n, generator)
+        return Simulated(x, samples, [noise[0][0]])  # (n, d): the leading sample dimension left out
 
 
 def test_iwae_ais_simulated_runs_bdmc_on_a_saved_run(tiny_run, capsys):
@@ -237,3 +246,73 @@ def test_iwae_ais_simulated_runs_bdmc_on_a_saved_run(tiny_run, capsys):
     assert result["gap"] == pytest.approx(sum(u - lo for u, lo in zip(result["upper_ll"], result["lower_ll"])) / 4)
     assert f"AIS with 3 steps x 2 chains is within {result['gap']:.3f} +- {result['gap_sem']:.3f} nats" in (
         capsys.readouterr().out)  # fmt: skip
+
+
+def test_reverse_transitions_run_at_the_forward_temperatures_reversed_with_the_forward_pilots_step_sizes(monkeypatch):
+    """Any chain-independent step size keeps W' unbiased, so no statistical test sees a wrong mapping: record it."""
+    calls, hmc = [], ais._hmc
+
+    def recording(model, x, eps, log_w, grad, beta, delta, leapfrog, generator):
+        calls.append((eps[0].shape[0], beta, delta.clone()))
+        return hmc(model, x, eps, log_w, grad, beta, delta, leapfrog, generator)
+
+    monkeypatch.setattr(ais, "_hmc", recording)
+    steps, chains, pilots = 8, 3, 2
+    model = tiny_model(x_dim=5, latent_dims=(2,), seed=2, scale=2.0)
+    bdmc(model, 5, steps=steps, chains=chains, leapfrog=2, pilots=pilots, block=2,
+         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    betas = sigmoid_schedule(steps).tolist()
+    forward = [c for c in calls if c[0] == chains + pilots]
+    reverse = [c for c in calls if c[0] == chains]
+    assert len(forward) == len(reverse) == 3 * (steps - 1)  # blocks of 2, 2 and 1 examples
+    for b in range(3):
+        f, r = (cs[b * (steps - 1) : (b + 1) * (steps - 1)] for cs in (forward, reverse))
+        assert [c[1] for c in f] == betas[1:-1] and [c[1] for c in r] == betas[::-1][1:-1]
+        assert not all(torch.equal(f[0][2], c[2]) for c in f)  # the pilots adapted: the mapping is visible
+        for fc, rc in zip(f[::-1], r):
+            assert torch.equal(fc[2], rc[2]), (rc[1], fc[2], rc[2])
+
+
+@pytest.mark.parametrize("adapt", [False, True])
+def test_bdmcs_forward_pass_is_ais_log_likelihood_on_the_simulated_data(adapt):
+    model = tiny_model(x_dim=5, latent_dims=(2, 3), seed=2, scale=2.0)
+    settings = dict(steps=5, chains=3, leapfrog=2, adapt=adapt, pilots=2, block=3)
+    out = bdmc(model, 7, generator=torch.Generator().manual_seed(11), **settings)
+    g = torch.Generator().manual_seed(11)
+    sim = model.simulate(7, g)
+    assert torch.equal(out.x, sim.x)
+    assert torch.equal(out.lower, ais_log_likelihood(model, sim.x, generator=g, **settings))
+
+
+@torch.no_grad()
+def _posterior_cdf(model, x, h, half_width=9.0, n=1201):
+    """F(h | x) of a latent_dims (1,) model by the trapezoid rule on tests/exact.py's grid, interpolated at h."""
+    grid = torch.linspace(-half_width, half_width, n, dtype=torch.float64)
+    log_joint = _log_px_given_h1(model, grid[:, None], x) + torch.distributions.Normal(0.0, 1.0).log_prob(grid)[:, None]
+    dens = (log_joint - log_joint.max(0).values).exp()  # (G, B)
+    cum = torch.cat([dens.new_zeros(1, x.shape[0]), torch.cumsum(0.5 * (dens[1:] + dens[:-1]), 0)])
+    cum = cum / cum[-1]
+    i, cols = torch.searchsorted(grid, h.contiguous()).clamp(1, n - 1), torch.arange(x.shape[0])
+    return cum[i - 1, cols] + (cum[i, cols] - cum[i - 1, cols]) * (h - grid[i - 1]) / (grid[i] - grid[i - 1])
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_each_simulated_latent_is_an_exact_posterior_draw_of_its_datum(likelihood):
+    """Simulation-based calibration: the exact posterior CDF F(h | x) at the latent that made x is uniform (a
+    Kolmogorov-Smirnov distance under the 0.1% critical value), for both visible layers."""
+    model = tiny_model(x_dim=6, latent_dims=(1,), likelihood=likelihood, seed=1, scale=2.0)
+    sim = model.simulate(2000, torch.Generator().manual_seed(0))
+    u = _posterior_cdf(model, sim.x, sim.samples[0][:, 0]).sort().values
+    ks = (u - torch.arange(1, 2001, dtype=torch.float64) / 2000).abs().max().item()
+    assert ks < 1.95 / 2000**0.5, ks
+    again = model.forward_samples(sim.x, 1, noise=sim.noise).samples[0][0]
+    torch.testing.assert_close(again, sim.samples[0], rtol=1e-10, atol=1e-10)
+
+
+def test_a_pruned_units_simulated_noise_is_standard_normal():
+    """No log-weight reads it, so its posterior is its prior."""
+    keep = [torch.tensor([True, False]), torch.tensor([True, True, False])]
+    model = tiny_model(x_dim=5, latent_dims=(2, 3), seed=3).pruned(keep)
+    noise = model.simulate(2000, torch.Generator().manual_seed(0)).noise
+    for e in (noise[0][0, :, 1], noise[1][0, :, 2]):
+        assert abs(e.mean()) < 0.1 and abs(e.std() - 1) < 0.1

@@ -147,8 +147,8 @@ def bdmc(
     start from its one exact draw and take, at each temperature, the step size that the forward pilots reached
     there: pilots of their own would start from that same draw, and a kernel steered by it would bias the chains'
     weights. The model needs, beside the protocol, ``simulate(n, generator) -> Simulated``
-    (:meth:`iwae.IWAE.simulate`): the data with the noise of their latents. It costs about twice
-    :func:`ais_log_likelihood` on the n simulated data.
+    (:meth:`iwae.IWAE.simulate`): the data with the noise of their latents. It costs
+    :func:`ais_log_likelihood` on the n simulated data, and as much again less the pilots for the reverse pass.
     """
     if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
         raise ValueError(f"n must be a positive number of simulated data, got {n!r}")
@@ -159,6 +159,10 @@ def bdmc(
     with _eval_mode(model):
         simulated = model.simulate(n, generator)
     x = checked_batch(model, simulated.x)
+    shapes = [tuple(e.shape) for e in simulated.noise]
+    if any(len(s) != 3 or s[:2] != (1, n) for s in shapes):
+        raise ValueError(f"{type(model).__name__}.simulate({n}) gave noise of shapes {shapes}; each must be (1, {n}, "
+                         "d_l), as forward_samples(x, 1, noise=...) reads it")  # fmt: skip
 
     def reverse(i: int, part: Tensor) -> list[Tensor]:  # every chain of an example at its exact posterior draw
         return [e[:, i : i + part.shape[0]].expand(chains, -1, -1).clone() for e in simulated.noise]

@@ -34,7 +34,7 @@ def _assert_same(a: iwae.IWAE, b: iwae.IWAE) -> None:
 )  # fmt: skip
 def test_compiled_step_matches_eager_on_the_same_noise(estimator, kind, latent_dims):
     model = tiny_model(x_dim=4, latent_dims=latent_dims)
-    kw = dict(k=5, bound=kind, estimator=estimator, m=2)
+    kw = dict(k=5, bound=kind, estimator=estimator, **({"m": 2} if kind == "miwae" else {}))
     eager_losses, eager = _steps(model, False, 3, **kw)
     compiled_losses, compiled = _steps(model, True, 3, **kw)
     # The same noise stream step after step: the losses differ from step to step but agree between the two.

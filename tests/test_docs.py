@@ -409,3 +409,18 @@ def test_readme_fleet_speed_is_the_json():
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"a stacked step trains {span([r['stacked_over_loop'] for r in rows])}x the examples per second" in readme
     assert all(r["auto_picked"] == "loop" for r in rows)
+
+
+def test_the_annealing_numbers_quoted_are_the_benchmarks():
+    """README's AIS and BDMC numbers, and the benchmarks index's, from benchmarks/results/ais_gap.json."""
+    rows = {r["estimate"]: r for r in json.loads((ROOT / "benchmarks/results/ais_gap.json").read_text())["rows"]}
+    gap = lambda g: f"{g['mean']:.2f} ± {g['sem']:.2f}"  # noqa: E731
+    ais, bdmc = (rows[f"{kind}, {steps} steps x 8 chains"] for kind, steps in (("AIS", 500), ("BDMC", 100)))
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"{gap(ais['gap'])} nats above L_5000 on 100 test images" in readme
+    assert (f"the gap is {gap(bdmc['bdmc_gap'])} nats at 100 steps and "
+            f"{gap(rows['BDMC, 500 steps x 8 chains']['bdmc_gap'])} at 500") in readme  # fmt: skip
+    assert f"their mean log p(x) is {bdmc['upper']:.1f}, the test images' {ais['mean']:.1f}" in readme
+    index = (ROOT / "benchmarks/README.md").read_text()
+    assert f"{gap(rows['AIS, 100 steps x 8 chains']['gap'])} nats above L_5000 at 100 steps" in index
+    assert f"within {gap(bdmc['bdmc_gap'])} nats at 100 steps" in index

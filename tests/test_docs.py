@@ -424,3 +424,11 @@ def test_the_annealing_numbers_quoted_are_the_benchmarks():
     index = (ROOT / "benchmarks/README.md").read_text()
     assert f"{gap(rows['AIS, 100 steps x 8 chains']['gap'])} nats above L_5000 at 100 steps" in index
     assert f"within {gap(bdmc['bdmc_gap'])} nats at 100 steps" in index
+
+
+def test_the_release_is_named_alike_everywhere():
+    """iwae.__version__ (the one place it is written) is CITATION.cff's version and has its CHANGELOG.md heading."""
+    citation = re.search(r"^version: (\S+)$", (ROOT / "CITATION.cff").read_text(), flags=re.M)
+    assert citation and citation.group(1) == iwae.__version__
+    heading = rf"^## {re.escape(iwae.__version__)} - \d{{4}}-\d{{2}}-\d{{2}}$"
+    assert re.search(heading, (ROOT / "CHANGELOG.md").read_text(), flags=re.M)

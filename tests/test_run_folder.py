@@ -69,6 +69,26 @@ def test_status_of_a_stopped_run_says_its_passes_and_the_training_time_left_at_i
         f"3600.0 s a pass; continue: iwae resume {run}"  # fmt: skip
 
 
+def test_status_gives_the_last_learning_curve_point_and_a_rise_above_the_best(tmp_path):
+    """The curve's last test NLL; where it lies above the best point before it by more than its standard error (the
+    run stopped improving, or diverges), that best too."""
+    from iwae.experiments.status import run_states
+
+    run = tmp_path / "run"
+    rundir.create(run, TrainConfig(stages=3))
+    curve = {1: (110.0, 1.0), 4: (99.5, 1.0), 5: None, 13: (100.2, 1.0)}
+    for p, point in curve.items():
+        record = {"pass": float(p), "seconds": 10.0, "train_bound": -100.0}
+        if point is not None:
+            record |= {"test_nll_curve": point[0], "test_nll_curve_sem": point[1]}
+        rundir.append_log(run, record)
+        if p == 4:
+            assert "; test NLL 99.50 after 4 passes (curve); continue" in run_states(run)[0].detail
+    assert "; test NLL 100.20 after 13 passes (curve); continue" in run_states(run)[0].detail  # within its error
+    rundir.append_log(run, {"pass": 14.0, "seconds": 10.0, "test_nll_curve": 101.0, "test_nll_curve_sem": 1.0})
+    assert "; test NLL 101.00 after 14 passes (curve), up from 99.50 after 4" in run_states(run)[0].detail
+
+
 def test_a_noise_stream_of_another_device_type_is_refused_naming_the_device_to_resume_on():
     """A CUDA generator's state (16 bytes: seed and offset) cannot continue a CPU generator's stream: one clear
     error, not torch's."""

@@ -142,7 +142,20 @@ def _progress(run: Path) -> str:
     scored = describe_saved(run, config.eval_k, evaluation_sizes(config)) if done >= total else ""
     saved = f"; final evaluation so far: {scored}" if scored else ""
     share = f"{min(done / total, 1.0):.0%}"
-    return f", {passes_text(done)} of {passes_text(total)} passes ({share}){_time_left(log, total)}{saved}"
+    return f", {passes_text(done)} of {passes_text(total)} passes ({share}){_time_left(log, total)}{_curve(log)}{saved}"
+
+
+def _curve(log: list[dict]) -> str:
+    """``; test NLL V after P passes (curve)``, the last learning-curve point, and, if it is above the best before
+    it by more than its standard error (a run that stopped improving, or diverges), that best; or nothing."""
+    points = [r for r in log if r.get("test_nll_curve") is not None]
+    if not points:
+        return ""
+    last, best = points[-1], min(points, key=lambda r: r["test_nll_curve"])
+    text = f"; test NLL {last['test_nll_curve']:.2f} after {passes_text(last['pass'])} passes (curve)"
+    if last["test_nll_curve"] - best["test_nll_curve"] > last.get("test_nll_curve_sem", 0.0):
+        text += f", up from {best['test_nll_curve']:.2f} after {passes_text(best['pass'])}"
+    return text
 
 
 def _time_left(log: list[dict], total: float) -> str:

@@ -101,6 +101,7 @@ def _kill_and_continue(n: int, data_dir: str, tmp_path: Path, monkeypatch) -> No
         _same_run(tmp_path / "straight", run)
 
 
+@pytest.mark.slow  # seconds of subprocesses; the single run's Ctrl-C test stays in the default run
 def test_kill_9_at_a_few_moments_resumes_to_the_same_numbers(data_dir, tmp_path, monkeypatch):
     _kill_and_continue(3, data_dir, tmp_path, monkeypatch)
 

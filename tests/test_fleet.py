@@ -390,6 +390,7 @@ def test_review_fixes_stale_pending_adam_settings_all_dropped(data_dir, tmp_path
         seed_list("5-3")
 
 
+@pytest.mark.slow  # seconds of subprocesses; the single run's Ctrl-C test stays in the default run
 def test_ctrl_c_checkpoints_the_fleet_step_under_way_and_resume_loses_nothing(data_dir, tmp_path, cached_data):
     configs = _configs(data_dir, curve_k=0, checkpoint_minutes=60.0)  # no timed checkpoint before the signal
     straight = tmp_path / "straight"

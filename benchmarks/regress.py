@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--stages", "2", "--pass-scale", "0.005", "--eval-k", "20", "--eval-n", "40", "--quiet", "--device", "cpu"]
-CONFIGS = {
+CONFIGS = {  # `--objective`, the former name of `--bound`: a revision before 0.2.0 knows only it
     "iwae-k5-l1": ["--layers", "1", "--objective", "iwae", "--k", "5"],
     "vae-k3-l2": ["--layers", "2", "--objective", "vae", "--k", "3"],
     "stl-miwae-l2": ["--layers", "2", "--objective", "miwae", "--k", "3", "--m", "2", "--estimator", "stl"],

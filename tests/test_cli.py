@@ -117,11 +117,18 @@ def test_bad_arguments_are_refused(args, message, capsys):
 
 
 def test_bad_combination_is_one_line(tmp_path, capsys):
-    assert main(["train", "--objective", "vae", "--estimator", "dreg", "--out", str(tmp_path / "r"), *TINY]) == 1
+    assert main(["train", "--bound", "vae", "--estimator", "dreg", "--out", str(tmp_path / "r"), *TINY]) == 1
     assert _error_line(capsys) == (
         "iwae: error: estimator 'dreg' is defined for bound='iwae', 'miwae', 'ciwae', 'piwae' or 'vr' only, got "
         "bound='vae'; use one of those bounds, or an estimator defined for 'vae' (reparam is)"
     )
+
+
+def test_an_options_former_name_works_and_says_so_in_one_line(tmp_path, capsys):
+    assert main(["train", "--objective", "vae", "--estimator", "dreg", "--out", str(tmp_path / "r"), *TINY]) == 1
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert warning == "iwae: FutureWarning: --objective is the former name of --bound; write --bound"
+    assert error.startswith("iwae: error: estimator 'dreg' is defined for bound=") and "got bound='vae'" in error
 
 
 @pytest.mark.slow

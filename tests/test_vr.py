@@ -1,4 +1,4 @@
-"""The variational Rényi bound (Li & Turner 2016), ``--objective vr --alpha A``: its closed forms, its order in
+"""The variational Rényi bound (Li & Turner 2016), ``--bound vr --alpha A``: its closed forms, its order in
 alpha, its gradient against per-sample autograd, and alpha = 0 training exactly as the IWAE bound."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_the_command_line_and_the_config_carry_alpha(tmp_path):
     from iwae.cli.commands import build_parser
     from iwae.cli.options import config_from_args
 
-    config = config_from_args(build_parser().parse_args(["train", "--objective", "vr", "--alpha", "0.25", "--out",
+    config = config_from_args(build_parser().parse_args(["train", "--bound", "vr", "--alpha", "0.25", "--out",
                                                          str(tmp_path)]))  # fmt: skip
     assert (config.bound, config.alpha) == ("vr", 0.25) and '"alpha": 0.25' in config.to_json()
     assert iwae.Objective.from_config(config).params == {"alpha": 0.25}

@@ -353,7 +353,10 @@ def _warning_line() -> Callable[..., None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    show = _warning_line()
+    with warnings.catch_warnings():
+        warnings.showwarning = show  # (an option's former name is warned about as it is parsed)
+        args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         import torch
 
@@ -362,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _warning_line()
+            warnings.showwarning = show
             COMMANDS[args.command].run(args)
     except KeyboardInterrupt:
         print(_stopped(args, "interrupted"), file=sys.stderr)

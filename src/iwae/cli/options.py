@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,24 @@ def add_config_options(
             if meta["choices"]:
                 kwargs["choices"] = meta["choices"]
                 kwargs["metavar"] = meta["metavar"] or "{" + ",".join(map(str, meta["choices"])) + "}"
+        if meta["aliases"] and "action" not in kwargs:
+            kwargs.update(action=_FormerNames, former=meta["aliases"])
         parser.add_argument(flag, *meta["aliases"], **kwargs)
+
+
+class _FormerNames(argparse.Action):
+    """Stores the value; given under a former name of the option (``--objective`` for ``--bound``), says so."""
+
+    def __init__(self, *args: Any, former: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.former = former
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        if option_string in self.former:
+            name = self.option_strings[0]
+            warnings.warn(f"{option_string} is the former name of {name}; write {name}", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
 
 
 def overrides_from_args(args: argparse.Namespace, names: Iterable[str] | None = None) -> dict[str, Any]:

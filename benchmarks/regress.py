@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--stages", "2", "--pass-scale", "0.005", "--eval-k", "20", "--eval-n", "40", "--quiet", "--device", "cpu"]
-CONFIGS = {  # `--objective`, the former name of `--bound`: a revision before 0.2.0 knows only it
+CONFIGS = {  # `--objective`, the former name of `--bound`, which a revision before 0.2.0 knows only (the tree: --bound)
     "iwae-k5-l1": ["--layers", "1", "--objective", "iwae", "--k", "5"],
     "vae-k3-l2": ["--layers", "2", "--objective", "vae", "--k", "3"],
     "stl-miwae-l2": ["--layers", "2", "--objective", "miwae", "--k", "3", "--m", "2", "--estimator", "stl"],
@@ -103,7 +103,8 @@ def main() -> int:
             (tmp / "a").mkdir(exist_ok=True)
             (tmp / "b").mkdir(exist_ok=True)
             _train(ref_src, CONFIGS[name], tmp / "a" / name, args.data_dir)
-            _train(ROOT / "src", CONFIGS[name] + shlex.split(args.tree_args), tmp / "b" / name, args.data_dir)
+            tree_args = ["--bound" if a == "--objective" else a for a in CONFIGS[name]] + shlex.split(args.tree_args)
+            _train(ROOT / "src", tree_args, tmp / "b" / name, args.data_dir)
             diffs = compare(tmp / "a" / name, tmp / "b" / name)
             failed += bool(diffs)
             print(f"| {name} | {'identical' if not diffs else '; '.join(diffs[:4])} |", flush=True)

@@ -86,7 +86,22 @@ def test_status_gives_the_last_learning_curve_point_and_a_rise_above_the_best(tm
             assert "; test NLL 99.50 after 4 passes (curve); continue" in run_states(run)[0].detail
     assert "; test NLL 100.20 after 13 passes (curve); continue" in run_states(run)[0].detail  # within its error
     rundir.append_log(run, {"pass": 14.0, "seconds": 10.0, "test_nll_curve": 101.0, "test_nll_curve_sem": 1.0})
-    assert "; test NLL 101.00 after 14 passes (curve), up from 99.50 after 4" in run_states(run)[0].detail
+    assert "; test NLL 101.00 after 14 passes (curve), up from 99.50 after 4 passes; continue" in (
+        run_states(run)[0].detail)  # fmt: skip
+    rundir.append_log(run, {"pass": 15.0, "seconds": 10.0, "test_nll_curve": float("nan")})
+    assert "; test NLL nan after 15 passes (curve), up from 99.50 after 4 passes" in run_states(run)[0].detail
+
+
+def test_status_says_one_pass_and_skips_a_non_finite_best(tmp_path):
+    from iwae.experiments.status import run_states
+
+    run = tmp_path / "run"
+    rundir.create(run, TrainConfig(stages=3))
+    rundir.append_log(run, {"pass": 1.0, "seconds": 10.0, "test_nll_curve": float("nan")})
+    assert "; test NLL nan after 1 pass (curve); continue" in run_states(run)[0].detail
+    for p, value in ((2.0, 99.0), (3.0, 99.5)):  # the rise within 0 (no standard error recorded) is one
+        rundir.append_log(run, {"pass": p, "seconds": 10.0, "test_nll_curve": value})
+    assert "; test NLL 99.50 after 3 passes (curve), up from 99.00 after 2 passes" in run_states(run)[0].detail
 
 
 def test_a_noise_stream_of_another_device_type_is_refused_naming_the_device_to_resume_on():

@@ -46,6 +46,7 @@ def add_config_options(
             text = (
                 re.sub(r" \((default|auto)\b[^)]*\)", "", meta["help"]) + " (default: the run's, from its config.json)"
             )
+        text += "".join(f" ({alias}: its former name)" for alias in meta["aliases"])
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
         if isinstance(default, bool):  # a default-on flag also gets its --no- form: --eval, --no-eval
             kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"

@@ -16,6 +16,7 @@ A run's state comes from its folder and from whatever works in it:
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -146,16 +147,26 @@ def _progress(run: Path) -> str:
 
 
 def _curve(log: list[dict]) -> str:
-    """``; test NLL V after P passes (curve)``, the last learning-curve point, and, if it is above the best before
-    it by more than its standard error (a run that stopped improving, or diverges), that best; or nothing."""
+    """``; test NLL V after P passes (curve)``, the last learning-curve point, and, where it lies above the best
+    point before it by more than its own standard error over images (a conservative threshold: the two share their
+    images and noise), or is not finite (a diverged run), that best; or nothing."""
     points = [r for r in log if r.get("test_nll_curve") is not None]
     if not points:
         return ""
-    last, best = points[-1], min(points, key=lambda r: r["test_nll_curve"])
-    text = f"; test NLL {last['test_nll_curve']:.2f} after {passes_text(last['pass'])} passes (curve)"
-    if last["test_nll_curve"] - best["test_nll_curve"] > last.get("test_nll_curve_sem", 0.0):
-        text += f", up from {best['test_nll_curve']:.2f} after {passes_text(best['pass'])}"
+    last = points[-1]
+    text = f"; test NLL {last['test_nll_curve']:.2f} after {_passes(last['pass'])} (curve)"
+    finite = [r for r in points[:-1] if math.isfinite(r["test_nll_curve"])]
+    if finite:
+        best = min(finite, key=lambda r: r["test_nll_curve"])
+        sem = last.get("test_nll_curve_sem")
+        margin = sem if isinstance(sem, float) and math.isfinite(sem) else 0.0
+        if not last["test_nll_curve"] - best["test_nll_curve"] <= margin:  # (NaN too)
+            text += f", up from {best['test_nll_curve']:.2f} after {_passes(best['pass'])}"
     return text
+
+
+def _passes(n: float) -> str:
+    return f"{passes_text(n)} pass{'' if n == 1 else 'es'}"
 
 
 def _time_left(log: list[dict], total: float) -> str:

@@ -155,7 +155,8 @@ def ais_arguments(p: argparse.ArgumentParser) -> None:
                    "(default 100)")  # fmt: skip
     p.add_argument("--simulated", action="store_true",
                    help="bidirectional Monte Carlo instead: AIS forward and in reverse on N data simulated from the "
-                   "model, whose gap bounds AIS's error with these settings (--split is not read)")  # fmt: skip
+                   "model, whose gap bounds AIS's error with these settings (--split and --data-dir are not "
+                   "read)")  # fmt: skip
     _add_data_dir(p)
     _add_device(p)
     add_progress_and_threads(p, "torch's choice")

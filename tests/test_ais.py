@@ -89,6 +89,41 @@ def test_iwae_ais_scores_a_saved_run_and_says_so(tiny_run, capsys):
     assert read_json(tiny_run / "ais-test-s3-c2-n4.json")["ll"] == result["ll"]  # its own stream: the same again
 
 
+def test_a_stopped_iwae_ais_goes_on_where_it_was_to_the_same_numbers(tiny_run, tmp_path, monkeypatch, capsys):
+    """Blocks of 2 of 5 images, the progress saved after each: stopped after its first block, run again, it anneals
+    only the rest, and writes the numbers of a run that never stopped; the progress file goes once they are written."""
+    import shutil
+
+    from conftest import read_json
+
+    from iwae.analysis import ais_run as module
+    from iwae.runs import eval_progress
+
+    monkeypatch.setattr(module, "BLOCK", 2)
+    monkeypatch.setattr(eval_progress, "SAVE_EVERY", 0.0)
+    other = shutil.copytree(tiny_run, tmp_path / "never-stopped")
+    expected = module.ais_run(other, steps=3, chains=2, n=5)
+    scored, iterate = [], module.iter_ais_log_likelihood
+
+    def stopping(*args, **kwargs):
+        for first, ll in iterate(*args, **kwargs):
+            if len(scored) == 1:
+                raise KeyboardInterrupt
+            scored.append(first)
+            yield first, ll
+
+    monkeypatch.setattr(module, "iter_ais_log_likelihood", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        module.ais_run(tiny_run, steps=3, chains=2, n=5)
+    progress = tiny_run / f"ais-test-s3-c2-n5{eval_progress.PROGRESS_SUFFIX}"
+    assert progress.is_file() and not (tiny_run / "ais-test-s3-c2-n5.json").exists()
+    monkeypatch.setattr(module, "iter_ais_log_likelihood", iterate)
+    result = module.ais_run(tiny_run, steps=3, chains=2, n=5)
+    assert "continuing from 2 of 5 images scored" in capsys.readouterr().err
+    assert result["ll"] == expected["ll"] and read_json(tiny_run / "ais-test-s3-c2-n5.json")["ll"] == expected["ll"]
+    assert not progress.exists()
+
+
 class GaussianWeights:
     """A stub whose log-weight is -a |eps|^2 / 2 in d noise dimensions: the target N(eps) w(eps)^beta is
     N(0, 1 / (1 + a beta)) in each dimension, and p(x) = (1 + a)^(-d/2) exactly, whatever x is."""

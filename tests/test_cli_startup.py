@@ -46,6 +46,19 @@ def test_a_stopped_run_names_its_folder_and_how_to_resume(stop, code, tmp_path, 
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+@pytest.mark.parametrize(("argv", "kept"), [(["evaluate", "RUN"], True), (["ais", "RUN"], True),
+                                            (["ais", "RUN", "--simulated"], False)])  # fmt: skip
+def test_a_stopped_evaluation_says_that_running_it_again_goes_on(argv, kept, monkeypatch, capsys):
+    def run(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(COMMANDS, argv[0], COMMANDS[argv[0]]._replace(run=run))
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("iwae: interrupted")
+    assert ("run the same command again to go on where it stopped (its progress is kept" in err) == kept
+
+
 def test_sample_makes_the_output_folder(tiny_run, tmp_path):
     out = tmp_path / "new" / "folder" / "s.png"
     assert main(["sample", str(tiny_run), "--n", "4", "--out", str(out)]) == 0

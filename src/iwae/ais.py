@@ -34,7 +34,7 @@ log p(x) as T grows: their difference bounds the error of forward AIS with the s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from iwae.evaluate import _eval_mode, checked_batch
 from iwae.util.cpu import flush_subnormals
 
-__all__ = ["ais_log_likelihood", "bdmc", "BDMC", "sigmoid_schedule"]
+__all__ = ["ais_log_likelihood", "iter_ais_log_likelihood", "bdmc", "BDMC", "sigmoid_schedule"]
 
 
 def sigmoid_schedule(steps: int, sharpness: float = 4.0) -> Tensor:
@@ -104,14 +104,68 @@ def ais_log_likelihood(
     """
     _check_settings(steps, chains, leapfrog, block, adapt, pilots, step_size, target_accept)
     x = checked_batch(model, x)
+    with tqdm(total=steps * x.shape[0], desc="AIS", unit="step", disable=not progress, leave=False) as bar:
+        blocks = _ais_blocks(model, x, steps, chains, pilots if adapt else 0, leapfrog, step_size, target_accept,
+                             block, generator, 0, bar, flush_denormal)  # fmt: skip
+        return torch.cat([ll for _, ll in blocks])
 
-    start = _from_proposal(model, chains, pilots if adapt else 0, generator)
-    settings = (chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block, generator)
+
+def iter_ais_log_likelihood(
+    model: object,
+    x: Tensor,
+    steps: int = 500,
+    chains: int = 16,
+    *,
+    leapfrog: int = 10,
+    step_size: float = 0.1,
+    adapt: bool = True,
+    pilots: int = 4,
+    target_accept: float = 0.65,
+    block: int = 256,
+    generator: torch.Generator | None = None,
+    start: int = 0,
+    bar: tqdm | None = None,
+    flush_denormal: bool = True,
+) -> Iterator[tuple[int, Tensor]]:
+    """:func:`ais_log_likelihood`'s estimates ``block`` examples at a time, as ``(first row, estimates)`` pairs: for
+    a long evaluation that saves its progress between blocks and continues later where it stopped.
+
+    The blocks, and what each draws from ``generator``, are those of :func:`ais_log_likelihood` with the same
+    arguments, so together they give its estimates exactly. To continue, pass as ``start`` the row after the last
+    block done, with ``generator`` in the state it was in when that block was yielded. The annealing steps are
+    counted on ``bar``. The model stays in eval mode, and subnormals flushed, until the iteration ends or is closed.
+    """
+    _check_settings(steps, chains, leapfrog, block, adapt, pilots, step_size, target_accept)
+    x = checked_batch(model, x)
+    if not (isinstance(start, int) and 0 <= start <= x.shape[0] and (start % block == 0 or start == x.shape[0])):
+        raise ValueError(f"start must be 0 or the row after a block (a multiple of {block}), got {start!r}")
+    return _ais_blocks(model, x, steps, chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block,
+                       generator, start, bar, flush_denormal)  # fmt: skip
+
+
+def _ais_blocks(
+    model: object,
+    x: Tensor,
+    steps: int,
+    chains: int,
+    pilots: int,
+    leapfrog: int,
+    step_size: float,
+    target_accept: float,
+    block: int,
+    generator: torch.Generator | None,
+    start: int,
+    bar: tqdm | None,
+    flush_denormal: bool,
+) -> Iterator[tuple[int, Tensor]]:
+    """The estimates of :func:`iter_ais_log_likelihood` from row ``start`` on (arguments checked)."""
+    betas, begin = sigmoid_schedule(steps).tolist(), _from_proposal(model, chains, pilots, generator)
     with flush_subnormals(flush_denormal and x.device.type == "cpu"), _eval_mode(model):
-        bar = tqdm(total=steps * x.shape[0], desc="AIS", unit="step", disable=not progress, leave=False)
-        log_weight, _ = _blocks(model, x, sigmoid_schedule(steps).tolist(), start, settings, bar)
-        bar.close()
-    return torch.logsumexp(log_weight, 0) - math.log(chains)
+        for i in range(start, x.shape[0], block):
+            part = x[i : i + block]
+            log_weight, _ = _anneal(model, part, betas, begin(i, part), chains, pilots, leapfrog, step_size,
+                                    target_accept, generator, bar)  # fmt: skip
+            yield i, torch.logsumexp(log_weight, 0) - math.log(chains)
 
 
 class BDMC(NamedTuple):
@@ -240,7 +294,7 @@ def _anneal(
     step_size: float,
     target_accept: float,
     generator: torch.Generator | None,
-    bar: tqdm,
+    bar: tqdm | None,
     deltas: list[Tensor] | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """One block of examples from the noise ``eps`` (chains + pilots, batch, d): the (chains, batch) log weights
@@ -259,7 +313,8 @@ def _anneal(
             if pilots:
                 rate = accepted[chains:].float().mean(0, keepdim=True).unsqueeze(-1)  # (1, batch, 1)
                 delta = torch.where(rate > target_accept, delta * 1.02, delta * 0.98)
-        bar.update(x.shape[0])
+        if bar is not None:
+            bar.update(x.shape[0])
     return log_weight[:chains], used
 
 

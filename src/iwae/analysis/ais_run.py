@@ -3,7 +3,10 @@
 The images are those of the run's own evaluation (:func:`iwae.runs.evaluate_run.eval_images`: n spread through the
 split, binarized by its stream), so the result pairs image by image with ``iwae evaluate --n`` on the same n; the
 chains' noise comes from the split's ``ais`` stream of the run's seed. The result is written to
-``ais-<split>-s<steps>-c<chains>-n<n>.json`` in the run folder, with the per-image estimates.
+``ais-<split>-s<steps>-c<chains>-n<n>.json`` in the run folder, with the per-image estimates. Meanwhile the
+estimates so far are kept after each block of :data:`BLOCK` images (with the state of the chains' generator, as
+:mod:`iwae.runs.eval_progress` keeps an evaluation's), so a stopped ``iwae ais`` run again goes on where it was, to
+the numbers of one that never stopped.
 
 :func:`bdmc_run` measures instead how close such AIS comes to log p(x), by bidirectional Monte Carlo
 (:func:`iwae.bdmc`) on n data simulated from the run's model (drawn from the test split's ``ais`` stream too):
@@ -13,15 +16,23 @@ chains' noise comes from the split's ``ais`` stream of the run's seed. The resul
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from iwae.ais import ais_log_likelihood, bdmc
+import torch
+from tqdm.auto import tqdm
+
+from iwae.ais import bdmc, iter_ais_log_likelihood
+from iwae.runs.eval_progress import PROGRESS_SUFFIX, measurement, resumable_blocks, saved_seconds
 from iwae.runs.evaluate_run import check_split, eval_images, stream, summarize
 from iwae.runs.rundir import load_run
 from iwae.util.atomic import write_json
 
 __all__ = ["ais_run", "bdmc_run"]
+
+BLOCK = 256  # images annealed at a time (ais_log_likelihood's default): the progress is kept after each
 
 
 def ais_run(
@@ -40,13 +51,24 @@ def ais_run(
     check_split(split)
     config, model, _ = load_run(run_dir, data_dir, device)
     dev = next(model.parameters()).device
-    x = eval_images(config, split, n, dev, config.seed)
-    start = time.perf_counter()
-    ll = ais_log_likelihood(model, x, steps=steps, chains=chains, generator=stream(config, dev, split, "ais"),
-                            flush_denormal=config.flush_denormal, progress=progress)  # fmt: skip
-    result = {"split": split, "steps": steps, "chains": chains, **summarize(ll),
-              "seconds": time.perf_counter() - start, "ll": ll.double().tolist()}  # fmt: skip
-    write_json(Path(run_dir) / f"ais-{split}-s{steps}-c{chains}-n{result['n']}.json", result)
+    x = eval_images(config, split, n, dev, config.seed).to(next(model.parameters()).dtype)
+    name = f"ais-{split}-s{steps}-c{chains}-n{x.shape[0]}"
+    path = Path(run_dir) / f"{name}{PROGRESS_SUFFIX}"
+    generator = stream(config, dev, split, "ais")
+    identity = {**measurement(config, model, x, split, "ais", chains), "steps": steps, "block": BLOCK}
+
+    def scored(start: int) -> Iterator[tuple[int, torch.Tensor]]:
+        blocks = iter_ais_log_likelihood(model, x, steps, chains, block=BLOCK, generator=generator, start=start,
+                                         bar=bar, flush_denormal=config.flush_denormal)  # fmt: skip
+        with closing(blocks):
+            yield from blocks
+
+    with tqdm(total=steps * x.shape[0], desc="AIS", unit="step", disable=not progress, leave=False) as bar:
+        ll = resumable_blocks(x, BLOCK, generator, path, identity, scored, bar=bar, per_example=steps)
+    result = {"split": split, "steps": steps, "chains": chains, **summarize(ll), "seconds": saved_seconds(path),
+              "ll": ll.tolist()}  # fmt: skip
+    write_json(Path(run_dir) / f"{name}.json", result)
+    path.unlink()
     return result
 
 

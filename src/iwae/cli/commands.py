@@ -297,6 +297,8 @@ def _stopped(args: argparse.Namespace, what: str) -> str:
         how = f"; continue with `iwae resume {getattr(args, run)}` (it restarts from its last checkpoint)"
     elif args.command == "reproduce":
         how = "; run the same command again to continue (finished runs are kept, the others resumed)"
+    elif args.command == "evaluate" or (args.command == "ais" and not args.simulated):
+        how = "; run the same command again to go on where it stopped (its progress is kept in the run folder)"
     else:
         how = ""
     return f"iwae: {what}{how}"

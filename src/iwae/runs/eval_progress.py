@@ -17,6 +17,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from iwae.util.machine import cpu_model
 
 __all__ = [
     "SAVE_EVERY", "PROGRESS_SUFFIX", "progress_path", "model_digest", "measurement", "resumable_log_likelihood",
-    "describe_saved", "saved_seconds", "BlockProgress",
+    "describe_saved", "saved_seconds", "BlockProgress", "resumable_blocks",
 ]  # fmt: skip
 
 # Seconds of evaluation between two saves of its progress: a stop loses at most this much work (and one block).
@@ -158,28 +159,54 @@ def resumable_log_likelihood(
     """
     if not x.dtype.is_floating_point:
         raise TypeError(f"x is {x.dtype}; cast the images to the model's floating dtype first")
-    path = Path(path)
     rows = block_rows(x.shape[0], k)
-    key = json.dumps({**identity, "rows": rows, **_computation(x.device)}, sort_keys=True)
+
+    def scored(start: int) -> Iterator[tuple[int, torch.Tensor]]:
+        estimates = iter_log_likelihood(model, x, k, generator=generator, start=start, bar=bar,
+                                        flush_denormal=flush_denormal)  # fmt: skip
+        with closing(estimates):
+            yield from ((first, estimate.ll) for first, estimate in estimates)
+
+    key = {**identity, "rows": rows}
+    return resumable_blocks(x, rows, generator, path, key, scored, bar=bar, per_example=k).to(x.dtype)
+
+
+def resumable_blocks(
+    x: torch.Tensor,
+    rows: int,
+    generator: torch.Generator,
+    path: str | Path,
+    identity: dict[str, Any],
+    scored: Callable[[int], Iterator[tuple[int, torch.Tensor]]],
+    *,
+    bar: tqdm | None = None,
+    per_example: int = 1,
+) -> torch.Tensor:
+    """Per-example float64 estimates of ``x`` computed block by block by ``scored(start)`` (``(first row,
+    estimates)`` pairs from row ``start`` on, each block of ``rows`` examples drawing from ``generator``), kept in
+    ``path`` as :func:`resumable_log_likelihood` keeps its own (which is this for L_k; ``iwae ais`` is another):
+    continued from there when the file holds the same ``identity`` and was written by the same code on the same kind
+    of machine. ``bar`` is advanced ``per_example`` for each example scored before a stop."""
+    path = Path(path)
+    key = json.dumps({**identity, **_computation(x.device)}, sort_keys=True)
     ll = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     initial, began = generator.get_state(), time.monotonic()
     start, before = _restore(path, key, ll, generator)  # before: the seconds of the processes before this one
     if start % max(rows, 1) and start != x.shape[0]:  # not where one of this layout's blocks ends
         generator.set_state(initial)
         start, before = _discard(path, "its estimates end inside a block"), 0.0
-    scored = iter_log_likelihood(model, x, k, generator=generator, start=start, bar=bar, flush_denormal=flush_denormal)
     if bar is not None and start:
-        bar.update(start * k)
+        bar.update(start * per_example)
     saved = time.monotonic()
-    with closing(scored):
-        for first, estimate in scored:
-            stop = first + estimate.ll.shape[0]
-            ll[first:stop] = estimate.ll
+    with closing(scored(start)) as blocks:
+        for first, estimate in blocks:
+            stop = first + estimate.shape[0]
+            ll[first:stop] = estimate
             if stop == x.shape[0] or time.monotonic() - saved >= SAVE_EVERY:
                 seconds = before + time.monotonic() - began
                 _write(path, key, {"ll": ll[:stop], "generator": generator.get_state()}, seconds)
                 saved = time.monotonic()
-    return ll.to(x.dtype)
+    return ll
 
 
 def _computation(device: torch.device) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import torch
 from conftest import binary_batch, tiny_model
 
 import iwae
+from iwae.objectives.names import BOUND_PARAMS
 from iwae.runs.train_step import build_step
 
 
@@ -29,9 +30,10 @@ def test_build_step_with_an_objective_equals_make_train_step(kind, estimator):
     base = tiny_model(x_dim=4, latent_dims=(2,))
     x = binary_batch(3, 4)
     runs = []
+    params = {name: value for name, value in {"m": 2, "beta": 0.2}.items() if name in BOUND_PARAMS[kind]}
     for make in (
-        lambda m, o, g: iwae.make_train_step(m, o, 3, kind, estimator, m=2, beta=0.2, generator=g),
-        lambda m, o, g: build_step(m, o, iwae.Objective(kind, 3, estimator, m=2, beta=0.2), generator=g),
+        lambda m, o, g: iwae.make_train_step(m, o, 3, kind, estimator, **params, generator=g),
+        lambda m, o, g: build_step(m, o, iwae.Objective(kind, 3, estimator, **params), generator=g),
     ):
         model = copy.deepcopy(base)
         step = make(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.Generator().manual_seed(3))

@@ -182,6 +182,19 @@ def test_progress_table_finds_the_papers_number_for_a_table_1_cell(tiny_run):
     assert row(tiny_run)["paper_test_nll"] == 86.47
 
 
+def test_ais_exact_scores_l5000_and_ais_against_the_exact_log_likelihood(data_dir, tmp_path):
+    from benchmarks.ais_exact import main as ais_exact
+
+    out = tmp_path / "exact.json"
+    assert ais_exact(["--n", "3", "--steps", "2", "--chains", "2", "--points", "51", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert list(rows) == ["exact", "L_5000", "AIS, 2 steps x 2 chains"] and result["n"] == 3
+    for name in ("L_5000", "AIS, 2 steps x 2 chains"):  # the gap is the exact mean less the estimate's
+        assert rows[name]["gap"] == pytest.approx(rows["exact"]["mean"] - rows[name]["mean"])
+    assert "| AIS, 2 steps x 2 chains |" in out.with_suffix(".md").read_text()
+
+
 def test_ais_gap_writes_l5000_and_each_annealing_beside_it(data_dir, tmp_path, capsys):
     from benchmarks.ais_gap import main as ais_gap
 

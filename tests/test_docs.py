@@ -423,6 +423,14 @@ def test_the_annealing_numbers_quoted_are_the_benchmarks():
     assert f"their mean log p(x) is {bdmc['upper']:.1f}, the test images' {ais['mean']:.1f}" in readme
     index = (ROOT / "benchmarks/README.md").read_text()
     assert f"{gap(rows['AIS, 100 steps x 8 chains']['gap'])} nats above L_5000 at 100 steps" in index
+    exact = json.loads((ROOT / "benchmarks/results/ais_exact.json").read_text())["rows"]
+    ais500, l5000 = exact["AIS, 500 steps x 8 chains"], exact["L_5000"]
+    pair = lambda r: f"{r['gap']:.2f} ± {r['gap_sem']:.2f}"  # noqa: E731
+    for text in (readme, index):
+        assert f"{pair(ais500)} nats below it" in text and f"L_5000 {pair(l5000)}" in text
+        assert f"(medians {ais500['median_gap']:.3f} and {l5000['median_gap']:.3f})" in text
+    missed = sorted(r["missed_by_1"] for name, r in exact.items() if name.startswith("AIS") or name == "L_5000")
+    assert f"the {missed[0]} to {missed[-1]} images with a posterior mode far from" in readme
     assert f"within {gap(bdmc['bdmc_gap'])} nats at 100 steps" in index
 
 

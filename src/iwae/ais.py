@@ -105,8 +105,8 @@ def ais_log_likelihood(
     _check_settings(steps, chains, leapfrog, block, adapt, pilots, step_size, target_accept)
     x = checked_batch(model, x)
     with tqdm(total=steps * x.shape[0], desc="AIS", unit="step", disable=not progress, leave=False) as bar:
-        blocks = _ais_blocks(model, x, steps, chains, pilots if adapt else 0, leapfrog, step_size, target_accept,
-                             block, generator, 0, bar, flush_denormal)  # fmt: skip
+        settings = (chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block, generator)
+        blocks = _ais_blocks(model, x, steps, settings, 0, bar, flush_denormal)
         return torch.cat([ll for _, ll in blocks])
 
 
@@ -139,32 +139,19 @@ def iter_ais_log_likelihood(
     x = checked_batch(model, x)
     if not (isinstance(start, int) and 0 <= start <= x.shape[0] and (start % block == 0 or start == x.shape[0])):
         raise ValueError(f"start must be 0 or the row after a block (a multiple of {block}), got {start!r}")
-    return _ais_blocks(model, x, steps, chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block,
-                       generator, start, bar, flush_denormal)  # fmt: skip
+    settings = (chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block, generator)
+    return _ais_blocks(model, x, steps, settings, start, bar, flush_denormal)
 
 
 def _ais_blocks(
-    model: object,
-    x: Tensor,
-    steps: int,
-    chains: int,
-    pilots: int,
-    leapfrog: int,
-    step_size: float,
-    target_accept: float,
-    block: int,
-    generator: torch.Generator | None,
-    start: int,
-    bar: tqdm | None,
-    flush_denormal: bool,
+    model: object, x: Tensor, steps: int, settings: tuple, start: int, bar: tqdm | None, flush_denormal: bool
 ) -> Iterator[tuple[int, Tensor]]:
-    """The estimates of :func:`iter_ais_log_likelihood` from row ``start`` on (arguments checked)."""
-    betas, begin = sigmoid_schedule(steps).tolist(), _from_proposal(model, chains, pilots, generator)
+    """The estimates of :func:`iter_ais_log_likelihood` from row ``start`` on (arguments checked; ``settings`` as
+    :func:`_annealed` reads them)."""
+    chains, pilots, generator = settings[0], settings[1], settings[-1]
+    begin = _from_proposal(model, chains, pilots, generator)
     with flush_subnormals(flush_denormal and x.device.type == "cpu"), _eval_mode(model):
-        for i in range(start, x.shape[0], block):
-            part = x[i : i + block]
-            log_weight, _ = _anneal(model, part, betas, begin(i, part), chains, pilots, leapfrog, step_size,
-                                    target_accept, generator, bar)  # fmt: skip
+        for i, log_weight, _ in _annealed(model, x, sigmoid_schedule(steps).tolist(), begin, settings, bar, start):
             yield i, torch.logsumexp(log_weight, 0) - math.log(chains)
 
 
@@ -225,12 +212,13 @@ def bdmc(
     settings = (chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block, generator)
     with flush_subnormals(flush_denormal and x.device.type == "cpu"), _eval_mode(model):
         bar = tqdm(total=2 * steps * n, desc="BDMC", unit="step", disable=not progress, leave=False)
-        log_weight, deltas = _blocks(model, x, betas, _from_proposal(model, *settings[:2], generator), settings, bar)
-        lower = torch.logsumexp(log_weight, 0) - math.log(chains)
-        back = [d[::-1] for d in deltas]  # reverse step t runs at forward step T - t's temperature
-        log_weight, _ = _blocks(model, x, betas[::-1], reverse, (chains, 0, *settings[2:]), bar, back)  # 1 -> 0
+        forward = list(_annealed(model, x, betas, _from_proposal(model, *settings[:2], generator), settings, bar))
+        back = [used[::-1] for _, _, used in forward]  # reverse step t runs at forward step T - t's temperature
+        reverse_pass = _annealed(model, x, betas[::-1], reverse, (chains, 0, *settings[2:]), bar, deltas=back)  # 1 -> 0
+        log_w_forward, log_w_reverse = (torch.cat([w for _, w, _ in blocks], 1) for blocks in (forward, reverse_pass))
         bar.close()
-    return BDMC(x, lower, math.log(chains) - torch.logsumexp(log_weight, 0))  # W' estimates 1 / p(x)
+    lower = torch.logsumexp(log_w_forward, 0) - math.log(chains)
+    return BDMC(x, lower, math.log(chains) - torch.logsumexp(log_w_reverse, 0))  # W' estimates 1 / p(x)
 
 
 def _from_proposal(
@@ -262,25 +250,26 @@ def _check_settings(
         raise RuntimeError("AIS follows the gradient of log w: call it outside torch.inference_mode()")
 
 
-def _blocks(
+def _annealed(
     model: object,
     x: Tensor,
     betas: list[float],
     start: Callable[[int, Tensor], list[Tensor]],
     settings: tuple,
-    bar: tqdm,
+    bar: tqdm | None,
+    first: int = 0,
     deltas: list[list[Tensor]] | None = None,
-) -> tuple[Tensor, list[list[Tensor]]]:
-    """The (chains, batch) log AIS weights along ``betas``, ``block`` examples at a time, and each block's step sizes
-    (:func:`_anneal`); ``start(i, part)`` gives the initial noise of the examples from i on (chains, then pilots),
-    ``deltas`` each block's step sizes to take instead of adapting."""
+) -> Iterator[tuple[int, Tensor, list[Tensor]]]:
+    """Each block of ``block`` examples from row ``first`` on, annealed along ``betas`` (:func:`_anneal`): its first
+    row, its (chains, batch) log weights and its step sizes. ``settings`` is (chains, pilots, leapfrog, step_size,
+    target_accept, block, generator); ``start(i, part)`` gives the initial noise of the examples from i on (chains,
+    then pilots); ``deltas``: each block's step sizes to take instead of adapting."""
     chains, pilots, leapfrog, step_size, target_accept, block, generator = settings
-    parts = [
-        _anneal(model, x[i : i + block], betas, start(i, x[i : i + block]), chains, pilots, leapfrog, step_size,
-                target_accept, generator, bar, None if deltas is None else deltas[b])
-        for b, i in enumerate(range(0, x.shape[0], block))
-    ]  # fmt: skip
-    return torch.cat([w for w, _ in parts], 1), [d for _, d in parts]
+    for b, i in enumerate(range(first, x.shape[0], block)):
+        part = x[i : i + block]
+        log_weight, used = _anneal(model, part, betas, start(i, part), chains, pilots, leapfrog, step_size,
+                                   target_accept, generator, bar, None if deltas is None else deltas[b])  # fmt: skip
+        yield i, log_weight, used
 
 
 def _anneal(

@@ -318,3 +318,69 @@ def test_each_declared_path_weight_is_c_minus_its_own_derivative(bound):
     c, f = objective.path_weights(log_w.detach())
     torch.testing.assert_close(c, c_auto.detach())
     torch.testing.assert_close(c * f, (c_auto - own).detach())
+
+
+class _TruncatedPrior(iwae.GaussianLatentModel):
+    """A model whose p(x, h) vanishes for h_0 > 1 (log w = -inf there), or, with ``far``, is e^-10000 times smaller
+    (a weight that underflows to the same zero but is finite)."""
+
+    far = False
+
+    def forward_samples(self, x, k, **kw):
+        out = super().forward_samples(x, k, **kw)
+        outside = out.samples[0][..., 0].detach() > 1
+        log_w = torch.where(outside, out.log_w - 1e4 if self.far else float("-inf"), out.log_w)
+        return type(out)(log_w, out.samples, out.noise)
+
+
+class _MeanAndLogStd(torch.nn.Module):
+    def __init__(self, x_dim: int, latent_dim: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(x_dim, 2 * latent_dim)
+
+    def forward(self, x):
+        return tuple(self.linear(x).chunk(2, -1))
+
+
+def _admitted(bound: str, estimator: str) -> bool:
+    spec = BOUNDS[bound]
+    if spec.estimators is not None:
+        return estimator in spec.estimators
+    return ESTIMATORS_BY_NAME[estimator].defined_for(bound, spec)
+
+
+# Bounds that stay finite while a sample of each example (each group) keeps a nonzero weight; the ELBO and CIWAE
+# (beta > 0) average log w itself, so a zero weight makes them -inf.
+_FINITE_AT_ZERO_WEIGHT = [
+    (bound, estimator)
+    for bound in BOUNDS
+    if bound not in ("vae", "ciwae")
+    for estimator in ESTIMATORS_BY_NAME
+    if _admitted(bound, estimator)
+]
+
+
+@pytest.mark.parametrize(("bound", "estimator"), _FINITE_AT_ZERO_WEIGHT)
+def test_a_sample_of_weight_zero_adds_nothing_to_value_or_gradient(bound, estimator):
+    """log w_i = -inf (p(x, h_i) = 0) gives the loss and the gradient of a weight that underflows to zero, not NaN."""
+    torch.manual_seed(0)
+    model = _TruncatedPrior(_MeanAndLogStd(5, 2), torch.nn.Linear(2, 5), latent_dim=2, x_dim=5).double()
+    x = binary_batch(B, 5, seed=1)
+    params = {name: _OFF_DEFAULT[name] for name in BOUND_PARAMS[bound] if name != "m"}
+    grouped = BOUNDS[bound].grouped
+    objective = iwae.Objective(bound, 3 if grouped else 6, estimator, m=2 if grouped else 1, **params)
+    n = objective.samples_per_example  # 6
+    noise = model.draw_noise(n, B, torch.Generator().manual_seed(4))
+    outside = model.forward_samples(x, n, noise=noise).samples[0][..., 0] > 1
+    groups = outside.reshape(-1, objective.k, B)
+    assert outside.any() and not groups.all(1).any()  # some weights are zero, none of a whole group
+    results = []
+    for far in (False, True):
+        model.far = far
+        loss = objective.loss(model, x, generator=torch.Generator().manual_seed(5), noise=noise)
+        results.append((loss.detach(), _grads(model, loss)))
+    (loss_inf, grads_inf), (loss_far, grads_far) = results
+    assert torch.isfinite(loss_inf)
+    torch.testing.assert_close(loss_inf, loss_far, rtol=0, atol=0)
+    _assert_grads_close(grads_inf, grads_far, rtol=0, atol=0)
+    assert all(torch.isfinite(g).all() for g in grads_inf.values())

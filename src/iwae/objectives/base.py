@@ -20,7 +20,7 @@ from iwae.models.latent_model import SampledModel
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
 
-__all__ = ["Bound", "Estimator", "Noise", "RNG", "with_value", "detached_networks"]
+__all__ = ["Bound", "Estimator", "Noise", "RNG", "with_value", "weighted_sum", "detached_networks"]
 
 Noise = Sequence[Tensor] | None  # standard-normal draws [eps^1, ..., eps^L] given from outside; None: draw them
 RNG = torch.Generator | None  # source of the noise and of any other draw an estimator makes
@@ -92,6 +92,15 @@ def with_value(surrogate: Tensor, value: Tensor) -> Tensor:
     """``value`` in the forward pass, ``surrogate``'s gradient in the backward pass."""
     # Detached: the difference only shifts the forward value; no gradient may flow through ``value``.
     return surrogate + (value - surrogate).detach()
+
+
+def weighted_sum(weights: Tensor, terms: Tensor) -> Tensor:
+    """sum_i weights_i terms_i over the samples (dim 0), a term of weight zero adding nothing.
+
+    A sample of weight zero (log w_i = -inf: a model whose p(x, h) vanishes there, or exp underflow) has a
+    normalised weight of exactly 0; its term 0 * (-inf) would make the sum NaN, and it contributes neither value nor
+    gradient to the estimate."""
+    return torch.where(weights != 0, weights * terms, 0.0).sum(0)
 
 
 def detached_networks(model: SampledModel, estimator: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

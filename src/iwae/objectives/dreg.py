@@ -43,7 +43,7 @@ from torch import Tensor
 
 from iwae import bounds
 from iwae.models.latent_model import SampledModel
-from iwae.objectives.base import RNG, Bound, Estimator, Noise, with_value
+from iwae.objectives.base import RNG, Bound, Estimator, Noise, weighted_sum, with_value
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
@@ -113,7 +113,7 @@ class _PathReweighted(Estimator):
         out = model.forward_samples(x, n, noise=noise, generator=generator, stop_q_grad=True, sample_hook=reweight)
         c, factor, value = self.weights(objective, out.log_w.detach())  # detached: coefficients, not paths
         factors.append(factor)
-        surrogate = -(c * out.log_w).sum(0).mean()
+        surrogate = -weighted_sum(c, out.log_w).mean()
         # Detached: the value only; the gradient is the surrogate's.
         return with_value(surrogate, -value.mean())
 

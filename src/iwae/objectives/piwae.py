@@ -28,7 +28,7 @@ from torch import Tensor
 
 from iwae import bounds
 from iwae.models.latent_model import SampledModel
-from iwae.objectives.base import RNG, Estimator, Noise, detached_networks, with_value
+from iwae.objectives.base import RNG, Estimator, Noise, detached_networks, weighted_sum, with_value
 from iwae.objectives.dreg import miwae_path_weights
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class PIWAERouting(Estimator):
         log_w_dec = call(model, encoder, (x, n), {"noise": noise}, strict=False).log_w
         if dreg:  # MIWAE's DReG weights c_i f_i = w~_gi^2 / m on the path derivative (q's parameters held)
             c, f = miwae_path_weights(log_w_enc.detach(), k, objective.params)
-            encoder_target = (c * f * log_w_enc).sum(0)
+            encoder_target = weighted_sum(c * f, log_w_enc)
         else:
             encoder_target = bounds.miwae(log_w_enc, k)
         surrogate = -(encoder_target + bounds.iwae(log_w_dec)).mean()

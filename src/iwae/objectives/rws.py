@@ -22,7 +22,7 @@ from torch import Tensor
 
 from iwae import bounds
 from iwae.models.latent_model import SampledModel
-from iwae.objectives.base import RNG, Estimator, Noise, detached_networks, with_value
+from iwae.objectives.base import RNG, Estimator, Noise, detached_networks, weighted_sum, with_value
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
@@ -51,6 +51,6 @@ class ReweightedWakeSleep(Estimator):
         _, decoder = detached_networks(model, "rws")
         call = torch.func.functional_call
         recog = call(model, decoder, (x, n), {"noise": noise, "sample_hook": _held}, strict=False).log_w
-        surrogate = -(w_tilde * (wake - recog)).sum(0).mean()
+        surrogate = -weighted_sum(w_tilde, wake - recog).mean()
         # Detached: the value only (minus L_k); the gradient is the surrogate's.
         return with_value(surrogate, -bounds.iwae(wake.detach()).mean())

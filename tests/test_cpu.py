@@ -98,3 +98,4 @@ def test_the_machine_is_described_in_one_line():
     line = machine.describe()
     assert machine.cpu_model() and line.startswith(machine.cpu_model())
     assert f"torch {torch.__version__}, Python {platform.python_version()}" in line and "\n" not in line
+    assert f", ATen {torch.backends.cpu.get_cpu_capability()}" in line  # the kernels a bitwise comparison depends on

@@ -31,9 +31,11 @@ def cpu_model() -> str:
 
 
 def describe(device: torch.device | str | None = None) -> str:
-    """One line: the CPU model and cores, the GPU on a CUDA ``device``, and torch's and Python's versions, e.g.
-    ``AMD EPYC 7B13, 2 cores; torch 2.13.0+cpu, Python 3.11.7``."""
+    """One line: the CPU model and cores, the instruction set of torch's CPU kernels (ATen's capability: AVX2 and
+    AVX512 kernels round differently), the GPU on a CUDA ``device``, and torch's and Python's versions, e.g.
+    ``AMD EPYC 7B13, 2 cores, ATen AVX2; torch 2.13.0+cpu, Python 3.11.7``."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     gpu = f", {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})" if device.type == "cuda" else ""
-    return (f"{cpu_model()}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, "
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return (f"{cpu_model()}, {os.cpu_count()} cores, ATen {kernels}{gpu}; torch {torch.__version__}, "
             f"Python {platform.python_version()}")  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,14 @@ def test_an_options_former_name_works_and_says_so_in_one_line(tmp_path, capsys):
     warning, error = capsys.readouterr().err.strip().splitlines()
     assert warning == "iwae: FutureWarning: --objective is the former name of --bound; write --bound"
     assert error.startswith("iwae: error: estimator 'dreg' is defined for bound=") and "got bound='vae'" in error
+
+
+def test_a_former_name_under_warnings_as_errors_is_one_error_line(tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as python -W error or PYTHONWARNINGS=error set it
+        assert main(["train", "--objective", "iwae", "--out", str(tmp_path / "r"), *TINY]) == 2
+    assert _error_line(capsys) == "iwae: error: --objective is the former name of --bound; write --bound"
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow

@@ -356,9 +356,13 @@ def _warning_line() -> Callable[..., None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     show = _warning_line()
-    with warnings.catch_warnings():
-        warnings.showwarning = show  # (an option's former name is warned about as it is parsed)
-        args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show  # (an option's former name is warned about as it is parsed)
+            args = build_parser().parse_args(argv)
+    except Warning as warning:  # turned into an error (python -W error, PYTHONWARNINGS=error): said as one
+        print(f"iwae: error: {warning}", file=sys.stderr)
+        return 2
     if getattr(args, "threads", None):
         import torch
 

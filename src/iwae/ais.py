@@ -23,6 +23,15 @@ needs.
 The model is read through :meth:`forward_samples(x, C, noise=...)` alone (:class:`iwae.SampledModel`'s protocol), so
 any model of one's own is evaluated the same way.
 
+**From the prior** (``anneal_from="prior"``, Wu et al. 2017's own setting): the noise is the prior's instead,
+:math:`h = G(\epsilon)` with :math:`h^L = \epsilon^L` and :math:`h^l = \mu_p(h^{l+1}) + \sigma_p(h^{l+1})
+\epsilon^l`, and the chain anneals along :math:`\mathcal{N}(\epsilon; 0, I)\, p(x \mid G(\epsilon))^{\beta}`,
+whose normalising constant at :math:`\beta = 1` is p(x) too. The recognition model plays no part: the chains need
+more steps (the posterior is far narrower than the prior), but they start everywhere the prior puts mass, so a
+posterior mode that q misses, and with it AIS from q and :math:`\mathcal{L}_k`, is found as the steps grow
+(``benchmarks/results/ais_exact.md``). The model needs ``log_px_at_prior_noise(x, noise)`` for it
+(:meth:`iwae.IWAE.log_px_at_prior_noise`).
+
 **How close AIS comes** is measured by bidirectional Monte Carlo (Grosse et al. 2015; Wu et al. 2017), :func:`bdmc`,
 on data simulated from the model, where an exact posterior draw is known: the latent that generated x. Annealing
 in reverse from it, :math:`\beta` from 1 to 0, accumulates :math:`\log W' = \sum_t (\beta_{t-1} - \beta_t) \log
@@ -42,6 +51,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from iwae.evaluate import _eval_mode, checked_batch
+from iwae.models.model import LogWeights
 from iwae.util.cpu import flush_subnormals
 
 __all__ = ["ais_log_likelihood", "iter_ais_log_likelihood", "bdmc", "BDMC", "sigmoid_schedule"]
@@ -79,6 +89,7 @@ def ais_log_likelihood(
     target_accept: float = 0.65,
     block: int = 256,
     generator: torch.Generator | None = None,
+    anneal_from: str = "q",
     flush_denormal: bool = True,
     progress: bool = False,
 ) -> Tensor:
@@ -96,6 +107,8 @@ def ais_log_likelihood(
         bias their weights, and one steered by other chains does not.
     :param block: examples annealed at a time (memory: ``block * (chains + pilots)`` samples a pass).
     :param generator: source of the initial noise, the momenta and the acceptance draws.
+    :param anneal_from: ``"q"``: from the recognition model's proposal; ``"prior"``: from the prior, q unused, for
+        a model with ``log_px_at_prior_noise`` (module docstring): more steps, but no mode that q misses is missed.
     :param flush_denormal: on a CPU, flush subnormal floats to zero meanwhile (as :func:`iwae.log_likelihood`).
     :param progress: a progress bar over the annealing steps.
 
@@ -104,9 +117,10 @@ def ais_log_likelihood(
     """
     _check_settings(steps, chains, leapfrog, block, adapt, pilots, step_size, target_accept)
     x = checked_batch(model, x)
+    target = _target(model, anneal_from)
     with tqdm(total=steps * x.shape[0], desc="AIS", unit="step", disable=not progress, leave=False) as bar:
         settings = (chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block, generator)
-        blocks = _ais_blocks(model, x, steps, settings, 0, bar, flush_denormal)
+        blocks = _ais_blocks(model, target, x, steps, settings, 0, bar, flush_denormal)
         return torch.cat([ll for _, ll in blocks])
 
 
@@ -123,6 +137,7 @@ def iter_ais_log_likelihood(
     target_accept: float = 0.65,
     block: int = 256,
     generator: torch.Generator | None = None,
+    anneal_from: str = "q",
     start: int = 0,
     bar: tqdm | None = None,
     flush_denormal: bool = True,
@@ -140,19 +155,56 @@ def iter_ais_log_likelihood(
     if not (isinstance(start, int) and 0 <= start <= x.shape[0] and (start % block == 0 or start == x.shape[0])):
         raise ValueError(f"start must be 0 or the row after a block (a multiple of {block}), got {start!r}")
     settings = (chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block, generator)
-    return _ais_blocks(model, x, steps, settings, start, bar, flush_denormal)
+    return _ais_blocks(model, _target(model, anneal_from), x, steps, settings, start, bar, flush_denormal)
 
 
 def _ais_blocks(
-    model: object, x: Tensor, steps: int, settings: tuple, start: int, bar: tqdm | None, flush_denormal: bool
+    model: object,
+    target: object,
+    x: Tensor,
+    steps: int,
+    settings: tuple,
+    start: int,
+    bar: tqdm | None,
+    flush_denormal: bool,
 ) -> Iterator[tuple[int, Tensor]]:
-    """The estimates of :func:`iter_ais_log_likelihood` from row ``start`` on (arguments checked; ``settings`` as
-    :func:`_annealed` reads them)."""
+    """The estimates of :func:`iter_ais_log_likelihood` from row ``start`` on (arguments checked; ``target`` as
+    :func:`_target` gives it for ``model``; ``settings`` as :func:`_annealed` reads them)."""
     chains, pilots, generator = settings[0], settings[1], settings[-1]
-    begin = _from_proposal(model, chains, pilots, generator)
+    begin = _from_proposal(target, chains, pilots, generator)
     with flush_subnormals(flush_denormal and x.device.type == "cpu"), _eval_mode(model):
-        for i, log_weight, _ in _annealed(model, x, sigmoid_schedule(steps).tolist(), begin, settings, bar, start):
+        for i, log_weight, _ in _annealed(target, x, sigmoid_schedule(steps).tolist(), begin, settings, bar, start):
             yield i, torch.logsumexp(log_weight, 0) - math.log(chains)
+
+
+class _FromPrior:
+    """The annealing target in the prior's noise: ``forward_samples`` gives log p(x | h^1(eps)) as the log-weight,
+    so that the chains anneal along N(eps) p(x | h(eps))^beta (module docstring)."""
+
+    def __init__(self, model: object) -> None:
+        self.model = model
+
+    def draw_noise(self, k: int, batch: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        return self.model.draw_noise(k, batch, generator)  # the prior's noise has the recognition noise's shapes
+
+    def forward_samples(self, x: Tensor, k: int, *, noise: list[Tensor]) -> LogWeights:
+        return LogWeights(self.model.log_px_at_prior_noise(x, noise), [], noise)
+
+
+ANNEAL_FROM = ("q", "prior")
+
+
+def _target(model: object, anneal_from: str) -> object:
+    """What the chains read as their log-weights: the model itself (from q), or its likelihood in the prior's noise."""
+    if anneal_from not in ANNEAL_FROM:
+        raise ValueError(f"anneal_from must be 'q' (the recognition model) or 'prior', got {anneal_from!r}")
+    if anneal_from == "q":
+        return model
+    if not callable(getattr(model, "log_px_at_prior_noise", None)):
+        raise TypeError(f"{type(model).__name__} has no log_px_at_prior_noise(x, noise): annealing from the prior "
+                        "needs log p(x | h) at latents drawn from the prior by that noise (see "
+                        "iwae.IWAE.log_px_at_prior_noise); anneal from q instead")  # fmt: skip
+    return _FromPrior(model)
 
 
 class BDMC(NamedTuple):

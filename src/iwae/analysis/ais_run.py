@@ -3,7 +3,8 @@
 The images are those of the run's own evaluation (:func:`iwae.runs.evaluate_run.eval_images`: n spread through the
 split, binarized by its stream), so the result pairs image by image with ``iwae evaluate --n`` on the same n; the
 chains' noise comes from the split's ``ais`` stream of the run's seed. The result is written to
-``ais-<split>-s<steps>-c<chains>-n<n>.json`` in the run folder, with the per-image estimates. Meanwhile the
+``ais-<split>-s<steps>-c<chains>-n<n>.json`` in the run folder (``...-prior.json`` for chains annealed from the
+prior), with the per-image estimates. Meanwhile the
 estimates so far are kept after each block of :data:`BLOCK` images (with the state of the chains' generator, as
 :mod:`iwae.runs.eval_progress` keeps an evaluation's), so a stopped ``iwae ais`` run again goes on where it was, to
 the numbers of one that never stopped.
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from iwae.ais import bdmc, iter_ais_log_likelihood
+from iwae.ais import ANNEAL_FROM, bdmc, iter_ais_log_likelihood
 from iwae.runs.eval_progress import PROGRESS_SUFFIX, measurement, resumable_blocks, saved_seconds
 from iwae.runs.evaluate_run import check_split, eval_images, stream, summarize
 from iwae.runs.rundir import load_run
@@ -44,29 +45,36 @@ def ais_run(
     *,
     data_dir: str | None = None,
     device: str | None = None,
+    anneal_from: str = "q",
     progress: bool = False,
 ) -> dict[str, Any]:
     """AIS NLL of the run's model on n images of ``split`` (module docstring): ``nll``, ``nll_sem``, ``n``, the
-    settings, the seconds and the per-image estimates ``ll``; written to the run folder and returned."""
+    settings, the seconds and the per-image estimates ``ll``; written to the run folder and returned.
+    ``anneal_from``: ``"q"`` or ``"prior"`` (:func:`iwae.ais_log_likelihood`)."""
     check_split(split)
+    if anneal_from not in ANNEAL_FROM:
+        raise ValueError(f"anneal_from must be 'q' (the recognition model) or 'prior', got {anneal_from!r}")
     config, model, _ = load_run(run_dir, data_dir, device)
     dev = next(model.parameters()).device
     x = eval_images(config, split, n, dev, config.seed).to(next(model.parameters()).dtype)
-    name = f"ais-{split}-s{steps}-c{chains}-n{x.shape[0]}"
+    prior = anneal_from == "prior"
+    name = f"ais-{split}-s{steps}-c{chains}-n{x.shape[0]}" + ("-prior" if prior else "")
     path = Path(run_dir) / f"{name}{PROGRESS_SUFFIX}"
     generator = stream(config, dev, split, "ais")
-    identity = {**measurement(config, model, x, split, "ais", chains), "steps": steps, "block": BLOCK}
+    identity = {**measurement(config, model, x, split, "ais", chains), "steps": steps, "block": BLOCK,
+                **({"anneal_from": "prior"} if prior else {})}  # fmt: skip
 
     def scored(start: int) -> Iterator[tuple[int, torch.Tensor]]:
         blocks = iter_ais_log_likelihood(model, x, steps, chains, block=BLOCK, generator=generator, start=start,
-                                         bar=bar, flush_denormal=config.flush_denormal)  # fmt: skip
+                                         bar=bar, anneal_from=anneal_from,
+                                         flush_denormal=config.flush_denormal)  # fmt: skip
         with closing(blocks):
             yield from blocks
 
     with tqdm(total=steps * x.shape[0], desc="AIS", unit="step", disable=not progress, leave=False) as bar:
         ll = resumable_blocks(x, BLOCK, generator, path, identity, scored, bar=bar, per_example=steps)
-    result = {"split": split, "steps": steps, "chains": chains, **summarize(ll), "seconds": saved_seconds(path),
-              "ll": ll.tolist()}  # fmt: skip
+    result = {"split": split, "steps": steps, "chains": chains, "anneal_from": anneal_from, **summarize(ll),
+              "seconds": saved_seconds(path), "ll": ll.tolist(), "file": f"{name}.json"}  # fmt: skip
     write_json(Path(run_dir) / f"{name}.json", result)
     path.unlink()
     return result

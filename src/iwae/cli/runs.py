@@ -153,6 +153,10 @@ def ais_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", "--images", dest="n", type=positive_int, default=100,
                    help="N examples spread evenly through the split, as `iwae evaluate --n N` takes them "
                    "(default 100)")  # fmt: skip
+    p.add_argument("--from", dest="anneal_from", choices=("q", "prior"), default="q",
+                   help="where the chains start: q, the recognition model's proposal (default), or the prior "
+                   "(Wu et al. 2017: q unused, more steps needed, but no posterior mode that q misses is "
+                   "missed)")  # fmt: skip
     p.add_argument("--simulated", action="store_true",
                    help="bidirectional Monte Carlo instead: AIS forward and in reverse on N data simulated from the "
                    "model, whose gap bounds AIS's error with these settings (--split and --data-dir are not "
@@ -166,6 +170,8 @@ def ais(args: argparse.Namespace) -> None:
     from iwae.analysis.ais_run import ais_run, bdmc_run
 
     if args.simulated:
+        if args.anneal_from != "q":
+            raise ValueError("--simulated anneals from q; bidirectional Monte Carlo from the prior is not built")
         r = bdmc_run(args.run_dir, args.steps, args.chains, args.n, device=args.device, progress=not args.quiet)
         print(f"{args.run_dir}: on {r['n']} data simulated from the model, log p(x) lies between {r['lower']:.2f} "
               f"(AIS) and {r['upper']:.2f} (reverse AIS): AIS with {r['steps']} steps x {r['chains']} chains is "
@@ -173,10 +179,10 @@ def ais(args: argparse.Namespace) -> None:
               f"bdmc-s{r['steps']}-c{r['chains']}-n{r['n']}.json")  # fmt: skip
         return
     r = ais_run(args.run_dir, args.steps, args.chains, args.split, args.n, data_dir=args.data_dir, device=args.device,
-                progress=not args.quiet)  # fmt: skip
-    print(f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (AIS, {r['steps']} steps x "
-          f"{r['chains']} chains, over {r['n']} images; {r['seconds']:.0f} s); "
-          f"ais-{r['split']}-s{r['steps']}-c{r['chains']}-n{r['n']}.json")  # fmt: skip
+                anneal_from=args.anneal_from, progress=not args.quiet)  # fmt: skip
+    start = " from the prior" if args.anneal_from == "prior" else ""
+    print(f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (AIS{start}, {r['steps']} "
+          f"steps x {r['chains']} chains, over {r['n']} images; {r['seconds']:.0f} s); {r['file']}")  # fmt: skip
 
 
 def sample_arguments(p: argparse.ArgumentParser) -> None:

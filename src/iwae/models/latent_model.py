@@ -160,6 +160,11 @@ class GaussianLatentModel(nn.Module):
         """[E_q[h | x]], for the active-units statistic (Section 5.2)."""
         return [self._q(x)[0]]
 
+    def log_px_at_prior_noise(self, x: Tensor, noise: Sequence[Tensor]) -> Tensor:
+        """log p(x | h), (k, batch), at h = eps ~ N(0, I) = p(h) (noise [eps], (k, batch, latent_dim)): what annealing
+        from the prior reads (:func:`iwae.ais_log_likelihood` with ``anneal_from="prior"``)."""
+        return bernoulli_log_prob(self.decoder(noise[0]), x)
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n draws h ~ N(0, I) decoded to the Bernoulli means sigmoid(logits), (n, x_dim)."""

@@ -299,14 +299,27 @@ class IWAE(PrunableUnits):
 
     def _ancestral(self, n: int, generator: torch.Generator | None) -> list[Tensor]:
         """[h^1, ..., h^L], each (n, d_l), drawn from the prior top-down, pruned units held at their fill value."""
+        noise = [self._randn((n, d), generator) for d in reversed(self.latent_dims)]  # top layer first
+        return self.prior_samples(noise[::-1])
+
+    def prior_samples(self, noise: Sequence[Tensor]) -> list[Tensor]:
+        """[h^1, ..., h^L] that the prior's reparameterisation makes of standard-normal noise [eps^1, ..., eps^L]
+        (each (..., d_l)): h^L = eps^L, then h^l = mu_p(h^(l+1)) + sigma_p(h^(l+1)) eps^l top-down; pruned units
+        held at their fill value. For noise ~ N(0, I) they are draws from p(h)."""
         masks = self._unit_masks()
-        h = hold(self._randn((n, self.latent_dims[-1]), generator), masks, self.n_layers - 1)
+        h = hold(noise[-1], masks, self.n_layers - 1)
         samples = [h]
         for j, layer in enumerate(self.decoder[:-1]):
             mean, log_std = layer(h)  # p(h^l | h^(l+1)) with l = n_layers - 1 - j
-            h = hold(mean + torch.exp(log_std) * self._randn(mean.shape, generator), masks, self.n_layers - 2 - j)
+            h = hold(mean + torch.exp(log_std) * noise[-2 - j], masks, self.n_layers - 2 - j)
             samples.insert(0, h)
         return samples
+
+    def log_px_at_prior_noise(self, x: Tensor, noise: Sequence[Tensor]) -> Tensor:
+        """log p(x | h^1), (k, batch), at the latents :meth:`prior_samples` makes of the noise [eps^1, ..., eps^L]
+        (each (k, batch, d_l)): the likelihood that annealing from the prior reads (:func:`iwae.ais_log_likelihood`
+        with ``anneal_from="prior"``), for which E_eps[p(x | h^1(eps))] = p(x)."""
+        return self._log_px(self.prior_samples(noise)[0], x)
 
     @torch.no_grad()
     def simulate(self, n: int, generator: torch.Generator | None = None) -> Simulated:

@@ -229,19 +229,23 @@ def bdmc(
     target_accept: float = 0.65,
     block: int = 256,
     generator: torch.Generator | None = None,
+    anneal_from: str = "q",
     flush_denormal: bool = True,
     progress: bool = False,
 ) -> BDMC:
     """Bidirectional Monte Carlo (module docstring): n data simulated from the model, each annealed forward from the
-    recognition model's proposal (as :func:`ais_log_likelihood`) and in reverse from the latent that generated it.
+    recognition model's proposal, or the prior (as :func:`ais_log_likelihood`), and in reverse from the latent that
+    generated it.
 
     ``upper - lower`` bounds, in expectation, how far forward AIS with these settings falls short of log p(x) on
     data like the model's own. The settings are :func:`ais_log_likelihood`'s. The reverse chains of an example all
     start from its one exact draw and take, at each temperature, the step size that the forward pilots reached
     there: pilots of their own would start from that same draw, and a kernel steered by it would bias the chains'
     weights. The model needs, beside the protocol, ``simulate(n, generator) -> Simulated``
-    (:meth:`iwae.IWAE.simulate`): the data with the noise of their latents. It costs
-    :func:`ais_log_likelihood` on the n simulated data, and as much again less the pilots for the reverse pass.
+    (:meth:`iwae.IWAE.simulate`): the data with the noise of their latents; with ``anneal_from="prior"``, both
+    passes run in the prior's noise, whose exact draw ``prior_noise(samples, generator)`` gives
+    (:meth:`iwae.IWAE.prior_noise`). It costs :func:`ais_log_likelihood` on the n simulated data, and as much again
+    less the pilots for the reverse pass.
     """
     if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
         raise ValueError(f"n must be a positive number of simulated data, got {n!r}")
@@ -249,24 +253,33 @@ def bdmc(
         raise TypeError(f"{type(model).__name__} has no simulate(n, generator): bidirectional Monte Carlo needs data "
                         "drawn from the model with the noise of their latents (see iwae.IWAE.simulate)")  # fmt: skip
     _check_settings(steps, chains, leapfrog, block, adapt, pilots, step_size, target_accept)
-    with _eval_mode(model):
+    target = _target(model, anneal_from)
+    if anneal_from == "prior" and not callable(getattr(model, "prior_noise", None)):
+        raise TypeError(f"{type(model).__name__} has no prior_noise(samples, generator): bidirectional Monte Carlo "
+                        "from the prior starts its reverse chains at the prior's noise of the simulated latents "
+                        "(see iwae.IWAE.prior_noise)")  # fmt: skip
+    with _eval_mode(model), torch.no_grad():
         simulated = model.simulate(n, generator)
+        if anneal_from == "prior":
+            exact = [e.unsqueeze(0) for e in model.prior_noise(simulated.samples, generator)]
+        else:
+            exact = simulated.noise
     x = checked_batch(model, simulated.x)
-    shapes = [tuple(e.shape) for e in simulated.noise]
+    shapes = [tuple(e.shape) for e in exact]
     if any(len(s) != 3 or s[:2] != (1, n) for s in shapes):
         raise ValueError(f"{type(model).__name__}.simulate({n}) gave noise of shapes {shapes}; each must be (1, {n}, "
                          "d_l), as forward_samples(x, 1, noise=...) reads it")  # fmt: skip
 
     def reverse(i: int, part: Tensor) -> list[Tensor]:  # every chain of an example at its exact posterior draw
-        return [e[:, i : i + part.shape[0]].expand(chains, -1, -1).clone() for e in simulated.noise]
+        return [e[:, i : i + part.shape[0]].expand(chains, -1, -1).clone() for e in exact]
 
     betas = sigmoid_schedule(steps).tolist()
     settings = (chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block, generator)
     with flush_subnormals(flush_denormal and x.device.type == "cpu"), _eval_mode(model):
         bar = tqdm(total=2 * steps * n, desc="BDMC", unit="step", disable=not progress, leave=False)
-        forward = list(_annealed(model, x, betas, _from_proposal(model, *settings[:2], generator), settings, bar))
+        forward = list(_annealed(target, x, betas, _from_proposal(target, *settings[:2], generator), settings, bar))
         back = [used[::-1] for _, _, used in forward]  # reverse step t runs at forward step T - t's temperature
-        reverse_pass = _annealed(model, x, betas[::-1], reverse, (chains, 0, *settings[2:]), bar, deltas=back)  # 1 -> 0
+        reverse_pass = _annealed(target, x, betas[::-1], reverse, (chains, 0, *settings[2:]), bar, deltas=back)  # 1->0
         log_w_forward, log_w_reverse = (torch.cat([w for _, w, _ in blocks], 1) for blocks in (forward, reverse_pass))
         bar.close()
     lower = torch.logsumexp(log_w_forward, 0) - math.log(chains)

@@ -11,7 +11,7 @@ the numbers of one that never stopped.
 
 :func:`bdmc_run` measures instead how close such AIS comes to log p(x), by bidirectional Monte Carlo
 (:func:`iwae.bdmc`) on n data simulated from the run's model (drawn from the test split's ``ais`` stream too):
-``bdmc-s<steps>-c<chains>-n<n>.json``.
+``bdmc-s<steps>-c<chains>-n<n>.json`` (``...-prior.json`` from the prior).
 """
 
 from __future__ import annotations
@@ -87,22 +87,27 @@ def bdmc_run(
     n: int = 100,
     *,
     device: str | None = None,
+    anneal_from: str = "q",
     progress: bool = False,
 ) -> dict[str, Any]:
     """Bidirectional Monte Carlo on n data simulated from the run's model (module docstring): the mean forward-AIS
     ``lower`` and reverse-AIS ``upper`` estimates of log p(x), their paired ``gap`` with its standard error
     ``gap_sem`` (a bound, in expectation, on AIS's error with these settings), the settings, the seconds and the
-    per-example estimates; written to the run folder and returned."""
+    per-example estimates; written to the run folder (``...-prior.json`` from the prior) and returned."""
+    if anneal_from not in ANNEAL_FROM:
+        raise ValueError(f"anneal_from must be 'q' (the recognition model) or 'prior', got {anneal_from!r}")
     config, model, _ = load_run(run_dir, device=device)
     dev = next(model.parameters()).device
     start = time.perf_counter()
     result = bdmc(model, n, steps=steps, chains=chains, generator=stream(config, dev, "test", "ais"),
-                  flush_denormal=config.flush_denormal, progress=progress)  # fmt: skip
+                  anneal_from=anneal_from, flush_denormal=config.flush_denormal, progress=progress)  # fmt: skip
     gap = (result.upper - result.lower).double()
     out = {"steps": steps, "chains": chains, "n": n, "lower": result.lower.double().mean().item(),
            "upper": result.upper.double().mean().item(), "gap": gap.mean().item(),
            "gap_sem": (gap.std() / n**0.5).item() if n > 1 else float("nan"),
            "seconds": time.perf_counter() - start, "lower_ll": result.lower.double().tolist(),
            "upper_ll": result.upper.double().tolist()}  # fmt: skip
-    write_json(Path(run_dir) / f"bdmc-s{steps}-c{chains}-n{n}.json", out)
+    name = f"bdmc-s{steps}-c{chains}-n{n}" + ("-prior" if anneal_from == "prior" else "")
+    out = {**out, "anneal_from": anneal_from, "file": f"{name}.json"}
+    write_json(Path(run_dir) / f"{name}.json", out)
     return out

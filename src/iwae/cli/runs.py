@@ -169,18 +169,16 @@ def ais_arguments(p: argparse.ArgumentParser) -> None:
 def ais(args: argparse.Namespace) -> None:
     from iwae.analysis.ais_run import ais_run, bdmc_run
 
+    start = " from the prior" if args.anneal_from == "prior" else ""
     if args.simulated:
-        if args.anneal_from != "q":
-            raise ValueError("--simulated anneals from q; bidirectional Monte Carlo from the prior is not built")
-        r = bdmc_run(args.run_dir, args.steps, args.chains, args.n, device=args.device, progress=not args.quiet)
+        r = bdmc_run(args.run_dir, args.steps, args.chains, args.n, device=args.device, anneal_from=args.anneal_from,
+                     progress=not args.quiet)  # fmt: skip
         print(f"{args.run_dir}: on {r['n']} data simulated from the model, log p(x) lies between {r['lower']:.2f} "
-              f"(AIS) and {r['upper']:.2f} (reverse AIS): AIS with {r['steps']} steps x {r['chains']} chains is "
-              f"within {r['gap']:.3f} +- {r['gap_sem']:.3f} nats ({r['seconds']:.0f} s); "
-              f"bdmc-s{r['steps']}-c{r['chains']}-n{r['n']}.json")  # fmt: skip
+              f"(AIS) and {r['upper']:.2f} (reverse AIS): AIS{start} with {r['steps']} steps x {r['chains']} chains "
+              f"is within {r['gap']:.3f} +- {r['gap_sem']:.3f} nats ({r['seconds']:.0f} s); {r['file']}")  # fmt: skip
         return
     r = ais_run(args.run_dir, args.steps, args.chains, args.split, args.n, data_dir=args.data_dir, device=args.device,
                 anneal_from=args.anneal_from, progress=not args.quiet)  # fmt: skip
-    start = " from the prior" if args.anneal_from == "prior" else ""
     print(f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (AIS{start}, {r['steps']} "
           f"steps x {r['chains']} chains, over {r['n']} images; {r['seconds']:.0f} s); {r['file']}")  # fmt: skip
 

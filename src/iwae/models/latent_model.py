@@ -166,6 +166,10 @@ class GaussianLatentModel(nn.Module):
         from the prior reads (:func:`iwae.ais_log_likelihood` with ``anneal_from="prior"``)."""
         return bernoulli_log_prob(self.decoder(noise[0]), x)
 
+    def prior_noise(self, samples: Sequence[Tensor], generator: torch.Generator | None = None) -> list[Tensor]:
+        """The prior's noise of latents [h]: h itself (p(h) = N(0, I)); as :meth:`iwae.IWAE.prior_noise`."""
+        return [samples[0]]
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n draws h ~ N(0, I) decoded to the Bernoulli means sigmoid(logits), (n, x_dim)."""

@@ -315,6 +315,21 @@ class IWAE(PrunableUnits):
             samples.insert(0, h)
         return samples
 
+    def prior_noise(self, samples: Sequence[Tensor], generator: torch.Generator | None = None) -> list[Tensor]:
+        """The noise [eps^1, ..., eps^L] from which :meth:`prior_samples` makes the latents [h^1, ..., h^L] (each
+        (..., d_l)): eps^L = h^L, eps^l = (h^l - mu_p(h^(l+1))) / sigma_p(h^(l+1)). A pruned unit's noise, which
+        no latent reads, is drawn from N(0, 1) (``generator``): for latents drawn from the posterior, the noise is
+        then a posterior draw in the prior's noise space (the start of reverse annealing from the prior)."""
+        masks = self._unit_masks()
+        noise = [samples[-1]]
+        for j, layer in enumerate(self.decoder[:-1]):
+            l = self.n_layers - 2 - j  # this conditional gives samples[l] from samples[l + 1]
+            mean, log_std = layer(samples[l + 1])
+            noise.insert(0, (samples[l] - mean) * torch.exp(-log_std))
+        if masks is not None:
+            noise = [torch.where(keep, e, self._randn(e.shape, generator)) for e, (keep, _) in zip(noise, masks)]
+        return noise
+
     def log_px_at_prior_noise(self, x: Tensor, noise: Sequence[Tensor]) -> Tensor:
         """log p(x | h^1), (k, batch), at the latents :meth:`prior_samples` makes of the noise [eps^1, ..., eps^L]
         (each (k, batch, d_l)): the likelihood that annealing from the prior reads (:func:`iwae.ais_log_likelihood`

@@ -452,7 +452,7 @@ def test_annealing_from_an_unknown_start_or_without_the_priors_likelihood_is_ref
         ais_log_likelihood(GaussianWeights(), torch.zeros(2, 1, dtype=torch.float64), anneal_from="prior")
 
 
-@pytest.mark.parametrize("latent_dims", [(2,), (2, 3)])
+@pytest.mark.parametrize("latent_dims", [(2,), (2, 3), (2, 3, 4)])
 def test_the_priors_noise_of_latents_gives_them_back(latent_dims):
     model = tiny_model(x_dim=5, latent_dims=latent_dims)
     simulated = model.simulate(6, generator=torch.Generator().manual_seed(0))
@@ -460,10 +460,22 @@ def test_the_priors_noise_of_latents_gives_them_back(latent_dims):
     for again, h in zip(model.prior_samples(noise), simulated.samples):
         torch.testing.assert_close(again, h, rtol=1e-12, atol=1e-12)
     pruned = model.pruned([torch.arange(d) != 0 for d in latent_dims])  # unit 0 of each layer held at its fill
-    noise = pruned.prior_noise(pruned.simulate(4000, generator=torch.Generator().manual_seed(1)).samples,
-                               generator=torch.Generator().manual_seed(2))  # fmt: skip
-    for e in noise:  # a held unit's noise is no function of its latent: N(0, 1)
-        assert abs(e[:, 0].mean()) < 0.07 and abs(e[:, 0].std() - 1) < 0.05
+    samples = pruned.simulate(4000, generator=torch.Generator().manual_seed(1)).samples
+    noise = pruned.prior_noise(samples, generator=torch.Generator().manual_seed(2))
+    for again, h in zip(pruned.prior_samples(noise), samples):
+        torch.testing.assert_close(again, h, rtol=1e-12, atol=1e-12)
+    for e, full in zip(noise, model.prior_noise(samples)):  # the kept units' noise: the unpruned inversion's
+        torch.testing.assert_close(e[:, 1:], full[:, 1:], rtol=0, atol=0)
+        assert abs(e[:, 0].mean()) < 0.07 and abs(e[:, 0].std() - 1) < 0.05  # a held unit's: N(0, 1)
+
+
+def test_a_model_of_ones_own_is_checked_from_the_prior_as_the_paper_model_is():
+    paper = iwae.IWAE(x_dim=6, latent_dims=[2], q_hidden=[[5]], p_hidden=[[5]])
+    own = iwae.GaussianLatentModel(paper.encoder[0], paper.decoder[-1], latent_dim=2, x_dim=6)
+    a, b = (bdmc(m, 4, steps=5, chains=3, anneal_from="prior", generator=torch.Generator().manual_seed(0))
+            for m in (paper, own))  # fmt: skip
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v)
 
 
 def test_bdmc_from_the_prior_brackets_the_exact_log_likelihood_and_closes_with_more_steps():

@@ -186,24 +186,33 @@ def test_ais_exact_scores_l5000_and_ais_against_the_exact_log_likelihood(data_di
     from benchmarks.ais_exact import main as ais_exact
 
     out = tmp_path / "exact.json"
-    assert ais_exact(["--n", "3", "--steps", "2", "--chains", "2", "--points", "51", "--out", str(out)]) == 0
+    args = ["--n", "3", "--steps", "2", "--prior-steps", "3", "--chains", "2", "--points", "51", "--out", str(out)]
+    assert ais_exact(args) == 0
     result = json.loads(out.read_text())
     rows = result["rows"]
-    assert list(rows) == ["exact", "L_5000", "AIS, 2 steps x 2 chains"] and result["n"] == 3
-    for name in ("L_5000", "AIS, 2 steps x 2 chains"):  # the gap is the exact mean less the estimate's
+    estimates = ["L_5000", "AIS, 2 steps x 2 chains", "AIS from the prior, 3 steps x 2 chains"]
+    assert list(rows) == ["exact", *estimates] and result["n"] == 3
+    for name in estimates:  # the gap is the exact mean less the estimate's
         assert rows[name]["gap"] == pytest.approx(rows["exact"]["mean"] - rows[name]["mean"])
-    assert "| AIS, 2 steps x 2 chains |" in out.with_suffix(".md").read_text()
+    assert "| AIS from the prior, 3 steps x 2 chains |" in out.with_suffix(".md").read_text()
+    assert ais_exact([*args[:4], "--prior-steps", "", *args[6:]]) == 0  # none from the prior
+    assert list(json.loads(out.read_text())["rows"]) == ["exact", *estimates[:2]]
 
 
 def test_ais_gap_writes_l5000_and_each_annealing_beside_it(data_dir, tmp_path, capsys):
     from benchmarks.ais_gap import main as ais_gap
 
-    assert ais_gap(["--n", "3", "--steps", "2,3", "--chains", "2", "--out", str(tmp_path / "gap")]) == 0
+    args = ["--n", "3", "--steps", "2,3", "--prior-steps", "4", "--chains", "2", "--out", str(tmp_path / "gap")]
+    assert ais_gap(args) == 0
     result = json.loads((tmp_path / "gap.json").read_text())
-    annealed = [f"{kind}, {steps} steps x 2 chains" for kind in ("AIS", "BDMC") for steps in (2, 3)]
+    kinds = ("AIS", "AIS from the prior"), ("BDMC", "BDMC from the prior")
+    annealed = [
+        f"{kind}, {steps} steps x 2 chains" for q, prior in kinds for kind, steps in ((q, 2), (q, 3), (prior, 4))
+    ]
     assert [r["estimate"] for r in result["rows"]] == ["L_5000", *annealed]
-    assert result["n"] == 3 and all(math.isfinite(r["mean"]) for r in result["rows"][:3])
-    for r in result["rows"][3:]:
+    assert result["n"] == 3 and all(math.isfinite(r["mean"]) for r in result["rows"][:4])
+    for r in result["rows"][4:]:
         assert r["bdmc_gap"]["mean"] == pytest.approx(r["upper"] - r["lower"])
     assert "| AIS, 3 steps x 2 chains |" in (tmp_path / "gap.md").read_text()
     assert "| BDMC, 3 steps x 2 chains |" in (tmp_path / "gap.md").read_text()
+    assert "| BDMC from the prior, 4 steps x 2 chains |" in (tmp_path / "gap.md").read_text()

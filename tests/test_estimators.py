@@ -384,3 +384,14 @@ def test_a_sample_of_weight_zero_adds_nothing_to_value_or_gradient(bound, estima
     torch.testing.assert_close(loss_inf, loss_far, rtol=0, atol=0)
     _assert_grads_close(grads_inf, grads_far, rtol=0, atol=0)
     assert all(torch.isfinite(g).all() for g in grads_inf.values())
+
+
+def test_weighted_sum_gives_a_zero_weight_no_value_and_no_gradient_either_way():
+    from iwae.objectives.base import weighted_sum
+
+    weights = torch.tensor([[0.0], [2.0]], dtype=torch.float64, requires_grad=True)
+    terms = torch.tensor([[float("-inf")], [3.0]], dtype=torch.float64, requires_grad=True)
+    value = weighted_sum(weights, terms)
+    value.sum().backward()
+    assert value.tolist() == [6.0]
+    assert weights.grad.tolist() == [[0.0], [3.0]] and terms.grad.tolist() == [[0.0], [2.0]]

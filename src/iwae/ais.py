@@ -28,9 +28,9 @@ any model of one's own is evaluated the same way.
 \epsilon^l`, and the chain anneals along :math:`\mathcal{N}(\epsilon; 0, I)\, p(x \mid G(\epsilon))^{\beta}`,
 whose normalising constant at :math:`\beta = 1` is p(x) too. The recognition model plays no part: the chains need
 more steps (the posterior is far narrower than the prior), but they start everywhere the prior puts mass, so a
-posterior mode that q misses, and with it AIS from q and :math:`\mathcal{L}_k`, is found as the steps grow
-(``benchmarks/results/ais_exact.md``). The model needs ``log_px_at_prior_noise(x, noise)`` for it
-(:meth:`iwae.IWAE.log_px_at_prior_noise`).
+posterior mode that q misses, and with it AIS from q and :math:`\mathcal{L}_k`, can be found, the more surely the
+more steps and chains (``benchmarks/results/ais_exact.md`` measures both starts against exact log p(x)). The model
+needs ``log_px_at_prior_noise(x, noise)`` for it (:meth:`iwae.IWAE.log_px_at_prior_noise`).
 
 **How close AIS comes** is measured by bidirectional Monte Carlo (Grosse et al. 2015; Wu et al. 2017), :func:`bdmc`,
 on data simulated from the model, where an exact posterior draw is known: the latent that generated x. Annealing
@@ -54,7 +54,15 @@ from iwae.evaluate import _eval_mode, checked_batch
 from iwae.models.model import LogWeights
 from iwae.util.cpu import flush_subnormals
 
-__all__ = ["ais_log_likelihood", "iter_ais_log_likelihood", "bdmc", "BDMC", "sigmoid_schedule"]
+__all__ = [
+    "ais_log_likelihood",
+    "iter_ais_log_likelihood",
+    "bdmc",
+    "BDMC",
+    "sigmoid_schedule",
+    "ANNEAL_FROM",
+    "check_anneal_from",
+]
 
 
 def sigmoid_schedule(steps: int, sharpness: float = 4.0) -> Tensor:
@@ -108,7 +116,7 @@ def ais_log_likelihood(
     :param block: examples annealed at a time (memory: ``block * (chains + pilots)`` samples a pass).
     :param generator: source of the initial noise, the momenta and the acceptance draws.
     :param anneal_from: ``"q"``: from the recognition model's proposal; ``"prior"``: from the prior, q unused, for
-        a model with ``log_px_at_prior_noise`` (module docstring): more steps, but no mode that q misses is missed.
+        a model with ``log_px_at_prior_noise`` (module docstring): more steps, but not bound to the modes q covers.
     :param flush_denormal: on a CPU, flush subnormal floats to zero meanwhile (as :func:`iwae.log_likelihood`).
     :param progress: a progress bar over the annealing steps.
 
@@ -191,13 +199,18 @@ class _FromPrior:
         return LogWeights(self.model.log_px_at_prior_noise(x, noise), [], noise)
 
 
-ANNEAL_FROM = ("q", "prior")
+ANNEAL_FROM = ("q", "prior")  # where the chains start: the recognition model's proposal, or the prior
+
+
+def check_anneal_from(anneal_from: str) -> None:
+    """A ValueError unless ``anneal_from`` is one of :data:`ANNEAL_FROM`."""
+    if anneal_from not in ANNEAL_FROM:
+        raise ValueError(f"anneal_from must be 'q' (the recognition model) or 'prior', got {anneal_from!r}")
 
 
 def _target(model: object, anneal_from: str) -> object:
     """What the chains read as their log-weights: the model itself (from q), or its likelihood in the prior's noise."""
-    if anneal_from not in ANNEAL_FROM:
-        raise ValueError(f"anneal_from must be 'q' (the recognition model) or 'prior', got {anneal_from!r}")
+    check_anneal_from(anneal_from)
     if anneal_from == "q":
         return model
     if not callable(getattr(model, "log_px_at_prior_noise", None)):
@@ -267,8 +280,9 @@ def bdmc(
     x = checked_batch(model, simulated.x)
     shapes = [tuple(e.shape) for e in exact]
     if any(len(s) != 3 or s[:2] != (1, n) for s in shapes):
-        raise ValueError(f"{type(model).__name__}.simulate({n}) gave noise of shapes {shapes}; each must be (1, {n}, "
-                         "d_l), as forward_samples(x, 1, noise=...) reads it")  # fmt: skip
+        source = f"simulate({n})" if anneal_from == "q" else f"prior_noise of simulate({n})'s latents"
+        raise ValueError(f"{type(model).__name__}.{source} gave noise of shapes {shapes}; each must be (1, {n}, d_l), "
+                         "as forward_samples(x, 1, noise=...) reads it")  # fmt: skip
 
     def reverse(i: int, part: Tensor) -> list[Tensor]:  # every chain of an example at its exact posterior draw
         return [e[:, i : i + part.shape[0]].expand(chains, -1, -1).clone() for e in exact]

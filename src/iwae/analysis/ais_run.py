@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from iwae.ais import ANNEAL_FROM, bdmc, iter_ais_log_likelihood
+from iwae.ais import bdmc, check_anneal_from, iter_ais_log_likelihood
 from iwae.runs.eval_progress import PROGRESS_SUFFIX, measurement, resumable_blocks, saved_seconds
 from iwae.runs.evaluate_run import check_split, eval_images, stream, summarize
 from iwae.runs.rundir import load_run
@@ -52,8 +52,7 @@ def ais_run(
     settings, the seconds and the per-image estimates ``ll``; written to the run folder and returned.
     ``anneal_from``: ``"q"`` or ``"prior"`` (:func:`iwae.ais_log_likelihood`)."""
     check_split(split)
-    if anneal_from not in ANNEAL_FROM:
-        raise ValueError(f"anneal_from must be 'q' (the recognition model) or 'prior', got {anneal_from!r}")
+    check_anneal_from(anneal_from)
     config, model, _ = load_run(run_dir, data_dir, device)
     dev = next(model.parameters()).device
     x = eval_images(config, split, n, dev, config.seed).to(next(model.parameters()).dtype)
@@ -94,8 +93,7 @@ def bdmc_run(
     ``lower`` and reverse-AIS ``upper`` estimates of log p(x), their paired ``gap`` with its standard error
     ``gap_sem`` (a bound, in expectation, on AIS's error with these settings), the settings, the seconds and the
     per-example estimates; written to the run folder (``...-prior.json`` from the prior) and returned."""
-    if anneal_from not in ANNEAL_FROM:
-        raise ValueError(f"anneal_from must be 'q' (the recognition model) or 'prior', got {anneal_from!r}")
+    check_anneal_from(anneal_from)
     config, model, _ = load_run(run_dir, device=device)
     dev = next(model.parameters()).device
     start = time.perf_counter()

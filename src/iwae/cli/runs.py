@@ -155,8 +155,8 @@ def ais_arguments(p: argparse.ArgumentParser) -> None:
                    "(default 100)")  # fmt: skip
     p.add_argument("--from", dest="anneal_from", choices=("q", "prior"), default="q",
                    help="where the chains start: q, the recognition model's proposal (default), or the prior "
-                   "(Wu et al. 2017: q unused, more steps needed, but no posterior mode that q misses is "
-                   "missed)")  # fmt: skip
+                   "(Wu et al. 2017: q unused, more steps needed, but not bound to the posterior modes that q "
+                   "covers)")  # fmt: skip
     p.add_argument("--simulated", action="store_true",
                    help="bidirectional Monte Carlo instead: AIS forward and in reverse on N data simulated from the "
                    "model, whose gap bounds AIS's error with these settings (--split and --data-dir are not "

@@ -23,7 +23,9 @@ that fulfils it for any encoder and decoder with one Gaussian latent layer.
 :func:`iwae.log_likelihood` needs less: ``log_weights(x, k)`` alone (its module docstring). :func:`iwae.bdmc` needs
 one method more, ``simulate(n, generator=None) -> Simulated``: data drawn from the model with the noise that
 reproduces their latents; :func:`iwae.ais_log_likelihood` from the prior, ``log_px_at_prior_noise(x, noise)``:
-log p(x | h) at the latents the prior's reparameterisation makes of the noise.
+log p(x | h) at the latents the prior's reparameterisation makes of noise shaped as ``draw_noise`` draws it; and
+:func:`iwae.bdmc` from the prior, ``prior_noise(samples, generator=None)`` too: the noise that gives simulated
+latents back.
 
 **The base class** (:class:`GaussianLatentModel`): give it an encoder ``x -> (mean, log_std)`` of q(h | x), each
 (batch, d), and a decoder ``h -> logits`` of the Bernoulli p(x | h), from (..., d) to (..., x_dim); the prior is

@@ -98,9 +98,10 @@ def weighted_sum(weights: Tensor, terms: Tensor) -> Tensor:
     """sum_i weights_i terms_i over the samples (dim 0), a term of weight zero adding nothing.
 
     A sample of weight zero (log w_i = -inf: a model whose p(x, h) vanishes there, or exp underflow) has a
-    normalised weight of exactly 0; its term 0 * (-inf) would make the sum NaN, and it contributes neither value nor
-    gradient to the estimate."""
-    return torch.where(weights != 0, weights * terms, 0.0).sum(0)
+    normalised weight of exactly 0; its term 0 * (-inf) would make the sum NaN. Here it adds neither value nor
+    gradient, to ``terms`` or to ``weights``. (A model whose own backward pass meets an infinite derivative there,
+    log(0) rather than a -inf set by ``torch.where``, can still give NaN gradients upstream of ``terms``.)"""
+    return (weights * torch.where(weights != 0, terms, 0.0)).sum(0)
 
 
 def detached_networks(model: SampledModel, estimator: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

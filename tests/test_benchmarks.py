@@ -195,6 +195,17 @@ def test_ais_exact_scores_l5000_and_ais_against_the_exact_log_likelihood(data_di
     for name in estimates:  # the gap is the exact mean less the estimate's
         assert rows[name]["gap"] == pytest.approx(rows["exact"]["mean"] - rows[name]["mean"])
     assert "| AIS from the prior, 3 steps x 2 chains |" in out.with_suffix(".md").read_text()
+    assert all(len(r["ll"]) == 3 for r in rows.values())  # per image, for any further pairing
+    args[5] = "2"  # from the prior at 2 steps as well: the two starts' chains pooled, at their summed cost
+    assert ais_exact(args) == 0
+    result = json.loads(out.read_text())
+    rows, name = result["rows"], "AIS from q and the prior, 2 steps x 2 + 2 chains"
+    pooled = [
+        math.log((math.exp(a) + math.exp(b)) / 2)
+        for a, b in zip(rows["AIS, 2 steps x 2 chains"]["ll"], rows["AIS from the prior, 2 steps x 2 chains"]["ll"])
+    ]
+    assert rows[name]["ll"] == pytest.approx(pooled) and result["crossings"][0]["steps"] == 2
+    assert "At 2 steps: of the" in out.with_suffix(".md").read_text()
     assert ais_exact([*args[:4], "--prior-steps", "", *args[6:]]) == 0  # none from the prior
     assert list(json.loads(out.read_text())["rows"]) == ["exact", *estimates[:2]]
 

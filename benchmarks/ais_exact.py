@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import time
 from datetime import date
 from pathlib import Path
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                           "of_those_found_from_the_prior": int((missed_q & ~missed_prior).sum()),
                           "missed_from_the_prior": int(missed_prior.sum()),
                           "of_those_found_from_q": int((missed_prior & ~missed_q).sum())})  # fmt: skip
-    command = "python -m benchmarks.ais_exact " + " ".join(argv if argv is not None else [])
+    command = "python -m benchmarks.ais_exact " + shlex.join(argv if argv is not None else [])
     result = {"command": command.strip(), "model": args.model, "n": x.shape[0], "points": args.points,
               "machine": describe(), "date": date.today().isoformat(), "rows": rows,
               "crossings": crossings}  # fmt: skip

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"estimate": f"{name}, {steps} steps x {args.chains} chains", "lower": out.lower.mean().item(),
                      "upper": out.upper.mean().item(), "bdmc_gap": gap,
                      "seconds": time.perf_counter() - start})  # fmt: skip
-    command = "python -m benchmarks.ais_gap " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.ais_gap " + shlex.join(argv if argv is not None else sys.argv[1:])
     result = {"command": command.strip(), "model": args.model, "n": x.shape[0], "machine": describe(device),
               "date": datetime.date.today().isoformat(), "rows": rows}  # fmt: skip
     write_json(args.out.with_suffix(".json"), result)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     steps, repeats = ({1: 20, 5: 10, 50: 3}, 3) if args.quick else ({1: 40, 5: 20, 50: 5}, 9)
     with tempfile.TemporaryDirectory() as tmp:
         rows = compare(load_ref(args.ref, Path(tmp)), steps, repeats)
-    command = "python -m benchmarks.compare " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.compare " + shlex.join(argv if argv is not None else sys.argv[1:])
     text = markdown(rows, args.ref, command)
     print(text)
     if args.out:

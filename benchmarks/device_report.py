@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import time
 import traceback
 from pathlib import Path
@@ -155,7 +156,7 @@ def meta(ctx: Context, argv: list[str]) -> dict[str, Any]:
         "quick": ctx.quick,
         "data_dir": str(ctx.data_dir),
         "packages": ctx.env,
-        "command": "python -m benchmarks.device_check " + " ".join(argv),
+        "command": "python -m benchmarks.device_check " + shlex.join(argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(names)) < len(names):
         parser.error(f"two folders hold the same cell: {', '.join(names)}")
     found = claims({r["name"]: read_per_image(run) for r, run in zip(rows, args.runs)}, reproduction)
-    command = "python -m benchmarks.full_protocol " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.full_protocol " + shlex.join(argv if argv is not None else sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, {"command": command, "goal": GOAL, "cells": rows, "claims": found})
     write_text(args.out.with_suffix(".md"), markdown(rows, found, command))

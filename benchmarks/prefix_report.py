@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     reproduction = json.loads((args.reproduction / "results.json").read_text())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = [summarize(run, reproduction) for run in args.runs]
-    command = "python -m benchmarks.prefix_report " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.prefix_report " + shlex.join(argv if argv is not None else sys.argv[1:])
     write_json(args.out, {"command": command, "runs": rows})
     write_text(args.out.with_suffix(".md"), markdown(rows, command))
     series = []

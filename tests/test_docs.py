@@ -438,6 +438,23 @@ def test_the_annealing_numbers_quoted_are_the_benchmarks():
     missed = sorted(r["missed_by_1"] for name, r in exact.items() if name.startswith("AIS,") or name == "L_5000")
     assert f"the {missed[0]} to {missed[-1]} images with a posterior mode far from" in readme
     assert f"within {gap(bdmc['bdmc_gap'])} nats at 100 steps" in index
+    result = json.loads((ROOT / "benchmarks/results/ais_exact.json").read_text())
+    crossing = next(c for c in result["crossings"] if c["steps"] == 500)
+    prior, pooled = (
+        exact["AIS from the prior, 500 steps x 8 chains"],
+        exact["AIS from q and the prior, 500 steps x 8 + 8 chains"],
+    )
+    sixteen = json.loads((ROOT / "benchmarks/results/ais_exact_16_chains.json").read_text())["rows"]
+    sixteen = sixteen["AIS, 500 steps x 16 chains"]
+    assert (f"AIS from the prior finds {crossing['of_those_found_from_the_prior']} of the {crossing['missed_from_q']} "
+            f"images that AIS from q misses by more than a nat at 500 steps, and itself misses "
+            f"{crossing['missed_from_the_prior']}, {crossing['of_those_found_from_q']} of which AIS from q finds "
+            f"(median gap {prior['median_gap']:.4f}, mean {pair(prior)})") in readme  # fmt: skip
+    assert (
+        f"they come within {pair(pooled)} nats of log p(x) ({pooled['missed_by_1']} images missed), where 16 "
+        f"chains from q, at the same cost, stay {pair(sixteen)} below it ({sixteen['missed_by_1']} missed"
+    ) in readme
+    assert f"come within {pair(pooled)} nats, where 16 from q stay {pair(sixteen)} below" in index
 
 
 def test_the_release_is_named_alike_everywhere():

@@ -91,6 +91,10 @@ def test_iwae_ais_scores_a_saved_run_and_says_so(tiny_run, capsys):
     prior = read_json(tiny_run / "ais-test-s3-c2-n4-prior.json")  # a file of its own, beside the one from q
     assert prior["anneal_from"] == "prior" and prior["ll"] != result["ll"] and len(prior["ll"]) == 4
     assert "(AIS from the prior, 3 steps x 2 chains, over 4 images" in capsys.readouterr().out
+    assert main(["ais", str(tiny_run), "--steps", "3", "--chains", "2", "--n", "4", "--from", "both", "--quiet"]) == 0
+    both = read_json(tiny_run / "ais-test-s3-c2-n4-both.json")
+    assert both["anneal_from"] == "both" and len(both["ll"]) == 4 and both["ll"] not in (result["ll"], prior["ll"])
+    assert "(AIS from q and the prior, 3 steps x 2 chains, over 4 images" in capsys.readouterr().out
 
 
 def test_a_stopped_iwae_ais_goes_on_where_it_was_to_the_same_numbers(tiny_run, tmp_path, monkeypatch, capsys):
@@ -446,8 +450,10 @@ def test_a_model_of_ones_own_is_annealed_from_the_prior_as_the_paper_model_is():
 
 def test_annealing_from_an_unknown_start_or_without_the_priors_likelihood_is_refused():
     model, x = tiny_model(), binary_batch(2, 3)
-    with pytest.raises(ValueError, match="anneal_from must be 'q' .* or 'prior', got 'posterior'"):
+    with pytest.raises(ValueError, match="anneal_from must be 'q' .*, 'prior' or 'both' .*, got 'posterior'"):
         ais_log_likelihood(model, x, anneal_from="posterior")
+    with pytest.raises(ValueError, match="bdmc anneals from 'q' or from 'prior': run it for each"):
+        bdmc(model, 3, anneal_from="both")
     with pytest.raises(TypeError, match="GaussianWeights has no log_px_at_prior_noise.*anneal from q instead"):
         ais_log_likelihood(GaussianWeights(), torch.zeros(2, 1, dtype=torch.float64), anneal_from="prior")
 
@@ -504,3 +510,16 @@ def test_bdmc_from_the_prior_names_what_it_needs():
 
     with pytest.raises(TypeError, match="has no prior_noise"):
         bdmc(WithoutPriorNoise(), 3, anneal_from="prior")
+
+
+def test_both_starts_pool_the_chains_of_each_block_from_q_then_from_the_prior():
+    """Every chain's weight is unbiased for p(x) whichever its start: "both" is the log of the mean weight of C chains
+    from q and C from the prior, each block annealed from q and then from the prior on one generator."""
+    model, x = tiny_model(x_dim=4, latent_dims=(2, 1)), binary_batch(5, 4)
+    kw = {"steps": 4, "chains": 3, "block": 3}
+    both = ais_log_likelihood(model, x, anneal_from="both", generator=torch.Generator().manual_seed(7), **kw)
+    gen, parts = torch.Generator().manual_seed(7), []
+    for rows in (slice(0, 3), slice(3, 5)):  # block by block, as "both" draws: from q, then from the prior
+        q, prior = (ais_log_likelihood(model, x[rows], anneal_from=a, generator=gen, **kw) for a in ("q", "prior"))
+        parts.append(torch.logaddexp(q, prior) - math.log(2))
+    torch.testing.assert_close(both, torch.cat(parts), rtol=1e-12, atol=1e-12)

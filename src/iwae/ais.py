@@ -116,7 +116,9 @@ def ais_log_likelihood(
     :param block: examples annealed at a time (memory: ``block * (chains + pilots)`` samples a pass).
     :param generator: source of the initial noise, the momenta and the acceptance draws.
     :param anneal_from: ``"q"``: from the recognition model's proposal; ``"prior"``: from the prior, q unused, for
-        a model with ``log_px_at_prior_noise`` (module docstring): more steps, but not bound to the modes q covers.
+        a model with ``log_px_at_prior_noise`` (module docstring): more steps, but not bound to the modes q covers;
+        ``"both"``: ``chains`` from each, pooled (every chain's weight is unbiased for p(x) whichever its start), at
+        the cost of the two.
     :param flush_denormal: on a CPU, flush subnormal floats to zero meanwhile (as :func:`iwae.log_likelihood`).
     :param progress: a progress bar over the annealing steps.
 
@@ -125,10 +127,11 @@ def ais_log_likelihood(
     """
     _check_settings(steps, chains, leapfrog, block, adapt, pilots, step_size, target_accept)
     x = checked_batch(model, x)
-    target = _target(model, anneal_from)
-    with tqdm(total=steps * x.shape[0], desc="AIS", unit="step", disable=not progress, leave=False) as bar:
+    targets = _targets(model, anneal_from)
+    total = len(targets) * steps * x.shape[0]
+    with tqdm(total=total, desc="AIS", unit="step", disable=not progress, leave=False) as bar:
         settings = (chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block, generator)
-        blocks = _ais_blocks(model, target, x, steps, settings, 0, bar, flush_denormal)
+        blocks = _ais_blocks(model, targets, x, steps, settings, 0, bar, flush_denormal)
         return torch.cat([ll for _, ll in blocks])
 
 
@@ -163,12 +166,12 @@ def iter_ais_log_likelihood(
     if not (isinstance(start, int) and 0 <= start <= x.shape[0] and (start % block == 0 or start == x.shape[0])):
         raise ValueError(f"start must be 0 or the row after a block (a multiple of {block}), got {start!r}")
     settings = (chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block, generator)
-    return _ais_blocks(model, _target(model, anneal_from), x, steps, settings, start, bar, flush_denormal)
+    return _ais_blocks(model, _targets(model, anneal_from), x, steps, settings, start, bar, flush_denormal)
 
 
 def _ais_blocks(
     model: object,
-    target: object,
+    targets: list[object],
     x: Tensor,
     steps: int,
     settings: tuple,
@@ -176,13 +179,17 @@ def _ais_blocks(
     bar: tqdm | None,
     flush_denormal: bool,
 ) -> Iterator[tuple[int, Tensor]]:
-    """The estimates of :func:`iter_ais_log_likelihood` from row ``start`` on (arguments checked; ``target`` as
-    :func:`_target` gives it for ``model``; ``settings`` as :func:`_annealed` reads them)."""
+    """The estimates of :func:`iter_ais_log_likelihood` from row ``start`` on (arguments checked; ``targets`` as
+    :func:`_targets` gives them for ``model``, each block annealed for each in turn and their chains pooled;
+    ``settings`` as :func:`_annealed` reads them)."""
     chains, pilots, generator = settings[0], settings[1], settings[-1]
-    begin = _from_proposal(target, chains, pilots, generator)
+    betas = sigmoid_schedule(steps).tolist()
     with flush_subnormals(flush_denormal and x.device.type == "cpu"), _eval_mode(model):
-        for i, log_weight, _ in _annealed(target, x, sigmoid_schedule(steps).tolist(), begin, settings, bar, start):
-            yield i, torch.logsumexp(log_weight, 0) - math.log(chains)
+        runs = [_annealed(t, x, betas, _from_proposal(t, chains, pilots, generator), settings, bar, start)
+                for t in targets]  # fmt: skip
+        for blocks in zip(*runs):  # a block from each target, in turn
+            log_weight = torch.cat([w for _, w, _ in blocks])
+            yield blocks[0][0], torch.logsumexp(log_weight, 0) - math.log(log_weight.shape[0])
 
 
 class _FromPrior:
@@ -199,25 +206,28 @@ class _FromPrior:
         return LogWeights(self.model.log_px_at_prior_noise(x, noise), [], noise)
 
 
-ANNEAL_FROM = ("q", "prior")  # where the chains start: the recognition model's proposal, or the prior
+# where the chains start: the recognition model's proposal, the prior, or both (chains from each, pooled)
+ANNEAL_FROM = ("q", "prior", "both")
 
 
 def check_anneal_from(anneal_from: str) -> None:
     """A ValueError unless ``anneal_from`` is one of :data:`ANNEAL_FROM`."""
     if anneal_from not in ANNEAL_FROM:
-        raise ValueError(f"anneal_from must be 'q' (the recognition model) or 'prior', got {anneal_from!r}")
+        raise ValueError(f"anneal_from must be 'q' (the recognition model), 'prior' or 'both' (chains from each, "
+                         f"pooled), got {anneal_from!r}")  # fmt: skip
 
 
-def _target(model: object, anneal_from: str) -> object:
-    """What the chains read as their log-weights: the model itself (from q), or its likelihood in the prior's noise."""
+def _targets(model: object, anneal_from: str) -> list[object]:
+    """What the chains read as their log-weights: the model itself (from q), its likelihood in the prior's noise
+    (from the prior), or the one and then the other (both)."""
     check_anneal_from(anneal_from)
     if anneal_from == "q":
-        return model
+        return [model]
     if not callable(getattr(model, "log_px_at_prior_noise", None)):
         raise TypeError(f"{type(model).__name__} has no log_px_at_prior_noise(x, noise): annealing from the prior "
                         "needs log p(x | h) at latents drawn from the prior by that noise (see "
                         "iwae.IWAE.log_px_at_prior_noise); anneal from q instead")  # fmt: skip
-    return _FromPrior(model)
+    return [_FromPrior(model)] if anneal_from == "prior" else [model, _FromPrior(model)]
 
 
 class BDMC(NamedTuple):
@@ -266,7 +276,10 @@ def bdmc(
         raise TypeError(f"{type(model).__name__} has no simulate(n, generator): bidirectional Monte Carlo needs data "
                         "drawn from the model with the noise of their latents (see iwae.IWAE.simulate)")  # fmt: skip
     _check_settings(steps, chains, leapfrog, block, adapt, pilots, step_size, target_accept)
-    target = _target(model, anneal_from)
+    if anneal_from == "both":
+        raise ValueError("bdmc anneals from 'q' or from 'prior': run it for each (chains pooled from both starts "
+                         "have no one reverse pass)")  # fmt: skip
+    (target,) = _targets(model, anneal_from)
     if anneal_from == "prior" and not callable(getattr(model, "prior_noise", None)):
         raise TypeError(f"{type(model).__name__} has no prior_noise(samples, generator): bidirectional Monte Carlo "
                         "from the prior starts its reverse chains at the prior's noise of the simulated latents "

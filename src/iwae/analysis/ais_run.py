@@ -4,7 +4,7 @@ The images are those of the run's own evaluation (:func:`iwae.runs.evaluate_run.
 split, binarized by its stream), so the result pairs image by image with ``iwae evaluate --n`` on the same n; the
 chains' noise comes from the split's ``ais`` stream of the run's seed. The result is written to
 ``ais-<split>-s<steps>-c<chains>-n<n>.json`` in the run folder (``...-prior.json`` for chains annealed from the
-prior), with the per-image estimates. Meanwhile the
+prior, ``...-both.json`` for both starts pooled), with the per-image estimates. Meanwhile the
 estimates so far are kept after each block of :data:`BLOCK` images (with the state of the chains' generator, as
 :mod:`iwae.runs.eval_progress` keeps an evaluation's), so a stopped ``iwae ais`` run again goes on where it was, to
 the numbers of one that never stopped.
@@ -50,18 +50,17 @@ def ais_run(
 ) -> dict[str, Any]:
     """AIS NLL of the run's model on n images of ``split`` (module docstring): ``nll``, ``nll_sem``, ``n``, the
     settings, the seconds and the per-image estimates ``ll``; written to the run folder and returned.
-    ``anneal_from``: ``"q"`` or ``"prior"`` (:func:`iwae.ais_log_likelihood`)."""
+    ``anneal_from``: ``"q"``, ``"prior"`` or ``"both"`` (:func:`iwae.ais_log_likelihood`)."""
     check_split(split)
     check_anneal_from(anneal_from)
     config, model, _ = load_run(run_dir, data_dir, device)
     dev = next(model.parameters()).device
     x = eval_images(config, split, n, dev, config.seed).to(next(model.parameters()).dtype)
-    prior = anneal_from == "prior"
-    name = f"ais-{split}-s{steps}-c{chains}-n{x.shape[0]}" + ("-prior" if prior else "")
+    name = f"ais-{split}-s{steps}-c{chains}-n{x.shape[0]}" + ("" if anneal_from == "q" else f"-{anneal_from}")
     path = Path(run_dir) / f"{name}{PROGRESS_SUFFIX}"
     generator = stream(config, dev, split, "ais")
     identity = {**measurement(config, model, x, split, "ais", chains), "steps": steps, "block": BLOCK,
-                **({"anneal_from": "prior"} if prior else {})}  # fmt: skip
+                **({} if anneal_from == "q" else {"anneal_from": anneal_from})}  # fmt: skip
 
     def scored(start: int) -> Iterator[tuple[int, torch.Tensor]]:
         blocks = iter_ais_log_likelihood(model, x, steps, chains, block=BLOCK, generator=generator, start=start,
@@ -70,8 +69,9 @@ def ais_run(
         with closing(blocks):
             yield from blocks
 
-    with tqdm(total=steps * x.shape[0], desc="AIS", unit="step", disable=not progress, leave=False) as bar:
-        ll = resumable_blocks(x, BLOCK, generator, path, identity, scored, bar=bar, per_example=steps)
+    per_example = steps * (2 if anneal_from == "both" else 1)  # annealing steps an image takes
+    with tqdm(total=per_example * x.shape[0], desc="AIS", unit="step", disable=not progress, leave=False) as bar:
+        ll = resumable_blocks(x, BLOCK, generator, path, identity, scored, bar=bar, per_example=per_example)
     result = {"split": split, "steps": steps, "chains": chains, "anneal_from": anneal_from, **summarize(ll),
               "seconds": saved_seconds(path), "ll": ll.tolist(), "file": f"{name}.json"}  # fmt: skip
     write_json(Path(run_dir) / f"{name}.json", result)

@@ -153,10 +153,10 @@ def ais_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", "--images", dest="n", type=positive_int, default=100,
                    help="N examples spread evenly through the split, as `iwae evaluate --n N` takes them "
                    "(default 100)")  # fmt: skip
-    p.add_argument("--from", dest="anneal_from", choices=("q", "prior"), default="q",
-                   help="where the chains start: q, the recognition model's proposal (default), or the prior "
-                   "(Wu et al. 2017: q unused, more steps needed, but not bound to the posterior modes that q "
-                   "covers)")  # fmt: skip
+    p.add_argument("--from", dest="anneal_from", choices=("q", "prior", "both"), default="q",
+                   help="where the chains start: q, the recognition model's proposal (default); the prior (Wu et al. "
+                   "2017: q unused, more steps needed, but not bound to the posterior modes that q covers); or both, "
+                   "--chains from each, pooled, at the cost of the two (--simulated: q or prior)")  # fmt: skip
     p.add_argument("--simulated", action="store_true",
                    help="bidirectional Monte Carlo instead: AIS forward and in reverse on N data simulated from the "
                    "model, whose gap bounds AIS's error with these settings (--split and --data-dir are not "
@@ -169,7 +169,7 @@ def ais_arguments(p: argparse.ArgumentParser) -> None:
 def ais(args: argparse.Namespace) -> None:
     from iwae.analysis.ais_run import ais_run, bdmc_run
 
-    start = " from the prior" if args.anneal_from == "prior" else ""
+    start = {"q": "", "prior": " from the prior", "both": " from q and the prior"}[args.anneal_from]
     if args.simulated:
         r = bdmc_run(args.run_dir, args.steps, args.chains, args.n, device=args.device, anneal_from=args.anneal_from,
                      progress=not args.quiet)  # fmt: skip

@@ -30,7 +30,10 @@ whose normalising constant at :math:`\beta = 1` is p(x) too. The recognition mod
 more steps (the posterior is far narrower than the prior), but they start everywhere the prior puts mass, so a
 posterior mode that q misses, and with it AIS from q and :math:`\mathcal{L}_k`, can be found, the more surely the
 more steps and chains (``benchmarks/results/ais_exact.md`` measures both starts against exact log p(x)). The model
-needs ``log_px_at_prior_noise(x, noise)`` for it (:meth:`iwae.IWAE.log_px_at_prior_noise`).
+needs ``log_px_at_prior_noise(x, noise)`` for it (:meth:`iwae.IWAE.log_px_at_prior_noise`). With
+``anneal_from="both"`` the chains of the two starts are pooled: every chain's weight is unbiased for p(x) whichever
+its start, so the log of their mean weight is a stochastic lower bound as well, and each start covers modes the
+other misses.
 
 **How close AIS comes** is measured by bidirectional Monte Carlo (Grosse et al. 2015; Wu et al. 2017), :func:`bdmc`,
 on data simulated from the model, where an exact posterior draw is known: the latent that generated x. Annealing

@@ -69,15 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     l5000 = iwae.log_likelihood(model, x, 5000, generator=stream(config, torch.device("cpu"), "test", "nll"))
     rows["L_5000"] = {**gap(log_px, l5000), "seconds": time.perf_counter() - start, "ll": l5000.tolist()}
     estimates: dict[tuple[str, int], tuple[torch.Tensor, float]] = {}
-    runs = [("q", int(s)) for s in args.steps.split(",")]
-    runs += [("prior", int(s)) for s in args.prior_steps.split(",") if s]
-    for anneal_from, steps in runs:
+    for anneal_from, steps in report.ais_runs(args.steps, args.prior_steps):
         start = time.perf_counter()
         gen = stream(config, torch.device("cpu"), "test", "ais")
         ais = ais_log_likelihood(model, x, steps=steps, chains=args.chains, generator=gen, anneal_from=anneal_from)
         estimates[anneal_from, steps] = ais.double(), time.perf_counter() - start
-        name = "AIS" if anneal_from == "q" else "AIS from the prior"
-        rows[f"{name}, {steps} steps x {args.chains} chains"] = {**gap(log_px, ais), "seconds": estimates[
+        rows[report.ais_row("AIS", anneal_from, steps, args.chains)] = {**gap(log_px, ais), "seconds": estimates[
             anneal_from, steps][1], "ll": ais.tolist()}  # fmt: skip
     crossings = []
     for steps in sorted({s for kind, s in estimates if kind == "q"} & {s for kind, s in estimates if kind == "prior"}):

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import iwae
+from benchmarks.report import ais_row, ais_runs
 from iwae.ais import ais_log_likelihood, bdmc
 from iwae.analysis.compare import paired_difference
 from iwae.runs.evaluate_run import eval_images, stream
@@ -54,15 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     l5000 = iwae.log_likelihood(model, x, 5000, generator=stream(config, device, "test", "nll", config.seed))
     rows = [{"estimate": "L_5000", "mean": l5000.mean().item(), "seconds": time.perf_counter() - start}]
-    runs = [("q", int(s)) for s in args.steps.split(",")]
-    runs += [("prior", int(s)) for s in args.prior_steps.split(",") if s]
+    runs = ais_runs(args.steps, args.prior_steps)
     for anneal_from, steps in runs:
         start = time.perf_counter()
         gen = stream(config, device, "test", "ais", config.seed)
         ais = ais_log_likelihood(model, x, steps=steps, chains=args.chains, generator=gen, anneal_from=anneal_from)
         gap = paired_difference(l5000, ais)  # -L_5000 - (-AIS): how much higher AIS is
-        name = "AIS" if anneal_from == "q" else "AIS from the prior"
-        rows.append({"estimate": f"{name}, {steps} steps x {args.chains} chains", "mean": ais.mean().item(),
+        rows.append({"estimate": ais_row("AIS", anneal_from, steps, args.chains), "mean": ais.mean().item(),
                      "gap": gap, "above": (ais > l5000).float().mean().item(),
                      "seconds": time.perf_counter() - start})  # fmt: skip
     for anneal_from, steps in runs:
@@ -70,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         out = bdmc(model, args.n, steps=steps, chains=args.chains, generator=stream(config, device, "test", "ais"),
                    anneal_from=anneal_from)  # fmt: skip
         gap = paired_difference(-out.upper, -out.lower)  # upper - lower, paired over the simulated data
-        name = "BDMC" if anneal_from == "q" else "BDMC from the prior"
-        rows.append({"estimate": f"{name}, {steps} steps x {args.chains} chains", "lower": out.lower.mean().item(),
+        rows.append({"estimate": ais_row("BDMC", anneal_from, steps, args.chains), "lower": out.lower.mean().item(),
                      "upper": out.upper.mean().item(), "bdmc_gap": gap,
                      "seconds": time.perf_counter() - start})  # fmt: skip
     command = "python -m benchmarks.ais_gap " + shlex.join(argv if argv is not None else sys.argv[1:])

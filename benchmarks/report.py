@@ -32,6 +32,17 @@ TARGETS = (
 )
 
 
+def ais_runs(steps: str, prior_steps: str) -> list[tuple[str, int]]:
+    """The (start, steps) annealing runs that comma-separated ``--steps`` (from q) and ``--prior-steps`` (from the
+    prior; ``''`` for none) ask for, from q first."""
+    return [("q", int(s)) for s in steps.split(",") if s] + [("prior", int(s)) for s in prior_steps.split(",") if s]
+
+
+def ais_row(method: str, anneal_from: str, steps: int, chains: int) -> str:
+    """A table row's name: ``"AIS, 500 steps x 8 chains"``, ``"BDMC from the prior, 2000 steps x 8 chains"``."""
+    return f"{method}{'' if anneal_from == 'q' else ' from the prior'}, {steps} steps x {chains} chains"
+
+
 def load_average() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]

@@ -12,7 +12,7 @@ from exact import _log_px_given_h1, exact_log_px
 
 import iwae
 import iwae.ais as ais
-from iwae.ais import _hmc, _log_w_and_grad, ais_log_likelihood, bdmc, sigmoid_schedule
+from iwae.ais import ANNEAL_FROM, _hmc, _log_w_and_grad, ais_log_likelihood, anneal_starts, bdmc, sigmoid_schedule
 from iwae.models import _ops
 from iwae.models.model import LogWeights, Simulated
 
@@ -456,6 +456,9 @@ def test_annealing_from_an_unknown_start_or_without_the_priors_likelihood_is_ref
         bdmc(model, 3, anneal_from="both")
     with pytest.raises(TypeError, match="GaussianWeights has no log_px_at_prior_noise.*anneal from q instead"):
         ais_log_likelihood(GaussianWeights(), torch.zeros(2, 1, dtype=torch.float64), anneal_from="prior")
+    with pytest.raises(TypeError, match="GaussianWeights has no log_px_at_prior_noise"):  # half of "both" is "prior"
+        ais_log_likelihood(GaussianWeights(), torch.zeros(2, 1, dtype=torch.float64), anneal_from="both")
+    assert [anneal_starts(a) for a in ANNEAL_FROM] == [("q",), ("prior",), ("q", "prior")]
 
 
 @pytest.mark.parametrize("latent_dims", [(2,), (2, 3), (2, 3, 4)])

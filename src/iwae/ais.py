@@ -65,6 +65,7 @@ __all__ = [
     "sigmoid_schedule",
     "ANNEAL_FROM",
     "check_anneal_from",
+    "anneal_starts",
 ]
 
 
@@ -220,17 +221,22 @@ def check_anneal_from(anneal_from: str) -> None:
                          f"pooled), got {anneal_from!r}")  # fmt: skip
 
 
-def _targets(model: object, anneal_from: str) -> list[object]:
-    """What the chains read as their log-weights: the model itself (from q), its likelihood in the prior's noise
-    (from the prior), or the one and then the other (both)."""
+def anneal_starts(anneal_from: str) -> tuple[str, ...]:
+    """The starts an ``anneal_from`` setting anneals each block from, in turn: ``("q",)``, ``("prior",)``, or
+    ``("q", "prior")`` for ``"both"`` (so an image takes ``len(...) * steps`` annealing steps)."""
     check_anneal_from(anneal_from)
-    if anneal_from == "q":
-        return [model]
-    if not callable(getattr(model, "log_px_at_prior_noise", None)):
+    return ("q", "prior") if anneal_from == "both" else (anneal_from,)
+
+
+def _targets(model: object, anneal_from: str) -> list[object]:
+    """What the chains read as their log-weights, one per start: the model itself (from q), its likelihood in the
+    prior's noise (from the prior), or the one and then the other (both)."""
+    starts = anneal_starts(anneal_from)
+    if "prior" in starts and not callable(getattr(model, "log_px_at_prior_noise", None)):
         raise TypeError(f"{type(model).__name__} has no log_px_at_prior_noise(x, noise): annealing from the prior "
                         "needs log p(x | h) at latents drawn from the prior by that noise (see "
                         "iwae.IWAE.log_px_at_prior_noise); anneal from q instead")  # fmt: skip
-    return [_FromPrior(model)] if anneal_from == "prior" else [model, _FromPrior(model)]
+    return [model if start == "q" else _FromPrior(model) for start in starts]
 
 
 class BDMC(NamedTuple):

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from iwae.ais import bdmc, check_anneal_from, iter_ais_log_likelihood
+from iwae.ais import anneal_starts, bdmc, check_anneal_from, iter_ais_log_likelihood
 from iwae.runs.eval_progress import PROGRESS_SUFFIX, measurement, resumable_blocks, saved_seconds
 from iwae.runs.evaluate_run import check_split, eval_images, stream, summarize
 from iwae.runs.rundir import load_run
@@ -34,6 +34,11 @@ from iwae.util.atomic import write_json
 __all__ = ["ais_run", "bdmc_run"]
 
 BLOCK = 256  # images annealed at a time (ais_log_likelihood's default): the progress is kept after each
+
+
+def _file_stem(stem: str, anneal_from: str) -> str:
+    """A result's file name without its extension: ``stem``, then ``-prior`` or ``-both`` unless annealed from q."""
+    return stem + ("" if anneal_from == "q" else f"-{anneal_from}")
 
 
 def ais_run(
@@ -56,7 +61,7 @@ def ais_run(
     config, model, _ = load_run(run_dir, data_dir, device)
     dev = next(model.parameters()).device
     x = eval_images(config, split, n, dev, config.seed).to(next(model.parameters()).dtype)
-    name = f"ais-{split}-s{steps}-c{chains}-n{x.shape[0]}" + ("" if anneal_from == "q" else f"-{anneal_from}")
+    name = _file_stem(f"ais-{split}-s{steps}-c{chains}-n{x.shape[0]}", anneal_from)
     path = Path(run_dir) / f"{name}{PROGRESS_SUFFIX}"
     generator = stream(config, dev, split, "ais")
     identity = {**measurement(config, model, x, split, "ais", chains), "steps": steps, "block": BLOCK,
@@ -69,7 +74,7 @@ def ais_run(
         with closing(blocks):
             yield from blocks
 
-    per_example = steps * (2 if anneal_from == "both" else 1)  # annealing steps an image takes
+    per_example = steps * len(anneal_starts(anneal_from))  # annealing steps an image takes
     with tqdm(total=per_example * x.shape[0], desc="AIS", unit="step", disable=not progress, leave=False) as bar:
         ll = resumable_blocks(x, BLOCK, generator, path, identity, scored, bar=bar, per_example=per_example)
     result = {"split": split, "steps": steps, "chains": chains, "anneal_from": anneal_from, **summarize(ll),
@@ -105,7 +110,7 @@ def bdmc_run(
            "gap_sem": (gap.std() / n**0.5).item() if n > 1 else float("nan"),
            "seconds": time.perf_counter() - start, "lower_ll": result.lower.double().tolist(),
            "upper_ll": result.upper.double().tolist()}  # fmt: skip
-    name = f"bdmc-s{steps}-c{chains}-n{n}" + ("-prior" if anneal_from == "prior" else "")
+    name = _file_stem(f"bdmc-s{steps}-c{chains}-n{n}", anneal_from)
     out = {**out, "anneal_from": anneal_from, "file": f"{name}.json"}
     write_json(Path(run_dir) / f"{name}.json", out)
     return out

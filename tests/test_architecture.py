@@ -159,3 +159,37 @@ def test_dir_of_the_package_is_its_public_api_and_each_name_resolves():
     assert "load_run" in names and "__version__" in names
     assert not {"Any", "import_module", "annotations"} & set(names)  # the package's own imports are not its API
     assert all(getattr(iwae, name) is not None for name in names)
+
+
+def _unhinted(source: str) -> list[str]:
+    """The public functions and methods in ``source`` (not under a private name, class or function) that leave a
+    parameter or, but for ``__init__``, the return without a type hint."""
+    found = []
+
+    def scan(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                scan(node.body, f"{prefix}{node.name}.")
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and (
+                node.name == "__init__" or not node.name.startswith("_")
+            ):
+                a = node.args
+                params = [*a.posonlyargs, *a.args, *a.kwonlyargs, *(p for p in (a.vararg, a.kwarg) if p)]
+                if any(p.annotation is None and p.arg not in ("self", "cls") for p in params) or (
+                    node.returns is None and node.name != "__init__"
+                ):
+                    found.append(f"{prefix}{node.name}")
+
+    scan(ast.parse(source).body, "")
+    return found
+
+
+def test_public_functions_and_methods_carry_type_hints():
+    missing = [f"{path.relative_to(SRC)}: {name}" for path in sorted(SRC.rglob("*.py")) for name in _unhinted(
+        path.read_text())]  # fmt: skip
+    assert not missing, f"public functions without type hints: {missing}"
+    source = "\n".join([
+        "def f(x, y: int) -> int: ...", "class C:", "    def g(self, **kw) -> None: ...", "    def h(self): ...",
+        "    def _private(self, z): ...", "class _D:", "    def i(self, z): ...", "def k(*a: int) -> None: ...",
+    ])  # fmt: skip
+    assert _unhinted(source) == ["f", "C.g", "C.h"]

@@ -37,7 +37,7 @@ with the IWAE bound and DReG).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -151,7 +151,7 @@ class GaussianLatentModel(nn.Module):
         log_p = standard_normal_log_prob(h) + bernoulli_log_prob(logits, x)
         return LogWeights(log_p - log_q, [h], eps)
 
-    def forward(self, x: Tensor, k: int, **kwargs) -> LogWeights:
+    def forward(self, x: Tensor, k: int, **kwargs: Any) -> LogWeights:
         """Same as :meth:`forward_samples`."""
         return self.forward_samples(x, k, **kwargs)
 

@@ -16,7 +16,7 @@ The conditionals are :mod:`iwae.models.layers`; the pruning of latent units (Sec
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -209,7 +209,7 @@ class IWAE(PrunableUnits):
             return [torch.randn(shape, generator=generator, out=o) for shape, o in zip(shapes, out)]
         return [torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype) for shape in shapes]
 
-    def forward(self, x: Tensor, k: int, **kwargs) -> LogWeights:
+    def forward(self, x: Tensor, k: int, **kwargs: Any) -> LogWeights:
         """Same as :meth:`forward_samples` (so that ``torch.func.functional_call`` can run the model)."""
         return self.forward_samples(x, k, **kwargs)
 

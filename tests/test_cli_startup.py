@@ -39,24 +39,40 @@ def test_a_stopped_run_names_its_folder_and_how_to_resume(stop, code, tmp_path, 
 
     monkeypatch.setitem(COMMANDS, "train", COMMANDS["train"]._replace(run=run))
     before = signal.getsignal(signal.SIGTERM)
+    assert main(["train", "--out", str(tmp_path / "run")]) == code  # stopped before the run folder was made
+    err = capsys.readouterr().err
+    assert "the run had not begun (nothing was kept): run the same command again" in err and "resume" not in err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")  # now the run has begun
     assert main(["train", "--out", str(tmp_path / "run")]) == code
     err = capsys.readouterr().err
-    assert f"iwae resume {tmp_path / 'run'}" in err and "RUN_DIR" not in err
+    assert f"iwae resume {tmp_path / 'run'}` (it goes on from its last checkpoint)" in err and "RUN_DIR" not in err
     assert ("terminated" in err) == (code == 143)
     assert signal.getsignal(signal.SIGTERM) == before
+    monkeypatch.setitem(COMMANDS, "resume", COMMANDS["resume"]._replace(run=run))
+    assert main(["resume", str(tmp_path / "run"), "--re-evaluate"]) == code
+    assert f"continue with `iwae resume {tmp_path / 'run'} --re-evaluate`" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("argv", "kept"), [(["evaluate", "RUN"], True), (["ais", "RUN"], True),
-                                            (["ais", "RUN", "--simulated"], False)])  # fmt: skip
-def test_a_stopped_evaluation_says_that_running_it_again_goes_on(argv, kept, monkeypatch, capsys):
+@pytest.mark.parametrize("kept", [False, True])
+@pytest.mark.parametrize("argv", [["evaluate"], ["ais"], ["ais", "--simulated"]])
+def test_a_stopped_evaluation_says_whether_running_it_again_goes_on(argv, kept, tmp_path, monkeypatch, capsys):
+    """Only where a progress file lies in the run folder is the user told that the work goes on from it."""
+
     def run(args):
+        if kept:
+            (tmp_path / "eval-test-k5000-n10000-abc.progress.safetensors").write_bytes(b"")
         raise KeyboardInterrupt
 
     monkeypatch.setitem(COMMANDS, argv[0], COMMANDS[argv[0]]._replace(run=run))
-    assert main(argv) == 130
+    assert main([argv[0], str(tmp_path), *argv[1:]]) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("iwae: interrupted")
-    assert ("run the same command again to go on where it stopped (its progress is kept" in err) == kept
+    simulated = "--simulated" in argv  # (BDMC keeps no progress: nothing to say)
+    assert ("run the same command again to go on where it stopped (its progress is kept" in err) == (
+        kept and not simulated
+    )
+    assert ("it had kept no progress yet: run the same command again" in err) == (not kept and not simulated)
 
 
 def test_sample_makes_the_output_folder(tiny_run, tmp_path):
@@ -134,3 +150,23 @@ def test_reproduce_estimate_measures_the_runs_own_step_and_counts_its_steps(monk
     per_sample = 1 / 8000
     curve = 3 * per_sample * 1000 * 500
     assert est == pytest.approx(steps / 1.0 + per_sample * 10 * (2 * 2 + 2) + curve + 7.0)
+
+
+def test_output_into_a_pipe_closed_early_ends_quietly(tmp_path):
+    """``iwae status | head -0``: the reader went away before the output was written; no traceback, no error line."""
+    from iwae.runs import rundir
+    from iwae.runs.config import TrainConfig
+
+    rundir.create(tmp_path / "run", TrainConfig())  # a run to list
+    proc = subprocess.Popen([sys.executable, "-m", "iwae", "status", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err == b""
+
+
+def test_sample_writes_the_format_its_suffix_names(tiny_run, tmp_path, capsys):
+    assert main(["sample", str(tiny_run), "--n", "4", "--out", str(tmp_path / "s.jpg")]) == 0
+    assert (tmp_path / "s.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG's magic, not PNG's
+    assert main(["sample", str(tiny_run), "--n", "4", "--out", str(tmp_path / "s.txt")]) == 1
+    assert "s.txt: .txt names no image format Pillow writes; name a .png file" in capsys.readouterr().err

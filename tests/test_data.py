@@ -101,7 +101,8 @@ def test_truncated_gzip_is_refused(tmp_path):
     write_mnist(tmp_path)
     path = tmp_path / "mnist/train-images-idx3-ubyte.gz"
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(data.DataFormatError, match="train-images-idx3-ubyte.gz: corrupt or truncated gzip"):
+    with pytest.raises(data.DataFormatError, match="train-images-idx3-ubyte.gz: corrupt or truncated gzip .*; delete "
+                       f"that file and run `iwae download mnist --data-dir {tmp_path}`"):  # fmt: skip
         data.load("mnist", "train", tmp_path, verify=False)
 
 

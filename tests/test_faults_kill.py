@@ -28,7 +28,8 @@ import iwae.runs.evaluate_run
 import iwae.runs.train
 from iwae.experiments.status import run_states
 from iwae.runs import rundir
-from iwae.runs.config import TrainConfig
+from iwae.runs.config import TrainConfig, passes_text
+from iwae.runs.training_state import steps_per_pass
 from iwae.util import atomic
 
 # 120 training steps in two stages, a checkpoint mid-stage and at each stage's end, a small evaluation.
@@ -146,7 +147,8 @@ def test_ctrl_c_checkpoints_the_step_under_way_and_resume_loses_nothing(data_dir
         position = json.loads(f.metadata()["state"])
     assert (position["stage"], position["step"]) == (0, 20)  # the step under way finished, then checkpointed
     (state,) = run_states(run)  # `iwae status RUN`: where it stopped and how to go on
-    assert state.state == "stopped" and state.detail.endswith(f"passes (0%); continue: iwae resume {run}")
+    assert state.state == "stopped" and state.detail.endswith(f"; continue: iwae resume {run}")
+    assert state.detail.startswith(f"{passes_text(20 / steps_per_pass(config))} of ")  # the checkpoint's, mid-pass
     iwae.runs.train.train_and_evaluate(run, None, progress=False)
     _same_run(tmp_path / "straight", run)
     # a second Ctrl-C stops at once: no checkpoint of that step

@@ -69,6 +69,16 @@ def test_status_of_a_stopped_run_says_its_passes_and_the_training_time_left_at_i
         f"3600.0 s a pass; continue: iwae resume {run}"  # fmt: skip
 
 
+def test_passes_at_a_position_count_the_stages_before_it_and_the_steps_into_it():
+    from iwae.runs.training_state import passes_at, steps_per_pass
+
+    config = TrainConfig(stages=3)  # 1 + 3 + 9 passes over MNIST's 59,600 training images (400 held out)
+    per_pass = steps_per_pass(config)
+    assert per_pass == 2980
+    assert [passes_at(config, 0, 0), passes_at(config, 1, 0), passes_at(config, 3, 0)] == [0, 1, 13]
+    assert passes_at(config, 2, per_pass * 2 + 298) == 6.1 and passes_at(config, 0, 20) == 20 / per_pass
+
+
 def test_status_gives_the_last_learning_curve_point_and_a_rise_above_the_best(tmp_path):
     """The curve's last test NLL; where it lies above the best point before it by more than its standard error (the
     run stopped improving, or diverges), that best too."""

@@ -93,6 +93,13 @@ def test_no_eval_is_saved_and_a_finished_run_is_left_alone(data_dir, tmp_path, c
     assert "already finished" in capsys.readouterr().out and read_json(run / rundir.METRICS_NAME)["eval_k"] == 4
     assert main(["resume", str(run), "--re-evaluate", "--eval-k", "3", "--quiet"]) == 0
     assert read_json(run / rundir.METRICS_NAME)["eval_k"] == 3
+    capsys.readouterr()
+    assert main(["resume", str(run), "--quiet"]) == 0
+    assert "But its metrics.json" not in capsys.readouterr().out  # the evaluation its config asks for
+    rundir.update_config(run, {"eval_k": 5})  # as a --re-evaluate --eval-k 5 stopped before its end leaves it
+    assert main(["resume", str(run), "--quiet"]) == 0
+    assert "But its metrics.json holds L_3 on 10 test images where its config.json asks for L_5 on 10 (a " \
+        "--re-evaluate that was stopped): run it with --re-evaluate." in capsys.readouterr().out  # fmt: skip
 
 
 def test_the_data_directory_is_recorded_and_may_be_overridden(data_dir, tmp_path, monkeypatch, capsys):

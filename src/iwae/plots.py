@@ -41,11 +41,15 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, side: int = 28, pa
 
 
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 3) -> None:
-    """Write a grid of images (e.g. Bernoulli means of samples) as a PNG, upscaled for viewing."""
+    """Write a grid of images (e.g. Bernoulli means of samples), upscaled for viewing, in the format that the file
+    name's suffix names (``.png``; or another Pillow writes, as ``.jpg``)."""
+    suffix = Path(path).suffix.lower()
+    if (fmt := Image.registered_extensions().get(suffix)) is None or fmt not in Image.SAVE:
+        raise ValueError(f"{path}: {suffix or 'no suffix'} names no image format Pillow writes; name a .png file")
     grid = Image.fromarray(image_grid(images, nrow))
     with atomic_path(path) as tmp:
         # The temporary name ends in .tmp, so the format is given explicitly.
-        grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(tmp, format="PNG")
+        grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(tmp, format=fmt)
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
 import signal
 import sys
@@ -120,14 +121,31 @@ def _resume(args: argparse.Namespace) -> None:
         resume_fleet(args)
         return
     if status(args.run_dir) == "done" and not args.re_evaluate and not is_exported(args.run_dir):  # (refused below)
-        print(f"{args.run_dir} is already finished (trained and evaluated: metrics.json); nothing to do. "
-              f"`iwae resume {args.run_dir} --re-evaluate` evaluates it again.")  # fmt: skip
+        again = f"`iwae resume {args.run_dir} --re-evaluate` evaluates it again."
+        print(f"{args.run_dir} is already finished (trained and evaluated: metrics.json); nothing to do. {again}"
+              f"{_stale(Path(args.run_dir))}")  # fmt: skip
         return
     metrics = train_and_evaluate(
         args.run_dir, progress=not args.quiet, threads=args.threads, changes=overrides_from_args(args, RESUMABLE),
         evaluate=True if args.re_evaluate else None,
     )  # fmt: skip
     report_run(metrics, Path(args.run_dir))
+
+
+def _stale(run_dir: Path) -> str:
+    """A warning where the finished run's ``metrics.json`` is not the evaluation its ``config.json`` asks for (a
+    ``--re-evaluate`` with other settings that was stopped), or nothing."""
+    import json
+
+    from iwae.runs.evaluate_run import evaluation_sizes
+    from iwae.runs.rundir import METRICS_NAME, read_config
+
+    config, metrics = read_config(run_dir), json.loads((run_dir / METRICS_NAME).read_text())
+    asked, held = (config.eval_k, evaluation_sizes(config)[0]), (metrics.get("eval_k"), metrics.get("eval_n"))
+    if None in held or asked == held:  # (a run folder from before metrics.json held both: nothing to compare)
+        return ""
+    return (f" But its metrics.json holds L_{held[0]} on {held[1]} test images where its config.json asks for "
+            f"L_{asked[0]} on {asked[1]} (a --re-evaluate that was stopped): run it with --re-evaluate.")  # fmt: skip
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -166,7 +184,15 @@ COMMANDS = {
         "continue an interrupted run",
         "Continue a run from its last checkpoint to the result it would have reached uninterrupted, then evaluate it.",
     ),
-    "evaluate": Command(cli_runs.evaluate, cli_runs.evaluate_arguments, "NLL and active units of a saved run"),
+    "evaluate": Command(
+        cli_runs.evaluate,
+        cli_runs.evaluate_arguments,
+        "NLL and active units of a saved run",
+        "Score a run (finished or not: its checkpoint's model) or an exported model by L_k on N images spread through "
+        "the split, with the noise of the run's own evaluation stream, and print the mean NLL with its standard "
+        "error over images and the active units; writes eval-<split>-k<K>-n<N>.json into the folder. A stopped "
+        "evaluation keeps its progress, and the same command goes on from it.",
+    ),
     "ais": Command(
         cli_runs.ais,
         cli_runs.ais_arguments,
@@ -289,19 +315,34 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def _stopped(args: argparse.Namespace, what: str) -> str:
-    """The line printed when a command is stopped: what happened, and how to go on from there."""
+    """The line printed when a command is stopped: what happened, and how to go on from there (as far as the
+    folders show that something was kept)."""
+    from iwae.runs.eval_progress import PROGRESS_SUFFIX
+
     run = {"train": "out", "resume": "run_dir"}.get(args.command)
+    folder = Path(getattr(args, run or "run_dir", None) or ".")
     if args.command == "train" and getattr(args, "seeds", None) and getattr(args, "fleet", None) == "off":
         how = "; run the same command again to continue (finished runs are kept, the stopped one resumed)"
+    elif args.command == "train" and not {"config.json", "fleet.json"} & _names(folder):
+        how = "; the run had not begun (nothing was kept): run the same command again"
     elif run is not None:
-        how = f"; continue with `iwae resume {getattr(args, run)}` (it restarts from its last checkpoint)"
+        again = " --re-evaluate" if getattr(args, "re_evaluate", False) else ""
+        how = f"; continue with `iwae resume {folder}{again}` (it goes on from its last checkpoint)"
     elif args.command == "reproduce":
         how = "; run the same command again to continue (finished runs are kept, the others resumed)"
     elif args.command == "evaluate" or (args.command == "ais" and not args.simulated):
-        how = "; run the same command again to go on where it stopped (its progress is kept in the run folder)"
+        if any(name.endswith(PROGRESS_SUFFIX) for name in _names(folder)):
+            how = "; run the same command again to go on where it stopped (its progress is kept in the run folder)"
+        else:
+            how = "; it had kept no progress yet: run the same command again to start it afresh"
     else:
         how = ""
     return f"iwae: {what}{how}"
+
+
+def _names(folder: Path) -> set[str]:
+    """The names in ``folder`` (none if it is no folder)."""
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -373,12 +414,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = show
             COMMANDS[args.command].run(args)
+            sys.stdout.flush()  # (a reader gone away is found here, where it is handled, not at exit)
     except KeyboardInterrupt:
         print(_stopped(args, "interrupted"), file=sys.stderr)
         return 130
     except Terminated:
         print(_stopped(args, "terminated (SIGTERM)"), file=sys.stderr)
         return 143
+    except BrokenPipeError:  # the reader of the output went away (`iwae status | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (so that exiting flushes nowhere)
+        return 1
     except Exception as err:
         if _is_out_of_memory(err):
             print(_out_of_memory(args, err), file=sys.stderr)

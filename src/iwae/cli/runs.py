@@ -186,7 +186,8 @@ def ais(args: argparse.Namespace) -> None:
 def sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--n", type=positive_int, default=100, help="number of samples (default 100)")
-    p.add_argument("--out", help="PNG file to write (default RUN_DIR/samples-n<N>-seed<S>.png)")
+    p.add_argument("--out", help="image file to write, its format by its suffix (default "
+                   "RUN_DIR/samples-n<N>-seed<S>.png)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the samples' noise (default 0)")
     _add_device(p)
     add_progress_and_threads(p, "torch's choice")
@@ -226,12 +227,13 @@ def snapshot_arguments(p: argparse.ArgumentParser) -> None:
 
 def snapshot(args: argparse.Namespace) -> None:
     from iwae.runs.config import passes_text
-    from iwae.runs.rundir import read_log
+    from iwae.runs.rundir import checkpoint_position, read_config
     from iwae.runs.sharing import snapshot_run
+    from iwae.runs.training_state import passes_at
 
     out = snapshot_run(args.run_dir, args.out)
-    log = read_log(out)
-    done = passes_text(log[-1]["pass"]) if log else "0"
+    position = checkpoint_position(out)  # (snapshot_run has checked the checkpoint whole)
+    done = passes_text(passes_at(read_config(out), position["stage"], position["step"]))
     print(f"copied {args.run_dir} to {out} as its checkpoint stands ({done} passes); continue: iwae resume {out}")
 
 

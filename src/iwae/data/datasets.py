@@ -84,12 +84,17 @@ def load(
     check_choice(split, SPLITS, "split")
     root = resolve_data_dir(data_dir)
     files = ensure(name, root, download=download)
-    if name == "mnist":
-        x = _mnist(files, split, verify)
-    elif name == "binarized-mnist":
-        x = _binarized_mnist(files, split, verify)
-    else:
-        x = omniglot_splits(files, root, verify)[split]
+    try:
+        if name == "mnist":
+            x = _mnist(files, split, verify)
+        elif name == "binarized-mnist":
+            x = _binarized_mnist(files, split, verify)
+        else:
+            x = omniglot_splits(files, root, verify)[split]
+    except DataFormatError as err:
+        if isinstance(err, ChecksumError):  # (says what to do already)
+            raise
+        raise DataFormatError(f"{err}; delete that file and run `iwae download {name} --data-dir {root}`") from err
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 

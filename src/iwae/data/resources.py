@@ -251,6 +251,9 @@ def missing_error(
     if any(all(_present(above, k) for k in group) for group in SOURCES[name]):  # the data set's own folder given
         return cls(f"data set {name!r} not found in {data_dir}, but in the folder above it: point --data-dir or "
                    f"IWAE_DATA_DIR at {above}, the folder that holds {name}'s folder{detail}")  # fmt: skip
+    if issubclass(cls, DownloadError):  # (downloading is what failed: the way left is to copy the files by hand)
+        return cls(f"could not download data set {name!r} into {data_dir}:{detail}\nCopy {' or '.join(options)} "
+                   "there by hand, or point --data-dir or IWAE_DATA_DIR at a directory that has it")  # fmt: skip
     return cls(
         f"data set {name!r} not found in {data_dir}: expected {' or '.join(options)} there. "
         f"Get it with `iwae download {name} --data-dir {data_dir}` (in Python iwae.data.download({name!r}, "

@@ -26,7 +26,17 @@ from iwae.experiments.slurm import JOB_NAME, queue_states
 from iwae.runs.config import passes_text, schedule
 from iwae.runs.eval_progress import describe_saved
 from iwae.runs.evaluate_run import evaluation_sizes
-from iwae.runs.rundir import CONFIG_NAME, LOCK_NAME, RunError, is_exported, read_config, read_log, status
+from iwae.runs.rundir import (
+    CONFIG_NAME,
+    LOCK_NAME,
+    RunError,
+    checkpoint_position,
+    is_exported,
+    read_config,
+    read_log,
+    status,
+)
+from iwae.runs.training_state import passes_at
 
 __all__ = ["RunState", "run_folders", "run_states", "format_states"]
 
@@ -118,7 +128,9 @@ def _state(run: Path, queue: dict[str, str], reproducing: bool) -> RunState:
         if _trained_without_evaluation(run):
             return RunState(run, "trained", f"not evaluated (--no-eval); evaluate it: iwae resume {run} --eval")
         return RunState(
-            run, "stopped", f"{_progress(run).removeprefix(', ')}; continue: iwae resume {run}".lstrip("; ")
+            run,
+            "stopped",
+            f"{_progress(run, stopped=True).removeprefix(', ')}; continue: iwae resume {run}".lstrip("; "),
         )
     return RunState(run, "new")
 
@@ -132,14 +144,17 @@ def _trained_without_evaluation(run: Path) -> bool:
     return not config.evaluate and bool(log) and log[-1]["pass"] >= sum(stage.passes for stage in schedule(config))
 
 
-def _progress(run: Path) -> str:
-    """``, P of T passes`` (P from the last line of metrics.jsonl, T from the run's schedule), or nothing."""
+def _progress(run: Path, *, stopped: bool = False) -> str:
+    """``, P of T passes`` (P from the last line of metrics.jsonl, or for a ``stopped`` run from its checkpoint,
+    where ``iwae resume`` goes on from, mid-pass too; T from the run's schedule), or nothing."""
     try:
         log, config = read_log(run), read_config(run)
         total = sum(stage.passes for stage in schedule(config))
     except (OSError, ValueError, RunError):
         return ""
     done = log[-1]["pass"] if log else 0.0
+    if stopped and (position := checkpoint_position(run)) is not None:
+        done = passes_at(config, position["stage"], position["step"])
     scored = describe_saved(run, config.eval_k, evaluation_sizes(config)) if done >= total else ""
     saved = f"; final evaluation so far: {scored}" if scored else ""
     share = f"{min(done / total, 1.0):.0%}"

@@ -175,6 +175,9 @@ def check_new(run_dir: str | Path) -> None:
     """Refuse a folder that already holds a run."""
     if is_exported(run_dir):
         raise RunError(f"{run_dir} holds an exported model; pick another --out")
+    if status(run_dir) == "done":
+        raise RunError(f"{run_dir} already holds a finished run (trained and evaluated: {METRICS_NAME}); pick another "
+                       f"--out, or evaluate it again with `iwae resume {run_dir} --re-evaluate`")  # fmt: skip
     if (Path(run_dir) / CONFIG_NAME).exists():
         raise RunError(f"{run_dir} already holds a run; continue it with `iwae resume {run_dir}` or pick another --out")
 
@@ -262,7 +265,16 @@ def save_state(
 
 def pending_position(run_dir: str | Path) -> dict[str, Any] | None:
     """The position recorded in the run's pending checkpoint, or None if it has none (or an unreadable one)."""
-    path = Path(run_dir) / PENDING_NAME
+    return _position(Path(run_dir) / PENDING_NAME)
+
+
+def checkpoint_position(run_dir: str | Path) -> dict[str, Any] | None:
+    """The position recorded in the run's checkpoint (where ``iwae resume`` goes on from: ``stage``, ``step``, ...),
+    or None if it has none (or an unreadable one)."""
+    return _position(Path(run_dir) / CHECKPOINT_NAME)
+
+
+def _position(path: Path) -> dict[str, Any] | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             return json.loads(f.metadata()["state"])

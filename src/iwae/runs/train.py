@@ -16,7 +16,6 @@ is a fleet of one whose checkpoints are written in place. The files of a run fol
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -25,14 +24,13 @@ from typing import Any
 
 import torch
 
-from iwae.data.datasets import SPLIT_SIZES
 from iwae.fleets.fleet import LoopFleet
 from iwae.runs import rundir
 from iwae.runs.config import TrainConfig
 from iwae.runs.evaluate_run import code_version, finish_run
 from iwae.runs.loop import step_runs
 from iwae.runs.rundir import RunError, resolve_device
-from iwae.runs.training_state import RunState, SharedData, open_run
+from iwae.runs.training_state import RunState, SharedData, open_run, steps_per_pass
 from iwae.util.cpu import flush_subnormals
 
 __all__ = [
@@ -188,8 +186,7 @@ def _tensorboard() -> Any:
 
 def _log_final(run_dir: Path, config: TrainConfig, metrics: dict[str, Any]) -> None:
     """The final evaluation in TensorBoard, at the run's last training step."""
-    per_pass = math.ceil(SPLIT_SIZES[config.dataset]["train"] / config.batch_size)
-    step = round(metrics["passes"] * per_pass)
+    step = round(metrics["passes"] * steps_per_pass(config))
     with _tensorboard()(str(Path(run_dir) / TENSORBOARD_NAME)) as writer:
         for key in ("test_nll", "train_nll", "test_nll_pruned"):
             writer.add_scalar(f"final/{key}", metrics[key], step)

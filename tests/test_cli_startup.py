@@ -170,3 +170,13 @@ def test_sample_writes_the_format_its_suffix_names(tiny_run, tmp_path, capsys):
     assert (tmp_path / "s.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG's magic, not PNG's
     assert main(["sample", str(tiny_run), "--n", "4", "--out", str(tmp_path / "s.txt")]) == 1
     assert "s.txt: .txt names no image format Pillow writes; name a .png file" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_torch_starts_is_the_one_line_of_any_stop(tmp_path, monkeypatch, capsys):
+    def interrupted(n):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "set_num_threads", interrupted)  # (the import and thread setup of a cold start)
+    assert main(["train", "--out", str(tmp_path / "run"), "--threads", "1"]) == 130
+    assert capsys.readouterr().err == "iwae: interrupted; the run had not begun (nothing was kept): run the same " \
+        "command again\n"  # fmt: skip

@@ -404,13 +404,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Warning as warning:  # turned into an error (python -W error, PYTHONWARNINGS=error): said as one
         print(f"iwae: error: {warning}", file=sys.stderr)
         return 2
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
+        if getattr(args, "threads", None):
+            import torch  # (seconds on a cold start: a Ctrl-C meanwhile is reported as any other)
+
+            torch.set_num_threads(args.threads)
         with warnings.catch_warnings():
             warnings.showwarning = show
             COMMANDS[args.command].run(args)

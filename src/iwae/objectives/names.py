@@ -10,6 +10,7 @@ there it becomes a field of :class:`iwae.runs.config.TrainConfig`, an option of 
 
 from __future__ import annotations
 
+import argparse
 import math
 import operator
 from collections.abc import Callable
@@ -60,6 +61,22 @@ class Param:
         if not (number and math.isfinite(value) and value >= self.low and below):
             return f"{name} must be {where}, got {value!r}"
         return None
+
+    def parser(self, name: str) -> Callable[[str], int | float]:
+        """The command line's type for this parameter: the text as an int or a float, checked by :meth:`problem`
+        (an ``argparse.ArgumentTypeError`` naming what is wrong, so that the option is named with it)."""
+
+        def parse(text: str) -> int | float:
+            try:
+                value = int(text) if self.integer else float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected {'an integer' if self.integer else 'a number'}, got "
+                                                 f"{text!r}") from None  # fmt: skip
+            if (problem := self.problem(name, value)) is not None:
+                raise argparse.ArgumentTypeError(problem)
+            return value
+
+        return parse
 
 
 PARAMS: dict[str, Param] = {

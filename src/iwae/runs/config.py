@@ -53,11 +53,14 @@ def positive_float(text: str) -> float:
 
 
 def int_list(text: str) -> list[int]:
-    """argparse type: comma-separated integers, e.g. ``100,50``."""
+    """argparse type: comma-separated positive integers, e.g. ``100,50``."""
     try:
-        return [int(v) for v in text.split(",")]
+        values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
 
 
 def seed_list(text: str) -> list[int]:
@@ -109,7 +112,7 @@ def _opt(
 
 # ----------------------------------------------------------------------------- the config
 @dataclass(frozen=True)
-@declare_params(lambda name, param: _opt(param.default, param.help, type=int if param.integer else float))
+@declare_params(lambda name, param: _opt(param.default, param.help, type=param.parser(name)))
 class TrainConfig:
     """Everything that determines a training run. Defaults are the paper's protocol (Section 5.1)."""
 

@@ -106,8 +106,10 @@ def test_unwritable_output_folder(data_dir, tmp_path, capsys):
         (["train", "--k", "0", "--out", "x"], "expected a positive integer, got 0"),
         (["train", "--bound", "miwae", "--m", "0", "--out", "x"], "argument --m: m must be an integer >= 1, got 0"),
         (["train", "--m", "two", "--out", "x"], "argument --m: expected an integer, got 'two'"),
-        (["train", "--latent-dims", "2,0", "--out", "x"], "--latent-dims: expected comma-separated positive integers, "
-         "got '2,0'"),
+        (
+            ["train", "--latent-dims", "2,0", "--out", "x"],
+            "--latent-dims: expected comma-separated positive integers, got '2,0'",
+        ),
         (["train", "--pass-scale", "-1", "--out", "x"], "expected a positive number, got -1.0"),
         (["train", "--objective", "elbo", "--out", "x"], "unknown choice 'elbo'"),
         (["evaluate"], "the following arguments are required: run_dir"),

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import random
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -26,10 +27,10 @@ import iwae.fleets.fleet
 import iwae.runs.checkpoint
 import iwae.runs.evaluate_run
 import iwae.runs.train
+from iwae.cli import main
 from iwae.experiments.status import run_states
 from iwae.runs import rundir
-from iwae.runs.config import TrainConfig, passes_text
-from iwae.runs.training_state import steps_per_pass
+from iwae.runs.config import TrainConfig, passes_text, steps_per_pass
 from iwae.util import atomic
 
 # 120 training steps in two stages, a checkpoint mid-stage and at each stage's end, a small evaluation.
@@ -137,7 +138,7 @@ def _interrupted_at(step: int, run: Path, config: TrainConfig, signals: int) -> 
     return os.waitstatus_to_exitcode(status)
 
 
-def test_ctrl_c_checkpoints_the_step_under_way_and_resume_loses_nothing(data_dir, tmp_path, monkeypatch):
+def test_ctrl_c_checkpoints_the_step_under_way_and_resume_loses_nothing(data_dir, tmp_path, monkeypatch, capsys):
     config = TrainConfig(**{**SHORT, "data_dir": data_dir, "checkpoint_minutes": 60.0})  # no timed checkpoint
     monkeypatch.setattr(iwae.data, "load", functools.cache(iwae.data.load))
     iwae.runs.train.train_and_evaluate(tmp_path / "straight", config, progress=False)
@@ -149,6 +150,11 @@ def test_ctrl_c_checkpoints_the_step_under_way_and_resume_loses_nothing(data_dir
     (state,) = run_states(run)  # `iwae status RUN`: where it stopped and how to go on
     assert state.state == "stopped" and state.detail.endswith(f"; continue: iwae resume {run}")
     assert state.detail.startswith(f"{passes_text(20 / steps_per_pass(config))} of ")  # the checkpoint's, mid-pass
+    copy = Path(shutil.copytree(run, tmp_path / "copy"))  # (evaluated apart: the run itself is compared below)
+    assert main(["evaluate", str(copy), "--k", "2", "--n", "4", "--quiet"]) == 0  # the model mid-training, said so
+    assert f"{copy} (unfinished: after {passes_text(20 / steps_per_pass(config))} of 0.04 passes): test NLL" in (
+        capsys.readouterr().out)  # fmt: skip
+    assert json.loads((copy / "eval-test-k2-n4.json").read_text())["passes"] == 20 / steps_per_pass(config)
     iwae.runs.train.train_and_evaluate(run, None, progress=False)
     _same_run(tmp_path / "straight", run)
     # a second Ctrl-C stops at once: no checkpoint of that step

@@ -70,7 +70,7 @@ def test_status_of_a_stopped_run_says_its_passes_and_the_training_time_left_at_i
 
 
 def test_passes_at_a_position_count_the_stages_before_it_and_the_steps_into_it():
-    from iwae.runs.training_state import passes_at, steps_per_pass
+    from iwae.runs.config import passes_at, steps_per_pass
 
     config = TrainConfig(stages=3)  # 1 + 3 + 9 passes over MNIST's 59,600 training images (400 held out)
     per_pass = steps_per_pass(config)

@@ -100,6 +100,7 @@ def test_tiny_run_end_to_end(tiny_run, tiny_config):
     b = evaluate_run(run, k=10, n=30, progress=False)
     assert a.pop("seconds") > 0 and b.pop("seconds") > 0  # its time, which differs
     assert a == b and (run / "eval-test-k10-n30.json").is_file()
+    assert a["passes"] == metrics["passes"] == log[-1]["pass"]  # the passes of the model scored: all of them
     with pytest.raises(rundir.RunError, match=r"already holds a finished run .*`iwae resume .* --re-evaluate`"):
         iwae.runs.train.train(tiny_config, run, progress=False)
 

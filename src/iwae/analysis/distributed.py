@@ -29,7 +29,7 @@ from iwae.evaluate import count_active, log_likelihood
 from iwae.models.model import IWAE
 from iwae.runs.config import TrainConfig
 from iwae.runs.eval_progress import BlockProgress, measurement
-from iwae.runs.evaluate_run import ACTIVE_SPLIT, check_split, eval_images, summarize
+from iwae.runs.evaluate_run import ACTIVE_SPLIT, check_split, eval_images, scored_passes, summarize
 from iwae.runs.rundir import load_run
 from iwae.util import streams
 from iwae.util.atomic import write_json
@@ -97,7 +97,7 @@ def active_units_blocks(model: IWAE, x: torch.Tensor, config: TrainConfig) -> li
 
 def _evaluate(run_dir: str, k: int | None, split: str, n: int | None, data_dir: str | None) -> dict[str, Any]:
     """The sharded evaluation in this process; process 0 writes ``eval-<split>-k<k>-n<n>-blocks.json``."""
-    config, model, _ = load_run(run_dir, data_dir)
+    config, model, position = load_run(run_dir, data_dir)
     model.eval()
     k, n, device, seed = k or config.eval_k, n or config.eval_n, next(model.parameters()).device, config.seed
     x = eval_images(config, check_split(split), n, device, seed)
@@ -115,6 +115,7 @@ def _evaluate(run_dir: str, k: int | None, split: str, n: int | None, data_dir: 
         "active_units_split": ACTIVE_SPLIT, "active_units_n": x_active.shape[0],
         "active_threshold": config.active_threshold, "noise": f"per block of {BLOCK} examples",
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        "passes": scored_passes(Path(run_dir), config, position),
     }  # fmt: skip
     if rank == 0:
         write_json(Path(run_dir) / f"{stem}.json", result)

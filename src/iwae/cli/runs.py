@@ -95,10 +95,22 @@ def evaluate(args: argparse.Namespace) -> None:
                      data_dir=args.data_dir, threads=args.threads, device=args.device)  # fmt: skip
     pruned = f", NLL with inactive units removed {r['nll_pruned']:.2f}" if args.pruned else ""
     print(
-        f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} over "
+        f"{args.run_dir}{_unfinished(args.run_dir, r['passes'])}: {r['split']} NLL {r['nll']:.2f} +- "
+        f"{r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} over "
         f"{r['n']} images){pruned}, active units {'+'.join(map(str, r['active_units']))} (on "
         f"{r['active_units_n']} {r['active_units_split']} images); eval-{r['split']}-k{r['eval_k']}-n{r['n']}.json"
     )
+
+
+def _unfinished(run_dir: str, passes: float | None) -> str:
+    """`` (unfinished: after P of T passes)`` for a model scored before the end of its schedule, or nothing."""
+    from iwae.runs.config import passes_text, schedule
+    from iwae.runs.rundir import read_config
+
+    total = sum(stage.passes for stage in schedule(read_config(run_dir)))
+    if passes is None or passes >= total - 1e-9:
+        return ""
+    return f" (unfinished: after {passes_text(passes)} of {passes_text(total)} passes)"
 
 
 def _evaluate_sharded(args: argparse.Namespace) -> None:
@@ -113,7 +125,8 @@ def _evaluate_sharded(args: argparse.Namespace) -> None:
                          "evaluate without --nproc or torchrun")  # fmt: skip
     r = evaluate_sharded(args.run_dir, args.k, args.split, args.n, nproc=args.nproc, data_dir=args.data_dir)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 alone reports
-        print(f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} "
+        print(f"{args.run_dir}{_unfinished(args.run_dir, r['passes'])}: {r['split']} NLL {r['nll']:.2f} +- "
+              f"{r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} "
               f"over {r['n']} images, noise {r['noise']}), active units {'+'.join(map(str, r['active_units']))} "
               f"(on {r['active_units_n']} {r['active_units_split']} images); "
               f"eval-{r['split']}-k{r['eval_k']}-n{r['n']}-blocks.json")  # fmt: skip
@@ -226,10 +239,9 @@ def snapshot_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def snapshot(args: argparse.Namespace) -> None:
-    from iwae.runs.config import passes_text
+    from iwae.runs.config import passes_at, passes_text
     from iwae.runs.rundir import checkpoint_position, read_config
     from iwae.runs.sharing import snapshot_run
-    from iwae.runs.training_state import passes_at
 
     out = snapshot_run(args.run_dir, args.out)
     position = checkpoint_position(out)  # (snapshot_run has checked the checkpoint whole)

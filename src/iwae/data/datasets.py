@@ -33,7 +33,9 @@ from iwae.data.omniglot import omniglot_splits
 from iwae.data.readers import parse_amat, parse_idx, read_bytes
 from iwae.data.resources import (
     DATASETS,
+    MNIST_HOLD_OUT,
     RESOURCES,
+    SPLIT_SIZES,
     SPLITS,
     ChecksumError,
     DataFormatError,
@@ -43,13 +45,6 @@ from iwae.data.resources import (
 
 __all__ = ["MNIST_HOLD_OUT", "SPLITS", "SPLIT_SIZES", "binarize", "is_binary", "load"]
 
-MNIST_HOLD_OUT = 400  # the last 400 training images validate (no shuffle), as in the paper
-# Images per split, as in the table above; Omniglot's test size is that of the rebuilt archives (chardata: 8,070).
-SPLIT_SIZES: dict[str, dict[str, int]] = {
-    "mnist": {"train": 60_000 - MNIST_HOLD_OUT, "validation": MNIST_HOLD_OUT, "test": 10_000},
-    "omniglot": {"train": 23_000, "validation": 1_345, "test": 8_115},
-    "binarized-mnist": {"train": 50_000, "validation": 10_000, "test": 10_000},
-}
 _SIDE = 28
 
 

@@ -28,6 +28,8 @@ __all__ = [
     "RESOURCES",
     "SOURCES",
     "SPLITS",
+    "SPLIT_SIZES",
+    "MNIST_HOLD_OUT",
     "ChecksumError",
     "DataFormatError",
     "DataNotFoundError",
@@ -190,6 +192,14 @@ SOURCES: dict[str, tuple[tuple[str, ...], ...]] = {
 
 DATASETS: tuple[str, ...] = tuple(SOURCES)
 SPLITS: tuple[str, ...] = ("train", "validation", "test")  # each data set's splits (iwae.data.datasets)
+MNIST_HOLD_OUT = 400  # the last 400 training images validate (no shuffle), as in the paper
+# Images per split, as in iwae.data.datasets' table; Omniglot's test size is that of the rebuilt archives (chardata:
+# 8,070).
+SPLIT_SIZES: dict[str, dict[str, int]] = {
+    "mnist": {"train": 60_000 - MNIST_HOLD_OUT, "validation": MNIST_HOLD_OUT, "test": 10_000},
+    "omniglot": {"train": 23_000, "validation": 1_345, "test": 8_115},
+    "binarized-mnist": {"train": 50_000, "validation": 10_000, "test": 10_000},
+}
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from iwae import data
-from iwae.data.datasets import SPLIT_SIZES
+from iwae.data.resources import SPLIT_SIZES
 from iwae.evaluate import log_likelihood
 from iwae.experiments.fleets import Unit, pack
 from iwae.experiments.plan import RunSpec

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from iwae.experiments.runner import FAILED_LINE, REQUESTED_NAME
 from iwae.experiments.slurm import JOB_NAME, queue_states
-from iwae.runs.config import passes_text, schedule
+from iwae.runs.config import passes_at, passes_text, schedule
 from iwae.runs.eval_progress import describe_saved
 from iwae.runs.evaluate_run import evaluation_sizes
 from iwae.runs.rundir import (
@@ -36,7 +36,6 @@ from iwae.runs.rundir import (
     read_log,
     status,
 )
-from iwae.runs.training_state import passes_at
 
 __all__ = ["RunState", "run_folders", "run_states", "format_states"]
 

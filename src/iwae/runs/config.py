@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iwae.data.resources import DATASETS
+from iwae.data.resources import DATASETS, SPLIT_SIZES
 from iwae.objectives import ESTIMATORS, KINDS
 from iwae.objectives.names import declare_params
 from iwae.util.streams import SCHEME, SCHEMES
 
-__all__ = ["TrainConfig", "Stage", "schedule", "passes_text", "RESUMABLE", "LEGACY", "RENAMED"]
+__all__ = [
+    "TrainConfig", "Stage", "schedule", "stage_steps", "steps_per_pass", "passes_at", "passes_text", "RESUMABLE",
+    "LEGACY", "RENAMED",
+]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- command-line parsers
@@ -368,6 +371,23 @@ def schedule(config: TrainConfig) -> list[Stage]:
             lr = 1e-3 * 10 ** (-i / 7)
         stages.append(Stage(i, 3**i * config.pass_scale, lr))
     return stages
+
+
+def stage_steps(passes: float, steps_per_pass: int) -> int:
+    """Steps in a stage of ``passes`` passes (fractional passes allowed, at least one step)."""
+    return max(1, round(passes * steps_per_pass))
+
+
+def steps_per_pass(config: TrainConfig) -> int:
+    """Minibatches in a pass over the run's training set (the last one possibly smaller)."""
+    return math.ceil(SPLIT_SIZES[config.dataset]["train"] / config.batch_size)
+
+
+def passes_at(config: TrainConfig, stage: int, step: int) -> float:
+    """Passes trained at ``step`` steps into stage ``stage`` of the run's schedule, counted as ``metrics.jsonl``
+    counts them (a checkpoint's position, mid-pass too)."""
+    per_pass = steps_per_pass(config)
+    return (sum(stage_steps(s.passes, per_pass) for s in schedule(config)[:stage]) + step) / per_pass
 
 
 def passes_text(passes: float) -> str:

@@ -25,12 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from iwae import data
-from iwae.data.datasets import SPLIT_SIZES
-from iwae.data.resources import locate
+from iwae.data.resources import SPLIT_SIZES, locate
 from iwae.evaluate import active_units, count_active, log_likelihood, prune_inactive
 from iwae.models.model import IWAE
 from iwae.plots import plot_active_units, plot_training, save_image_grid
-from iwae.runs.config import TrainConfig
+from iwae.runs.config import TrainConfig, passes_at
 from iwae.runs.eval_progress import measurement, progress_path, resumable_log_likelihood, saved_seconds
 from iwae.runs.rundir import (
     ACTIVE_UNITS_NAME,
@@ -52,6 +51,7 @@ __all__ = [
     "check_split",
     "stream",
     "eval_images",
+    "scored_passes",
     "eval_split",
     "spread",
     "nll",
@@ -313,7 +313,7 @@ def evaluate_run(
     same within Monte Carlo error, not the recorded numbers exactly).
     """
     check_split(split)
-    config, model, _ = load_run(run_dir, data_dir, device)
+    config, model, position = load_run(run_dir, data_dir, device)
     k = k or config.eval_k
     if k < 1:
         raise ValueError(f"k must be a positive number of importance samples, got {k}")
@@ -321,10 +321,20 @@ def evaluate_run(
     with flush_subnormals(config.flush_denormal), eval_threads(run_dir, next(model.parameters()).device, threads):
         result, _, _ = measure(config, model, split, k, n or config.eval_n, pruned=pruned, progress=progress,
                                keep=Path(run_dir))  # fmt: skip
+    result["passes"] = scored_passes(Path(run_dir), config, position)
     write_json(Path(run_dir) / f"eval-{split}-k{k}-n{result['n']}.json", result)
     for path in progress_paths(run_dir, split, k, result["n"]):
         path.unlink(missing_ok=True)
     return result
+
+
+def scored_passes(run_dir: Path, config: TrainConfig, position: dict[str, Any]) -> float | None:
+    """The passes a saved model had trained: its checkpoint's, mid-training too; an exported model's (no position),
+    as its ``metrics.json`` records them."""
+    if position:
+        return passes_at(config, position["stage"], position["step"])
+    path = run_dir / METRICS_NAME
+    return json.loads(path.read_text()).get("passes") if path.is_file() else None
 
 
 def code_version() -> dict[str, str | bool | None]:

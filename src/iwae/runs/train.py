@@ -26,11 +26,11 @@ import torch
 
 from iwae.fleets.fleet import LoopFleet
 from iwae.runs import rundir
-from iwae.runs.config import TrainConfig
+from iwae.runs.config import TrainConfig, steps_per_pass
 from iwae.runs.evaluate_run import code_version, finish_run
 from iwae.runs.loop import step_runs
 from iwae.runs.rundir import RunError, resolve_device
-from iwae.runs.training_state import RunState, SharedData, open_run, steps_per_pass
+from iwae.runs.training_state import RunState, SharedData, open_run
 from iwae.util.cpu import flush_subnormals
 
 __all__ = [

@@ -14,19 +14,15 @@ from typing import Any
 import torch
 
 from iwae import data
-from iwae.data.datasets import SPLIT_SIZES
 from iwae.objectives import Objective
 from iwae.runs import rundir
-from iwae.runs.config import Stage, TrainConfig, schedule
+from iwae.runs.config import Stage, TrainConfig, schedule, stage_steps
 from iwae.runs.evaluate_run import curve_images, describe_evaluation
 from iwae.runs.rundir import build_model
 from iwae.runs.train_step import make_optimizer
 from iwae.util import streams
 
-__all__ = [
-    "Position", "Generators", "Batches", "RunState", "SharedData", "open_run", "stage_steps", "steps_per_pass",
-    "passes_at",
-]  # fmt: skip
+__all__ = ["Position", "Generators", "Batches", "RunState", "SharedData", "open_run"]
 
 
 @dataclass
@@ -105,23 +101,6 @@ class Batches:
         """Minibatch ``t`` of the pass over ``perm``: (size, 784), the last one of a pass possibly smaller."""
         xb = self.x[perm[t * self.size : (t + 1) * self.size]]
         return data.binarize(xb, generator=gen) if self.dynamic else xb
-
-
-def stage_steps(passes: float, steps_per_pass: int) -> int:
-    """Steps in a stage of ``passes`` passes (fractional passes allowed, at least one step)."""
-    return max(1, round(passes * steps_per_pass))
-
-
-def steps_per_pass(config: TrainConfig) -> int:
-    """Minibatches in a pass over the run's training set (the last one possibly smaller)."""
-    return math.ceil(SPLIT_SIZES[config.dataset]["train"] / config.batch_size)
-
-
-def passes_at(config: TrainConfig, stage: int, step: int) -> float:
-    """Passes trained at ``step`` steps into stage ``stage`` of the run's schedule, counted as ``metrics.jsonl``
-    counts them (a checkpoint's position, mid-pass too)."""
-    per_pass = steps_per_pass(config)
-    return (sum(stage_steps(s.passes, per_pass) for s in schedule(config)[:stage]) + step) / per_pass
 
 
 @dataclass(eq=False)  # compared and hashed by identity

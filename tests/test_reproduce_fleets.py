@@ -91,3 +91,6 @@ def test_status_lists_the_seed_folders_of_a_reproduction(tmp_path):
     assert names == ["a/seed-2", "a/seed-10", "b", "c/seed-0"]
     listing = format_states(run_states(tmp_path))
     assert "a/seed-10" in listing and "c/seed-0" in listing and "\nb " in listing
+    (tmp_path / "snapshot").mkdir()  # a run folder beside runs/ (`iwae snapshot RUN --out snapshot`) is listed too
+    (tmp_path / "snapshot" / "config.json").write_text("{}")
+    assert [p.relative_to(tmp_path).as_posix() for p in run_folders(tmp_path)][-2:] == ["runs/c/seed-0", "snapshot"]

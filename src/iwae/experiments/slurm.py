@@ -56,7 +56,7 @@ def add_executor_arguments(p: argparse.ArgumentParser) -> None:
         "--executor",
         choices=("local", "slurm"),
         default="local",
-        help="local: here; slurm: one Slurm job per run, through submitit (pip install iwae[slurm])",
+        help="local: here (default); slurm: one Slurm job per run, through submitit (pip install iwae[slurm])",
     )
     p.add_argument("--partition", help="Slurm partition (default: the cluster's default)")
     p.add_argument("--gpus-per-job", type=int, default=0, help="GPUs per Slurm job (default 0)")
@@ -65,7 +65,7 @@ def add_executor_arguments(p: argparse.ArgumentParser) -> None:
         "--time-min",
         type=positive_int,
         default=24 * 60,
-        help="time limit of a Slurm job in minutes; a run stopped by it is requeued and resumes (1440)",
+        help="time limit of a Slurm job in minutes; a run stopped by it is requeued and resumes (default 1440)",
     )
     p.add_argument(
         "--array-parallelism",

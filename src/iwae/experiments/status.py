@@ -53,7 +53,7 @@ class RunState(NamedTuple):
 
 
 def run_folders(folder: Path) -> list[Path]:
-    """The run folders of ``folder``: itself if it is one, else those in ``folder/runs`` or in ``folder``, and the
+    """The run folders of ``folder``: itself if it is one, else those in ``folder/runs`` and in ``folder``, and the
     ``seed-<S>`` run folders in those (``--seeds``)."""
     if not folder.is_dir():
         raise ValueError(
@@ -61,10 +61,10 @@ def run_folders(folder: Path) -> list[Path]:
         )
     if _is_run(folder):
         return [folder]
-    parent = folder / "runs" if (folder / "runs").is_dir() else folder
     runs = []
-    for p in sorted(p for p in parent.iterdir() if p.is_dir()):
-        runs += [p] if _is_run(p) else sorted((s for s in p.glob("seed-*") if _is_run(s)), key=_seed_order)
+    for parent in [folder / "runs"] * (folder / "runs").is_dir() + [folder]:
+        for p in sorted(p for p in parent.iterdir() if p.is_dir()):
+            runs += [p] if _is_run(p) else sorted((s for s in p.glob("seed-*") if _is_run(s)), key=_seed_order)
     if not runs:
         raise ValueError(f"{folder} holds no run folder (made by `iwae train` or `iwae reproduce`)")
     return runs

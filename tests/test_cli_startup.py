@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from iwae.cli.commands import COMMANDS, main
+from iwae.runs.eval_progress import PROGRESS_SUFFIX
 
 
 def test_parsing_the_command_line_does_not_import_torch():
@@ -49,6 +50,11 @@ def test_a_stopped_run_names_its_folder_and_how_to_resume(stop, code, tmp_path, 
     assert f"iwae resume {tmp_path / 'run'}` (it goes on from its last checkpoint)" in err and "RUN_DIR" not in err
     assert ("terminated" in err) == (code == 143)
     assert signal.getsignal(signal.SIGTERM) == before
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "slurm-job.json").write_text("{}")  # submitted, waited on: the job runs on
+    assert main(["train", "--out", str(tmp_path / "slurm"), "--executor", "slurm"]) == code
+    assert f"its Slurm job goes on without this process: `iwae status {tmp_path / 'slurm'}` follows it" in (
+        capsys.readouterr().err)  # fmt: skip
     monkeypatch.setitem(COMMANDS, "resume", COMMANDS["resume"]._replace(run=run))
     assert main(["resume", str(tmp_path / "run"), "--re-evaluate"]) == code
     assert f"continue with `iwae resume {tmp_path / 'run'} --re-evaluate`" in capsys.readouterr().err
@@ -60,8 +66,10 @@ def test_a_stopped_evaluation_says_whether_running_it_again_goes_on(argv, kept, 
     """Only where a progress file lies in the run folder is the user told that the work goes on from it."""
 
     def run(args):
+        (tmp_path / f"{'ais' if argv[0] == 'evaluate' else 'eval'}-x.progress.safetensors").write_bytes(b"")  # not its
         if kept:
-            (tmp_path / "eval-test-k5000-n10000-abc.progress.safetensors").write_bytes(b"")
+            stem = "eval-test-k5000-n10000" if argv[0] == "evaluate" else "ais-test-s500-c16-n100"
+            (tmp_path / f"{stem}{PROGRESS_SUFFIX}").write_bytes(b"")
         raise KeyboardInterrupt
 
     monkeypatch.setitem(COMMANDS, argv[0], COMMANDS[argv[0]]._replace(run=run))
@@ -172,11 +180,24 @@ def test_sample_writes_the_format_its_suffix_names(tiny_run, tmp_path, capsys):
     assert "s.txt: .txt names no image format Pillow writes; name a .png file" in capsys.readouterr().err
 
 
-def test_ctrl_c_while_torch_starts_is_the_one_line_of_any_stop(tmp_path, monkeypatch, capsys):
-    def interrupted(n):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(torch, "set_num_threads", interrupted)  # (the import and thread setup of a cold start)
-    assert main(["train", "--out", str(tmp_path / "run"), "--threads", "1"]) == 130
-    assert capsys.readouterr().err == "iwae: interrupted; the run had not begun (nothing was kept): run the same " \
-        "command again\n"  # fmt: skip
+def test_ctrl_c_while_torch_starts_is_the_one_line_of_any_stop(tmp_path):
+    """A Ctrl-C in the seconds torch takes to import (in a fresh process, whose command line imports no torch to
+    parse): the line of any stop, and saying so imports no torch."""
+    script = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def torch_is_loading(name, *args, **kwargs):\n"
+        "    if name == 'torch' or name.startswith('torch.'):\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = torch_is_loading\n"
+        "from iwae.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    for argv, line in [
+        (["train", "--out", str(tmp_path / "run"), "--threads", "1"], "the run had not begun (nothing was kept)"),
+        (["evaluate", str(tmp_path), "--threads", "1"], "it had kept no progress yet"),
+    ]:
+        proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 130 and proc.stderr.startswith(f"iwae: interrupted; {line}"), proc.stderr
+        assert len(proc.stderr.splitlines()) == 1

@@ -157,6 +157,9 @@ def test_ctrl_c_checkpoints_the_step_under_way_and_resume_loses_nothing(data_dir
     assert json.loads((copy / "eval-test-k2-n4.json").read_text())["passes"] == 20 / steps_per_pass(config)
     iwae.runs.train.train_and_evaluate(run, None, progress=False)
     _same_run(tmp_path / "straight", run)
+    assert rundir.read_log(run)[-1]["pass"] < 0.04  # 30 + 89 steps of 2,980 a pass: the stages rounded to steps
+    assert main(["evaluate", str(run), "--k", "2", "--n", "4", "--quiet"]) == 0
+    assert "unfinished" not in capsys.readouterr().out  # trained to the end of its schedule, as rounded
     # a second Ctrl-C stops at once: no checkpoint of that step
     again = tmp_path / "twice"
     assert _interrupted_at(20, again, config, signals=2) == 130

@@ -3,6 +3,7 @@ and every evaluation setting are recorded, ``iwae resume`` may change them, and 
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -96,6 +97,11 @@ def test_no_eval_is_saved_and_a_finished_run_is_left_alone(data_dir, tmp_path, c
     capsys.readouterr()
     assert main(["resume", str(run), "--quiet"]) == 0
     assert "But its metrics.json" not in capsys.readouterr().out  # the evaluation its config asks for
+    omniglot = tmp_path / "omniglot"  # chardata's 8,070 test images, or the archives' 8,115: either is all of them
+    rundir.create(omniglot, TrainConfig(dataset="omniglot", eval_k=5))
+    (omniglot / rundir.METRICS_NAME).write_text(json.dumps({"eval_k": 5, "eval_n": 8070}))
+    assert main(["resume", str(omniglot), "--quiet"]) == 0
+    assert "already finished" in (out := capsys.readouterr().out) and "But its metrics.json" not in out
     rundir.update_config(run, {"eval_k": 5})  # as a --re-evaluate --eval-k 5 stopped before its end leaves it
     assert main(["resume", str(run), "--quiet"]) == 0
     assert "But its metrics.json holds L_3 on 10 test images where its config.json asks for L_5 on 10 (a " \

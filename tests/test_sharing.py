@@ -19,6 +19,7 @@ import iwae.runs.train
 from iwae.cli import main
 from iwae.runs import rundir
 from iwae.runs.checkpoint import CheckpointError
+from iwae.runs.config import passes_at, passes_text
 from iwae.runs.rundir import RunError
 from iwae.runs.sharing import SNAPSHOT_FILES, export_run, snapshot_run
 
@@ -49,6 +50,7 @@ def test_an_exported_model_is_its_runs_model_and_replays_its_numbers(tiny_run, t
     test = evaluate_run(out, split="test", pruned=True, progress=False)
     assert (test["nll"], test["nll_sem"], test["nll_pruned"]) == (
         metrics["test_nll"], metrics["test_nll_sem"], metrics["test_nll_pruned"])  # fmt: skip
+    assert test["passes"] == metrics["passes"]  # an exported model's passes, as its metrics.json records them
     assert main(["compare", str(tiny_run), str(out), "--quiet"]) == 0
     assert "| A - B (paired) | +0.000 ± 0.000 |" in capsys.readouterr().out
     assert main(["sample", str(out), "--n", "4"]) == 0 and (out / "samples-n4-seed0.png").is_file()
@@ -154,7 +156,10 @@ def test_a_snapshot_of_an_unfinished_run_continues_elsewhere_exactly(tiny_run, t
         counted = json.loads(f.metadata()["state"])
     assert 0 < counted["log_lines"] < len(rundir.read_log(run))  # the log ran ahead of the checkpoint
     assert main(["snapshot", str(run), "--out", str(out)]) == 0
-    assert f"continue: iwae resume {out}" in capsys.readouterr().out
+    done = passes_at(tiny_config, counted["stage"], counted["step"])  # as the checkpoint stands, not the log
+    assert done < rundir.read_log(run)[-1]["pass"]
+    assert f"as its checkpoint stands ({passes_text(done)} passes); continue: iwae resume {out}" in (
+        capsys.readouterr().out)  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == sorted(SNAPSHOT_FILES)
     assert read_json(out / "config.json")["data_dir"] is None  # nothing of this machine
     assert rundir.read_log(out) == rundir.read_log(run)[: counted["log_lines"]]

@@ -137,15 +137,17 @@ def _stale(run_dir: Path) -> str:
     ``--re-evaluate`` with other settings that was stopped), or nothing."""
     import json
 
-    from iwae.runs.evaluate_run import evaluation_sizes
+    from iwae.data.resources import TEST_SIZES
     from iwae.runs.rundir import METRICS_NAME, read_config
 
     config, metrics = read_config(run_dir), json.loads((run_dir / METRICS_NAME).read_text())
-    asked, held = (config.eval_k, evaluation_sizes(config)[0]), (metrics.get("eval_k"), metrics.get("eval_n"))
-    if None in held or asked == held:  # (a run folder from before metrics.json held both: nothing to compare)
+    k, n = metrics.get("eval_k"), metrics.get("eval_n")
+    sizes = {size if config.eval_n is None else min(config.eval_n, size) for size in TEST_SIZES[config.dataset]}
+    if None in (k, n) or (k == config.eval_k and n in sizes):  # (a folder from before metrics.json held both)
         return ""
-    return (f" But its metrics.json holds L_{held[0]} on {held[1]} test images where its config.json asks for "
-            f"L_{asked[0]} on {asked[1]} (a --re-evaluate that was stopped): run it with --re-evaluate.")  # fmt: skip
+    asked = f"all {' or '.join(map(str, sorted(sizes)))}" if config.eval_n is None else min(sizes)
+    return (f" But its metrics.json holds L_{k} on {n} test images where its config.json asks for "
+            f"L_{config.eval_k} on {asked} (a --re-evaluate that was stopped): run it with --re-evaluate.")  # fmt: skip
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -314,15 +316,20 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated
 
 
+# A measurement's kept progress (iwae.runs.eval_progress.PROGRESS_SUFFIX, which imports torch: a stop while torch
+# is still loading must not load it again to say so), by the file-name prefix of the command that keeps it.
+_PROGRESS = {"evaluate": "eval-*.progress.safetensors", "ais": "ais-*.progress.safetensors"}
+
+
 def _stopped(args: argparse.Namespace, what: str) -> str:
     """The line printed when a command is stopped: what happened, and how to go on from there (as far as the
     folders show that something was kept)."""
-    from iwae.runs.eval_progress import PROGRESS_SUFFIX
-
     run = {"train": "out", "resume": "run_dir"}.get(args.command)
     folder = Path(getattr(args, run or "run_dir", None) or ".")
     if args.command == "train" and getattr(args, "seeds", None) and getattr(args, "fleet", None) == "off":
         how = "; run the same command again to continue (finished runs are kept, the stopped one resumed)"
+    elif args.command == "train" and "slurm-job.json" in _names(folder):  # (iwae.experiments.slurm.JOB_NAME)
+        how = f"; its Slurm job goes on without this process: `iwae status {folder}` follows it"
     elif args.command == "train" and not {"config.json", "fleet.json"} & _names(folder):
         how = "; the run had not begun (nothing was kept): run the same command again"
     elif run is not None:
@@ -331,13 +338,25 @@ def _stopped(args: argparse.Namespace, what: str) -> str:
     elif args.command == "reproduce":
         how = "; run the same command again to continue (finished runs are kept, the others resumed)"
     elif args.command == "evaluate" or (args.command == "ais" and not args.simulated):
-        if any(name.endswith(PROGRESS_SUFFIX) for name in _names(folder)):
+        if folder.is_dir() and any(folder.glob(_PROGRESS[args.command])):
             how = "; run the same command again to go on where it stopped (its progress is kept in the run folder)"
         else:
             how = "; it had kept no progress yet: run the same command again to start it afresh"
     else:
         how = ""
     return f"iwae: {what}{how}"
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error on it)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a captured stream), or no poll here
+        return False
 
 
 def _names(folder: Path) -> set[str]:
@@ -421,7 +440,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print(_stopped(args, "terminated (SIGTERM)"), file=sys.stderr)
         return 143
-    except BrokenPipeError:  # the reader of the output went away (`iwae status | head`): nothing left to say
+    except BrokenPipeError as err:
+        if not _stdout_gone():  # another pipe or socket broke: an error like any other
+            print(f"iwae: error: {err}", file=sys.stderr)
+            return 1
+        # the reader of the output went away (`iwae status | head`): nothing left to say, and nowhere to say it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (so that exiting flushes nowhere)
         return 1
     except Exception as err:

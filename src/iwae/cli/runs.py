@@ -104,11 +104,11 @@ def evaluate(args: argparse.Namespace) -> None:
 
 def _unfinished(run_dir: str, passes: float | None) -> str:
     """`` (unfinished: after P of T passes)`` for a model scored before the end of its schedule, or nothing."""
-    from iwae.runs.config import passes_text, schedule
+    from iwae.runs.config import passes_text, total_passes
     from iwae.runs.rundir import read_config
 
-    total = sum(stage.passes for stage in schedule(read_config(run_dir)))
-    if passes is None or passes >= total - 1e-9:
+    total = total_passes(read_config(run_dir))
+    if passes is None or passes >= total:
         return ""
     return f" (unfinished: after {passes_text(passes)} of {passes_text(total)} passes)"
 

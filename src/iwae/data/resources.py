@@ -29,6 +29,7 @@ __all__ = [
     "SOURCES",
     "SPLITS",
     "SPLIT_SIZES",
+    "TEST_SIZES",
     "MNIST_HOLD_OUT",
     "ChecksumError",
     "DataFormatError",
@@ -199,6 +200,10 @@ SPLIT_SIZES: dict[str, dict[str, int]] = {
     "mnist": {"train": 60_000 - MNIST_HOLD_OUT, "validation": MNIST_HOLD_OUT, "test": 10_000},
     "omniglot": {"train": 23_000, "validation": 1_345, "test": 8_115},
     "binarized-mnist": {"train": 50_000, "validation": 10_000, "test": 10_000},
+}
+# The test set's possible sizes: Omniglot's is chardata's 8,070 (the paper's) or the rebuilt archives' 8,115.
+TEST_SIZES: dict[str, tuple[int, ...]] = {name: (sizes["test"],) for name, sizes in SPLIT_SIZES.items()} | {
+    "omniglot": (8_070, SPLIT_SIZES["omniglot"]["test"])
 }
 
 

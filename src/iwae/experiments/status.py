@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from iwae.experiments.runner import FAILED_LINE, REQUESTED_NAME
 from iwae.experiments.slurm import JOB_NAME, queue_states
-from iwae.runs.config import passes_at, passes_text, schedule
+from iwae.runs.config import passes_at, passes_text, total_passes
 from iwae.runs.eval_progress import describe_saved
 from iwae.runs.evaluate_run import evaluation_sizes
 from iwae.runs.rundir import (
@@ -140,7 +140,7 @@ def _trained_without_evaluation(run: Path) -> bool:
         log, config = read_log(run), read_config(run)
     except (OSError, ValueError, RunError):
         return False
-    return not config.evaluate and bool(log) and log[-1]["pass"] >= sum(stage.passes for stage in schedule(config))
+    return not config.evaluate and bool(log) and log[-1]["pass"] >= total_passes(config)
 
 
 def _progress(run: Path, *, stopped: bool = False) -> str:
@@ -148,12 +148,13 @@ def _progress(run: Path, *, stopped: bool = False) -> str:
     where ``iwae resume`` goes on from, mid-pass too; T from the run's schedule), or nothing."""
     try:
         log, config = read_log(run), read_config(run)
-        total = sum(stage.passes for stage in schedule(config))
+        total = total_passes(config)
     except (OSError, ValueError, RunError):
         return ""
     done = log[-1]["pass"] if log else 0.0
     if stopped and (position := checkpoint_position(run)) is not None:
         done = passes_at(config, position["stage"], position["step"])
+        log = log[: position.get("log_lines", len(log))]  # (the lines beyond it, resume cuts: not its pace or curve)
     scored = describe_saved(run, config.eval_k, evaluation_sizes(config)) if done >= total else ""
     saved = f"; final evaluation so far: {scored}" if scored else ""
     share = f"{min(done / total, 1.0):.0%}"
@@ -204,7 +205,7 @@ def run_states(folder: str | Path) -> list[RunState]:
     under = next((p for p in runs[0].parents if p.name == "runs"), None)  # a reproduction's DIR/runs
     reproduction = under.parent if under is not None else None
     reproducing = reproduction is not None and _lock_holder(reproduction) not in (None, os.getpid())
-    return [_state(run, queue, reproducing) for run in runs]
+    return [_state(run, queue, reproducing and under in run.parents) for run in runs]  # (not a folder beside runs/)
 
 
 def format_states(states: list[RunState]) -> str:

@@ -27,8 +27,8 @@ from iwae.objectives.names import declare_params
 from iwae.util.streams import SCHEME, SCHEMES
 
 __all__ = [
-    "TrainConfig", "Stage", "schedule", "stage_steps", "steps_per_pass", "passes_at", "passes_text", "RESUMABLE",
-    "LEGACY", "RENAMED",
+    "TrainConfig", "Stage", "schedule", "stage_steps", "steps_per_pass", "passes_at", "total_passes", "passes_text",
+    "RESUMABLE", "LEGACY", "RENAMED",
 ]  # fmt: skip
 
 
@@ -388,6 +388,12 @@ def passes_at(config: TrainConfig, stage: int, step: int) -> float:
     counts them (a checkpoint's position, mid-pass too)."""
     per_pass = steps_per_pass(config)
     return (sum(stage_steps(s.passes, per_pass) for s in schedule(config)[:stage]) + step) / per_pass
+
+
+def total_passes(config: TrainConfig) -> float:
+    """The passes of the whole schedule, counted in the steps taken (each stage's passes rounded to whole steps): what
+    ``metrics.jsonl``'s last line says once the run has trained."""
+    return passes_at(config, len(schedule(config)), 0)
 
 
 def passes_text(passes: float) -> str:

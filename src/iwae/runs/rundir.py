@@ -277,9 +277,10 @@ def checkpoint_position(run_dir: str | Path) -> dict[str, Any] | None:
 def _position(path: Path) -> dict[str, Any] | None:
     try:
         with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["state"])
-    except (OSError, KeyError, ValueError, SafetensorError):
+            position = json.loads(f.metadata()["state"])
+    except (OSError, KeyError, TypeError, ValueError, SafetensorError):  # (TypeError: a file with no metadata)
         return None
+    return position if isinstance(position, dict) else None
 
 
 def commit_pending(run_dir: str | Path) -> None:

@@ -176,7 +176,8 @@ def test_output_into_a_pipe_closed_early_ends_quietly(tmp_path):
 def test_sample_writes_the_format_its_suffix_names(tiny_run, tmp_path, capsys):
     assert main(["sample", str(tiny_run), "--n", "4", "--out", str(tmp_path / "s.jpg")]) == 0
     assert (tmp_path / "s.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG's magic, not PNG's
-    assert main(["sample", str(tiny_run), "--n", "4", "--out", str(tmp_path / "s.txt")]) == 1
+    assert main(["sample", str(tiny_run), "--n", "4", "--out", str(tmp_path / "new" / "s.txt")]) == 1
+    assert not (tmp_path / "new").exists()  # refused before any work
     assert "s.txt: .txt names no image format Pillow writes; name a .png file" in capsys.readouterr().err
 
 

@@ -20,7 +20,8 @@ from PIL import Image
 from iwae.util.atomic import atomic_path
 
 __all__ = [
-    "image_grid", "save_image_grid", "save_figure", "plot_active_units", "plot_training", "plot_curves", "plot_snr",
+    "image_grid", "image_format", "save_image_grid", "save_figure", "plot_active_units", "plot_training",
+    "plot_curves", "plot_snr",
 ]  # fmt: skip
 
 
@@ -40,12 +41,19 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, side: int = 28, pa
     return (grid * 255).round().astype(np.uint8)
 
 
-def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 3) -> None:
-    """Write a grid of images (e.g. Bernoulli means of samples), upscaled for viewing, in the format that the file
-    name's suffix names (``.png``; or another Pillow writes, as ``.jpg``)."""
+def image_format(path: str | Path) -> str:
+    """The Pillow format that ``path``'s suffix names (``.png``: PNG, ``.jpg``: JPEG, ...); a ValueError naming the
+    file where Pillow writes none."""
     suffix = Path(path).suffix.lower()
     if (fmt := Image.registered_extensions().get(suffix)) is None or fmt not in Image.SAVE:
         raise ValueError(f"{path}: {suffix or 'no suffix'} names no image format Pillow writes; name a .png file")
+    return fmt
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 3) -> None:
+    """Write a grid of images (e.g. Bernoulli means of samples), upscaled for viewing, in the format that the file
+    name's suffix names (:func:`image_format`)."""
+    fmt = image_format(path)
     grid = Image.fromarray(image_grid(images, nrow))
     with atomic_path(path) as tmp:
         # The temporary name ends in .tmp, so the format is given explicitly.

@@ -207,14 +207,15 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def sample(args: argparse.Namespace) -> None:
-    from iwae.plots import save_image_grid
+    from iwae.plots import image_format, save_image_grid
     from iwae.runs.rundir import load_run
     from iwae.util import streams
 
+    out = Path(args.out or Path(args.run_dir) / f"samples-n{args.n}-seed{args.seed}.png")
+    image_format(out)  # (a name no image format fits is refused before any work)
     config, model, _ = load_run(args.run_dir, device=args.device)
     device = next(model.parameters()).device
     gen = streams.generator(args.seed, "samples", device=device, scheme=config.streams)
-    out = Path(args.out or Path(args.run_dir) / f"samples-n{args.n}-seed{args.seed}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image_grid(model.sample(args.n, generator=gen), out)
     print(f"wrote {args.n} samples to {out}")

@@ -154,3 +154,57 @@ def test_routing_estimators_refuse_networks_that_share_parameters():
     x = torch.bernoulli(torch.full((4, 12), 0.5))
     with pytest.raises(ValueError, match="rws routes gradients to model.encoder and model.decoder apart, but they"):
         iwae.objective(own, x, k=2, bound="iwae", estimator="rws")
+
+
+class _IgnoresStopQGrad(GaussianLatentModel):
+    """A model of one's own whose forward_samples takes the path keywords and drops stop_q_grad."""
+
+    def forward_samples(self, x, k, *, noise=None, generator=None, stop_q_grad=False, sample_hook=None):
+        return super().forward_samples(x, k, noise=noise, generator=generator, sample_hook=sample_hook)
+
+
+class _IgnoresSampleHook(GaussianLatentModel):
+    def forward_samples(self, x, k, *, noise=None, generator=None, stop_q_grad=False, sample_hook=None):
+        return super().forward_samples(x, k, noise=noise, generator=generator, stop_q_grad=stop_q_grad)
+
+
+class _Honours(GaussianLatentModel):
+    def forward_samples(self, x, k, **kwargs):
+        return super().forward_samples(x, k, **kwargs)
+
+
+@pytest.mark.parametrize("bound,estimator", [("iwae", "stl"), ("iwae", "dreg"), ("iwae", "rws"),
+                                             ("iwae", "rws-dreg"), ("piwae", "dreg")])  # fmt: skip
+@pytest.mark.parametrize("cls", [_IgnoresStopQGrad, _IgnoresSampleHook])
+def test_a_model_that_ignores_the_path_keywords_is_refused_by_the_estimators_that_read_them(cls, bound, estimator):
+    """STL, DReG and RWS read a model through stop_q_grad and sample_hook; one that drops either would train on the
+    reparameterisation gradient (or another) under their name, without a word. Reparam needs neither."""
+    paper, _ = _pair()
+    model, honest = (c(paper.encoder[0], paper.decoder[-1], latent_dim=3, x_dim=12) for c in (cls, _Honours))
+    x = torch.bernoulli(torch.full((4, 12), 0.5), generator=torch.Generator().manual_seed(0))
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match=f"{cls.__name__}.forward_samples ignores stop_q_grad or sample_hook: .* "
+                       f"estimator '{estimator}' would train on another gradient"):  # fmt: skip
+        iwae.objective(model, x, k=2, m=2, bound=bound, estimator=estimator)
+    assert all(torch.equal(a, b) and b.grad is None for a, b in zip(before, model.parameters()))  # left as found
+    assert model.training
+    iwae.objective(model, x, k=2, m=2, bound=bound, estimator="reparam").backward()
+    iwae.objective(honest, x, k=2, m=2, bound=bound, estimator=estimator).backward()  # one of its own that honours
+
+
+def test_a_model_without_forward_is_named_by_the_estimators_that_call_it_through_functional_call():
+    class NoForward(nn.Module):
+        def __init__(self, own):
+            super().__init__()
+            self.encoder, self.decoder, self.latent_dims, self.inner = own.encoder, own.decoder, [3], own
+
+        def forward_samples(self, x, k, **kwargs):
+            return self.inner.forward_samples(x, k, **kwargs)
+
+        def draw_noise(self, k, batch, generator=None, out=None):
+            return self.inner.draw_noise(k, batch, generator)
+
+    model = NoForward(_pair()[1])
+    with pytest.raises(TypeError, match="rws calls NoForward through torch.func.functional_call, which needs its "
+                       r"forward: define forward\(self, x, k, \*\*kwargs\)"):  # fmt: skip
+        iwae.objective(model, torch.bernoulli(torch.full((4, 12), 0.5)), k=2, bound="iwae", estimator="rws")

@@ -126,3 +126,12 @@ def test_a_noise_stream_of_another_device_type_is_refused_naming_the_device_to_r
         rundir.RunError, match="drew its noise on a CUDA device.*resume it on a machine with a GPU .--device cuda."
     ):
         gens.restore({**saved, "rng_device": torch.zeros(16, dtype=torch.uint8)})
+
+
+def test_a_run_of_a_bound_this_installation_lacks_names_its_config_and_the_likely_cause(tmp_path):
+    rundir.create(tmp_path, TrainConfig())
+    values = json.loads((tmp_path / rundir.CONFIG_NAME).read_text())
+    (tmp_path / rundir.CONFIG_NAME).write_text(json.dumps({**values, "bound": "vr-max"}))  # a fork's bound
+    with pytest.raises(rundir.RunError, match=f"{tmp_path / rundir.CONFIG_NAME}: unknown bound 'vr-max'; choose one "
+                       r"of .* \(a run made by another version of iwae, or by a fork\?\)"):  # fmt: skip
+        rundir.read_config(tmp_path)

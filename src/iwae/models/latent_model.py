@@ -3,16 +3,19 @@ that fulfils it for any encoder and decoder with one Gaussian latent layer.
 
 **The protocol** (:class:`SampledModel`). Every objective reads a model through two methods and two attributes:
 
-- ``forward_samples(x, k, *, noise=None, generator=None, stop_q_grad=False, sample_hook=None) -> LogWeights``: the
-  (k, batch) log importance weights :math:`\log w_i = \log p(x, h_i) - \log q(h_i \mid x)` (Eq. 4) of k
-  reparameterised samples :math:`h_i = \mu(x) + \sigma(x)\,\epsilon_i`, with the samples and the noise that made
-  them. ``noise`` (the draws to use, as :meth:`draw_noise` makes them) or else ``generator`` (to draw them from)
-  fixes the samples. The two keywords the path-derivative estimators need: ``stop_q_grad`` evaluates log q with
-  q's distribution parameters detached, so that log q passes gradient only through the samples (STL, DReG,
-  reweighted wake-sleep); ``sample_hook`` is applied to each sample wherever the log-weight reads it (in log p
-  and as log q's argument), so that DReG can reweight the gradient that reaches the encoder through it; with
-  several latent layers, the recognition layer that draws the next sample reads the raw sample, so that every
-  gradient path from log w_i into the encoder crosses one hooked sample exactly once.
+- ``forward_samples(x, k, *, noise=None, generator=None, stop_q_grad=False, sample_hook=None) -> LogWeights``
+  (:class:`iwae.LogWeights`): the (k, batch) log importance weights :math:`\log w_i = \log p(x, h_i) - \log q(h_i \mid
+  x)` (Eq. 4) of k reparameterised samples :math:`h_i = \mu(x) + \sigma(x)\,\epsilon_i`, with the samples and the
+  noise that made them. ``noise`` (the draws to use, as :meth:`draw_noise` makes them) or else ``generator`` (to draw
+  them from) fixes the samples. The two keywords the path-derivative estimators need: ``stop_q_grad`` evaluates log q
+  with q's distribution parameters detached, so that log q passes gradient only through the samples (STL, DReG,
+  reweighted wake-sleep); ``sample_hook`` is applied to each sample wherever the log-weight reads it (in log p and as
+  log q's argument), so that DReG can reweight the gradient that reaches the encoder through it; with several latent
+  layers, the recognition layer that draws the next sample reads the raw sample, so that every gradient path from log
+  w_i into the encoder crosses one hooked sample exactly once. A model that ignores either keyword is refused by the
+  estimators that read it (a probe at their first step: :func:`iwae.objectives.base.check_path_keywords`).
+  ``forward(x, k, **kwargs)``, the same as ``forward_samples``, lets reweighted wake-sleep and PIWAE call the model
+  through ``torch.func.functional_call``.
 - ``draw_noise(k, batch, generator=None, out=None) -> list[Tensor]``: the standard-normal draws, one
   (k, batch, d_l) tensor per latent layer.
 - ``encoder`` and ``decoder``: the recognition and the generative network as submodules, for the estimators that

@@ -7,6 +7,7 @@ checked by :class:`iwae.objectives.Objective`.
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,11 +17,14 @@ import torch
 from torch import Tensor
 
 from iwae.models.latent_model import SampledModel
+from iwae.util import streams
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
 
-__all__ = ["Bound", "Estimator", "Noise", "RNG", "with_value", "weighted_sum", "detached_networks"]
+__all__ = [
+    "Bound", "Estimator", "Noise", "RNG", "with_value", "weighted_sum", "detached_networks", "check_path_keywords",
+]  # fmt: skip
 
 Noise = Sequence[Tensor] | None  # standard-normal draws [eps^1, ..., eps^L] given from outside; None: draw them
 RNG = torch.Generator | None  # source of the noise and of any other draw an estimator makes
@@ -38,6 +42,9 @@ class Estimator(ABC):
     bounds: ClassVar[tuple[str, ...] | None] = None
     # One forward pass on noise given from outside, no gradient hooks and no second pass: torch.compile traces it.
     compilable: ClassVar[bool] = False
+    # It reads the model through forward_samples's stop_q_grad and sample_hook (STL, DReG, RWS): a model that ignored
+    # them would give another gradient under this estimator's name, so :func:`check_path_keywords` probes it first.
+    path_keywords: ClassVar[bool] = False
 
     def defined_for(self, name: str, bound: Bound) -> bool:
         """Whether it is defined for ``bound``, registered as ``name``: by default, whether :attr:`bounds` lists it.
@@ -104,10 +111,57 @@ def weighted_sum(weights: Tensor, terms: Tensor) -> Tensor:
     return (weights * torch.where(weights != 0, terms, 0.0)).sum(0)
 
 
+_PROBED: weakref.WeakSet[type] = weakref.WeakSet()  # classes whose forward_samples has passed the probe
+
+
+def check_path_keywords(model: SampledModel, x: Tensor, estimator: str) -> None:
+    """A TypeError where ``model``'s ``forward_samples`` ignores ``stop_q_grad`` or ``sample_hook``, which
+    ``estimator`` reads the model through (:attr:`Estimator.path_keywords`): it would train on another gradient
+    without a word. The probe, once per model class (the library's own models pass by construction): one sample of
+    the first example of ``x``, with q's parameters held (``stop_q_grad=True``) and the sample detached by the hook,
+    must pass no gradient into the encoder. It draws from a generator of its own, in eval mode (no dropout draws, no
+    batch statistics updated), and leaves no gradient behind."""
+    from iwae.models.latent_model import GaussianLatentModel
+    from iwae.models.model import IWAE
+
+    if torch.compiler.is_compiling():  # (traced: no probe inside a compiled step)
+        return
+    cls = type(model)
+    own = getattr(cls, "forward_samples", None) in (IWAE.forward_samples, GaussianLatentModel.forward_samples)
+    if own or cls in _PROBED:
+        return
+    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
+    training = model.training
+    try:
+        model.eval()
+        noise = model.draw_noise(1, 1, streams.generator(0, "probe", device=x.device))
+        with torch.enable_grad():
+            log_w = model.forward_samples(
+                x[:1], 1, noise=noise, stop_q_grad=True, sample_hook=torch.Tensor.detach
+            ).log_w
+            grads = torch.autograd.grad(log_w.sum(), encoder, allow_unused=True) if log_w.requires_grad else []
+    finally:
+        model.train(training)
+    if any(g is not None and bool(g.ne(0).any()) for g in grads):
+        raise TypeError(
+            f"{cls.__name__}.forward_samples ignores stop_q_grad or sample_hook: with q's parameters held and every "
+            f"sample detached by the hook, gradient still reaches the encoder, so estimator {estimator!r} would train "
+            "on another gradient than its own; honour both keywords (iwae.SampledModel's docstring), or train with "
+            "estimator='reparam'"
+        )
+    _PROBED.add(cls)
+
+
 def detached_networks(model: SampledModel, estimator: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Detached copies of the recognition and the generative network's parameters, by their names in ``model``
     (``encoder.*`` and ``decoder.*``), for an estimator that routes a gradient to each network apart (RWS, PIWAE);
-    a ValueError names any parameter outside both, which such routing would give the wrong gradient."""
+    a ValueError names any parameter outside both, which such routing would give the wrong gradient, and a
+    TypeError a model without ``forward`` (``torch.func.functional_call`` calls the model through it)."""
+    if getattr(type(model), "forward", None) is torch.nn.Module.forward:
+        raise TypeError(
+            f"{estimator} calls {type(model).__name__} through torch.func.functional_call, which needs its forward: "
+            "define forward(self, x, k, **kwargs) returning self.forward_samples(x, k, **kwargs)"
+        )
     encoder = {f"encoder.{name}": p.detach() for name, p in model.encoder.named_parameters()}
     decoder = {f"decoder.{name}": p.detach() for name, p in model.decoder.named_parameters()}
     if len(encoder) + len(decoder) != sum(1 for _ in model.parameters()):

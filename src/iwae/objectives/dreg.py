@@ -92,6 +92,8 @@ class _PathReweighted(Estimator):
     that it gets c_i f_i (:meth:`weights`).
     """
 
+    path_keywords: ClassVar[bool] = True
+
     @abstractmethod
     def weights(self, objective: Objective, log_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(c, f, value)`` for the (n, batch) log-weights: the decoder's weights c_i, the factor f_i on sample

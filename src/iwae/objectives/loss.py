@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from iwae.models.latent_model import SampledModel
-from iwae.objectives.base import Bound, Estimator
+from iwae.objectives.base import Bound, Estimator, check_path_keywords
 from iwae.objectives.names import BOUND_PARAMS, PARAMS, as_count, declare_params
 from iwae.objectives.registry import BOUNDS, ESTIMATORS, ESTIMATORS_BY_NAME, KINDS
 
@@ -168,6 +168,8 @@ class Objective:
         :param noise: standard-normal draws [eps^1, ..., eps^L], each (samples_per_example, batch, d_l), to use
             instead of drawing them from ``generator``.
         """
+        if ESTIMATORS_BY_NAME[self.estimator].path_keywords:
+            check_path_keywords(model, x, self.estimator)
         return self._estimator.loss(model, x, self, generator, noise)
 
 

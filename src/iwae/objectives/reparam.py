@@ -48,4 +48,6 @@ class Reparam(Estimator):
 class StickingTheLanding(Reparam):
     """STL (Roeder et al. 2017): the path derivative only; decoder gradients are those of :class:`Reparam`."""
 
+    path_keywords: ClassVar[bool] = True
+
     stop_q_grad: ClassVar[bool] = True

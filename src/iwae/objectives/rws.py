@@ -37,6 +37,8 @@ def _held(h: Tensor) -> Tensor:
 class ReweightedWakeSleep(Estimator):
     """RWS: the generative network on L_k's gradient, the recognition network on wake-phi, samples held fixed."""
 
+    path_keywords: ClassVar[bool] = True
+
     bounds: ClassVar[tuple[str, ...] | None] = ("iwae",)
 
     def loss(

@@ -200,7 +200,11 @@ def read_config(run_dir: str | Path) -> TrainConfig:
         raise RunError(_not_a_run(Path(run_dir)))
     with warnings.catch_warnings():  # a parameter its bound ignores was said when the run was made, not each read
         warnings.filterwarnings("ignore", message=".* has no effect on bound")
-        return TrainConfig.from_dict(LEGACY | read_config_file(path))
+        values = read_config_file(path)
+        try:
+            return TrainConfig.from_dict(LEGACY | values)
+        except ValueError as err:  # (a bound or an option this installation lacks: a run made by another version)
+            raise RunError(f"{path}: {err} (a run made by another version of iwae, or by a fork?)") from err
 
 
 def _not_a_run(folder: Path) -> str:

@@ -229,3 +229,56 @@ def test_a_bound_that_routes_its_gradient_must_list_the_estimators_it_implements
 
     with pytest.raises(ValueError, match="must list the estimators it implements"):
         Bound(lambda log_w, k, p: log_w.mean(0), gradient=PIWAERouting())
+
+
+@pytest.fixture
+def registered():
+    """Names registered by a test, taken out of the registry afterwards (other tests list the built-in bounds)."""
+    from iwae.objectives import names, registry
+
+    added: list[str] = []
+    yield added
+    for name in added:
+        registry._BOUNDS.pop(name, None)
+        names.BOUND_PARAMS.pop(name, None)
+
+
+def test_a_bound_registered_from_outside_trains_with_the_estimators_defined_for_it(registered):
+    """VR-max (the largest log-weight; Li & Turner 2016) from outside the package: the reparameterisation gradient
+    of its value; a copy of the Rényi bound registered with its parameter and DReG weights gives the built-in
+    bound's loss and gradients on the same noise."""
+    from iwae import bounds
+    from iwae.objectives import Bound, register_bound
+    from iwae.objectives.dreg import vr_path_weights
+
+    register_bound("vr-max", Bound(lambda log_w, k, p: log_w.max(0).values))
+    register_bound("my-vr", Bound(lambda log_w, k, p: bounds.vr(log_w, p["alpha"]), path_weights=vr_path_weights),
+                   params=("alpha",))  # fmt: skip
+    registered += ["vr-max", "my-vr"]
+    model, x = tiny_model(x_dim=4), binary_batch(B, 4)
+    loss = iwae.objective(model, x, k=3, bound="vr-max", generator=torch.Generator().manual_seed(0))
+    out = model.forward_samples(x, 3, generator=torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(-out.log_w.max(0).values.mean().item(), rel=1e-6)
+    for estimator in ("reparam", "stl", "dreg"):
+        grads = []
+        for bound in ("vr", "my-vr"):
+            model.zero_grad()
+            iwae.Objective(bound, 3, estimator, alpha=0.3).loss(model, x, torch.Generator().manual_seed(1)).backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+        assert all(torch.equal(a, b) for a, b in zip(*grads))
+    with pytest.raises(ValueError, match="estimator 'dreg' is defined for bound=.*'my-vr' only, got bound='vr-max'"):
+        iwae.Objective("vr-max", 3, "dreg")  # no path weights declared
+    step = iwae.make_train_step(model, iwae.make_optimizer(model), k=3, bound="vr-max")
+    assert torch.isfinite(step(x))
+
+
+def test_registering_a_bound_refuses_a_taken_name_an_unknown_parameter_and_a_plain_function(registered):
+    from iwae.objectives import Bound, register_bound
+
+    with pytest.raises(ValueError, match="a bound named 'iwae' exists already; choose another name"):
+        register_bound("iwae", Bound(lambda log_w, k, p: log_w.mean(0)))
+    with pytest.raises(ValueError, match=r"unknown bound parameter\(s\) 'tau'; a bound reads those .* m, beta, alpha"):
+        register_bound("tempered", Bound(lambda log_w, k, p: log_w.mean(0)), params=("tau",))
+    with pytest.raises(TypeError, match="register_bound takes an iwae.objectives.Bound .*, got function"):
+        register_bound("plain", lambda log_w, k, p: log_w.mean(0))
+    assert "tempered" not in iwae.objectives.BOUNDS and "plain" not in iwae.objectives.BOUNDS

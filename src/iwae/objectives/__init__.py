@@ -49,10 +49,13 @@ from typing import Any
 
 from iwae.objectives.names import ESTIMATORS, KINDS
 
-__all__ = ["Objective", "objective", "KINDS", "ESTIMATORS", "Bound", "Estimator", "BOUNDS", "ESTIMATORS_BY_NAME"]
+__all__ = [
+    "Objective", "objective", "KINDS", "ESTIMATORS", "Bound", "Estimator", "BOUNDS", "ESTIMATORS_BY_NAME",
+    "register_bound",
+]  # fmt: skip
 
 _LAZY = {"Objective": "loss", "objective": "loss", "Bound": "base", "Estimator": "base", "BOUNDS": "registry",
-         "ESTIMATORS_BY_NAME": "registry"}  # fmt: skip
+         "ESTIMATORS_BY_NAME": "registry", "register_bound": "registry"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ from torch import Tensor
 from iwae.models.latent_model import SampledModel
 from iwae.objectives.base import Bound, Estimator, check_path_keywords
 from iwae.objectives.names import BOUND_PARAMS, PARAMS, as_count, declare_params
-from iwae.objectives.registry import BOUNDS, ESTIMATORS, ESTIMATORS_BY_NAME, KINDS
+from iwae.objectives.registry import BOUNDS, ESTIMATORS, ESTIMATORS_BY_NAME
 
 __all__ = ["Objective", "objective", "resolve_bound"]
 
@@ -45,7 +45,8 @@ def _bounds_for(estimator: str) -> list[str]:
 class Objective:
     """A bound to maximise and the estimator of its gradient, with their sample counts and the bounds' parameters.
 
-    :param bound: the bound, one of :data:`iwae.KINDS`.
+    :param bound: the bound, one of :data:`~iwae.objectives.BOUNDS`: the built-in :data:`iwae.KINDS`, and those
+        :func:`~iwae.objectives.register_bound` adds.
     :param k: samples per example (inner samples for ``miwae``/``piwae``).
     :param estimator: the gradient estimator, one of :data:`iwae.ESTIMATORS`.
 
@@ -78,7 +79,7 @@ class Objective:
 
     def __post_init__(self) -> None:
         if self.bound not in BOUNDS:
-            raise ValueError(f"unknown bound {self.bound!r}; choose one of {', '.join(KINDS)}")
+            raise ValueError(f"unknown bound {self.bound!r}; choose one of {', '.join(BOUNDS)}")
         if self.estimator not in ESTIMATORS_BY_NAME:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         if (k := as_count(self.k)) is None:

@@ -17,7 +17,7 @@ admit fewer, or, routing its gradient itself (PIWAE), implement the estimators i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from iwae import bounds
@@ -30,23 +30,51 @@ from iwae.objectives.reparam import Reparam, StickingTheLanding
 from iwae.objectives.rws import ReweightedWakeSleep
 from iwae.objectives.sample_one import SampleOne
 
-__all__ = ["BOUNDS", "ESTIMATORS_BY_NAME", "KINDS", "ESTIMATORS", "PARAMS", "BOUND_PARAMS"]
+__all__ = ["BOUNDS", "ESTIMATORS_BY_NAME", "KINDS", "ESTIMATORS", "PARAMS", "BOUND_PARAMS", "register_bound"]
 
-BOUNDS: Mapping[str, Bound] = MappingProxyType(
-    {
-        "vae": Bound(lambda log_w, k, p: bounds.elbo(log_w)),
-        "iwae": Bound(lambda log_w, k, p: bounds.iwae(log_w), path_weights=dreg.iwae_path_weights),
-        "miwae": Bound(lambda log_w, k, p: bounds.miwae(log_w, k), grouped=True, path_weights=dreg.miwae_path_weights),
-        "ciwae": Bound(lambda log_w, k, p: bounds.ciwae(log_w, p["beta"]), path_weights=dreg.ciwae_path_weights),
-        "piwae": Bound(
-            lambda log_w, k, p: bounds.iwae(log_w),
-            grouped=True,
-            estimators=("reparam", "dreg"),
-            gradient=PIWAERouting(),
-        ),
-        "vr": Bound(lambda log_w, k, p: bounds.vr(log_w, p["alpha"]), path_weights=dreg.vr_path_weights),
-    }
-)
+_BOUNDS: dict[str, Bound] = {
+    "vae": Bound(lambda log_w, k, p: bounds.elbo(log_w)),
+    "iwae": Bound(lambda log_w, k, p: bounds.iwae(log_w), path_weights=dreg.iwae_path_weights),
+    "miwae": Bound(lambda log_w, k, p: bounds.miwae(log_w, k), grouped=True, path_weights=dreg.miwae_path_weights),
+    "ciwae": Bound(lambda log_w, k, p: bounds.ciwae(log_w, p["beta"]), path_weights=dreg.ciwae_path_weights),
+    "piwae": Bound(
+        lambda log_w, k, p: bounds.iwae(log_w),
+        grouped=True,
+        estimators=("reparam", "dreg"),
+        gradient=PIWAERouting(),
+    ),
+    "vr": Bound(lambda log_w, k, p: bounds.vr(log_w, p["alpha"]), path_weights=dreg.vr_path_weights),
+}
+BOUNDS: Mapping[str, Bound] = MappingProxyType(_BOUNDS)  # read-only: register_bound adds to it
+
+
+def register_bound(name: str, bound: Bound, params: Sequence[str] = ()) -> None:
+    """Make ``bound`` an objective of the Python API under ``name``: :class:`~iwae.objectives.Objective`,
+    :func:`iwae.objective` and :func:`iwae.make_train_step` take it, with every estimator defined for it (reparam
+    and STL always; DReG where it declares ``path_weights``; :meth:`Estimator.defined_for` decides).
+
+    :param bound: its ``value(log_w, k, params)``, the per-example bound from (n, batch) log-weights, and what else
+        :class:`~iwae.objectives.base.Bound` declares.
+    :param params: the bound parameters it reads, of those :data:`~iwae.objectives.names.PARAMS` declares (``m``,
+        ``beta``, ``alpha``, ...), passed to ``value`` by name; a new parameter needs its declaration there.
+
+    The command line, run folders and fleets know the built-in bounds only (their config is checked against
+    :data:`~iwae.objectives.names.KINDS` as it is parsed): a registered bound is trained from Python.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a bound's name must be a non-empty string, got {name!r}")
+    if name in _BOUNDS:
+        raise ValueError(f"a bound named {name!r} exists already; choose another name")
+    if not isinstance(bound, Bound):
+        raise TypeError(f"register_bound takes an iwae.objectives.Bound (its value(log_w, k, params) and options), "
+                        f"got {type(bound).__name__}")  # fmt: skip
+    unknown = [p for p in params if p not in PARAMS]
+    if unknown:
+        raise ValueError(f"unknown bound parameter(s) {', '.join(map(repr, unknown))}; a bound reads those "
+                         f"iwae.objectives.names.PARAMS declares: {', '.join(PARAMS)}")  # fmt: skip
+    BOUND_PARAMS[name] = tuple(params)
+    _BOUNDS[name] = bound
+
 
 ESTIMATORS_BY_NAME: Mapping[str, Estimator] = MappingProxyType(
     {

@@ -160,6 +160,7 @@ def test_reproduce_estimate_measures_the_runs_own_step_and_counts_its_steps(monk
     assert est == pytest.approx(steps / 1.0 + per_sample * 10 * (2 * 2 + 2) + curve + 7.0)
 
 
+@pytest.mark.slow  # (a fresh process that imports torch: seconds)
 def test_output_into_a_pipe_closed_early_ends_quietly(tmp_path):
     """``iwae status | head -0``: the reader went away before the output was written; no traceback, no error line."""
     from iwae.runs import rundir

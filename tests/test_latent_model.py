@@ -173,23 +173,53 @@ class _Honours(GaussianLatentModel):
         return super().forward_samples(x, k, **kwargs)
 
 
+class _PriorOnTheEncoder(_Honours):
+    """Honours both keywords, and its log p reads the encoder's parameters by right (as a VampPrior's pseudo-inputs
+    or tied weights do): a term the same under every probe."""
+
+    def forward_samples(self, x, k, **kwargs):
+        out = super().forward_samples(x, k, **kwargs)
+        return out._replace(log_w=out.log_w + 1e-3 * sum(p.sum() for p in self.encoder.parameters()))
+
+
 @pytest.mark.parametrize("bound,estimator", [("iwae", "stl"), ("iwae", "dreg"), ("iwae", "rws"),
                                              ("iwae", "rws-dreg"), ("piwae", "dreg")])  # fmt: skip
-@pytest.mark.parametrize("cls", [_IgnoresStopQGrad, _IgnoresSampleHook])
-def test_a_model_that_ignores_the_path_keywords_is_refused_by_the_estimators_that_read_them(cls, bound, estimator):
+@pytest.mark.parametrize("cls,ignored", [(_IgnoresStopQGrad, "stop_q_grad"), (_IgnoresSampleHook, "sample_hook")])
+def test_a_model_that_ignores_the_path_keywords_is_refused_by_the_estimators_that_read_them(cls, ignored, bound,
+                                                                                            estimator):  # fmt: skip
     """STL, DReG and RWS read a model through stop_q_grad and sample_hook; one that drops either would train on the
-    reparameterisation gradient (or another) under their name, without a word. Reparam needs neither."""
+    reparameterisation gradient (or another) under their name, without a word. Reparam needs neither; a model that
+    honours both is trained, a term of log p that reads the encoder by right included."""
     paper, _ = _pair()
-    model, honest = (c(paper.encoder[0], paper.decoder[-1], latent_dim=3, x_dim=12) for c in (cls, _Honours))
+    model, honest, prior = (c(paper.encoder[0], paper.decoder[-1], latent_dim=3, x_dim=12)
+                            for c in (cls, _Honours, _PriorOnTheEncoder))  # fmt: skip
     x = torch.bernoulli(torch.full((4, 12), 0.5), generator=torch.Generator().manual_seed(0))
     before = [p.clone() for p in model.parameters()]
-    with pytest.raises(TypeError, match=f"{cls.__name__}.forward_samples ignores stop_q_grad or sample_hook: .* "
-                       f"estimator '{estimator}' would train on another gradient"):  # fmt: skip
+    message = f"{cls.__name__}.forward_samples ignores {ignored}: the encoder's gradient is the same with it as " \
+        f"without it, so estimator '{estimator}' would train on another"  # fmt: skip
+    with pytest.raises(TypeError, match=message):
         iwae.objective(model, x, k=2, m=2, bound=bound, estimator=estimator)
     assert all(torch.equal(a, b) and b.grad is None for a, b in zip(before, model.parameters()))  # left as found
     assert model.training
     iwae.objective(model, x, k=2, m=2, bound=bound, estimator="reparam").backward()
     iwae.objective(honest, x, k=2, m=2, bound=bound, estimator=estimator).backward()  # one of its own that honours
+    iwae.objective(prior, x, k=2, m=2, bound=bound, estimator=estimator).backward()
+
+
+def test_the_probe_waits_for_an_encoder_to_train_and_guards_a_compiled_step():
+    """Not probed, and asked again: a frozen encoder, or inference mode. A compiled STL step probes before its
+    trace (where no probe can run)."""
+    paper, _ = _pair()
+    model = _IgnoresSampleHook(paper.encoder[0], paper.decoder[-1], latent_dim=3, x_dim=12)
+    x = torch.bernoulli(torch.full((4, 12), 0.5), generator=torch.Generator().manual_seed(0))
+    model.encoder.requires_grad_(False)
+    iwae.objective(model, x, k=2, estimator="stl").backward()  # nothing of q's to train: nothing to refuse yet
+    model.encoder.requires_grad_(True)
+    with torch.inference_mode():
+        iwae.Objective("iwae", 2, "stl").loss(model, x)
+    step = iwae.make_train_step(model, iwae.make_optimizer(model), k=2, estimator="stl", compile=True)
+    with pytest.raises(TypeError, match="_IgnoresSampleHook.forward_samples ignores sample_hook"):
+        step(x)
 
 
 def test_a_model_without_forward_is_named_by_the_estimators_that_call_it_through_functional_call():

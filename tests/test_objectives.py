@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -251,10 +252,11 @@ def test_a_bound_registered_from_outside_trains_with_the_estimators_defined_for_
     from iwae.objectives import Bound, register_bound
     from iwae.objectives.dreg import vr_path_weights
 
+    registered += ["vr-max", "my-vr", "my-miwae"]
     register_bound("vr-max", Bound(lambda log_w, k, p: log_w.max(0).values))
     register_bound("my-vr", Bound(lambda log_w, k, p: bounds.vr(log_w, p["alpha"]), path_weights=vr_path_weights),
-                   params=("alpha",))  # fmt: skip
-    registered += ["vr-max", "my-vr"]
+                   params="alpha")  # fmt: skip
+    register_bound("my-miwae", Bound(lambda log_w, k, p: bounds.miwae(log_w, k), grouped=True))  # reads m, always
     model, x = tiny_model(x_dim=4), binary_batch(B, 4)
     loss = iwae.objective(model, x, k=3, bound="vr-max", generator=torch.Generator().manual_seed(0))
     out = model.forward_samples(x, 3, generator=torch.Generator().manual_seed(0))
@@ -270,6 +272,12 @@ def test_a_bound_registered_from_outside_trains_with_the_estimators_defined_for_
         iwae.Objective("vr-max", 3, "dreg")  # no path weights declared
     step = iwae.make_train_step(model, iwae.make_optimizer(model), k=3, bound="vr-max")
     assert torch.isfinite(step(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # m is its own: no "has no effect" warning
+        mine, builtin = iwae.Objective("my-miwae", 2, m=3), iwae.Objective("miwae", 2, m=3)
+    assert mine.samples_per_example == 6 and mine.params == {"m": 3}
+    losses = [o.loss(model, x, torch.Generator().manual_seed(2)).item() for o in (mine, builtin)]
+    assert losses[0] == losses[1]
 
 
 def test_registering_a_bound_refuses_a_taken_name_an_unknown_parameter_and_a_plain_function(registered):
@@ -279,6 +287,8 @@ def test_registering_a_bound_refuses_a_taken_name_an_unknown_parameter_and_a_pla
         register_bound("iwae", Bound(lambda log_w, k, p: log_w.mean(0)))
     with pytest.raises(ValueError, match=r"unknown bound parameter\(s\) 'tau'; a bound reads those .* m, beta, alpha"):
         register_bound("tempered", Bound(lambda log_w, k, p: log_w.mean(0)), params=("tau",))
+    with pytest.raises(ValueError, match="a bound's name must be a non-empty string without spaces, got ' vr'"):
+        register_bound(" vr", Bound(lambda log_w, k, p: log_w.mean(0)))
     with pytest.raises(TypeError, match="register_bound takes an iwae.objectives.Bound .*, got function"):
         register_bound("plain", lambda log_w, k, p: log_w.mean(0))
     assert "tempered" not in iwae.objectives.BOUNDS and "plain" not in iwae.objectives.BOUNDS

@@ -133,5 +133,5 @@ def test_a_run_of_a_bound_this_installation_lacks_names_its_config_and_the_likel
     values = json.loads((tmp_path / rundir.CONFIG_NAME).read_text())
     (tmp_path / rundir.CONFIG_NAME).write_text(json.dumps({**values, "bound": "vr-max"}))  # a fork's bound
     with pytest.raises(rundir.RunError, match=f"{tmp_path / rundir.CONFIG_NAME}: unknown bound 'vr-max'; choose one "
-                       r"of .* \(a run made by another version of iwae, or by a fork\?\)"):  # fmt: skip
+                       r"of .* \(edited by hand, or made by another version of iwae or a fork\?\)"):  # fmt: skip
         rundir.read_config(tmp_path)

@@ -11,7 +11,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -111,45 +111,64 @@ def weighted_sum(weights: Tensor, terms: Tensor) -> Tensor:
     return (weights * torch.where(weights != 0, terms, 0.0)).sum(0)
 
 
-_PROBED: weakref.WeakSet[type] = weakref.WeakSet()  # classes whose forward_samples has passed the probe
+_PROBED: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()  # forward_samples functions that passed the probe
 
 
 def check_path_keywords(model: SampledModel, x: Tensor, estimator: str) -> None:
     """A TypeError where ``model``'s ``forward_samples`` ignores ``stop_q_grad`` or ``sample_hook``, which
     ``estimator`` reads the model through (:attr:`Estimator.path_keywords`): it would train on another gradient
-    without a word. The probe, once per model class (the library's own models pass by construction): one sample of
-    the first example of ``x``, with q's parameters held (``stop_q_grad=True``) and the sample detached by the hook,
-    must pass no gradient into the encoder. It draws from a generator of its own, in eval mode (no dropout draws, no
-    batch statistics updated), and leaves no gradient behind."""
+    without a word.
+
+    The probe, once per ``forward_samples`` function (the library's own models pass by construction): the encoder's
+    gradient of the log-weights of one sample per example of ``x``, on one draw of noise, three ways. Holding q's
+    parameters must change it (log q's score term goes), and so must the hook's detaching the sample (the path
+    through the sample goes); a model that ignores a keyword gives the same gradient both ways. A term of log p
+    that reaches the encoder by right (a VampPrior's pseudo-inputs, tied weights) is the same in both and cancels.
+    It draws from a stream of its own, in eval mode (no dropout draws, no batch statistics updated), restores every
+    module's mode, and leaves no gradient behind. Not probed (and asked again at the next call): a model whose
+    encoder has nothing to train, a call under ``torch.inference_mode``, and a compiled trace.
+    """
     from iwae.models.latent_model import GaussianLatentModel
     from iwae.models.model import IWAE
 
-    if torch.compiler.is_compiling():  # (traced: no probe inside a compiled step)
+    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
         return
-    cls = type(model)
-    own = getattr(cls, "forward_samples", None) in (IWAE.forward_samples, GaussianLatentModel.forward_samples)
-    if own or cls in _PROBED:
+    fn = getattr(getattr(model, "forward_samples", None), "__func__", None)  # (a torch.compile wrapper's too)
+    if fn is None or fn in (IWAE.forward_samples, GaussianLatentModel.forward_samples) or fn in _PROBED:
         return
     encoder = [p for p in model.encoder.parameters() if p.requires_grad]
-    training = model.training
+    if not encoder:
+        return
+    modes = [(module, module.training) for module in model.modules()]
+
+    def encoder_grad(stop_q_grad: bool, hook: Callable[[Tensor], Tensor]) -> list[Tensor] | None:
+        log_w = model.forward_samples(x, 1, noise=noise, stop_q_grad=stop_q_grad, sample_hook=hook).log_w
+        if not log_w.requires_grad:
+            return None
+        found = torch.autograd.grad(log_w.sum(), encoder, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(found, encoder)]
+
     try:
         model.eval()
-        noise = model.draw_noise(1, 1, streams.generator(0, "probe", device=x.device))
+        noise = model.draw_noise(1, x.shape[0], streams.generator(0, "probe", device=x.device))
         with torch.enable_grad():
-            log_w = model.forward_samples(
-                x[:1], 1, noise=noise, stop_q_grad=True, sample_hook=torch.Tensor.detach
-            ).log_w
-            grads = torch.autograd.grad(log_w.sum(), encoder, allow_unused=True) if log_w.requires_grad else []
+            held = encoder_grad(True, torch.Tensor.detach)
+            score = encoder_grad(False, torch.Tensor.detach) if held is not None else None
+            path = encoder_grad(True, lambda h: h.view_as(h)) if held is not None else None
     finally:
-        model.train(training)
-    if any(g is not None and bool(g.ne(0).any()) for g in grads):
+        for module, training in modes:
+            module.training = training
+    if held is None or score is None or path is None:
+        return
+    ignored = [name for name, other in (("stop_q_grad", score), ("sample_hook", path))
+               if all(torch.equal(a, b) for a, b in zip(held, other))]  # fmt: skip
+    if ignored:
         raise TypeError(
-            f"{cls.__name__}.forward_samples ignores stop_q_grad or sample_hook: with q's parameters held and every "
-            f"sample detached by the hook, gradient still reaches the encoder, so estimator {estimator!r} would train "
-            "on another gradient than its own; honour both keywords (iwae.SampledModel's docstring), or train with "
-            "estimator='reparam'"
+            f"{type(model).__name__}.forward_samples ignores {' and '.join(ignored)}: the encoder's gradient is the "
+            f"same with it as without it, so estimator {estimator!r} would train on another gradient than its own; "
+            "honour both keywords (iwae.SampledModel's docstring), or train with estimator='reparam'"
         )
-    _PROBED.add(cls)
+    _PROBED.add(fn)
 
 
 def detached_networks(model: SampledModel, estimator: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

@@ -56,23 +56,27 @@ def register_bound(name: str, bound: Bound, params: Sequence[str] = ()) -> None:
     :param bound: its ``value(log_w, k, params)``, the per-example bound from (n, batch) log-weights, and what else
         :class:`~iwae.objectives.base.Bound` declares.
     :param params: the bound parameters it reads, of those :data:`~iwae.objectives.names.PARAMS` declares (``m``,
-        ``beta``, ``alpha``, ...), passed to ``value`` by name; a new parameter needs its declaration there.
+        ``beta``, ``alpha``, ...), passed to ``value`` by name (``m`` for a ``grouped`` bound, always); a new
+        parameter needs its declaration there.
 
     The command line, run folders and fleets know the built-in bounds only (their config is checked against
     :data:`~iwae.objectives.names.KINDS` as it is parsed): a registered bound is trained from Python.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a bound's name must be a non-empty string, got {name!r}")
+    if not isinstance(name, str) or not name or name != name.strip() or " " in name:
+        raise ValueError(f"a bound's name must be a non-empty string without spaces, got {name!r}")
     if name in _BOUNDS:
         raise ValueError(f"a bound named {name!r} exists already; choose another name")
     if not isinstance(bound, Bound):
         raise TypeError(f"register_bound takes an iwae.objectives.Bound (its value(log_w, k, params) and options), "
                         f"got {type(bound).__name__}")  # fmt: skip
+    params = (params,) if isinstance(params, str) else tuple(params)
+    if bound.grouped and "m" not in params:  # m groups of k samples: it reads m, whether its value does or not
+        params = ("m", *params)
     unknown = [p for p in params if p not in PARAMS]
     if unknown:
         raise ValueError(f"unknown bound parameter(s) {', '.join(map(repr, unknown))}; a bound reads those "
                          f"iwae.objectives.names.PARAMS declares: {', '.join(PARAMS)}")  # fmt: skip
-    BOUND_PARAMS[name] = tuple(params)
+    BOUND_PARAMS[name] = params
     _BOUNDS[name] = bound
 
 

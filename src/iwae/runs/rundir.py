@@ -194,7 +194,10 @@ def create(run_dir: str | Path, config: TrainConfig) -> None:
 
 
 def read_config(run_dir: str | Path) -> TrainConfig:
-    """The config of the run in ``run_dir``."""
+    """The config of the run in ``run_dir``.
+
+    :raises RunError: no run there, or a config this installation refuses (a bound it lacks, a value out of range).
+    :raises ValueError: a ``config.json`` that is no JSON object of config keys."""
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise RunError(_not_a_run(Path(run_dir)))
@@ -204,7 +207,7 @@ def read_config(run_dir: str | Path) -> TrainConfig:
         try:
             return TrainConfig.from_dict(LEGACY | values)
         except ValueError as err:  # (a bound or an option this installation lacks: a run made by another version)
-            raise RunError(f"{path}: {err} (a run made by another version of iwae, or by a fork?)") from err
+            raise RunError(f"{path}: {err} (edited by hand, or made by another version of iwae or a fork?)") from err
 
 
 def _not_a_run(folder: Path) -> str:

@@ -16,7 +16,9 @@ from torch import Tensor, nn
 from iwae.evaluate import checked_batch
 from iwae.models.latent_model import SampledModel
 from iwae.objectives import Objective
+from iwae.objectives.base import check_path_keywords
 from iwae.objectives.loss import check_sampled_model, resolve_bound
+from iwae.objectives.registry import ESTIMATORS_BY_NAME
 from iwae.util.cpu import flush_subnormals
 
 __all__ = ["build_step", "make_train_step", "make_optimizer"]
@@ -121,6 +123,8 @@ def _compiled_loss(
     compiled = torch.compile(loss, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
 
     def run(x: Tensor) -> Tensor:
+        if ESTIMATORS_BY_NAME[objective.estimator].path_keywords:  # (not probed inside the compiled trace)
+            check_path_keywords(model, x, objective.estimator)
         value = compiled(x, model.draw_noise(n, x.shape[0], generator))
         # CUDA graphs reuse their output buffers on the next replay: hand the caller its own copy.
         return value.clone() if device.type == "cuda" else value

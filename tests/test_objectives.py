@@ -272,6 +272,11 @@ def test_a_bound_registered_from_outside_trains_with_the_estimators_defined_for_
         iwae.Objective("vr-max", 3, "dreg")  # no path weights declared
     step = iwae.make_train_step(model, iwae.make_optimizer(model), k=3, bound="vr-max")
     assert torch.isfinite(step(x))
+    from iwae.runs.config import TrainConfig
+
+    with pytest.raises(ValueError, match="unknown bound 'vr-max'; choose one of .* \\(a bound added by register_bound "
+                       "trains from Python"):  # fmt: skip
+        TrainConfig(bound="vr-max")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # m is its own: no "has no effect" warning
         mine, builtin = iwae.Objective("my-miwae", 2, m=3), iwae.Objective("miwae", 2, m=3)

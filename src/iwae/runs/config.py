@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import json
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -189,7 +190,8 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             choices = f.metadata["choices"]
             if choices and getattr(self, f.name) not in choices:
-                errors.append(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of {_listing(choices)}")
+                errors.append(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of {_listing(choices)}"
+                              f"{_registered(f.name, getattr(self, f.name))}")  # fmt: skip
         for name in ("k", "batch_size", "eval_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -388,6 +390,15 @@ def passes_at(config: TrainConfig, stage: int, step: int) -> float:
     counts them (a checkpoint's position, mid-pass too)."""
     per_pass = steps_per_pass(config)
     return (sum(stage_steps(s.passes, per_pass) for s in schedule(config)[:stage]) + step) / per_pass
+
+
+def _registered(field: str, value: object) -> str:
+    """Where ``value`` of the bound is one that :func:`iwae.objectives.register_bound` added: what it is for."""
+    registry = sys.modules.get("iwae.objectives.registry")  # (loaded where a bound was registered: no torch here)
+    if field == "bound" and registry is not None and value in registry.BOUNDS:
+        return " (a bound added by register_bound trains from Python, iwae.make_train_step; run folders and the " \
+            "command line know the package's own)"  # fmt: skip
+    return ""
 
 
 def total_passes(config: TrainConfig) -> float:

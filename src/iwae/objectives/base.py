@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
-from iwae.models.latent_model import SampledModel
+from iwae.models.latent_model import GaussianLatentModel, SampledModel
+from iwae.models.model import IWAE
 from iwae.util import streams
 
 if TYPE_CHECKING:
@@ -128,9 +129,6 @@ def check_path_keywords(model: SampledModel, x: Tensor, estimator: str) -> None:
     module's mode, and leaves no gradient behind. Not probed (and asked again at the next call): a model whose
     encoder has nothing to train, a call under ``torch.inference_mode``, and a compiled trace.
     """
-    from iwae.models.latent_model import GaussianLatentModel
-    from iwae.models.model import IWAE
-
     if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
         return
     fn = getattr(getattr(model, "forward_samples", None), "__func__", None)  # (a torch.compile wrapper's too)

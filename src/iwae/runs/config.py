@@ -392,6 +392,12 @@ def passes_at(config: TrainConfig, stage: int, step: int) -> float:
     return (sum(stage_steps(s.passes, per_pass) for s in schedule(config)[:stage]) + step) / per_pass
 
 
+def total_passes(config: TrainConfig) -> float:
+    """The passes of the whole schedule, counted in the steps taken (each stage's passes rounded to whole steps): what
+    ``metrics.jsonl``'s last line says once the run has trained."""
+    return passes_at(config, len(schedule(config)), 0)
+
+
 def _registered(field: str, value: object) -> str:
     """Where ``value`` of the bound is one that :func:`iwae.objectives.register_bound` added: what it is for."""
     registry = sys.modules.get("iwae.objectives.registry")  # (loaded where a bound was registered: no torch here)
@@ -399,12 +405,6 @@ def _registered(field: str, value: object) -> str:
         return " (a bound added by register_bound trains from Python, iwae.make_train_step; run folders and the " \
             "command line know the package's own)"  # fmt: skip
     return ""
-
-
-def total_passes(config: TrainConfig) -> float:
-    """The passes of the whole schedule, counted in the steps taken (each stage's passes rounded to whole steps): what
-    ``metrics.jsonl``'s last line says once the run has trained."""
-    return passes_at(config, len(schedule(config)), 0)
 
 
 def passes_text(passes: float) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -9,12 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import binary_batch, tiny_model
+
+import iwae
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.py"))
 
 
 def test_there_are_examples():
-    assert {p.name for p in EXAMPLES} >= {"conv_mnist.py", "score_any_model.py"}
+    assert {p.name for p in EXAMPLES} >= {"conv_mnist.py", "own_estimator.py", "score_any_model.py"}
 
 
 @pytest.mark.slow
@@ -37,3 +42,67 @@ def test_example_without_its_data_says_where_to_get_it_in_one_line(script, tmp_p
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr and "iwae download" in done.stderr
     assert done.stderr.startswith(f"{script.name}: data set 'mnist' not found in {tmp_path}")
+
+
+@pytest.fixture
+def vimco():
+    """examples/own_estimator.py as a module, its VIMCO registered as "vimco" for the test's length."""
+    import importlib.util
+
+    from iwae.objectives import register_estimator, registry
+
+    spec = importlib.util.spec_from_file_location("own_estimator", EXAMPLES[0].parent / "own_estimator.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    register_estimator("vimco", module.VIMCO())
+    yield module
+    registry._ESTIMATORS.pop("vimco")
+
+
+def test_vimcos_leave_one_out_estimates_replace_one_weight_by_the_others_geometric_mean(vimco):
+    log_w = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for i in range(4):
+        others = [j for j in range(4) if j != i]
+        replaced = torch.cat([log_w[others], log_w[others].mean(0, keepdim=True)])
+        expected = torch.logsumexp(replaced, 0) - math.log(4)
+        assert torch.allclose(vimco.leave_one_out(log_w)[i], expected, rtol=1e-12)
+
+
+def test_the_example_estimator_vimco_is_unbiased_for_the_gradient_of_l_k(vimco):
+    """VIMCO's value is L_hat, its decoder gradient is Eq. 14's on the same noise, and its encoder gradient agrees
+    in expectation with the reparameterisation gradient (both unbiased for grad L_k): every coordinate within 5
+    standard errors over 48,000 draws, on a model with two stochastic layers. Without its score-function term it
+    misses by 50 standard errors and more: the test can fail."""
+    model = tiny_model(x_dim=4, latent_dims=(2, 1))
+    x = binary_batch(1, 4).expand(2000, 4)  # one image, 2,000 independent draws in one batch
+    n_enc = sum(p.numel() for p in model.encoder.parameters())
+
+    def gradient(estimator: str, seed: int) -> tuple[float, torch.Tensor]:
+        model.zero_grad()
+        loss = iwae.Objective("iwae", 3, estimator).loss(model, x, torch.Generator().manual_seed(seed))
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    (value, g_vimco), (reparam_value, g_reparam) = gradient("vimco", 0), gradient("reparam", 0)
+    assert value == pytest.approx(reparam_value, rel=1e-12)
+    assert torch.allclose(g_vimco[n_enc:], g_reparam[n_enc:], rtol=1e-10, atol=1e-12)  # decoder: Eq. 14's
+
+    class NoScore(vimco.VIMCO):  # the learning signals dropped: only the samples-held-fixed term is left
+        def loss(self, model, x, objective, generator=None, noise=None):
+            noise = model.draw_noise(3, x.shape[0], generator)
+            log_w = model.forward_samples(x, 3, noise=noise, sample_hook=torch.Tensor.detach).log_w
+            return -(torch.softmax(log_w.detach(), 0) * log_w).sum(0).mean()
+
+    iwae.objectives.register_estimator("no-score", NoScore())
+    try:
+        draws = {name: torch.stack([gradient(name, seed)[1][:n_enc] for seed in range(1, 25)])
+                 for name in ("vimco", "reparam", "no-score")}  # fmt: skip
+    finally:
+        iwae.objectives.registry._ESTIMATORS.pop("no-score")
+
+    def z(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        se = (a.var(0) / len(a) + b.var(0) / len(b)).sqrt()
+        return ((a.mean(0) - b.mean(0)) / se)[se > 0].abs()
+
+    assert z(draws["vimco"], draws["reparam"]).max() < 5
+    assert z(draws["no-score"], draws["reparam"]).max() > 50

@@ -241,6 +241,7 @@ def registered():
     yield added
     for name in added:
         registry._BOUNDS.pop(name, None)
+        registry._ESTIMATORS.pop(name, None)
         names.BOUND_PARAMS.pop(name, None)
 
 
@@ -297,3 +298,86 @@ def test_registering_a_bound_refuses_a_taken_name_an_unknown_parameter_and_a_pla
     with pytest.raises(TypeError, match="register_bound takes an iwae.objectives.Bound .*, got function"):
         register_bound("plain", lambda log_w, k, p: log_w.mean(0))
     assert "tempered" not in iwae.objectives.BOUNDS and "plain" not in iwae.objectives.BOUNDS
+
+
+def test_an_estimator_registered_from_outside_trains_the_bounds_it_is_defined_for(registered):
+    """STL written against the public API (objective.per_example of log-weights with q's parameters held) and
+    registered gives the built-in STL's loss and gradients bit for bit, for every bound both are defined for; a bound
+    that lists its estimators (PIWAE) keeps to its list, and an estimator's own ``bounds`` are kept to."""
+    from iwae.objectives import Estimator, register_estimator
+
+    class MySTL(Estimator):
+        path_keywords = True
+
+        def loss(self, model, x, objective, generator=None, noise=None):
+            out = model.forward_samples(x, objective.samples_per_example, noise=noise, generator=generator,
+                                        stop_q_grad=True)  # fmt: skip
+            return -objective.per_example(out.log_w).mean()
+
+    class ELBOOnly(MySTL):
+        bounds = ("vae",)
+
+    registered += ["my-stl", "elbo-only"]
+    register_estimator("my-stl", MySTL())
+    register_estimator("elbo-only", ELBOOnly())
+    model, x = tiny_model(x_dim=4), binary_batch(B, 4)
+    for bound in ("vae", "iwae", "miwae", "ciwae", "vr"):
+        grads, losses = [], []
+        for estimator in ("stl", "my-stl"):
+            model.zero_grad()
+            loss = iwae.Objective(bound, 3, estimator, m=2).loss(model, x, torch.Generator().manual_seed(1))
+            loss.backward()
+            losses.append(loss.item())
+            grads.append([p.grad.clone() for p in model.parameters()])
+        assert losses[0] == losses[1] and all(torch.equal(a, b) for a, b in zip(*grads)), bound
+    step = iwae.make_train_step(model, iwae.make_optimizer(model), k=3, estimator="my-stl")
+    assert torch.isfinite(step(x))
+    with pytest.raises(
+        ValueError, match="estimator 'my-stl' is not defined for bound='piwae'; use 'reparam' or 'dreg'"
+    ):
+        iwae.Objective("piwae", 3, "my-stl", m=2)
+    with pytest.raises(ValueError, match="estimator 'elbo-only' is defined for bound='vae' only, got bound='iwae'"):
+        iwae.Objective("iwae", 3, "elbo-only")
+    with pytest.raises(
+        ValueError, match="compile is available for the reparam and stl estimators .* not for estimator='my-stl'"
+    ):
+        iwae.Objective("iwae", 3, "my-stl").check_compilable()
+    with pytest.raises(ValueError, match="unknown estimator 'reinforce'; choose one of reparam, .*, rws-dreg, my-stl, "
+                       "elbo-only$"):  # fmt: skip
+        iwae.Objective("iwae", 3, "reinforce")
+    from iwae.runs.config import TrainConfig
+
+    with pytest.raises(ValueError, match="unknown estimator 'my-stl'; choose one of .* \\(an estimator added by "
+                       "register_estimator trains from Python"):  # fmt: skip
+        TrainConfig(estimator="my-stl")
+
+
+def test_a_registered_estimator_that_reads_the_path_keywords_probes_a_model_of_ones_own(registered):
+    from test_latent_model import _IgnoresStopQGrad, _pair
+
+    from iwae.objectives import register_estimator
+    from iwae.objectives.reparam import StickingTheLanding
+
+    registered.append("stl-copy")
+    register_estimator("stl-copy", StickingTheLanding())
+    paper, _ = _pair()
+    model = _IgnoresStopQGrad(paper.encoder[0], paper.decoder[-1], latent_dim=3, x_dim=12)
+    with pytest.raises(TypeError, match="_IgnoresStopQGrad.forward_samples ignores stop_q_grad: .* estimator "
+                       "'stl-copy' would train on another gradient"):  # fmt: skip
+        iwae.Objective("iwae", 3, "stl-copy").loss(model, torch.bernoulli(torch.full((4, 12), 0.5)))
+
+
+def test_registering_an_estimator_refuses_a_taken_name_a_class_and_a_plain_function(registered):
+    from iwae.objectives import register_estimator
+    from iwae.objectives.reparam import Reparam
+
+    with pytest.raises(ValueError, match="an estimator named 'dreg' exists already; choose another name"):
+        register_estimator("dreg", Reparam())
+    with pytest.raises(ValueError, match="an estimator's name must be a non-empty string without spaces, got ''"):
+        register_estimator("", Reparam())
+    with pytest.raises(TypeError, match="takes an instance of a subclass of iwae.objectives.Estimator .*, got the "
+                       "class Reparam: pass an instance"):  # fmt: skip
+        register_estimator("mine", Reparam)
+    with pytest.raises(TypeError, match="takes an instance of a subclass .*, got function"):
+        register_estimator("mine", lambda model, x, objective, generator, noise: x.sum())
+    assert "mine" not in ESTIMATORS_BY_NAME

@@ -38,7 +38,9 @@ one module per estimator (:mod:`~iwae.objectives.reparam` with STL, :mod:`~iwae.
 :mod:`~iwae.objectives.dreg`, :mod:`~iwae.objectives.rws`, PIWAE's routing in :mod:`~iwae.objectives.piwae`),
 every bound and estimator
 declared once in :mod:`~iwae.objectives.registry`, and :mod:`~iwae.objectives.loss` (:class:`Objective`).
-A new estimator is a module of its own, one entry in the registry and its name in ``names``.
+A new estimator is a module of its own, one entry in the registry and its name in ``names``; from outside the
+package, :func:`~iwae.objectives.registry.register_bound` and :func:`~iwae.objectives.registry.register_estimator` add
+a bound or an estimator for the Python API.
 
 Only the names (:mod:`~iwae.objectives.names`) are imported with the package; the rest, which needs torch, on
 first use.
@@ -51,11 +53,12 @@ from iwae.objectives.names import ESTIMATORS, KINDS
 
 __all__ = [
     "Objective", "objective", "KINDS", "ESTIMATORS", "Bound", "Estimator", "BOUNDS", "ESTIMATORS_BY_NAME",
-    "register_bound",
+    "register_bound", "register_estimator",
 ]  # fmt: skip
 
 _LAZY = {"Objective": "loss", "objective": "loss", "Bound": "base", "Estimator": "base", "BOUNDS": "registry",
-         "ESTIMATORS_BY_NAME": "registry", "register_bound": "registry"}  # fmt: skip
+         "ESTIMATORS_BY_NAME": "registry", "register_bound": "registry",
+         "register_estimator": "registry"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

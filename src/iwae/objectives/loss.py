@@ -18,7 +18,7 @@ from torch import Tensor
 from iwae.models.latent_model import SampledModel
 from iwae.objectives.base import Bound, Estimator, check_path_keywords
 from iwae.objectives.names import BOUND_PARAMS, PARAMS, as_count, declare_params
-from iwae.objectives.registry import BOUNDS, ESTIMATORS, ESTIMATORS_BY_NAME
+from iwae.objectives.registry import BOUNDS, ESTIMATORS_BY_NAME
 
 __all__ = ["Objective", "objective", "resolve_bound"]
 
@@ -48,7 +48,8 @@ class Objective:
     :param bound: the bound, one of :data:`~iwae.objectives.BOUNDS`: the built-in :data:`iwae.KINDS`, and those
         :func:`~iwae.objectives.register_bound` adds.
     :param k: samples per example (inner samples for ``miwae``/``piwae``).
-    :param estimator: the gradient estimator, one of :data:`iwae.ESTIMATORS`.
+    :param estimator: the gradient estimator, one of :data:`~iwae.objectives.ESTIMATORS_BY_NAME`: the built-in
+        :data:`iwae.ESTIMATORS`, and those :func:`~iwae.objectives.register_estimator` adds.
 
     Then one field per parameter of :data:`iwae.objectives.names.PARAMS`, in its order, each checked against its
     declared range and read only by the bounds that declare it: ``m`` (outer groups for ``miwae``/``piwae``,
@@ -81,7 +82,7 @@ class Objective:
         if self.bound not in BOUNDS:
             raise ValueError(f"unknown bound {self.bound!r}; choose one of {', '.join(BOUNDS)}")
         if self.estimator not in ESTIMATORS_BY_NAME:
-            raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS_BY_NAME)}")
         if (k := as_count(self.k)) is None:
             raise ValueError(f"k must be a positive integer number of samples, got {self.k!r}")
         object.__setattr__(self, "k", k)

@@ -30,7 +30,8 @@ from iwae.objectives.reparam import Reparam, StickingTheLanding
 from iwae.objectives.rws import ReweightedWakeSleep
 from iwae.objectives.sample_one import SampleOne
 
-__all__ = ["BOUNDS", "ESTIMATORS_BY_NAME", "KINDS", "ESTIMATORS", "PARAMS", "BOUND_PARAMS", "register_bound"]
+__all__ = ["BOUNDS", "ESTIMATORS_BY_NAME", "KINDS", "ESTIMATORS", "PARAMS", "BOUND_PARAMS", "register_bound",
+           "register_estimator"]  # fmt: skip
 
 _BOUNDS: dict[str, Bound] = {
     "vae": Bound(lambda log_w, k, p: bounds.elbo(log_w)),
@@ -48,6 +49,13 @@ _BOUNDS: dict[str, Bound] = {
 BOUNDS: Mapping[str, Bound] = MappingProxyType(_BOUNDS)  # read-only: register_bound adds to it
 
 
+def _check_name(name: object, what: str, taken: Mapping[str, object]) -> None:
+    if not isinstance(name, str) or not name or name != name.strip() or " " in name:
+        raise ValueError(f"{what}'s name must be a non-empty string without spaces, got {name!r}")
+    if name in taken:
+        raise ValueError(f"{what} named {name!r} exists already; choose another name")
+
+
 def register_bound(name: str, bound: Bound, params: Sequence[str] = ()) -> None:
     """Make ``bound`` an objective of the Python API under ``name``: :class:`~iwae.objectives.Objective`,
     :func:`iwae.objective` and :func:`iwae.make_train_step` take it, with every estimator defined for it (reparam
@@ -56,16 +64,14 @@ def register_bound(name: str, bound: Bound, params: Sequence[str] = ()) -> None:
     :param bound: its ``value(log_w, k, params)``, the per-example bound from (n, batch) log-weights, and what else
         :class:`~iwae.objectives.base.Bound` declares.
     :param params: the bound parameters it reads, of those :data:`~iwae.objectives.names.PARAMS` declares (``m``,
-        ``beta``, ``alpha``, ...), passed to ``value`` by name (``m`` for a ``grouped`` bound, always); a new
-        parameter needs its declaration there.
+        ``beta``, ``alpha``, ...), passed to ``value`` by name (``m`` for a ``grouped`` bound, always). A constant of
+        its own is closed over (``functools.partial``, a lambda): a parameter that ``Objective`` and ``TrainConfig``
+        take as a field needs its declaration in ``PARAMS``, in the package.
 
     The command line, run folders and fleets know the built-in bounds only (their config is checked against
     :data:`~iwae.objectives.names.KINDS` as it is parsed): a registered bound is trained from Python.
     """
-    if not isinstance(name, str) or not name or name != name.strip() or " " in name:
-        raise ValueError(f"a bound's name must be a non-empty string without spaces, got {name!r}")
-    if name in _BOUNDS:
-        raise ValueError(f"a bound named {name!r} exists already; choose another name")
+    _check_name(name, "a bound", _BOUNDS)
     if not isinstance(bound, Bound):
         raise TypeError(f"register_bound takes an iwae.objectives.Bound (its value(log_w, k, params) and options), "
                         f"got {type(bound).__name__}")  # fmt: skip
@@ -80,13 +86,33 @@ def register_bound(name: str, bound: Bound, params: Sequence[str] = ()) -> None:
     _BOUNDS[name] = bound
 
 
-ESTIMATORS_BY_NAME: Mapping[str, Estimator] = MappingProxyType(
-    {
-        "reparam": Reparam(),
-        "sample-one": SampleOne(),
-        "stl": StickingTheLanding(),
-        "dreg": DReG(),
-        "rws": ReweightedWakeSleep(),
-        "rws-dreg": RWSDReG(),
-    }  # fmt: skip
-)
+_ESTIMATORS: dict[str, Estimator] = {
+    "reparam": Reparam(),
+    "sample-one": SampleOne(),
+    "stl": StickingTheLanding(),
+    "dreg": DReG(),
+    "rws": ReweightedWakeSleep(),
+    "rws-dreg": RWSDReG(),
+}
+ESTIMATORS_BY_NAME: Mapping[str, Estimator] = MappingProxyType(_ESTIMATORS)  # read-only: register_estimator adds
+
+
+def register_estimator(name: str, estimator: Estimator) -> None:
+    """Make ``estimator`` a gradient estimator of the Python API under ``name``: :class:`~iwae.objectives.Objective`,
+    :func:`iwae.objective`, :func:`iwae.make_train_step` and :func:`iwae.analysis.snr.gradient_snr` take it, for
+    the bounds it is defined for.
+
+    :param estimator: an instance of a subclass of :class:`~iwae.objectives.base.Estimator`: its ``loss(model, x,
+        objective, generator, noise)``, a scalar whose value is minus the batch-mean bound and whose gradient is
+        the estimate; its ``bounds`` (or ``defined_for``), ``compilable`` and ``path_keywords``. A bound that lists
+        the estimators it admits (PIWAE) keeps to its list.
+
+    As with :func:`register_bound`, the command line, run folders and fleets know the built-in estimators only.
+    """
+    _check_name(name, "an estimator", _ESTIMATORS)
+    if isinstance(estimator, type) or not isinstance(estimator, Estimator):
+        what = f"the class {estimator.__name__}: pass an instance" if isinstance(estimator, type) else \
+            type(estimator).__name__  # fmt: skip
+        raise TypeError(f"register_estimator takes an instance of a subclass of iwae.objectives.Estimator (its "
+                        f"loss(model, x, objective, generator, noise)), got {what}")  # fmt: skip
+    _ESTIMATORS[name] = estimator

@@ -399,11 +399,13 @@ def total_passes(config: TrainConfig) -> float:
 
 
 def _registered(field: str, value: object) -> str:
-    """Where ``value`` of the bound is one that :func:`iwae.objectives.register_bound` added: what it is for."""
-    registry = sys.modules.get("iwae.objectives.registry")  # (loaded where a bound was registered: no torch here)
-    if field == "bound" and registry is not None and value in registry.BOUNDS:
-        return " (a bound added by register_bound trains from Python, iwae.make_train_step; run folders and the " \
-            "command line know the package's own)"  # fmt: skip
+    """Where ``value`` of the bound or the estimator is one that :func:`iwae.objectives.register_bound` or
+    :func:`iwae.objectives.register_estimator` added: what it is for."""
+    registry = sys.modules.get("iwae.objectives.registry")  # (loaded where one was registered: no torch here)
+    added = {"bound": ("a", "BOUNDS"), "estimator": ("an", "ESTIMATORS_BY_NAME")}.get(field)
+    if registry is not None and added is not None and value in getattr(registry, added[1]):
+        return f" ({added[0]} {field} added by register_{field} trains from Python, iwae.make_train_step; run " \
+            "folders and the command line know the package's own)"  # fmt: skip
     return ""
 
 

@@ -39,7 +39,10 @@ def _held(h: Tensor) -> Tensor:
 
 
 def leave_one_out(log_w: Tensor) -> Tensor:
-    """(k, batch) L_hat_{-i}: the log mean weight with w_i replaced by the geometric mean of the other k - 1."""
+    """(k, batch) L_hat_{-i}: the log mean weight with w_i replaced by the geometric mean of the other k - 1.
+
+    Kept simple: it holds k x k x batch numbers (k in the hundreds at most), and a weight of zero (log w = -inf,
+    which the paper's models never give) makes the others' geometric mean NaN."""
     k = log_w.shape[0]
     others = (log_w.sum(0, keepdim=True) - log_w) / (k - 1)  # (k, batch): mean_{j != i} log w_j
     eye = torch.eye(k, dtype=torch.bool, device=log_w.device).unsqueeze(-1)  # (k, k, 1): row i, column i
@@ -89,6 +92,8 @@ def main() -> None:
     if args.smoke:
         args.steps, args.eval_k, args.eval_n, args.snr_draws = 30, 100, 20, 10
     iwae.objectives.register_estimator("vimco", VIMCO())
+    if args.estimator == "vimco" and args.k < 2:
+        parser.error("VIMCO's baselines leave one sample out: --k must be 2 or more")
     if args.estimator not in iwae.objectives.ESTIMATORS_BY_NAME:
         parser.error(f"unknown estimator {args.estimator!r}; choose one of "
                      f"{', '.join(iwae.objectives.ESTIMATORS_BY_NAME)}")  # fmt: skip

@@ -135,6 +135,29 @@ def test_what_cannot_be_stacked_is_refused_with_the_reason():
         make_fleet(*args, mode="fast")
 
 
+def test_a_registered_estimator_is_stepped_by_a_loop_fleet_and_refused_by_a_stacked_one():
+    """A stacked fleet computes reparam's and STL's losses itself: an estimator of one's own, compilable or not, is
+    called by a loop fleet only (a stacked one would step reparam's gradient under its name)."""
+    from iwae.objectives import registry
+    from iwae.objectives.reparam import Reparam
+
+    class Half(Reparam):
+        def loss(self, model, x, objective, generator=None, noise=None):
+            return 0.5 * super().loss(model, x, objective, generator, noise)
+
+    registry.register_estimator("half", Half())
+    try:
+        one = _model(0, 1)
+        objectives = [Objective("iwae", 3, "half")]
+        assert "estimator half was added by register_estimator" in stackable([one], objectives)
+        args = ([one], [make_optimizer(one)], objectives, [torch.Generator().manual_seed(0)])
+        with pytest.raises(ValueError, match="cannot be stacked.*register_estimator"):
+            make_fleet(*args, mode="stacked")
+        assert isinstance(make_fleet(*args, mode="auto"), LoopFleet)
+    finally:
+        registry._ESTIMATORS.pop("half")
+
+
 def test_seed_lists():
     assert seed_list("0,1,2") == [0, 1, 2] and seed_list("3-5,9") == [3, 4, 5, 9] and seed_list("7") == [7]
     for bad in ("0,0", "a", "-1", "", "2-x"):

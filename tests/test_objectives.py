@@ -380,4 +380,21 @@ def test_registering_an_estimator_refuses_a_taken_name_a_class_and_a_plain_funct
         register_estimator("mine", Reparam)
     with pytest.raises(TypeError, match="takes an instance of a subclass .*, got function"):
         register_estimator("mine", lambda model, x, objective, generator, noise: x.sum())
+    with pytest.raises(ValueError, match="an estimator's name must be a non-empty string without spaces"):
+        register_estimator("my\tstl", Reparam())
+
+    class OneBound(Reparam):
+        bounds = "miwae"  # a string, not a tuple: 'iwae' in 'miwae' would admit iwae
+
+    with pytest.raises(TypeError, match="OneBound.bounds must be None .* or a tuple of bound names, got 'miwae'"):
+        register_estimator("mine", OneBound())
     assert "mine" not in ESTIMATORS_BY_NAME
+
+    class Typo(Reparam):
+        bounds = ("iwea",)
+
+    registered.append("typo")
+    register_estimator("typo", Typo())
+    with pytest.raises(ValueError, match="estimator 'typo' is defined for no bound there is \\(its bounds: "
+                       "\\('iwea',\\)\\)"):  # fmt: skip
+        iwae.Objective("iwae", 3, "typo")

@@ -131,7 +131,8 @@ def gradient_snr(
     :param model: an :class:`~iwae.models.model.IWAE`; its parameters are not changed.
     :param x: (batch, x_dim) the fixed minibatch (binary, for a Bernoulli visible layer).
     :param ks: numbers of importance samples.
-    :param estimators: names from :data:`iwae.ESTIMATORS`, each applied to ``bound`` (default the IWAE bound)
+    :param estimators: names from :data:`iwae.objectives.ESTIMATORS_BY_NAME` (the built-in :data:`iwae.ESTIMATORS`
+        and those :func:`~iwae.objectives.register_estimator` adds), each applied to ``bound`` (default the IWAE bound)
         with its parameters ``params`` (e.g. ``{"alpha": 0.5}`` for ``"vr"``).
     :param n_draws: gradient draws per (k, estimator); at least 2.
     :param generator: source of a base seed b (one ``torch.randint(2**62, (1,))`` draw); at each k every estimator

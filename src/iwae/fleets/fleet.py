@@ -33,7 +33,7 @@ from torch import Tensor
 
 from iwae.fleets.stacked_adam import StackedAdam, split_row
 from iwae.models.model import IWAE
-from iwae.objectives import Objective
+from iwae.objectives import ESTIMATORS, Objective
 from iwae.runs.train_step import build_step
 from iwae.util.cpu import flush_subnormals
 
@@ -105,10 +105,10 @@ class LoopFleet(Fleet):
 class StackedFleet(Fleet):
     """The runs' parameters stacked in one flat tensor, their log-weights from one vmap, one :class:`StackedAdam`.
 
-    Needs objectives whose loss is a function of the log-weights alone (``Objective.compilable``: the reparam and
-    stl estimators), with one sample count and one estimator. ``graph=True`` (CUDA): the forward pass, the
-    backward pass and Adam are captured once as a CUDA graph and replayed; the minibatches and the noise, drawn
-    from the runs' own generators, are copied into its static inputs.
+    Needs objectives whose loss is a function of the log-weights alone (the built-in estimators that are
+    ``Objective.compilable``: reparam and stl), with one sample count and one estimator. ``graph=True`` (CUDA): the
+    forward pass, the backward pass and Adam are captured once as a CUDA graph and replayed; the minibatches and the
+    noise, drawn from the runs' own generators, are copied into its static inputs.
     """
 
     def __init__(
@@ -309,6 +309,10 @@ def _adam_differs(optimizers: Sequence[torch.optim.Optimizer]) -> str | None:
 
 def stackable(models: Sequence[IWAE], objectives: Sequence[Objective]) -> str | None:
     """Why these runs cannot share a :class:`StackedFleet`, or None if they can."""
+    registered = sorted({o.estimator for o in objectives if o.estimator not in ESTIMATORS})
+    if registered:  # its loss is its own; a stacked fleet computes the bound of the log-weights (reparam, stl)
+        return f"estimator {', '.join(registered)} was added by register_estimator: its loss is its own, which a " \
+            "stacked fleet does not call (a loop fleet does)"  # fmt: skip
     if any(not obj.compilable for obj in objectives):
         names = sorted({f"{o.bound}/{o.estimator}" for o in objectives if not o.compilable})
         return f"the loss of {', '.join(names)} is not a function of the log-weights alone (vmap cannot carry it)"

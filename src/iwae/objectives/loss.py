@@ -105,6 +105,9 @@ class Objective:
             use = " or ".join(repr(e) for e in admitted)
             raise ValueError(f"estimator {self.estimator!r} is not defined for bound={self.bound!r}; use {use}")
         defined_for = _bounds_for(self.estimator)
+        if not defined_for:
+            raise ValueError(f"estimator {self.estimator!r} is defined for no bound there is (its bounds: "
+                             f"{ESTIMATORS_BY_NAME[self.estimator].bounds!r}); name registered bounds")  # fmt: skip
         if self.bound not in defined_for:
             names = [repr(b) for b in defined_for]
             listing = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"

@@ -50,7 +50,7 @@ BOUNDS: Mapping[str, Bound] = MappingProxyType(_BOUNDS)  # read-only: register_b
 
 
 def _check_name(name: object, what: str, taken: Mapping[str, object]) -> None:
-    if not isinstance(name, str) or not name or name != name.strip() or " " in name:
+    if not isinstance(name, str) or not name or any(c.isspace() for c in name):
         raise ValueError(f"{what}'s name must be a non-empty string without spaces, got {name!r}")
     if name in taken:
         raise ValueError(f"{what} named {name!r} exists already; choose another name")
@@ -107,7 +107,10 @@ def register_estimator(name: str, estimator: Estimator) -> None:
         the estimate; its ``bounds`` (or ``defined_for``), ``compilable`` and ``path_keywords``. A bound that lists
         the estimators it admits (PIWAE) keeps to its list.
 
-    As with :func:`register_bound`, the command line, run folders and fleets know the built-in estimators only.
+    As with :func:`register_bound`, the command line and run folders know the built-in estimators only. A fleet
+    (:func:`iwae.fleets.make_fleet`) steps it in its loop mode; a stacked fleet computes the built-in reparam and
+    STL losses only, and refuses it. ``compilable = True`` lets ``make_train_step(..., compile=True)`` trace its
+    loss: one forward pass on noise given from outside, no second pass.
     """
     _check_name(name, "an estimator", _ESTIMATORS)
     if isinstance(estimator, type) or not isinstance(estimator, Estimator):
@@ -115,4 +118,8 @@ def register_estimator(name: str, estimator: Estimator) -> None:
             type(estimator).__name__  # fmt: skip
         raise TypeError(f"register_estimator takes an instance of a subclass of iwae.objectives.Estimator (its "
                         f"loss(model, x, objective, generator, noise)), got {what}")  # fmt: skip
+    listed = estimator.bounds
+    if listed is not None and (not isinstance(listed, tuple) or not all(isinstance(b, str) for b in listed)):
+        raise TypeError(f"{type(estimator).__name__}.bounds must be None (every bound) or a tuple of bound names, "
+                        f"got {listed!r}")  # fmt: skip
     _ESTIMATORS[name] = estimator

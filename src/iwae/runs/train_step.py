@@ -78,9 +78,10 @@ def make_train_step(model: SampledModel, optimizer: torch.optim.Optimizer, k: in
     ``kind`` its former name; ``params``: the other bounds' parameters, e.g. ``alpha=0.5`` for ``bound="vr"``):
     ``loss = step(x_binary_batch)``.
 
-    Returns the detached loss (minus the batch-mean bound). ``compile=True`` is available for the ``reparam``
-    and ``stl`` estimators of the ``vae``, ``iwae``, ``miwae`` and ``ciwae`` bounds, and ``flush_denormal`` (on
-    by default) flushes subnormal floats during the step (see :func:`build_step`). The first batch is checked as
+    Returns the detached loss (minus the batch-mean bound). ``compile=True`` is available for the compilable
+    estimators (``reparam`` and ``stl``, and a registered one that says so) of every bound but ``piwae``, and
+    ``flush_denormal`` (on by default) flushes subnormal floats during the step (see :func:`build_step`). The first
+    batch is checked as
     :func:`iwae.evaluate.checked_batch` checks images (refused outside [0, 1], a warning for grey levels; bool or
     integer images cast to the model's dtype, as on every batch, and an empty batch refused).
     """

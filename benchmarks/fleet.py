@@ -160,7 +160,7 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    out_help = f"{report.OUT_HELP}; default results/fleet.json (--quick: none)"
+    out_help = f"{report.OUT_HELP}; default benchmarks/results/fleet.json (--quick: none)"
     parser.add_argument("--out", type=Path, default=None, help=out_help)
     parser.add_argument("--repeats", type=int, default=None, help="timed windows per mode (default 9; --quick 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")

@@ -36,6 +36,7 @@ from iwae.runs.config import TrainConfig, schedule
 from iwae.runs.evaluate_run import eval_images
 from iwae.runs.train import train
 from iwae.util.machine import cpu_model
+from iwae.util.streams import SCHEME, SCHEMES
 
 BATCH = 20
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-4
@@ -105,8 +106,8 @@ def score(model: torch.nn.Module, x: torch.Tensor, k: int, seed: int) -> torch.T
 def run_seed(args: argparse.Namespace, seed: int, x_train: torch.Tensor, x_test: torch.Tensor, root: Path) -> dict:
     """Train both implementations with one seed, score both on ``x_test``; per-image L_k differences paired."""
     config = TrainConfig(dataset="mnist", layers=1, bound="iwae", k=args.k, stages=args.stages,
-                         pass_scale=args.pass_scale, seed=seed, device="cpu", curve_k=0,
-                         checkpoint_minutes=1e6)  # fmt: skip
+                         pass_scale=args.pass_scale, seed=seed, device="cpu", curve_k=0, checkpoint_minutes=1e6,
+                         streams=args.streams, flush_denormal=args.flush_denormal)  # fmt: skip
     ours, ours_seconds, steps = train_project(config, root / f"iwae-seed{seed}", x_train)
     peer, peer_seconds, peer_steps = train_pyro(config, x_train)
     a, b = score(ours, x_test, args.eval_k, 10_000 + seed), score(peer, x_test, args.eval_k, 10_000 + seed)
@@ -187,12 +188,25 @@ def main() -> None:
     parser.add_argument("--pass-scale", type=float, default=0.003, help="fraction of each stage's passes (0.003)")
     parser.add_argument("--eval-k", type=int, default=5000, help="importance samples of the test NLL (5000)")
     parser.add_argument("--eval-n", type=int, default=1000, help="test images, spread through the set (1000)")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        choices=SCHEMES,
+        default=SCHEME,
+        help=f"random-stream scheme of the project's runs, as iwae train's (default {SCHEME})",
+    )
+    parser.add_argument(
+        "--flush-denormal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="flush subnormal floats in the project's steps, as iwae train's (default on)",
+    )
     parser.add_argument("--out", type=Path, help=report.OUT_HELP)
     args = parser.parse_args()
     report.check_out(parser, args.out)
     torch.set_num_threads(1)
     x_train = data.load("mnist", "train")
-    config = TrainConfig(dataset="mnist", seed=0, device="cpu")
+    config = TrainConfig(dataset="mnist", seed=0, device="cpu", streams=args.streams)
     x_test = eval_images(config, "test", args.eval_n, torch.device("cpu"), seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         seeds = [run_seed(args, int(s), x_train, x_test, Path(tmp)) for s in args.seeds.split(",")]
@@ -201,7 +215,8 @@ def main() -> None:
     out = f" --out {args.out}" if args.out else ""
     result = {
         "command": f"python -m benchmarks.peer_nll --k {args.k} --seeds {args.seeds} --stages {args.stages} "
-        f"--pass-scale {args.pass_scale:g} --eval-k {args.eval_k} --eval-n {args.eval_n}{out}",
+        f"--pass-scale {args.pass_scale:g} --eval-k {args.eval_k} --eval-n {args.eval_n} --streams {args.streams} "
+        f"--{'' if args.flush_denormal else 'no-'}flush-denormal{out}",
         "args": {k: v for k, v in vars(args).items() if k != "out"}, "machine": machine(),
         "date": date.today().isoformat(), "steps": steps, "passes": steps / per_pass,
         "seeds": seeds, "summary": summarize(seeds),

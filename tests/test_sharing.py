@@ -56,6 +56,22 @@ def test_an_exported_model_is_its_runs_model_and_replays_its_numbers(tiny_run, t
     assert main(["sample", str(out), "--n", "4"]) == 0 and (out / "samples-n4-seed0.png").is_file()
 
 
+@pytest.mark.slow  # trains the tiny run a second time
+def test_the_model_cards_command_trains_the_exported_model_again_bit_for_bit(tiny_run, data_dir, tmp_path):
+    """The card says how to make the model again: ``iwae train --config THIS_FOLDER/config.json --out NAME`` (the
+    exported config has no machine paths; the data come from IWAE_DATA_DIR) gives the same weights."""
+    out = tmp_path / "shared"
+    export_run(tiny_run, out)
+    card = (out / "README.md").read_text()
+    command = f"`iwae train --config THIS_FOLDER/config.json --out {tiny_run.name}` (with the data in `IWAE_DATA_DIR`)"
+    assert command in card and f"by `iwae export {tiny_run.name} --out DIR`" in card
+    again = tmp_path / "elsewhere" / tiny_run.name
+    argv = ["train", "--config", str(out / "config.json"), "--out", str(again), "--data-dir", data_dir, "--no-eval"]
+    assert main([*argv, "--quiet", "--threads", "1"]) == 0
+    for a, b in zip(iwae.load_run(out).model.state_dict().values(), rundir.load_run(again)[1].state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_the_training_time_is_told_by_machine_and_time_before_machines_were_kept_is_not_hidden():
     from iwae.runs.evaluate_run import machines_text, train_machines
 

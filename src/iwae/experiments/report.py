@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from datetime import date
 from pathlib import Path
 
@@ -322,5 +321,15 @@ def rewrite_report(out: Path) -> Path:
 
 
 if __name__ == "__main__":
-    # python -m iwae.experiments.report DIR: rewrite DIR/report.md and DIR/results.json after a change of the report.
-    print(f"wrote {rewrite_report(Path(sys.argv[1]))}")
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m iwae.experiments.report",
+        description="Rewrite DIR/report.md and DIR/results.json from DIR's run folders after a change of the report "
+        "code (no run is trained).",
+    )
+    parser.add_argument("dir", type=Path, help="a folder made by `iwae reproduce` (it holds results.json)")
+    folder = parser.parse_args().dir
+    if not (folder / "results.json").is_file():
+        parser.error(f"{folder} holds no results.json: name a folder made by `iwae reproduce`")
+    print(f"wrote {rewrite_report(folder)}")

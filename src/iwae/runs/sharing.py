@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from datetime import date
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -168,7 +169,8 @@ def snapshot_run(run_dir: str | Path, out: str | Path) -> Path:
 
 
 def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: IWAE) -> str:
-    """The exported folder's README: what the model is, how it was trained and scored, and how to use it."""
+    """The exported folder's README: what the model is, how it was trained and scored, how to make it again (its
+    config is the folder's) and how to use it."""
     passes = sum(stage.passes for stage in schedule(config))
     rates = sorted({stage.lr for stage in schedule(config)}, reverse=True)
     n_stages = len(schedule(config))
@@ -198,6 +200,9 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
         f"{metrics['test_nll_pruned']:.2f}.",
         f"- Trained for {metrics['train_seconds'] / 3600:,.1f} hours on {machines_text(metrics)}.{evaluated}",
         f"- Evaluated by: {made}.",
+        f"- Exported on {date.today().isoformat()} by `iwae export {name} --out DIR`. To train it "
+        f"again: `iwae train --config THIS_FOLDER/config.json --out {name}` (with the data in `IWAE_DATA_DIR`), "
+        f"then `iwae export {name} --out DIR`.",
         "",
         "```python",
         "import iwae",

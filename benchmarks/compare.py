@@ -74,7 +74,7 @@ def compare(ref, steps: dict, repeats: int) -> list[dict]:
 def markdown(rows: list[dict], rev: str, command: str) -> str:
     meta = report.machine(torch.device("cpu"))
     lines = [
-        f"# Before ({rev}) and after (working tree)",
+        f"# Before ({rev}) and after (working tree: {report.code_text(meta)})",
         "",
         f"- command: `{command}`",
         f"- date: {meta['date']}; {meta['cpu']}, {meta['cores']} cores, torch threads {meta['torch_threads']}; "

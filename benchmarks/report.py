@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy
 import torch
 
+from iwae.runs.evaluate_run import code_version
 from iwae.util.atomic import write_json, write_text
 from iwae.util.machine import cpu_model
 
@@ -63,7 +64,18 @@ def machine(device: torch.device) -> dict:
         "device": str(device),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "load_before": load_average(),
+        "code": code_version(),
     }
+
+
+def code_text(meta: dict) -> str:
+    """The code a result measured, as read: 'iwae 0.3.0, commit abc1234 with uncommitted changes' (a result written
+    before it was recorded: 'not recorded')."""
+    code = meta.get("code")
+    if not code:
+        return "not recorded"
+    commit = f"commit {code['commit'][:12]}" if code.get("commit") else "no git checkout"
+    return f"iwae {code['version']}, {commit}" + (" with uncommitted changes" if code.get("dirty") else "")
 
 
 def pyro_version() -> str:
@@ -229,7 +241,7 @@ def _meta_lines(result: dict) -> list[str]:
         f"- machine: {meta['cpu']}, {meta['cores']} cores, torch threads {meta['torch_threads']}, "
         f"ATen CPU capability {meta['cpu_capability']}" + (f", GPU {meta['gpu']}" if meta["gpu"] else ", no GPU"),
         f"- versions: torch {meta['torch']}, numpy {meta['numpy']}, Python {meta['python']}, "
-        f"pyro-ppl {meta.get('pyro') or 'not installed'}",
+        f"pyro-ppl {meta.get('pyro') or 'not installed'}; code {code_text(meta)}",
         f"- load average (1, 5, 15 min) before: {meta['load_before']}, after: {meta.get('load_after')}",
         *([f"- note: {meta['note']}"] if meta.get("note") else []),
         f"- float32 matmul ceiling: {result['ceiling']['gflops']:.0f} GFLOP/s (best of "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -220,6 +221,37 @@ def test_the_probe_waits_for_an_encoder_to_train_and_guards_a_compiled_step():
     step = iwae.make_train_step(model, iwae.make_optimizer(model), k=2, estimator="stl", compile=True)
     with pytest.raises(TypeError, match="_IgnoresSampleHook.forward_samples ignores sample_hook"):
         step(x)
+
+
+def test_per_example_gradients_under_vmap_are_not_stopped_by_the_probe():
+    """Inside torch.func transforms the probe (whose own noise draw vmap refuses) waits: per-example STL gradients
+    of a model of one's own by vmap(grad(...)) average to the batch gradient, and a model that ignores a keyword is
+    refused at its first call outside a transform."""
+    paper, _ = _pair()
+    x = torch.bernoulli(torch.full((4, 12), 0.5), generator=torch.Generator().manual_seed(0))
+    stl = iwae.Objective("iwae", 2, "stl")
+
+    class Loss(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, xi, eps):  # one example: (x_dim,) and its (k, d) noise
+            return stl.loss(self.model, xi[None], noise=[eps[:, None]])
+
+    for cls in (_Honours, _IgnoresSampleHook):
+        model = cls(paper.encoder[0], paper.decoder[-1], latent_dim=3, x_dim=12)
+        noise, loss = model.draw_noise(2, 4, torch.Generator().manual_seed(0)), Loss(model)
+        params = {f"model.{name}": p.detach() for name, p in model.named_parameters()}
+        grad = torch.func.grad(functools.partial(torch.func.functional_call, loss))  # of (params, (xi, eps))
+        per_example = torch.func.vmap(grad, in_dims=(None, (0, 1)))(params, (x, noise[0]))
+        if cls is _Honours:
+            stl.loss(model, x, noise=noise).backward()
+            for name, p in model.named_parameters():
+                torch.testing.assert_close(per_example[f"model.{name}"].mean(0), p.grad)
+        else:
+            with pytest.raises(TypeError, match="_IgnoresSampleHook.forward_samples ignores sample_hook"):
+                stl.loss(model, x, noise=noise)
 
 
 def test_a_model_without_forward_is_named_by_the_estimators_that_call_it_through_functional_call():

@@ -115,6 +115,12 @@ def weighted_sum(weights: Tensor, terms: Tensor) -> Tensor:
 _PROBED: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()  # forward_samples functions that passed the probe
 
 
+def _in_func_transform() -> bool:
+    """Whether this call runs inside a ``torch.func`` transform (vmap, grad, jvp)."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)  # (no public query in torch 2.13)
+    return peek is not None and peek() is not None
+
+
 def check_path_keywords(model: SampledModel, x: Tensor, estimator: str) -> None:
     """A TypeError where ``model``'s ``forward_samples`` ignores ``stop_q_grad`` or ``sample_hook``, which
     ``estimator`` reads the model through (:attr:`Estimator.path_keywords`): it would train on another gradient
@@ -127,9 +133,11 @@ def check_path_keywords(model: SampledModel, x: Tensor, estimator: str) -> None:
     that reaches the encoder by right (a VampPrior's pseudo-inputs, tied weights) is the same in both and cancels.
     It draws from a stream of its own, in eval mode (no dropout draws, no batch statistics updated), restores every
     module's mode, and leaves no gradient behind. Not probed (and asked again at the next call): a model whose
-    encoder has nothing to train, a call under ``torch.inference_mode``, and a compiled trace.
+    encoder has nothing to train, a call under ``torch.inference_mode``, a compiled trace, and a call inside a
+    ``torch.func`` transform (``vmap`` refuses the probe's own draw; per-example gradients of such a model are
+    checked at its first call outside one).
     """
-    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled() or _in_func_transform():
         return
     fn = getattr(getattr(model, "forward_samples", None), "__func__", None)  # (a torch.compile wrapper's too)
     if fn is None or fn in (IWAE.forward_samples, GaussianLatentModel.forward_samples) or fn in _PROBED:

@@ -53,10 +53,11 @@ def report_run(metrics: dict | None, run_dir: Path) -> None:
         print(f"{run_dir}: trained, not evaluated (--no-eval); `iwae resume {run_dir} --eval` evaluates it")
         return
     active = "+".join(map(str, metrics["active_units"]))
+    pruned = metrics.get("test_nll_pruned")  # (None for a model of one's own)
     print(
         f"{run_dir}: test NLL {metrics['test_nll']:.2f} nats (mean -L_{metrics['eval_k']} over {metrics['eval_n']} "
-        f"test images), train NLL {metrics['train_nll']:.2f}, active units {active}, "
-        f"NLL with inactive units removed {metrics['test_nll_pruned']:.2f}; training steps took "
+        f"test images), train NLL {metrics['train_nll']:.2f}, active units {active}"
+        f"{'' if pruned is None else f', NLL with inactive units removed {pruned:.2f}'}; training steps took "
         f"{metrics['train_seconds']:.0f} s (curve points, checkpoints and the evaluation aside)"
     )
 
@@ -208,12 +209,15 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
 
 def sample(args: argparse.Namespace) -> None:
     from iwae.plots import image_format, save_image_grid
-    from iwae.runs.rundir import load_run
+    from iwae.runs.rundir import RunError, load_run
     from iwae.util import streams
 
     out = Path(args.out or Path(args.run_dir) / f"samples-n{args.n}-seed{args.seed}.png")
     image_format(out)  # (a name no image format fits is refused before any work)
     config, model, _ = load_run(args.run_dir, device=args.device)
+    if not hasattr(model, "sample"):
+        raise RunError(f"{args.run_dir} holds a model of one's own ({config.model}) without a sample(n, generator) "
+                       "method to draw from")  # fmt: skip
     device = next(model.parameters()).device
     gen = streams.generator(args.seed, "samples", device=device, scheme=config.streams)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -147,7 +147,7 @@ def _pruned_md(runs: dict[str, dict]) -> list[str]:
     lines = ["## Appendix C: inactive units removed", ""]
     lines += ["| run | test NLL | with inactive units removed | change |", "| --- | --- | --- | --- |"]
     for name, m in runs.items():
-        if "test_nll_pruned" in m and "-2d-" not in name:
+        if m.get("test_nll_pruned") is not None and "-2d-" not in name:
             change = m["test_nll_pruned"] - m["test_nll"]
             lines.append(f"| {name} | {fmt_value(m)} | {m['test_nll_pruned']:.2f} | {change:+.3f} |")
     return [*lines, "", "The paper: removing inactive units changes the test NLL by less than 0.06 nats.", ""]

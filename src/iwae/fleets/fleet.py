@@ -318,6 +318,8 @@ def stackable(models: Sequence[IWAE], objectives: Sequence[Objective]) -> str | 
         return f"the loss of {', '.join(names)} is not a function of the log-weights alone (vmap cannot carry it)"
     if len({obj.samples_per_example for obj in objectives}) > 1 or len({obj.estimator for obj in objectives}) > 1:
         return "the runs differ in their number of samples or their estimator"
+    if any(not isinstance(model, IWAE) for model in models):  # vmap stacks the paper's layers' parameters
+        return "a model of one's own is stepped by a loop fleet"
     if len({repr(model.config) for model in models}) > 1:
         return "the runs differ in architecture"
     if any(model.is_pruned for model in models):

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 import sys
 import types
 import typing
@@ -65,6 +66,17 @@ def int_list(text: str) -> list[int]:
     if min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
     return values
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type: a JSON object, e.g. ``'{"latent_dim": 32}'``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object ({{...}}), got {text!r}")
+    return value
 
 
 def seed_list(text: str) -> list[int]:
@@ -131,6 +143,11 @@ class TrainConfig:
                                          "(the 2-D posteriors of Appendix C) or 100,50", type=int_list)  # fmt: skip
     q_hidden: list[list[int]] | None = _opt(None, "hidden sizes of each recognition conditional", cli=False)
     p_hidden: list[list[int]] | None = _opt(None, "hidden sizes of each generative conditional", cli=False)
+    model: str | None = _opt(None, "a model of one's own instead: MODULE:CALLABLE, called with --model-kwargs, "
+                             "returning an iwae.SampledModel (importable wherever the run trains, resumes and is "
+                             "scored)", metavar="MODULE:CALLABLE")  # fmt: skip
+    model_kwargs: dict[str, Any] | None = _opt(None, "keyword arguments of --model's callable, a JSON object",
+                                               type=json_object, metavar="JSON")  # fmt: skip
     # the objective: a bound, its sample count and parameters, and a gradient estimator
     bound: str = _opt("iwae", "bound to train on: vae (Eq. 7 gradient), iwae (Eq. 14), miwae, ciwae, piwae, "
                       "vr (Rényi)", choices=KINDS, aliases=("--objective",))  # fmt: skip
@@ -208,6 +225,7 @@ class TrainConfig:
             errors.append(f"layers={self.layers} and latent_dims={self.latent_dims} disagree: latent_dims gives the "
                           f"architecture, {len(self.latent_dims)} stochastic layer(s); leave layers out, or give "
                           f"{self.layers} latent sizes")  # fmt: skip
+        errors += _own_model_problems(self)
         if self.custom_schedule is not None and not all(
             len(s) == 2 and all(v > 0 and math.isfinite(v) for v in s) for s in self.custom_schedule
         ):
@@ -267,6 +285,27 @@ RENAMED: dict[str, str] = {"objective": "bound"}
 # What `iwae resume` may change in an unfinished run: where it runs, where its data are, and its evaluation.
 # Everything else determines the numbers the run trains to, so a resumed run keeps it.
 RESUMABLE: tuple[str, ...] = ("device", "data_dir", "evaluate", "eval_k", "eval_n", "active_threshold")
+
+
+_MODEL_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _own_model_problems(config: TrainConfig) -> list[str]:
+    """What is wrong with the config's model of one's own (``model``, ``model_kwargs``), or nothing."""
+    if config.model is None:
+        return ["model_kwargs are the arguments of model, which is not given"] if config.model_kwargs else []
+    problems = []
+    if not _MODEL_SPEC.fullmatch(config.model):
+        problems.append(f"model must be MODULE:CALLABLE (e.g. my_vaes:conv_vae), got {config.model!r}")
+    paper = [name for name in ("latent_dims", "q_hidden", "p_hidden") if getattr(config, name) is not None]
+    if paper or config.layers != 1:
+        given = paper + (["layers"] if config.layers != 1 else [])
+        problems.append(f"model builds the whole architecture: leave {', '.join(given)} out")
+    try:
+        json.dumps(config.model_kwargs, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        problems.append(f"model_kwargs must hold JSON values (config.json records them): {err}")
+    return problems
 
 
 def _hints() -> list[tuple[dataclasses.Field, Any]]:

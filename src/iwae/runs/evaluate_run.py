@@ -37,6 +37,7 @@ from iwae.runs.rundir import (
     PER_IMAGE_NAME,
     SAMPLES_NAME,
     TRAINING_NAME,
+    RunError,
     load_run,
     read_log,
 )
@@ -314,6 +315,9 @@ def evaluate_run(
     """
     check_split(split)
     config, model, position = load_run(run_dir, data_dir, device)
+    if pruned and not can_prune(model):
+        raise RunError(f"{run_dir} holds a model of one's own ({config.model}): the pruned model removes units of the "
+                       "paper's layers; evaluate it without --pruned")  # fmt: skip
     k = k or config.eval_k
     if k < 1:
         raise ValueError(f"k must be a positive number of importance samples, got {k}")
@@ -433,6 +437,12 @@ def train_machines(state: dict[str, Any]) -> dict[str, float]:
     return machines
 
 
+def can_prune(model: torch.nn.Module) -> bool:
+    """Whether the model without its inactive units can be built (Section 5.2): the paper's layers (an
+    :class:`~iwae.models.model.IWAE`), not a model of one's own."""
+    return isinstance(model, IWAE)
+
+
 def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """The end-of-training evaluation of Section 5 and Appendix C/E: ``metrics.json`` and the three figures."""
     run_dir = Path(run_dir)
@@ -443,8 +453,8 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         began = time.monotonic()
         active = activity(config, model, config.eval_n)  # A_u once, for both splits' records
         active_seconds = time.monotonic() - began
-        test, A, (index, test_ll) = measure(config, model, "test", k, config.eval_n, pruned=True, progress=progress,
-                                            bar=bar, active=active, keep=run_dir)  # fmt: skip
+        test, A, (index, test_ll) = measure(config, model, "test", k, config.eval_n, pruned=can_prune(model),
+                                            progress=progress, bar=bar, active=active, keep=run_dir)  # fmt: skip
         train, _, _ = measure(config, model, "train", k, config.eval_n, progress=progress, bar=bar, active=active,
                               keep=run_dir)  # fmt: skip
     log = read_log(run_dir)
@@ -456,7 +466,8 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "active_units": test["active_units"], "active_units_split": test["active_units_split"],
         "active_units_n": test["active_units_n"], "active_threshold": config.active_threshold,
         "activity": [layer.tolist() for layer in A],  # A_u of each unit (Section 5.2), inactive ones' too
-        "test_nll_pruned": test["nll_pruned"], "units_pruned": test["units_pruned"],
+        # (None for a model of one's own: pruning removes units of the paper's layers)
+        "test_nll_pruned": test.get("nll_pruned"), "units_pruned": test.get("units_pruned"),
         "train_seconds": state["train_seconds"], "train_machines": train_machines(state),
         "passes": log[-1]["pass"] if log else 0.0,
         # the L_k measurements' seconds over every stop and resume (their progress files keep them), and A_u's
@@ -466,8 +477,9 @@ def finish_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "data_files": sorted(locate(config.dataset, Path(config.data_dir)) or {}),
         "code": code_version(),  # the code that evaluated it (and, for a run trained in one go, trained it)
     }  # fmt: skip
-    gen = streams.generator(config.seed, "samples", device=device, scheme=config.streams)
-    save_image_grid(model.sample(100, generator=gen), run_dir / SAMPLES_NAME, nrow=10)
+    if hasattr(model, "sample"):  # (a model of one's own may have no sampler)
+        gen = streams.generator(config.seed, "samples", device=device, scheme=config.streams)
+        save_image_grid(model.sample(100, generator=gen), run_dir / SAMPLES_NAME, nrow=10)
     title = f"{config.dataset}, {len(model.latent_dims)} layer(s), {config.bound} k={config.k}"
     plot_active_units(A, run_dir / ACTIVE_UNITS_NAME, config.active_threshold, title)
     points = [r for r in log if "test_nll_curve" in r]

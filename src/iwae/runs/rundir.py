@@ -39,6 +39,8 @@ from iwae.data.resources import resolve_data_dir
 from iwae.models.model import IWAE
 from iwae.runs.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, load_weights, save_checkpoint
 from iwae.runs.config import LEGACY, RESUMABLE, TrainConfig, read_config_file
+from iwae.runs.errors import RunError
+from iwae.runs.own_model import build_own_model
 from iwae.util import atomic, streams
 from iwae.util.atomic import DiskFullError, is_disk_full
 
@@ -58,10 +60,6 @@ METRICS_NAME = "metrics.json"
 LOCK_NAME = ".lock"  # held (flock) by the process working in the folder; holds its PID
 SAMPLES_NAME, ACTIVE_UNITS_NAME, TRAINING_NAME = "samples.png", "active_units.png", "training.png"  # the figures
 PER_IMAGE_NAME = "test_ll.json"  # the final evaluation's L_k of each test image it scored
-
-
-class RunError(RuntimeError):
-    """A run folder that cannot be created, read or continued."""
 
 
 @contextmanager
@@ -151,10 +149,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(config: TrainConfig, output_bias: torch.Tensor | None = None) -> IWAE:
-    """The paper's architecture (or the general one the config describes), visible bias from the data mean.
+    """The paper's architecture (or the general one the config describes), visible bias from the data mean; or the
+    model of one's own that ``config.model`` names (:mod:`iwae.runs.own_model`; no bias set).
 
     The initial weights are drawn from the ``init`` stream of the config's seed (:mod:`iwae.util.streams`).
     """
+    if config.model is not None:
+        return build_own_model(config)
     gen = streams.generator(config.seed, "init", scheme=config.streams)
     if config.latent_dims is None:
         return IWAE.paper(layers=config.layers, output_bias=output_bias, generator=gen)

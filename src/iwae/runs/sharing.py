@@ -183,12 +183,16 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
     evaluator = metrics.get("eval_machine") or "a machine not recorded"
     seconds = metrics.get("eval_seconds")  # absent from runs evaluated before it was recorded
     evaluated = "" if seconds is None else f" Evaluated in {seconds / 3600:,.1f} hours on {evaluator}."
+    pruned = metrics.get("test_nll_pruned")  # (None for a model of one's own)
+    what = (f"{len(model.latent_dims)} stochastic layer(s) of {'+'.join(map(str, model.latent_dims))} units"
+            if config.model is None else f"a model of one's own, `{config.model}` ({type(model).__name__}, latent "
+            f"units {'+'.join(map(str, model.latent_dims))})")  # fmt: skip
     return "\n".join([
         f"# {name}",
         "",
         f"An importance weighted autoencoder (Burda, Grosse & Salakhutdinov, 2016) trained with `iwae`: "
-        f"{len(model.latent_dims)} stochastic layer(s) of {'+'.join(map(str, model.latent_dims))} units, trained on "
-        f"the {config.bound} bound with k = {config.k} ({config.estimator} gradients), seed {config.seed}.",
+        f"{what}, trained on the {config.bound} bound with k = {config.k} ({config.estimator} gradients), seed "
+        f"{config.seed}.",
         "",
         f"- Data: {config.dataset}, {binarized}.",
         f"- Schedule: {passes_text(passes)} passes over the training set in {stages} (the "
@@ -196,8 +200,8 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
         f"Adam (betas {config.adam_betas}, eps 1e-4).",
         f"- Test NLL: {metrics['test_nll']:.2f} ± {metrics['test_nll_sem']:.2f} nats (mean -L_{metrics['eval_k']} "
         f"over {metrics['eval_n']:,} test images, ± one standard error over images); train NLL "
-        f"{metrics['train_nll']:.2f}; active units {units}; NLL without the inactive units "
-        f"{metrics['test_nll_pruned']:.2f}.",
+        f"{metrics['train_nll']:.2f}; active units {units}"
+        f"{'' if pruned is None else f'; NLL without the inactive units {pruned:.2f}'}.",
         f"- Trained for {metrics['train_seconds'] / 3600:,.1f} hours on {machines_text(metrics)}.{evaluated}",
         f"- Evaluated by: {made}.",
         f"- Exported on {date.today().isoformat()} by `iwae export {name} --out DIR`. To train it "

@@ -189,5 +189,6 @@ def _log_final(run_dir: Path, config: TrainConfig, metrics: dict[str, Any]) -> N
     step = round(metrics["passes"] * steps_per_pass(config))
     with _tensorboard()(str(Path(run_dir) / TENSORBOARD_NAME)) as writer:
         for key in ("test_nll", "train_nll", "test_nll_pruned"):
-            writer.add_scalar(f"final/{key}", metrics[key], step)
+            if metrics.get(key) is not None:  # (no pruned NLL for a model of one's own)
+                writer.add_scalar(f"final/{key}", metrics[key], step)
         writer.add_scalar("final/active_units", sum(metrics["active_units"]), step)

@@ -1,0 +1,47 @@
+"""Models of one's own, built by name in tests/test_own_model.py (``--model own_models:mlp_vae``): a module that
+is no test file, importable where the tests run (pytest puts tests/ on the path)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+import iwae
+
+
+class _Encoder(nn.Module):
+    def __init__(self, latent_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(784, hidden), nn.Softplus(), nn.Linear(hidden, 2 * latent_dim))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_std = self.net(x).chunk(2, dim=-1)
+        return mean, log_std
+
+
+def mlp_vae(latent_dim: int = 3, hidden: int = 16) -> iwae.GaussianLatentModel:
+    """A one-hidden-layer VAE of softplus units: not the paper's architecture."""
+    decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Softplus(), nn.Linear(hidden, 784))
+    return iwae.GaussianLatentModel(_Encoder(latent_dim, hidden), decoder, latent_dim)
+
+
+def wrong_size(latent_dim: int = 3) -> iwae.GaussianLatentModel:
+    """A model of 100-pixel images, which no data set holds."""
+    encoder = nn.Linear(100, 2 * latent_dim)
+    return iwae.GaussianLatentModel(_Split(encoder), nn.Linear(latent_dim, 100), latent_dim, x_dim=100)
+
+
+class _Split(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_std = self.net(x).chunk(2, dim=-1)
+        return mean, log_std
+
+
+def not_a_model() -> nn.Module:
+    return nn.Linear(2, 2)
+
+
+NOT_CALLABLE = 3

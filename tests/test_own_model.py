@@ -1,0 +1,180 @@
+"""A model of one's own in a run folder (``iwae train --model MODULE:CALLABLE --model-kwargs JSON``): trained,
+stopped and resumed exactly, evaluated, exported and loaded as the paper's model is; its errors named before any
+run folder is made."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from conftest import TINY, read_json
+from test_train import _log_without_timings, _same_checkpoints, _wrap_steps
+
+import iwae
+import iwae.runs.train
+from iwae.cli import main
+from iwae.runs import rundir
+from iwae.runs.checkpoint import load_checkpoint
+from iwae.runs.config import TrainConfig
+from iwae.runs.rundir import RunError
+
+OWN = dict(TINY, model="own_models:mlp_vae", model_kwargs={"latent_dim": 3, "hidden": 16})
+
+
+@pytest.fixture(scope="module")
+def own_run(data_dir, tmp_path_factory):
+    """The TINY schedule on own_models.mlp_vae, trained and evaluated by `iwae train`."""
+    folder = tmp_path_factory.mktemp("own")
+    (folder / "tiny.json").write_text(json.dumps(TINY))  # the schedule; the model as flags
+    run = folder / "run"
+    argv = [
+        "train",
+        "--config",
+        str(folder / "tiny.json"),
+        "--model",
+        OWN["model"],
+        "--model-kwargs",
+        json.dumps(OWN["model_kwargs"]),
+        "--out",
+        str(run),
+        "--data-dir",
+        data_dir,
+        "--quiet",
+        "--threads",
+        "1",
+    ]
+    assert main(argv) == 0
+    return run
+
+
+@pytest.mark.slow  # trains and evaluates the tiny run
+def test_a_model_of_ones_own_trains_evaluates_and_exports_as_the_paper_model_does(own_run, tmp_path, capsys):
+    config = rundir.read_config(own_run)
+    assert (config.model, config.model_kwargs) == ("own_models:mlp_vae", {"latent_dim": 3, "hidden": 16})
+    metrics = read_json(own_run / "metrics.json")
+    assert 100 < metrics["test_nll"] < 800 and metrics["train_nll"] > 0 and len(metrics["active_units"]) == 1
+    assert metrics["test_nll_pruned"] is None and metrics["units_pruned"] is None  # pruning needs the paper's layers
+    assert (own_run / "samples.png").is_file() and (own_run / "training.png").is_file()
+    assert any("test_nll_curve" in r for r in rundir.read_log(own_run))
+    # loaded by name again: the same class, the same weights as the checkpoint's
+    loaded = iwae.load_run(own_run)
+    assert type(loaded.model).__name__ == "GaussianLatentModel" and loaded.metrics == metrics
+    assert main(["evaluate", str(own_run), "--quiet"]) == 0
+    assert f"test NLL {metrics['test_nll']:.2f}" in capsys.readouterr().out  # replays metrics.json's number
+    assert main(["evaluate", str(own_run), "--pruned", "--quiet"]) == 1
+    assert "holds a model of one's own (own_models:mlp_vae): the pruned model" in capsys.readouterr().err
+    out = tmp_path / "shared"
+    assert main(["export", str(own_run), "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "a model of one's own, `own_models:mlp_vae` (GaussianLatentModel, latent units 3)" in card
+    assert "NLL without the inactive units" not in card
+    shared = iwae.load_run(out)
+    for a, b in zip(shared.model.state_dict().values(), loaded.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_its_weights_come_from_the_seed_and_leave_the_global_generator_alone(data_dir):
+    config = TrainConfig(data_dir=data_dir, **OWN)
+    state = torch.random.get_rng_state()
+    one, again = rundir.build_model(config).state_dict(), rundir.build_model(config).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    other = rundir.build_model(config.replace(seed=1)).state_dict()
+    assert all(torch.equal(one[key], again[key]) for key in one)
+    assert not all(torch.equal(one[key], other[key]) for key in one)
+
+
+@pytest.mark.slow  # trains it twice more
+def test_a_stopped_run_of_ones_own_model_resumes_to_the_uninterrupted_numbers(own_run, data_dir, tmp_path,
+                                                                                monkeypatch):  # fmt: skip
+    config = TrainConfig(data_dir=data_dir, **OWN)
+    real = iwae.fleets.fleet.build_step
+
+    def interrupt(n, step, x):
+        if n == 130:
+            raise KeyboardInterrupt
+        return step(x)
+
+    _wrap_steps(monkeypatch, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        iwae.runs.train.train(config, tmp_path / "broken", progress=False)
+    state, _ = load_checkpoint(tmp_path / "broken" / "checkpoint.safetensors", rundir.build_model(config))
+    assert (state["stage"], state["step"]) == (1, 50)
+    monkeypatch.setattr(iwae.fleets.fleet, "build_step", real)
+    iwae.runs.train.resume(tmp_path / "broken", progress=False)
+    _same_checkpoints(own_run, tmp_path / "broken")
+    assert _log_without_timings(tmp_path / "broken") == _log_without_timings(own_run)
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "message"),
+    [
+        ("no_such_module:f", None, r"cannot import 'no_such_module' \(ModuleNotFoundError: .*\); run from the "),
+        ("own_models:missing", None, "own_models has no 'missing'"),
+        ("own_models:NOT_CALLABLE", None, r"NOT_CALLABLE is not a function or class to call \(int\)"),
+        ("own_models:mlp_vae", {"width": 3}, r"called with \{'width': 3\}: .*unexpected keyword argument 'width'"),
+        ("own_models:not_a_model", None, "Linear lacks forward_samples, draw_noise, encoder, decoder, latent_dims"),
+        ("own_models:wrong_size", None, r"cannot score an image of 784 pixels, as the data sets hold: log_weights"),
+    ],
+)
+def test_a_model_that_cannot_be_built_is_named_before_any_run_folder_is_made(model, kwargs, message, data_dir,
+                                                                             tmp_path, capsys):  # fmt: skip
+    argv = ["train", "--model", model, "--out", str(tmp_path / "run"), "--data-dir", data_dir, "--quiet"]
+    assert main(argv + (["--model-kwargs", json.dumps(kwargs)] if kwargs else [])) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(f"model {model}:? {message}", err), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_config_refuses_a_model_spec_it_cannot_read_and_the_paper_architectures_options_beside_it():
+    with pytest.raises(ValueError, match="model must be MODULE:CALLABLE .*, got 'own_models.mlp_vae'"):
+        TrainConfig(model="own_models.mlp_vae")
+    with pytest.raises(ValueError, match="model builds the whole architecture: leave latent_dims, layers out"):
+        TrainConfig(model="own_models:mlp_vae", latent_dims=[2, 2], layers=2)
+    with pytest.raises(ValueError, match="model_kwargs are the arguments of model, which is not given"):
+        TrainConfig(model_kwargs={"latent_dim": 3})
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "own_models:mlp_vae", "--model-kwargs", "[3]", "--out", "x"])
+
+
+def test_a_stacked_fleet_refuses_a_model_of_ones_own(data_dir):
+    from iwae.fleets.fleet import stackable
+
+    model = rundir.build_model(TrainConfig(data_dir=data_dir, **OWN))
+    assert stackable([model], [iwae.Objective("iwae", 3)]) == "a model of one's own is stepped by a loop fleet"
+
+
+def test_a_model_that_raises_inside_shows_its_own_traceback(data_dir, monkeypatch):
+    """Only a call whose keyword arguments do not fit becomes one line; a bug inside the callable keeps its
+    traceback, for its author."""
+    import own_models
+
+    def broken(latent_dim: int = 3) -> None:
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(own_models, "broken", broken, raising=False)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        rundir.build_model(TrainConfig(data_dir=data_dir, model="own_models:broken"))
+    with pytest.raises(RunError, match="called with"):
+        rundir.build_model(TrainConfig(data_dir=data_dir, model="own_models:broken", model_kwargs={"x": 1}))
+
+
+@pytest.mark.slow  # a process of its own
+def test_the_iwae_command_finds_a_module_in_the_folder_it_runs_in(data_dir, tmp_path):
+    """The console script's import path holds its own folder, not the working one; a module beside the user is
+    found as ``python -m`` would find it (here it imports, then is refused for its image size)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).with_name("own_models.py"), tmp_path / "my_vaes.py")
+    iwae_command = Path(sys.executable).with_name("iwae")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(iwae_command), "train", "--model", "my_vaes:wrong_size", "--out", "run", "--data-dir",
+                           data_dir], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1 and "model my_vaes:wrong_size cannot score an image of 784 pixels" in done.stderr
+    assert not (tmp_path / "run").exists()

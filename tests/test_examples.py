@@ -106,3 +106,17 @@ def test_the_example_estimator_vimco_is_unbiased_for_the_gradient_of_l_k(vimco):
 
     assert z(draws["vimco"], draws["reparam"]).max() < 5
     assert z(draws["no-score"], draws["reparam"]).max() > 50
+
+
+def test_the_convolutional_example_builds_for_a_run_folder(monkeypatch):
+    """``iwae train --model conv_mnist:conv_vae`` from examples/: the run's model is built from the seed, and scores
+    a batch of images."""
+    from iwae.runs.config import TrainConfig
+    from iwae.runs.rundir import build_model
+
+    monkeypatch.syspath_prepend(str(EXAMPLES[0].parent))
+    config = TrainConfig(model="conv_mnist:conv_vae", model_kwargs={"latent_dim": 8})
+    model, again = build_model(config), build_model(config)
+    assert model.latent_dims == [8]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert model.log_weights(torch.zeros(3, 784), 4).shape == (4, 3)

@@ -60,6 +60,7 @@ class ConvDecoder(nn.Module):
         return self.net(h.reshape(-1, h.shape[-1])).reshape(*lead, 784)
 
 
+@iwae.model_builder  # a run folder's config may call it
 def conv_vae(latent_dim: int = 32) -> iwae.GaussianLatentModel:
     """The convolutional VAE of this example, for ``iwae train --model conv_mnist:conv_vae``."""
     return iwae.GaussianLatentModel(ConvEncoder(latent_dim), ConvDecoder(latent_dim), latent_dim)

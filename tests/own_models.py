@@ -18,12 +18,14 @@ class _Encoder(nn.Module):
         return mean, log_std
 
 
+@iwae.model_builder
 def mlp_vae(latent_dim: int = 3, hidden: int = 16) -> iwae.GaussianLatentModel:
     """A one-hidden-layer VAE of softplus units: not the paper's architecture."""
     decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Softplus(), nn.Linear(hidden, 784))
     return iwae.GaussianLatentModel(_Encoder(latent_dim, hidden), decoder, latent_dim)
 
 
+@iwae.model_builder
 def wrong_size(latent_dim: int = 3) -> iwae.GaussianLatentModel:
     """A model of 100-pixel images, which no data set holds."""
     encoder = nn.Linear(100, 2 * latent_dim)
@@ -40,8 +42,37 @@ class _Split(nn.Module):
         return mean, log_std
 
 
+@iwae.model_builder
 def not_a_model() -> nn.Module:
     return nn.Linear(2, 2)
 
 
 NOT_CALLABLE = 3
+
+
+def unmarked(latent_dim: int = 3) -> iwae.GaussianLatentModel:
+    """Builds a fine model, but is not marked as a builder: a run folder may not call it."""
+    return mlp_vae(latent_dim)
+
+
+@iwae.model_builder
+def double(latent_dim: int = 3) -> iwae.GaussianLatentModel:
+    return mlp_vae(latent_dim).double()
+
+
+@iwae.model_builder
+def tied(latent_dim: int = 3) -> iwae.GaussianLatentModel:
+    """One module registered twice: its tensors stand twice in the state_dict, which a checkpoint cannot hold."""
+    model = mlp_vae(latent_dim)
+    model.decoder_again = model.decoder
+    return model
+
+
+@iwae.model_builder
+def batch_norm(latent_dim: int = 3) -> iwae.GaussianLatentModel:
+    """An encoder with batch normalisation (batch statistics in training, running ones in eval mode)."""
+    encoder = _Split(
+        nn.Sequential(nn.Linear(784, 16), nn.BatchNorm1d(16), nn.Softplus(), nn.Linear(16, 2 * latent_dim))
+    )
+    decoder = nn.Sequential(nn.Linear(latent_dim, 16), nn.Softplus(), nn.Linear(16, 784))
+    return iwae.GaussianLatentModel(encoder, decoder, latent_dim)

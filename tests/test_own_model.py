@@ -70,6 +70,7 @@ def test_a_model_of_ones_own_trains_evaluates_and_exports_as_the_paper_model_doe
     card = (out / "README.md").read_text()
     assert "a model of one's own, `own_models:mlp_vae` (GaussianLatentModel, latent units 3)" in card
     assert "NLL without the inactive units" not in card
+    assert "loading it imports `own_models` and calls `own_models:mlp_vae`" in card and "model.sample(16)" in card
     shared = iwae.load_run(out)
     for a, b in zip(shared.model.state_dict().values(), loaded.model.state_dict().values()):
         assert torch.equal(a, b)
@@ -112,10 +113,14 @@ def test_a_stopped_run_of_ones_own_model_resumes_to_the_uninterrupted_numbers(ow
     [
         ("no_such_module:f", None, r"cannot import 'no_such_module' \(ModuleNotFoundError: .*\); run from the "),
         ("own_models:missing", None, "own_models has no 'missing'"),
-        ("own_models:NOT_CALLABLE", None, r"NOT_CALLABLE is not a function or class to call \(int\)"),
+        ("own_models:NOT_CALLABLE", None, "NOT_CALLABLE is neither a torch.nn.Module subclass nor a function marked"),
+        ("own_models:unmarked", None, "unmarked is neither .* marked with @iwae.model_builder; mark the function"),
+        ("subprocess:getoutput", {"cmd": "true"}, "getoutput is neither a torch.nn.Module subclass nor a function"),
+        ("own_models:double", None, "its weights are torch.float64; the images are float32"),
+        ("own_models:tied", None, r"it shares a tensor between two of its state_dict's entries \(tied weights"),
         ("own_models:mlp_vae", {"width": 3}, r"called with \{'width': 3\}: .*unexpected keyword argument 'width'"),
         ("own_models:not_a_model", None, "Linear lacks forward_samples, draw_noise, encoder, decoder, latent_dims"),
-        ("own_models:wrong_size", None, r"cannot score an image of 784 pixels, as the data sets hold: log_weights"),
+        ("own_models:wrong_size", None, r"cannot score images of 784 pixels, as the data sets hold: log_weights"),
     ],
 )
 def test_a_model_that_cannot_be_built_is_named_before_any_run_folder_is_made(model, kwargs, message, data_dir,
@@ -151,11 +156,12 @@ def test_a_model_that_raises_inside_shows_its_own_traceback(data_dir, monkeypatc
     traceback, for its author."""
     import own_models
 
+    @iwae.model_builder
     def broken(latent_dim: int = 3) -> None:
-        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+        raise TypeError("zeros(): argument 'size' (position 1) must be tuple of ints, not str")  # a torch call's
 
     monkeypatch.setattr(own_models, "broken", broken, raising=False)
-    with pytest.raises(TypeError, match="unsupported operand"):
+    with pytest.raises(TypeError, match="zeros\\(\\): argument 'size'"):
         rundir.build_model(TrainConfig(data_dir=data_dir, model="own_models:broken"))
     with pytest.raises(RunError, match="called with"):
         rundir.build_model(TrainConfig(data_dir=data_dir, model="own_models:broken", model_kwargs={"x": 1}))
@@ -176,5 +182,22 @@ def test_the_iwae_command_finds_a_module_in_the_folder_it_runs_in(data_dir, tmp_
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([str(iwae_command), "train", "--model", "my_vaes:wrong_size", "--out", "run", "--data-dir",
                            data_dir], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 1 and "model my_vaes:wrong_size cannot score an image of 784 pixels" in done.stderr
+    assert done.returncode == 1 and "model my_vaes:wrong_size cannot score images of 784 pixels" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_build_checks_leave_a_batch_normalised_model_as_built(data_dir):
+    """The probe scores images on a copy in eval mode: batch normalisation is accepted, and its running statistics
+    and training mode are the builder's."""
+    model = rundir.build_model(TrainConfig(data_dir=data_dir, model="own_models:batch_norm"))
+    norm = model.encoder.net[1]
+    assert model.training and int(norm.num_batches_tracked) == 0 and torch.equal(norm.running_mean, torch.zeros(16))
+
+
+def test_a_stacked_fleet_of_ones_own_model_is_refused_before_any_folder_is_made(data_dir, tmp_path, capsys):
+    argv = ["train", "--model", "own_models:mlp_vae", "--seeds", "0,1", "--fleet", "stacked", "--out",
+            str(tmp_path / "fleet"), "--data-dir", data_dir]  # fmt: skip
+    assert main(argv) == 1
+    assert "a model of one's own (own_models:mlp_vae) is stepped by a loop fleet; use --fleet loop" in \
+        capsys.readouterr().err  # fmt: skip
+    assert not (tmp_path / "fleet").exists()

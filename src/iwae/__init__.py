@@ -42,6 +42,7 @@ __all__ = [
     "LoadedRun",
     "GaussianLatentModel",
     "SampledModel",
+    "model_builder",
     "pretrained",
 ]
 
@@ -55,7 +56,7 @@ _LAZY = {
     "active_units": "iwae.evaluate", "count_active": "iwae.evaluate", "prune_inactive": "iwae.evaluate",
     "load_run": "iwae.runs.sharing", "LoadedRun": "iwae.runs.sharing",
     "GaussianLatentModel": "iwae.models.latent_model", "SampledModel": "iwae.models.latent_model",
-    "pretrained": "iwae.pretrained",
+    "model_builder": "iwae.runs.own_model", "pretrained": "iwae.pretrained",
 }  # fmt: skip
 
 

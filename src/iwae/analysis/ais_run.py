@@ -28,12 +28,21 @@ from tqdm.auto import tqdm
 from iwae.ais import anneal_starts, bdmc, check_anneal_from, iter_ais_log_likelihood
 from iwae.runs.eval_progress import PROGRESS_SUFFIX, measurement, resumable_blocks, saved_seconds
 from iwae.runs.evaluate_run import check_split, eval_images, stream, summarize
-from iwae.runs.rundir import load_run
+from iwae.runs.rundir import RunError, load_run
 from iwae.util.atomic import write_json
 
 __all__ = ["ais_run", "bdmc_run"]
 
 BLOCK = 256  # images annealed at a time (ais_log_likelihood's default): the progress is kept after each
+
+
+def _check_methods(run_dir: str | Path, model: torch.nn.Module, methods: list[str]) -> None:
+    """A RunError naming the methods a model of one's own lacks for this AIS (the paper's model has them all)."""
+    missing = [m for m in methods if not callable(getattr(model, m, None))]
+    if missing:
+        raise RunError(f"{run_dir}: its model ({type(model).__name__}) has no {' and '.join(missing)}, which this "
+                       "AIS reads (iwae.IWAE's and iwae.GaussianLatentModel's say what each gives); anneal from q "
+                       "(--from q), on test images (no --simulated)")  # fmt: skip
 
 
 def _file_stem(stem: str, anneal_from: str) -> str:
@@ -59,6 +68,7 @@ def ais_run(
     check_split(split)
     check_anneal_from(anneal_from)
     config, model, _ = load_run(run_dir, data_dir, device)
+    _check_methods(run_dir, model, ["log_px_at_prior_noise"] if anneal_from != "q" else [])
     dev = next(model.parameters()).device
     x = eval_images(config, split, n, dev, config.seed).to(next(model.parameters()).dtype)
     name = _file_stem(f"ais-{split}-s{steps}-c{chains}-n{x.shape[0]}", anneal_from)
@@ -100,6 +110,9 @@ def bdmc_run(
     per-example estimates; written to the run folder (``...-prior.json`` from the prior) and returned."""
     check_anneal_from(anneal_from)
     config, model, _ = load_run(run_dir, device=device)
+    _check_methods(
+        run_dir, model, ["simulate"] + (["log_px_at_prior_noise", "prior_noise"] if anneal_from != "q" else [])
+    )
     dev = next(model.parameters()).device
     start = time.perf_counter()
     result = bdmc(model, n, steps=steps, chains=chains, generator=stream(config, dev, "test", "ais"),

@@ -215,6 +215,7 @@ def sample(args: argparse.Namespace) -> None:
     out = Path(args.out or Path(args.run_dir) / f"samples-n{args.n}-seed{args.seed}.png")
     image_format(out)  # (a name no image format fits is refused before any work)
     config, model, _ = load_run(args.run_dir, device=args.device)
+    model.eval()  # (a model of one's own with dropout samples as it is evaluated)
     if not hasattr(model, "sample"):
         raise RunError(f"{args.run_dir} holds a model of one's own ({config.model}) without a sample(n, generator) "
                        "method to draw from")  # fmt: skip

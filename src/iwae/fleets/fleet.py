@@ -124,7 +124,7 @@ class StackedFleet(Fleet):
         super().__init__(models, optimizers, objectives, generators, flush_denormal=flush_denormal)
         why = stackable(self.models, self.objectives) or _adam_differs(self.optimizers)
         if why:
-            raise ValueError(f"these runs cannot be stacked: {why}; use a LoopFleet")
+            raise ValueError(f"these runs cannot be stacked: {why}; step them in a loop (--fleet loop, mode='loop')")
         self._template = copy.deepcopy(self.models[0])
         self._names = [name for name, _ in self._template.named_parameters()]
         params = [list(model.parameters()) for model in self.models]

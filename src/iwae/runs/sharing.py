@@ -184,6 +184,11 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
     seconds = metrics.get("eval_seconds")  # absent from runs evaluated before it was recorded
     evaluated = "" if seconds is None else f" Evaluated in {seconds / 3600:,.1f} hours on {evaluator}."
     pruned = metrics.get("test_nll_pruned")  # (None for a model of one's own)
+    sampler = callable(getattr(model, "sample", None))
+    own = [] if config.model is None else [
+        f"- Its code is not in this folder: loading it imports `{config.model.partition(':')[0]}` and calls "
+        f"`{config.model}` (with `model_kwargs` from `config.json`), which must be importable there."
+    ]  # fmt: skip
     what = (f"{len(model.latent_dims)} stochastic layer(s) of {'+'.join(map(str, model.latent_dims))} units"
             if config.model is None else f"a model of one's own, `{config.model}` ({type(model).__name__}, latent "
             f"units {'+'.join(map(str, model.latent_dims))})")  # fmt: skip
@@ -207,14 +212,15 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
         f"- Exported on {date.today().isoformat()} by `iwae export {name} --out DIR`. To train it "
         f"again: `iwae train --config THIS_FOLDER/config.json --out {name}` (with the data in `IWAE_DATA_DIR`), "
         f"then `iwae export {name} --out DIR`.",
+        *own,
         "",
         "```python",
         "import iwae",
         "model, config, metrics = iwae.load_run(\"THIS_FOLDER\")",
-        "samples = model.sample(16)",
+        *(["samples = model.sample(16)"] if sampler else []),
         "```",
         "",
-        "`iwae evaluate THIS_FOLDER` replays the test NLL above (with the data in `IWAE_DATA_DIR`); `iwae sample` and "
-        "`iwae compare` take the folder too.",
+        "`iwae evaluate THIS_FOLDER` replays the test NLL above (with the data in `IWAE_DATA_DIR`); "
+        f"{'`iwae sample` and ' if sampler else ''}`iwae compare` take the folder too.",
         "",
     ])  # fmt: skip

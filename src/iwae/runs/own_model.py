@@ -120,9 +120,7 @@ def build_own_model(config: TrainConfig) -> torch.nn.Module:
                        "of its keyword arguments") from None  # fmt: skip
     except ValueError:  # no signature to read (a builtin): the call itself will say
         pass
-    seed = int(torch.randint(2**62, (1,), generator=streams.generator(config.seed, "init", scheme=config.streams)))
-    with torch.random.fork_rng():  # the global generators drawn from and then put back
-        torch.manual_seed(seed)
+    with streams.seeded_global(config.seed, "init", scheme=config.streams):  # and then put back
         model = build(**kwargs)
     if not isinstance(model, torch.nn.Module):
         raise RunError(f"model {config.model} returned a {type(model).__name__}, not a torch.nn.Module")

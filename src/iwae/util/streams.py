@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported where a generator is made: the command line parses without it
     import torch
 
-__all__ = ["SCHEME", "SCHEMES", "PURPOSES", "seed_of", "generator"]
+__all__ = ["SCHEME", "SCHEMES", "PURPOSES", "seed_of", "generator", "seeded_global"]
 
 SCHEME = 2  # the scheme of every new run
 SCHEMES = (1, 2)
@@ -71,6 +73,18 @@ def generator(
     import torch
 
     return torch.Generator(device=device).manual_seed(seed_of(seed, *purpose, scheme=scheme))
+
+
+@contextmanager
+def seeded_global(seed: int, *purpose: str | int, scheme: int = SCHEME) -> Iterator[None]:
+    """torch's global generators (the CPU's and every CUDA device's) seeded with the stream of ``purpose`` inside
+    the block, and put back as they were after it: for code of one's own that draws from the global generator (a
+    model's initial weights, :mod:`iwae.runs.own_model`)."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed_of(seed, *purpose, scheme=scheme))
+        yield
 
 
 def _seed_v1(seed: int, purpose: tuple[str | int, ...]) -> int:

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 from conftest import TINY, read_json
-from test_train import _log_without_timings, _same_checkpoints, _wrap_steps
+from test_train import _log_without_timings, _same_checkpoints, train_stopped_at
 
 import iwae
 import iwae.runs.train
@@ -90,19 +90,9 @@ def test_its_weights_come_from_the_seed_and_leave_the_global_generator_alone(dat
 def test_a_stopped_run_of_ones_own_model_resumes_to_the_uninterrupted_numbers(own_run, data_dir, tmp_path,
                                                                                 monkeypatch):  # fmt: skip
     config = TrainConfig(data_dir=data_dir, **OWN)
-    real = iwae.fleets.fleet.build_step
-
-    def interrupt(n, step, x):
-        if n == 130:
-            raise KeyboardInterrupt
-        return step(x)
-
-    _wrap_steps(monkeypatch, interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        iwae.runs.train.train(config, tmp_path / "broken", progress=False)
+    train_stopped_at(monkeypatch, config, tmp_path / "broken")
     state, _ = load_checkpoint(tmp_path / "broken" / "checkpoint.safetensors", rundir.build_model(config))
     assert (state["stage"], state["step"]) == (1, 50)
-    monkeypatch.setattr(iwae.fleets.fleet, "build_step", real)
     iwae.runs.train.resume(tmp_path / "broken", progress=False)
     _same_checkpoints(own_run, tmp_path / "broken")
     assert _log_without_timings(tmp_path / "broken") == _log_without_timings(own_run)

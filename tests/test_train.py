@@ -105,22 +105,28 @@ def test_tiny_run_end_to_end(tiny_run, tiny_config):
         iwae.runs.train.train(tiny_config, run, progress=False)
 
 
-def test_resume_after_interruption_gives_identical_numbers(tiny_run, tiny_config, tmp_path, monkeypatch):
-    """``tiny_run`` is the uninterrupted run of ``tiny_config``."""
-    config = tiny_config
+def train_stopped_at(monkeypatch, config, run_dir, n: int = 130) -> None:
+    """Train ``config`` into ``run_dir`` until a Ctrl-C at step ``n`` (130 of TINY: mid-pass in stage 2, the last
+    checkpoint at step 100, so the checkpoint holds stage 1, step 50), then leave the steps as they were."""
     real = iwae.fleets.fleet.build_step
 
-    def interrupt(n, step, x):
-        if n == 130:  # mid-pass in stage 2; the last checkpoint was at step 100
+    def interrupt(i, step, x):
+        if i == n:
             raise KeyboardInterrupt
         return step(x)
 
     _wrap_steps(monkeypatch, interrupt)
     with pytest.raises(KeyboardInterrupt):
-        iwae.runs.train.train(config, tmp_path / "broken", progress=False)
+        iwae.runs.train.train(config, run_dir, progress=False)
+    monkeypatch.setattr(iwae.fleets.fleet, "build_step", real)
+
+
+def test_resume_after_interruption_gives_identical_numbers(tiny_run, tiny_config, tmp_path, monkeypatch):
+    """``tiny_run`` is the uninterrupted run of ``tiny_config``."""
+    config = tiny_config
+    train_stopped_at(monkeypatch, config, tmp_path / "broken")
     state, _ = load_checkpoint(tmp_path / "broken" / "checkpoint.safetensors", rundir.build_model(config))
     assert (state["stage"], state["step"]) == (1, 50)
-    monkeypatch.setattr(iwae.fleets.fleet, "build_step", real)
     monkeypatch.setattr(iwae.runs.loop, "describe_machine", lambda device: "another machine")  # resumed elsewhere
     iwae.runs.train.resume(tmp_path / "broken", progress=False)
     _same_checkpoints(tiny_run, tmp_path / "broken")

@@ -279,5 +279,6 @@ def _check_same_architecture(source_dir: str, source: dict[str, torch.Tensor], o
         if theirs != ours:
             raise rundir.RunError(
                 f"--init-from {source_dir}: that run's model has another architecture ({name}: {theirs} there, "
-                f"{ours} here); start from a run of the same data set, --layers and --latent-dims"
+                f"{ours} here); start from a run of the same data set and architecture (--layers and --latent-dims, or "
+                "--model and --model-kwargs)"
             )

@@ -12,8 +12,8 @@ fetches it).
 The same model trains in a run folder on the paper's schedule, with checkpoints, exact resume and the final
 evaluation, from this folder (:func:`conv_vae` builds it)::
 
-    cd examples && iwae train --model conv_mnist:conv_vae --model-kwargs '{"latent_dim": 32}' --bound iwae --k 5 \
-        --estimator dreg --out ../runs/conv-k5
+    cd examples && PYTHONPATH=. iwae train --model conv_mnist:conv_vae --model-kwargs '{"latent_dim": 32}' \
+        --bound iwae --k 5 --estimator dreg --out ../runs/conv-k5
 """
 
 from __future__ import annotations

@@ -50,6 +50,10 @@ def not_a_model() -> nn.Module:
 NOT_CALLABLE = 3
 
 
+class UnmarkedModel(iwae.GaussianLatentModel):
+    """A module class that is not marked: a run folder may not call it (nor any class of an installed package)."""
+
+
 def unmarked(latent_dim: int = 3) -> iwae.GaussianLatentModel:
     """Builds a fine model, but is not marked as a builder: a run folder may not call it."""
     return mlp_vae(latent_dim)

@@ -101,13 +101,15 @@ def test_a_stopped_run_of_ones_own_model_resumes_to_the_uninterrupted_numbers(ow
 @pytest.mark.parametrize(
     ("model", "kwargs", "message"),
     [
-        ("no_such_module:f", None, r"cannot import 'no_such_module' \(ModuleNotFoundError: .*\); run from the "),
+        ("no_such_module:f", None, r"cannot import 'no_such_module' \(ModuleNotFoundError: .*\); put the folder"),
         ("own_models:missing", None, "own_models has no 'missing'"),
-        ("own_models:NOT_CALLABLE", None, "NOT_CALLABLE is neither a torch.nn.Module subclass nor a function marked"),
-        ("own_models:unmarked", None, "unmarked is neither .* marked with @iwae.model_builder; mark the function"),
-        ("subprocess:getoutput", {"cmd": "true"}, "getoutput is neither a torch.nn.Module subclass nor a function"),
-        ("own_models:double", None, "its weights are torch.float64; the images are float32"),
-        ("own_models:tied", None, r"it shares a tensor between two of its state_dict's entries \(tied weights"),
+        ("own_models:NOT_CALLABLE", None, "NOT_CALLABLE is not marked with @iwae.model_builder"),
+        ("own_models:unmarked", None, "unmarked is not marked with @iwae.model_builder; mark the function or class"),
+        ("own_models:UnmarkedModel", None, "UnmarkedModel is not marked with @iwae.model_builder"),
+        ("subprocess:getoutput", {"cmd": "true"}, "getoutput is not marked with @iwae.model_builder"),
+        ("torch:ops", None, "ops is not marked"),  # (an object that answers every attribute)
+        ("own_models:double", None, "its parameters are torch.float64; the images are float32"),
+        ("own_models:tied", None, r"two of its state_dict's entries share memory \(tied weights"),
         ("own_models:mlp_vae", {"width": 3}, r"called with \{'width': 3\}: .*unexpected keyword argument 'width'"),
         ("own_models:not_a_model", None, "Linear lacks forward_samples, draw_noise, encoder, decoder, latent_dims"),
         ("own_models:wrong_size", None, r"cannot score images of 784 pixels, as the data sets hold: log_weights"),
@@ -157,10 +159,10 @@ def test_a_model_that_raises_inside_shows_its_own_traceback(data_dir, monkeypatc
         rundir.build_model(TrainConfig(data_dir=data_dir, model="own_models:broken", model_kwargs={"x": 1}))
 
 
-@pytest.mark.slow  # a process of its own
-def test_the_iwae_command_finds_a_module_in_the_folder_it_runs_in(data_dir, tmp_path):
-    """The console script's import path holds its own folder, not the working one; a module beside the user is
-    found as ``python -m`` would find it (here it imports, then is refused for its image size)."""
+@pytest.mark.slow  # two processes of their own
+def test_a_module_in_the_working_folder_is_found_by_python_m_iwae_and_named_to_the_iwae_command(data_dir, tmp_path):
+    """`python -m iwae` searches the working folder (here the module imports, then is refused for its image size);
+    the `iwae` script does not, and says how to give it (PYTHONPATH)."""
     import os
     import shutil
     import subprocess
@@ -168,12 +170,31 @@ def test_the_iwae_command_finds_a_module_in_the_folder_it_runs_in(data_dir, tmp_
     from pathlib import Path
 
     shutil.copy(Path(__file__).with_name("own_models.py"), tmp_path / "my_vaes.py")
-    iwae_command = Path(sys.executable).with_name("iwae")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([str(iwae_command), "train", "--model", "my_vaes:wrong_size", "--out", "run", "--data-dir",
-                           data_dir], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 1 and "model my_vaes:wrong_size cannot score images of 784 pixels" in done.stderr
+    args = ["train", "--model", "my_vaes:wrong_size", "--out", "run", "--data-dir", data_dir]
+    for command, found in (([sys.executable, "-m", "iwae"], True), ([str(Path(sys.executable).with_name("iwae"))],
+                                                                     False)):  # fmt: skip
+        done = subprocess.run(command + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        expected = "cannot score images of 784 pixels" if found else "put the folder that holds it on PYTHONPATH"
+        assert done.returncode == 1 and expected in done.stderr, done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # trains and evaluates the tiny run (the module fixture)
+def test_a_folder_that_brings_the_module_it_names_is_refused_before_importing_it(own_run, tmp_path, monkeypatch):
+    """A downloaded folder whose config names a module inside it, loaded from within (the working folder on the
+    import path, as `python -m` and notebooks have it), is refused before that module runs."""
+    from iwae.runs.sharing import export_run
+
+    folder = export_run(own_run, tmp_path / "downloaded")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model": "brought_along:build"}))
+    (folder / "brought_along.py").write_text("open('RAN', 'w').close()\n")
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend(str(folder))
+    with pytest.raises(RunError, match="whose module 'brought_along' lies inside the folder itself"):
+        iwae.load_run(folder)
+    assert not (folder / "RAN").exists() and "brought_along" not in __import__("sys").modules
 
 
 def test_the_build_checks_leave_a_batch_normalised_model_as_built(data_dir):
@@ -191,3 +212,12 @@ def test_a_stacked_fleet_of_ones_own_model_is_refused_before_any_folder_is_made(
     assert "a model of one's own (own_models:mlp_vae) is stepped by a loop fleet; use --fleet loop" in \
         capsys.readouterr().err  # fmt: skip
     assert not (tmp_path / "fleet").exists()
+
+
+def test_ais_names_what_a_model_of_ones_own_lacks_for_it_in_one_line():
+    from iwae.analysis.ais_run import _check_methods
+
+    model = rundir.build_model(TrainConfig(model="own_models:mlp_vae"))  # a GaussianLatentModel: has them all
+    _check_methods("RUN", model, ["simulate", "log_px_at_prior_noise", "prior_noise"])
+    with pytest.raises(RunError, match=r"RUN: its model \(Linear\) has no simulate and prior_noise, which this AIS"):
+        _check_methods("RUN", torch.nn.Linear(1, 1), ["simulate", "prior_noise"])

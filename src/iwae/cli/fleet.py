@@ -26,9 +26,6 @@ def train_fleet(args: argparse.Namespace, config: TrainConfig) -> None:
             f"`iwae train ... --seed {seed} --executor slurm --out {Path(args.out) / f'seed-{seed}'}` for each seed "
             "(or `iwae reproduce ... --seeds ... --executor slurm` for the paper's runs)"
         )
-    if config.model is not None and args.fleet in ("stacked", "graph"):  # (refused before any folder is made)
-        raise ValueError(f"--fleet {args.fleet} stacks the paper's layers: a model of one's own ({config.model}) is "
-                         "stepped by a loop fleet; use --fleet loop or auto")  # fmt: skip
     out = Path(args.out)
     dirs = [out / f"seed-{seed}" for seed in args.seeds]
     configs = [config.replace(seed=seed) for seed in args.seeds]

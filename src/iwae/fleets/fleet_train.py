@@ -66,6 +66,14 @@ def _check_fleet(configs: list[TrainConfig]) -> torch.device:
     return devices.pop()
 
 
+def _check_stackable_models(configs: list[TrainConfig], mode: str) -> None:
+    """A ValueError, before any folder is made, for a stacked fleet of models of one's own."""
+    own = next((c.model for c in configs if c.model is not None), None)
+    if own is not None and mode in ("stacked", "graph"):
+        raise ValueError(f"--fleet {mode} stacks the paper's layers: a model of one's own ({own}) is stepped by a "
+                         "loop fleet; use --fleet loop or auto")  # fmt: skip
+
+
 def train_fleet(
     configs: list[TrainConfig],
     run_dirs: list[str | Path],
@@ -82,6 +90,7 @@ def train_fleet(
     """
     if len(configs) != len(run_dirs) or not configs:
         raise ValueError("train_fleet needs one config per run folder, at least one")
+    _check_stackable_models(configs, mode)
     manifest = Path(manifest)
     if manifest.exists():
         raise RunError(f"{manifest} already holds a fleet; continue it with `iwae resume {manifest.parent}`")
@@ -183,6 +192,7 @@ def train_fleet_and_evaluate(
     :raises RunError: another process holds one of the run folders.
     """
     run_dirs = [Path(d) for d in run_dirs]
+    _check_stackable_models(configs or [], mode)
     with ExitStack() as stack:
         for d in run_dirs:
             stack.enter_context(rundir.locked(d, again=f"iwae resume {Path(manifest).parent}"))

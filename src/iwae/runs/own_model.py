@@ -1,7 +1,8 @@
 """A model of one's own in a run folder: ``iwae train --model MODULE:CALLABLE --model-kwargs JSON``.
 
-The callable (a function or a class) is imported by name (from the import path, else from the working folder, as
-``python -m`` finds modules) and called with the keyword arguments of ``model_kwargs``;
+The callable (a function or a class, marked with :func:`model_builder`) is imported by name from the import path
+(``PYTHONPATH=. iwae ...``, or ``python -m iwae ...``, for a module in the working folder; never from inside the run
+folder loaded) and called with the keyword arguments of ``model_kwargs``;
 it returns a ``torch.nn.Module`` of :class:`iwae.SampledModel`'s protocol (:class:`iwae.GaussianLatentModel`
 wraps an encoder and a decoder of one's own into it). The run folder records the two, so ``iwae resume``,
 ``iwae evaluate``, ``iwae export`` and :func:`iwae.load_run` build it again, wherever the module can be imported.
@@ -15,12 +16,11 @@ needs a ``sample(n, generator)`` method.
 
 from __future__ import annotations
 
-import copy
 import importlib
+import importlib.util
 import inspect
-import os
-import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -30,55 +30,74 @@ from iwae.runs.config import TrainConfig
 from iwae.runs.errors import RunError
 from iwae.util import streams
 
-__all__ = ["build_own_model", "model_builder", "X_DIM"]
+__all__ = ["build_own_model", "model_builder", "check_outside", "X_DIM"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 X_DIM = 784  # pixels of every data set's images (28 x 28)
 
 
-def _import(module_name: str) -> Any:
-    """The module, from the import path, or else from the working folder, as ``python -m`` would find it (the
-    ``iwae`` command's own path holds its script's folder instead); that folder then stays on the path."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        here = os.getcwd()
-        if err.name != module_name.split(".")[0] or here in sys.path or "" in sys.path:
-            raise
-    sys.path.append(here)
-    return importlib.import_module(module_name)
+_MARK = "__iwae_model_builder__"
 
 
 def model_builder(build: F) -> F:
-    """Mark a function as one that ``iwae train --model MODULE:NAME`` may call (a ``torch.nn.Module`` subclass
-    needs no mark). A run folder's ``config.json`` names what it calls, so loading a folder calls only these, not
-    any function a hand-edited config names (``subprocess:getoutput``, say)."""
-    build.__iwae_model_builder__ = True  # type: ignore[attr-defined]
+    """Mark a function or a ``torch.nn.Module`` class as one that ``iwae train --model MODULE:NAME`` may call. A run
+    folder's ``config.json`` names what it calls, so loading a folder calls only what is marked so (in its own
+    namespace: a subclass is not marked by its parent's mark), not any function or class a hand-edited config
+    names (``subprocess:getoutput``, say)."""
+    setattr(build, _MARK, True)
     return build
+
+
+def _marked(target: Any) -> bool:
+    """Whether ``target`` itself carries :func:`model_builder`'s mark (not an object that answers every attribute)."""
+    inner = target.__func__ if inspect.ismethod(target) else target
+    try:
+        return vars(inner).get(_MARK) is True
+    except TypeError:  # no __dict__ of its own
+        return False
+
+
+def check_outside(config: TrainConfig, run_dir: str | Path) -> None:
+    """A RunError where the module of ``config.model`` would be imported from inside ``run_dir``: a folder one
+    loads (downloaded, say) must not bring the code it runs."""
+    if config.model is None:
+        return
+    top = config.model.partition(":")[0].split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return  # (the import itself will say)
+    places = [spec.origin] if spec is not None and spec.origin else []
+    places += list(spec.submodule_search_locations or []) if spec is not None else []
+    inside = Path(run_dir).resolve()
+    if any(Path(p).resolve().is_relative_to(inside) for p in places if p not in ("built-in", "frozen")):
+        raise RunError(f"{run_dir}: its config.json names model {config.model}, whose module {top!r} lies inside "
+                       "the folder itself; a run folder brings no code: keep the module elsewhere, on the import "
+                       "path")  # fmt: skip
 
 
 def _callable(spec: str) -> Any:
     """The object ``MODULE:NAME`` names (NAME may be dotted: a class's static method), imported: a
-    ``torch.nn.Module`` subclass or a function marked by :func:`model_builder`."""
+    function or class marked by :func:`model_builder`."""
     module_name, _, name = spec.partition(":")
     try:
-        target: Any = _import(module_name)
+        target: Any = importlib.import_module(module_name)
     except ImportError as err:
         missing = getattr(err, "name", None)
         where = (f"its import of {missing!r} failed ({err}): install that" if missing and missing !=
-                 module_name.split(".")[0] else f"({type(err).__name__}: {err}); run from the folder that holds it, "
-                 "put that folder on PYTHONPATH, or install it")  # fmt: skip
+                 module_name.split(".")[0] else f"({type(err).__name__}: {err}); put the folder that holds it on "
+                 "PYTHONPATH (`PYTHONPATH=. iwae ...`, or `python -m iwae ...` from that folder), or install it"
+                 )  # fmt: skip
         raise RunError(f"model {spec}: cannot import {module_name!r} {where}") from None
     for part in name.split("."):
         if not hasattr(target, part):
             raise RunError(f"model {spec}: {module_name} has no {name!r}")
         target = getattr(target, part)
-    module_class = isinstance(target, type) and issubclass(target, torch.nn.Module)
-    if not (module_class or getattr(target, "__iwae_model_builder__", False)):
+    if not (callable(target) and _marked(target)):
         raise RunError(
-            f"model {spec}: {name} is neither a torch.nn.Module subclass nor a function marked with "
-            "@iwae.model_builder; mark the function that builds your model (a run folder calls only those)"
+            f"model {spec}: {name} is not marked with @iwae.model_builder; mark the function or class that builds "
+            "your model (a run folder calls only those)"
         )
     return target
 
@@ -93,17 +112,33 @@ def _problem(model: torch.nn.Module) -> str | None:
     missing = [m for m in ("log_weights", "posterior_means") if not callable(getattr(model, m, None))]
     if missing:
         return f"{type(model).__name__} lacks {' and '.join(missing)}, which the evaluation reads (L_k and A_u)"
-    floats = {p.dtype for p in model.state_dict().values() if p.is_floating_point()}
+    lazy = [n for n, p in model.named_parameters() if isinstance(p, torch.nn.parameter.UninitializedParameter)]
+    if lazy:
+        return f"its parameters {', '.join(lazy[:3])} are not initialised (lazy modules): give them their sizes"
+    floats = {p.dtype for p in model.parameters()}
     if floats - {torch.float32}:
-        return (f"its weights are {', '.join(sorted(map(str, floats)))}; the images are float32: build it in "
+        return (f"its parameters are {', '.join(sorted(map(str, floats)))}; the images are float32: build it in "
                 "float32 (no .double())")  # fmt: skip
-    storages = [t.untyped_storage().data_ptr() for t in model.state_dict(keep_vars=True).values() if t.numel()]
-    if len(set(storages)) < len(storages):
-        return (
-            "it shares a tensor between two of its state_dict's entries (tied weights, or a module registered "
-            "twice), which a checkpoint (safetensors) cannot hold; give each entry its own tensor"
-        )
+    spans = sorted((t.untyped_storage().data_ptr(), t.storage_offset() * t.element_size(), t.nbytes)
+                   for t in model.state_dict(keep_vars=True).values() if t.numel())  # fmt: skip
+    if any(a[0] == b[0] and a[1] + a[2] > b[1] for a, b in zip(spans, spans[1:])):
+        return ("two of its state_dict's entries share memory (tied weights, or a module registered twice), which "
+                "a checkpoint (safetensors) cannot hold; give each entry its own tensor")  # fmt: skip
     return None
+
+
+def _unfit(build: Callable[..., Any], kwargs: dict[str, Any]) -> str | None:
+    """Why ``kwargs`` do not fit ``build``'s signature, or None (also where a wrapper's own signature takes them)."""
+    problems = []
+    for follow in (True, False):
+        try:
+            inspect.signature(build, follow_wrapped=follow).bind(**kwargs)
+            return None
+        except TypeError as err:
+            problems.append(str(err))
+        except ValueError:  # no signature to read (a builtin): the call itself will say
+            return None
+    return problems[0]
 
 
 def build_own_model(config: TrainConfig) -> torch.nn.Module:
@@ -113,13 +148,9 @@ def build_own_model(config: TrainConfig) -> torch.nn.Module:
     An error inside the callable itself keeps its traceback, for its author."""
     assert config.model is not None
     build, kwargs = _callable(config.model), dict(config.model_kwargs or {})
-    try:
-        inspect.signature(build).bind(**kwargs)
-    except TypeError as err:
-        raise RunError(f"model {config.model}: called with {kwargs}: {err}; give --model-kwargs as a JSON object "
-                       "of its keyword arguments") from None  # fmt: skip
-    except ValueError:  # no signature to read (a builtin): the call itself will say
-        pass
+    if (problem := _unfit(build, kwargs)) is not None:
+        raise RunError(f"model {config.model}: called with {kwargs}: {problem}; give --model-kwargs as a JSON "
+                       "object of its keyword arguments")  # fmt: skip
     with streams.seeded_global(config.seed, "init", scheme=config.streams):  # and then put back
         model = build(**kwargs)
     if not isinstance(model, torch.nn.Module):
@@ -127,14 +158,18 @@ def build_own_model(config: TrainConfig) -> torch.nn.Module:
     if (problem := _problem(model)) is not None:
         raise RunError(f"model {config.model}: {problem}")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    probe = copy.deepcopy(model).eval()  # the model's own buffers (batch statistics) and mode left as built
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()  # (no batch statistics updated, no dropout drawn; each module's mode put back after)
     try:  # two images of the data sets' 28 x 28 pixels, before any run folder is made
-        with torch.no_grad(), torch.random.fork_rng():
-            log_w = probe.log_weights(torch.zeros(2, X_DIM, device=device), 3)
+        with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            log_w = model.log_weights(torch.zeros(2, X_DIM, device=device), 3)
     except Exception as err:
         raise RunError(f"model {config.model} cannot score images of {X_DIM} pixels, as the data sets hold: "
                        f"log_weights(x of shape (2, {X_DIM}), k=3) raised {type(err).__name__}: {err}"
                        ) from err  # fmt: skip
+    finally:
+        for module, training in modes:
+            module.training = training
     if tuple(log_w.shape) != (3, 2):
         raise RunError(f"model {config.model}: log_weights(x of shape (2, {X_DIM}), k=3) returned shape "
                        f"{tuple(log_w.shape)}; expected (k, batch) = (3, 2)")  # fmt: skip

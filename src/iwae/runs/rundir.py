@@ -40,7 +40,7 @@ from iwae.models.model import IWAE
 from iwae.runs.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, load_weights, save_checkpoint
 from iwae.runs.config import LEGACY, RESUMABLE, TrainConfig, read_config_file
 from iwae.runs.errors import RunError
-from iwae.runs.own_model import build_own_model
+from iwae.runs.own_model import build_own_model, check_outside
 from iwae.util import atomic, streams
 from iwae.util.atomic import DiskFullError, is_disk_full
 
@@ -367,6 +367,7 @@ def load_run(
     for a run trained on a GPU, on a machine without one) and checkpoint position of a saved run; or of an exported
     model (``iwae export``: its weights alone, no position)."""
     config = with_data_dir(read_config(run_dir), data_dir)
+    check_outside(config, run_dir)  # (a model of one's own: its module may not come with the folder)
     model = build_model(config).to(resolve_device(device or config.device))
     if is_exported(run_dir):
         load_weights(Path(run_dir) / WEIGHTS_NAME, model)

@@ -77,13 +77,17 @@ def generator(
 
 @contextmanager
 def seeded_global(seed: int, *purpose: str | int, scheme: int = SCHEME) -> Iterator[None]:
-    """torch's global generators (the CPU's and every CUDA device's) seeded with the stream of ``purpose`` inside
-    the block, and put back as they were after it: for code of one's own that draws from the global generator (a
-    model's initial weights, :mod:`iwae.runs.own_model`)."""
+    """torch's global generators (the CPU's, and every CUDA device's once CUDA has started) seeded with the stream of
+    ``purpose`` inside the block, and put back as they were after it: for code of one's own that draws from the
+    global generator (a model's initial weights, :mod:`iwae.runs.own_model`)."""
     import torch
 
-    with torch.random.fork_rng():
-        torch.manual_seed(seed_of(seed, *purpose, scheme=scheme))
+    value = seed_of(seed, *purpose, scheme=scheme)
+    cuda = torch.cuda.is_initialized()  # (CUDA is not started for this: a CPU-built model never touches it)
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
+        torch.random.default_generator.manual_seed(value)
+        if cuda:
+            torch.cuda.manual_seed_all(value)
         yield
 
 

@@ -26,6 +26,16 @@ def mlp_vae(latent_dim: int = 3, hidden: int = 16) -> iwae.GaussianLatentModel:
 
 
 @iwae.model_builder
+def dropout_vae(latent_dim: int = 3, hidden: int = 16) -> iwae.GaussianLatentModel:
+    """Dropout in the encoder: draws from torch's global generator at every training step."""
+    encoder = _Split(
+        nn.Sequential(nn.Linear(784, hidden), nn.Softplus(), nn.Dropout(0.3), nn.Linear(hidden, 2 * latent_dim))
+    )
+    decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Softplus(), nn.Linear(hidden, 784))
+    return iwae.GaussianLatentModel(encoder, decoder, latent_dim)
+
+
+@iwae.model_builder
 def wrong_size(latent_dim: int = 3) -> iwae.GaussianLatentModel:
     """A model of 100-pixel images, which no data set holds."""
     encoder = nn.Linear(100, 2 * latent_dim)

@@ -221,3 +221,22 @@ def test_ais_names_what_a_model_of_ones_own_lacks_for_it_in_one_line():
     _check_methods("RUN", model, ["simulate", "log_px_at_prior_noise", "prior_noise"])
     with pytest.raises(RunError, match=r"RUN: its model \(Linear\) has no simulate and prior_noise, which this AIS"):
         _check_methods("RUN", torch.nn.Linear(1, 1), ["simulate", "prior_noise"])
+
+
+@pytest.mark.slow  # trains the tiny schedule three times
+def test_a_model_that_draws_from_the_global_generator_trains_and_resumes_to_the_same_numbers(data_dir, tmp_path,
+                                                                                             monkeypatch):  # fmt: skip
+    """Dropout draws from torch's global generator: each run's steps draw it from a stream of their own (checkpointed
+    with the others), so a seed gives one trajectory, a stopped run resumes to it, and the global generator outside
+    the steps is untouched."""
+    config = TrainConfig(data_dir=data_dir, **{**OWN, "model": "own_models:dropout_vae", "evaluate": False})
+    iwae.runs.train.train(config, tmp_path / "one", progress=False)
+    torch.manual_seed(123)  # another global state around the second run: it must not matter
+    state = torch.random.get_rng_state()
+    iwae.runs.train.train(config, tmp_path / "two", progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    _same_checkpoints(tmp_path / "one", tmp_path / "two")
+    train_stopped_at(monkeypatch, config, tmp_path / "broken")
+    iwae.runs.train.resume(tmp_path / "broken", progress=False)
+    _same_checkpoints(tmp_path / "one", tmp_path / "broken")
+    assert _log_without_timings(tmp_path / "broken") == _log_without_timings(tmp_path / "one")

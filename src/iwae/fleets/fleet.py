@@ -26,7 +26,8 @@ from __future__ import annotations
 import copy
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -70,6 +71,21 @@ class Fleet(ABC):
         """Write the fleet's state into the runs' own models and optimisers (before a checkpoint)."""
 
 
+@contextmanager
+def _global_generator_from(own: torch.Generator) -> Iterator[None]:
+    """torch's global generator on ``own``'s device continues ``own``'s stream inside the block; after it, ``own``
+    holds where the stream got to and the global generator is put back."""
+    device = own.device
+    default = torch.cuda.default_generators[device.index or 0] if device.type == "cuda" else torch.default_generator
+    saved = default.get_state()
+    default.set_state(own.get_state())
+    try:
+        yield
+    finally:
+        own.set_state(default.get_state())
+        default.set_state(saved)
+
+
 class LoopFleet(Fleet):
     """The runs' ordinary steps (:func:`~iwae.runs.train_step.build_step`, through ``torch.compile`` with
     ``compile``), one after another; a single run is a loop fleet of one (:mod:`iwae.runs.train`)."""
@@ -83,8 +99,12 @@ class LoopFleet(Fleet):
         *,
         flush_denormal: bool = True,
         compile: bool = False,
+        global_generators: Sequence[torch.Generator | None] | None = None,
     ) -> None:
+        """:param global_generators: per run, a generator whose state stands in for torch's global generator on its
+        device during that run's step (a model of one's own that draws from it: dropout), or None."""
         super().__init__(models, optimizers, objectives, generators, flush_denormal=flush_denormal)
+        self._globals = list(global_generators or [None] * len(self.models))
         self._steps = [
             build_step(model, opt, obj, generator=gen, compile=compile, flush_denormal=flush_denormal)
             for model, opt, obj, gen in zip(self.models, self.optimizers, self.objectives, self.generators)
@@ -92,10 +112,14 @@ class LoopFleet(Fleet):
 
     def step(self, xs: Sequence[Tensor], lrs: Sequence[float]) -> Tensor:
         losses = []
-        for step_fn, opt, x, lr in zip(self._steps, self.optimizers, xs, lrs):
+        for step_fn, opt, x, lr, own in zip(self._steps, self.optimizers, xs, lrs, self._globals):
             for group in opt.param_groups:
                 group["lr"] = lr
-            losses.append(step_fn(x))
+            if own is None:
+                losses.append(step_fn(x))
+            else:
+                with _global_generator_from(own):
+                    losses.append(step_fn(x))
         return torch.stack(losses)
 
     def sync(self) -> None:
@@ -335,8 +359,9 @@ def make_fleet(
     mode: str = "auto",
     *,
     flush_denormal: bool = True,
+    global_generators: Sequence[torch.Generator | None] | None = None,
 ) -> Fleet:
-    """A :class:`StackedFleet` or a :class:`LoopFleet` for these runs.
+    """A :class:`StackedFleet` or a :class:`LoopFleet` for these runs (``global_generators``: :class:`LoopFleet`'s).
 
     :param mode: ``"stacked"``, ``"loop"``, ``"graph"`` (stacked, CUDA-graph captured) or ``"auto"``: on CUDA the
         graph where the runs can be stacked, else loop; on a CPU loop, which is as fast as stacking there
@@ -353,7 +378,8 @@ def make_fleet(
         can = stackable(models, objectives) is None and _adam_differs(optimizers) is None
         mode = "graph" if on_cuda and can else "loop"
     if mode == "loop":
-        return LoopFleet(models, optimizers, objectives, generators, flush_denormal=flush_denormal)
+        return LoopFleet(models, optimizers, objectives, generators, flush_denormal=flush_denormal,
+                         global_generators=global_generators)  # fmt: skip
     return StackedFleet(
         models, optimizers, objectives, generators, graph=mode == "graph", flush_denormal=flush_denormal
     )

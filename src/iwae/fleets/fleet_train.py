@@ -153,8 +153,8 @@ def _loop(runs: list[RunState], manifest: Path, names: list[str], mode: str, dro
 
     def stepper(active: list[RunState]) -> Fleet:
         return make_fleet([r.model for r in active], [r.optimizer for r in active], [r.objective for r in active],
-                          [r.gens.device for r in active], step_mode,
-                          flush_denormal=active[0].config.flush_denormal)  # fmt: skip
+                          [r.gens.device for r in active], step_mode, flush_denormal=active[0].config.flush_denormal,
+                          global_generators=[r.gens.global_ for r in active])  # fmt: skip
 
     def save(active: list[RunState], step: int) -> None:
         """The fleet's two-phase checkpoint: every run's pending checkpoint, the manifest's step, then each commit."""

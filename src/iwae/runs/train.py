@@ -158,7 +158,7 @@ def _train(config: TrainConfig, run_dir: Path, *, fresh: bool, progress: bool, c
 
     def stepper(runs: list[RunState]) -> LoopFleet:
         return LoopFleet([run.model], [run.optimizer], [run.objective], [run.gens.device], compile=config.compile,
-                         flush_denormal=config.flush_denormal)  # fmt: skip
+                         flush_denormal=config.flush_denormal, global_generators=[run.gens.global_])  # fmt: skip
 
     def diverged(run: RunState, why: str) -> None:
         raise TrainingDiverged(f"{why}; the last good checkpoint in {run_dir} is kept (try a lower learning rate "

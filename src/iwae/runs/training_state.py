@@ -48,21 +48,27 @@ class Position:
 
 @dataclass
 class Generators:
-    """The run's two training streams (:func:`iwae.util.streams.generator`); their states go into every checkpoint."""
+    """The run's training streams (:func:`iwae.util.streams.generator`); their states go into every checkpoint."""
 
     shuffle: torch.Generator  # the permutation of each pass, on the CPU
     device: torch.Generator  # binarizations and reparameterisation noise, on the model's device
+    # a model of one's own: what its steps draw from torch's global generator (dropout), on the model's device
+    global_: torch.Generator | None = None
 
     @classmethod
-    def seeded(cls, seed: int, device: torch.device, scheme: int) -> Generators:
-        """The streams of ``seed`` under the run's random-stream ``scheme`` (its config's ``streams``)."""
+    def seeded(cls, seed: int, device: torch.device, scheme: int, own_model: bool = False) -> Generators:
+        """The streams of ``seed`` under the run's random-stream ``scheme`` (its config's ``streams``); with
+        ``own_model``, the stream its steps' global draws come from too (:meth:`LoopFleet.step <iwae.fleets.fleet.
+        LoopFleet.step>` swaps it in)."""
         return cls(
             streams.generator(seed, "shuffle", scheme=scheme),
             streams.generator(seed, "noise", device=device, scheme=scheme),
+            streams.generator(seed, "global", device=device, scheme=scheme) if own_model else None,
         )
 
     def states(self) -> dict[str, torch.Tensor]:
-        return {"rng_shuffle": self.shuffle.get_state(), "rng_device": self.device.get_state()}
+        own = {} if self.global_ is None else {"rng_global": self.global_.get_state()}
+        return {"rng_shuffle": self.shuffle.get_state(), "rng_device": self.device.get_state(), **own}
 
     def restore(self, states: dict[str, torch.Tensor]) -> None:
         """Put both streams where a checkpoint left them; a RunError if its noise stream is another device type's
@@ -80,6 +86,8 @@ class Generators:
                 f"{self.device.device.type}; resume it {there}, or train it again here from its config.json"
             )
         self.device.set_state(states["rng_device"].cpu() if on_cpu else states["rng_device"])
+        if self.global_ is not None and "rng_global" in states:
+            self.global_.set_state(states["rng_global"].cpu() if on_cpu else states["rng_global"])
 
 
 @dataclass
@@ -229,7 +237,7 @@ def open_run(config: TrainConfig, run_dir: Path, fresh: bool, create: bool, load
     batches = Batches(x, config.batch_size, dynamic=not data.is_binary(config.dataset))
     model = build_model(config, output_bias=x.mean(0)).to(loaded.device)
     optimizer = make_optimizer(model, betas=config.adam_betas)
-    gens = Generators.seeded(config.seed, loaded.device, config.streams)
+    gens = Generators.seeded(config.seed, loaded.device, config.streams, own_model=config.model is not None)
     curve_x = loaded.curve(config)
     rundir.check_space(run_dir, model, "start it again" if create else again)
     pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)

@@ -41,7 +41,7 @@ SCHEMES = (1, 2)
 PURPOSES: tuple[tuple[str, ...], ...] = (
     ("init",), ("shuffle",), ("noise",), ("samples",), ("snr", "data"), ("snr", "base"), ("posteriors",),
     *(("eval", split, p) for split in ("test", "train", "validation") for p in ("binarize", "nll", "active", "ais")),
-    ("eval", "test", "curve"), ("probe",),
+    ("eval", "test", "curve"), ("probe",), ("global",),
 )  # fmt: skip
 
 # Scheme 1: the salts of the evaluation streams (seed 10,000 x seed + salt) of runs made before scheme 2.

@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 from conftest import TINY, read_json
+from safetensors.torch import load_file
 from test_train import _log_without_timings, _same_checkpoints, train_stopped_at
 
 import iwae
@@ -19,6 +20,7 @@ from iwae.runs import rundir
 from iwae.runs.checkpoint import load_checkpoint
 from iwae.runs.config import TrainConfig
 from iwae.runs.rundir import RunError
+from iwae.util import streams
 
 OWN = dict(TINY, model="own_models:mlp_vae", model_kwargs={"latent_dim": 3, "hidden": 16})
 
@@ -236,7 +238,11 @@ def test_a_model_that_draws_from_the_global_generator_trains_and_resumes_to_the_
     iwae.runs.train.train(config, tmp_path / "two", progress=False)
     assert torch.equal(torch.random.get_rng_state(), state)
     _same_checkpoints(tmp_path / "one", tmp_path / "two")
+    stream = load_file(str(tmp_path / "one" / "checkpoint.safetensors"))["extra.rng_global"]
+    assert not torch.equal(stream, streams.generator(0, "global").get_state())  # its steps drew from it
     train_stopped_at(monkeypatch, config, tmp_path / "broken")
     iwae.runs.train.resume(tmp_path / "broken", progress=False)
     _same_checkpoints(tmp_path / "one", tmp_path / "broken")
     assert _log_without_timings(tmp_path / "broken") == _log_without_timings(tmp_path / "one")
+    with_scheme_1 = config.replace(streams=1, stages=1)  # a stream new to scheme 2, drawn so for every run
+    iwae.runs.train.train(with_scheme_1, tmp_path / "scheme-1", progress=False)

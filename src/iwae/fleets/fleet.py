@@ -76,7 +76,10 @@ def _global_generator_from(own: torch.Generator) -> Iterator[None]:
     """torch's global generator on ``own``'s device continues ``own``'s stream inside the block; after it, ``own``
     holds where the stream got to and the global generator is put back."""
     device = own.device
-    default = torch.cuda.default_generators[device.index or 0] if device.type == "cuda" else torch.default_generator
+    if device.type == "cuda":
+        default = torch.cuda.default_generators[torch.cuda.current_device() if device.index is None else device.index]
+    else:
+        default = torch.default_generator
     saved = default.get_state()
     default.set_state(own.get_state())
     try:
@@ -105,6 +108,9 @@ class LoopFleet(Fleet):
         device during that run's step (a model of one's own that draws from it: dropout), or None."""
         super().__init__(models, optimizers, objectives, generators, flush_denormal=flush_denormal)
         self._globals = list(global_generators or [None] * len(self.models))
+        if len(self._globals) != len(self.models):
+            raise ValueError(f"global_generators holds {len(self._globals)} entries for {len(self.models)} runs: give "
+                             "one per run (None for a run that needs none)")  # fmt: skip
         self._steps = [
             build_step(model, opt, obj, generator=gen, compile=compile, flush_denormal=flush_denormal)
             for model, opt, obj, gen in zip(self.models, self.optimizers, self.objectives, self.generators)

@@ -157,7 +157,8 @@ def check_path_keywords(model: SampledModel, x: Tensor, estimator: str) -> None:
     try:
         model.eval()
         noise = model.draw_noise(1, x.shape[0], streams.generator(0, "probe", device=x.device))
-        with torch.enable_grad():
+        cuda = [x.device] if x.device.type == "cuda" else []
+        with torch.enable_grad(), torch.random.fork_rng(devices=cuda):  # a model's own global draws: not the run's
             held = encoder_grad(True, torch.Tensor.detach)
             score = encoder_grad(False, torch.Tensor.detach) if held is not None else None
             path = encoder_grad(True, lambda h: h.view_as(h)) if held is not None else None

@@ -63,7 +63,8 @@ class Generators:
         return cls(
             streams.generator(seed, "shuffle", scheme=scheme),
             streams.generator(seed, "noise", device=device, scheme=scheme),
-            streams.generator(seed, "global", device=device, scheme=scheme) if own_model else None,
+            # (new with models of one's own: scheme 2's stream whatever the run's scheme, which has no such stream 1)
+            streams.generator(seed, "global", device=device) if own_model else None,
         )
 
     def states(self) -> dict[str, torch.Tensor]:

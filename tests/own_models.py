@@ -3,6 +3,7 @@ is no test file, importable where the tests run (pytest puts tests/ on the path)
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 import iwae
@@ -33,6 +34,21 @@ def dropout_vae(latent_dim: int = 3, hidden: int = 16) -> iwae.GaussianLatentMod
     )
     decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Softplus(), nn.Linear(hidden, 784))
     return iwae.GaussianLatentModel(encoder, decoder, latent_dim)
+
+
+class _DrawsItself(iwae.GaussianLatentModel):
+    """Draws from torch's global generator in forward_samples itself, in eval mode too."""
+
+    def forward_samples(self, x, k, **kwargs):
+        torch.rand(())
+        return super().forward_samples(x, k, **kwargs)
+
+
+@iwae.model_builder
+def draws_itself(latent_dim: int = 3, hidden: int = 16) -> iwae.GaussianLatentModel:
+    """A model of its own class (so the estimators that read the path keywords probe it) that draws globally."""
+    base = dropout_vae(latent_dim, hidden)
+    return _DrawsItself(base.encoder, base.decoder, latent_dim)
 
 
 @iwae.model_builder

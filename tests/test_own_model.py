@@ -246,3 +246,16 @@ def test_a_model_that_draws_from_the_global_generator_trains_and_resumes_to_the_
     assert _log_without_timings(tmp_path / "broken") == _log_without_timings(tmp_path / "one")
     with_scheme_1 = config.replace(streams=1, stages=1)  # a stream new to scheme 2, drawn so for every run
     iwae.runs.train.train(with_scheme_1, tmp_path / "scheme-1", progress=False)
+
+
+@pytest.mark.slow  # trains the tiny schedule twice and a half
+def test_the_path_keyword_probe_draws_nothing_from_the_runs_global_stream(data_dir, tmp_path, monkeypatch):
+    """DReG probes a model class of its own at the first step of each process; a model that draws from the global
+    generator in eval mode too must not have that probe's draws taken from its run's stream, or a resumed run
+    would part from the uninterrupted one."""
+    config = TrainConfig(data_dir=data_dir, **{**OWN, "model": "own_models:draws_itself", "estimator": "dreg",
+                                               "evaluate": False})  # fmt: skip
+    iwae.runs.train.train(config, tmp_path / "one", progress=False)
+    train_stopped_at(monkeypatch, config, tmp_path / "broken")
+    iwae.runs.train.resume(tmp_path / "broken", progress=False)
+    _same_checkpoints(tmp_path / "one", tmp_path / "broken")

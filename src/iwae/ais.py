@@ -53,9 +53,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from iwae.evaluate import _eval_mode, checked_batch
+from iwae.evaluate import checked_batch
 from iwae.models.model import LogWeights
 from iwae.util.cpu import flush_subnormals
+from iwae.util.modes import eval_mode
 
 __all__ = [
     "ais_log_likelihood",
@@ -188,7 +189,7 @@ def _ais_blocks(
     ``settings`` as :func:`_annealed` reads them)."""
     chains, pilots, generator = settings[0], settings[1], settings[-1]
     betas = sigmoid_schedule(steps).tolist()
-    with flush_subnormals(flush_denormal and x.device.type == "cpu"), _eval_mode(model):
+    with flush_subnormals(flush_denormal and x.device.type == "cpu"), eval_mode(model):
         runs = [_annealed(t, x, betas, _from_proposal(t, chains, pilots, generator), settings, bar, start)
                 for t in targets]  # fmt: skip
         for blocks in zip(*runs):  # a block from each target, in turn
@@ -293,7 +294,7 @@ def bdmc(
         raise TypeError(f"{type(model).__name__} has no prior_noise(samples, generator): bidirectional Monte Carlo "
                         "from the prior starts its reverse chains at the prior's noise of the simulated latents "
                         "(see iwae.IWAE.prior_noise)")  # fmt: skip
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         simulated = model.simulate(n, generator)
         if anneal_from == "prior":
             exact = [e.unsqueeze(0) for e in model.prior_noise(simulated.samples, generator)]
@@ -311,7 +312,7 @@ def bdmc(
 
     betas = sigmoid_schedule(steps).tolist()
     settings = (chains, pilots if adapt else 0, leapfrog, step_size, target_accept, block, generator)
-    with flush_subnormals(flush_denormal and x.device.type == "cpu"), _eval_mode(model):
+    with flush_subnormals(flush_denormal and x.device.type == "cpu"), eval_mode(model):
         bar = tqdm(total=2 * steps * n, desc="BDMC", unit="step", disable=not progress, leave=False)
         forward = list(_annealed(target, x, betas, _from_proposal(target, *settings[:2], generator), settings, bar))
         back = [used[::-1] for _, _, used in forward]  # reverse step t runs at forward step T - t's temperature

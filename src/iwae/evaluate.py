@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing
 from typing import Literal, NamedTuple, Protocol, overload
 
 import torch
@@ -26,6 +26,7 @@ from iwae.models.latent_model import SampledModel
 from iwae.models.model import IWAE
 from iwae.objectives.names import as_count
 from iwae.util.cpu import flush_subnormals
+from iwae.util.modes import eval_mode
 
 __all__ = [
     "LogWeightModel", "LikelihoodEstimate", "log_likelihood", "active_units", "count_active", "prune_inactive",
@@ -219,7 +220,7 @@ def _blocks(
     rows = block_rows(x.shape[0], k, chunk_size)
     per_call = max(1, chunk_size // max(rows, 1))  # samples per log_weights call
     finite = None  # on a GPU, whether every log-weight so far was finite, read once a block (no sync per call)
-    with flush_subnormals(flush_denormal), _eval_mode(model):
+    with flush_subnormals(flush_denormal), eval_mode(model):
         for first in range(start, x.shape[0], rows):
             xb = x[first : first + rows]
             lse1 = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
@@ -276,19 +277,6 @@ def _as_model_dtype(model: LogWeightModel, x: Tensor) -> Tensor:
     if x.dtype != param.dtype:
         raise ValueError(f"x is {x.dtype} but the model's parameters are {param.dtype}; cast one to the other")
     return x
-
-
-@contextmanager
-def _eval_mode(model: object) -> Iterator[None]:
-    """The block with ``model`` in eval mode (dropout off, batch norm's running statistics), as found after."""
-    training = getattr(model, "training", False)
-    if training:
-        model.eval()  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        if training:
-            model.train()  # type: ignore[attr-defined]
 
 
 def check_bernoulli_images(model: object, x: Tensor, stacklevel: int = 4) -> None:
@@ -359,7 +347,7 @@ def _posterior_mean_moments(
     x = _as_model_dtype(model, x)
     sums = [torch.zeros(d, dtype=torch.float64, device=x.device) for d in model.latent_dims]
     squares = [s.clone() for s in sums]
-    with _eval_mode(model):
+    with eval_mode(model):
         for start in range(0, x.shape[0], batch_size):
             for l, mean in enumerate(model.posterior_means(x[start : start + batch_size], generator=generator)):
                 mean = mean.double()

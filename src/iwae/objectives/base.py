@@ -19,6 +19,7 @@ from torch import Tensor
 from iwae.models.latent_model import GaussianLatentModel, SampledModel
 from iwae.models.model import IWAE
 from iwae.util import streams
+from iwae.util.modes import eval_mode
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
@@ -145,7 +146,6 @@ def check_path_keywords(model: SampledModel, x: Tensor, estimator: str) -> None:
     encoder = [p for p in model.encoder.parameters() if p.requires_grad]
     if not encoder:
         return
-    modes = [(module, module.training) for module in model.modules()]
 
     def encoder_grad(stop_q_grad: bool, hook: Callable[[Tensor], Tensor]) -> list[Tensor] | None:
         log_w = model.forward_samples(x, 1, noise=noise, stop_q_grad=stop_q_grad, sample_hook=hook).log_w
@@ -154,17 +154,13 @@ def check_path_keywords(model: SampledModel, x: Tensor, estimator: str) -> None:
         found = torch.autograd.grad(log_w.sum(), encoder, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for g, p in zip(found, encoder)]
 
-    try:
-        model.eval()
+    cuda = [x.device] if x.device.type == "cuda" else []
+    # a model's own global draws kept out of the run's stream
+    with eval_mode(model), torch.enable_grad(), torch.random.fork_rng(devices=cuda):
         noise = model.draw_noise(1, x.shape[0], streams.generator(0, "probe", device=x.device))
-        cuda = [x.device] if x.device.type == "cuda" else []
-        with torch.enable_grad(), torch.random.fork_rng(devices=cuda):  # a model's own global draws: not the run's
-            held = encoder_grad(True, torch.Tensor.detach)
-            score = encoder_grad(False, torch.Tensor.detach) if held is not None else None
-            path = encoder_grad(True, lambda h: h.view_as(h)) if held is not None else None
-    finally:
-        for module, training in modes:
-            module.training = training
+        held = encoder_grad(True, torch.Tensor.detach)
+        score = encoder_grad(False, torch.Tensor.detach) if held is not None else None
+        path = encoder_grad(True, lambda h: h.view_as(h)) if held is not None else None
     if held is None or score is None or path is None:
         return
     ignored = [name for name, other in (("stop_q_grad", score), ("sample_hook", path))

@@ -29,6 +29,7 @@ from iwae.objectives.loss import check_sampled_model
 from iwae.runs.config import TrainConfig
 from iwae.runs.errors import RunError
 from iwae.util import streams
+from iwae.util.modes import eval_mode
 
 __all__ = ["build_own_model", "model_builder", "check_outside", "X_DIM"]
 
@@ -158,18 +159,14 @@ def build_own_model(config: TrainConfig) -> torch.nn.Module:
     if (problem := _problem(model)) is not None:
         raise RunError(f"model {config.model}: {problem}")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()  # (no batch statistics updated, no dropout drawn; each module's mode put back after)
-    try:  # two images of the data sets' 28 x 28 pixels, before any run folder is made
-        with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    try:  # two images of the data sets' 28 x 28 pixels, in eval mode (no batch statistics updated, no dropout)
+        with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=cuda):
             log_w = model.log_weights(torch.zeros(2, X_DIM, device=device), 3)
     except Exception as err:
         raise RunError(f"model {config.model} cannot score images of {X_DIM} pixels, as the data sets hold: "
                        f"log_weights(x of shape (2, {X_DIM}), k=3) raised {type(err).__name__}: {err}"
                        ) from err  # fmt: skip
-    finally:
-        for module, training in modes:
-            module.training = training
     if tuple(log_w.shape) != (3, 2):
         raise RunError(f"model {config.model}: log_weights(x of shape (2, {X_DIM}), k=3) returned shape "
                        f"{tuple(log_w.shape)}; expected (k, batch) = (3, 2)")  # fmt: skip

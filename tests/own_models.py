@@ -106,3 +106,44 @@ def batch_norm(latent_dim: int = 3) -> iwae.GaussianLatentModel:
     )
     decoder = nn.Sequential(nn.Linear(latent_dim, 16), nn.Softplus(), nn.Linear(16, 784))
     return iwae.GaussianLatentModel(encoder, decoder, latent_dim)
+
+
+class _SamplesWithoutGenerator(iwae.GaussianLatentModel):
+    def sample(self, n: int) -> Tensor:  # (the samples figure passes generator=)
+        return super().sample(n)
+
+
+@iwae.model_builder
+def sampler_without_generator(latent_dim: int = 3) -> iwae.GaussianLatentModel:
+    base = mlp_vae(latent_dim)
+    return _SamplesWithoutGenerator(base.encoder, base.decoder, latent_dim)
+
+
+class _SamplesTooFewPixels(iwae.GaussianLatentModel):
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return super().sample(n, generator)[:, :100]
+
+
+@iwae.model_builder
+def sampler_too_few_pixels(latent_dim: int = 3) -> iwae.GaussianLatentModel:
+    base = mlp_vae(latent_dim)
+    return _SamplesTooFewPixels(base.encoder, base.decoder, latent_dim)
+
+
+class Builders:
+    """Builders as a class's methods, the mark above or below the method decorator."""
+
+    @iwae.model_builder
+    @staticmethod
+    def above(latent_dim: int = 3) -> iwae.GaussianLatentModel:
+        return mlp_vae(latent_dim)
+
+    @staticmethod
+    @iwae.model_builder
+    def below(latent_dim: int = 3) -> iwae.GaussianLatentModel:
+        return mlp_vae(latent_dim)
+
+    @iwae.model_builder
+    @classmethod
+    def of_class(cls, latent_dim: int = 3) -> iwae.GaussianLatentModel:
+        return mlp_vae(latent_dim)

@@ -72,7 +72,11 @@ def test_a_model_of_ones_own_trains_evaluates_and_exports_as_the_paper_model_doe
     card = (out / "README.md").read_text()
     assert "a model of one's own, `own_models:mlp_vae` (GaussianLatentModel, latent units 3)" in card
     assert "NLL without the inactive units" not in card
-    assert "loading it imports `own_models` and calls `own_models:mlp_vae`" in card and "model.sample(16)" in card
+    assert "loading it imports `own_models` and calls `own_models:mlp_vae`" in card
+    snippet = card.split("```python\n")[1].split("```")[0].replace("THIS_FOLDER", out.as_posix())
+    scope: dict = {}
+    exec(snippet, scope)  # the card's snippet runs as written
+    assert scope["samples"].shape == (16, 784)
     shared = iwae.load_run(out)
     for a, b in zip(shared.model.state_dict().values(), loaded.model.state_dict().values()):
         assert torch.equal(a, b)
@@ -115,6 +119,8 @@ def test_a_stopped_run_of_ones_own_model_resumes_to_the_uninterrupted_numbers(ow
         ("own_models:mlp_vae", {"width": 3}, r"called with \{'width': 3\}: .*unexpected keyword argument 'width'"),
         ("own_models:not_a_model", None, "Linear lacks forward_samples, draw_noise, encoder, decoder, latent_dims"),
         ("own_models:wrong_size", None, r"cannot score images of 784 pixels, as the data sets hold: log_weights"),
+        ("own_models:sampler_without_generator", None, r"sample\(.*\) raised TypeError: .*; give it the signature"),
+        ("own_models:sampler_too_few_pixels", None, r"sample\(.*\) returned shape \(2, 100\), not 2 images of 784"),
     ],
 )
 def test_a_model_that_cannot_be_built_is_named_before_any_run_folder_is_made(model, kwargs, message, data_dir,
@@ -136,6 +142,12 @@ def test_the_config_refuses_a_model_spec_it_cannot_read_and_the_paper_architectu
         TrainConfig(model_kwargs={"latent_dim": 3})
     with pytest.raises(SystemExit):
         main(["train", "--model", "own_models:mlp_vae", "--model-kwargs", "[3]", "--out", "x"])
+
+
+@pytest.mark.parametrize("name", ["above", "below", "of_class"])
+def test_a_class_method_builds_with_the_mark_above_or_below_its_decorator(name, data_dir):
+    model = rundir.build_model(TrainConfig(data_dir=data_dir, model=f"own_models:Builders.{name}"))
+    assert model.latent_dims == [3]
 
 
 def test_a_stacked_fleet_refuses_a_model_of_ones_own(data_dir):

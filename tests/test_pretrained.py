@@ -23,6 +23,15 @@ def test_the_published_models_are_listed_and_load_checked():
         assert metrics["test_nll"] > 0 and folder.parent.name == "weights"
 
 
+def test_each_published_cards_python_snippet_runs_as_written():
+    for name, folder in iwae.pretrained.available().items():
+        card = (folder / "README.md").read_text()
+        snippet = card.split("```python\n")[1].split("```")[0].replace("THIS_FOLDER", folder.as_posix())
+        scope: dict = {}
+        exec(snippet, scope)
+        assert scope["samples"].shape == (16, 784), name
+
+
 @pytest.mark.slow  # L_1000 on 500 images
 def test_the_2d_model_replays_its_recorded_test_nll(data_dir, tmp_path):
     """The published 2-D latent model (a copy: evaluating writes into the folder), scored again, gives the mean of

@@ -11,7 +11,7 @@ Its initial weights are drawn under torch's global generator seeded from the run
 
 The run's schedule, estimators, checkpoints, learning curve and final evaluation (L_5000, A_u) are the paper
 model's; the pruned model's NLL (Section 5.2) needs the paper's layers and is left out, and the samples figure
-needs a ``sample(n, generator)`` method.
+needs a ``sample(n, generator)`` method (checked, with the rest, before the run starts).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def model_builder(build: F) -> F:
     namespace: a subclass is not marked by its parent's mark), not any function or class a hand-edited config
     names (``subprocess:getoutput``, say)."""
     setattr(build, _MARK, True)
+    if isinstance(build, (staticmethod, classmethod)):  # (placed above the decorator: the class hands out __func__)
+        setattr(build.__func__, _MARK, True)
     return build
 
 
@@ -170,4 +172,20 @@ def build_own_model(config: TrainConfig) -> torch.nn.Module:
     if tuple(log_w.shape) != (3, 2):
         raise RunError(f"model {config.model}: log_weights(x of shape (2, {X_DIM}), k=3) returned shape "
                        f"{tuple(log_w.shape)}; expected (k, batch) = (3, 2)")  # fmt: skip
+    if hasattr(model, "sample"):  # the samples figure, drawn after the final evaluation, calls it so
+        _probe_sampler(model, config.model, device, cuda)
     return model
+
+
+def _probe_sampler(model: torch.nn.Module, spec: str, device: torch.device, cuda: list[int]) -> None:
+    """A RunError unless ``model.sample(2, generator=...)`` draws two images of 784 pixels: found now, not after the
+    training and evaluation that precede the samples figure."""
+    fix = "give it the signature sample(n, generator) returning (n, 784) pixel means, or remove it"
+    try:
+        with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            images = model.sample(2, generator=torch.Generator(device).manual_seed(0))
+    except Exception as err:
+        raise RunError(f"model {spec}: sample(2, generator=...) raised {type(err).__name__}: {err}; {fix}") from err
+    if not isinstance(images, torch.Tensor) or images.numel() != 2 * X_DIM:
+        got = f"shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else f"a {type(images).__name__}"
+        raise RunError(f"model {spec}: sample(2, generator=...) returned {got}, not 2 images of {X_DIM} pixels; {fix}")

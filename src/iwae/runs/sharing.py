@@ -185,6 +185,9 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
     evaluated = "" if seconds is None else f" Evaluated in {seconds / 3600:,.1f} hours on {evaluator}."
     pruned = metrics.get("test_nll_pruned")  # (None for a model of one's own)
     sampler = callable(getattr(model, "sample", None))
+    # (a model of one's own was checked to take a generator, not to have a default for it)
+    draw = ("samples = model.sample(16)" if config.model is None else
+            "samples = model.sample(16, generator=torch.Generator().manual_seed(0))")  # fmt: skip
     own = [] if config.model is None else [
         f"- Its code is not in this folder: loading it imports `{config.model.partition(':')[0]}` and calls "
         f"`{config.model}` (with `model_kwargs` from `config.json`), which must be importable there."
@@ -215,9 +218,10 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
         *own,
         "",
         "```python",
+        *(["import torch"] if sampler and config.model else []),
         "import iwae",
         "model, config, metrics = iwae.load_run(\"THIS_FOLDER\")",
-        *(["samples = model.sample(16)"] if sampler else []),
+        *([draw] if sampler else []),
         "```",
         "",
         "`iwae evaluate THIS_FOLDER` replays the test NLL above (with the data in `IWAE_DATA_DIR`); "

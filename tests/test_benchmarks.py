@@ -210,6 +210,24 @@ def test_ais_exact_scores_l5000_and_ais_against_the_exact_log_likelihood(data_di
     assert list(json.loads(out.read_text())["rows"]) == ["exact", *estimates[:2]]
 
 
+def test_khat_exact_groups_the_images_by_khat_with_their_gaps_to_the_exact_log_likelihood(data_dir, tmp_path):
+    from benchmarks.khat_exact import main as khat_exact
+
+    out = tmp_path / "khat.json"
+    assert khat_exact(["--n", "6", "--ks", "20,40", "--points", "51", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["k"] for r in result["runs"]] == [20, 40] and len(result["log_px"]) == 6
+    for run in result["runs"]:
+        assert sum(g["images"] for g in run["groups"]) == 6 and len(run["khat"]) == 6
+        gaps = [lp - ll for lp, ll in zip(result["log_px"], run["ll"])]
+        assert sum(g > 1 for g in gaps) == run["missed"] == sum(g["missed"] for g in run["groups"])
+        flagged = [g for g, k in zip(gaps, run["khat"]) if k > run["threshold"]]
+        last = run["groups"][-1]
+        assert last["images"] == len(flagged) == run["flagged"]
+        assert last["gap"] is None or last["gap"] == pytest.approx(sum(flagged) / len(flagged))
+    assert "| 40 | k-hat <= 0.38 |" in out.with_suffix(".md").read_text()  # (the threshold at k = 40: 0.38)
+
+
 def test_ais_gap_writes_l5000_and_each_annealing_beside_it(data_dir, tmp_path, capsys):
     from benchmarks.ais_gap import main as ais_gap
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from typing import Literal, NamedTuple, Protocol, overload
 
@@ -215,8 +215,11 @@ def _blocks(
     start: int,
     bar: tqdm | None,
     flush_denormal: bool,
+    observe: Callable[[int, Tensor], None] | None = None,
 ) -> Iterator[tuple[int, LikelihoodEstimate]]:
-    """The estimates of :func:`iter_log_likelihood`, from row ``start`` on (x already checked)."""
+    """The estimates of :func:`iter_log_likelihood`, from row ``start`` on (x already checked); ``observe(first
+    row, log-weights)`` sees each call's (n, rows) float64 log-weights of the block beginning at ``first row``, before
+    the block is yielded (:mod:`iwae.analysis.diagnostics` keeps their tail)."""
     rows = block_rows(x.shape[0], k, chunk_size)
     per_call = max(1, chunk_size // max(rows, 1))  # samples per log_weights call
     finite = None  # on a GPU, whether every log-weight so far was finite, read once a block (no sync per call)
@@ -234,6 +237,8 @@ def _blocks(
                     lw = model.forward_samples(xb, n, generator=generator).log_w
                 finite = _check_log_weights(lw, n, xb.shape[0], finite)
                 lw = lw.double()
+                if observe is not None:
+                    observe(first, lw)
                 lse1 = torch.logaddexp(lse1, torch.logsumexp(lw, 0))
                 lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
                 done += n

@@ -163,3 +163,28 @@ def plot_snr(result: dict, path: str | Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"gradient SNR of the IWAE bound, {result['n_draws']} draws on {result['batch']} images")
     save_figure(fig, path)
+
+
+def plot_weight_diagnostics(
+    khat: torch.Tensor, ll: torch.Tensor, threshold: float, path: str | Path, title: str = ""
+) -> None:
+    """Pareto k-hat of each image's importance weights: its histogram with the lines at 0.5 and ``threshold``, and
+    k-hat against the image's L_k (:mod:`iwae.analysis.diagnostics`)."""
+    fig = Figure(figsize=(9, 3.4))
+    left, right = fig.subplots(1, 2)
+    finite = torch.isfinite(khat)
+    values = khat[finite].double().numpy()
+    left.hist(values, bins=40, color="tab:blue")
+    right.scatter(ll[finite].double().numpy(), values, s=4, alpha=0.5, color="tab:blue")
+    for ax in (left, right):
+        line = ax.axvline if ax is left else ax.axhline
+        line(0.5, color="tab:orange", linestyle="--", label="0.5: infinite variance above")
+        line(threshold, color="tab:red", linestyle="--", label=f"{threshold:.2f}: unreliable above")
+        ax.grid(True, alpha=0.3)
+    left.set_xlabel("Pareto k-hat of the weights")
+    left.set_ylabel("images")
+    left.legend(fontsize=8)
+    right.set_xlabel("L_k (nats)")
+    right.set_ylabel("Pareto k-hat")
+    fig.suptitle(title)
+    save_figure(fig, path)

@@ -206,6 +206,15 @@ COMMANDS = {
         "a GPU. With --simulated, bidirectional Monte Carlo measures how close that AIS comes to log p(x): AIS "
         "forward and in reverse from the exact latent, on N data simulated from the model (Grosse et al. 2015).",
     ),
+    "diagnose": Command(
+        cli_runs.diagnose,
+        cli_runs.diagnose_arguments,
+        "how far a saved run's L_k can be trusted: its importance weights' ESS and Pareto k-hat, per image",
+        "Score N images of the split by L_k as `iwae evaluate` does (the same images and samples), keeping each "
+        "image's weights' effective sample size and the Pareto k-hat of their tail (Vehtari et al. 2024): above 0.5 "
+        "the weights have infinite variance, and above 0.7 the image's L_k is unreliable at this k. Prints the "
+        "shares of images above both and writes diagnostics-<split>-k<K>-n<N>.json and .png into the run folder.",
+    ),
     "compare": Command(
         cli_runs.compare,
         cli_runs.compare_arguments,

@@ -197,6 +197,32 @@ def ais(args: argparse.Namespace) -> None:
           f"steps x {r['chains']} chains, over {r['n']} images; {r['seconds']:.0f} s); {r['file']}")  # fmt: skip
 
 
+def diagnose_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
+    p.add_argument("--k", type=positive_int, help="importance samples, at least 10 (default: the run's eval k)")
+    p.add_argument("--split", choices=data.SPLITS, default="test", help="split (default test)")
+    p.add_argument("--n", "--images", dest="n", type=positive_int, default=1000,
+                   help="N examples spread evenly through the split, as `iwae evaluate --n N` takes them (default "
+                   "1000; the run's eval-n, with its eval k, checks the run's recorded per-image L_k too)")  # fmt: skip
+    _add_data_dir(p)
+    _add_device(p)
+    add_progress_and_threads(p, "those metrics.json was measured on")
+
+
+def diagnose(args: argparse.Namespace) -> None:
+    from iwae.analysis.diagnose_run import diagnose_run
+
+    r = diagnose_run(args.run_dir, k=args.k, split=args.split, n=args.n, data_dir=args.data_dir, threads=args.threads,
+                     device=args.device, progress=not args.quiet)  # fmt: skip
+    recorded = "" if r["recorded"] is None else f"; the run's recorded L_k of these images within {r['recorded']:.1e}"
+    print(f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} over "
+          f"{r['n']} images); Pareto k-hat of the weights: median {r['khat_median']:.2f}, "
+          f"{100 * r['khat_over_half']:.1f}% of images above 0.5 (infinite variance), "
+          f"{100 * r['khat_unreliable']:.1f}% above {r['khat_threshold']:.2f} (L_{r['eval_k']} unreliable there); "
+          f"effective sample size median {r['ess_median']:,.0f}, least {r['ess_min']:,.1f} of {r['eval_k']:,}"
+          f"{recorded}; {r['file']}")  # fmt: skip
+
+
 def sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--n", type=positive_int, default=100, help="number of samples (default 100)")

@@ -183,7 +183,7 @@ def _probe_sampler(model: torch.nn.Module, spec: str, device: torch.device, cuda
     fix = "give it the signature sample(n, generator) returning (n, 784) pixel means, or remove it"
     try:
         with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=cuda):
-            images = model.sample(2, generator=torch.Generator(device).manual_seed(0))
+            images = model.sample(2, generator=streams.generator(0, "probe", device=device))
     except Exception as err:
         raise RunError(f"model {spec}: sample(2, generator=...) raised {type(err).__name__}: {err}; {fix}") from err
     if not isinstance(images, torch.Tensor) or images.numel() != 2 * X_DIM:

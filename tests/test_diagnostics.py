@@ -29,6 +29,27 @@ def test_the_generalized_pareto_fit_finds_the_shape_and_agrees_with_maximum_like
     assert abs(fit.mean().item() - shape) < 3 * 0.04  # (the estimate's spread at n = 2,000 is about 0.03-0.04)
 
 
+# k-hat of fixed log-weights (quantiles, no random draws) by an independent implementation: ArviZ 0.23.4's
+# ``psislw(log_w, reff=1.0)`` (Vehtari et al.'s PSIS, with Zhang & Stephens's fit and the same prior), small k where
+# the prior and the grid matter.
+ARVIZ_KHAT = {
+    ("pareto0.3", 50): 0.38455542923976893, ("pareto0.9", 50): 0.6184941127964734,
+    ("lognormal2", 50): 0.5852048641602117, ("uniform", 50): -0.14362888725869521,
+    ("pareto0.3", 200): 0.34903697147398577, ("pareto0.9", 200): 0.7876963633073639,
+    ("lognormal2", 200): 0.7067509867945617, ("uniform", 200): -0.6360133060563604,
+    ("pareto0.3", 1000): 0.3235606438260616, ("pareto0.9", 1000): 0.8442664334030596,
+    ("lognormal2", 1000): 0.6664972902740932, ("uniform", 1000): -0.8192112494404742,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "k"), list(ARVIZ_KHAT))
+def test_khat_of_fixed_weights_is_an_independent_implementations(name, k):
+    u = (np.arange(1, k + 1) - 0.5) / k  # the quantiles of the weights' distribution
+    log_w = {"pareto0.3": 0.3 * -np.log(u), "pareto0.9": 0.9 * -np.log(u), "lognormal2": 2.0 * stats.norm.ppf(u),
+             "uniform": np.log(u)}[name]  # fmt: skip
+    assert pareto_khat(torch.from_numpy(log_w)[:, None]).item() == pytest.approx(ARVIZ_KHAT[name, k], abs=1e-9)
+
+
 def test_khat_of_pareto_weights_is_their_tail_shape_whatever_their_scale_and_order():
     """Weights w = U^(-xi) have a Pareto tail of shape xi exactly."""
     u = torch.rand(20_000, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -84,15 +105,42 @@ def test_its_estimates_are_log_likelihoods_on_the_same_draws():
     torch.testing.assert_close(d.ess, 400 / (1 + 400 * se.double() ** 2))
 
 
+def test_one_weight_beyond_float64s_range_of_the_others_is_an_infinitely_heavy_tail_not_a_light_one():
+    """Where the other weights vanish beside the largest (more than ~708 nats below it), too few remain to fit:
+    k-hat is +inf, whether subnormal floats are flushed (as weight_diagnostics does) or not."""
+    for d in (700.0, 720.0, 745.0, 800.0, 5000.0):
+        log_w = torch.randn(5000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+        log_w[0] = d
+        khat = pareto_khat(log_w).item()
+        assert khat > 3, (d, khat)
+        diagnosed = weight_diagnostics(BankModel(log_w), torch.zeros(1, 2, dtype=torch.float64), k=5000).khat.item()
+        assert diagnosed == khat, (d, diagnosed, khat)
+    assert pareto_khat(log_w).item() == math.inf
+
+
+def test_tied_weights_give_a_finite_khat_where_the_grid_meets_theta_zero():
+    """k = 1,200: a tail of 104 (a grid of 40 points, whose third is theta = 0 when the lower quartile is the
+    largest exceedance): 104 equal weights above the rest."""
+    log_w = torch.zeros(1200, 1, dtype=torch.float64)
+    log_w[:104] = 1.0
+    assert torch.isfinite(pareto_khat(log_w)).all()
+
+
 def test_a_flat_tail_and_bad_input():
     assert pareto_khat(torch.zeros(100, 2)).eq(-math.inf).all()  # equal weights: perfect importance sampling
+    with pytest.raises(ValueError, match=r"log_w holds NaN or \+inf"):
+        pareto_khat(torch.tensor([[math.nan]] * 20))
+    with pytest.raises(ValueError, match="a column of log_w is all -inf"):
+        pareto_khat(torch.full((20, 1), -math.inf))
+    empty = weight_diagnostics(BankModel(torch.zeros(50, 0)), torch.zeros(0, 2), k=50)
+    assert all(t.shape == (0,) for t in empty)
     with pytest.raises(ValueError, match=r"log_w must have shape \(k, batch\), got \(100,\)"):
         pareto_khat(torch.zeros(100))
     with pytest.raises(ValueError, match="a tail needs at least 10 weights to fit, got k = 9"):
         pareto_khat(torch.zeros(9, 1))
     with pytest.raises(ValueError, match="the weights' tail needs k >= 10 importance samples, got k = 5"):
         weight_diagnostics(BankModel(torch.zeros(5, 1)), torch.zeros(1, 2), k=5)
-    assert (tail_size(5000), tail_size(100), tail_size(10)) == (213, 20, 5)
+    assert (tail_size(5000), tail_size(101), tail_size(100), tail_size(10)) == (213, 21, 20, 5)
     assert khat_threshold(5000) == 0.7 and khat_threshold(100) == pytest.approx(0.5)
 
 
@@ -105,13 +153,19 @@ def test_iwae_diagnose_scores_a_run_as_its_evaluation_did_and_writes_its_tail_di
     name = f"diagnostics-test-k{config.eval_k}-n{config.eval_n}"
     assert "test NLL" in out and "Pareto k-hat of the weights: median" in out and f"{name}.json" in out
     # the run's own evaluation: the same images and samples, so its recorded per-image L_k exactly
-    assert "the run's recorded L_k of these images within 0.0e+00" in out
+    assert "the same L_k as the run's test_ll.json" in out
     result = json.loads((tiny_run / f"{name}.json").read_text())
     assert result["recorded"] == 0.0 and len(result["khat"]) == len(result["ess"]) == config.eval_n
+    assert result["passes"] == pytest.approx(json.loads((tiny_run / "metrics.json").read_text())["passes"])
+    assert result["code"]["version"] == iwae.__version__
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert result["nll"] == pytest.approx(metrics["test_nll"], abs=1e-6)
     assert (tiny_run / f"{name}.png").stat().st_size > 0
     assert main(["diagnose", str(tiny_run), "--n", "7", "--k", "30", "--quiet"]) == 0
     assert "recorded" not in capsys.readouterr().out  # other images, other samples: nothing to check against
     assert main(["diagnose", str(tiny_run), "--k", "9", "--quiet"]) == 1
-    assert "needs k >= 10 importance samples, got k = 9" in capsys.readouterr().err
+    assert "needs k >= 10 importance samples, got k = 9\n" in capsys.readouterr().err
+    from iwae.runs.rundir import clear_results
+
+    clear_results(tiny_run)  # a run that starts over loses its diagnoses with its evaluation
+    assert not list(tiny_run.glob("diagnostics-*"))

@@ -47,8 +47,8 @@ class WeightDiagnostics(NamedTuple):
 
 
 def tail_size(k: int) -> int:
-    """M, the weights in the fitted tail: min(k / 5, 3 sqrt(k)) (Vehtari et al. 2024), at least 5."""
-    return max(5, min(k // 5, math.ceil(3 * math.sqrt(k))))
+    """M, the weights in the fitted tail: ceil(min(k / 5, 3 sqrt(k))) (Vehtari et al. 2024), at least 5."""
+    return max(5, math.ceil(min(k / 5, 3 * math.sqrt(k))))
 
 
 def khat_threshold(k: int) -> float:
@@ -59,28 +59,41 @@ def khat_threshold(k: int) -> float:
 def pareto_khat(log_w: Tensor) -> Tensor:
     """Pareto k-hat of each column's weights from (k, batch) log-weights, shape (batch,), in float64.
 
-    The largest :func:`tail_size` ``(k)`` weights above the next largest are fitted; a column whose tail is flat
-    (every one of them equal) gets -inf. k must be at least 10."""
+    The largest :func:`tail_size` ``(k)`` weights above the next largest are fitted. A column whose tail is flat
+    (every one of them equal) gets -inf; one whose tail spans more than float64 can hold (fewer than 5 of those
+    weights within a factor of about 1e-308 of the largest, the rest one weight's shadow) gets +inf. k must be at
+    least 10; a NaN or +inf log-weight, or a column whose weights are all 0 (log-weight -inf), is refused."""
     if log_w.dim() != 2:
         raise ValueError(f"log_w must have shape (k, batch), got {tuple(log_w.shape)}")
     k = log_w.shape[0]
     if k < 10:
         raise ValueError(f"a tail needs at least 10 weights to fit, got k = {k}")
+    if torch.isnan(log_w).any() or (log_w == math.inf).any():
+        raise ValueError("log_w holds NaN or +inf: no tail to fit")
     top = torch.topk(log_w.double(), tail_size(k) + 1, dim=0).values  # descending
+    if (top[0] == -math.inf).any():
+        raise ValueError("a column of log_w is all -inf (every weight 0): no tail to fit")
     return _khat_of_top(top)
 
 
 def _khat_of_top(top: Tensor) -> Tensor:
-    """k-hat from each column's M + 1 largest log-weights, in descending order."""
-    # Exceedances over the threshold (the (M+1)-th largest), as weights scaled by the largest: in [0, 1].
-    scaled = torch.exp(top - top[:1])
-    x = (scaled[:-1] - scaled[-1:]).flip(0)  # ascending
-    return _gpd_shape(x)
+    """k-hat from each column's M + 1 largest log-weights, in descending order (finite largest)."""
+    # Exceedances over the threshold t (the (M+1)-th largest), as weights relative to the largest w_1:
+    # (w_i - t) / w_1 = (w_i / w_1)(1 - t / w_i), each factor in [0, 1] (no overflow, no cancellation).
+    x = (torch.exp(top[:-1] - top[:1]) * -torch.expm1(top[-1:] - top[:-1])).flip(0)  # ascending
+    # Exceedances below float64's smallest normal number count as 0 (a subnormal flush, on or off, changes nothing).
+    fitted = (x >= torch.finfo(torch.float64).tiny).sum(0)  # the largest ones: a suffix of each column
+    khat = torch.where(fitted == 0, -math.inf, math.inf).to(x.dtype)  # flat; or too few for a fit
+    for n in fitted.unique().tolist():
+        if n >= 5:
+            columns = fitted == n
+            khat[columns] = _gpd_shape(x[-n:, columns])
+    return khat
 
 
 def _gpd_shape(x: Tensor) -> Tensor:
-    r"""Zhang & Stephens (2009)'s estimate of the generalized Pareto shape from (n, batch) exceedances in ascending
-    order, with the prior of 10 pseudo-observations at 0.5; -inf where every exceedance is 0.
+    r"""Zhang & Stephens (2009)'s estimate of the generalized Pareto shape from (n, batch) positive exceedances in
+    ascending order, with the prior of 10 pseudo-observations at 0.5.
 
     In their parameterisation :math:`\theta = -\xi / \sigma`: for each :math:`\theta_j` of a grid set by the sample's
     largest value and lower quartile, the profile log-likelihood :math:`n(\log(-\theta/\xi(\theta)) - \xi(\theta) -
@@ -88,19 +101,15 @@ def _gpd_shape(x: Tensor) -> Tensor:
     mean of the grid, and :math:`\hat\xi = \xi(\hat\theta)`."""
     n = x.shape[0]
     grid = 30 + math.isqrt(n)
-    x_max = x[-1]
-    quartile = x[int(n / 4 + 0.5) - 1]
-    quartile = torch.where(quartile > 0, quartile, x_max)  # (ties at zero in the lower quarter)
     j = torch.arange(1, grid + 1, dtype=x.dtype, device=x.device).unsqueeze(1)
-    flat = x_max <= 0
-    safe_max = torch.where(flat, 1.0, x_max)
-    theta = 1 / safe_max + (1 - torch.sqrt(grid / (j - 0.5))) / (3 * torch.where(flat, 1.0, quartile))  # (grid, b)
+    theta = 1 / x[-1] + (1 - torch.sqrt(grid / (j - 0.5))) / (3 * x[int(n / 4 + 0.5) - 1])  # (grid, batch)
     xi = torch.log1p(-theta.unsqueeze(1) * x.unsqueeze(0)).mean(1)  # (grid, batch)
     profile = n * (torch.log(-theta / xi) - xi - 1)
+    # (a grid point at theta = 0 exactly, the exponential's limit, has no value here: it is left out)
+    profile = torch.where(torch.isfinite(profile), profile, -math.inf)
     theta_hat = (torch.softmax(profile, 0) * theta).sum(0)
     shape = torch.log1p(-theta_hat * x).mean(0)
-    shape = (n * shape + _PRIOR_WEIGHT * _PRIOR_SHAPE) / (n + _PRIOR_WEIGHT)
-    return torch.where(flat, -math.inf, shape)
+    return (n * shape + _PRIOR_WEIGHT * _PRIOR_SHAPE) / (n + _PRIOR_WEIGHT)
 
 
 @torch.no_grad()
@@ -127,6 +136,8 @@ def weight_diagnostics(
     keep = tail_size(k) + 1
     n = x.shape[0]
     out = torch.full((4, n), math.nan, dtype=torch.float64, device=x.device)
+    if n == 0:  # no examples: no estimates
+        return WeightDiagnostics(out[0].to(x.dtype), out[1].to(x.dtype), out[2], out[3])
     tops: dict[int, Tensor] = {}
 
     def observe(first: int, lw: Tensor) -> None:

@@ -214,9 +214,12 @@ def diagnose(args: argparse.Namespace) -> None:
 
     r = diagnose_run(args.run_dir, k=args.k, split=args.split, n=args.n, data_dir=args.data_dir, threads=args.threads,
                      device=args.device, progress=not args.quiet)  # fmt: skip
-    recorded = "" if r["recorded"] is None else f"; the run's recorded L_k of these images within {r['recorded']:.1e}"
+    recorded = ("" if r["recorded"] is None else "; the same L_k as the run's test_ll.json" if r["recorded"] == 0 else
+                f"; {r['recorded']:.2g} nats at most from the run's test_ll.json on the same images (other samples: "
+                "another device or code)")  # fmt: skip
+    median = "inf" if r["khat_median"] is None else f"{r['khat_median']:.2f}"
     print(f"{args.run_dir}: {r['split']} NLL {r['nll']:.2f} +- {r['nll_sem']:.2f} nats (mean -L_{r['eval_k']} over "
-          f"{r['n']} images); Pareto k-hat of the weights: median {r['khat_median']:.2f}, "
+          f"{r['n']} images); Pareto k-hat of the weights: median {median}, "
           f"{100 * r['khat_over_half']:.1f}% of images above 0.5 (infinite variance), "
           f"{100 * r['khat_unreliable']:.1f}% above {r['khat_threshold']:.2f} (L_{r['eval_k']} unreliable there); "
           f"effective sample size median {r['ess_median']:,.0f}, least {r['ess_min']:,.1f} of {r['eval_k']:,}"

@@ -352,12 +352,13 @@ def update_config(run_dir: str | Path, changes: dict[str, Any]) -> TrainConfig:
 
 def clear_results(run_dir: str | Path) -> None:
     """Remove what an evaluation wrote (``metrics.json``, the figures, ``test_ll.json``, ``eval-*.json`` and the
-    progress of one under way): the run starts over."""
+    progress of one under way, ``iwae diagnose``'s ``diagnostics-*``): the run starts over."""
     run_dir = Path(run_dir)
     for path in [run_dir / n for n in (METRICS_NAME, SAMPLES_NAME, ACTIVE_UNITS_NAME, TRAINING_NAME, PER_IMAGE_NAME)]:
         path.unlink(missing_ok=True)
-    for path in [*run_dir.glob("eval-*.json"), *run_dir.glob("eval-*.progress.safetensors")]:
-        path.unlink()
+    for pattern in ("eval-*.json", "eval-*.progress.safetensors", "diagnostics-*.json", "diagnostics-*.png"):
+        for path in run_dir.glob(pattern):
+            path.unlink()
 
 
 def load_run(

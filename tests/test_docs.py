@@ -478,6 +478,17 @@ def test_the_khat_numbers_quoted_are_those_of_the_committed_benchmark():
             f"under the ROC curve {run['auc_khat']:.2f} and {run['auc_stderr']:.2f})") in index  # fmt: skip
 
 
+def test_the_published_k1_models_diagnosis_quoted_is_the_committed_one():
+    folder = ROOT / "results/full-protocol/weights/mnist-l1-k1"
+    r = json.loads((folder / "diagnostics-test-k5000-n10000.json").read_text())
+    text = " ".join((ROOT / "results/full-protocol/README.md").read_text().split())
+    assert r["recorded"] == 0.0 and r["n"] == 10_000 and r["passes"] == 3280 and not r["code"]["dirty"]
+    assert "gives every recorded L_5000 exactly" in text
+    assert f"has median {r['khat_median']:.2f}: {100 * r['khat_over_half']:.1f}% of the images lie above 0.5" in text
+    assert (f"and {100 * r['khat_unreliable']:.1f}% above 0.7, where L_5000 is unreliable by PSIS's rule; the "
+            f"effective sample size is {r['ess_median']:.0f} of 5,000 at the median") in text  # fmt: skip
+
+
 def test_the_release_is_named_alike_everywhere():
     """iwae.__version__ (the one place it is written) is CITATION.cff's version and has its CHANGELOG.md heading."""
     citation = re.search(r"^version: (\S+)$", (ROOT / "CITATION.cff").read_text(), flags=re.M)

@@ -18,7 +18,7 @@ import iwae
 from iwae.analysis.diagnostics import _gpd_shape, khat_threshold, pareto_khat, tail_size, weight_diagnostics
 
 
-@pytest.mark.parametrize("shape", [-0.4, 0.0, 0.3, 0.7, 1.2])
+@pytest.mark.parametrize("shape", [-0.4, 0.3, 1.2])
 def test_the_generalized_pareto_fit_finds_the_shape_and_agrees_with_maximum_likelihood(shape):
     rng = np.random.default_rng(1)
     x = np.sort(stats.genpareto(c=shape).rvs(size=(2000, 6), random_state=rng), axis=0)

@@ -135,3 +135,18 @@ def test_a_run_of_a_bound_this_installation_lacks_names_its_config_and_the_likel
     with pytest.raises(rundir.RunError, match=f"{tmp_path / rundir.CONFIG_NAME}: unknown bound 'vr-max'; choose one "
                        r"of .* \(edited by hand, or made by another version of iwae or a fork\?\)"):  # fmt: skip
         rundir.read_config(tmp_path)
+
+
+def test_a_run_that_starts_over_loses_what_described_its_old_model_and_keeps_the_rest(tmp_path):
+    from iwae.runs import rundir
+
+    gone = ["metrics.json", "samples.png", "active_units.png", "training.png", "test_ll.json",
+            "eval-test-k20-n50.json", "eval-train-k20-n50-nll.progress.safetensors", "diagnostics-test-k20-n50.json",
+            "diagnostics-test-k20-n50.png", "ais-test-s500-c16-n100.json",
+            "ais-test-s5-c2-n3-prior.progress.safetensors", "bdmc-s100-c8-n100.json", "compare-a-b-test-k20-n50.json",
+            "samples-n100-seed0.png"]  # fmt: skip
+    kept = ["config.json", "checkpoint.safetensors", "metrics.jsonl", "notes.txt", "samples-of-mine.png"]
+    for name in gone + kept:
+        (tmp_path / name).write_text("x")
+    rundir.clear_results(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)

@@ -352,13 +352,21 @@ def update_config(run_dir: str | Path, changes: dict[str, Any]) -> TrainConfig:
 
 def clear_results(run_dir: str | Path) -> None:
     """Remove what an evaluation wrote (``metrics.json``, the figures, ``test_ll.json``, ``eval-*.json`` and the
-    progress of one under way, ``iwae diagnose``'s ``diagnostics-*``): the run starts over."""
+    progress of one under way) and what the commands that question a model wrote into its folder (``iwae diagnose``,
+    ``ais``, ``compare``, ``sample``): the run starts over, and those described the model it had."""
     run_dir = Path(run_dir)
     for path in [run_dir / n for n in (METRICS_NAME, SAMPLES_NAME, ACTIVE_UNITS_NAME, TRAINING_NAME, PER_IMAGE_NAME)]:
         path.unlink(missing_ok=True)
-    for pattern in ("eval-*.json", "eval-*.progress.safetensors", "diagnostics-*.json", "diagnostics-*.png"):
+    for pattern in _ANALYSES:
         for path in run_dir.glob(pattern):
             path.unlink()
+
+
+# The files of the commands that score or draw from a run's model, in its folder (their names' patterns).
+_ANALYSES = (
+    "eval-*.json", "eval-*.progress.safetensors", "diagnostics-*.json", "diagnostics-*.png", "ais-*.json",
+    "ais-*.progress.safetensors", "bdmc-*.json", "compare-*.json", "samples-n*-seed*.png",
+)  # fmt: skip
 
 
 def load_run(

@@ -65,8 +65,20 @@ def cell(run: Path, reproduction: dict, prefix: dict) -> dict:
         train_machines=metrics.get("train_machines"), eval_machine=metrics.get("eval_machine"),
         eval_seconds=metrics.get("eval_seconds"),  # absent from runs evaluated before it was recorded
         to_paper=row["test_nll"] - row["paper_test_nll"], meets_goal=row["test_nll"] - row["paper_test_nll"] <= GOAL,
+        weights=weight_diagnostics(run, row["eval_k"], row["eval_n"]),
     )  # fmt: skip
     return row
+
+
+def weight_diagnostics(run: Path, k: int, n: int) -> dict | None:
+    """The summary of ``iwae diagnose`` on the images and samples of the cell's test NLL, where the folder holds it
+    (``diagnostics-test-k<k>-n<n>.json``), else None."""
+    path = run / f"diagnostics-test-k{k}-n{n}.json"
+    if not path.is_file():
+        return None
+    d = json.loads(path.read_text())
+    keys = ("khat_median", "khat_over_half", "khat_unreliable", "khat_threshold", "ess_median", "recorded")
+    return {key: d[key] for key in keys}
 
 
 def claims(records: dict[str, dict], reproduction: dict) -> list[dict]:
@@ -176,7 +188,28 @@ def markdown(rows: list[dict], found: list[dict], command: str) -> str:
         ours = "pending" if d is None else f"{d['mean']:.3f} ± {d['sem']:.3f}"
         lines.append(f"| {c['claim']} | {c['a']} | {c['b']} | {ours} | {c['paper']:.2f} | {c.get('reading', '-')} "
                      f"| {'-' if spread is None else f'{spread:.2f}'} |")  # fmt: skip
-    return "\n".join(lines + machine_lines(rows) + curve_lines(rows)) + "\n"
+    return "\n".join(lines + weight_lines(rows) + machine_lines(rows) + curve_lines(rows)) + "\n"
+
+
+def weight_lines(rows: list[dict]) -> list[str]:
+    """How far each test NLL can be trusted: the Pareto k-hat and effective sample size of its images' importance
+    weights (:mod:`iwae.analysis.diagnostics`), where the cell's folder holds ``iwae diagnose``'s summary."""
+    lines = ["", "The importance weights behind each test NLL (`iwae diagnose FOLDER --n N` with the cell's own k and "
+             "images): the share of images whose weights' Pareto k-hat is above 0.5 (infinite variance) and above the "
+             "threshold of unreliability, the median k-hat, and the median effective sample size.", "",
+             "| cell | k-hat > 0.5 | k-hat > threshold | median k-hat | median ESS | the recorded L_k |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+    for r in rows:
+        w = r.get("weights")
+        if w is None:
+            lines.append(f"| {r['name']} | not diagnosed: `iwae diagnose FOLDER --n {r['eval_n']}` | | | | |")
+            continue
+        replayed = {None: "not compared", 0.0: "replayed exactly"}.get(w["recorded"], f"within {w['recorded']:.2g}")
+        median = "inf" if w["khat_median"] is None else f"{w['khat_median']:.2f}"
+        lines.append(f"| {r['name']} | {100 * w['khat_over_half']:.1f}% | {100 * w['khat_unreliable']:.1f}% (above "
+                     f"{w['khat_threshold']:.2f}) | {median} | {w['ess_median']:,.0f} of {r['eval_k']:,} "
+                     f"| {replayed} |")  # fmt: skip
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

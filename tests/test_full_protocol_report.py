@@ -98,3 +98,20 @@ def test_a_claims_reading_sets_our_difference_against_the_papers():
     assert reading({"mean": 0.19, "sem": 0.1}, 0.93) == "no difference beyond twice the evaluation's standard error"
     assert reading({"mean": 1.0, "sem": 0.1}, 0.93) == "as the paper: +0.07 nats from its difference"
     assert reading({"mean": -0.5, "sem": 0.1}, 0.29) == "opposite to the paper: -0.79 nats from its difference"
+
+
+def test_a_cell_diagnosed_on_its_own_images_shows_its_weights_and_the_others_say_how(cells, references, tmp_path):
+    from iwae.analysis.diagnose_run import diagnose_run
+
+    config = json.loads((cells["mnist-l1-k1"] / "config.json").read_text())
+    diagnosed = diagnose_run(cells["mnist-l1-k1"], n=config["eval_n"])
+    out = tmp_path / "results.json"
+    assert full_protocol.main([*map(str, cells.values()), *references, "--out", str(out)]) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())["cells"]}
+    weights = rows["mnist-l1-k1"]["weights"]
+    assert weights["recorded"] == 0.0 and weights["khat_median"] == diagnosed["khat_median"]
+    assert rows["mnist-l1-vae-k5"]["weights"] is None
+    text = out.with_suffix(".md").read_text()
+    assert f"| {100 * weights['khat_unreliable']:.1f}% (above {weights['khat_threshold']:.2f}) |" in text
+    assert "| replayed exactly |" in text
+    assert f"| mnist-l1-vae-k5 | not diagnosed: `iwae diagnose FOLDER --n {config['eval_n']}` |" in text

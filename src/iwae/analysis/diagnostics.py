@@ -3,7 +3,8 @@ of its k weights and the Pareto :math:`\hat k` of their upper tail.
 
 :math:`\mathcal{L}_{5000}` (Section 5.1) is an average of weights :math:`w_i = p(x, h_i) / q(h_i \mid x)`. Where q
 misses part of the posterior, a few rare, huge weights carry the average: the estimate then sits far below log p(x)
-for a long time, and its delta-method standard error, read from the same weights, says nothing of it. The
+for a long time, and its delta-method standard error, read from the same weights, cannot exceed one nat however far
+short it falls. The
 generalized Pareto shape :math:`\xi` of the weights' tail says how heavy that tail is (Vehtari, Simpson, Gelman,
 Yao & Gabry, *Pareto smoothed importance sampling*, JMLR 2024; Yao et al. 2018 used it to diagnose variational
 approximations):

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from benchmarks import measure
 from benchmarks.device_check import NEEDS_CUDA, Context, Section, Skip
+from iwae.analysis.diagnostics import weight_diagnostics
 from iwae.evaluate import log_likelihood
 from iwae.fleets.fleet import make_fleet
 from iwae.models.model import IWAE
@@ -178,8 +179,9 @@ class SharedNoise:
 
 
 def ll_section(sec: Section, ctx: Context) -> None:
-    """(a-iii) iwae.evaluate.log_likelihood on the device = on the CPU: with the same noise, to float32 rounding;
-    with each device's own generator (different random streams), within Monte Carlo error."""
+    """(a-iii) iwae.evaluate.log_likelihood on the device = on the CPU: with the same noise, to float32 rounding (and
+    the weights' Pareto k-hat with it); with each device's own generator (different random streams), within Monte
+    Carlo error."""
     s = ctx.settings["ll"]
     n, test = s["images"], mnist(ctx, "test")
     if test is None:
@@ -202,6 +204,13 @@ def ll_section(sec: Section, ctx: Context) -> None:
         mean_nll_cpu=-float(cpu.mean()),
         mean_nll_device=-float(dev.mean()),
     )
+    if sec.fits("the weights' diagnostics on the device", 1):
+        khat_cpu = weight_diagnostics(SharedNoise(model, 7), x, s["k"]).khat
+        khat_dev = weight_diagnostics(SharedNoise(on_device, 7), xd, s["k"]).khat.cpu()
+        # (float32 rounding moves k-hat by about 1e-4: float32 against float64 on the CPU)
+        gap = float((khat_cpu - khat_dev).abs().max())
+        sec.check("Pareto k-hat of the weights on the device = on the CPU (same noise)", gap <= 2e-3,
+                  max_abs_diff=gap, tol_abs=2e-3, median_khat=float(khat_cpu.median()))  # fmt: skip
     if not sec.fits("L_k with each device's own generator", 1):
         return
     a = log_likelihood(model, x, s["k"], generator=torch.Generator().manual_seed(1))

@@ -48,7 +48,7 @@ def test_quick_cpu_mode_runs_every_section_and_passes_the_cpu_checks(tmp_path):
     names = [c["name"] for c in sections["fleet_correctness"]["checks"]]
     assert any("float32" in n for n in names) and any("float64" in n for n in names)
     assert any("needs CUDA" in k["why"] for k in sections["fleet_correctness"]["skipped"])  # the graph fleet
-    assert len(sections["log_likelihood_correctness"]["checks"]) == 2
+    assert len(sections["log_likelihood_correctness"]["checks"]) == 3  # L_k, k-hat (same noise), L_k (own streams)
     if DATA_DIR:
         resume = sections["resume_correctness"]
         assert resume["values"]["kill"]["killed"], resume

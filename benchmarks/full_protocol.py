@@ -65,18 +65,20 @@ def cell(run: Path, reproduction: dict, prefix: dict) -> dict:
         train_machines=metrics.get("train_machines"), eval_machine=metrics.get("eval_machine"),
         eval_seconds=metrics.get("eval_seconds"),  # absent from runs evaluated before it was recorded
         to_paper=row["test_nll"] - row["paper_test_nll"], meets_goal=row["test_nll"] - row["paper_test_nll"] <= GOAL,
-        weights=weight_diagnostics(run, row["eval_k"], row["eval_n"]),
+        weights=weight_diagnostics(run, row["eval_k"], row["eval_n"], row["passes"]),
     )  # fmt: skip
     return row
 
 
-def weight_diagnostics(run: Path, k: int, n: int) -> dict | None:
+def weight_diagnostics(run: Path, k: int, n: int, passes: float) -> dict | None:
     """The summary of ``iwae diagnose`` on the images and samples of the cell's test NLL, where the folder holds it
-    (``diagnostics-test-k<k>-n<n>.json``), else None."""
+    (``diagnostics-test-k<k>-n<n>.json``) for the model scored (after the same passes), else None."""
     path = run / f"diagnostics-test-k{k}-n{n}.json"
     if not path.is_file():
         return None
     d = json.loads(path.read_text())
+    if d.get("passes") is None or abs(d["passes"] - passes) > 1e-6:  # a diagnosis of the model at another pass
+        return None
     keys = ("khat_median", "khat_over_half", "khat_unreliable", "khat_threshold", "ess_median", "recorded")
     return {key: d[key] for key in keys}
 
@@ -204,7 +206,9 @@ def weight_lines(rows: list[dict]) -> list[str]:
         if w is None:
             lines.append(f"| {r['name']} | not diagnosed: `iwae diagnose FOLDER --n {r['eval_n']}` | | | | |")
             continue
-        replayed = {None: "not compared", 0.0: "replayed exactly"}.get(w["recorded"], f"within {w['recorded']:.2g}")
+        recorded = w["recorded"]
+        replayed = "not compared" if recorded is None else "replayed exactly" if recorded == 0 else (
+            f"within {recorded:.2g} (other samples)")  # fmt: skip
         median = "inf" if w["khat_median"] is None else f"{w['khat_median']:.2f}"
         lines.append(f"| {r['name']} | {100 * w['khat_over_half']:.1f}% | {100 * w['khat_unreliable']:.1f}% (above "
                      f"{w['khat_threshold']:.2f}) | {median} | {w['ess_median']:,.0f} of {r['eval_k']:,} "

@@ -39,8 +39,8 @@ def groups(log_px: torch.Tensor, ll: torch.Tensor, khat: torch.Tensor, threshold
     gap = log_px - ll.double()
     low = min(0.5, threshold)  # (below k = 100 the threshold is under 0.5: no middle group)
     rows = []
-    for name, keep in ((f"k-hat <= {low:.2f}", khat <= low), (f"{low:.2f} < k-hat <= {threshold:.2f}", (khat > low) &
-                       (khat <= threshold)), (f"k-hat > {threshold:.2f}", khat > threshold)):  # fmt: skip
+    middle = [(f"{low:.2f} < k-hat <= {threshold:.2f}", (khat > low) & (khat <= threshold))] if low < threshold else []
+    for name, keep in [(f"k-hat <= {low:.2f}", khat <= low), *middle, (f"k-hat > {threshold:.2f}", khat > threshold)]:
         g = gap[keep]
         n = g.numel()
         rows.append({"group": name, "images": n, "gap": g.mean().item() if n else None,

@@ -147,3 +147,23 @@ class Builders:
     @classmethod
     def of_class(cls, latent_dim: int = 3) -> iwae.GaussianLatentModel:
         return mlp_vae(latent_dim)
+
+
+SAMPLER_BROKEN = False  # tests/test_own_model.py breaks the sampler below after its model is built
+
+
+class _SamplesWithGradients(iwae.GaussianLatentModel):
+    """A sampler that uses autograd inside (a refinement step), as the samples figure may call it."""
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        if SAMPLER_BROKEN:
+            raise RuntimeError("sampler broke")
+        h = torch.randn(n, self.latent_dims[0], generator=generator, requires_grad=True)
+        (step,) = torch.autograd.grad(h.square().sum(), h)
+        return torch.sigmoid(self.decoder(h - 0.01 * step)).detach()
+
+
+@iwae.model_builder
+def refined_sampler(latent_dim: int = 3) -> iwae.GaussianLatentModel:
+    base = mlp_vae(latent_dim)
+    return _SamplesWithGradients(base.encoder, base.decoder, latent_dim)

@@ -225,7 +225,9 @@ def test_khat_exact_groups_the_images_by_khat_with_their_gaps_to_the_exact_log_l
         last = run["groups"][-1]
         assert last["images"] == len(flagged) == run["flagged"]
         assert last["gap"] is None or last["gap"] == pytest.approx(sum(flagged) / len(flagged))
-    assert "| 40 | k-hat <= 0.38 |" in out.with_suffix(".md").read_text()  # (the threshold at k = 40: 0.38)
+    text = out.with_suffix(".md").read_text()
+    assert "| 40 | k-hat <= 0.38 |" in text and "0.38 < k-hat <= 0.38" not in text  # (k = 40's threshold: 0.38)
+    assert [len(r["groups"]) for r in result["runs"]] == [2, 2]  # no middle group below k = 100
 
 
 def test_ais_gap_writes_l5000_and_each_annealing_beside_it(data_dir, tmp_path, capsys):

@@ -115,3 +115,11 @@ def test_a_cell_diagnosed_on_its_own_images_shows_its_weights_and_the_others_say
     assert f"| {100 * weights['khat_unreliable']:.1f}% (above {weights['khat_threshold']:.2f}) |" in text
     assert "| replayed exactly |" in text
     assert f"| mnist-l1-vae-k5 | not diagnosed: `iwae diagnose FOLDER --n {config['eval_n']}` |" in text
+    path = cells["mnist-l1-k1"] / f"diagnostics-test-k{config['eval_k']}-n{config['eval_n']}.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "recorded": None}))  # compared with nothing: said so
+    assert full_protocol.main([*map(str, cells.values()), *references, "--out", str(out)]) == 0
+    assert "| not compared |" in out.with_suffix(".md").read_text()
+    path.write_text(json.dumps({**record, "passes": record["passes"] / 2}))  # a diagnosis of an earlier model
+    assert full_protocol.main([*map(str, cells.values()), *references, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["cells"][0]["weights"] is None

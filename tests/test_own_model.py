@@ -150,6 +150,21 @@ def test_a_class_method_builds_with_the_mark_above_or_below_its_decorator(name, 
     assert model.latent_dims == [3]
 
 
+def test_the_sampler_is_checked_as_a_run_starts_and_a_folder_loads_whatever_it_does_later(data_dir, monkeypatch):
+    """A sampler that uses autograd inside passes (the samples figure calls it with gradients on); one that breaks
+    after its run began stops no loading (evaluate, export and load_run draw no samples)."""
+    import own_models
+
+    from iwae.runs.own_model import check_sampler
+
+    config = TrainConfig(data_dir=data_dir, model="own_models:refined_sampler")
+    check_sampler(rundir.build_model(config), config.model)
+    monkeypatch.setattr(own_models, "SAMPLER_BROKEN", True)
+    model = rundir.build_model(config)  # as loading a folder builds it
+    with pytest.raises(rundir.RunError, match="sample.* raised RuntimeError: sampler broke"):
+        check_sampler(model, config.model)
+
+
 def test_a_stacked_fleet_refuses_a_model_of_ones_own(data_dir):
     from iwae.fleets.fleet import stackable
 

@@ -184,6 +184,7 @@ def test_a_snapshot_of_an_unfinished_run_continues_elsewhere_exactly(tiny_run, t
     # the run goes on (its training finished, not evaluated): a second snapshot replaces the first in place
     rundir.update_config(run, {"evaluate": False})
     iwae.runs.train.train_and_evaluate(run, progress=False)
+    (out / "diagnostics-test-k20-n50.json").write_text("{}")  # (a question asked of the earlier snapshot: it goes)
     assert main(["snapshot", str(run), "--out", str(out)]) == 0
     assert rundir.read_log(out) == rundir.read_log(run) and len(rundir.read_log(out)) > counted["log_lines"]
     assert sorted(p.name for p in out.iterdir()) == sorted(SNAPSHOT_FILES)

@@ -74,7 +74,8 @@ def test_every_generator_of_the_library_comes_from_the_stream_function():
                 found.append(f"{path.relative_to(SRC)}: {line.strip()}")
     assert found == [
         "data/omniglot.py: shuffled = pool[np.random.default_rng(SEED).permutation(len(pool))]",
-        'runs/sharing.py: "samples = model.sample(16, generator=torch.Generator().manual_seed(0))")  # fmt: skip',
+        'runs/sharing.py: "samples = model.sample(16, generator=torch.Generator(next(model.parameters()).device)'
+        '.manual_seed(0))"',
     ]
 
 

@@ -212,8 +212,10 @@ COMMANDS = {
         "how far a saved run's L_k can be trusted: its importance weights' ESS and Pareto k-hat, per image",
         "Score N images of the split by L_k as `iwae evaluate` does (the same images and samples), keeping each "
         "image's weights' effective sample size and the Pareto k-hat of their tail (Vehtari et al. 2024): above 0.5 "
-        "the weights have infinite variance, and above 0.7 the image's L_k is unreliable at this k. Prints the "
-        "shares of images above both and writes diagnostics-<split>-k<K>-n<N>.json and .png into the run folder.",
+        "the weights have infinite variance, and above min(1 - 1/log10(K), 0.7) (0.7 from K = 2,155 on) the "
+        "image's L_k is unreliable at this K (at least 10). Prints the shares of images above both and writes "
+        "diagnostics-<split>-k<K>-n<N>.json and .png into the run folder; --n as large as the split (10000 for "
+        "MNIST's test set) diagnoses all of it.",
     ),
     "compare": Command(
         cli_runs.compare,

@@ -214,9 +214,9 @@ def submit_run(args: argparse.Namespace, config: TrainConfig) -> dict[str, Any] 
     out = Path(args.out).resolve()
     check_new(out)
     if config.model is not None:  # a model of one's own is checked here, not in the job's log
-        from iwae.runs.own_model import build_own_model
+        from iwae.runs.own_model import build_own_model, check_sampler
 
-        build_own_model(config)
+        check_sampler(build_own_model(config), config.model)
     made = out if not out.exists() else out / "slurm" if not (out / "slurm").exists() else None
     try:
         jobs = submit([RunSpec(out.name, config)], out.parent, options_from_args(args, out / "slurm"))

@@ -11,7 +11,7 @@ Its initial weights are drawn under torch's global generator seeded from the run
 
 The run's schedule, estimators, checkpoints, learning curve and final evaluation (L_5000, A_u) are the paper
 model's; the pruned model's NLL (Section 5.2) needs the paper's layers and is left out, and the samples figure
-needs a ``sample(n, generator)`` method (checked, with the rest, before the run starts).
+needs a ``sample(n, generator)`` method (:func:`check_sampler`, as the run starts).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from iwae.runs.errors import RunError
 from iwae.util import streams
 from iwae.util.modes import eval_mode
 
-__all__ = ["build_own_model", "model_builder", "check_outside", "X_DIM"]
+__all__ = ["build_own_model", "check_sampler", "model_builder", "check_outside", "X_DIM"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -160,8 +160,7 @@ def build_own_model(config: TrainConfig) -> torch.nn.Module:
         raise RunError(f"model {config.model} returned a {type(model).__name__}, not a torch.nn.Module")
     if (problem := _problem(model)) is not None:
         raise RunError(f"model {config.model}: {problem}")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    cuda = [device.index or 0] if device.type == "cuda" else []
+    device, cuda = _device(model)
     try:  # two images of the data sets' 28 x 28 pixels, in eval mode (no batch statistics updated, no dropout)
         with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=cuda):
             log_w = model.log_weights(torch.zeros(2, X_DIM, device=device), 3)
@@ -172,20 +171,29 @@ def build_own_model(config: TrainConfig) -> torch.nn.Module:
     if tuple(log_w.shape) != (3, 2):
         raise RunError(f"model {config.model}: log_weights(x of shape (2, {X_DIM}), k=3) returned shape "
                        f"{tuple(log_w.shape)}; expected (k, batch) = (3, 2)")  # fmt: skip
-    if hasattr(model, "sample"):  # the samples figure, drawn after the final evaluation, calls it so
-        _probe_sampler(model, config.model, device, cuda)
     return model
 
 
-def _probe_sampler(model: torch.nn.Module, spec: str, device: torch.device, cuda: list[int]) -> None:
-    """A RunError unless ``model.sample(2, generator=...)`` draws two images of 784 pixels: found now, not after the
-    training and evaluation that precede the samples figure."""
+def check_sampler(model: torch.nn.Module, spec: str) -> None:
+    """A RunError unless a model of one's own that has a ``sample`` method draws ``sample(2, generator=...)`` of 784
+    pixels, as the samples figure after the final evaluation calls it: checked as a run starts, not after its
+    training and evaluation (a folder that exists loads whatever its sampler does)."""
+    if not hasattr(model, "sample"):
+        return
+    device, cuda = _device(model)
     fix = "give it the signature sample(n, generator) returning (n, 784) pixel means, or remove it"
     try:
-        with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=cuda):
+        with eval_mode(model), torch.random.fork_rng(devices=cuda):
             images = model.sample(2, generator=streams.generator(0, "probe", device=device))
     except Exception as err:
         raise RunError(f"model {spec}: sample(2, generator=...) raised {type(err).__name__}: {err}; {fix}") from err
     if not isinstance(images, torch.Tensor) or images.numel() != 2 * X_DIM:
         got = f"shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else f"a {type(images).__name__}"
         raise RunError(f"model {spec}: sample(2, generator=...) returned {got}, not 2 images of {X_DIM} pixels; {fix}")
+
+
+def _device(model: torch.nn.Module) -> tuple[torch.device, list[int]]:
+    """The device of the model's parameters (the CPU without any), and the CUDA devices a probe's ``fork_rng``
+    forks there (none on the CPU)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return device, [device.index or 0] if device.type == "cuda" else []

@@ -23,6 +23,7 @@ While a process trains or evaluates a run it holds the folder's ``.lock`` (:func
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import json
 import os
 import shutil
@@ -49,8 +50,8 @@ __all__ = [
     "TRAINING_NAME", "PER_IMAGE_NAME", "LOCK_NAME", "RunError", "locked",
     "resolve_device", "build_model", "create", "read_config", "status", "append_log", "truncate_log",
     "read_log", "has_checkpoint", "is_exported", "save_state", "load_state", "load_run", "check_new", "update_config",
-    "absolute_data_dir", "with_data_dir", "clear_results", "PENDING_NAME", "pending_position", "commit_pending",
-    "drop_pending",
+    "absolute_data_dir", "with_data_dir", "clear_results", "is_analysis", "PENDING_NAME", "pending_position",
+    "commit_pending", "drop_pending",
 ]  # fmt: skip
 
 CONFIG_NAME = "config.json"
@@ -357,9 +358,15 @@ def clear_results(run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     for path in [run_dir / n for n in (METRICS_NAME, SAMPLES_NAME, ACTIVE_UNITS_NAME, TRAINING_NAME, PER_IMAGE_NAME)]:
         path.unlink(missing_ok=True)
-    for pattern in _ANALYSES:
-        for path in run_dir.glob(pattern):
+    for path in run_dir.iterdir():
+        if path.is_file() and is_analysis(path.name):
             path.unlink()
+
+
+def is_analysis(name: str) -> bool:
+    """Whether a run folder's file named so is one that a command questioning its model wrote (:func:`clear_results`
+    lists them)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _ANALYSES)
 
 
 # The files of the commands that score or draw from a run's model, in its folder (their names' patterns).

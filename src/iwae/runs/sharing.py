@@ -39,6 +39,7 @@ from iwae.runs.rundir import (
     TRAINING_NAME,
     RunError,
     build_model,
+    is_analysis,
     is_exported,
     read_config,
 )
@@ -115,7 +116,9 @@ def snapshot_run(run_dir: str | Path, out: str | Path) -> Path:
     """Copy the unfinished run of ``run_dir`` into ``out``, a folder ``iwae resume`` continues (the module docstring).
 
     The run may be training meanwhile: its checkpoint is copied first, then the log, cut back to the checkpoint's
-    lines. ``out`` is replaced if it holds an earlier snapshot (nothing but :data:`SNAPSHOT_FILES`). Returns ``out``.
+    lines. ``out`` is replaced if it holds an earlier snapshot (nothing but :data:`SNAPSHOT_FILES` and what the
+    commands that question a model wrote into it, :func:`~iwae.runs.rundir.is_analysis`: they go with it). Returns
+    ``out``.
     ``init_from`` stays in the config (a run with a checkpoint never reads it; a reproduction compares it).
 
     :raises RunError: the run is finished (export it instead) or has no checkpoint yet, or ``out`` lies in the run's
@@ -136,9 +139,10 @@ def snapshot_run(run_dir: str | Path, out: str | Path) -> Path:
         if (out / LOCK_NAME).exists():
             raise RunError(f"{out} is a run folder of its own (it holds a {LOCK_NAME}: something trained there); "
                            "delete it, or snapshot into a new folder")  # fmt: skip
-        if not out.is_dir() or any(p.name not in SNAPSHOT_FILES for p in out.iterdir()):
-            raise RunError(f"{out} holds files other than an earlier snapshot's ({', '.join(SNAPSHOT_FILES)}); "
-                           "snapshot into a new folder")  # fmt: skip
+        if not out.is_dir() or any(p.name not in SNAPSHOT_FILES and not is_analysis(p.name) for p in out.iterdir()):
+            raise RunError(f"{out} holds files other than an earlier snapshot's ({', '.join(SNAPSHOT_FILES)}, and "
+                           "what `iwae evaluate`, `diagnose`, `ais`, `compare` or `sample` wrote into it); snapshot "
+                           "into a new folder")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:  # whole, or nothing
         staged = Path(tmp) / "snapshot"
@@ -186,8 +190,9 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
     pruned = metrics.get("test_nll_pruned")  # (None for a model of one's own)
     sampler = callable(getattr(model, "sample", None))
     # (a model of one's own was checked to take a generator, not to have a default for it)
-    draw = ("samples = model.sample(16)" if config.model is None else
-            "samples = model.sample(16, generator=torch.Generator().manual_seed(0))")  # fmt: skip
+    draw = ("samples = model.sample(16)" if config.model is None else  # (a generator on the model's device)
+            "samples = model.sample(16, generator=torch.Generator(next(model.parameters()).device).manual_seed(0))"
+            )  # fmt: skip
     own = [] if config.model is None else [
         f"- Its code is not in this folder: loading it imports `{config.model.partition(':')[0]}` and calls "
         f"`{config.model}` (with `model_kwargs` from `config.json`), which must be importable there."

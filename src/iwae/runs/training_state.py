@@ -18,6 +18,7 @@ from iwae.objectives import Objective
 from iwae.runs import rundir
 from iwae.runs.config import Stage, TrainConfig, schedule, stage_steps
 from iwae.runs.evaluate_run import curve_images, describe_evaluation
+from iwae.runs.own_model import check_sampler
 from iwae.runs.rundir import build_model
 from iwae.runs.train_step import make_optimizer
 from iwae.util import streams
@@ -237,6 +238,8 @@ def open_run(config: TrainConfig, run_dir: Path, fresh: bool, create: bool, load
         )
     batches = Batches(x, config.batch_size, dynamic=not data.is_binary(config.dataset))
     model = build_model(config, output_bias=x.mean(0)).to(loaded.device)
+    if create and config.model is not None:
+        check_sampler(model, config.model)
     optimizer = make_optimizer(model, betas=config.adam_betas)
     gens = Generators.seeded(config.seed, loaded.device, config.streams, own_model=config.model is not None)
     curve_x = loaded.curve(config)

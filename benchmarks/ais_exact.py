@@ -25,9 +25,9 @@ import torch
 
 import iwae
 from benchmarks import report
-from benchmarks.exact_ll import exact_log_px
+from benchmarks.exact_ll import exact_log_px, published_images
 from iwae.ais import ais_log_likelihood
-from iwae.runs.evaluate_run import eval_images, stream
+from iwae.runs.evaluate_run import stream
 from iwae.util.machine import describe
 
 RESULTS = Path(__file__).parent / "results"
@@ -58,10 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS / "ais_exact.json", help=report.OUT_HELP)
     args = p.parse_args(argv)
     report.check_out(p, args.out)
-    torch.set_num_threads(1)
-    model, config, _ = iwae.pretrained.load(args.model)
-    model = model.cpu().eval()
-    x = eval_images(config, "test", args.n, torch.device("cpu"), config.seed)
+    model, config, x = published_images(args.model, args.n)
     start = time.perf_counter()
     log_px = exact_log_px(model, x, 6.0, args.points)
     rows = {"exact": {"mean": log_px.mean().item(), "seconds": time.perf_counter() - start, "ll": log_px.tolist()}}

@@ -26,7 +26,7 @@ from benchmarks import report
 from benchmarks.peer_nll import machine
 from iwae.evaluate import log_likelihood
 from iwae.models.model import IWAE
-from iwae.runs.config import schedule
+from iwae.runs.config import TrainConfig, schedule
 from iwae.runs.evaluate_run import eval_images
 from iwae.runs.rundir import load_run
 
@@ -55,6 +55,16 @@ def exact_log_px(model: IWAE, x: torch.Tensor, half_width: float, n: int, chunk:
         log_px_h = logits @ xd.T - F.softplus(logits).sum(1, keepdim=True)  # (G, B)
         total = torch.logaddexp(total, torch.logsumexp(log_px_h + log_w[start : start + chunk, None], 0))
     return total
+
+
+def published_images(name: str, n: int) -> tuple[IWAE, TrainConfig, torch.Tensor]:
+    """A published model (:mod:`iwae.pretrained`) on the CPU in eval mode, its config, and the first ``n`` images of
+    its test evaluation (:func:`iwae.runs.evaluate_run.eval_images`), with torch on one thread."""
+    import iwae
+
+    torch.set_num_threads(1)
+    model, config, _ = iwae.pretrained.load(name)
+    return model.cpu().eval(), config, eval_images(config, "test", n, torch.device("cpu"), config.seed)
 
 
 def grid_check(model: IWAE, x: torch.Tensor, half_width: float, n: int) -> tuple[torch.Tensor, dict]:

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import torch
 
-import iwae
 from benchmarks import report
-from benchmarks.exact_ll import exact_log_px
+from benchmarks.exact_ll import exact_log_px, published_images
 from iwae.analysis.diagnostics import khat_threshold, weight_diagnostics
-from iwae.runs.evaluate_run import eval_images, stream
+from iwae.runs.evaluate_run import stream
 from iwae.util.machine import describe
 
 RESULTS = Path(__file__).parent / "results"
@@ -68,11 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS / "khat_exact.json", help=report.OUT_HELP)
     args = p.parse_args(argv)
     report.check_out(p, args.out)
-    torch.set_num_threads(1)
-    model, config, _ = iwae.pretrained.load(args.model)
-    model = model.cpu().eval()
+    model, config, x = published_images(args.model, args.n)
     cpu = torch.device("cpu")
-    x = eval_images(config, "test", args.n, cpu, config.seed)
     log_px = exact_log_px(model, x, 6.0, args.points)
     runs = []
     for k in map(int, args.ks.split(",")):

@@ -189,8 +189,8 @@ def model_card(name: str, config: TrainConfig, metrics: dict[str, Any], model: I
     evaluated = "" if seconds is None else f" Evaluated in {seconds / 3600:,.1f} hours on {evaluator}."
     pruned = metrics.get("test_nll_pruned")  # (None for a model of one's own)
     sampler = callable(getattr(model, "sample", None))
-    # (a model of one's own was checked to take a generator, not to have a default for it)
-    draw = ("samples = model.sample(16)" if config.model is None else  # (a generator on the model's device)
+    # (a model of one's own was checked to take a generator, on its device, not to have a default for it)
+    draw = ("samples = model.sample(16)" if config.model is None else
             "samples = model.sample(16, generator=torch.Generator(next(model.parameters()).device).manual_seed(0))"
             )  # fmt: skip
     own = [] if config.model is None else [

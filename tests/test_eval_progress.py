@@ -188,6 +188,7 @@ def test_progress_of_another_measurement_or_damaged_is_not_used(tmp_path, saves_
     assert torch.equal(ll, _whole())
 
 
+@pytest.mark.slow  # two final evaluations of the tiny run
 def test_a_stopped_final_evaluation_continues_with_the_same_numbers(tiny_run, saves_every_block, tmp_path,
                                                                     monkeypatch):  # fmt: skip
     """finish_run stopped in the middle of its second measurement, then run again: metrics.json and test_ll.json

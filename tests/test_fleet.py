@@ -296,6 +296,7 @@ def _train_ab(configs: list[TrainConfig], fleet: Path) -> None:
     train_fleet(configs, [fleet / "a", fleet / "b"], fleet / MANIFEST_NAME, mode="stacked", progress=False)
 
 
+@pytest.mark.slow  # a fleet trained, stopped and resumed through the command line
 def test_iwae_train_seeds_makes_a_fleet_and_resume_continues_it(data_dir, tmp_path, cached_data, capsys):
     out = tmp_path / "fleet"
     flags = ["--dataset", "mnist", "--k", "3", "--stages", "2", "--pass-scale", "0.01", "--eval-k", "10",

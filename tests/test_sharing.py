@@ -151,6 +151,7 @@ def test_the_code_version_names_this_checkouts_commit(monkeypatch):
     assert code_version()["commit"] == head  # each caller gets its own copy
 
 
+@pytest.mark.slow  # three tiny trainings
 def test_a_snapshot_of_an_unfinished_run_continues_elsewhere_exactly(tiny_run, tiny_config, tmp_path, monkeypatch,
                                                                      capsys):  # fmt: skip
     """A run stopped mid-way (the checkpoint of its second pass's end fails, its log line written) is copied as its

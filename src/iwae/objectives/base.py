@@ -19,7 +19,7 @@ from torch import Tensor
 from iwae.models.latent_model import GaussianLatentModel, SampledModel
 from iwae.models.model import IWAE
 from iwae.util import streams
-from iwae.util.modes import eval_mode
+from iwae.util.modes import eval_mode, forked_rng
 
 if TYPE_CHECKING:
     from iwae.objectives.loss import Objective
@@ -154,9 +154,8 @@ def check_path_keywords(model: SampledModel, x: Tensor, estimator: str) -> None:
         found = torch.autograd.grad(log_w.sum(), encoder, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for g, p in zip(found, encoder)]
 
-    cuda = [x.device] if x.device.type == "cuda" else []
     # a model's own global draws kept out of the run's stream
-    with eval_mode(model), torch.enable_grad(), torch.random.fork_rng(devices=cuda):
+    with eval_mode(model), torch.enable_grad(), forked_rng(x.device):
         noise = model.draw_noise(1, x.shape[0], streams.generator(0, "probe", device=x.device))
         held = encoder_grad(True, torch.Tensor.detach)
         score = encoder_grad(False, torch.Tensor.detach) if held is not None else None

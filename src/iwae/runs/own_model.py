@@ -29,7 +29,7 @@ from iwae.objectives.loss import check_sampled_model
 from iwae.runs.config import TrainConfig
 from iwae.runs.errors import RunError
 from iwae.util import streams
-from iwae.util.modes import eval_mode
+from iwae.util.modes import eval_mode, forked_rng
 
 __all__ = ["build_own_model", "check_sampler", "model_builder", "check_outside", "X_DIM"]
 
@@ -160,9 +160,9 @@ def build_own_model(config: TrainConfig) -> torch.nn.Module:
         raise RunError(f"model {config.model} returned a {type(model).__name__}, not a torch.nn.Module")
     if (problem := _problem(model)) is not None:
         raise RunError(f"model {config.model}: {problem}")
-    device, cuda = _device(model)
+    device = _device(model)
     try:  # two images of the data sets' 28 x 28 pixels, in eval mode (no batch statistics updated, no dropout)
-        with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=cuda):
+        with eval_mode(model), torch.no_grad(), forked_rng(device):
             log_w = model.log_weights(torch.zeros(2, X_DIM, device=device), 3)
     except Exception as err:
         raise RunError(f"model {config.model} cannot score images of {X_DIM} pixels, as the data sets hold: "
@@ -180,10 +180,10 @@ def check_sampler(model: torch.nn.Module, spec: str) -> None:
     training and evaluation (a folder that exists loads whatever its sampler does)."""
     if not hasattr(model, "sample"):
         return
-    device, cuda = _device(model)
+    device = _device(model)
     fix = "give it the signature sample(n, generator) returning (n, 784) pixel means, or remove it"
     try:
-        with eval_mode(model), torch.random.fork_rng(devices=cuda):
+        with eval_mode(model), forked_rng(device):
             images = model.sample(2, generator=streams.generator(0, "probe", device=device))
     except Exception as err:
         raise RunError(f"model {spec}: sample(2, generator=...) raised {type(err).__name__}: {err}; {fix}") from err
@@ -192,8 +192,6 @@ def check_sampler(model: torch.nn.Module, spec: str) -> None:
         raise RunError(f"model {spec}: sample(2, generator=...) returned {got}, not 2 images of {X_DIM} pixels; {fix}")
 
 
-def _device(model: torch.nn.Module) -> tuple[torch.device, list[int]]:
-    """The device of the model's parameters (the CPU without any), and the CUDA devices a probe's ``fork_rng``
-    forks there (none on the CPU)."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return device, [device.index or 0] if device.type == "cuda" else []
+def _device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's parameters (the CPU without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))

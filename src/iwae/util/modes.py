@@ -1,11 +1,14 @@
-"""A model's train/eval mode for a block of work, each submodule's own mode found restored after it."""
+"""A model's train/eval mode for a block of work, each submodule's own mode found restored after it; and the global
+random state a probe of a model may draw from, put back after it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
-__all__ = ["eval_mode"]
+import torch
+
+__all__ = ["eval_mode", "forked_rng"]
 
 
 @contextmanager
@@ -23,3 +26,9 @@ def eval_mode(model: object) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def forked_rng(device: torch.device) -> AbstractContextManager[None]:
+    """torch's global generators (the CPU's, and ``device``'s if it is a CUDA device) as found, after the block: a
+    probe's draws from them (a model's own dropout, say) are not a run's."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])

@@ -17,6 +17,10 @@ the end beside `reparam`'s and DReG's on the same batch, is lower.
 
 Registered once, ``iwae.objectives.register_estimator("vimco", VIMCO())``, it is an estimator like the built-in ones
 for ``iwae.Objective``, ``iwae.objective``, ``iwae.make_train_step`` and ``iwae.analysis.snr.gradient_snr``;
+named by its module, ``own_estimator:vimco`` (this module's instance), it trains a run folder too:
+
+    PYTHONPATH=examples iwae train --estimator own_estimator:vimco --k 5 --out runs/vimco
+
 ``tests/test_examples.py`` checks that its expected gradient is reparam's.
 """
 
@@ -76,6 +80,9 @@ class VIMCO(Estimator):
         return with_value(-surrogate.mean(), -estimate.mean())  # the value: minus the batch mean of L_hat
 
 
+vimco = VIMCO()  # what `--estimator own_estimator:vimco` names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3000, help="training steps of batch 20 (default 3000: 1 pass)")
@@ -91,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.eval_k, args.eval_n, args.snr_draws = 30, 100, 20, 10
-    iwae.objectives.register_estimator("vimco", VIMCO())
+    iwae.objectives.register_estimator("vimco", vimco)
     if args.estimator == "vimco" and args.k < 2:
         parser.error("VIMCO's baselines leave one sample out: --k must be 2 or more")
     if args.estimator not in iwae.objectives.ESTIMATORS_BY_NAME:

@@ -93,3 +93,16 @@ def _trained_tiny_run(tiny_config, tmp_path_factory) -> Path:
 def tiny_run(_trained_tiny_run, tmp_path) -> Path:
     """A copy of the trained and evaluated TINY run in this test's tmp_path, the test's own to change."""
     return Path(shutil.copytree(_trained_tiny_run, tmp_path / "tiny-run"))
+
+
+@pytest.fixture
+def registry_as_found():
+    """What a test registers (by naming a bound or an estimator MODULE:NAME, or by hand) is taken out after it:
+    other tests list the package's bounds and estimators."""
+    from iwae.objectives import names, registry
+
+    kept = dict(registry._BOUNDS), dict(registry._ESTIMATORS), dict(names.BOUND_PARAMS)
+    yield
+    for table, before in zip((registry._BOUNDS, registry._ESTIMATORS, names.BOUND_PARAMS), kept):
+        table.clear()
+        table.update(before)

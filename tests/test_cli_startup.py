@@ -150,7 +150,8 @@ def test_reproduce_estimate_measures_the_runs_own_step_and_counts_its_steps(monk
         real(before)  # not through the patch: only estimate_seconds' calls are recorded
     ((objective, kwargs),) = calls
     assert (objective.bound, objective.k, objective.estimator, objective.m) == ("miwae", 5, "reparam", 20)
-    assert objective.samples_per_example == 100 and kwargs == {"flush_denormal": False}
+    assert objective.samples_per_example == 100 and kwargs["flush_denormal"] is False
+    assert isinstance(kwargs["generator"], torch.Generator)  # (its own: the caller's global stream untouched)
     assert threads == [1, before, 1, before]  # each measured on one thread, as training runs, then restored
     steps = sum(max(1, round(s.passes * 59_600 / 20)) for s in schedule(config))
     # 1 step per "second" of the patched clock; 1,000 samples of 8 images in 1 "second": L_10 for 2 test images

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -11,9 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import binary_batch, tiny_model
+from conftest import TINY, binary_batch, tiny_model
 
 import iwae
+from iwae.cli import main
+from iwae.runs import rundir
+from iwae.runs.config import total_passes
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.py"))
 
@@ -57,6 +61,20 @@ def vimco():
     register_estimator("vimco", module.VIMCO())
     yield module
     registry._ESTIMATORS.pop("vimco")
+
+
+@pytest.mark.slow  # trains a tiny run
+def test_vimco_named_by_its_module_trains_a_run_folder(data_dir, tmp_path, monkeypatch, registry_as_found):
+    """`iwae train --estimator own_estimator:vimco`, with examples/ on the import path, as its docstring says."""
+    monkeypatch.syspath_prepend(str(EXAMPLES[0].parent))
+    monkeypatch.delitem(sys.modules, "own_estimator", raising=False)  # (imported from there, dropped after)
+    (tmp_path / "tiny.json").write_text(json.dumps(dict(TINY, stages=1, evaluate=False)))
+    argv = ["train", "--config", str(tmp_path / "tiny.json"), "--estimator", "own_estimator:vimco", "--out",
+            str(tmp_path / "run"), "--data-dir", data_dir, "--quiet", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    log, config = rundir.read_log(tmp_path / "run"), rundir.read_config(tmp_path / "run")
+    assert config.estimator == "own_estimator:vimco"
+    assert log[-1]["pass"] == total_passes(config) and all(math.isfinite(r["bound"]) for r in log if "bound" in r)
 
 
 def test_vimcos_leave_one_out_estimates_replace_one_weight_by_the_others_geometric_mean(vimco):

@@ -276,7 +276,7 @@ def test_a_bound_registered_from_outside_trains_with_the_estimators_defined_for_
     from iwae.runs.config import TrainConfig
 
     with pytest.raises(ValueError, match="unknown bound 'vr-max'; choose one of .* \\(a bound added by register_bound "
-                       "trains from Python"):  # fmt: skip
+                       "is known to the process that added it; a run folder names it as MODULE:NAME"):  # fmt: skip
         TrainConfig(bound="vr-max")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # m is its own: no "has no effect" warning
@@ -348,7 +348,7 @@ def test_an_estimator_registered_from_outside_trains_the_bounds_it_is_defined_fo
     from iwae.runs.config import TrainConfig
 
     with pytest.raises(ValueError, match="unknown estimator 'my-stl'; choose one of .* \\(an estimator added by "
-                       "register_estimator trains from Python"):  # fmt: skip
+                       "register_estimator is known to the process that added it"):  # fmt: skip
         TrainConfig(estimator="my-stl")
 
 

@@ -79,6 +79,24 @@ def test_every_generator_of_the_library_comes_from_the_stream_function():
     ]
 
 
+def test_a_model_built_from_a_stream_and_a_run_trained_and_evaluated_leave_torchs_global_generator_alone(
+    tiny_config, tmp_path
+):
+    """torch's layers draw their default initialisation from the global generator; a model given a generator of
+    its own (as every run's is) takes none of those draws from the caller's stream, and neither does a run."""
+    from iwae.runs.train import train_and_evaluate
+
+    torch.manual_seed(5)
+    state = torch.random.get_rng_state()
+    iwae.IWAE.paper(layers=2, generator=generator(0, "init"))
+    iwae.IWAE.from_latent_dims([2], 784, generator=generator(0, "init"))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    train_and_evaluate(tmp_path / "run", tiny_config.replace(stages=1), progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    iwae.IWAE.paper(layers=1)  # no generator given: the global generator's, as torch's layers are
+    assert not torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_a_run_records_its_scheme_and_an_old_run_folder_reads_as_scheme_1(tmp_path):
     from iwae.runs.config import TrainConfig
     from iwae.runs.rundir import read_config

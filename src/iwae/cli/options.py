@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from iwae.runs.config import TrainConfig, read_config_file
+from iwae.runs.config import TrainConfig, choice_or_own, read_config_file
 
 __all__ = ["add_config_options", "overrides_from_args", "options_table", "config_from_args"]
 
@@ -52,7 +52,10 @@ def add_config_options(
             kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
         else:
             kwargs.update(type=meta["type"] or str, metavar=meta["metavar"])
-            if meta["choices"]:
+            if meta["own"]:  # a choice, or code of one's own
+                kwargs["type"] = choice_or_own(meta["choices"], meta["own"])
+                kwargs["metavar"] = "{" + ",".join(meta["choices"]) + ",MODULE:NAME}"
+            elif meta["choices"]:
                 kwargs["choices"] = meta["choices"]
                 kwargs["metavar"] = meta["metavar"] or "{" + ",".join(map(str, meta["choices"])) + "}"
         if meta["aliases"] and "action" not in kwargs:

@@ -12,7 +12,7 @@ from pathlib import Path
 from iwae import data
 from iwae.cli.options import add_config_options, overrides_from_args
 from iwae.objectives.names import KINDS, PARAMS
-from iwae.runs.config import int_list, positive_float, positive_int
+from iwae.runs.config import choice_or_own, int_list, positive_float, positive_int
 
 __all__ = [
     "RUN_DIR_HELP", "add_progress_and_threads", "report_run", "evaluate_arguments", "evaluate",
@@ -298,7 +298,8 @@ def snr_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", nargs="?", help=f"{RUN_DIR_HELP} (default: train a small model)")
     p.add_argument("--k", type=int_list, default=[1, 5, 50, 500], help="numbers of samples (default 1,5,50,500)")
     p.add_argument("--estimators", default="reparam,stl,dreg", help="comma-separated (default reparam,stl,dreg)")
-    p.add_argument("--bound", default="iwae", choices=KINDS, help="the bound whose gradients are measured (iwae)")
+    p.add_argument("--bound", default="iwae", type=choice_or_own(KINDS, "an iwae.objectives.Bound"), metavar="BOUND",
+                   help="the bound whose gradients are measured (iwae; or MODULE:NAME)")  # fmt: skip
     add_config_options(p, PARAMS)  # the bounds' parameters (m, beta, alpha), declared once
     p.add_argument("--draws", type=positive_int, default=100, help="gradient draws per k and estimator (100)")
     p.add_argument("--batch", type=positive_int, default=20, help="images in the fixed minibatch (default 20)")

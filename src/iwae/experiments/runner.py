@@ -31,7 +31,7 @@ from iwae.runs.config import LEGACY, RESUMABLE, TrainConfig, schedule
 from iwae.runs.rundir import build_model, status
 from iwae.runs.train import default_threads, train_and_evaluate
 from iwae.runs.train_step import build_step, make_optimizer
-from iwae.util import atomic
+from iwae.util import atomic, streams
 
 __all__ = [
     "FAILED_LINE",
@@ -89,10 +89,10 @@ def _steps_per_second(config: TrainConfig, threads: int, seconds: float = 1.0) -
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        model = build_model(config)
-        step = build_step(model, make_optimizer(model), Objective.from_config(config),
+        model, gen = build_model(config), streams.generator(0, "probe")  # (the caller's global stream untouched)
+        step = build_step(model, make_optimizer(model), Objective.from_config(config), generator=gen,
                           flush_denormal=config.flush_denormal)  # fmt: skip
-        x = torch.bernoulli(torch.full((config.batch_size, 784), 0.13))
+        x = torch.bernoulli(torch.full((config.batch_size, 784), 0.13), generator=gen)
         for _ in range(3):
             step(x)
         n, start = 0, time.perf_counter()
@@ -112,10 +112,10 @@ def _seconds_per_sample(config: TrainConfig, threads: int) -> float:
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        model = build_model(config)
-        x = torch.bernoulli(torch.full((8, 784), 0.13))
+        model, gen = build_model(config), streams.generator(0, "probe")
+        x = torch.bernoulli(torch.full((8, 784), 0.13), generator=gen)
         start = time.perf_counter()
-        log_likelihood(model, x, 1000, flush_denormal=config.flush_denormal)
+        log_likelihood(model, x, 1000, generator=gen, flush_denormal=config.flush_denormal)
         return (time.perf_counter() - start) / (8 * 1000)
     finally:
         torch.set_num_threads(old)

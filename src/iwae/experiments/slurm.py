@@ -213,6 +213,7 @@ def submit_run(args: argparse.Namespace, config: TrainConfig) -> dict[str, Any] 
 
     out = Path(args.out).resolve()
     check_new(out)
+    config.check_objective()  # (a bound or an estimator of one's own: checked here, not in the job's log)
     if config.model is not None:  # a model of one's own is checked here, not in the job's log
         from iwae.runs.own_model import build_own_model, check_sampler
 

@@ -105,7 +105,7 @@ class LoopFleet(Fleet):
         global_generators: Sequence[torch.Generator | None] | None = None,
     ) -> None:
         """:param global_generators: per run, a generator whose state stands in for torch's global generator on its
-        device during that run's step (a model of one's own that draws from it: dropout), or None."""
+        device during that run's step (code of one's own that draws from it: a model's dropout), or None."""
         super().__init__(models, optimizers, objectives, generators, flush_denormal=flush_denormal)
         self._globals = list(global_generators or [None] * len(self.models))
         if len(self._globals) != len(self.models):
@@ -341,8 +341,8 @@ def stackable(models: Sequence[IWAE], objectives: Sequence[Objective]) -> str | 
     """Why these runs cannot share a :class:`StackedFleet`, or None if they can."""
     registered = sorted({o.estimator for o in objectives if o.estimator not in ESTIMATORS})
     if registered:  # its loss is its own; a stacked fleet computes the bound of the log-weights (reparam, stl)
-        return f"estimator {', '.join(registered)} was added by register_estimator: its loss is its own, which a " \
-            "stacked fleet does not call (a loop fleet does)"  # fmt: skip
+        return f"estimator {', '.join(registered)} is one of one's own: its loss is its own, which a stacked " \
+            "fleet does not call (a loop fleet does)"  # fmt: skip
     if any(not obj.compilable for obj in objectives):
         names = sorted({f"{o.bound}/{o.estimator}" for o in objectives if not o.compilable})
         return f"the loss of {', '.join(names)} is not a function of the log-weights alone (vmap cannot carry it)"

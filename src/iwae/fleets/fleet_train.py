@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from iwae.fleets.fleet import Fleet, make_fleet
+from iwae.objectives.names import ESTIMATORS
 from iwae.runs import rundir
 from iwae.runs.config import TrainConfig
 from iwae.runs.evaluate_run import code_version, finish_run
@@ -67,11 +68,17 @@ def _check_fleet(configs: list[TrainConfig]) -> torch.device:
 
 
 def _check_stackable_models(configs: list[TrainConfig], mode: str) -> None:
-    """A ValueError, before any folder is made, for a stacked fleet of models of one's own."""
+    """A ValueError, before any folder is made, for a stacked fleet of models or estimators of one's own."""
+    if mode not in ("stacked", "graph"):
+        return
     own = next((c.model for c in configs if c.model is not None), None)
-    if own is not None and mode in ("stacked", "graph"):
+    if own is not None:
         raise ValueError(f"--fleet {mode} stacks the paper's layers: a model of one's own ({own}) is stepped by a "
                          "loop fleet; use --fleet loop or auto")  # fmt: skip
+    own = next((c.estimator for c in configs if c.estimator not in ESTIMATORS), None)
+    if own is not None:
+        raise ValueError(f"--fleet {mode} computes the package's reparam and STL losses: an estimator of one's own "
+                         f"({own}) is stepped by a loop fleet; use --fleet loop or auto")  # fmt: skip
 
 
 def train_fleet(

@@ -16,6 +16,7 @@ The conditionals are :mod:`iwae.models.layers`; the pruning of latent units (Sec
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from iwae.models._ops import bernoulli_log_prob, gaussian_log_prob, gaussian_log_q, standard_normal_log_prob
 from iwae.models.layers import BernoulliLayer, GaussianLayer, q_params
 from iwae.models.pruning import PrunableUnits, hold
+from iwae.util.modes import forked_rng
 
 __all__ = ["GaussianLayer", "BernoulliLayer", "IWAE", "LogWeights", "Simulated"]
 
@@ -109,17 +111,20 @@ class IWAE(PrunableUnits):
             "likelihood": likelihood,
         }
         below = [self.x_dim, *latent_dims[:-1]]
-        # encoder[l] is q(h^(l+1) | h^l), bottom-up.
-        self.encoder = nn.ModuleList(GaussianLayer(below[l], q_hidden[l], latent_dims[l]) for l in range(n_layers))
-        # decoder[j] is p(h^(L-1-j) | h^(L-j)), top-down; the last entry is p(x | h^1).
-        top_down = list(reversed(range(n_layers)))  # layer index l of the conditioning variable h^(l+1)
-        self.decoder = nn.ModuleList()
-        for j, l in enumerate(top_down):
-            if l == 0:
-                visible = BernoulliLayer if likelihood == "bernoulli" else GaussianLayer
-                self.decoder.append(visible(latent_dims[0], p_hidden[j], self.x_dim))
-            else:
-                self.decoder.append(GaussianLayer(latent_dims[l], p_hidden[j], latent_dims[l - 1]))
+        # (torch's layers draw their default initialisation from the global generator; with a generator of its own,
+        # those draws, overwritten below, are not taken from the caller's stream)
+        with nullcontext() if generator is None else forked_rng(torch.device("cpu")):
+            # encoder[l] is q(h^(l+1) | h^l), bottom-up.
+            self.encoder = nn.ModuleList(GaussianLayer(below[l], q_hidden[l], latent_dims[l]) for l in range(n_layers))
+            # decoder[j] is p(h^(L-1-j) | h^(L-j)), top-down; the last entry is p(x | h^1).
+            top_down = list(reversed(range(n_layers)))  # layer index l of the conditioning variable h^(l+1)
+            self.decoder = nn.ModuleList()
+            for j, l in enumerate(top_down):
+                if l == 0:
+                    visible = BernoulliLayer if likelihood == "bernoulli" else GaussianLayer
+                    self.decoder.append(visible(latent_dims[0], p_hidden[j], self.x_dim))
+                else:
+                    self.decoder.append(GaussianLayer(latent_dims[l], p_hidden[j], latent_dims[l - 1]))
         self._init_pruning()  # every unit kept, until :meth:`pruned` (Section 5.2)
         self.reset_parameters(output_bias, generator=generator)
 

@@ -40,7 +40,9 @@ every bound and estimator
 declared once in :mod:`~iwae.objectives.registry`, and :mod:`~iwae.objectives.loss` (:class:`Objective`).
 A new estimator is a module of its own, one entry in the registry and its name in ``names``; from outside the
 package, :func:`~iwae.objectives.registry.register_bound` and :func:`~iwae.objectives.registry.register_estimator` add
-a bound or an estimator for the Python API.
+a bound or an estimator for the Python API, and ``MODULE:NAME`` names one anywhere a bound or an estimator is named
+(``iwae train --bound my_bounds:tvo``, a run folder's config): :func:`~iwae.objectives.registry.resolve_own` imports
+it.
 
 Only the names (:mod:`~iwae.objectives.names`) are imported with the package; the rest, which needs torch, on
 first use.

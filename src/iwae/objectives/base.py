@@ -80,6 +80,9 @@ class Bound:
         reparameterised estimator (:mod:`iwae.objectives.dreg`): c_i = dL/d log w_i, the weight of grad log w_i,
         and f_i, the factor on sample i's path into the recognition network beside it (c_i f_i = c_i - dc_i/d log
         w_i). None: DReG is not defined for the bound.
+    :param params: the bound parameters ``value`` reads, of those :data:`iwae.objectives.names.PARAMS` declares
+        (``m``, ``beta``, ``alpha``, ...), for a bound of one's own (the package's are listed in
+        :data:`~iwae.objectives.names.BOUND_PARAMS`); a grouped bound reads ``m`` whether it says so or not.
     """
 
     value: Callable[[Tensor, int, dict[str, float]], Tensor]
@@ -87,10 +90,14 @@ class Bound:
     estimators: tuple[str, ...] | None = None
     gradient: Estimator | None = None
     path_weights: Callable[[Tensor, int, dict[str, float]], tuple[Tensor, Tensor]] | None = None
+    params: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.gradient is not None and not self.estimators:
             raise ValueError("a bound that routes its gradient itself must list the estimators it implements")
+        if isinstance(self.params, str) or not all(isinstance(p, str) for p in self.params):
+            raise TypeError(f"a Bound's params are a tuple of parameter names, e.g. ('alpha',), got {self.params!r}")
+        object.__setattr__(self, "params", tuple(self.params))
 
     def samples(self, k: int, m: int) -> int:
         """Samples per example: m groups of k for a grouped bound, else k."""

@@ -18,7 +18,7 @@ from torch import Tensor
 from iwae.models.latent_model import SampledModel
 from iwae.objectives.base import Bound, Estimator, check_path_keywords
 from iwae.objectives.names import BOUND_PARAMS, PARAMS, as_count, declare_params
-from iwae.objectives.registry import BOUNDS, ESTIMATORS_BY_NAME
+from iwae.objectives.registry import BOUNDS, ESTIMATORS_BY_NAME, resolve_own
 
 __all__ = ["Objective", "objective", "resolve_bound"]
 
@@ -46,10 +46,12 @@ class Objective:
     """A bound to maximise and the estimator of its gradient, with their sample counts and the bounds' parameters.
 
     :param bound: the bound, one of :data:`~iwae.objectives.BOUNDS`: the built-in :data:`iwae.KINDS`, and those
-        :func:`~iwae.objectives.register_bound` adds.
+        :func:`~iwae.objectives.register_bound` adds; or ``MODULE:NAME``, an :class:`~iwae.objectives.base.Bound`
+        of one's own that :func:`~iwae.objectives.registry.resolve_own` imports.
     :param k: samples per example (inner samples for ``miwae``/``piwae``).
     :param estimator: the gradient estimator, one of :data:`~iwae.objectives.ESTIMATORS_BY_NAME`: the built-in
-        :data:`iwae.ESTIMATORS`, and those :func:`~iwae.objectives.register_estimator` adds.
+        :data:`iwae.ESTIMATORS`, and those :func:`~iwae.objectives.register_estimator` adds; or ``MODULE:NAME``, an
+        instance of an :class:`~iwae.objectives.base.Estimator` subclass of one's own.
 
     Then one field per parameter of :data:`iwae.objectives.names.PARAMS`, in its order, each checked against its
     declared range and read only by the bounds that declare it: ``m`` (outer groups for ``miwae``/``piwae``,
@@ -79,6 +81,8 @@ class Objective:
         return bool(getattr(self._estimator, "stop_q_grad", False))
 
     def __post_init__(self) -> None:
+        resolve_own(self.bound, "bound")  # (MODULE:NAME: code of one's own, imported and registered by that name)
+        resolve_own(self.estimator, "estimator")
         if self.bound not in BOUNDS:
             raise ValueError(f"unknown bound {self.bound!r}; choose one of {', '.join(BOUNDS)}")
         if self.estimator not in ESTIMATORS_BY_NAME:

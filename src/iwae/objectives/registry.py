@@ -29,9 +29,10 @@ from iwae.objectives.piwae import PIWAERouting
 from iwae.objectives.reparam import Reparam, StickingTheLanding
 from iwae.objectives.rws import ReweightedWakeSleep
 from iwae.objectives.sample_one import SampleOne
+from iwae.util.imports import OwnCodeError, import_named, is_spec
 
 __all__ = ["BOUNDS", "ESTIMATORS_BY_NAME", "KINDS", "ESTIMATORS", "PARAMS", "BOUND_PARAMS", "register_bound",
-           "register_estimator"]  # fmt: skip
+           "register_estimator", "resolve_own"]  # fmt: skip
 
 _BOUNDS: dict[str, Bound] = {
     "vae": Bound(lambda log_w, k, p: bounds.elbo(log_w)),
@@ -63,21 +64,22 @@ def register_bound(name: str, bound: Bound, params: Sequence[str] = ()) -> None:
 
     :param bound: its ``value(log_w, k, params)``, the per-example bound from (n, batch) log-weights, and what else
         :class:`~iwae.objectives.base.Bound` declares.
-    :param params: the bound parameters it reads, of those :data:`~iwae.objectives.names.PARAMS` declares (``m``,
-        ``beta``, ``alpha``, ...), passed to ``value`` by name (``m`` for a ``grouped`` bound, always). A constant of
-        its own is closed over (``functools.partial``, a lambda): a parameter that ``Objective`` and ``TrainConfig``
-        take as a field needs its declaration in ``PARAMS``, in the package.
+    :param params: the bound parameters it reads beside those ``bound.params`` names, of those
+        :data:`~iwae.objectives.names.PARAMS` declares (``m``, ``beta``, ``alpha``, ...), passed to ``value`` by
+        name (``m`` for a ``grouped`` bound, always). A constant of its own is closed over (``functools.partial``,
+        a lambda): a parameter that ``Objective`` and ``TrainConfig`` take as a field needs its declaration in
+        ``PARAMS``, in the package.
 
-    The command line, run folders and fleets know the built-in bounds only (their config is checked against
-    :data:`~iwae.objectives.names.KINDS` as it is parsed): a registered bound is trained from Python.
+    Registered by name, a bound is known to this process: a run folder, the command line and fleets name a bound of
+    one's own as ``MODULE:NAME`` instead (``iwae train --bound my_bounds:tvo``), which :func:`resolve_own` imports
+    and registers under that name wherever the run trains.
     """
     _check_name(name, "a bound", _BOUNDS)
     if not isinstance(bound, Bound):
         raise TypeError(f"register_bound takes an iwae.objectives.Bound (its value(log_w, k, params) and options), "
                         f"got {type(bound).__name__}")  # fmt: skip
     params = (params,) if isinstance(params, str) else tuple(params)
-    if bound.grouped and "m" not in params:  # m groups of k samples: it reads m, whether its value does or not
-        params = ("m", *params)
+    params = tuple(dict.fromkeys(("m",) * bound.grouped + bound.params + params))  # (m: a grouped bound reads it)
     unknown = [p for p in params if p not in PARAMS]
     if unknown:
         raise ValueError(f"unknown bound parameter(s) {', '.join(map(repr, unknown))}; a bound reads those "
@@ -107,7 +109,8 @@ def register_estimator(name: str, estimator: Estimator) -> None:
         the estimate; its ``bounds`` (or ``defined_for``), ``compilable`` and ``path_keywords``. A bound that lists
         the estimators it admits (PIWAE) keeps to its list.
 
-    As with :func:`register_bound`, the command line and run folders know the built-in estimators only. A fleet
+    As with :func:`register_bound`, a name registered so is known to this process; run folders and the command line
+    name an estimator of one's own as ``MODULE:NAME`` (:func:`resolve_own`). A fleet
     (:func:`iwae.fleets.make_fleet`) steps it in its loop mode; a stacked fleet computes the built-in reparam and
     STL losses only, and refuses it. ``compilable = True`` lets ``make_train_step(..., compile=True)`` trace its
     loss: one forward pass on noise given from outside, no second pass.
@@ -123,3 +126,30 @@ def register_estimator(name: str, estimator: Estimator) -> None:
         raise TypeError(f"{type(estimator).__name__}.bounds must be None (every bound) or a tuple of bound names, "
                         f"got {listed!r}")  # fmt: skip
     _ESTIMATORS[name] = estimator
+
+
+def resolve_own(name: str, what: str) -> None:
+    """Where ``name`` is ``MODULE:NAME`` of a bound (``what`` "bound") or an estimator ("estimator") not yet known:
+    import the :class:`~iwae.objectives.base.Bound`, or the instance of an
+    :class:`~iwae.objectives.base.Estimator` subclass, that it names and register it under ``name``, so that a run
+    folder's ``config.json`` names code of one's own as it names the package's (:class:`~iwae.objectives.Objective`
+    calls it). The module comes from the import path; being such an instance is what lets a config name it.
+
+    :raises iwae.util.imports.OwnCodeError: (a ValueError) the module does not import, has no such name, or names
+        something else.
+    """
+    known = _BOUNDS if what == "bound" else _ESTIMATORS
+    if name in known or not is_spec(name):
+        return
+    found = import_named(name, what)
+    if what == "bound" and not isinstance(found, Bound):
+        raise OwnCodeError(f"bound {name}: a {type(found).__name__}, not an iwae.objectives.Bound; name the Bound "
+                           "itself (tvo = Bound(lambda log_w, k, params: ...) in that module)")  # fmt: skip
+    if what == "estimator" and (isinstance(found, type) or not isinstance(found, Estimator)):
+        got = f"the class {found.__name__}" if isinstance(found, type) else f"a {type(found).__name__}"
+        raise OwnCodeError(f"estimator {name}: {got}, not an instance of an iwae.objectives.Estimator subclass; "
+                           "name an instance (vimco = VIMCO() in that module)")  # fmt: skip
+    try:
+        register_bound(name, found) if what == "bound" else register_estimator(name, found)
+    except (TypeError, ValueError) as err:
+        raise OwnCodeError(f"{what} {name}: {err}") from None

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import difflib
 import json
 import math
-import re
 import sys
 import types
 import typing
@@ -26,6 +26,7 @@ from typing import Any
 from iwae.data.resources import DATASETS, SPLIT_SIZES
 from iwae.objectives import ESTIMATORS, KINDS
 from iwae.objectives.names import declare_params
+from iwae.util.imports import is_spec
 from iwae.util.streams import SCHEME, SCHEMES
 
 __all__ = [
@@ -79,6 +80,21 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def choice_or_own(choices: Iterable[str], own: str) -> Callable[[str], str]:
+    """argparse type: one of ``choices``, or ``MODULE:NAME`` naming ``own`` (what it is) of one's own."""
+    choices = tuple(choices)
+
+    def parse(text: str) -> str:
+        if text in choices or is_spec(text):
+            return text
+        near = difflib.get_close_matches(text, choices, n=1, cutoff=0.5)
+        hint = f"did you mean {near[0]!r}?" if near else f"choose one of {', '.join(choices)}, or MODULE:NAME " \
+            f"naming {own} of one's own"  # fmt: skip
+        raise argparse.ArgumentTypeError(f"unknown choice {text!r}; {hint}")
+
+    return parse
+
+
 def seed_list(text: str) -> list[int]:
     """argparse type: seeds as ``0,1,2`` or ranges ``0-9`` (comma-separated, non-negative, no repeats)."""
     seeds: list[int] = []
@@ -116,11 +132,13 @@ def _opt(
     metavar: str | None = None,
     cli: bool = True,
     aliases: tuple[str, ...] = (),
+    own: str | None = None,
 ) -> Any:
     """A config field with its command-line declaration (``cli=False``: config files only; ``aliases``: the
-    field's former flags, still accepted)."""
+    field's former flags, still accepted; ``own``: what ``MODULE:NAME`` names, beside the ``choices``, for code of
+    one's own)."""
     meta = {"help": help, "type": type, "choices": tuple(choices) if choices else None, "flag": flag,
-            "metavar": metavar, "cli": cli, "aliases": aliases}  # fmt: skip
+            "metavar": metavar, "cli": cli, "aliases": aliases, "own": own}  # fmt: skip
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -150,13 +168,16 @@ class TrainConfig:
                                                type=json_object, metavar="JSON")  # fmt: skip
     # the objective: a bound, its sample count and parameters, and a gradient estimator
     bound: str = _opt("iwae", "bound to train on: vae (Eq. 7 gradient), iwae (Eq. 14), miwae, ciwae, piwae, "
-                      "vr (Rényi)", choices=KINDS, aliases=("--objective",))  # fmt: skip
+                      "vr (Rényi); or MODULE:NAME, an iwae.objectives.Bound of one's own", choices=KINDS,
+                      aliases=("--objective",), own="an iwae.objectives.Bound")  # fmt: skip
     k: int = _opt(50, "samples per example (inner samples for miwae/piwae)", type=positive_int)
     # (the bounds' parameters, m, beta, alpha..., are fields too: declared once in iwae.objectives.names.PARAMS,
     # added at the end of the class by @declare_params)
     estimator: str = _opt("reparam", "gradient estimator: reparam, sample-one (Section 3.1), stl, dreg, rws "
-                          "(reweighted wake-sleep), rws-dreg (its wake-phi update doubly reparameterised)",
-                          choices=ESTIMATORS)  # fmt: skip
+                          "(reweighted wake-sleep), rws-dreg (its wake-phi update doubly reparameterised); or "
+                          "MODULE:NAME, an instance of an iwae.objectives.Estimator subclass of one's own",
+                          choices=ESTIMATORS, own="an instance of an iwae.objectives.Estimator subclass"
+                          )  # fmt: skip
     # optimisation: Adam (beta1 0.9, beta2 0.999, eps 1e-4), batch 20, 3^i passes at 1e-3 * 10^(-i/7)
     batch_size: int = _opt(20, "minibatch size", type=positive_int)
     stages: int = _opt(8, "run stages i = 0..N-1 of the paper's 8 (3^i passes at 1e-3 * 10^(-i/7); --schedule "
@@ -205,10 +226,11 @@ class TrainConfig:
         if errors:  # the checks below assume the types
             raise ValueError("; ".join(errors))
         for f in dataclasses.fields(self):
-            choices = f.metadata["choices"]
-            if choices and getattr(self, f.name) not in choices:
-                errors.append(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of {_listing(choices)}"
-                              f"{_registered(f.name, getattr(self, f.name))}")  # fmt: skip
+            choices, own, value = f.metadata["choices"], f.metadata["own"], getattr(self, f.name)
+            if choices and value not in choices and not (own and is_spec(value)):
+                mine = f", or MODULE:NAME naming {own} of one's own" if own else ""
+                errors.append(f"unknown {f.name} {value!r}; choose one of {_listing(choices)}"
+                              f"{_registered(f.name, value) or mine}")  # fmt: skip
         for name in ("k", "batch_size", "eval_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -232,6 +254,14 @@ class TrainConfig:
             errors.append("custom_schedule must be a list of [passes, lr] pairs of positive finite numbers")
         if errors:
             raise ValueError("; ".join(errors))
+        if not (is_spec(self.bound) or is_spec(self.estimator)):  # (code of one's own: see check_objective)
+            self.check_objective()
+
+    def check_objective(self) -> None:
+        """A ValueError where the bound, the estimator, their parameters and ``compile`` do not go together; checked
+        as a config is made, except for a bound or an estimator of one's own (``MODULE:NAME``), whose module is
+        imported only where the run trains (:func:`iwae.runs.training_state.open_run`, before anything is
+        written): a folder that names one loads, evaluates and exports without it."""
         from iwae.objectives import Objective  # torch, so not at import: the command line parses without it
 
         objective = Objective.from_config(self)  # checks the combination and the bound's parameters
@@ -265,6 +295,11 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @property
+    def own_code(self) -> bool:
+        """Whether the run trains code of one's own (``MODULE:NAME``): a model, a bound or an estimator."""
+        return self.model is not None or is_spec(self.bound) or is_spec(self.estimator)
+
+    @property
     def has_curve(self) -> bool:
         """Whether the run logs a test-NLL learning curve (curve_k and curve_n both set)."""
         return self.curve_k > 0 and self.curve_n > 0
@@ -287,15 +322,12 @@ RENAMED: dict[str, str] = {"objective": "bound"}
 RESUMABLE: tuple[str, ...] = ("device", "data_dir", "evaluate", "eval_k", "eval_n", "active_threshold")
 
 
-_MODEL_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-
-
 def _own_model_problems(config: TrainConfig) -> list[str]:
     """What is wrong with the config's model of one's own (``model``, ``model_kwargs``), or nothing."""
     if config.model is None:
         return ["model_kwargs are the arguments of model, which is not given"] if config.model_kwargs else []
     problems = []
-    if not _MODEL_SPEC.fullmatch(config.model):
+    if not is_spec(config.model):
         problems.append(f"model must be MODULE:CALLABLE (e.g. my_vaes:conv_vae), got {config.model!r}")
     paper = [name for name in ("latent_dims", "q_hidden", "p_hidden") if getattr(config, name) is not None]
     if paper or config.layers != 1:
@@ -443,8 +475,8 @@ def _registered(field: str, value: object) -> str:
     registry = sys.modules.get("iwae.objectives.registry")  # (loaded where one was registered: no torch here)
     added = {"bound": ("a", "BOUNDS"), "estimator": ("an", "ESTIMATORS_BY_NAME")}.get(field)
     if registry is not None and added is not None and value in getattr(registry, added[1]):
-        return f" ({added[0]} {field} added by register_{field} trains from Python, iwae.make_train_step; run " \
-            "folders and the command line know the package's own)"  # fmt: skip
+        return f" ({added[0]} {field} added by register_{field} is known to the process that added it; a run " \
+            "folder names it as MODULE:NAME, the module that defines it and its name there)"  # fmt: skip
     return ""
 
 

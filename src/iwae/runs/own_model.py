@@ -16,11 +16,8 @@ needs a ``sample(n, generator)`` method (:func:`check_sampler`, as the run start
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -29,9 +26,10 @@ from iwae.objectives.loss import check_sampled_model
 from iwae.runs.config import TrainConfig
 from iwae.runs.errors import RunError
 from iwae.util import streams
+from iwae.util.imports import OwnCodeError, import_named
 from iwae.util.modes import eval_mode, forked_rng
 
-__all__ = ["build_own_model", "check_sampler", "model_builder", "check_outside", "X_DIM"]
+__all__ = ["build_own_model", "check_sampler", "model_builder", "X_DIM"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,46 +59,17 @@ def _marked(target: Any) -> bool:
         return False
 
 
-def check_outside(config: TrainConfig, run_dir: str | Path) -> None:
-    """A RunError where the module of ``config.model`` would be imported from inside ``run_dir``: a folder one
-    loads (downloaded, say) must not bring the code it runs."""
-    if config.model is None:
-        return
-    top = config.model.partition(":")[0].split(".")[0]
+def _builder(spec: str) -> Any:
+    """The function or class ``MODULE:NAME`` names (NAME may be dotted: a class's static method), imported and
+    marked by :func:`model_builder`."""
     try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return  # (the import itself will say)
-    places = [spec.origin] if spec is not None and spec.origin else []
-    places += list(spec.submodule_search_locations or []) if spec is not None else []
-    inside = Path(run_dir).resolve()
-    if any(Path(p).resolve().is_relative_to(inside) for p in places if p not in ("built-in", "frozen")):
-        raise RunError(f"{run_dir}: its config.json names model {config.model}, whose module {top!r} lies inside "
-                       "the folder itself; a run folder brings no code: keep the module elsewhere, on the import "
-                       "path")  # fmt: skip
-
-
-def _callable(spec: str) -> Any:
-    """The object ``MODULE:NAME`` names (NAME may be dotted: a class's static method), imported: a
-    function or class marked by :func:`model_builder`."""
-    module_name, _, name = spec.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        missing = getattr(err, "name", None)
-        where = (f"its import of {missing!r} failed ({err}): install that" if missing and missing !=
-                 module_name.split(".")[0] else f"({type(err).__name__}: {err}); put the folder that holds it on "
-                 "PYTHONPATH (`PYTHONPATH=. iwae ...`, or `python -m iwae ...` from that folder), or install it"
-                 )  # fmt: skip
-        raise RunError(f"model {spec}: cannot import {module_name!r} {where}") from None
-    for part in name.split("."):
-        if not hasattr(target, part):
-            raise RunError(f"model {spec}: {module_name} has no {name!r}")
-        target = getattr(target, part)
+        target = import_named(spec, "model")
+    except OwnCodeError as err:
+        raise RunError(str(err)) from None
     if not (callable(target) and _marked(target)):
         raise RunError(
-            f"model {spec}: {name} is not marked with @iwae.model_builder; mark the function or class that builds "
-            "your model (a run folder calls only those)"
+            f"model {spec}: {spec.partition(':')[2]} is not marked with @iwae.model_builder; mark the function or "
+            "class that builds your model (a run folder calls only those)"
         )
     return target
 
@@ -150,7 +119,7 @@ def build_own_model(config: TrainConfig) -> torch.nn.Module:
     what it returned, what the run pipeline cannot train or evaluate, a model that cannot score 784-pixel images).
     An error inside the callable itself keeps its traceback, for its author."""
     assert config.model is not None
-    build, kwargs = _callable(config.model), dict(config.model_kwargs or {})
+    build, kwargs = _builder(config.model), dict(config.model_kwargs or {})
     if (problem := _unfit(build, kwargs)) is not None:
         raise RunError(f"model {config.model}: called with {kwargs}: {problem}; give --model-kwargs as a JSON "
                        "object of its keyword arguments")  # fmt: skip

@@ -41,9 +41,10 @@ from iwae.models.model import IWAE
 from iwae.runs.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, load_weights, save_checkpoint
 from iwae.runs.config import LEGACY, RESUMABLE, TrainConfig, read_config_file
 from iwae.runs.errors import RunError
-from iwae.runs.own_model import build_own_model, check_outside
+from iwae.runs.own_model import build_own_model
 from iwae.util import atomic, streams
 from iwae.util.atomic import DiskFullError, is_disk_full
+from iwae.util.imports import is_spec, lies_inside
 
 __all__ = [
     "CONFIG_NAME", "LOG_NAME", "CHECKPOINT_NAME", "METRICS_NAME", "SAMPLES_NAME", "ACTIVE_UNITS_NAME",
@@ -206,10 +207,23 @@ def read_config(run_dir: str | Path) -> TrainConfig:
     with warnings.catch_warnings():  # a parameter its bound ignores was said when the run was made, not each read
         warnings.filterwarnings("ignore", message=".* has no effect on bound")
         values = read_config_file(path)
+        _check_outside(values, Path(run_dir))
         try:
             return TrainConfig.from_dict(LEGACY | values)
         except ValueError as err:  # (a bound or an option this installation lacks: a run made by another version)
             raise RunError(f"{path}: {err} (edited by hand, or made by another version of iwae or a fork?)") from err
+
+
+def _check_outside(values: dict[str, Any], run_dir: Path) -> None:
+    """A RunError where the config ``values`` name code of one's own (``MODULE:NAME``: a model, a bound, an
+    estimator) whose module would be imported from inside ``run_dir``: a folder one loads (downloaded, say) must not
+    bring the code it runs. Checked before the config is built (which builds the model of one's own)."""
+    for key in ("model", "bound", "estimator"):
+        spec = values.get(key)
+        if is_spec(spec) and lies_inside(spec, run_dir):
+            raise RunError(f"{run_dir}: its config.json names {key} {spec}, whose module {spec.split(':')[0]!r} "
+                           "lies inside the folder itself; a run folder brings no code: keep the module elsewhere, "
+                           "on the import path")  # fmt: skip
 
 
 def _not_a_run(folder: Path) -> str:
@@ -383,7 +397,6 @@ def load_run(
     for a run trained on a GPU, on a machine without one) and checkpoint position of a saved run; or of an exported
     model (``iwae export``: its weights alone, no position)."""
     config = with_data_dir(read_config(run_dir), data_dir)
-    check_outside(config, run_dir)  # (a model of one's own: its module may not come with the folder)
     model = build_model(config).to(resolve_device(device or config.device))
     if is_exported(run_dir):
         load_weights(Path(run_dir) / WEIGHTS_NAME, model)

@@ -53,19 +53,19 @@ class Generators:
 
     shuffle: torch.Generator  # the permutation of each pass, on the CPU
     device: torch.Generator  # binarizations and reparameterisation noise, on the model's device
-    # a model of one's own: what its steps draw from torch's global generator (dropout), on the model's device
+    # code of one's own: what its steps draw from torch's global generator (dropout), on the model's device
     global_: torch.Generator | None = None
 
     @classmethod
-    def seeded(cls, seed: int, device: torch.device, scheme: int, own_model: bool = False) -> Generators:
+    def seeded(cls, seed: int, device: torch.device, scheme: int, own_code: bool = False) -> Generators:
         """The streams of ``seed`` under the run's random-stream ``scheme`` (its config's ``streams``); with
-        ``own_model``, the stream its steps' global draws come from too (:meth:`LoopFleet.step <iwae.fleets.fleet.
-        LoopFleet.step>` swaps it in)."""
+        ``own_code`` (a model, a bound or an estimator of one's own), the stream its steps' global draws come from
+        too (:meth:`LoopFleet.step <iwae.fleets.fleet.LoopFleet.step>` swaps it in)."""
         return cls(
             streams.generator(seed, "shuffle", scheme=scheme),
             streams.generator(seed, "noise", device=device, scheme=scheme),
-            # (new with models of one's own: scheme 2's stream whatever the run's scheme, which has no such stream 1)
-            streams.generator(seed, "global", device=device) if own_model else None,
+            # (new with code of one's own: scheme 2's stream whatever the run's scheme, which has no such stream 1)
+            streams.generator(seed, "global", device=device) if own_code else None,
         )
 
     def states(self) -> dict[str, torch.Tensor]:
@@ -230,6 +230,7 @@ class SharedData:
 def open_run(config: TrainConfig, run_dir: Path, fresh: bool, create: bool, loaded: SharedData, again: str) -> RunState:
     """A run ready to step: its data, model, Adam, generators and position (:func:`_start`); ``again``: the command
     that continues it, named if its folder lacks room for its checkpoints."""
+    config.check_objective()  # (a bound or an estimator of one's own is imported here, before anything is written)
     x = loaded.train(config)
     if config.batch_size > x.shape[0]:
         raise rundir.RunError(
@@ -241,7 +242,7 @@ def open_run(config: TrainConfig, run_dir: Path, fresh: bool, create: bool, load
     if create and config.model is not None:
         check_sampler(model, config.model)
     optimizer = make_optimizer(model, betas=config.adam_betas)
-    gens = Generators.seeded(config.seed, loaded.device, config.streams, own_model=config.model is not None)
+    gens = Generators.seeded(config.seed, loaded.device, config.streams, own_code=config.own_code)
     curve_x = loaded.curve(config)
     rundir.check_space(run_dir, model, "start it again" if create else again)
     pos, perm = _start(config, run_dir, fresh, model, optimizer, gens, create)

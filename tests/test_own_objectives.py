@@ -1,0 +1,170 @@
+"""A bound or an estimator of one's own named ``MODULE:NAME`` (``iwae train --bound own_objectives:iwae_again``): in a
+run folder, on the command line and in the Python API as the package's own are; the package's numbers bit for bit
+where it is the package's maths written again; its errors named before any run folder is made."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from conftest import TINY
+from safetensors.torch import load_file
+from test_train import _log_without_timings, train_stopped_at
+
+import iwae
+import iwae.runs.train
+from iwae.cli import main
+from iwae.objectives import Objective
+from iwae.objectives.registry import register_bound
+from iwae.runs import rundir
+from iwae.runs.config import TrainConfig
+from iwae.runs.rundir import RunError
+
+QUIET = dict(TINY, evaluate=False)
+
+
+@pytest.fixture(autouse=True)
+def _registry(registry_as_found):
+    """Every test here registers what it names."""
+
+
+def _weights(run) -> dict[str, torch.Tensor]:
+    """The model's parameters and Adam's state in a run's checkpoint (not its random streams)."""
+    return {k: v for k, v in load_file(str(run / "checkpoint.safetensors")).items() if not k.startswith("extra.rng")}
+
+
+def _same_run(a, b) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert _log_without_timings(a) == _log_without_timings(b)
+
+
+def test_the_packages_bound_and_estimator_written_again_train_a_run_folder_to_its_numbers(data_dir, tmp_path):
+    """`iwae train --bound MODULE:NAME --estimator MODULE:NAME` trains, and its config.json names them: the same
+    weights, Adam state and learning curve as `--bound iwae --estimator reparam`, bit for bit."""
+    (tmp_path / "tiny.json").write_text(json.dumps(QUIET))
+    argv = ["train", "--config", str(tmp_path / "tiny.json"), "--bound", "own_objectives:iwae_again", "--estimator",
+            "own_objectives:reparam_again", "--out", str(tmp_path / "own"), "--data-dir", data_dir, "--quiet",
+            "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    iwae.runs.train.train(TrainConfig(data_dir=data_dir, **QUIET), tmp_path / "package", progress=False)
+    _same_run(tmp_path / "own", tmp_path / "package")
+    config = rundir.read_config(tmp_path / "own")
+    assert (config.bound, config.estimator) == ("own_objectives:iwae_again", "own_objectives:reparam_again")
+    assert rundir.load_run(tmp_path / "own")[0] == config
+
+
+def test_a_bound_of_ones_own_reads_the_parameters_it_declares_and_gets_the_estimators_defined_for_it(data_dir):
+    model = iwae.IWAE.paper(layers=1, generator=torch.Generator().manual_seed(0))
+    x = torch.bernoulli(torch.full((4, 784), 0.3), generator=torch.Generator().manual_seed(1))
+    noise = model.draw_noise(5, 4, torch.Generator().manual_seed(2))
+    own, package = Objective("own_objectives:vr_again", 5, alpha=0.3), Objective("vr", 5, alpha=0.3)
+    assert own.params == package.params == {"alpha": 0.3}
+    assert torch.equal(own.loss(model, x, noise=noise), package.loss(model, x, noise=noise))
+    with pytest.warns(UserWarning, match="alpha=0.3 has no effect on bound='own_objectives:iwae_again'"):
+        Objective("own_objectives:iwae_again", 5, alpha=0.3)
+    Objective("own_objectives:iwae_again", 5, "dreg")  # it declares its path weights
+    with pytest.raises(ValueError, match="estimator 'dreg' is defined for bound=.* got bound='own_objectives:vr_"):
+        Objective("own_objectives:vr_again", 5, "dreg")  # (no path weights declared)
+    config = TrainConfig(data_dir=data_dir, bound="own_objectives:vr_again", alpha=0.25)
+    assert Objective.from_config(config).params == {"alpha": 0.25}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--bound", "no_such_module:b"], r"bound no_such_module:b: cannot import 'no_such_module' .*PYTHONPATH"),
+        (["--bound", "own_objectives:missing"], "bound own_objectives:missing: own_objectives has no 'missing'"),
+        (["--bound", "own_objectives:not_a_bound"], "a function, not an iwae.objectives.Bound; name the Bound"),
+        (["--estimator", "own_objectives:ReparamAgain"], "the class ReparamAgain, not an instance of an iwae.objec"),
+        (["--estimator", "own_objectives:iwae_again"], "a Bound, not an instance of an iwae.objectives.Estimator"),
+        (["--bound", "vae", "--estimator", "own_objectives:iwae_only"], "defined for bound='iwae' only, got bound="),
+    ],
+)
+def test_what_is_no_bound_or_estimator_of_ones_own_is_named_before_any_run_folder_is_made(
+    flags, message, data_dir, tmp_path, capsys
+):
+    assert main(["train", *flags, "--out", str(tmp_path / "run"), "--data-dir", data_dir, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_command_line_and_the_config_take_a_package_name_or_module_name_and_nothing_else(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--bound", "own objectives", "--out", "x"])
+    assert "--bound/--objective: unknown choice 'own objectives'; choose one of vae, iwae, miwae, ciwae, piwae, " \
+        "vr, or MODULE:NAME naming an iwae.objectives.Bound of one's own" in capsys.readouterr().err  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["train", "--estimator", "drge", "--out", "x"])
+    assert "--estimator: unknown choice 'drge'; did you mean 'dreg'?" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"unknown estimator 'rienforce'; choose one of .*, or MODULE:NAME naming"):
+        TrainConfig(estimator="rienforce")
+    register_bound("registered-here", iwae.objectives.BOUNDS["iwae"])
+    with pytest.raises(ValueError, match="is known to the process that added it; a run folder names it as MODULE"):
+        TrainConfig(bound="registered-here")
+
+
+def test_a_stacked_fleet_of_an_estimator_of_ones_own_is_refused_before_any_folder_is_made(data_dir, tmp_path, capsys):
+    argv = ["train", "--estimator", "own_objectives:reparam_again", "--seeds", "0,1", "--fleet", "stacked", "--out",
+            str(tmp_path / "fleet"), "--data-dir", data_dir]  # fmt: skip
+    assert main(argv) == 1
+    assert "an estimator of one's own (own_objectives:reparam_again) is stepped by a loop fleet" in \
+        capsys.readouterr().err  # fmt: skip
+    assert not (tmp_path / "fleet").exists()
+
+
+def test_a_folder_that_brings_the_bound_it_names_is_refused_before_importing_it(tiny_run, monkeypatch):
+    """A downloaded folder whose config names a bound in a module inside it, loaded from within (the working folder
+    on the import path), is refused before that module runs."""
+    config = json.loads((tiny_run / "config.json").read_text())
+    (tiny_run / "config.json").write_text(json.dumps({**config, "bound": "brought_along:tvo"}))
+    (tiny_run / "brought_along.py").write_text("open('RAN', 'w').close()\n")
+    monkeypatch.chdir(tiny_run)
+    monkeypatch.syspath_prepend(str(tiny_run))
+    with pytest.raises(RunError, match="names bound brought_along:tvo, whose module 'brought_along' lies inside"):
+        iwae.load_run(tiny_run)
+    assert not (tiny_run / "RAN").exists() and "brought_along" not in __import__("sys").modules
+
+
+@pytest.mark.slow  # trains the tiny schedule twice and a half
+def test_an_estimator_that_draws_from_the_global_generator_trains_and_resumes_to_the_same_numbers(
+    data_dir, tmp_path, monkeypatch
+):
+    """Its draws come from the run's own stream, as a model of one's own's do: a seed gives one trajectory, a
+    stopped run resumes to it, and the global generator outside the steps is untouched."""
+    config = TrainConfig(data_dir=data_dir, **QUIET, estimator="own_objectives:randomly_scaled")
+    iwae.runs.train.train(config, tmp_path / "one", progress=False)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    iwae.runs.train.train(config, tmp_path / "two", progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    _same_run(tmp_path / "one", tmp_path / "two")
+    assert "extra.rng_global" in load_file(str(tmp_path / "one" / "checkpoint.safetensors"))
+    train_stopped_at(monkeypatch, config, tmp_path / "broken")
+    iwae.runs.train.resume(tmp_path / "broken", progress=False)
+    _same_run(tmp_path / "one", tmp_path / "broken")
+    package = TrainConfig(data_dir=data_dir, **QUIET)
+    iwae.runs.train.train(package, tmp_path / "package", progress=False)
+    assert not torch.equal(_weights(tmp_path / "one")["model.encoder.0.mean.weight"],
+                           _weights(tmp_path / "package")["model.encoder.0.mean.weight"])  # fmt: skip
+
+
+def test_a_folder_whose_bound_does_not_import_here_loads_and_evaluates_and_says_so_when_resumed(tiny_run, capsys):
+    """Scoring a model does not need the bound it was trained on: a folder (an exported one, say) loads and
+    evaluates without that module; training it on does, and says where to put it."""
+    config = json.loads((tiny_run / "config.json").read_text())
+    (tiny_run / "config.json").write_text(json.dumps({**config, "bound": "moved_away:tvo"}))
+    assert rundir.load_run(tiny_run)[0].bound == "moved_away:tvo"
+    assert main(["evaluate", str(tiny_run), "--k", "5", "--n", "4", "--quiet"]) == 0
+    capsys.readouterr()
+    (tiny_run / "metrics.json").unlink()  # (trained, its final evaluation to come)
+    before = {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()}
+    assert main(["resume", str(tiny_run), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bound moved_away:tvo: cannot import 'moved_away' (ModuleNotFoundError" in err
+    assert {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()} == before

@@ -77,6 +77,26 @@ def test_an_unknown_name_lists_the_known_ones_and_a_wheel_install_is_told_where_
     )
 
 
+def test_torch_hub_loads_each_published_model_by_name_from_the_checkout(monkeypatch):
+    """hubconf.py: torch.hub's `pretrained` entry and one per published model (its folder's name with underscores)
+    give iwae.pretrained.load's model; an iwae imported from elsewhere first is refused by name."""
+    root = str(Path(iwae.__file__).resolve().parents[2])
+    models = iwae.pretrained.available()
+    for name in models:
+        expected = iwae.pretrained.load(name).model.state_dict()
+        for got in (torch.hub.load(root, "pretrained", name=name, source="local"),
+                    torch.hub.load(root, name.replace("-", "_"), source="local")):  # fmt: skip
+            assert not got.training and got.state_dict().keys() == expected.keys()
+            assert all(torch.equal(got.state_dict()[k], expected[k]) for k in expected)
+    with pytest.raises(KeyError, match="no published model 'nope'; available: "):
+        torch.hub.load(root, "pretrained", name="nope", source="local")
+    elsewhere = type(iwae)("iwae")
+    elsewhere.__file__ = "/elsewhere/iwae/__init__.py"
+    monkeypatch.setitem(__import__("sys").modules, "iwae", elsewhere)
+    with pytest.raises(ImportError, match="this process imported iwae from /elsewhere/iwae before torch.hub loaded"):
+        torch.hub.load(root, "mnist_2d_iwae_k5", source="local")
+
+
 @pytest.mark.slow  # L_k (k in the thousands) on 128 images of each published model
 @pytest.mark.parametrize("name", sorted(iwae.pretrained.available()))
 def test_each_published_model_scores_its_first_recorded_test_images_again(name, data_dir):

@@ -49,3 +49,4 @@ class RandomlyScaled(Reparam):
 randomly_scaled = RandomlyScaled()
 
 not_a_bound = bounds.iwae  # a function of the log-weights, not a Bound
+reads_its_own_parameter = Bound(lambda log_w, k, params: bounds.iwae(log_w), params=("tau",))  # (no such PARAMS)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import sys
 
 import pytest
 import torch
@@ -14,8 +16,10 @@ from safetensors.torch import load_file
 from test_train import _log_without_timings, train_stopped_at
 
 import iwae
+import iwae.fleets.fleet_train
 import iwae.runs.train
 from iwae.cli import main
+from iwae.fleets.fleet import stackable
 from iwae.objectives import Objective
 from iwae.objectives.registry import register_bound
 from iwae.runs import rundir
@@ -52,6 +56,8 @@ def test_the_packages_bound_and_estimator_written_again_train_a_run_folder_to_it
     assert main(argv) == 0
     iwae.runs.train.train(TrainConfig(data_dir=data_dir, **QUIET), tmp_path / "package", progress=False)
     _same_run(tmp_path / "own", tmp_path / "package")
+    streams = [load_file(str(tmp_path / run / "checkpoint.safetensors")) for run in ("own", "package")]
+    assert "extra.rng_global" in streams[0] and "extra.rng_global" not in streams[1]  # (code of one's own: its stream)
     config = rundir.read_config(tmp_path / "own")
     assert (config.bound, config.estimator) == ("own_objectives:iwae_again", "own_objectives:reparam_again")
     assert rundir.load_run(tmp_path / "own")[0] == config
@@ -82,6 +88,14 @@ def test_a_bound_of_ones_own_reads_the_parameters_it_declares_and_gets_the_estim
         (["--estimator", "own_objectives:ReparamAgain"], "the class ReparamAgain, not an instance of an iwae.objec"),
         (["--estimator", "own_objectives:iwae_again"], "a Bound, not an instance of an iwae.objectives.Estimator"),
         (["--bound", "vae", "--estimator", "own_objectives:iwae_only"], "defined for bound='iwae' only, got bound="),
+        (["--bound", "own_objectives:ReparamAgain"], "the class ReparamAgain, not an iwae.objectives.Bound"),
+        (
+            ["--bound", "own_objectives:reads_its_own_parameter"],
+            r"bound own_objectives:reads_its_own_parameter: "
+            r"unknown bound parameter\(s\) 'tau'; a bound reads those iwae.objectives.names.PARAMS declares",
+        ),
+        (["--bound", "no_such_module:b", "--seeds", "0,1"], "bound no_such_module:b: cannot import"),  # a fleet
+        (["--bound", "no_such_module:b", "--executor", "slurm"], "bound no_such_module:b: cannot import"),
     ],
 )
 def test_what_is_no_bound_or_estimator_of_ones_own_is_named_before_any_run_folder_is_made(
@@ -104,31 +118,62 @@ def test_the_command_line_and_the_config_take_a_package_name_or_module_name_and_
     assert "--estimator: unknown choice 'drge'; did you mean 'dreg'?" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"unknown estimator 'rienforce'; choose one of .*, or MODULE:NAME naming"):
         TrainConfig(estimator="rienforce")
+    with pytest.raises(ValueError, match=r"unknown bound 'iwea'; choose one of .* of one's own; did you mean 'iwae'"):
+        TrainConfig.from_dict({"bound": "iwea"})  # (a config file's)
+    with pytest.raises(ValueError, match=r"unknown dataset 'my_data:mnist'; choose one of"):
+        TrainConfig(dataset="my_data:mnist")  # (only a bound and an estimator may be one's own)
+    with pytest.raises(TypeError, match=r"a Bound's params are a tuple of parameter names, e.g. \('alpha',\)"):
+        iwae.objectives.Bound(lambda log_w, k, params: log_w[0], params="alpha")
     register_bound("registered-here", iwae.objectives.BOUNDS["iwae"])
     with pytest.raises(ValueError, match="is known to the process that added it; a run folder names it as MODULE"):
         TrainConfig(bound="registered-here")
 
 
-def test_a_stacked_fleet_of_an_estimator_of_ones_own_is_refused_before_any_folder_is_made(data_dir, tmp_path, capsys):
-    argv = ["train", "--estimator", "own_objectives:reparam_again", "--seeds", "0,1", "--fleet", "stacked", "--out",
-            str(tmp_path / "fleet"), "--data-dir", data_dir]  # fmt: skip
+@pytest.mark.parametrize("mode", ["stacked", "graph"])
+@pytest.mark.parametrize(("flag", "what"), [("--estimator", "an estimator"), ("--bound", "a bound")])
+def test_a_stacked_fleet_of_a_bound_or_an_estimator_of_ones_own_is_refused_before_any_folder_is_made(
+    mode, flag, what, data_dir, tmp_path, capsys
+):
+    spec = {"--estimator": "own_objectives:reparam_again", "--bound": "own_objectives:iwae_again"}[flag]
+    argv = ["train", flag, spec, "--seeds", "0,1", "--fleet", mode, "--out", str(tmp_path / "fleet"), "--data-dir",
+            data_dir]  # fmt: skip
     assert main(argv) == 1
-    assert "an estimator of one's own (own_objectives:reparam_again) is stepped by a loop fleet" in \
-        capsys.readouterr().err  # fmt: skip
+    assert f"{what} of one's own ({spec}) is stepped by a loop fleet" in capsys.readouterr().err
     assert not (tmp_path / "fleet").exists()
+    objectives = [Objective(spec if flag == "--bound" else "iwae", 3, "reparam" if flag == "--bound" else spec)]
+    assert f"{what.split()[1]} {spec} is one of one's own" in stackable([iwae.IWAE.paper()], objectives)
 
 
-def test_a_folder_that_brings_the_bound_it_names_is_refused_before_importing_it(tiny_run, monkeypatch):
-    """A downloaded folder whose config names a bound in a module inside it, loaded from within (the working folder
-    on the import path), is refused before that module runs."""
-    config = json.loads((tiny_run / "config.json").read_text())
-    (tiny_run / "config.json").write_text(json.dumps({**config, "bound": "brought_along:tvo"}))
-    (tiny_run / "brought_along.py").write_text("open('RAN', 'w').close()\n")
-    monkeypatch.chdir(tiny_run)
-    monkeypatch.syspath_prepend(str(tiny_run))
-    with pytest.raises(RunError, match="names bound brought_along:tvo, whose module 'brought_along' lies inside"):
-        iwae.load_run(tiny_run)
-    assert not (tiny_run / "RAN").exists() and "brought_along" not in __import__("sys").modules
+@pytest.mark.parametrize(
+    ("key", "spec", "folder", "where"),
+    [
+        ("bound", "brought_along:tvo", "run", "the folder itself"),
+        ("estimator", "brought_along:e", "run", "the folder itself"),
+        ("objective", "brought_along:tvo", "run", "the folder itself"),  # (bound's former name)
+        ("bound", "downloads.run.brought_along:tvo", ".", "the folder itself"),  # (through the folder's own path)
+        ("model", "brought_along:build", "fleet", "its fleet's folder"),  # (a fleet's folder holds its runs)
+    ],
+)
+def test_a_folder_that_brings_the_code_it_names_is_refused_before_importing_it(
+    key, spec, folder, where, tiny_run, tmp_path, monkeypatch
+):
+    """A downloaded folder whose config names a module inside it (or inside the fleet's folder around it), loaded
+    with that folder on the import path (the working folder, as `python -m` and notebooks have it), is refused before
+    that module runs."""
+    run = tmp_path / "downloads" / ("seed-0" if folder == "fleet" else "run")
+    shutil.copytree(tiny_run, run)
+    if folder == "fleet":
+        (run.parent / "fleet.json").write_text("{}")
+    config = {k: v for k, v in json.loads((run / "config.json").read_text()).items() if k != "bound"}
+    (run / "config.json").write_text(json.dumps({"bound": "iwae", **config, key: spec}))
+    home = {"run": run, ".": tmp_path, "fleet": run.parent}[folder]
+    (run.parent if folder == "fleet" else run).joinpath("brought_along.py").write_text("open('RAN', 'w').close()\n")
+    monkeypatch.chdir(home)
+    monkeypatch.syspath_prepend(str(home))
+    named = "bound" if key == "objective" else key
+    with pytest.raises(RunError, match=f"names {named} {spec}, whose module .* lies inside {where}"):
+        iwae.load_run(run)
+    assert not (home / "RAN").exists() and not any("brought_along" in m for m in sys.modules)
 
 
 @pytest.mark.slow  # trains the tiny schedule twice and a half
@@ -148,21 +193,31 @@ def test_an_estimator_that_draws_from_the_global_generator_trains_and_resumes_to
     train_stopped_at(monkeypatch, config, tmp_path / "broken")
     iwae.runs.train.resume(tmp_path / "broken", progress=False)
     _same_run(tmp_path / "one", tmp_path / "broken")
+    dirs = [tmp_path / "fleet" / f"seed-{s}" for s in (0, 1)]  # a loop fleet swaps each run's own stream in
+    iwae.fleets.fleet_train.train_fleet([config, config.replace(seed=1)], dirs, tmp_path / "fleet" / "fleet.json",
+                                        mode="loop", progress=False)  # fmt: skip
+    _same_run(tmp_path / "one", dirs[0])
     package = TrainConfig(data_dir=data_dir, **QUIET)
     iwae.runs.train.train(package, tmp_path / "package", progress=False)
     assert not torch.equal(_weights(tmp_path / "one")["model.encoder.0.mean.weight"],
                            _weights(tmp_path / "package")["model.encoder.0.mean.weight"])  # fmt: skip
 
 
-def test_a_folder_whose_bound_does_not_import_here_loads_and_evaluates_and_says_so_when_resumed(tiny_run, capsys):
-    """Scoring a model does not need the bound it was trained on: a folder (an exported one, say) loads and
-    evaluates without that module; training it on does, and says where to put it."""
+def test_a_folder_whose_bound_does_not_import_here_loads_evaluates_and_finishes_and_says_so_to_train_on(
+    tiny_run, capsys
+):
+    """Scoring a model does not need the bound it was trained on: a folder (an exported one, say) loads, evaluates
+    and finishes its final evaluation without that module; training it on does, and says where to put it, having
+    written nothing."""
     config = json.loads((tiny_run / "config.json").read_text())
     (tiny_run / "config.json").write_text(json.dumps({**config, "bound": "moved_away:tvo"}))
     assert rundir.load_run(tiny_run)[0].bound == "moved_away:tvo"
     assert main(["evaluate", str(tiny_run), "--k", "5", "--n", "4", "--quiet"]) == 0
+    (tiny_run / "metrics.json").unlink()  # trained to its end, its final evaluation to come
+    assert main(["resume", str(tiny_run), "--quiet"]) == 0 and (tiny_run / "metrics.json").is_file()
     capsys.readouterr()
-    (tiny_run / "metrics.json").unlink()  # (trained, its final evaluation to come)
+    (tiny_run / "metrics.json").unlink()
+    (tiny_run / "config.json").write_text(json.dumps({**config, "bound": "moved_away:tvo", "stages": 3}))  # more
     before = {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()}
     assert main(["resume", str(tiny_run), "--quiet"]) == 1
     err = capsys.readouterr().err

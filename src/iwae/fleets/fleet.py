@@ -34,7 +34,7 @@ from torch import Tensor
 
 from iwae.fleets.stacked_adam import StackedAdam, split_row
 from iwae.models.model import IWAE
-from iwae.objectives import ESTIMATORS, Objective
+from iwae.objectives import ESTIMATORS, KINDS, Objective
 from iwae.runs.train_step import build_step
 from iwae.util.cpu import flush_subnormals
 
@@ -343,6 +343,10 @@ def stackable(models: Sequence[IWAE], objectives: Sequence[Objective]) -> str | 
     if registered:  # its loss is its own; a stacked fleet computes the bound of the log-weights (reparam, stl)
         return f"estimator {', '.join(registered)} is one of one's own: its loss is its own, which a stacked " \
             "fleet does not call (a loop fleet does)"  # fmt: skip
+    registered = sorted({o.bound for o in objectives if o.bound not in KINDS})
+    if registered:  # (code the package has not seen inside a captured graph, its draws outside the runs' streams)
+        return f"bound {', '.join(registered)} is one of one's own: a loop fleet steps it, each run's draws from " \
+            "its own streams"  # fmt: skip
     if any(not obj.compilable for obj in objectives):
         names = sorted({f"{o.bound}/{o.estimator}" for o in objectives if not o.compilable})
         return f"the loss of {', '.join(names)} is not a function of the log-weights alone (vmap cannot carry it)"

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from iwae.fleets.fleet import Fleet, make_fleet
-from iwae.objectives.names import ESTIMATORS
+from iwae.objectives.names import ESTIMATORS, KINDS
 from iwae.runs import rundir
 from iwae.runs.config import TrainConfig
 from iwae.runs.evaluate_run import code_version, finish_run
@@ -38,7 +38,7 @@ from iwae.util.atomic import write_json
 
 __all__ = ["MANIFEST_NAME", "train_fleet", "resume_fleet", "train_fleet_and_evaluate", "read_manifest"]
 
-MANIFEST_NAME = "fleet.json"
+MANIFEST_NAME = rundir.FLEET_MANIFEST
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -67,18 +67,22 @@ def _check_fleet(configs: list[TrainConfig]) -> torch.device:
     return devices.pop()
 
 
-def _check_stackable_models(configs: list[TrainConfig], mode: str) -> None:
-    """A ValueError, before any folder is made, for a stacked fleet of models or estimators of one's own."""
+def _check_before_folders(configs: list[TrainConfig], mode: str) -> None:
+    """A ValueError, before any folder is made, for a stacked fleet of models, bounds or estimators of one's own,
+    and for a bound or an estimator of one's own that does not import or fit (:meth:`TrainConfig.check_objective`)."""
+    for config in configs:
+        config.check_objective()
     if mode not in ("stacked", "graph"):
         return
     own = next((c.model for c in configs if c.model is not None), None)
     if own is not None:
         raise ValueError(f"--fleet {mode} stacks the paper's layers: a model of one's own ({own}) is stepped by a "
                          "loop fleet; use --fleet loop or auto")  # fmt: skip
-    own = next((c.estimator for c in configs if c.estimator not in ESTIMATORS), None)
+    own = next((f"an estimator of one's own ({c.estimator})" for c in configs if c.estimator not in ESTIMATORS),
+               next((f"a bound of one's own ({c.bound})" for c in configs if c.bound not in KINDS), None))  # fmt: skip
     if own is not None:
-        raise ValueError(f"--fleet {mode} computes the package's reparam and STL losses: an estimator of one's own "
-                         f"({own}) is stepped by a loop fleet; use --fleet loop or auto")  # fmt: skip
+        raise ValueError(f"--fleet {mode} computes the package's bounds and reparam and STL losses: {own} is stepped "
+                         "by a loop fleet; use --fleet loop or auto")  # fmt: skip
 
 
 def train_fleet(
@@ -97,7 +101,7 @@ def train_fleet(
     """
     if len(configs) != len(run_dirs) or not configs:
         raise ValueError("train_fleet needs one config per run folder, at least one")
-    _check_stackable_models(configs, mode)
+    _check_before_folders(configs, mode)
     manifest = Path(manifest)
     if manifest.exists():
         raise RunError(f"{manifest} already holds a fleet; continue it with `iwae resume {manifest.parent}`")
@@ -199,7 +203,7 @@ def train_fleet_and_evaluate(
     :raises RunError: another process holds one of the run folders.
     """
     run_dirs = [Path(d) for d in run_dirs]
-    _check_stackable_models(configs or [], mode)
+    _check_before_folders(configs or [], mode)
     with ExitStack() as stack:
         for d in run_dirs:
             stack.enter_context(rundir.locked(d, again=f"iwae resume {Path(manifest).parent}"))

@@ -142,11 +142,11 @@ def resolve_own(name: str, what: str) -> None:
     if name in known or not is_spec(name):
         return
     found = import_named(name, what)
+    got = f"the class {found.__name__}" if isinstance(found, type) else f"a {type(found).__name__}"
     if what == "bound" and not isinstance(found, Bound):
-        raise OwnCodeError(f"bound {name}: a {type(found).__name__}, not an iwae.objectives.Bound; name the Bound "
-                           "itself (tvo = Bound(lambda log_w, k, params: ...) in that module)")  # fmt: skip
+        raise OwnCodeError(f"bound {name}: {got}, not an iwae.objectives.Bound; name the Bound itself (tvo = "
+                           "Bound(lambda log_w, k, params: ...) in that module)")  # fmt: skip
     if what == "estimator" and (isinstance(found, type) or not isinstance(found, Estimator)):
-        got = f"the class {found.__name__}" if isinstance(found, type) else f"a {type(found).__name__}"
         raise OwnCodeError(f"estimator {name}: {got}, not an instance of an iwae.objectives.Estimator subclass; "
                            "name an instance (vimco = VIMCO() in that module)")  # fmt: skip
     try:

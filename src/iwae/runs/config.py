@@ -228,9 +228,11 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             choices, own, value = f.metadata["choices"], f.metadata["own"], getattr(self, f.name)
             if choices and value not in choices and not (own and is_spec(value)):
+                near = difflib.get_close_matches(str(value), map(str, choices), n=1, cutoff=0.5)
                 mine = f", or MODULE:NAME naming {own} of one's own" if own else ""
+                hint = f"; did you mean {near[0]!r}?" if near else ""
                 errors.append(f"unknown {f.name} {value!r}; choose one of {_listing(choices)}"
-                              f"{_registered(f.name, value) or mine}")  # fmt: skip
+                              f"{_registered(f.name, value) or mine}{hint}")  # fmt: skip
         for name in ("k", "batch_size", "eval_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

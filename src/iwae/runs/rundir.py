@@ -39,7 +39,7 @@ from safetensors import SafetensorError, safe_open
 from iwae.data.resources import resolve_data_dir
 from iwae.models.model import IWAE
 from iwae.runs.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, load_weights, save_checkpoint
-from iwae.runs.config import LEGACY, RESUMABLE, TrainConfig, read_config_file
+from iwae.runs.config import LEGACY, RENAMED, RESUMABLE, TrainConfig, read_config_file
 from iwae.runs.errors import RunError
 from iwae.runs.own_model import build_own_model
 from iwae.util import atomic, streams
@@ -59,6 +59,7 @@ CONFIG_NAME = "config.json"
 PENDING_NAME = "checkpoint.next.safetensors"  # a fleet's checkpoint of the run, written but not yet committed
 LOG_NAME = "metrics.jsonl"
 METRICS_NAME = "metrics.json"
+FLEET_MANIFEST = "fleet.json"  # in the folder of a fleet's runs (iwae.fleets.fleet_train)
 LOCK_NAME = ".lock"  # held (flock) by the process working in the folder; holds its PID
 SAMPLES_NAME, ACTIVE_UNITS_NAME, TRAINING_NAME = "samples.png", "active_units.png", "training.png"  # the figures
 PER_IMAGE_NAME = "test_ll.json"  # the final evaluation's L_k of each test image it scored
@@ -216,14 +217,19 @@ def read_config(run_dir: str | Path) -> TrainConfig:
 
 def _check_outside(values: dict[str, Any], run_dir: Path) -> None:
     """A RunError where the config ``values`` name code of one's own (``MODULE:NAME``: a model, a bound, an
-    estimator) whose module would be imported from inside ``run_dir``: a folder one loads (downloaded, say) must not
-    bring the code it runs. Checked before the config is built (which builds the model of one's own)."""
-    for key in ("model", "bound", "estimator"):
-        spec = values.get(key)
-        if is_spec(spec) and lies_inside(spec, run_dir):
-            raise RunError(f"{run_dir}: its config.json names {key} {spec}, whose module {spec.split(':')[0]!r} "
-                           "lies inside the folder itself; a run folder brings no code: keep the module elsewhere, "
-                           "on the import path")  # fmt: skip
+    estimator, under a key's former name too) whose module could be imported from inside ``run_dir``, or from inside
+    the fleet's folder that holds it: a folder one loads (downloaded, say) must not bring the code it runs. Checked
+    before the config is built (which builds the model of one's own)."""
+    folders = [run_dir, *([run_dir.parent] if (run_dir.parent / FLEET_MANIFEST).is_file() else [])]
+    for key, spec in values.items():
+        key = RENAMED.get(key, key)
+        if key in ("model", "bound", "estimator") and is_spec(spec):
+            for folder in folders:
+                if lies_inside(spec, folder):
+                    where = "the folder itself" if folder == run_dir else f"its fleet's folder {folder}"
+                    raise RunError(f"{run_dir}: its config.json names {key} {spec}, whose module "
+                                   f"{spec.split(':')[0]!r} lies inside {where}; a run folder brings no code: keep "
+                                   "the module elsewhere, on the import path")  # fmt: skip
 
 
 def _not_a_run(folder: Path) -> str:

@@ -230,7 +230,9 @@ class SharedData:
 def open_run(config: TrainConfig, run_dir: Path, fresh: bool, create: bool, loaded: SharedData, again: str) -> RunState:
     """A run ready to step: its data, model, Adam, generators and position (:func:`_start`); ``again``: the command
     that continues it, named if its folder lacks room for its checkpoints."""
-    config.check_objective()  # (a bound or an estimator of one's own is imported here, before anything is written)
+    saved = None if create or fresh else rundir.checkpoint_position(run_dir)
+    if saved is None or saved["stage"] < len(schedule(config)):  # steps to take (a run trained to its end evaluates
+        config.check_objective()  # without them): a bound or an estimator of one's own imported, nothing written yet
     x = loaded.train(config)
     if config.batch_size > x.shape[0]:
         raise rundir.RunError(

@@ -8,8 +8,10 @@ wherever the run trains, resumes and is scored, never from inside a folder one l
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import importlib.machinery
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +42,11 @@ def import_named(spec: str, what: str) -> Any:
         target: Any = importlib.import_module(module_name)
     except ImportError as err:
         missing = getattr(err, "name", None)
-        where = (f"its import of {missing!r} failed ({err}): install that" if missing and missing !=
-                 module_name.split(".")[0] else f"({type(err).__name__}: {err}); put the folder that holds it on "
+        where = (f": its import of {missing!r} failed ({err}); install that" if missing and missing !=
+                 module_name.split(".")[0] else f" ({type(err).__name__}: {err}); put the folder that holds it on "
                  "PYTHONPATH (`PYTHONPATH=. iwae ...`, or `python -m iwae ...` from that folder), or install it"
                  )  # fmt: skip
-        raise OwnCodeError(f"{what} {spec}: cannot import {module_name!r} {where}") from None
+        raise OwnCodeError(f"{what} {spec}: cannot import {module_name!r}{where}") from None
     for part in name.split("."):
         if not hasattr(target, part):
             raise OwnCodeError(f"{what} {spec}: {module_name} has no {name!r}")
@@ -53,16 +55,23 @@ def import_named(spec: str, what: str) -> Any:
 
 
 def lies_inside(spec: str, folder: str | Path) -> bool:
-    """Whether the module of ``spec`` would be imported from inside ``folder`` (found there on the import path),
-    without importing it."""
-    top = spec.partition(":")[0].split(".")[0]
-    try:
-        found = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return False  # (the import itself will say)
-    if found is None:
-        return False
-    places = [found.origin] if found.origin else []
-    places += list(found.submodule_search_locations or [])
+    """Whether the module of ``spec``, or a package on its dotted path, could be imported from inside ``folder``:
+    found there by any entry of the import path (``sys.path``; the working folder for its empty entry), or being
+    already imported from there. Decided without importing anything, so conservatively: a folder that holds a file or
+    package of such a name is refused whichever entry the import would take first."""
     inside = Path(folder).resolve()
-    return any(Path(p).resolve().is_relative_to(inside) for p in places if p not in ("built-in", "frozen"))
+    parts = spec.partition(":")[0].split(".")
+    for i in range(1, len(parts) + 1):
+        name = ".".join(parts[:i])
+        module = sys.modules.get(name)
+        where = [getattr(module, "__file__", None), *list(getattr(module, "__path__", None) or [])]
+        if any(w and Path(w).resolve().is_relative_to(inside) for w in where):
+            return True
+    for entry in sys.path:
+        base = Path(entry or os.getcwd()).resolve()
+        for i in range(1, len(parts) + 1):
+            stem = base.joinpath(*parts[:i])
+            candidates = [stem, *(stem.parent / (stem.name + suffix) for suffix in importlib.machinery.all_suffixes())]
+            if any(c.exists() and c.resolve().is_relative_to(inside) for c in candidates):
+                return True
+    return False

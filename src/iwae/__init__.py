@@ -17,7 +17,7 @@ import torch.
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "IWAE",

@@ -33,7 +33,7 @@ from iwae.runs.evaluate_run import code_version, finish_run
 from iwae.runs.loop import step_runs
 from iwae.runs.rundir import RunError, resolve_device
 from iwae.runs.train import cpu_work
-from iwae.runs.training_state import RunState, SharedData, open_run
+from iwae.runs.training_state import RunState, SharedData, check_objective_to_train, open_run
 from iwae.util.atomic import write_json
 
 __all__ = ["MANIFEST_NAME", "train_fleet", "resume_fleet", "train_fleet_and_evaluate", "read_manifest"]
@@ -209,9 +209,11 @@ def train_fleet_and_evaluate(
             stack.enter_context(rundir.locked(d, again=f"iwae resume {Path(manifest).parent}"))
         code_version()  # the code this process runs, read before the checkout can move on (metrics.json's "code")
         if configs is None:
-            for d in run_dirs if changes else ():  # settings of RESUMABLE, changed once every run is locked
-                if (d / rundir.CONFIG_NAME).exists():
-                    rundir.update_config(d, changes)
+            changed = [d for d in run_dirs if changes and (d / rundir.CONFIG_NAME).exists()]
+            for d in changed:  # (not for runs that cannot train on here)
+                check_objective_to_train(rundir.read_config(d), d)
+            for d in changed:  # settings of RESUMABLE, changed once every run is locked
+                rundir.update_config(d, changes)
             dropped = resume_fleet(manifest, progress=progress, threads=threads)
         else:
             dropped = train_fleet(configs, run_dirs, manifest, mode=mode, progress=progress, threads=threads)

@@ -30,7 +30,7 @@ from iwae.runs.config import TrainConfig, steps_per_pass
 from iwae.runs.evaluate_run import code_version, finish_run
 from iwae.runs.loop import step_runs
 from iwae.runs.rundir import RunError, resolve_device
-from iwae.runs.training_state import RunState, SharedData, open_run
+from iwae.runs.training_state import RunState, SharedData, check_objective_to_train, open_run
 from iwae.util.cpu import flush_subnormals
 
 __all__ = [
@@ -122,7 +122,8 @@ def train_and_evaluate(
     with rundir.locked(run_dir, again=f"iwae resume {run_dir}"):  # one process per run folder, to the end
         code_version()  # the code this process runs, read before the checkout can move on (metrics.json's "code")
         if config is None:
-            if changes:
+            if changes:  # (not for a run that cannot train on here)
+                check_objective_to_train(rundir.read_config(run_dir), Path(run_dir))
                 rundir.update_config(run_dir, changes)
             resume(run_dir, progress=progress, threads=threads)
         else:

@@ -227,12 +227,18 @@ class SharedData:
         return self._curve.get(key)
 
 
+def check_objective_to_train(config: TrainConfig, run_dir: Path) -> None:
+    """:meth:`TrainConfig.check_objective` where the run in ``run_dir`` (or a new one) has steps to take: a bound or
+    an estimator of one's own is imported, before anything is written; a run trained to its end evaluates without."""
+    saved = rundir.checkpoint_position(run_dir)
+    if saved is None or saved["stage"] < len(schedule(config)):
+        config.check_objective()
+
+
 def open_run(config: TrainConfig, run_dir: Path, fresh: bool, create: bool, loaded: SharedData, again: str) -> RunState:
     """A run ready to step: its data, model, Adam, generators and position (:func:`_start`); ``again``: the command
     that continues it, named if its folder lacks room for its checkpoints."""
-    saved = None if create or fresh else rundir.checkpoint_position(run_dir)
-    if saved is None or saved["stage"] < len(schedule(config)):  # steps to take (a run trained to its end evaluates
-        config.check_objective()  # without them): a bound or an estimator of one's own imported, nothing written yet
+    check_objective_to_train(config, run_dir)  # (before anything is written)
     x = loaded.train(config)
     if config.batch_size > x.shape[0]:
         raise rundir.RunError(

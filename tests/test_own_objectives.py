@@ -25,6 +25,7 @@ from iwae.objectives.registry import register_bound
 from iwae.runs import rundir
 from iwae.runs.config import TrainConfig
 from iwae.runs.rundir import RunError
+from iwae.util.imports import lies_inside
 
 QUIET = dict(TINY, evaluate=False)
 
@@ -144,36 +145,63 @@ def test_a_stacked_fleet_of_a_bound_or_an_estimator_of_ones_own_is_refused_befor
     assert f"{what.split()[1]} {spec} is one of one's own" in stackable([iwae.IWAE.paper()], objectives)
 
 
+# Layouts of a downloaded folder that brings a module: where the run lies and the module, which folder is the working
+# one (and on the import path), and how the run is named to load_run.
+LAYOUTS = {
+    "run": ("downloads/run", "downloads/run", "downloads/run", "."),
+    "dotted": ("downloads/run", "downloads/run", ".", "downloads/run"),  # downloads.run.brought_along
+    "fleet": ("downloads/seed-0", "downloads", "downloads", "seed-0"),
+    "deeper in a fleet": ("downloads/a/run0", "downloads", "downloads", "a/run0"),
+    "fleet, from its run": ("downloads/seed-0", "downloads", "downloads/seed-0", "."),
+}
+
+
 @pytest.mark.parametrize(
-    ("key", "spec", "folder", "where"),
+    ("key", "spec", "layout", "where"),
     [
         ("bound", "brought_along:tvo", "run", "the folder itself"),
         ("estimator", "brought_along:e", "run", "the folder itself"),
         ("objective", "brought_along:tvo", "run", "the folder itself"),  # (bound's former name)
-        ("bound", "downloads.run.brought_along:tvo", ".", "the folder itself"),  # (through the folder's own path)
+        ("bound", "downloads.run.brought_along:tvo", "dotted", "the folder itself"),  # (through the folder's path)
         ("model", "brought_along:build", "fleet", "its fleet's folder"),  # (a fleet's folder holds its runs)
+        ("model", "brought_along:build", "deeper in a fleet", "its fleet's folder"),
+        ("bound", "brought_along:tvo", "fleet, from its run", "its fleet's folder"),
     ],
 )
 def test_a_folder_that_brings_the_code_it_names_is_refused_before_importing_it(
-    key, spec, folder, where, tiny_run, tmp_path, monkeypatch
+    key, spec, layout, where, tiny_run, tmp_path, monkeypatch
 ):
     """A downloaded folder whose config names a module inside it (or inside the fleet's folder around it), loaded
     with that folder on the import path (the working folder, as `python -m` and notebooks have it), is refused before
     that module runs."""
-    run = tmp_path / "downloads" / ("seed-0" if folder == "fleet" else "run")
+    run, module, home, named = LAYOUTS[layout]
+    run, module, home = tmp_path / run, tmp_path / module, tmp_path / home
     shutil.copytree(tiny_run, run)
-    if folder == "fleet":
-        (run.parent / "fleet.json").write_text("{}")
+    if module != run:
+        (module / "fleet.json").write_text("{}")
     config = {k: v for k, v in json.loads((run / "config.json").read_text()).items() if k != "bound"}
     (run / "config.json").write_text(json.dumps({"bound": "iwae", **config, key: spec}))
-    home = {"run": run, ".": tmp_path, "fleet": run.parent}[folder]
-    (run.parent if folder == "fleet" else run).joinpath("brought_along.py").write_text("open('RAN', 'w').close()\n")
+    (module / "brought_along.py").write_text("open('RAN', 'w').close()\n")
     monkeypatch.chdir(home)
-    monkeypatch.syspath_prepend(str(home))
-    named = "bound" if key == "objective" else key
-    with pytest.raises(RunError, match=f"names {named} {spec}, whose module .* lies inside {where}"):
-        iwae.load_run(run)
+    monkeypatch.syspath_prepend(str(module if layout != "dotted" else home))
+    named_key = "bound" if key == "objective" else key
+    with pytest.raises(RunError, match=f"names {named_key} {spec}, whose module .* lies inside {where}"):
+        iwae.load_run(named)
     assert not (home / "RAN").exists() and not any("brought_along" in m for m in sys.modules)
+
+
+def test_a_run_folder_named_as_the_module_is_not_taken_for_its_package(tmp_path, monkeypatch):
+    """Python imports my_bounds.py, not a folder my_bounds/ without __init__.py (a namespace package only where no
+    entry of the import path holds a module of that name), beside it or on another entry: a run folder so named
+    brings no code."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "my_bounds.py").write_text("")
+    for where in ("code", "runs"):
+        (tmp_path / where / "my_bounds").mkdir(parents=True)
+        monkeypatch.syspath_prepend(str(tmp_path / where))
+        assert not lies_inside("my_bounds:tvo", tmp_path / where / "my_bounds")
+    (tmp_path / "code" / "my_bounds.py").unlink()
+    assert lies_inside("my_bounds:tvo", tmp_path / "runs" / "my_bounds")  # (now a namespace package, from inside)
 
 
 @pytest.mark.slow  # trains the tiny schedule twice and a half

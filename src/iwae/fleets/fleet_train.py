@@ -134,6 +134,8 @@ def resume_fleet(manifest: str | Path, *, progress: bool = True, threads: int | 
         return dropped
     run_dirs = [manifest.parent / name for name in kept]
     configs = [rundir.with_data_dir(rundir.read_config(d)) for d in run_dirs]
+    for config, d in zip(configs, run_dirs):  # (every run's, before any pending checkpoint is put in place)
+        check_objective_to_train(config, d)
     device = _check_fleet(configs)
     with cpu_work(configs[0], threads):
         loaded = SharedData(device)

@@ -218,15 +218,16 @@ def read_config(run_dir: str | Path) -> TrainConfig:
 def _check_outside(values: dict[str, Any], run_dir: Path) -> None:
     """A RunError where the config ``values`` name code of one's own (``MODULE:NAME``: a model, a bound, an
     estimator, under a key's former name too) whose module could be imported from inside ``run_dir``, or from inside
-    the fleet's folder that holds it: a folder one loads (downloaded, say) must not bring the code it runs. Checked
-    before the config is built (which builds the model of one's own)."""
-    folders = [run_dir, *([run_dir.parent] if (run_dir.parent / FLEET_MANIFEST).is_file() else [])]
+    the folder of the fleet around it (the nearest holding a fleet manifest): a folder one loads (downloaded, say)
+    must not bring the code it runs. Checked before the config is built (which builds the model of one's own)."""
+    here = run_dir.resolve()
+    fleet = next((p for p in here.parents if (p / FLEET_MANIFEST).is_file()), None)  # (the nearest around it)
     for key, spec in values.items():
         key = RENAMED.get(key, key)
         if key in ("model", "bound", "estimator") and is_spec(spec):
-            for folder in folders:
+            for folder in (here, *([fleet] if fleet else [])):
                 if lies_inside(spec, folder):
-                    where = "the folder itself" if folder == run_dir else f"its fleet's folder {folder}"
+                    where = "the folder itself" if folder == here else f"its fleet's folder {folder}"
                     raise RunError(f"{run_dir}: its config.json names {key} {spec}, whose module "
                                    f"{spec.split(':')[0]!r} lies inside {where}; a run folder brings no code: keep "
                                    "the module elsewhere, on the import path")  # fmt: skip

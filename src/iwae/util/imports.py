@@ -57,8 +57,9 @@ def import_named(spec: str, what: str) -> Any:
 def lies_inside(spec: str, folder: str | Path) -> bool:
     """Whether the module of ``spec``, or a package on its dotted path, could be imported from inside ``folder``:
     found there by any entry of the import path (``sys.path``; the working folder for its empty entry), or being
-    already imported from there. Decided without importing anything, so conservatively: a folder that holds a file or
-    package of such a name is refused whichever entry the import would take first."""
+    already imported from there. Decided without importing anything, so conservatively: a folder that holds a module
+    or package of such a name is refused whichever entry the import would take first (a namespace folder, where no
+    entry holds a module of that name)."""
     inside = Path(folder).resolve()
     parts = spec.partition(":")[0].split(".")
     for i in range(1, len(parts) + 1):
@@ -67,11 +68,25 @@ def lies_inside(spec: str, folder: str | Path) -> bool:
         where = [getattr(module, "__file__", None), *list(getattr(module, "__path__", None) or [])]
         if any(w and Path(w).resolve().is_relative_to(inside) for w in where):
             return True
-    for entry in sys.path:
-        base = Path(entry or os.getcwd()).resolve()
-        for i in range(1, len(parts) + 1):
-            stem = base.joinpath(*parts[:i])
-            candidates = [stem, *(stem.parent / (stem.name + suffix) for suffix in importlib.machinery.all_suffixes())]
-            if any(c.exists() and c.resolve().is_relative_to(inside) for c in candidates):
-                return True
+    for i in range(1, len(parts) + 1):  # each package on the dotted path, then the module, on every entry
+        found = [_found(Path(entry or os.getcwd()).resolve().joinpath(*parts[:i])) for entry in sys.path]
+        modules = [p for kind, p in found if kind == "module"]
+        # (a folder without __init__.py is a namespace package only where no entry holds a module of that name)
+        places = modules or [p for kind, p in found if kind == "namespace"]
+        if any(p.resolve().is_relative_to(inside) for p in places):
+            return True
     return False
+
+
+def _found(stem: Path) -> tuple[str, Path]:
+    """What the import system finds for ``stem`` (a path entry joined with a dotted name's parts): a "module" (a
+    package with ``__init__``, or a file of a module suffix), a "namespace" folder, or "none"."""
+    if (stem / "__init__.py").is_file() or any((stem / f"__init__{s}").is_file() for s in _SUFFIXES):
+        return "module", stem
+    for suffix in _SUFFIXES:
+        if (file := stem.parent / (stem.name + suffix)).is_file():
+            return "module", file
+    return ("namespace", stem) if stem.is_dir() else ("none", stem)
+
+
+_SUFFIXES = tuple(importlib.machinery.all_suffixes())

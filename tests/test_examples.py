@@ -49,18 +49,17 @@ def test_example_without_its_data_says_where_to_get_it_in_one_line(script, tmp_p
 
 
 @pytest.fixture
-def vimco():
+def vimco(registry_as_found):
     """examples/own_estimator.py as a module, its VIMCO registered as "vimco" for the test's length."""
     import importlib.util
 
-    from iwae.objectives import register_estimator, registry
+    from iwae.objectives import register_estimator
 
     spec = importlib.util.spec_from_file_location("own_estimator", EXAMPLES[0].parent / "own_estimator.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    register_estimator("vimco", module.VIMCO())
-    yield module
-    registry._ESTIMATORS.pop("vimco")
+    register_estimator("vimco", module.vimco)
+    return module
 
 
 @pytest.mark.slow  # trains a tiny run

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,24 +80,51 @@ def test_an_unknown_name_lists_the_known_ones_and_a_wheel_install_is_told_where_
     )
 
 
-def test_torch_hub_loads_each_published_model_by_name_from_the_checkout(monkeypatch):
-    """hubconf.py: torch.hub's `pretrained` entry and one per published model (its folder's name with underscores)
-    give iwae.pretrained.load's model; an iwae imported from elsewhere first is refused by name."""
-    root = str(Path(iwae.__file__).resolve().parents[2])
-    models = iwae.pretrained.available()
-    for name in models:
-        expected = iwae.pretrained.load(name).model.state_dict()
-        for got in (torch.hub.load(root, "pretrained", name=name, source="local"),
-                    torch.hub.load(root, name.replace("-", "_"), source="local")):  # fmt: skip
-            assert not got.training and got.state_dict().keys() == expected.keys()
-            assert all(torch.equal(got.state_dict()[k], expected[k]) for k in expected)
-    with pytest.raises(KeyError, match="no published model 'nope'; available: "):
-        torch.hub.load(root, "pretrained", name="nope", source="local")
+ROOT = Path(__file__).resolve().parents[1]  # the checkout, which holds hubconf.py
+
+HUB = """
+import sys
+from pathlib import Path
+
+import torch
+
+root = sys.argv[1]
+torch.hub.load(root, "pretrained", name="mnist-2d-iwae-k5", source="local")  # the first import of iwae: the checkout's
+import iwae
+
+assert Path(iwae.__file__).resolve().is_relative_to(Path(root) / "src"), iwae.__file__
+for name in iwae.pretrained.available(root):
+    expected = iwae.pretrained.load(name, root=root).model.state_dict()
+    for got in (torch.hub.load(root, "pretrained", name=name, source="local"),
+                torch.hub.load(root, name.replace("-", "_"), source="local")):
+        assert not got.training and got.state_dict().keys() == expected.keys()
+        assert all(torch.equal(got.state_dict()[k], expected[k]) for k in expected), name
+try:
+    torch.hub.load(root, "pretrained", name="nope", source="local")
+except KeyError as err:
+    assert "no published model 'nope'; available: " in str(err)
+else:
+    raise AssertionError("an unknown name loaded")
+print("ok")
+"""
+
+
+@pytest.mark.slow  # a fresh process that imports torch
+def test_torch_hub_loads_each_published_model_by_name_from_the_checkout(tmp_path):
+    """hubconf.py, in a process that has not imported iwae (an installed one beside it or not): its `pretrained`
+    entry and one per published model (its folder's name with underscores) give iwae.pretrained.load's model, with
+    the checkout's own code."""
+    done = subprocess.run([sys.executable, "-c", HUB, str(ROOT)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_torch_hub_refuses_to_load_the_checkout_beside_an_iwae_imported_from_elsewhere(monkeypatch):
     elsewhere = type(iwae)("iwae")
     elsewhere.__file__ = "/elsewhere/iwae/__init__.py"
-    monkeypatch.setitem(__import__("sys").modules, "iwae", elsewhere)
+    monkeypatch.setitem(sys.modules, "iwae", elsewhere)
     with pytest.raises(ImportError, match="this process imported iwae from /elsewhere/iwae before torch.hub loaded"):
-        torch.hub.load(root, "mnist_2d_iwae_k5", source="local")
+        torch.hub.load(str(ROOT), "mnist_2d_iwae_k5", source="local")
 
 
 @pytest.mark.slow  # L_k (k in the thousands) on 128 images of each published model

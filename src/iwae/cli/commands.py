@@ -7,7 +7,6 @@ and each command imports what it runs, so ``iwae --help`` answers at once.
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import re
 import signal
@@ -23,6 +22,7 @@ from iwae.cli import runs as cli_runs
 from iwae.cli.options import add_config_options, config_from_args, overrides_from_args
 from iwae.cli.runs import RUN_DIR_HELP, add_progress_and_threads, report_run
 from iwae.runs.config import RESUMABLE, seed_list
+from iwae.util.suggest import nearest
 
 __all__ = ["main", "build_parser", "Command", "COMMANDS"]
 
@@ -289,8 +289,8 @@ class Parser(argparse.ArgumentParser):
             commands = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
             known = [o for a in commands[parsed.command]._actions for o in a.option_strings] if commands else []
             first = next((e.split("=")[0] for e in extras if e.startswith("-") and e != "--"), "")
-            near = difflib.get_close_matches(first, known, n=1, cutoff=0.7) if first not in known else []
-            hint = f"; did you mean {near[0]}?" if near else f"; `iwae {parsed.command} --help` lists its options"
+            near = nearest(first, known, cutoff=0.7) if first not in known else None
+            hint = f"; did you mean {near}?" if near else f"; `iwae {parsed.command} --help` lists its options"
             self.exit(2, f"{self.prog} {parsed.command}: error: unrecognized arguments: {' '.join(extras)}{hint}\n")
         return parsed
 
@@ -300,8 +300,8 @@ class Parser(argparse.ArgumentParser):
             self.exit(2, f"{self.prog}: error: {message}; `{self.prog} --help` lists the options\n")
         option, value, listing = found.groups()
         choices = re.findall(r"'([^']*)'", listing) or [c.strip() for c in listing.split(",")]
-        near = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
-        hint = f"; did you mean {near[0]!r}?" if near else f"; choose one of {', '.join(choices)}"
+        near = nearest(value, choices)
+        hint = f"; did you mean {near!r}?" if near else f"; choose one of {', '.join(choices)}"
         self.exit(2, f"{self.prog}: error: {option}: unknown choice {value!r}{hint}\n")
 
 

@@ -74,15 +74,12 @@ def _check_before_folders(configs: list[TrainConfig], mode: str) -> None:
         config.check_objective()
     if mode not in ("stacked", "graph"):
         return
-    own = next((c.model for c in configs if c.model is not None), None)
-    if own is not None:
-        raise ValueError(f"--fleet {mode} stacks the paper's layers: a model of one's own ({own}) is stepped by a "
-                         "loop fleet; use --fleet loop or auto")  # fmt: skip
-    own = next((f"an estimator of one's own ({c.estimator})" for c in configs if c.estimator not in ESTIMATORS),
-               next((f"a bound of one's own ({c.bound})" for c in configs if c.bound not in KINDS), None))  # fmt: skip
-    if own is not None:
-        raise ValueError(f"--fleet {mode} computes the package's bounds and reparam and STL losses: {own} is stepped "
-                         "by a loop fleet; use --fleet loop or auto")  # fmt: skip
+    own = [f"a model of one's own ({c.model})" for c in configs if c.model is not None]
+    own += [f"an estimator of one's own ({c.estimator})" for c in configs if c.estimator not in ESTIMATORS]
+    own += [f"a bound of one's own ({c.bound})" for c in configs if c.bound not in KINDS]
+    if own:
+        raise ValueError(f"--fleet {mode} stacks the paper's layers and computes the package's bounds and reparam "
+                         f"and STL losses: {own[0]} is stepped by a loop fleet; use --fleet loop or auto")  # fmt: skip
 
 
 def train_fleet(

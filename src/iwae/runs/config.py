@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import difflib
 import json
 import math
 import sys
@@ -28,6 +27,7 @@ from iwae.objectives import ESTIMATORS, KINDS
 from iwae.objectives.names import declare_params
 from iwae.util.imports import is_spec
 from iwae.util.streams import SCHEME, SCHEMES
+from iwae.util.suggest import nearest
 
 __all__ = [
     "TrainConfig", "Stage", "schedule", "stage_steps", "steps_per_pass", "passes_at", "total_passes", "passes_text",
@@ -87,8 +87,8 @@ def choice_or_own(choices: Iterable[str], own: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text in choices or is_spec(text):
             return text
-        near = difflib.get_close_matches(text, choices, n=1, cutoff=0.5)
-        hint = f"did you mean {near[0]!r}?" if near else f"choose one of {', '.join(choices)}, or MODULE:NAME " \
+        near = nearest(text, choices)
+        hint = f"did you mean {near!r}?" if near else f"choose one of {', '.join(choices)}, or MODULE:NAME " \
             f"naming {own} of one's own"  # fmt: skip
         raise argparse.ArgumentTypeError(f"unknown choice {text!r}; {hint}")
 
@@ -228,9 +228,9 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             choices, own, value = f.metadata["choices"], f.metadata["own"], getattr(self, f.name)
             if choices and value not in choices and not (own and is_spec(value)):
-                near = difflib.get_close_matches(str(value), map(str, choices), n=1, cutoff=0.5)
+                near = nearest(str(value), choices)
                 mine = f", or MODULE:NAME naming {own} of one's own" if own else ""
-                hint = f"; did you mean {near[0]!r}?" if near else ""
+                hint = f"; did you mean {near!r}?" if near else ""
                 errors.append(f"unknown {f.name} {value!r}; choose one of {_listing(choices)}"
                               f"{_registered(f.name, value) or mine}{hint}")  # fmt: skip
         for name in ("k", "batch_size", "eval_k"):

@@ -80,6 +80,50 @@ def test_a_bound_of_ones_own_reads_the_parameters_it_declares_and_gets_the_estim
     assert Objective.from_config(config).params == {"alpha": 0.25}
 
 
+BOUND_MODULE = """
+import iwae
+from iwae.objectives import Bound
+from iwae.objectives.reparam import Reparam
+
+tilted = Bound(lambda log_w, k, params: iwae.bounds.iwae(log_w) - {shift})
+again = Reparam()
+"""
+
+
+def test_a_name_registered_before_follows_its_module_reloaded_or_keeps_the_object_it_had(tmp_path, monkeypatch,
+                                                                                        request):  # fmt: skip
+    """A notebook edits its module and reloads it (or runs a cell of ``__main__`` again): the next objective of the
+    same MODULE:NAME computes the new bound and uses the new estimator; a reload that leaves no Bound there is
+    refused, and the bound registered before stays."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    request.addfinalizer(lambda: sys.modules.pop("tilted_bounds", None))
+    (tmp_path / "tilted_bounds.py").write_text(BOUND_MODULE.format(shift=0.0))
+    log_w = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    first = Objective("tilted_bounds:tilted", 5, "tilted_bounds:again")
+    module = sys.modules["tilted_bounds"]
+    assert torch.equal(first.per_example(log_w), iwae.bounds.iwae(log_w))
+    old_estimator = iwae.objectives.ESTIMATORS_BY_NAME["tilted_bounds:again"]
+    Objective("tilted_bounds:tilted", 5)  # the same objects: nothing registered again
+    assert iwae.objectives.ESTIMATORS_BY_NAME["tilted_bounds:again"] is old_estimator
+
+    (tmp_path / "tilted_bounds.py").write_text(BOUND_MODULE.format(shift=2.0) + "# edited\n")
+    importlib.invalidate_caches()
+    importlib.reload(module)
+    second = Objective("tilted_bounds:tilted", 5, "tilted_bounds:again")
+    assert torch.equal(second.per_example(log_w), iwae.bounds.iwae(log_w) - 2.0)
+    assert iwae.objectives.ESTIMATORS_BY_NAME["tilted_bounds:again"] is module.again is not old_estimator
+
+    module.tilted = lambda log_w, k, params: log_w.mean(0)  # a cell that rebinds the name to no Bound
+    with pytest.raises(ValueError, match="bound tilted_bounds:tilted: a function, not an iwae.objectives.Bound"):
+        Objective("tilted_bounds:tilted", 5)
+    module.tilted = iwae.objectives.Bound(lambda log_w, k, params: log_w.mean(0), params=("tau",))  # not declared
+    with pytest.raises(ValueError, match="bound tilted_bounds:tilted: unknown bound parameter"):
+        Objective("tilted_bounds:tilted", 5)
+    assert torch.equal(iwae.objectives.BOUNDS["tilted_bounds:tilted"].value(log_w, 5, {}), iwae.bounds.iwae(log_w) - 2)
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

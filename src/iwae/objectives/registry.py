@@ -17,6 +17,7 @@ admit fewer, or, routing its gradient itself (PIWAE), implement the estimators i
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
@@ -133,15 +134,19 @@ def resolve_own(name: str, what: str) -> None:
     import the :class:`~iwae.objectives.base.Bound`, or the instance of an
     :class:`~iwae.objectives.base.Estimator` subclass, that it names and register it under ``name``, so that a run
     folder's ``config.json`` names code of one's own as it names the package's (:class:`~iwae.objectives.Objective`
-    calls it). The module comes from the import path; being such an instance is what lets a config name it.
+    calls it). The module comes from the import path; being such an instance is what lets a config name it. A name
+    known already is registered again where its module now holds another object (``importlib.reload``, a notebook
+    cell run again for ``__main__:NAME``).
 
     :raises iwae.util.imports.OwnCodeError: (a ValueError) the module does not import, has no such name, or names
         something else.
     """
     known = _BOUNDS if what == "bound" else _ESTIMATORS
-    if name in known or not is_spec(name):
+    if not is_spec(name) or (name in known and sys.modules.get(name.partition(":")[0]) is None):
+        return  # (a name registered stays so without its module imported again)
+    found = import_named(name, what)  # the object its module holds now: a new one after importlib.reload
+    if known.get(name) is found:
         return
-    found = import_named(name, what)
     got = f"the class {found.__name__}" if isinstance(found, type) else f"a {type(found).__name__}"
     if what == "bound" and not isinstance(found, Bound):
         raise OwnCodeError(f"bound {name}: {got}, not an iwae.objectives.Bound; name the Bound itself (tvo = "
@@ -149,7 +154,10 @@ def resolve_own(name: str, what: str) -> None:
     if what == "estimator" and (isinstance(found, type) or not isinstance(found, Estimator)):
         raise OwnCodeError(f"estimator {name}: {got}, not an instance of an iwae.objectives.Estimator subclass; "
                            "name an instance (vimco = VIMCO() in that module)")  # fmt: skip
+    before = known.pop(name, None)  # (registered again: a name is registered once)
     try:
         register_bound(name, found) if what == "bound" else register_estimator(name, found)
     except (TypeError, ValueError) as err:
+        if before is not None:  # the object registered before stays (with its parameters, which failing leaves)
+            known[name] = before
         raise OwnCodeError(f"{what} {name}: {err}") from None

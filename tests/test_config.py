@@ -1,4 +1,5 @@
-"""The config is declared once: the command line, --config files and README's option table come from its fields."""
+"""The config is declared once: the command line, --config files and the command-line guide's option table
+(docs/cli.md) come from its fields."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from iwae.cli.commands import build_parser
 from iwae.cli.options import config_from_args, options_table
 from iwae.runs.config import TrainConfig
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CLI_GUIDE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
 def _train_args(*argv: str):
@@ -79,10 +80,10 @@ def test_config_validation_names_each_problem():
     assert TrainConfig(latent_dims=[20, 10]).layers == 1
 
 
-def test_readme_option_table_is_generated_from_the_config():
-    text = README.read_text()
+def test_the_guides_option_table_is_generated_from_the_config():
+    text = CLI_GUIDE.read_text()
     block = text.split("<!-- options: begin -->\n")[1].split("<!-- options: end -->")[0]
-    assert block.strip() == options_table().strip(), "regenerate README's table with `python -m iwae.cli.options`"
+    assert block.strip() == options_table().strip(), "regenerate docs/cli.md's table with `python -m iwae.cli.options`"
 
 
 def test_python_callers_tuples_numpy_numbers_and_paths_are_taken_as_json_would_hold_them():

@@ -1,5 +1,6 @@
-"""The documentation runs as written and states what the committed results give: README's Python blocks, the
-package docstring's example, and every number of the results prose, recomputed from its JSON file."""
+"""The documentation runs as written and states what the committed results give: the Python blocks of README and
+its guides (docs/), the package docstring's example, and every number of the results prose, recomputed from its
+JSON file."""
 
 from __future__ import annotations
 
@@ -26,15 +27,22 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```$", path.read_text(), flags=re.M | re.S)
 
 
-def test_readme_has_python_blocks():
-    assert python_blocks(ROOT / "README.md")
+GUIDES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))  # the site's user guide
+PAGES = ["README.md", *GUIDES]
+BLOCKS = [(page, index) for page in PAGES for index in range(len(python_blocks(ROOT / page)))]
 
 
-@pytest.mark.usefixtures("data_dir")  # README's examples load MNIST from $IWAE_DATA_DIR: skipped where it is unset
-@pytest.mark.parametrize("index", range(len(python_blocks(ROOT / "README.md"))))
-def test_readme_python_block_runs_as_written(index: int):
-    code = python_blocks(ROOT / "README.md")[index]
-    exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme"})
+def test_readme_and_the_guides_have_python_blocks_and_every_guide_is_on_the_site():
+    assert python_blocks(ROOT / "README.md") and python_blocks(ROOT / "docs/extending.md")
+    index = (ROOT / "docs/index.md").read_text()
+    assert all(f"\n{Path(g).stem}\n" in index for g in GUIDES if g not in ("docs/index.md", "docs/api.md"))
+
+
+@pytest.mark.usefixtures("data_dir")  # the examples load MNIST from $IWAE_DATA_DIR: skipped where it is unset
+@pytest.mark.parametrize(("page", "index"), BLOCKS)
+def test_python_block_runs_as_written(page: str, index: int):
+    code = python_blocks(ROOT / page)[index]
+    exec(compile(code, f"{page} python block {index}", "exec"), {"__name__": "readme"})
 
 
 def test_package_docstring_example_runs():
@@ -252,8 +260,8 @@ def subnormal_spread(bench: dict) -> float:
 
 
 @pytest.mark.parametrize("phrase", performance_phrases())
-def test_readme_performance_states_what_cpu_json_gives(phrase: str):
-    text = " ".join((ROOT / "README.md").read_text().split())
+def test_the_performance_guide_states_what_cpu_json_gives(phrase: str):
+    text = " ".join((ROOT / "docs/performance.md").read_text().split())
     assert " ".join(phrase.split()) in text
 
 
@@ -404,19 +412,19 @@ def test_benchmarks_readme_sharded_speedup_is_the_json():
     assert f"{speedup:.2f}x with 2 processes" in (ROOT / "benchmarks" / "README.md").read_text()
 
 
-def test_readme_fleet_speed_is_the_json():
+def test_the_fleet_guides_speed_is_the_json():
     rows = json.loads((ROOT / "benchmarks" / "results" / "fleet.json").read_text())["rows"]
-    readme = " ".join((ROOT / "README.md").read_text().split())
+    readme = " ".join((ROOT / "docs/fleets.md").read_text().split())
     assert f"a stacked step trains {span([r['stacked_over_loop'] for r in rows])}x the examples per second" in readme
     assert all(r["auto_picked"] == "loop" for r in rows)
 
 
 def test_the_annealing_numbers_quoted_are_the_benchmarks():
-    """README's AIS and BDMC numbers, and the benchmarks index's, from benchmarks/results/ais_gap.json."""
+    """The evaluation guide's AIS and BDMC numbers, and the benchmarks index's, from benchmarks/results/ais_gap.json."""
     rows = {r["estimate"]: r for r in json.loads((ROOT / "benchmarks/results/ais_gap.json").read_text())["rows"]}
     gap = lambda g: f"{g['mean']:.2f} ± {g['sem']:.2f}"  # noqa: E731
     ais, bdmc = (rows[f"{kind}, {steps} steps x 8 chains"] for kind, steps in (("AIS", 500), ("BDMC", 100)))
-    readme = " ".join((ROOT / "README.md").read_text().split())
+    readme = " ".join((ROOT / "docs/evaluation.md").read_text().split())
     assert f"{gap(ais['gap'])} nats above L_5000 on 100 test images" in readme
     assert (f"the gap is {gap(bdmc['bdmc_gap'])} nats at 100 steps and "
             f"{gap(rows['BDMC, 500 steps x 8 chains']['bdmc_gap'])} at 500") in readme  # fmt: skip
@@ -458,7 +466,7 @@ def test_the_annealing_numbers_quoted_are_the_benchmarks():
 
 
 def test_the_khat_numbers_quoted_are_those_of_the_committed_benchmark():
-    readme = " ".join((ROOT / "README.md").read_text().split())
+    readme = " ".join((ROOT / "docs/evaluation.md").read_text().split())
     index = (ROOT / "benchmarks/README.md").read_text()
     runs = json.loads((ROOT / "benchmarks/results/khat_exact.json").read_text())["runs"]
     run = next(r for r in runs if r["k"] == 5000)

@@ -1,6 +1,6 @@
 """``iwae train``'s options, generated from :class:`~iwae.runs.config.TrainConfig`'s fields: one flag per field with
-its parser, choices, help and default; the config of a command line; README's table of the options
-(``python -m iwae.cli.options`` prints it).
+its parser, choices, help and default; the config of a command line; the table of the options in the command-line
+guide, docs/cli.md (``python -m iwae.cli.options`` prints it).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def overrides_from_args(args: argparse.Namespace, names: Iterable[str] | None = 
 
 
 def options_table() -> str:
-    """The Markdown table of ``iwae train``'s config options (README.md holds it between ``options`` markers)."""
+    """The Markdown table of ``iwae train``'s config options (docs/cli.md holds it between ``options`` markers)."""
     rows = ["| option | default | meaning |", "| --- | --- | --- |"]
     for f in cli_fields():
         flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")

@@ -184,7 +184,7 @@ class TrainConfig:
                        "replaces them)", type=int, choices=range(1, 9))  # fmt: skip
     pass_scale: float = _opt(1.0, "multiply every stage's passes (--schedule's too), fractions allowed (1: the "
                              "paper's 3,280 passes)", type=positive_float)  # fmt: skip
-    # "reference": the authors' code's rounded rates and beta1 = 0.99 (reference-setup facts in README)
+    # "reference": the authors' code's rounded rates and beta1 = 0.99
     lr_variant: str = _opt("paper", "paper: 1e-3*10^(-i/7), beta1 0.9; reference: the authors' code (rounded "
                            "rates, beta1 0.99)", choices=("paper", "reference"))  # fmt: skip
     custom_schedule: list[list[float]] | None = _opt(None, "replace the 3^i stages by PASSES:LR[,PASSES:LR...] "

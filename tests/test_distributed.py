@@ -52,7 +52,7 @@ def test_two_gloo_processes_give_the_numbers_of_one(tiny_run, data_dir):
 
 
 def test_torchrun_runs_iwae_evaluate_sharded(tiny_run, data_dir):
-    # README's form: torchrun's own parser takes `--n` for an abbreviation of its options, so `--images`
+    # the cluster guide's form: torchrun's own parser takes `--n` for an abbreviation of its options, so `--images`
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "iwae", "evaluate", str(tiny_run), "--k", "30", "--images", "40", "--data-dir", data_dir]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

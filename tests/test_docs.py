@@ -29,7 +29,11 @@ def python_blocks(path: Path) -> list[str]:
 
 GUIDES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))  # the site's user guide
 PAGES = ["README.md", *GUIDES]
-BLOCKS = [(page, index) for page in PAGES for index in range(len(python_blocks(ROOT / page)))]
+BLOCKS = [
+    pytest.param(page, index, marks=[pytest.mark.slow] if "train_and_evaluate(" in code else [])  # (a whole run)
+    for page in PAGES
+    for index, code in enumerate(python_blocks(ROOT / page))
+]
 
 
 def test_readme_and_the_guides_have_python_blocks_and_every_guide_is_on_the_site():
@@ -40,7 +44,9 @@ def test_readme_and_the_guides_have_python_blocks_and_every_guide_is_on_the_site
 
 @pytest.mark.usefixtures("data_dir")  # the examples load MNIST from $IWAE_DATA_DIR: skipped where it is unset
 @pytest.mark.parametrize(("page", "index"), BLOCKS)
-def test_python_block_runs_as_written(page: str, index: int):
+def test_python_block_runs_as_written(page: str, index: int, tmp_path, monkeypatch):
+    """Each block on its own, in a fresh folder (what it writes, a run folder, goes there)."""
+    monkeypatch.chdir(tmp_path)
     code = python_blocks(ROOT / page)[index]
     exec(compile(code, f"{page} python block {index}", "exec"), {"__name__": "readme"})
 

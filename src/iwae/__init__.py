@@ -27,6 +27,8 @@ __all__ = [
     "objective",
     "make_train_step",
     "make_optimizer",
+    "TrainConfig",
+    "train_and_evaluate",
     "KINDS",
     "ESTIMATORS",
     "log_likelihood",
@@ -52,6 +54,7 @@ __all__ = [
 _LAZY = {
     "IWAE": "iwae.models.model", "bounds": "iwae.bounds", "data": "iwae.data", "Objective": "iwae.objectives",
     "objective": "iwae.objectives", "make_train_step": "iwae.runs.train_step", "make_optimizer": "iwae.runs.train_step",
+    "TrainConfig": "iwae.runs.config", "train_and_evaluate": "iwae.runs.train",
     "KINDS": "iwae.objectives", "ESTIMATORS": "iwae.objectives", "log_likelihood": "iwae.evaluate",
     "weight_diagnostics": "iwae.analysis.diagnostics", "pareto_khat": "iwae.analysis.diagnostics",
     "ais_log_likelihood": "iwae.ais", "bdmc": "iwae.ais", "BDMC": "iwae.ais", "Simulated": "iwae.models.model",

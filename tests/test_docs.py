@@ -420,8 +420,8 @@ def test_benchmarks_readme_sharded_speedup_is_the_json():
 
 def test_the_fleet_guides_speed_is_the_json():
     rows = json.loads((ROOT / "benchmarks" / "results" / "fleet.json").read_text())["rows"]
-    readme = " ".join((ROOT / "docs/fleets.md").read_text().split())
-    assert f"a stacked step trains {span([r['stacked_over_loop'] for r in rows])}x the examples per second" in readme
+    guide = " ".join((ROOT / "docs/fleets.md").read_text().split())
+    assert f"a stacked step trains {span([r['stacked_over_loop'] for r in rows])}x the examples per second" in guide
     assert all(r["auto_picked"] == "loop" for r in rows)
 
 
@@ -430,27 +430,27 @@ def test_the_annealing_numbers_quoted_are_the_benchmarks():
     rows = {r["estimate"]: r for r in json.loads((ROOT / "benchmarks/results/ais_gap.json").read_text())["rows"]}
     gap = lambda g: f"{g['mean']:.2f} ± {g['sem']:.2f}"  # noqa: E731
     ais, bdmc = (rows[f"{kind}, {steps} steps x 8 chains"] for kind, steps in (("AIS", 500), ("BDMC", 100)))
-    readme = " ".join((ROOT / "docs/evaluation.md").read_text().split())
-    assert f"{gap(ais['gap'])} nats above L_5000 on 100 test images" in readme
+    guide = " ".join((ROOT / "docs/evaluation.md").read_text().split())
+    assert f"{gap(ais['gap'])} nats above L_5000 on 100 test images" in guide
     assert (f"the gap is {gap(bdmc['bdmc_gap'])} nats at 100 steps and "
-            f"{gap(rows['BDMC, 500 steps x 8 chains']['bdmc_gap'])} at 500") in readme  # fmt: skip
-    assert f"their mean log p(x) is {bdmc['upper']:.1f}, the test images' {ais['mean']:.1f}" in readme
+            f"{gap(rows['BDMC, 500 steps x 8 chains']['bdmc_gap'])} at 500") in guide  # fmt: skip
+    assert f"their mean log p(x) is {bdmc['upper']:.1f}, the test images' {ais['mean']:.1f}" in guide
     index = (ROOT / "benchmarks/README.md").read_text()
     assert f"{gap(rows['AIS, 100 steps x 8 chains']['gap'])} nats above L_5000 at 100 steps" in index
     prior500, prior2000 = (rows[f"AIS from the prior, {steps} steps x 8 chains"] for steps in (500, 2000))
     prior_bdmc = gap(rows["BDMC from the prior, 2000 steps x 8 chains"]["bdmc_gap"])
     assert (f"it reaches {prior2000['mean']:.3f} with 2,000 steps, where AIS from q reaches {ais['mean']:.3f} with "
             f"500 (from the prior, 500 steps fall {ais['mean'] - prior500['mean']:.2f} nats short), and BDMC from the "
-            f"prior closes to {prior_bdmc} nats at 2,000 steps") in readme  # fmt: skip
+            f"prior closes to {prior_bdmc} nats at 2,000 steps") in guide  # fmt: skip
     assert f"({gap(prior2000['gap'])} nats above L_5000) and its BDMC closes to {prior_bdmc}" in index
     exact = json.loads((ROOT / "benchmarks/results/ais_exact.json").read_text())["rows"]
     ais500, l5000 = exact["AIS, 500 steps x 8 chains"], exact["L_5000"]
     pair = lambda r: f"{r['gap']:.2f} ± {r['gap_sem']:.2f}"  # noqa: E731
-    for text in (readme, index):
+    for text in (guide, index):
         assert f"{pair(ais500)} nats below it" in text and f"L_5000 {pair(l5000)}" in text
         assert f"(medians {ais500['median_gap']:.3f} and {l5000['median_gap']:.3f})" in text
     missed = f"the {ais500['missed_by_1']} (AIS) and {l5000['missed_by_1']} (L_5000) images"  # the two rows quoted
-    assert f"{missed} with a posterior mode far from" in readme
+    assert f"{missed} with a posterior mode far from" in guide
     assert f"within {gap(bdmc['bdmc_gap'])} nats at 100 steps" in index
     result = json.loads((ROOT / "benchmarks/results/ais_exact.json").read_text())
     crossing = next(c for c in result["crossings"] if c["steps"] == 500)
@@ -463,16 +463,16 @@ def test_the_annealing_numbers_quoted_are_the_benchmarks():
     assert (f"AIS from the prior finds {crossing['of_those_found_from_the_prior']} of the {crossing['missed_from_q']} "
             f"images that AIS from q misses by more than a nat at 500 steps, and itself misses "
             f"{crossing['missed_from_the_prior']}, {crossing['of_those_found_from_q']} of which AIS from q finds "
-            f"(median gap {prior['median_gap']:.4f}, mean {pair(prior)})") in readme  # fmt: skip
+            f"(median gap {prior['median_gap']:.4f}, mean {pair(prior)})") in guide  # fmt: skip
     assert (
         f"they come within {pair(pooled)} nats of log p(x) ({pooled['missed_by_1']} images missed), where 16 "
         f"chains from q, at the same cost, stay {pair(sixteen)} below it ({sixteen['missed_by_1']} missed"
-    ) in readme
+    ) in guide
     assert f"come within {pair(pooled)} nats, where 16 from q stay {pair(sixteen)} below" in index
 
 
 def test_the_khat_numbers_quoted_are_those_of_the_committed_benchmark():
-    readme = " ".join((ROOT / "docs/evaluation.md").read_text().split())
+    guide = " ".join((ROOT / "docs/evaluation.md").read_text().split())
     index = (ROOT / "benchmarks/README.md").read_text()
     runs = json.loads((ROOT / "benchmarks/results/khat_exact.json").read_text())["runs"]
     run = next(r for r in runs if r["k"] == 5000)
@@ -480,13 +480,13 @@ def test_the_khat_numbers_quoted_are_those_of_the_committed_benchmark():
     assert (f"k-hat flags {run['flagged']} images, among them {run['missed_flagged']} of the {run['missed']} that "
             f"L_5000 misses by more than a nat (those {run['flagged']} lie {high['gap']:.2f} ± {high['gap_sem']:.2f} "
             f"nats below log p(x) on average; the {low['images']} with k-hat at most 0.5, {low['gap']:.2f} ± "
-            f"{low['gap_sem']:.2f})") in readme  # fmt: skip
+            f"{low['gap_sem']:.2f})") in guide  # fmt: skip
     flagged_close = high["images"] - high["missed"]
-    assert f"{flagged_close} of the {run['flagged']} are within a nat all the same" in readme
+    assert f"{flagged_close} of the {run['flagged']} are within a nat all the same" in guide
     assert (f"the standard error's {run['flagged']} largest hold {run['missed_se_top']} of the {run['missed']} as "
             f"well; area under the ROC curve {run['auc_khat']:.2f} for k-hat, {run['auc_stderr']:.2f} for the "
             f"standard error), but the standard error has no threshold to read (it cannot exceed one nat, and above "
-            f"0.5 nats it finds {run['missed_se_over_half']} of the {run['missed']})") in readme  # fmt: skip
+            f"0.5 nats it finds {run['missed_se_over_half']} of the {run['missed']})") in guide  # fmt: skip
     assert (f"at k = 5,000 it flags {run['flagged']}, among them {run['missed_flagged']} of the {run['missed']} that "
             f"L_5000 misses by more than a nat; it ranks them no better than the delta-method standard error (areas "
             f"under the ROC curve {run['auc_khat']:.2f} and {run['auc_stderr']:.2f})") in index  # fmt: skip

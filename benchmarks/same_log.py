@@ -5,7 +5,8 @@ equal, their timings aside.
 
 A run started again from its config repeats its first try's log exactly where the arithmetic is deterministic (the
 same torch build, one thread, the same kind of CPU); the script names the first pass that differs, if any, and
-exits non-zero then (and when a log is empty). Only the passes both logs hold are compared.
+exits non-zero then (and when a log is empty), with the largest difference of each number over all the records
+both hold: how far two logs that parted have drifted apart. Only the passes both logs hold are compared.
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ def agreement(a: list[dict], b: list[dict]) -> tuple[int, dict | None, dict | No
     return min(len(a), len(b)), None, None
 
 
+def largest_differences(a: list[dict], b: list[dict]) -> dict[str, tuple[float, float]]:
+    """For each number the records of ``a`` and ``b`` share, the largest absolute difference over the records both
+    hold, and the pass where it lies."""
+    largest: dict[str, tuple[float, float]] = {}
+    for ra, rb in zip(a, b):
+        for k in ra.keys() & rb.keys():
+            if isinstance(ra[k], (int, float)) and isinstance(rb[k], (int, float)) and k != "pass":
+                d = abs(ra[k] - rb[k])
+                if d > largest.get(k, (-1.0, 0.0))[0]:
+                    largest[k] = (d, ra["pass"])
+    return largest
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("first", type=Path, help="a metrics.jsonl")
@@ -52,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"identical in {through}; record {same + 1:,} differs in {', '.join(keys)}:")
     for k in keys:
         print(f"  {k}: {ra.get(k)} against {rb.get(k)}")
+    shared = min(len(a), len(b))
+    drift = ", ".join(f"{k} {d:.3g} (pass {p:,.6g})" for k, (d, p) in sorted(largest_differences(a, b).items()) if d)
+    print(f"largest differences over the {shared:,} records both hold: {drift}")
     return 1
 
 

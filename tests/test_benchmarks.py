@@ -146,11 +146,16 @@ def test_same_log_finds_where_two_logs_part_and_ignores_timings(tmp_path, capsys
     b.write_text("".join(json.dumps(r) + "\n" for r in slower))
     assert same_log([str(a), str(b)]) == 0
     assert "identical in the first 4 records, to pass 4 (all but their timings" in capsys.readouterr().out
-    slower[2]["train_bound"] += 1e-12
+    slower[2]["train_bound"] += 2**-20  # (exact in float64)
     b.write_text("".join(json.dumps(r) + "\n" for r in slower))
     assert same_log([str(a), str(b)]) == 1
     out = capsys.readouterr().out
     assert "identical in the first 2 records, to pass 2; record 3 differs in train_bound:" in out
+    assert "largest differences over the 4 records both hold: train_bound 9.54e-07 (pass 3)" in out
+    slower[3]["train_bound"] -= 0.5  # drifted further later on
+    b.write_text("".join(json.dumps(r) + "\n" for r in slower))
+    assert same_log([str(a), str(b)]) == 1
+    assert "largest differences over the 4 records both hold: train_bound 0.5 (pass 4)" in capsys.readouterr().out
     b.write_text("")
     assert same_log([str(a), str(b)]) == 1 and "nothing to compare" in capsys.readouterr().out
 

@@ -509,3 +509,18 @@ def test_the_release_is_named_alike_everywhere():
     assert citation and citation.group(1) == iwae.__version__
     heading = rf"^## {re.escape(iwae.__version__)} - \d{{4}}-\d{{2}}-\d{{2}}$"
     assert re.search(heading, (ROOT / "CHANGELOG.md").read_text(), flags=re.M)
+
+
+def test_the_full_protocol_progress_table_is_the_committed_snapshots():
+    """results/full-protocol/README.md shows where the unfinished runs committed beside it stand: the table that
+    ``python -m benchmarks.progress_table`` makes from their snapshots' configs and logs, as it makes it (none once
+    all have finished)."""
+    from benchmarks import progress_table
+
+    snapshots = sorted(p.parent for p in ROOT.glob("results/full-protocol/in-progress/*/metrics.jsonl"))
+    text = (ROOT / "results/full-protocol/README.md").read_text()
+    if not snapshots:
+        assert "## In progress" not in text
+        return
+    table = progress_table.markdown([progress_table.row(p) for p in snapshots])
+    assert table in text

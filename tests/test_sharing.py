@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,8 +22,6 @@ from iwae.runs.checkpoint import CheckpointError
 from iwae.runs.config import passes_at, passes_text
 from iwae.runs.rundir import RunError
 from iwae.runs.sharing import SNAPSHOT_FILES, export_run, snapshot_run
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_an_exported_model_is_its_runs_model_and_replays_its_numbers(tiny_run, tmp_path, capsys):
@@ -213,17 +210,3 @@ def test_a_snapshot_of_an_unfinished_run_continues_elsewhere_exactly(tiny_run, t
     with pytest.raises(CheckpointError, match=f"{out}/checkpoint.safetensors is damaged .*nothing was copied"):
         snapshot_run(out, tmp_path / "new")
     assert not (tmp_path / "new").exists() and (tmp_path / "used" / "notes.txt").read_text() == "mine"
-
-
-COMMITTED_SNAPSHOTS = sorted(p.parent for p in ROOT.glob("results/*/in-progress/*/checkpoint.safetensors"))
-
-
-@pytest.mark.parametrize("folder", COMMITTED_SNAPSHOTS, ids=lambda p: p.name)
-def test_a_committed_snapshot_of_an_unfinished_run_is_whole_and_continues_elsewhere(folder, tmp_path):
-    """Each unfinished long run committed under results/*/in-progress/ (to be continued on another machine) is a
-    snapshot as `iwae snapshot` writes it: a snapshot of it passes the checkpoint's digest and finiteness checks, keeps
-    every line of its log (the log counts as many passes as the checkpoint), and names no machine's path."""
-    out = snapshot_run(folder, tmp_path / folder.name)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(SNAPSHOT_FILES)
-    assert read_json(folder / "config.json")["data_dir"] is None
-    assert rundir.read_log(out) == rundir.read_log(folder) != []
